@@ -1,0 +1,84 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// Every target builds in Swift 6 language mode with complete concurrency checking;
+/// warnings are treated as the bugs they usually are.
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "swift-irqfd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "IrqFdCore", targets: ["IrqFdCore"]),
+        .library(name: "IrqFdRouting", targets: ["IrqFdRouting"]),
+        .library(name: "IrqFdKVM", targets: ["IrqFdKVM"]),
+        .library(name: "KVM", targets: ["KVM"]),
+        .library(name: "TinyVM", targets: ["TinyVM"]),
+        .executable(name: "irqfd", targets: ["irqfd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C: ioctl request numbers and non-variadic wrappers; nothing Swift can import directly.
+        .target(name: "CLinuxKVM"),
+        // Guest programs: 16-bit x86 assembly, assembled by the toolchain into the binary.
+        .target(name: "GuestPrograms"),
+
+        // The interface: protocols, Event, MsiMessage, errors. No platform code.
+        .target(
+            name: "IrqFdCore",
+            dependencies: [.product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        // GSI allocator, routing table with batches, routes: shared by KVM and mshv. No platform code.
+        .target(name: "IrqFdRouting", dependencies: ["IrqFdCore"], swiftSettings: strict),
+        // Linux primitives: eventfd.
+        .target(
+            name: "IrqFdLinux",
+            dependencies: ["IrqFdCore", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        // Typed /dev/kvm wrappers, one method per ioctl.
+        .target(
+            name: "KVM",
+            dependencies: ["IrqFdCore", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        // The KVM backend: KVM's encoding of the shared routing core.
+        .target(
+            name: "IrqFdKVM",
+            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM"],
+            swiftSettings: strict),
+        // The tiny VMM used by tests, the demo and the benchmark.
+        .target(
+            name: "TinyVM",
+            dependencies: [
+                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "GuestPrograms",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "irqfd",
+            dependencies: [
+                "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
+        .testTarget(name: "IrqFdRoutingTests", dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux"], swiftSettings: strict),
+        .testTarget(
+            name: "IrqFdKVMTests",
+            dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "TinyVM", "GuestPrograms"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "TinyVMTests",
+            dependencies: ["TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "GuestPrograms"],
+            swiftSettings: strict),
+    ]
+)

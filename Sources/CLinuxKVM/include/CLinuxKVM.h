@@ -1,0 +1,160 @@
+// The C side of swift-irqfd's Linux backends.
+//
+// Swift cannot call variadic ioctl(2) and does not import the _IO/_IOW request
+// macros, so this header exports every request number the package uses as a
+// constant and wraps ioctl(2) in non-variadic functions. Everything else
+// (structure layouts, EINTR handling, errors) is done in Swift.
+#ifndef CLINUXKVM_H
+#define CLINUXKVM_H
+
+#ifdef __linux__
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <unistd.h>
+
+// MARK: ioctl(2) without varargs
+
+/// ioctl(2) with a pointer argument.
+static inline int irqfd_ioctl_ptr(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg);
+}
+
+/// ioctl(2) with an integer argument (0 for argument-less requests such as KVM_RUN).
+static inline int irqfd_ioctl_val(int fd, unsigned long request, unsigned long arg) {
+    return ioctl(fd, request, arg);
+}
+
+/// The calling thread's errno.
+static inline int irqfd_errno(void) { return errno; }
+
+// MARK: /dev/kvm requests
+
+static const unsigned long IRQFD_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long IRQFD_KVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long IRQFD_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long IRQFD_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long IRQFD_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+
+// MARK: VM requests
+
+static const unsigned long IRQFD_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long IRQFD_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long IRQFD_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long IRQFD_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long IRQFD_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long IRQFD_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+static const unsigned long IRQFD_KVM_IRQFD = KVM_IRQFD;
+static const unsigned long IRQFD_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long IRQFD_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+
+// MARK: vCPU requests
+
+static const unsigned long IRQFD_KVM_RUN = KVM_RUN;
+static const unsigned long IRQFD_KVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long IRQFD_KVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long IRQFD_KVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long IRQFD_KVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long IRQFD_KVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long IRQFD_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long IRQFD_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long IRQFD_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long IRQFD_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long IRQFD_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long IRQFD_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+
+// MARK: Flags, capabilities, exit reasons
+
+static const unsigned int IRQFD_KVM_IRQFD_FLAG_DEASSIGN = KVM_IRQFD_FLAG_DEASSIGN;
+static const unsigned int IRQFD_KVM_IRQ_ROUTING_IRQCHIP = KVM_IRQ_ROUTING_IRQCHIP;
+static const unsigned int IRQFD_KVM_IRQ_ROUTING_MSI = KVM_IRQ_ROUTING_MSI;
+static const unsigned int IRQFD_KVM_IRQCHIP_PIC_MASTER = KVM_IRQCHIP_PIC_MASTER;
+static const unsigned int IRQFD_KVM_IRQCHIP_PIC_SLAVE = KVM_IRQCHIP_PIC_SLAVE;
+static const unsigned int IRQFD_KVM_IRQCHIP_IOAPIC = KVM_IRQCHIP_IOAPIC;
+static const unsigned int IRQFD_KVM_MP_STATE_RUNNABLE = KVM_MP_STATE_RUNNABLE;
+
+static const int IRQFD_KVM_CAP_IRQCHIP = KVM_CAP_IRQCHIP;
+static const int IRQFD_KVM_CAP_IRQFD = KVM_CAP_IRQFD;
+static const int IRQFD_KVM_CAP_IRQ_ROUTING = KVM_CAP_IRQ_ROUTING;
+static const int IRQFD_KVM_CAP_SIGNAL_MSI = KVM_CAP_SIGNAL_MSI;
+static const int IRQFD_KVM_CAP_SPLIT_IRQCHIP = KVM_CAP_SPLIT_IRQCHIP;
+static const int IRQFD_KVM_CAP_X2APIC_API = KVM_CAP_X2APIC_API;
+static const int IRQFD_KVM_CAP_NR_VCPUS = KVM_CAP_NR_VCPUS;
+static const int IRQFD_KVM_CAP_MAX_VCPUS = KVM_CAP_MAX_VCPUS;
+static const int IRQFD_KVM_CAP_IMMEDIATE_EXIT = KVM_CAP_IMMEDIATE_EXIT;
+static const int IRQFD_KVM_CAP_MSI_DEVID = KVM_CAP_MSI_DEVID;
+
+static const unsigned int IRQFD_KVM_EXIT_UNKNOWN = KVM_EXIT_UNKNOWN;
+static const unsigned int IRQFD_KVM_EXIT_EXCEPTION = KVM_EXIT_EXCEPTION;
+static const unsigned int IRQFD_KVM_EXIT_IO = KVM_EXIT_IO;
+static const unsigned int IRQFD_KVM_EXIT_HLT = KVM_EXIT_HLT;
+static const unsigned int IRQFD_KVM_EXIT_MMIO = KVM_EXIT_MMIO;
+static const unsigned int IRQFD_KVM_EXIT_SHUTDOWN = KVM_EXIT_SHUTDOWN;
+static const unsigned int IRQFD_KVM_EXIT_FAIL_ENTRY = KVM_EXIT_FAIL_ENTRY;
+static const unsigned int IRQFD_KVM_EXIT_INTR = KVM_EXIT_INTR;
+static const unsigned int IRQFD_KVM_EXIT_INTERNAL_ERROR = KVM_EXIT_INTERNAL_ERROR;
+static const unsigned int IRQFD_KVM_EXIT_SYSTEM_EVENT = KVM_EXIT_SYSTEM_EVENT;
+static const unsigned int IRQFD_KVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
+
+// MARK: Layouts the Swift side builds by hand (flexible arrays do not import)
+
+static const size_t IRQFD_SIZEOF_KVM_IRQ_ROUTING = sizeof(struct kvm_irq_routing);
+static const size_t IRQFD_SIZEOF_KVM_IRQ_ROUTING_ENTRY = sizeof(struct kvm_irq_routing_entry);
+static const size_t IRQFD_OFFSETOF_ROUTING_ENTRY_MSI = offsetof(struct kvm_irq_routing_entry, u.msi);
+static const size_t IRQFD_SIZEOF_KVM_CPUID2 = sizeof(struct kvm_cpuid2);
+static const size_t IRQFD_SIZEOF_KVM_CPUID_ENTRY2 = sizeof(struct kvm_cpuid_entry2);
+static const size_t IRQFD_SIZEOF_KVM_MSRS = sizeof(struct kvm_msrs);
+static const size_t IRQFD_SIZEOF_KVM_MSR_ENTRY = sizeof(struct kvm_msr_entry);
+static const size_t IRQFD_SIZEOF_KVM_IRQFD = sizeof(struct kvm_irqfd);
+static const size_t IRQFD_SIZEOF_KVM_MSI = sizeof(struct kvm_msi);
+
+// MARK: struct kvm_run accessors (its anonymous unions import poorly)
+
+static inline uint32_t irqfd_run_exit_reason(const struct kvm_run *run) { return run->exit_reason; }
+static inline void irqfd_run_set_immediate_exit(struct kvm_run *run, uint8_t value) {
+    __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+static inline uint8_t irqfd_run_io_direction(const struct kvm_run *run) { return run->io.direction; }
+static inline uint8_t irqfd_run_io_size(const struct kvm_run *run) { return run->io.size; }
+static inline uint16_t irqfd_run_io_port(const struct kvm_run *run) { return run->io.port; }
+static inline uint32_t irqfd_run_io_count(const struct kvm_run *run) { return run->io.count; }
+static inline uint64_t irqfd_run_io_data_offset(const struct kvm_run *run) { return run->io.data_offset; }
+static inline uint64_t irqfd_run_mmio_phys_addr(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint8_t *irqfd_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+static inline uint32_t irqfd_run_mmio_len(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t irqfd_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+static inline uint64_t irqfd_run_fail_entry_reason(const struct kvm_run *run) {
+    return run->fail_entry.hardware_entry_failure_reason;
+}
+static inline uint32_t irqfd_run_internal_suberror(const struct kvm_run *run) { return run->internal.suberror; }
+static inline uint32_t irqfd_run_exception(const struct kvm_run *run) { return run->ex.exception; }
+static inline uint32_t irqfd_run_system_event_type(const struct kvm_run *run) { return run->system_event.type; }
+
+// MARK: Signals
+
+static void irqfd_kick_handler(int sig) { (void)sig; }
+
+/// Installs a handler that does nothing for `sig`, without SA_RESTART, so that
+/// pthread_kill(3) on a thread blocked in KVM_RUN makes that ioctl return EINTR.
+static inline int irqfd_install_kick_handler(int sig) {
+    struct sigaction action = {0};
+    action.sa_handler = irqfd_kick_handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;
+    return sigaction(sig, &action, NULL);
+}
+
+/// pthread_kill(3) on a thread identified by pthread_self(3).
+static inline int irqfd_pthread_kick(pthread_t thread, int sig) { return pthread_kill(thread, sig); }
+
+#endif // __linux__
+#endif // CLINUXKVM_H

@@ -1,0 +1,3 @@
+#ifndef GUESTPROGRAMS_H
+#define GUESTPROGRAMS_H
+#endif

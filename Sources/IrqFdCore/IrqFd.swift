@@ -1,0 +1,57 @@
+/// A partition (VM) that can make irqfd routes: events that, when signalled,
+/// make the hypervisor inject a configured MSI with no VMM code on the path.
+public protocol IrqFd: Sendable {
+    /// Makes a route: the lowest free GSI and a fresh event. The route starts
+    /// with no MSI and unarmed. Releasing the last reference unregisters it and
+    /// frees its GSI.
+    func newIrqFdRoute() throws(IrqFdError) -> any IrqFdRoute
+
+    /// Runs `body` with routing-table pushes deferred: every change made inside
+    /// is pushed to the hypervisor once, when the outermost batch ends, and
+    /// routes are armed after that push. Batches nest.
+    func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result
+}
+
+extension IrqFd {
+    /// Backends without a routing table to push have nothing to defer.
+    public func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result {
+        try body()
+    }
+}
+
+/// One route: one GSI and one event, with the MSI it injects.
+///
+/// Routes may be used from any thread. Every operation is idempotent: repeating
+/// it makes no system call.
+public protocol IrqFdRoute: AnyObject, Sendable {
+    /// The event that triggers injection; the same object for the route's whole life.
+    var event: any Event { get }
+
+    /// Sets the MSI this route injects and arms it unless masked. The routing
+    /// entry is written before the event is armed; an unchanged message makes
+    /// no system call. An undeliverable address throws and leaves the route disarmed.
+    func setMsi(address: UInt64, data: UInt32) throws(IrqFdError)
+
+    /// Disarms the route and removes its routing entry. Signals latch in the event.
+    func clearMsi() throws(IrqFdError)
+
+    /// Stops injection without touching the routing table; signals latch in the event.
+    func mask() throws(IrqFdError)
+
+    /// Resumes injection; a signal latched while masked is injected now.
+    func unmask() throws(IrqFdError)
+
+    /// Consumes signals latched while masked and says whether there were any.
+    /// The caller keeps the answer (the MSI-X PBA): a second call returns false.
+    func consumePending() -> Bool
+}
+
+extension IrqFdRoute {
+    /// By default, pending state is exactly the event's counter.
+    public func consumePending() -> Bool { event.tryWait() }
+
+    /// Sets the MSI from a decoded message.
+    public func setMsi(_ message: MsiMessage) throws(IrqFdError) {
+        try setMsi(address: message.address, data: message.data)
+    }
+}

@@ -1,0 +1,98 @@
+#if os(Linux)
+import CLinuxKVM
+import Glibc
+public import IrqFdCore
+import SystemPackage
+
+/// `/dev/kvm`: the system-level KVM handle.
+public final class KVMSystem: Sendable {
+    let descriptor: OwnedDescriptor
+
+    /// Opens `/dev/kvm` (open(2), O_RDWR | O_CLOEXEC) and checks the API version is 12.
+    public init(path: String = "/dev/kvm") throws(SystemCallError) {
+        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError(call: "open(\(path))", errno: Errno(rawValue: errno)) }
+        descriptor = OwnedDescriptor(fd)
+        let version = try apiVersion()
+        guard version == 12 else { throw SystemCallError(call: "KVM_GET_API_VERSION", errno: .notSupported) }
+    }
+
+    /// Whether `/dev/kvm` exists and can be opened here.
+    public static var isAvailable: Bool { (try? KVMSystem()) != nil }
+
+    /// KVM_GET_API_VERSION: 12 on every kernel since 2.6.22.
+    public func apiVersion() throws(SystemCallError) -> Int {
+        Int(try retryingIoctl("KVM_GET_API_VERSION") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_GET_API_VERSION, 0) })
+    }
+
+    /// KVM_CHECK_EXTENSION on /dev/kvm: 0 if unsupported, else a capability-specific value.
+    public func checkExtension(_ capability: Capability) -> Int {
+        Int(max(0, irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_CHECK_EXTENSION, UInt(capability.rawValue))))
+    }
+
+    /// KVM_GET_VCPU_MMAP_SIZE: bytes to mmap for a vCPU's `struct kvm_run`.
+    public func vcpuMmapSize() throws(SystemCallError) -> Int {
+        Int(try retryingIoctl("KVM_GET_VCPU_MMAP_SIZE") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_GET_VCPU_MMAP_SIZE, 0) })
+    }
+
+    /// KVM_GET_SUPPORTED_CPUID: the CPUID leaves KVM can offer a guest.
+    public func supportedCPUID() throws(SystemCallError) -> [CPUIDEntry] {
+        var capacity = 128
+        while true {
+            var buffer = CPUIDBuffer(capacity: capacity)
+            let result = buffer.withUnsafeMutableBytes { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_SUPPORTED_CPUID, $0) }
+            if result >= 0 { return buffer.entries }
+            let error = irqfd_errno()
+            if error == E2BIG, capacity < 4096 {
+                capacity *= 2
+                continue
+            }
+            if error == EINTR { continue }
+            throw SystemCallError(call: "KVM_GET_SUPPORTED_CPUID", errno: Errno(rawValue: error))
+        }
+    }
+
+    /// KVM_CREATE_VM: a new VM with no memory, vCPUs or irqchip.
+    public func createVM() throws(SystemCallError) -> VirtualMachine {
+        let fd = try retryingIoctl("KVM_CREATE_VM") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_CREATE_VM, 0) }
+        return VirtualMachine(descriptor: OwnedDescriptor(fd), system: self)
+    }
+}
+
+/// KVM capabilities the package asks about (KVM_CAP_*).
+public enum Capability: Int32, Sendable, CaseIterable {
+    /// In-kernel PIC, IOAPIC and local APICs.
+    case irqchip
+    /// KVM_IRQFD.
+    case irqfd
+    /// KVM_SET_GSI_ROUTING; the value is the number of routing entries (GSIs).
+    case irqRouting
+    /// KVM_SIGNAL_MSI.
+    case signalMsi
+    /// Local APICs in the kernel, IOAPIC and PIC in userspace.
+    case splitIrqchip
+    /// 32-bit x2APIC IDs in MSI routes.
+    case x2apicAPI
+    /// Recommended number of vCPUs.
+    case nrVCPUs
+    /// Maximum number of vCPUs.
+    case maxVCPUs
+    /// `kvm_run.immediate_exit`.
+    case immediateExit
+
+    /// The KVM_CAP_* number.
+    public var rawValue: Int32 {
+        switch self {
+        case .irqchip: IRQFD_KVM_CAP_IRQCHIP
+        case .irqfd: IRQFD_KVM_CAP_IRQFD
+        case .irqRouting: IRQFD_KVM_CAP_IRQ_ROUTING
+        case .signalMsi: IRQFD_KVM_CAP_SIGNAL_MSI
+        case .splitIrqchip: IRQFD_KVM_CAP_SPLIT_IRQCHIP
+        case .x2apicAPI: IRQFD_KVM_CAP_X2APIC_API
+        case .nrVCPUs: IRQFD_KVM_CAP_NR_VCPUS
+        case .maxVCPUs: IRQFD_KVM_CAP_MAX_VCPUS
+        case .immediateExit: IRQFD_KVM_CAP_IMMEDIATE_EXIT
+        }
+    }
+}
+#endif

@@ -1,0 +1,112 @@
+#if os(Linux)
+import CLinuxKVM
+import Glibc
+public import IrqFdCore
+import SystemPackage
+
+/// A KVM VM (the descriptor KVM_CREATE_VM returned), owned by this object.
+///
+/// Every ioctl goes through `ioctl(_:counter:_:)`, so each is counted and can
+/// be made to fail on purpose (`faults`).
+public final class VirtualMachine: Sendable {
+    let descriptor: OwnedDescriptor
+    /// The /dev/kvm handle this VM was created from.
+    public let system: KVMSystem
+    /// Interrupt-related ioctls made on this VM.
+    public let counters = IoctlCounters()
+    /// Test hook: make chosen ioctls on this VM fail.
+    public let faults = FaultInjector()
+
+    init(descriptor: OwnedDescriptor, system: KVMSystem) {
+        self.descriptor = descriptor
+        self.system = system
+    }
+
+    /// The VM descriptor, for code that must pass it to the kernel itself
+    /// (the benchmark's raw floor). Borrowed: this object owns it.
+    public var rawDescriptor: Int32 { descriptor.raw }
+
+    @inline(__always)
+    func ioctl(_ call: StaticString, _ body: () -> Int32) throws(SystemCallError) -> Int32 {
+        counters.total.add(1, ordering: .relaxed)
+        if let fault = faults.fault(for: call) { throw fault }
+        return try retryingIoctl(call, body)
+    }
+
+    /// KVM_CHECK_EXTENSION on the VM (some answers are per VM): 0 if unsupported.
+    public func checkExtension(_ capability: Capability) -> Int {
+        Int(max(0, irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_CHECK_EXTENSION, UInt(capability.rawValue))))
+    }
+
+    /// KVM_SET_TSS_ADDR: three pages of guest-physical space Intel's VMX needs
+    /// for real mode; must be outside RAM and MMIO.
+    public func setTSSAddress(_ address: UInt64) throws(SystemCallError) {
+        _ = try ioctl("KVM_SET_TSS_ADDR") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_SET_TSS_ADDR, UInt(address)) }
+    }
+
+    /// KVM_SET_IDENTITY_MAP_ADDR: one page for VMX's real-mode identity map.
+    public func setIdentityMapAddress(_ address: UInt64) throws(SystemCallError) {
+        var value = address
+        _ = try ioctl("KVM_SET_IDENTITY_MAP_ADDR") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_IDENTITY_MAP_ADDR, &value) }
+    }
+
+    /// KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and local APICs. Also installs
+    /// KVM's default routes for GSIs 0..<24.
+    public func createIrqchip() throws(SystemCallError) {
+        _ = try ioctl("KVM_CREATE_IRQCHIP") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_CREATE_IRQCHIP, 0) }
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION: maps `size` bytes of host memory at `host`
+    /// into the guest at `guestPhysical`, as memory slot `slot`.
+    public func setUserMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws(SystemCallError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot, flags: 0, guest_phys_addr: guestPhysical, memory_size: size,
+            userspace_addr: UInt64(UInt(bitPattern: host)))
+        _ = try ioctl("KVM_SET_USER_MEMORY_REGION") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_USER_MEMORY_REGION, &region) }
+    }
+
+    /// KVM_SET_GSI_ROUTING: replaces the whole GSI routing table with `table`.
+    public func setGSIRouting(_ table: borrowing GSIRoutingTable) throws(SystemCallError) {
+        counters.routingPushes.add(1, ordering: .relaxed)
+        _ = try table.withUnsafeBytes { (raw: UnsafeMutableRawPointer) throws(SystemCallError) in
+            try ioctl("KVM_SET_GSI_ROUTING") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_GSI_ROUTING, raw) }
+        }
+    }
+
+    /// KVM_IRQFD: arms eventfd `eventFD` on `gsi`; a signal then injects the GSI's route.
+    public func assignIrqfd(eventFD: Int32, gsi: UInt32) throws(SystemCallError) {
+        counters.irqfdAssigns.add(1, ordering: .relaxed)
+        var request = kvm_irqfd(fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: 0, resamplefd: 0, pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
+    }
+
+    /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: disarms; later signals stay in the eventfd.
+    public func deassignIrqfd(eventFD: Int32, gsi: UInt32) throws(SystemCallError) {
+        counters.irqfdDeassigns.add(1, ordering: .relaxed)
+        var request = kvm_irqfd(fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: IRQFD_KVM_IRQFD_FLAG_DEASSIGN, resamplefd: 0, pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
+    }
+
+    /// KVM_SIGNAL_MSI: injects one MSI now. Returns true if it was delivered,
+    /// false if the guest blocked it (e.g. its APIC is disabled).
+    @discardableResult
+    public func signalMsi(address: UInt64, data: UInt32) throws(SystemCallError) -> Bool {
+        counters.signalMsis.add(1, ordering: .relaxed)
+        var msi = kvm_msi(
+            address_lo: UInt32(truncatingIfNeeded: address), address_hi: UInt32(truncatingIfNeeded: address >> 32),
+            data: data, flags: 0, devid: 0, pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        return try ioctl("KVM_SIGNAL_MSI") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SIGNAL_MSI, &msi) } > 0
+    }
+
+    /// KVM_CREATE_VCPU: vCPU `id` (its initial APIC ID), with its `kvm_run` mapped.
+    public func createVCPU(id: UInt32) throws(SystemCallError) -> VCPU {
+        let mmapSize = try system.vcpuMmapSize()
+        let fd = try ioctl("KVM_CREATE_VCPU") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_CREATE_VCPU, UInt(id)) }
+        let owned = OwnedDescriptor(fd)
+        guard let run = mmap(nil, mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), run != MAP_FAILED else {
+            throw SystemCallError(call: "mmap(kvm_run)", errno: Errno(rawValue: errno))
+        }
+        return VCPU(id: id, descriptor: owned, run: run, mmapSize: mmapSize, vm: self)
+    }
+}
+#endif
