@@ -153,8 +153,30 @@ static inline int irqfd_install_kick_handler(int sig) {
     return sigaction(sig, &action, NULL);
 }
 
+/// Unblocks `sig` in the calling thread (pthread_sigmask(3)). Threads inherit
+/// their creator's mask, and libdispatch's worker threads block signals, so a
+/// vCPU thread started from one would never see the kick.
+static inline int irqfd_unblock_signal(int sig) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 /// pthread_kill(3) on a thread identified by pthread_self(3).
 static inline int irqfd_pthread_kick(pthread_t thread, int sig) { return pthread_kill(thread, sig); }
+
+// MARK: Guest memory shared with running vCPUs
+
+/// Atomic (acquire) load of a 32-bit guest word: the compiler may not cache it
+/// across a polling loop, and the read is never torn.
+static inline uint32_t irqfd_load32(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
+/// Atomic (release) store of a 32-bit guest word.
+static inline void irqfd_store32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
+/// Atomic (acquire) load of a 64-bit guest word.
+static inline uint64_t irqfd_load64(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE); }
+/// Atomic (release) store of a 64-bit guest word.
+static inline void irqfd_store64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
 
 #endif // __linux__
 #endif // CLINUXKVM_H

@@ -1,3 +1,16 @@
+// Guest programs for the tiny VMM: 16-bit x86 assembly (big real mode) in the
+// .S files beside this header, assembled by the toolchain into the binary.
+// Each program is a flat image that TinyVM loads at guest-physical 0x1000.
 #ifndef GUESTPROGRAMS_H
 #define GUESTPROGRAMS_H
+#include <stddef.h>
+
+/// The interrupt-counting guest (irq_counter.S): counts every vector per vCPU.
+const unsigned char *guest_irq_counter(size_t *length);
+/// Prints a greeting per vCPU and exits with status 42 (hello.S).
+const unsigned char *guest_hello(size_t *length);
+/// Executes UD2: an exception with no handler (fault.S).
+const unsigned char *guest_fault(size_t *length);
+/// Spins forever with interrupts off (spin.S).
+const unsigned char *guest_spin(size_t *length);
 #endif

@@ -1,0 +1,42 @@
+import GuestPrograms
+
+/// The guest programs built into the package (sources in Sources/GuestPrograms/*.S).
+public enum GuestProgram: String, CaseIterable, Sendable {
+    /// Counts every interrupt per vCPU and vector; see `InterruptCounterLayout`.
+    case interruptCounter = "irq-counter"
+    /// Prints "hello from vCPU n" per vCPU and exits with status 42.
+    case hello
+    /// Executes UD2 with no handler: a guest fault.
+    case fault
+    /// Spins forever with interrupts off: ends only by timeout.
+    case spin
+
+    /// The flat image, to load at 0x1000.
+    public var image: [UInt8] {
+        var length = 0
+        let start: UnsafePointer<UInt8>? =
+            switch self {
+            case .interruptCounter: guest_irq_counter(&length)
+            case .hello: guest_hello(&length)
+            case .fault: guest_fault(&length)
+            case .spin: guest_spin(&length)
+            }
+        return Array(UnsafeBufferPointer(start: start, count: length))
+    }
+}
+
+/// Where the interrupt-counting guest keeps what the host reads.
+public enum InterruptCounterLayout {
+    /// 1 once vCPU `cpu` has its APIC and IVT set up.
+    public static func ready(cpu: Int) -> UInt64 { 0x500 + 4 * UInt64(cpu) }
+    /// Write v != 0 here, then send any interrupt: the guest exits with status v.
+    public static let command: UInt64 = 0x580
+    /// Interrupts vCPU `cpu` has taken.
+    public static func total(cpu: Int) -> UInt64 { 0x600 + 4 * UInt64(cpu) }
+    /// The last vector vCPU `cpu` took.
+    public static func lastVector(cpu: Int) -> UInt64 { 0x700 + 4 * UInt64(cpu) }
+    /// Interrupts of `vector` taken by vCPU `cpu`.
+    public static func count(cpu: Int, vector: UInt8) -> UInt64 { 0x8000 + 0x400 * UInt64(cpu) + 4 * UInt64(vector) }
+    /// The lowest vector the guest handles (0x20..0xFF).
+    public static let firstVector: UInt8 = 0x20
+}

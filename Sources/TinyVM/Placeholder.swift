@@ -1,1 +1,0 @@
-public let tinyVMPlaceholder = 0

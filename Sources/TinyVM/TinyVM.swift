@@ -1,0 +1,435 @@
+#if os(Linux)
+import CLinuxKVM
+import Foundation
+public import IrqFdCore
+public import IrqFdKVM
+import IrqFdLinux
+public import KVM
+import Synchronization
+
+/// Why a TinyVM could not be built or started.
+public enum TinyVMError: Error, CustomStringConvertible, Equatable {
+    /// A KVM call failed.
+    case kvm(SystemCallError)
+    /// The irqfd partition could not be made.
+    case irqfd(IrqFdError)
+    /// The guest image cannot be loaded, and why.
+    case image(String)
+    /// The configuration is out of range, and why.
+    case configuration(String)
+
+    public var description: String {
+        switch self {
+        case .kvm(let e): "KVM: \(e)"
+        case .irqfd(let e): "irqfd: \(e)"
+        case .image(let why): "guest image: \(why)"
+        case .configuration(let why): "configuration: \(why)"
+        }
+    }
+}
+
+/// How a guest run ended.
+public enum Outcome: Equatable, Sendable, CustomStringConvertible {
+    /// The guest wrote `code` to the exit port (0xF4).
+    case exited(code: UInt8)
+    /// The guest faulted (triple fault, unhandled exception, emulation failure), and how.
+    case fault(String)
+    /// The run outlived its timeout.
+    case timedOut(Duration)
+    /// The host stopped the VM.
+    case stopped
+
+    /// The process exit status `irqfd run` uses: the guest's code, or 124
+    /// for a timeout (as timeout(1)), 125 for a fault, 130 when stopped.
+    public var exitStatus: Int32 {
+        switch self {
+        case .exited(let code): Int32(code)
+        case .fault: 125
+        case .timedOut: 124
+        case .stopped: 130
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .exited(let code): "guest exited with status \(code)"
+        case .fault(let why): "guest fault: \(why)"
+        case .timedOut(let limit): "guest timed out after \(limit)"
+        case .stopped: "stopped by the host"
+        }
+    }
+}
+
+/// A small VMM on KVM for tests, the demo and the benchmark; the contract is
+/// in the README ("The tiny VMM"). Guests start in big real mode at 0x1000:
+/// under this machine's paravirtualised KVM every privileged guest
+/// instruction is emulated, and the emulator's IRET handles real mode only.
+public final class TinyVM: Sendable {
+    /// What to build.
+    public struct Configuration: Sendable {
+        /// vCPUs, each starting at the entry point (1...8).
+        public var cpus: Int
+        /// Guest RAM at guest-physical 0.
+        public var memorySize: Int
+        /// Copy console output to standard output as it arrives.
+        public var echoConsole: Bool
+
+        /// The defaults of `irqfd run`: one vCPU, 16 MiB, console captured only.
+        public init(cpus: Int = 1, memorySize: Int = 16 << 20, echoConsole: Bool = false) {
+            self.cpus = cpus
+            self.memorySize = memorySize
+            self.echoConsole = echoConsole
+        }
+    }
+
+    /// Where images are loaded and vCPUs start.
+    public static let loadAddress: UInt64 = 0x1000
+    /// OUT v here ends the run with status v & 0xFF.
+    public static let exitPort: UInt16 = 0xF4
+    /// The default IVT stubs report an unhandled vector here.
+    public static let unexpectedVectorPort: UInt16 = 0xF5
+    /// Console data (byte writes go to the console).
+    public static let consolePort: UInt16 = 0x3F8
+    /// Console line status: reads 0x60 (transmitter ready).
+    public static let consoleStatusPort: UInt16 = 0x3FD
+    /// Where the default IVT stubs live (0x800..<0xD08).
+    public static let defaultStubBase: UInt64 = 0x800
+    /// The VMM writes the number of vCPUs here (a 32-bit word) before the guest starts.
+    public static let cpuCountAddress: UInt64 = 0x4F0
+    /// The most vCPUs: their stacks (0x7000 - 0x800 * index) must stay above the image.
+    public static let maxCPUs = 8
+
+    /// The configuration this VM was built with.
+    public let configuration: Configuration
+    /// The KVM VM.
+    public let vm: VirtualMachine
+    /// Guest RAM.
+    public let memory: GuestMemory
+    /// The VM's irqfd partition (KVM backend).
+    public let irqfd: KVMIrqFd
+    /// The vCPUs, by index.
+    public let vcpus: [VCPU]
+
+    private let ports = Mutex<[(range: ClosedRange<UInt16>, device: any PortDevice)]>([])
+    private let mmio = Mutex<[(range: Range<UInt64>, device: any MMIODevice)]>([])
+    private let console = Mutex<[UInt8]>([])
+    private let outcome = Mutex<Outcome?>(nil)
+    private let threads = Mutex<[pthread_t]>([])
+    private let running = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    private let started = Atomic<Bool>(false)
+    private let finished: EventFD
+    private let unhandledAccesses = Atomic<Int>(0)
+
+    /// Builds the VM: RAM, in-kernel irqchip, vCPUs in the entry state, and the
+    /// default IVT (every vector reports itself through port 0xF5).
+    public init(_ configuration: Configuration = Configuration()) throws(TinyVMError) {
+        guard (1...Self.maxCPUs).contains(configuration.cpus) else {
+            throw .configuration("--cpus must be 1...\(Self.maxCPUs), not \(configuration.cpus)")
+        }
+        guard configuration.memorySize >= 1 << 20, configuration.memorySize <= 1 << 30 else {
+            throw .configuration("memory must be 1 MiB...1 GiB")
+        }
+        self.configuration = configuration
+        do {
+            let kvm = try KVMSystem()
+            vm = try kvm.createVM()
+            // VMX needs three pages for real mode's TSS outside RAM and MMIO.
+            try vm.setTSSAddress(0xFFFB_D000)
+            try vm.createIrqchip()
+            memory = try GuestMemory(size: configuration.memorySize)
+            try vm.setUserMemoryRegion(slot: 0, guestPhysical: 0, size: UInt64(configuration.memorySize), host: memory.base)
+            let cpuid = try kvm.supportedCPUID()
+            var vcpus: [VCPU] = []
+            for index in 0..<configuration.cpus {
+                let vcpu = try vm.createVCPU(id: UInt32(index))
+                try vcpu.setCPUID(Self.cpuid(cpuid, apicID: UInt32(index)))
+                try Self.enterBigRealMode(vcpu, index: index)
+                vcpus.append(vcpu)
+            }
+            self.vcpus = vcpus
+            finished = try EventFD()
+        } catch let error as SystemCallError {
+            throw .kvm(error)
+        } catch let error as IrqFdError {
+            throw .irqfd(error)
+        } catch {
+            throw .configuration("\(error)")
+        }
+        do { irqfd = try KVMIrqFd(vm: vm) } catch { throw .irqfd(error) }
+        installDefaultVectorTable()
+        memory.write32(UInt32(configuration.cpus), at: Self.cpuCountAddress)
+    }
+
+    /// CPUID for vCPU `apicID`: what KVM supports, with x2APIC offered and the
+    /// initial APIC ID set (leaf 1 EBX[31:24], leaves 0xB/0x1F EDX).
+    static func cpuid(_ supported: [CPUIDEntry], apicID: UInt32) -> [CPUIDEntry] {
+        supported.map { entry in
+            var e = entry
+            switch e.function {
+            case 1:
+                e.ecx |= 1 << 21
+                e.ebx = (e.ebx & 0x00FF_FFFF) | apicID << 24
+            case 0xB, 0x1F:
+                e.edx = apicID
+            default: break
+            }
+            return e
+        }
+    }
+
+    /// Big real mode: CS base 0 with a 64 KiB limit at IP 0x1000; data and
+    /// stack segments base 0 with 4 GiB limits, so addr32 reaches MMIO.
+    static func enterBigRealMode(_ vcpu: VCPU, index: Int) throws(SystemCallError) {
+        var sregs = try vcpu.specialRegisters()
+        sregs.cs.selector = 0
+        sregs.cs.base = 0
+        sregs.cs.limit = 0xFFFF
+        sregs.cs.type = 0xB
+        sregs.cs.present = 1
+        sregs.cs.s = 1
+        sregs.cs.g = 0
+        sregs.cs.db = 0
+        func flat(_ segment: inout kvm_segment) {
+            segment.selector = 0
+            segment.base = 0
+            segment.limit = 0xFFFF_FFFF
+            segment.type = 3
+            segment.present = 1
+            segment.s = 1
+            segment.g = 1
+            segment.db = 0
+            segment.unusable = 0
+        }
+        flat(&sregs.ds)
+        flat(&sregs.es)
+        flat(&sregs.fs)
+        flat(&sregs.gs)
+        flat(&sregs.ss)
+        try vcpu.setSpecialRegisters(sregs)
+        var regs = VCPU.Registers()
+        regs.rip = loadAddress
+        regs.rflags = 2
+        regs.rsp = 0x7000 - 0x800 * UInt64(index)
+        regs.rbx = UInt64(index)
+        try vcpu.setRegisters(regs)
+        // Under an in-kernel irqchip, application processors wait for INIT/SIPI.
+        if index > 0 { try vcpu.setMPState(IRQFD_KVM_MP_STATE_RUNNABLE) }
+    }
+
+    /// Every IVT entry points at a stub `mov $v, %al; jmp report`; `report` is
+    /// `out %al, $0xF5; cli; hlt`. Guests overwrite the entries they handle.
+    private func installDefaultVectorTable() {
+        let report = Self.defaultStubBase + 5 * 256
+        var stubs: [UInt8] = []
+        var table: [UInt8] = []
+        for vector in 0..<256 {
+            let stub = Self.defaultStubBase + UInt64(5 * vector)
+            let relative = UInt16(truncatingIfNeeded: Int(report) - Int(stub + 5))
+            stubs += [0xB0, UInt8(vector), 0xE9, UInt8(relative & 0xFF), UInt8(relative >> 8)]
+            table += [UInt8(stub & 0xFF), UInt8(stub >> 8), 0, 0]
+        }
+        stubs += [0xE6, UInt8(Self.unexpectedVectorPort), 0xFA, 0xF4, 0xEB, 0xFC]
+        memory.load(table, at: 0)
+        memory.load(stubs, at: Self.defaultStubBase)
+    }
+
+    /// Loads a flat image at 0x1000.
+    public func load(_ image: [UInt8]) throws(TinyVMError) {
+        guard !image.isEmpty else { throw .image("the image is empty") }
+        let room = configuration.memorySize - Int(Self.loadAddress)
+        guard image.count <= room else {
+            throw .image("\(image.count) bytes do not fit in RAM above 0x1000 (\(room) bytes)")
+        }
+        memory.load(image, at: Self.loadAddress)
+    }
+
+    /// Puts `device` behind `ports`. Call before `start()`.
+    public func attach(ports range: ClosedRange<UInt16>, _ device: any PortDevice) {
+        ports.withLock { $0.append((range, device)) }
+    }
+
+    /// Puts `device` behind guest-physical `range`. Call before `start()`.
+    public func attach(mmio range: Range<UInt64>, _ device: any MMIODevice) {
+        mmio.withLock { $0.append((range, device)) }
+    }
+
+    /// Everything the guest wrote to the console so far.
+    public var consoleOutput: String { String(decoding: console.withLock { $0 }, as: UTF8.self) }
+
+    /// Port and MMIO accesses no device claimed (reads returned all ones).
+    public var unhandledAccessCount: Int { unhandledAccesses.load(ordering: .relaxed) }
+
+    /// Starts one thread per vCPU. The run ends at the exit port, a fault,
+    /// `stop()`, or `wait(timeout:)`'s timeout.
+    public func start() {
+        precondition(!started.exchange(true, ordering: .acquiringAndReleasing), "a TinyVM runs once")
+        Self.installKickHandler
+        running.store(vcpus.count, ordering: .releasing)
+        for vcpu in vcpus {
+            let thread = Thread { [self] in
+                _ = irqfd_unblock_signal(SIGUSR1)
+                threads.withLock { $0.append(pthread_self()) }
+                runLoop(vcpu)
+                if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finished.signal() }
+            }
+            thread.name = "vCPU \(vcpu.id)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+    }
+
+    /// Waits for the run to end, stopping it with `.timedOut` after `timeout`.
+    @discardableResult
+    public func wait(timeout: Duration? = nil) -> Outcome {
+        if !finished.wait(timeout: timeout ?? .seconds(365 * 86_400)) {
+            finish(.timedOut(timeout ?? .zero))
+            _ = finished.wait(timeout: .seconds(365 * 86_400))
+        }
+        finished.signal()  // later waits return at once
+        return outcome.withLock { $0 } ?? .stopped
+    }
+
+    /// Loads nothing, starts, waits: the whole run of an already-loaded guest.
+    public func run(timeout: Duration? = nil) -> Outcome {
+        start()
+        return wait(timeout: timeout)
+    }
+
+    /// Ends the run as `.stopped` (unless it already ended) and kicks every vCPU out of KVM_RUN.
+    public func stop() { finish(.stopped) }
+
+    /// Polls `condition` until it holds or `timeout` passes (guest memory is
+    /// written by vCPU threads; reads go through `memory`'s atomic accessors).
+    public func waitUntil(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        var spins = 0
+        while !condition() {
+            if ContinuousClock.now > deadline { return false }
+            if outcome.withLock({ $0 }) != nil { return condition() }
+            spins += 1
+            if spins > 1000 { usleep(50) }
+        }
+        return true
+    }
+
+    /// Whether the run has ended.
+    public var hasEnded: Bool { outcome.withLock { $0 } != nil }
+
+    private func finish(_ result: Outcome) {
+        outcome.withLock { if $0 == nil { $0 = result } }
+        stopping.store(true, ordering: .releasing)
+        for vcpu in vcpus { vcpu.requestExit() }
+        for thread in threads.withLock({ $0 }) { _ = irqfd_pthread_kick(thread, SIGUSR1) }
+    }
+
+    private static let installKickHandler: Void = { _ = irqfd_install_kick_handler(SIGUSR1) }()
+
+    private func runLoop(_ vcpu: VCPU) {
+        while !stopping.load(ordering: .acquiring) {
+            let exit: VCPU.Exit
+            do { exit = try vcpu.run() } catch {
+                finish(.fault("vCPU \(vcpu.id): \(error)"))
+                return
+            }
+            switch exit {
+            case .io(let port, let isWrite, let size, let count, let data):
+                for i in 0..<count {
+                    let slot = data + i * size
+                    if isWrite {
+                        portWrite(vcpu, port: port, size: size, value: Self.loadLittleEndian(slot, size))
+                    } else {
+                        Self.storeLittleEndian(UInt64(portRead(port: port, size: size)), slot, size)
+                    }
+                }
+            case .mmio(let address, let length, let isWrite, let data):
+                if isWrite {
+                    mmioWrite(address: address, size: length, value: Self.loadLittleEndian(data, length))
+                } else {
+                    Self.storeLittleEndian(mmioRead(address: address, size: length), data, length)
+                }
+            case .interrupted:
+                continue
+            case .shutdown:
+                finish(.fault("vCPU \(vcpu.id): triple fault (KVM_EXIT_SHUTDOWN) at \(Self.location(vcpu))"))
+            case .failEntry(let reason):
+                finish(.fault("vCPU \(vcpu.id): VM entry failed (hardware reason 0x\(String(reason, radix: 16)))"))
+            case .internalError(let suberror):
+                finish(.fault("vCPU \(vcpu.id): KVM could not emulate the instruction at \(Self.location(vcpu)) (internal error, suberror \(suberror))"))
+            case .halt:
+                finish(.fault("vCPU \(vcpu.id): HLT reached userspace at \(Self.location(vcpu))"))
+            case .systemEvent(let type):
+                finish(.fault("vCPU \(vcpu.id): system event \(type)"))
+            case .exception(let vector):
+                finish(.fault("vCPU \(vcpu.id): exception \(vector) at \(Self.location(vcpu))"))
+            case .other(let reason):
+                finish(.fault("vCPU \(vcpu.id): unexpected exit reason \(reason) at \(Self.location(vcpu))"))
+            }
+        }
+    }
+
+    private static func location(_ vcpu: VCPU) -> String {
+        guard let regs = try? vcpu.registers(), let sregs = try? vcpu.specialRegisters() else { return "an unknown address" }
+        return String(format: "%04x:%04x", sregs.cs.selector, regs.rip)
+    }
+
+    private func portWrite(_ vcpu: VCPU, port: UInt16, size: Int, value: UInt64) {
+        switch port {
+        case Self.consolePort:
+            let byte = UInt8(truncatingIfNeeded: value)
+            console.withLock { $0.append(byte) }
+            if configuration.echoConsole { FileHandle.standardOutput.write(Data([byte])) }
+        case Self.exitPort:
+            finish(.exited(code: UInt8(truncatingIfNeeded: value)))
+        case Self.unexpectedVectorPort:
+            let vector = UInt8(truncatingIfNeeded: value)
+            finish(.fault("vCPU \(vcpu.id): unhandled \(vector < 32 ? "exception" : "interrupt") vector \(vector) (0x\(String(vector, radix: 16))) — the IVT entry still points at the VMM's default stub"))
+        default:
+            if let device = ports.withLock({ $0.first { $0.range.contains(port) }?.device }) {
+                device.write(port: port, size: size, value: UInt32(truncatingIfNeeded: value))
+            } else {
+                unhandledAccesses.add(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    private func portRead(port: UInt16, size: Int) -> UInt32 {
+        switch port {
+        case Self.consoleStatusPort: return 0x60
+        case 0x3F9...0x3FF: return 0
+        default:
+            if let device = ports.withLock({ $0.first { $0.range.contains(port) }?.device }) {
+                return device.read(port: port, size: size)
+            }
+            unhandledAccesses.add(1, ordering: .relaxed)
+            return size >= 4 ? .max : (1 << (8 * size)) - 1
+        }
+    }
+
+    private func mmioWrite(address: UInt64, size: Int, value: UInt64) {
+        if let device = mmio.withLock({ $0.first { $0.range.contains(address) }?.device }) {
+            device.write(address: address, size: size, value: value)
+        } else {
+            unhandledAccesses.add(1, ordering: .relaxed)
+        }
+    }
+
+    private func mmioRead(address: UInt64, size: Int) -> UInt64 {
+        if let device = mmio.withLock({ $0.first { $0.range.contains(address) }?.device }) {
+            return device.read(address: address, size: size)
+        }
+        unhandledAccesses.add(1, ordering: .relaxed)
+        return size >= 8 ? .max : (1 << (8 * UInt64(size))) - 1
+    }
+
+    private static func loadLittleEndian(_ p: UnsafeMutableRawPointer, _ size: Int) -> UInt64 {
+        var value: UInt64 = 0
+        for i in 0..<min(size, 8) { value |= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << (8 * UInt64(i)) }
+        return value
+    }
+
+    private static func storeLittleEndian(_ value: UInt64, _ p: UnsafeMutableRawPointer, _ size: Int) {
+        for i in 0..<min(size, 8) { p.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self) }
+    }
+}
+#endif

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import TinyVM
+
+/// `irqfd run GUEST.bin`: the tiny VMM's contract (README, "The tiny VMM").
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a flat 16-bit guest image on KVM (loaded at 0x1000, big real mode).",
+        discussion: "Exits with the status the guest writes to port 0xF4; 124 on timeout, 125 on a guest fault, 1 on a VMM error.")
+
+    @Argument(help: "The flat binary image to load at guest-physical 0x1000.")
+    var image: String
+
+    @Option(help: "Number of vCPUs (1...8), all starting at the entry point.")
+    var cpus = 1
+
+    @Option(help: "Stop the guest after this many seconds.")
+    var timeout: Double = 10
+
+    mutating func run() throws {
+        let bytes: [UInt8]
+        do { bytes = try readImage(image) } catch let error as ImageError {
+            FileHandle.standardError.write(Data("irqfd run: \(error.message)\n".utf8))
+            throw ExitCode(1)
+        }
+        do {
+            let vm = try TinyVM(.init(cpus: cpus, echoConsole: true))
+            try vm.load(bytes)
+            let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
+            if case .exited = outcome {} else {
+                FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))
+            }
+            throw ExitCode(outcome.exitStatus)
+        } catch let error as TinyVMError {
+            FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct ImageError: Error {
+    var message: String
+}
+
+/// Reads a guest image, with a one-line reason for each way it can be unusable.
+func readImage(_ path: String) throws -> [UInt8] {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        throw ImageError(message: "\(path): no such file")
+    }
+    guard !isDirectory.boolValue else { throw ImageError(message: "\(path) is a directory, not a guest image") }
+    guard let data = FileManager.default.contents(atPath: path) else { throw ImageError(message: "\(path): cannot be read") }
+    guard !data.isEmpty else { throw ImageError(message: "\(path) is empty") }
+    return [UInt8](data)
+}
