@@ -233,7 +233,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     /// undeliverable address leaves the route disarmed and without an entry.
     public func setMsi(address: UInt64, data: UInt32) throws(IrqFdError) {
         let message = MsiMessage(address: address, data: data)
-        guard message.isDeliverable else {
+        guard partition.kernel.canDeliver(message) else {
             try clearMsi()
             throw .undeliverableAddress(address)
         }

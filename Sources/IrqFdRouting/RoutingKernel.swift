@@ -32,4 +32,12 @@ public protocol RoutingKernel: Sendable {
     func deassign(event: any Event, gsi: UInt32) throws(IrqFdError)
     /// Makes a fresh non-blocking, close-on-exec event for a new route.
     func makeEvent() throws(IrqFdError) -> any Event
+    /// Whether this hypervisor delivers `message` as the guest means it; `setMsi`
+    /// refuses any other message with `undeliverableAddress` (rule 7).
+    func canDeliver(_ message: MsiMessage) -> Bool
+}
+
+extension RoutingKernel {
+    /// By default, every x86 MSI address (0xFEExxxxx) is deliverable.
+    public func canDeliver(_ message: MsiMessage) -> Bool { message.isDeliverable }
 }
