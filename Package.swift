@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "IrqFdCore", targets: ["IrqFdCore"]),
         .library(name: "IrqFdRouting", targets: ["IrqFdRouting"]),
         .library(name: "IrqFdKVM", targets: ["IrqFdKVM"]),
+        .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "TinyVM", targets: ["TinyVM"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
@@ -52,6 +53,14 @@ let package = Package(
             name: "IrqFdKVM",
             dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM"],
             swiftSettings: strict),
+        // The mshv backend: mshv's encoding of the shared routing core.
+        .target(
+            name: "IrqFdMSHV",
+            dependencies: [
+                "IrqFdCore", "IrqFdRouting", "IrqFdLinux", "CLinuxKVM",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
         // The tiny VMM used by tests, the demo and the benchmark.
         .target(
             name: "TinyVM",
@@ -71,6 +80,10 @@ let package = Package(
             swiftSettings: strict),
 
         .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
+        .testTarget(
+            name: "IrqFdMSHVTests",
+            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdMSHV", "IrqFdLinux", "IrqFdKVM", "KVM", "CLinuxKVM", "TinyVM"],
+            swiftSettings: strict),
         .testTarget(name: "IrqFdRoutingTests", dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdKVMTests",
