@@ -1,4 +1,4 @@
-public import IrqFdCore
+import IrqFdCore
 public import SystemPackage
 import Synchronization
 
