@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "IrqFdRouting", targets: ["IrqFdRouting"]),
         .library(name: "IrqFdKVM", targets: ["IrqFdKVM"]),
         .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
+        .library(name: "IrqFdRelay", targets: ["IrqFdRelay"]),
+        .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "TinyVM", targets: ["TinyVM"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
@@ -79,6 +81,24 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // The relay backend: a userspace IrqFd over any MsiInjector (epoll thread on Linux).
+        .target(
+            name: "IrqFdRelay",
+            dependencies: ["IrqFdCore", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        // The WHP backend: trigger strategy over a TriggerProvider; WinHvPlatform binding under #if os(Windows),
+        // a provider modelling WHP's documented trigger behaviour on KVM under #if os(Linux).
+        .target(
+            name: "IrqFdWHP",
+            dependencies: [
+                "IrqFdCore", "IrqFdRelay",
+                .target(name: "IrqFdLinux", condition: .when(platforms: [.linux])),
+                .target(name: "IrqFdKVM", condition: .when(platforms: [.linux])),
+                .target(name: "KVM", condition: .when(platforms: [.linux])),
+            ],
+            swiftSettings: strict,
+            linkerSettings: [.linkedLibrary("WinHvPlatform", .when(platforms: [.windows]))]),
+
         .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdMSHVTests",
@@ -88,6 +108,19 @@ let package = Package(
         .testTarget(
             name: "IrqFdKVMTests",
             dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "TinyVM", "GuestPrograms"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "IrqFdRelayTests",
+            dependencies: ["IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "TinyVM", "GuestPrograms"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "IrqFdWHPTests",
+            dependencies: ["IrqFdCore", "IrqFdWHP", "IrqFdRelay", "IrqFdKVM", "IrqFdLinux", "KVM", "TinyVM"],
+            swiftSettings: strict),
+        // The route-semantics suite, written once and run against every backend that runs here.
+        .testTarget(
+            name: "RouteSemanticsTests",
+            dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdWHP", "IrqFdLinux", "KVM", "TinyVM"],
             swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
