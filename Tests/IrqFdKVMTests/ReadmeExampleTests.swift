@@ -26,7 +26,7 @@ import Testing
 
         let routes = try (0..<4).map { _ in try irqfd.newRoute() }
         let table = (0..<4).map { MsiMessage(destination: 0, vector: UInt8(0x50 + $0)) }
-        try irqfd.withBatch {
+        try irqfd.withBatch { () throws(IrqFdError) in
             for (route, msi) in zip(routes, table) { try route.setMsi(msi) }
         }
         #expect(pending && device.interruptEventFD >= 0)
