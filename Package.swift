@@ -86,8 +86,8 @@ let package = Package(
             name: "IrqFdRelay",
             dependencies: ["IrqFdCore", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
-        // The WHP backend: trigger strategy over a TriggerProvider; WinHvPlatform binding under #if os(Windows),
-        // a provider modelling WHP's documented trigger behaviour on KVM under #if os(Linux).
+        // The WHP backend: trigger strategy over a TriggerProvider; WinHvPlatform binding under #if os(Windows)
+        // (loaded at run time), a provider modelling WHP's documented trigger behaviour on KVM under #if os(Linux).
         .target(
             name: "IrqFdWHP",
             dependencies: [
@@ -96,8 +96,7 @@ let package = Package(
                 .target(name: "IrqFdKVM", condition: .when(platforms: [.linux])),
                 .target(name: "KVM", condition: .when(platforms: [.linux])),
             ],
-            swiftSettings: strict,
-            linkerSettings: [.linkedLibrary("WinHvPlatform", .when(platforms: [.windows]))]),
+            swiftSettings: strict),
 
         .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
