@@ -82,7 +82,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let toArm = try table.withLock { (t: inout TableState) throws(IrqFdError) -> [RoutedIrqFdRoute<Kernel>] in
             t.batchDepth -= 1
             guard t.batchDepth == 0 else { return [] }
-            let waiting = t.armAfterPush.values.compactMap(\.route)
+            // In GSI order: a dictionary's order differs from instance to instance,
+            // and the same batch should make the same calls every time.
+            let waiting = t.armAfterPush.sorted { $0.key < $1.key }.compactMap(\.value.route)
             t.armAfterPush = [:]
             if t.dirty {
                 do throws(IrqFdError) {
