@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "IrqFdRouting", targets: ["IrqFdRouting"]),
         .library(name: "IrqFdKVM", targets: ["IrqFdKVM"]),
         .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
+        .library(name: "IrqFdProbe", targets: ["IrqFdProbe"]),
         .library(name: "IrqFdRelay", targets: ["IrqFdRelay"]),
         .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
         .library(name: "KVM", targets: ["KVM"]),
@@ -63,6 +64,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
+        // What this machine offers (`irqfd probe`): KVM capabilities and which backends run here.
+        .target(name: "IrqFdProbe", dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdMSHV", "KVM"], swiftSettings: strict),
         // The tiny VMM used by tests, the demo and the benchmark.
         .target(
             name: "TinyVM",
@@ -76,6 +79,7 @@ let package = Package(
             name: "irqfd",
             dependencies: [
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
+                "IrqFdProbe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -103,6 +107,7 @@ let package = Package(
             name: "IrqFdMSHVTests",
             dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdMSHV", "IrqFdLinux", "IrqFdKVM", "KVM", "CLinuxKVM", "TinyVM"],
             swiftSettings: strict),
+        .testTarget(name: "IrqFdProbeTests", dependencies: ["IrqFdProbe", "IrqFdCore"], swiftSettings: strict),
         .testTarget(name: "IrqFdRoutingTests", dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdKVMTests",
