@@ -67,9 +67,23 @@ public final class KVMRoutingKernel: RoutingKernel {
     }
 
     /// KVM_IRQFD (assign).
+    ///
+    /// KVM injects a signal already latched in the eventfd when it is assigned,
+    /// but without consuming it (kvm_irqfd_assign schedules the injection and
+    /// leaves the counter alone; only the wakeup path reads it), so a signal
+    /// delivered by an unmask would still read as pending afterwards. So the
+    /// latched count is consumed here and signalled again once armed: the
+    /// wakeup path then reads the counter and injects once.
     public func assign(event: any Event, gsi: UInt32) throws(IrqFdError) {
         let vm = try liveVM()
-        do throws(SystemCallError) { try vm.assignIrqfd(eventFD: Int32(event.nativeHandle.rawValue), gsi: gsi) } catch { throw .systemCall(error) }
+        let latched = event.tryWait()
+        do throws(SystemCallError) {
+            try vm.assignIrqfd(eventFD: Int32(event.nativeHandle.rawValue), gsi: gsi)
+        } catch {
+            if latched { event.signal() }
+            throw .systemCall(error)
+        }
+        if latched { event.signal() }
     }
 
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN.
