@@ -21,12 +21,14 @@ let package = Package(
         .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "TinyVM", targets: ["TinyVM"]),
+        .library(name: "MSIX", targets: ["MSIX"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // C: ioctl request numbers and non-variadic wrappers; nothing Swift can import directly.
@@ -66,11 +68,13 @@ let package = Package(
             swiftSettings: strict),
         // What this machine offers (`irqfd probe`): KVM capabilities and which backends run here.
         .target(name: "IrqFdProbe", dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdMSHV", "KVM"], swiftSettings: strict),
+        // The MSI-X emulator: capability, table and PBA, delivered through any IrqFd. No platform code.
+        .target(name: "MSIX", dependencies: ["IrqFdCore"], swiftSettings: strict),
         // The tiny VMM used by tests, the demo and the benchmark.
         .target(
             name: "TinyVM",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "GuestPrograms",
+                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -125,6 +129,13 @@ let package = Package(
         .testTarget(
             name: "RouteSemanticsTests",
             dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdWHP", "IrqFdLinux", "KVM", "TinyVM"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "MSIXTests",
+            dependencies: [
+                "MSIX", "IrqFdCore", "IrqFdLinux",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",

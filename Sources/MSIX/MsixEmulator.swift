@@ -1,0 +1,603 @@
+public import IrqFdCore
+import Synchronization
+
+/// An MSI-X function's capability, table and Pending Bit Array (PCI Local Bus
+/// spec 6.8.2), with each vector delivered through an irqfd route or a
+/// userspace signalling path.
+///
+/// A vector is *live* when MSI-X is enabled and neither the function nor the
+/// entry is masked. Routes are made lazily, the first time a vector goes live
+/// (or when a device asks for its event), and kept until `reset()`:
+/// - going live: `setMsi` (skipped if the message is unchanged), `unmask`, then
+///   the vector's pending interrupt, if any, is delivered once and its bit cleared;
+/// - going dead: `mask`; signals latch in the route's event;
+/// - staying live with a new address/data: `setMsi`;
+/// - a write that changes nothing: no route call at all.
+///
+/// A PBA read folds the latched signals of the vectors it covers that are not
+/// live (`consumePending()`) into their pending bits.
+///
+/// Thread safety: guest accesses (any vCPU), device signals (any thread) and
+/// host calls are serialised by one lock, which is held across route calls so
+/// that a device signal racing a mask is either delivered before it or latched.
+/// Route and partition locks are taken inside it, never the other way round.
+public final class MsixEmulator: Sendable {
+    /// The read-only shape of the function.
+    public let layout: MsixLayout
+    /// How interrupts reach the guest.
+    public let delivery: MsixDelivery
+    private let state: Mutex<State>
+
+    struct Vector {
+        var addressLow: UInt32 = 0
+        var addressHigh: UInt32 = 0
+        var data: UInt32 = 0
+        var masked = true
+        var pending = false
+        /// Made the first time the vector went live or its event was asked for.
+        var route: (any IrqFdRoute)?
+        /// The message last handed to `route.setMsi`, and whether the route took it.
+        var programmed: MsiMessage?
+        var accepted = false
+        /// Whether the vector is live as far as its route (or the userspace path)
+        /// knows: its route is unmasked exactly when this is true.
+        var live = false
+
+        var message: MsiMessage { MsiMessage(address: UInt64(addressHigh) << 32 | UInt64(addressLow), data: data) }
+        var entry: MsixSavedState.Entry {
+            MsixSavedState.Entry(addressLow: addressLow, addressHigh: addressHigh, data: data, vectorControl: masked ? 1 : 0)
+        }
+    }
+
+    struct State {
+        var enabled = false
+        var functionMasked = false
+        var vectors: [Vector]
+        var counters = MsixCounters()
+        var lastRouteError: IrqFdError?
+
+        func wantsLive(_ v: Int) -> Bool { enabled && !functionMasked && !vectors[v].masked }
+    }
+
+    /// A function with `layout`'s vectors in the reset state: all masked,
+    /// MSI-X disabled, no routes.
+    public init(layout: MsixLayout, delivery: MsixDelivery) {
+        self.layout = layout
+        self.delivery = delivery
+        state = Mutex(State(vectors: Array(repeating: Vector(), count: layout.vectorCount)))
+    }
+
+    private var partition: (any IrqFd)? {
+        if case .irqfd(let partition, _) = delivery { partition } else { nil }
+    }
+
+    private var injector: (any MsiInjector)? {
+        switch delivery {
+        case .irqfd(_, let fallback): fallback
+        case .userspace(let injector): injector
+        }
+    }
+
+    // MARK: - Capability (configuration space)
+
+    /// Message Control: Table Size (10:0), Function Mask (14), MSI-X Enable (15).
+    private func messageControl(_ s: State) -> UInt16 {
+        UInt16(layout.vectorCount - 1) | (s.functionMasked ? 1 << 14 : 0) | (s.enabled ? 1 << 15 : 0)
+    }
+
+    private func capabilityDword(_ index: Int, _ s: State) -> UInt32 {
+        switch index {
+        case 0: UInt32(MsixLayout.capabilityID) | UInt32(layout.nextCapability) << 8 | UInt32(messageControl(s)) << 16
+        case 1: layout.tableOffset | UInt32(layout.tableBIR)
+        default: layout.pbaOffset | UInt32(layout.pbaBIR)
+        }
+    }
+
+    /// Checks a configuration-space access to the capability: 1, 2 or 4 bytes,
+    /// naturally aligned, inside its 12 bytes.
+    private func capabilityAccessIsValid(offset: Int, size: Int, _ s: inout State) -> Bool {
+        guard size == 1 || size == 2 || size == 4 else {
+            s.counters.wrongSize += 1
+            return false
+        }
+        guard offset % size == 0 else {
+            s.counters.misaligned += 1
+            return false
+        }
+        guard offset >= 0, offset + size <= MsixLayout.capabilityLength else {
+            s.counters.outOfRange += 1
+            return false
+        }
+        return true
+    }
+
+    /// A configuration read of `size` bytes at `offset` from the capability's
+    /// start (the ID byte). Bad accesses read as zero and are counted.
+    public func readCapability(offset: Int, size: Int) -> UInt32 {
+        state.withLock { s in
+            guard capabilityAccessIsValid(offset: offset, size: size, &s) else { return 0 }
+            let dword = capabilityDword(offset / 4, s)
+            let shifted = dword >> (8 * UInt32(offset % 4))
+            return size == 4 ? shifted : shifted & ((1 << (8 * UInt32(size))) - 1)
+        }
+    }
+
+    /// A configuration write of `size` bytes at `offset` from the capability's
+    /// start. Only Message Control's Function Mask and Enable bits are
+    /// writable; writes to read-only fields are ignored, bad accesses counted.
+    public func writeCapability(offset: Int, size: Int, value: UInt32) {
+        state.withLock { s in
+            guard capabilityAccessIsValid(offset: offset, size: size, &s) else { return }
+            // Message Control is bytes 2 and 3; everything else is read-only.
+            var control = messageControl(s)
+            var touched = false
+            for byte in 0..<size where (2...3).contains(offset + byte) {
+                let shift = UInt16(8 * (offset + byte - 2))
+                let incoming = UInt16(truncatingIfNeeded: value >> (8 * UInt32(byte))) & 0xFF
+                control = control & ~(0xFF << shift) | incoming << shift
+                touched = true
+            }
+            guard touched else { return }
+            if control & 0x3800 != 0 { s.counters.reservedBits += 1 }
+            let enabled = control & 0x8000 != 0
+            let functionMasked = control & 0x4000 != 0
+            guard enabled != s.enabled || functionMasked != s.functionMasked else { return }
+            s.enabled = enabled
+            s.functionMasked = functionMasked
+            _ = reconcileAll(&s)
+        }
+    }
+
+    // MARK: - Table and PBA (memory space)
+
+    /// Checks a table or PBA access: 4 or 8 bytes, aligned, inside `length`.
+    private func structureAccessIsValid(offset: UInt64, size: Int, length: Int, _ s: inout State) -> Bool {
+        guard size == 4 || size == 8 else {
+            s.counters.wrongSize += 1
+            return false
+        }
+        guard offset % UInt64(size) == 0 else {
+            s.counters.misaligned += 1
+            return false
+        }
+        guard offset < UInt64(length), UInt64(size) <= UInt64(length) - offset else {
+            s.counters.outOfRange += 1
+            return false
+        }
+        return true
+    }
+
+    /// A read of `size` bytes at `offset` from the table's start.
+    public func readTable(offset: UInt64, size: Int) -> UInt64 {
+        state.withLock { s in
+            guard structureAccessIsValid(offset: offset, size: size, length: layout.tableSize, &s) else { return 0 }
+            var value: UInt64 = 0
+            for i in 0..<size / 4 {
+                let field = Int(offset % 16) / 4 + i
+                let vector = s.vectors[Int(offset / 16)]
+                let dword: UInt32 =
+                    switch field {
+                    case 0: vector.addressLow
+                    case 1: vector.addressHigh
+                    case 2: vector.data
+                    default: vector.masked ? 1 : 0
+                    }
+                value |= UInt64(dword) << (32 * UInt64(i))
+            }
+            return value
+        }
+    }
+
+    /// A write of `size` bytes at `offset` from the table's start. A QWORD
+    /// write updates two fields of one entry and counts as one change.
+    public func writeTable(offset: UInt64, size: Int, value: UInt64) {
+        state.withLock { s in
+            guard structureAccessIsValid(offset: offset, size: size, length: layout.tableSize, &s) else { return }
+            let v = Int(offset / 16)
+            for i in 0..<size / 4 {
+                let dword = UInt32(truncatingIfNeeded: value >> (32 * UInt64(i)))
+                switch Int(offset % 16) / 4 + i {
+                case 0:
+                    // Bits 1:0 keep the address DWORD-aligned: read-only zero.
+                    if dword & 3 != 0 { s.counters.reservedBits += 1 }
+                    s.vectors[v].addressLow = dword & ~3
+                case 1:
+                    s.vectors[v].addressHigh = dword
+                case 2:
+                    s.vectors[v].data = dword
+                default:
+                    // Bits 31:1 are reserved: read-only zero here.
+                    if dword & ~1 != 0 { s.counters.reservedBits += 1 }
+                    s.vectors[v].masked = dword & 1 != 0
+                }
+            }
+            if let error = reconcile(v, &s) { note(error, &s) }
+        }
+    }
+
+    /// A read of `size` bytes at `offset` from the PBA's start. Vectors that
+    /// are not live first fold their routes' latched signals into their bits.
+    public func readPBA(offset: UInt64, size: Int) -> UInt64 {
+        state.withLock { s in
+            guard structureAccessIsValid(offset: offset, size: size, length: layout.pbaSize, &s) else { return 0 }
+            let first = Int(offset) * 8
+            let end = min(first + size * 8, layout.vectorCount)
+            var value: UInt64 = 0
+            for v in first..<max(first, end) {
+                foldLatched(v, &s)
+                if s.vectors[v].pending { value |= 1 << UInt64(v - first) }
+            }
+            return value
+        }
+    }
+
+    /// The PBA is read-only: writes are ignored and counted.
+    public func writePBA(offset: UInt64, size: Int, value: UInt64) {
+        state.withLock { s in
+            guard structureAccessIsValid(offset: offset, size: size, length: layout.pbaSize, &s) else { return }
+            s.counters.pbaWrites += 1
+        }
+    }
+
+    /// A read from BAR `bar` at `offset`: routed to the table or the PBA by the
+    /// layout; anything else in the BAR reads as zero and is counted.
+    public func read(bar: Int, offset: UInt64, size: Int) -> UInt64 {
+        switch locate(bar: bar, offset: offset) {
+        case .table(let o): return readTable(offset: o, size: size)
+        case .pba(let o): return readPBA(offset: o, size: size)
+        case .neither:
+            state.withLock { $0.counters.outOfRange += 1 }
+            return 0
+        }
+    }
+
+    /// A write to BAR `bar` at `offset`, routed like `read(bar:offset:size:)`.
+    public func write(bar: Int, offset: UInt64, size: Int, value: UInt64) {
+        switch locate(bar: bar, offset: offset) {
+        case .table(let o): writeTable(offset: o, size: size, value: value)
+        case .pba(let o): writePBA(offset: o, size: size, value: value)
+        case .neither: state.withLock { $0.counters.outOfRange += 1 }
+        }
+    }
+
+    private enum Place { case table(UInt64), pba(UInt64), neither }
+
+    private func locate(bar: Int, offset: UInt64) -> Place {
+        if bar == Int(layout.tableBIR), offset >= UInt64(layout.tableOffset),
+            offset - UInt64(layout.tableOffset) < UInt64(layout.tableSize)
+        {
+            return .table(offset - UInt64(layout.tableOffset))
+        }
+        if bar == Int(layout.pbaBIR), offset >= UInt64(layout.pbaOffset),
+            offset - UInt64(layout.pbaOffset) < UInt64(layout.pbaSize)
+        {
+            return .pba(offset - UInt64(layout.pbaOffset))
+        }
+        return .neither
+    }
+
+    // MARK: - The device side
+
+    /// The device raises vector `v` (in-process devices). Live: delivered now
+    /// (through the route's event, or the userspace path). Not live: latched,
+    /// and seen as its pending bit. Never blocks on the guest.
+    public func signal(vector v: Int) {
+        let event = state.withLock { (s: inout State) -> (any Event)? in
+            guard s.vectors.indices.contains(v) else {
+                s.counters.badSignals += 1
+                return nil
+            }
+            let vector = s.vectors[v]
+            if let route = vector.route {
+                if vector.live, !vector.accepted {
+                    // The route refused this message: like hardware writing to a
+                    // bogus address, the interrupt goes nowhere.
+                    s.counters.undeliverable += 1
+                    return nil
+                }
+                // Armed: the hypervisor injects it. Masked: it latches in the event.
+                return route.event
+            }
+            guard vector.live else {
+                s.vectors[v].pending = true
+                return nil
+            }
+            deliverInUserspace(v, &s)
+            return nil
+        }
+        // Outside the lock: an eventfd write is a system call, and the route's
+        // own state decides delivery; a racing mask makes it latch instead.
+        event?.signal()
+    }
+
+    /// Vector `v`'s event, for a device outside this process (vhost-user,
+    /// VFIO): signalling it is the same as `signal(vector:)`. Makes the route
+    /// now if the vector has none yet, masked unless the vector is live. Only
+    /// irqfd delivery has events.
+    public func event(for v: Int) throws(IrqFdError) -> any Event {
+        guard let partition else { throw .unsupported("userspace MSI-X delivery has no per-vector events") }
+        return try state.withLock { (s: inout State) throws(IrqFdError) -> any Event in
+            guard s.vectors.indices.contains(v) else {
+                throw .unsupported("vector \(v) is outside the table (\(layout.vectorCount) vectors)")
+            }
+            if let route = s.vectors[v].route { return route.event }
+            let route = try partition.newIrqFdRoute()
+            if s.vectors[v].live {
+                // Live without a route: its route failed before and the fallback
+                // delivered it. From now on the route does.
+                let message = s.vectors[v].message
+                s.vectors[v].programmed = message
+                do throws(IrqFdError) {
+                    try route.setMsi(message)
+                    s.vectors[v].accepted = true
+                } catch {
+                    s.vectors[v].accepted = false
+                    if case .undeliverableAddress = error {} else { throw error }
+                }
+            } else {
+                try route.mask()
+            }
+            s.vectors[v].route = route
+            return route.event
+        }
+    }
+
+    // MARK: - Transitions
+
+    /// Brings vector `v`'s route (or userspace state) in line with the table
+    /// and control bits. Returns the first route error; the state stays
+    /// consistent so that the next write retries.
+    private func reconcile(_ v: Int, _ s: inout State) -> IrqFdError? {
+        if s.wantsLive(v) {
+            return goLive(v, &s)
+        } else if s.vectors[v].live {
+            return goDead(v, &s)
+        }
+        return nil
+    }
+
+    private func goLive(_ v: Int, _ s: inout State) -> IrqFdError? {
+        let message = s.vectors[v].message
+        let wasLive = s.vectors[v].live
+        var fresh = false
+        if s.vectors[v].route == nil, !wasLive, let partition {
+            do throws(IrqFdError) {
+                s.vectors[v].route = try partition.newIrqFdRoute()
+                s.vectors[v].programmed = nil
+                s.vectors[v].accepted = false
+                fresh = true
+            } catch {
+                // No route (e.g. no free GSI): the fallback, if any, delivers this vector.
+                note(error, &s)
+            }
+        }
+        guard let route = s.vectors[v].route else {
+            // Userspace delivery: the message is read at each signal.
+            if !wasLive {
+                s.vectors[v].live = true
+                if s.vectors[v].pending { deliverInUserspace(v, &s) }
+            }
+            return nil
+        }
+        var firstError: IrqFdError?
+        if s.vectors[v].programmed != message {
+            if wasLive, !s.vectors[v].accepted {
+                // What latched while the message was refused had nowhere to go:
+                // dropped, not delivered late to the new address.
+                _ = route.consumePending()
+            }
+            s.vectors[v].programmed = message
+            do throws(IrqFdError) {
+                try route.setMsi(message)
+                s.vectors[v].accepted = true
+            } catch {
+                s.vectors[v].accepted = false
+                if case .undeliverableAddress = error {} else { firstError = error }
+            }
+        }
+        guard !wasLive else { return firstError }
+        if !fresh, s.vectors[v].pending || !s.vectors[v].accepted {
+            // Still masked here. With the pending bit set, what latched since is
+            // the same interrupt (one bit, one message); with nowhere to deliver,
+            // it is dropped, as hardware would drop it.
+            _ = route.consumePending()
+        }
+        do throws(IrqFdError) {
+            try route.unmask()
+        } catch {
+            // Still dead as far as the route knows: the next write retries.
+            return firstError ?? error
+        }
+        s.vectors[v].live = true
+        if s.vectors[v].pending {
+            s.vectors[v].pending = false
+            if s.vectors[v].accepted {
+                // The route is unmasked (or armed at the end of the batch), so
+                // the hypervisor injects this one signal.
+                route.event.signal()
+            } else {
+                s.counters.undeliverable += 1
+            }
+        }
+        return firstError
+    }
+
+    private func goDead(_ v: Int, _ s: inout State) -> IrqFdError? {
+        if let route = s.vectors[v].route {
+            if !s.vectors[v].accepted {
+                // Signals from another process latched while the message was
+                // refused; they had nowhere to go and do not become pending.
+                _ = route.consumePending()
+            }
+            do throws(IrqFdError) {
+                try route.mask()
+            } catch {
+                // Still live as far as the route knows: the next write retries.
+                return error
+            }
+        }
+        s.vectors[v].live = false
+        return nil
+    }
+
+    /// Delivers vector `v`'s interrupt through the userspace path (lock held,
+    /// so a racing mask cannot overtake it) and clears its pending bit.
+    private func deliverInUserspace(_ v: Int, _ s: inout State) {
+        s.vectors[v].pending = false
+        let message = s.vectors[v].message
+        guard message.isDeliverable else {
+            s.counters.undeliverable += 1
+            return
+        }
+        guard let injector else {
+            // irqfd delivery whose route could not be made, with no fallback.
+            s.counters.deliveryErrors += 1
+            return
+        }
+        do throws(IrqFdError) {
+            try injector.inject(message)
+        } catch {
+            s.counters.deliveryErrors += 1
+            s.lastRouteError = error
+        }
+    }
+
+    /// Moves signals latched in a non-live vector's route into its pending bit.
+    private func foldLatched(_ v: Int, _ s: inout State) {
+        guard !s.vectors[v].live, let route = s.vectors[v].route else { return }
+        if route.consumePending() { s.vectors[v].pending = true }
+    }
+
+    /// Reconciles every vector, in one routing batch: a control change that
+    /// brings 2048 vectors live pushes the table once, not 2048 times.
+    private func reconcileAll(_ s: inout State) -> IrqFdError? {
+        let changing = s.vectors.indices.filter { v in
+            let vector = s.vectors[v]
+            return s.wantsLive(v) != vector.live || (vector.live && vector.route != nil && vector.programmed != vector.message)
+        }
+        guard !changing.isEmpty else { return nil }
+        var firstError: IrqFdError?
+        func each(_ s: inout State) {
+            for v in changing {
+                if let error = reconcile(v, &s) {
+                    note(error, &s)
+                    firstError = firstError ?? error
+                }
+            }
+        }
+        if let partition {
+            do throws(IrqFdError) {
+                try partition.withBatch { () throws(IrqFdError) in each(&s) }
+            } catch {
+                // The batch's push (or arming after it) failed.
+                note(error, &s)
+                firstError = firstError ?? error
+            }
+        } else {
+            each(&s)
+        }
+        return firstError
+    }
+
+    private func note(_ error: IrqFdError, _ s: inout State) {
+        s.counters.routeErrors += 1
+        s.lastRouteError = error
+    }
+
+    // MARK: - Save, restore, reset
+
+    /// The function's state, with signals latched in the routes of vectors
+    /// that are not live drained into the saved pending bits (they are kept
+    /// in this emulator's PBA too, as a PBA read would).
+    public func save() -> MsixSavedState {
+        state.withLock { s in
+            for v in s.vectors.indices { foldLatched(v, &s) }
+            return MsixSavedState(
+                enabled: s.enabled, functionMasked: s.functionMasked, entries: s.vectors.map(\.entry),
+                pendingBits: pendingWords(s))
+        }
+    }
+
+    private func pendingWords(_ s: State) -> [UInt64] {
+        var words = [UInt64](repeating: 0, count: layout.pbaSize / 8)
+        for (v, vector) in s.vectors.enumerated() where vector.pending { words[v / 64] |= 1 << UInt64(v % 64) }
+        return words
+    }
+
+    /// Replaces the function's state with `saved` and reprograms the routes
+    /// (in one batch): live vectors get their routes, and a live vector whose
+    /// pending bit is set delivers it. Signals latched under the old state are
+    /// discarded. Throws after applying what it could if a route failed.
+    public func restore(_ saved: MsixSavedState) throws(MsixError) {
+        guard saved.entries.count == layout.vectorCount else {
+            throw .vectorCountMismatch(saved: saved.entries.count, emulator: layout.vectorCount)
+        }
+        guard saved.pendingBits.count == layout.pbaSize / 8 else {
+            throw .malformedState("\(saved.pendingBits.count) PBA words for \(layout.vectorCount) vectors")
+        }
+        let error = state.withLock { s -> IrqFdError? in
+            for v in s.vectors.indices {
+                if !s.vectors[v].live, let route = s.vectors[v].route { _ = route.consumePending() }
+                let entry = saved.entries[v]
+                s.vectors[v].addressLow = entry.addressLow & ~3
+                s.vectors[v].addressHigh = entry.addressHigh
+                s.vectors[v].data = entry.data
+                s.vectors[v].masked = entry.isMasked
+                s.vectors[v].pending = saved.isPending(v)
+            }
+            s.enabled = saved.enabled
+            s.functionMasked = saved.functionMasked
+            return reconcileAll(&s)
+        }
+        if let error { throw .routing(error) }
+    }
+
+    /// The reset state: every vector masked with a zero entry, MSI-X disabled,
+    /// no pending bits, and no routes (all dropped in one batch).
+    public func reset() {
+        state.withLock { s in
+            var dropped: [any IrqFdRoute] = []
+            for v in s.vectors.indices {
+                if let route = s.vectors[v].route { dropped.append(route) }
+                s.vectors[v] = Vector()
+            }
+            s.enabled = false
+            s.functionMasked = false
+            guard !dropped.isEmpty, let partition else { return }
+            // Releasing routes removes their entries; inside a batch that is one push.
+            do throws(IrqFdError) {
+                try partition.withBatch { () throws(IrqFdError) in dropped.removeAll() }
+            } catch {
+                note(error, &s)
+            }
+        }
+    }
+
+    // MARK: - For the VMM and tests
+
+    /// Message Control bit 15.
+    public var isEnabled: Bool { state.withLock { $0.enabled } }
+    /// Message Control bit 14.
+    public var isFunctionMasked: Bool { state.withLock { $0.functionMasked } }
+    /// Message Control as the guest reads it.
+    public var messageControl: UInt16 { state.withLock { messageControl($0) } }
+    /// Vector `v`'s table entry.
+    public func entry(_ v: Int) -> MsixSavedState.Entry { state.withLock { $0.vectors[v].entry } }
+    /// Whether vector `v` is live (enabled, unmasked, function unmasked).
+    public func isLive(_ v: Int) -> Bool { state.withLock { $0.vectors[v].live } }
+    /// Vector `v`'s pending bit, folding latched signals first as a PBA read does.
+    public func isPending(_ v: Int) -> Bool {
+        state.withLock { s in
+            foldLatched(v, &s)
+            return s.vectors[v].pending
+        }
+    }
+    /// Vector `v`'s route, if it has one yet.
+    public func route(_ v: Int) -> (any IrqFdRoute)? { state.withLock { $0.vectors[v].route } }
+    /// How many vectors have routes.
+    public var routeCount: Int { state.withLock { $0.vectors.lazy.filter { $0.route != nil }.count } }
+    /// What was ignored or failed so far.
+    public var counters: MsixCounters { state.withLock { $0.counters } }
+    /// The last route or delivery error, if any.
+    public var lastRouteError: IrqFdError? { state.withLock { $0.lastRouteError } }
+}
