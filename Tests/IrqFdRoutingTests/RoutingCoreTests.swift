@@ -72,7 +72,7 @@ import Testing
     @Test func aBatchPushesOnceAndArmsAfterThePush() throws {
         let k = RecordingKernel(gsiLimit: 4096, reserved: 0..<24, capacity: 4056)
         let p = RoutedIrqFd(kernel: k)
-        let routes = try (0..<2048).map { _ in try p.newRoute() }
+        var routes = try (0..<2048).map { _ in try p.newRoute() }
         try p.withBatch { () throws(IrqFdError) in
             for (i, r) in routes.enumerated() { try r.setMsi(MsiMessage(destination: UInt32(i % 2), vector: UInt8(0x30 + i % 200))) }
             #expect(k.calls.isEmpty, "nothing reaches the kernel inside the batch")
@@ -81,6 +81,10 @@ import Testing
         #expect(k.calls.first?.isPush == true, "the push comes before every arm")
         #expect(k.calls.count == 2049 && k.armed.count == 2048)
         #expect(p.pushCount == 1)
+        k.reset()
+        try p.withBatch { () throws(IrqFdError) in routes.removeAll() }
+        #expect(k.calls.filter(\.isPush).count == 1 && k.calls.last == .push([:]), "dropping all in a batch: 2048 disarms, then one push")
+        #expect(k.armed.isEmpty && p.freeGsiCount == 4056)
     }
 
     @Test func nestedBatchesPushAtTheOutermostEnd() throws {
