@@ -88,7 +88,16 @@ public final class MSHVRoutingKernel: RoutingKernel {
     }
 
     /// MSHV_IRQFD (flags 0).
+    ///
+    /// Like KVM, the driver injects a signal already latched in the eventfd when
+    /// it is assigned but does not consume it (`mshv_irqfd_assign` polls the
+    /// eventfd and asserts the interrupt; only `mshv_irqfd_wakeup` reads the
+    /// counter), so a signal delivered by an unmask would still read as pending
+    /// afterwards. The latched count is consumed here and signalled again once
+    /// armed: the wakeup path then reads it and injects once.
     public func assign(event: any Event, gsi: UInt32) throws(IrqFdError) {
+        let latched = event.tryWait()
+        defer { if latched { event.signal() } }
         try irqfd(.assign(fd: Self.descriptor(of: event), gsi: gsi))
     }
 

@@ -47,6 +47,21 @@ import Testing
         #expect(device.rawCalls == [.init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0])])
     }
 
+    /// The driver injects what is latched at assign without consuming it; the
+    /// backend hands it the signal through the wakeup path instead, so an
+    /// unmask that delivers leaves nothing pending.
+    @Test func unmaskHandsALatchedSignalToTheWakeupPathNotToAssign() throws {
+        let route = try MSHVIrqFd(partition: device).newRoute()
+        try route.setMsi(Self.msiA)
+        try route.mask()
+        route.event.signal()
+        route.event.signal()
+        try route.unmask()
+        #expect(device.countsAtAssign == [0, 0], "the counter was empty when MSHV_IRQFD ran")
+        let fd = Int32(truncatingIfNeeded: route.event.nativeHandle.rawValue)
+        #expect(RecordingPartition.eventfdCount(fd) == 1, "signalled once again after arming, for the wakeup path")
+    }
+
     @Test func clearMsiAndDropDisarmBeforeTheTableLosesTheEntry() throws {
         let irqfd = MSHVIrqFd(partition: device)
         var route: MSHVIrqFdRoute? = try irqfd.newRoute()

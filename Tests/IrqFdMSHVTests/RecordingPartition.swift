@@ -1,3 +1,4 @@
+import Foundation
 import IrqFdCore
 import IrqFdMSHV
 import IrqFdRouting
@@ -43,12 +44,24 @@ final class RecordingPartition: MSHVPartitionIoctls {
         /// Armed irqfds: eventfd -> GSI.
         var irqfds: [Int32: UInt32] = [:]
         var failNext: (request: UInt, errno: Errno)?
+        /// The eventfd's counter when each assign arrived (from /proc/self/fdinfo).
+        var countsAtAssign: [UInt64?] = []
     }
 
     private let state = Mutex(State())
 
     var calls: [KernelCall] { state.withLock { $0.calls } }
     var attempts: [KernelCall] { state.withLock { $0.attempts } }
+    var countsAtAssign: [UInt64?] { state.withLock { $0.countsAtAssign } }
+
+    /// An eventfd's counter without consuming it: the kernel's `eventfd-count`
+    /// line in /proc/self/fdinfo (hexadecimal).
+    static func eventfdCount(_ fd: Int32) -> UInt64? {
+        guard let info = try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8),
+              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("eventfd-count:") })
+        else { return nil }
+        return UInt64(line.dropFirst("eventfd-count:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+    }
     var rawCalls: [Raw] { state.withLock { $0.raw } }
     var table: [UInt32: MsiMessage] { state.withLock { $0.table } }
     var armed: [Int32: UInt32] { state.withLock { $0.irqfds } }
@@ -89,6 +102,7 @@ final class RecordingPartition: MSHVPartitionIoctls {
                     // cannot tell and does not check. Real KVM, which makes the same
                     // check, sees the same calls in KVMParityTests.
                     s.irqfds[fd] = gsi
+                    s.countsAtAssign.append(Self.eventfdCount(fd))
                     s.calls.append(.assign(gsi: gsi))
                 }
             case 0x4008_B805:  // MSHV_SET_MSI_ROUTING
