@@ -74,11 +74,13 @@ let package = Package(
         .target(
             name: "TinyVM",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX",
+                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
+        .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
         .executableTarget(
             name: "irqfd",
             dependencies: [
@@ -139,7 +141,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "GuestPrograms"],
+            dependencies: ["TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
             swiftSettings: strict),
     ]
 )

@@ -10,6 +10,12 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     case fault
     /// Spins forever with interrupts off: ends only by timeout.
     case spin
+    /// Counts interrupts like `interruptCounter`; vCPU 0 runs the host's
+    /// commands against the PCI test device (see `DeviceDriverGuest`).
+    case msixDriver = "msix-driver"
+    /// Enables the test device's MSI-X, rings it, masks, reads the PBA and
+    /// unmasks, all by itself; exits with 22 when everything arrived exactly once.
+    case msixSelfTest = "msix-selftest"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -20,6 +26,8 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .hello: guest_hello(&length)
             case .fault: guest_fault(&length)
             case .spin: guest_spin(&length)
+            case .msixDriver: guest_msix_driver(&length)
+            case .msixSelfTest: guest_msix_selftest(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

@@ -109,6 +109,8 @@ public final class TinyVM: Sendable {
     public let irqfd: KVMIrqFd
     /// The vCPUs, by index.
     public let vcpus: [VCPU]
+    /// PCI bus 0 on ports 0xCF8/0xCFC (configuration mechanism #1); plug functions in before `start()`.
+    public let pci = PCIBus()
 
     private let ports = Mutex<[(range: ClosedRange<UInt16>, device: any PortDevice)]>([])
     private let mmio = Mutex<[(range: Range<UInt64>, device: any MMIODevice)]>([])
@@ -158,6 +160,7 @@ public final class TinyVM: Sendable {
         }
         do { irqfd = try KVMIrqFd(vm: vm) } catch { throw .irqfd(error) }
         installDefaultVectorTable()
+        attach(ports: PCIBus.ports, pci)
         memory.write32(UInt32(configuration.cpus), at: Self.cpuCountAddress)
     }
 

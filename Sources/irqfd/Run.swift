@@ -6,7 +6,10 @@ import TinyVM
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a flat 16-bit guest image on KVM (loaded at 0x1000, big real mode).",
-        discussion: "Exits with the status the guest writes to port 0xF4; 124 on timeout, 125 on a guest fault, 1 on a VMM error.")
+        discussion: """
+            Exits with the status the guest writes to port 0xF4; 124 on timeout, 125 on a guest fault, 1 on a VMM error. \
+            The PCI test device (00:01.0; registers at 0xFE000000, MSI-X table and PBA at 0xFE010000) is always present.
+            """)
 
     @Argument(help: "The flat binary image to load at guest-physical 0x1000.")
     var image: String
@@ -17,6 +20,12 @@ struct Run: ParsableCommand {
     @Option(help: "Stop the guest after this many seconds.")
     var timeout: Double = 10
 
+    @Option(help: "How the PCI test device's interrupts reach the guest: irqfd, relay or userspace. (default: irqfd)", transform: parseDelivery)
+    var delivery: InterruptDelivery = .irqfd
+
+    @Option(help: "MSI-X vectors of the PCI test device at 00:01.0 (1...2048).")
+    var vectors = 8
+
     mutating func run() throws {
         let bytes: [UInt8]
         do { bytes = try readImage(image) } catch let error as ImageError {
@@ -26,6 +35,7 @@ struct Run: ParsableCommand {
         do {
             let vm = try TinyVM(.init(cpus: cpus, echoConsole: true))
             try vm.load(bytes)
+            try MsixTestDevice.attach(to: vm, vectors: vectors, delivery: delivery)
             let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
             if case .exited = outcome {} else {
                 FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))
@@ -52,4 +62,12 @@ func readImage(_ path: String) throws -> [UInt8] {
     guard let data = FileManager.default.contents(atPath: path) else { throw ImageError(message: "\(path): cannot be read") }
     guard !data.isEmpty else { throw ImageError(message: "\(path) is empty") }
     return [UInt8](data)
+}
+
+/// Parses `--delivery`, naming the choices when the value is not one of them.
+func parseDelivery(_ text: String) throws -> InterruptDelivery {
+    guard let delivery = InterruptDelivery(rawValue: text) else {
+        throw ValidationError("--delivery must be one of \(InterruptDelivery.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
+    }
+    return delivery
 }

@@ -178,5 +178,66 @@ static inline uint64_t irqfd_load64(const void *p) { return __atomic_load_n((con
 /// Atomic (release) store of a 64-bit guest word.
 static inline void irqfd_store64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
 
+// MARK: Passing descriptors to another process (SCM_RIGHTS)
+
+#include <string.h>
+#include <sys/un.h>
+
+/// Fills `address` for the Unix socket at `path`; returns its length, or -1
+/// with errno ENAMETOOLONG if the path does not fit in sun_path.
+static inline int irqfd_unix_address(const char *path, struct sockaddr_un *address) {
+    size_t length = strlen(path);
+    if (length >= sizeof address->sun_path) { errno = ENAMETOOLONG; return -1; }
+    memset(address, 0, sizeof *address);
+    address->sun_family = AF_UNIX;
+    memcpy(address->sun_path, path, length + 1);
+    return (int)(offsetof(struct sockaddr_un, sun_path) + length + 1);
+}
+/// bind(2) a Unix socket to `path`.
+static inline int irqfd_unix_bind(int sock, const char *path) {
+    struct sockaddr_un address;
+    int length = irqfd_unix_address(path, &address);
+    return length < 0 ? -1 : bind(sock, (const struct sockaddr *)&address, (socklen_t)length);
+}
+/// connect(2) a Unix socket to `path`.
+static inline int irqfd_unix_connect(int sock, const char *path) {
+    struct sockaddr_un address;
+    int length = irqfd_unix_address(path, &address);
+    return length < 0 ? -1 : connect(sock, (const struct sockaddr *)&address, (socklen_t)length);
+}
+/// sendmsg(2) of `length` bytes (at least one) carrying descriptor `fd` as SCM_RIGHTS.
+/// CMSG_* are macros Swift cannot import, hence this wrapper.
+static inline ssize_t irqfd_send_fd(int sock, int fd, const void *data, size_t length) {
+    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = { .iov_base = (void *)data, .iov_len = length };
+    struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1,
+                              .msg_control = control.buffer, .msg_controllen = sizeof control.buffer };
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &fd, sizeof(int));
+    return sendmsg(sock, &message, MSG_NOSIGNAL);
+}
+/// recvmsg(2) of up to `length` bytes; `*fd` gets the descriptor that came with
+/// them (close-on-exec), or -1 if none did.
+static inline ssize_t irqfd_recv_fd(int sock, int *fd, void *data, size_t length) {
+    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = { .iov_base = data, .iov_len = length };
+    struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1,
+                              .msg_control = control.buffer, .msg_controllen = sizeof control.buffer };
+    *fd = -1;
+    ssize_t got = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+    if (got < 0) return got;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&message); h != NULL; h = CMSG_NXTHDR(&message, h)) {
+        if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS && h->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            memcpy(fd, CMSG_DATA(h), sizeof(int));
+        }
+    }
+    return got;
+}
+
 #endif // __linux__
 #endif // CLINUXKVM_H

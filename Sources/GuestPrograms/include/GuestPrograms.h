@@ -13,4 +13,10 @@ const unsigned char *guest_hello(size_t *length);
 const unsigned char *guest_fault(size_t *length);
 /// Spins forever with interrupts off (spin.S).
 const unsigned char *guest_spin(size_t *length);
+/// Counts interrupts like irq_counter and serves a host mailbox that drives
+/// the PCI test device from inside the guest (msix_driver.S).
+const unsigned char *guest_msix_driver(size_t *length);
+/// Drives the PCI test device on its own and exits with 22 if MSI-X delivery,
+/// masking and the PBA behaved (msix_selftest.S).
+const unsigned char *guest_msix_selftest(size_t *length);
 #endif

@@ -1,0 +1,358 @@
+#if os(Linux)
+import Foundation
+import IrqFdCore
+import IrqFdLinux
+public import IrqFdRelay
+public import MSIX
+import Synchronization
+
+/// How the test device's interrupts reach the guest (`irqfd run --delivery`).
+/// The guest sees the same thing every way; only the speed differs.
+public enum InterruptDelivery: String, CaseIterable, Sendable, CustomStringConvertible {
+    /// Kernel irqfd routes (KVM_IRQFD + KVM_SET_GSI_ROUTING): no VMM code on the path.
+    case irqfd
+    /// The relay backend: a VMM thread waits on the route events and injects with KVM_SIGNAL_MSI.
+    case relay
+    /// The MSI-X emulator's userspace path: the device thread injects with KVM_SIGNAL_MSI.
+    case userspace
+
+    public var description: String { rawValue }
+}
+
+/// The tiny VMM's PCI test device, 00:01.0: an MSI-X function whose vectors
+/// are raised by doorbell writes and delivered from the device's own thread,
+/// as real hardware raises them independently of the CPU that asked.
+///
+/// Configuration space: vendor 0x5344, device 0x5849 (a made-up ID: the
+/// device exists only here), class 0xFF (unclassified); memory decoding and
+/// bus mastering on; BAR0 and BAR1 assigned; the MSI-X capability at 0x40.
+///
+/// BAR0 at 0xFE000000 (4 KiB, 32-bit accesses):
+///
+///     0x00 ID         read: 0x58495344 ("DSIX")
+///     0x04 VECTORS    read: the vector count
+///     0x08 DOORBELL   write v: signal vector v once
+///     0x0C BURST      write count << 16 | v: signal vector v `count` times
+///     0x10 SIGNALED   read: signals sent so far
+///
+/// BAR1 at 0xFE010000 (64 KiB): the MSI-X table at offset 0 (16 bytes a
+/// vector), the Pending Bit Array at offset 0x8000.
+///
+/// BARs are fixed at those addresses: the sizing protocol (write all ones,
+/// read the size mask) works, and a BAR decodes only while it holds its
+/// assigned address and memory decoding is on.
+public final class MsixTestDevice: PCIFunction, MMIODevice {
+    /// The PCI slot: 00:01.0.
+    public static let slot = 1
+    /// BAR0, the registers.
+    public static let registersBase: UInt64 = 0xFE00_0000
+    /// BAR0's size.
+    public static let registersSize: UInt64 = 0x1000
+    /// BAR1, the MSI-X table and PBA.
+    public static let msixBase: UInt64 = 0xFE01_0000
+    /// BAR1's size.
+    public static let msixSize: UInt64 = 0x1_0000
+    /// The PBA's offset in BAR1.
+    public static let pbaOffset: UInt32 = 0x8000
+    /// Where the MSI-X capability sits in configuration space.
+    public static let capabilityOffset = 0x40
+    /// What the ID register (and configuration DWORD 0) reads.
+    public static let id: UInt32 = 0x5849_5344
+
+    /// BAR0 register offsets.
+    public enum Register: UInt64, Sendable {
+        /// Reads `id`.
+        case id = 0x00
+        /// Reads the vector count.
+        case vectors = 0x04
+        /// Write v: signal vector v once.
+        case doorbell = 0x08
+        /// Write count << 16 | v: signal v `count` times.
+        case burst = 0x0C
+        /// Reads the signals sent so far.
+        case signaled = 0x10
+    }
+
+    /// The device's MSI-X function.
+    public let emulator: MsixEmulator
+    /// How its interrupts reach the guest.
+    public let delivery: InterruptDelivery
+    /// The relay partition, when `delivery` is `.relay`.
+    public let relay: RelayIrqFd?
+
+    private let worker: Worker
+    private let config = Mutex(ConfigRegisters())
+    private let ignored = Atomic<Int>(0)
+
+    struct ConfigRegisters {
+        /// Memory space (bit 1) and bus master (bit 2) on, as firmware leaves them.
+        var command: UInt16 = 0x0006
+        var bar0: UInt32 = UInt32(MsixTestDevice.registersBase)
+        var bar1: UInt32 = UInt32(MsixTestDevice.msixBase)
+        var interruptLine: UInt8 = 0xFF
+    }
+
+    /// A device with `vectors` MSI-X vectors (1...2048) delivering through
+    /// `delivery` into `vm`. Use `attach(to:vectors:delivery:)` to plug it in.
+    public init(vm: TinyVM, vectors: Int = 8, delivery: InterruptDelivery = .irqfd) throws(TinyVMError) {
+        guard let layout = MsixLayout(vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: Self.pbaOffset)
+        else { throw .configuration("--vectors must be 1...\(MsixLayout.maxVectors), not \(vectors)") }
+        let injector = KVMSignalMsiInjector(vm: vm.vm)
+        let msixDelivery: MsixDelivery
+        switch delivery {
+        case .irqfd:
+            relay = nil
+            msixDelivery = .irqfd(vm.irqfd, fallback: injector)
+        case .relay:
+            let partition: RelayIrqFd
+            do { partition = try RelayIrqFd(injector: injector) } catch { throw .irqfd(error) }
+            relay = partition
+            msixDelivery = .irqfd(partition)
+        case .userspace:
+            relay = nil
+            msixDelivery = .userspace(injector)
+        }
+        self.delivery = delivery
+        emulator = MsixEmulator(layout: layout, delivery: msixDelivery)
+        do { worker = try Worker(emulator: emulator) } catch { throw .irqfd(error) }
+    }
+
+    deinit { worker.stop() }
+
+    /// Makes a device and plugs it into `vm`: PCI 00:01.0, BAR0 and BAR1 on the MMIO bus.
+    @discardableResult
+    public static func attach(to vm: TinyVM, vectors: Int = 8, delivery: InterruptDelivery = .irqfd) throws(TinyVMError) -> MsixTestDevice {
+        let device = try MsixTestDevice(vm: vm, vectors: vectors, delivery: delivery)
+        vm.pci.plug(device, device: slot)
+        vm.attach(mmio: registersBase..<registersBase + registersSize, device)
+        vm.attach(mmio: msixBase..<msixBase + msixSize, device)
+        return device
+    }
+
+    // MARK: - The device side, for the host
+
+    /// Signals vector `v` `count` times from the device thread: what a DOORBELL
+    /// (count 1) or BURST write does. Returns at once.
+    public func ring(vector v: Int, count: Int = 1) {
+        guard (0..<emulator.layout.vectorCount).contains(v), count > 0 else {
+            ignored.add(1, ordering: .relaxed)
+            return
+        }
+        worker.enqueue(vector: v, count: count)
+    }
+
+    /// Signals sent so far (the SIGNALED register).
+    public var signaled: Int { worker.signaled.load(ordering: .acquiring) }
+
+    /// Waits until every doorbell rung so far has been signalled.
+    @discardableResult
+    public func waitUntilIdle(timeout: Duration = .seconds(10)) -> Bool { worker.waitUntilIdle(timeout: timeout) }
+
+    /// Register and configuration accesses the device ignored (bad size,
+    /// unknown register, out-of-range vector). The emulator counts its own.
+    public var ignoredAccesses: Int { ignored.load(ordering: .relaxed) }
+
+    // MARK: - Save and restore
+
+    /// The device's state: its configuration registers, SIGNALED, and the
+    /// MSI-X function with latched signals drained into the PBA.
+    public struct State: Hashable, Sendable, Codable {
+        /// The PCI command register.
+        public var command: UInt16
+        /// SIGNALED.
+        public var signaled: Int
+        /// The MSI-X function.
+        public var msix: MsixSavedState
+    }
+
+    /// Saves the device after letting queued doorbells finish.
+    public func save() -> State {
+        waitUntilIdle()
+        return State(command: config.withLock { $0.command }, signaled: signaled, msix: emulator.save())
+    }
+
+    /// Restores a saved device; routes are reprogrammed and a pending
+    /// interrupt of a live vector is delivered.
+    public func restore(_ state: State) throws(MsixError) {
+        config.withLock { $0.command = state.command }
+        worker.signaled.store(state.signaled, ordering: .releasing)
+        try emulator.restore(state.msix)
+    }
+
+    // MARK: - Configuration space
+
+    /// A configuration read (`PCIFunction`).
+    public func configRead(offset: Int, size: Int) -> UInt32 {
+        let cap = Self.capabilityOffset
+        if offset >= cap, offset < cap + MsixLayout.capabilityLength {
+            return emulator.readCapability(offset: offset - cap, size: size)
+        }
+        let dword = configDword(offset & ~3)
+        let shifted = dword >> (8 * UInt32(offset & 3))
+        return size == 4 ? shifted : shifted & ((1 << (8 * UInt32(size))) - 1)
+    }
+
+    private func configDword(_ offset: Int) -> UInt32 {
+        let c = config.withLock { $0 }
+        switch offset {
+        case 0x00, 0x2C: return Self.id
+        case 0x04: return UInt32(c.command) | 0x0010 << 16  // status: capabilities list
+        case 0x08: return 0xFF00_0001  // class 0xFF (unclassified), revision 1
+        case 0x10: return c.bar0
+        case 0x14: return c.bar1
+        case 0x34: return UInt32(Self.capabilityOffset)
+        case 0x3C: return UInt32(c.interruptLine)  // interrupt pin 0: no INTx
+        default: return 0
+        }
+    }
+
+    /// A configuration write (`PCIFunction`): the command register, BAR
+    /// sizing, the interrupt line and the MSI-X capability are writable.
+    public func configWrite(offset: Int, size: Int, value: UInt32) {
+        let cap = Self.capabilityOffset
+        if offset >= cap, offset < cap + MsixLayout.capabilityLength {
+            emulator.writeCapability(offset: offset - cap, size: size, value: value)
+            return
+        }
+        config.withLock { c in
+            switch (offset, size) {
+            case (0x04, 2), (0x04, 4):
+                // Memory space, bus master and INTx disable; the rest is zero here.
+                c.command = UInt16(truncatingIfNeeded: value) & 0x0406
+            case (0x10, 4):
+                c.bar0 = value & ~UInt32(Self.registersSize - 1)
+            case (0x14, 4):
+                c.bar1 = value & ~UInt32(Self.msixSize - 1)
+            case (0x3C, 1), (0x3C, 2), (0x3C, 4):
+                c.interruptLine = UInt8(truncatingIfNeeded: value)
+            default:
+                break  // read-only
+            }
+        }
+    }
+
+    // MARK: - Memory space
+
+    /// Which BAR `address` falls in, if that BAR decodes now.
+    private func decode(_ address: UInt64) -> (bar: Int, offset: UInt64)? {
+        let c = config.withLock { $0 }
+        guard c.command & 2 != 0 else { return nil }
+        if address >= Self.registersBase, address < Self.registersBase + Self.registersSize,
+            UInt64(c.bar0) == Self.registersBase
+        {
+            return (0, address - Self.registersBase)
+        }
+        if address >= Self.msixBase, address < Self.msixBase + Self.msixSize, UInt64(c.bar1) == Self.msixBase {
+            return (1, address - Self.msixBase)
+        }
+        return nil
+    }
+
+    /// An MMIO read (`MMIODevice`).
+    public func read(address: UInt64, size: Int) -> UInt64 {
+        guard let (bar, offset) = decode(address) else {
+            ignored.add(1, ordering: .relaxed)
+            return size >= 8 ? .max : (1 << (8 * UInt64(size))) - 1
+        }
+        if bar == 1 { return emulator.read(bar: 1, offset: offset, size: size) }
+        guard size == 4, offset % 4 == 0, let register = Register(rawValue: offset) else {
+            ignored.add(1, ordering: .relaxed)
+            return 0
+        }
+        switch register {
+        case .id: return UInt64(Self.id)
+        case .vectors: return UInt64(emulator.layout.vectorCount)
+        case .signaled: return UInt64(UInt32(truncatingIfNeeded: signaled))
+        case .doorbell, .burst: return 0
+        }
+    }
+
+    /// An MMIO write (`MMIODevice`).
+    public func write(address: UInt64, size: Int, value: UInt64) {
+        guard let (bar, offset) = decode(address) else {
+            ignored.add(1, ordering: .relaxed)
+            return
+        }
+        if bar == 1 {
+            emulator.write(bar: 1, offset: offset, size: size, value: value)
+            return
+        }
+        guard size == 4, offset % 4 == 0, let register = Register(rawValue: offset) else {
+            ignored.add(1, ordering: .relaxed)
+            return
+        }
+        switch register {
+        case .doorbell: ring(vector: Int(value & 0xFFFF_FFFF))
+        case .burst: ring(vector: Int(value & 0xFFFF), count: Int((value >> 16) & 0xFFFF))
+        case .id, .vectors, .signaled: ignored.add(1, ordering: .relaxed)
+        }
+    }
+
+    // MARK: - The device thread
+
+    /// The device's own thread: doorbells queue work, the thread signals.
+    final class Worker: Sendable {
+        let emulator: MsixEmulator
+        let signaled = Atomic<Int>(0)
+        private let queue = Mutex<(jobs: [(vector: Int, count: Int)], busy: Bool, stopping: Bool)>(([], false, false))
+        private let wake: EventFD
+        private let idle: EventFD
+
+        init(emulator: MsixEmulator) throws(IrqFdError) {
+            self.emulator = emulator
+            wake = try EventFD()
+            idle = try EventFD()
+            let thread = Thread { [self] in run() }
+            thread.name = "test device"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+
+        func enqueue(vector: Int, count: Int) {
+            queue.withLock { $0.jobs.append((vector, count)) }
+            wake.signal()
+        }
+
+        func stop() {
+            queue.withLock { $0.stopping = true }
+            wake.signal()
+        }
+
+        func waitUntilIdle(timeout: Duration) -> Bool {
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                if queue.withLock({ $0.jobs.isEmpty && !$0.busy }) { return true }
+                let left = ContinuousClock.now.duration(to: deadline)
+                if left <= .zero { return false }
+                _ = idle.wait(timeout: min(left, .milliseconds(20)))
+            }
+        }
+
+        /// The thread holds the worker strongly until `stop()`: the device's
+        /// deinit stops it, and then it lets go.
+        private func run() {
+            while true {
+                let jobs = queue.withLock { q -> [(vector: Int, count: Int)]? in
+                    if q.stopping { return nil }
+                    defer { q.jobs = [] }
+                    q.busy = !q.jobs.isEmpty
+                    return q.jobs
+                }
+                guard let jobs else { return }
+                if jobs.isEmpty {
+                    idle.signal()
+                    _ = wake.wait(timeout: .seconds(3600))
+                    continue
+                }
+                for job in jobs {
+                    for _ in 0..<job.count {
+                        emulator.signal(vector: job.vector)
+                        signaled.add(1, ordering: .releasing)
+                    }
+                }
+                queue.withLock { $0.busy = false }
+            }
+        }
+    }
+}
+#endif

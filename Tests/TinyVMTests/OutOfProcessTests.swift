@@ -1,0 +1,122 @@
+#if os(Linux)
+import Foundation
+import IrqFdCore
+import IrqFdLinux
+import KVM
+import MSIX
+import Testing
+import TinyVM
+
+/// The package's executables, built next to the test bundle by `swift test`.
+func builtExecutable(_ name: String) throws -> URL {
+    let me = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+    var directory = me.deletingLastPathComponent()
+    // The bundle may be a directory (…/Foo.xctest/…) or a plain executable.
+    while !directory.path.isEmpty, directory.path != "/" {
+        let candidate = directory.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        directory.deleteLastPathComponent()
+    }
+    throw TestFailure("\(name) was not built next to \(me.path): run `swift build` first")
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Runs `executable` with `arguments`; returns its exit status and standard error.
+func runProcess(_ executable: URL, _ arguments: [String]) throws -> (status: Int32, stderr: String) {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    let errors = Pipe()
+    process.standardError = errors
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let data = errors.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+@Suite(needsKVM, .serialized) struct OutOfProcessDeviceTests {
+    /// The route's eventfd goes to another process over a Unix socket; that
+    /// process signals it and the guest takes the interrupt. The VMM's device
+    /// thread never runs and the VMM makes no ioctl while it happens.
+    @Test func aDeviceInAnotherProcessRaisesTheInterruptThroughTheRoutesEventfd() throws {
+        let helper = try builtExecutable("irqfd-device-helper")
+        let g = try DeviceGuest(delivery: .irqfd)
+        let guest = g.guest
+        try guest.setMsix(enabled: true)
+        try guest.program(3, message(0x45), masked: false)
+
+        let event = try g.device.emulator.event(for: 3)
+        let eventFD = try #require(event as? EventFD)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("irqfd-device-\(getpid()).sock").path
+        let listener = try UnixSocket.listen(at: path)
+        let process = Process()
+        process.executableURL = helper
+        process.arguments = ["--socket", path]
+        try process.run()
+        let connection = try listener.accept()
+        try connection.send(Array("E".utf8), passing: eventFD.fileDescriptor)
+        #expect(try connection.receive(maximum: 1) == Array("R".utf8))
+
+        let before = g.vm.vm.counters.snapshot
+        for n in 1...3 {
+            try connection.send(Array("s".utf8))
+            #expect(try connection.receive(maximum: 1) == Array("k".utf8))
+            #expect(guest.waitForCount(vector: 0x45, atLeast: UInt32(n)), "signal \(n) from pid \(process.processIdentifier)")
+        }
+        let made = g.vm.vm.counters.snapshot - before
+        #expect(made.total == 0, "no VM ioctl on the interrupt path: \(made)")
+        #expect(g.device.signaled == 0, "the VMM's device thread never signalled")
+
+        // Masking still works across processes: the signal latches, the PBA shows it, unmask delivers it once.
+        try guest.setMasked(3, true)
+        try connection.send(Array("s".utf8))
+        #expect(try connection.receive(maximum: 1) == Array("k".utf8))
+        g.settle()
+        #expect(guest.count(vector: 0x45) == 3)
+        #expect(try guest.readPBA() == 1 << 3)
+        try guest.setMasked(3, false)
+        #expect(guest.waitForCount(vector: 0x45, atLeast: 4))
+        g.settle()
+        #expect(guest.count(vector: 0x45) == 4)
+
+        try connection.send(Array("q".utf8))
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        g.finish()
+    }
+
+    /// `irqfd run --delivery` gives the same result every way: a guest that
+    /// drives the device by itself exits 22 only if every interrupt arrived
+    /// exactly once and the PBA showed the masked one.
+    @Test func irqfdRunGivesTheSameResultInEveryDeliveryMode() throws {
+        let irqfd = try builtExecutable("irqfd")
+        let image = FileManager.default.temporaryDirectory.appendingPathComponent("msix-selftest-\(getpid()).bin")
+        try Data(GuestProgram.msixSelfTest.image).write(to: image)
+        defer { try? FileManager.default.removeItem(at: image) }
+        for delivery in InterruptDelivery.allCases {
+            let (status, errors) = try runProcess(irqfd, ["run", "--delivery", delivery.rawValue, "--timeout", "30", image.path])
+            #expect(status == 22, "--delivery \(delivery): \(errors)")
+        }
+        let (status, errors) = try runProcess(irqfd, ["run", "--vectors", "2048", "--delivery", "relay", image.path])
+        #expect(status == 22, "2048 vectors: \(errors)")
+        let tooMany = try runProcess(irqfd, ["run", "--vectors", "2049", image.path])
+        #expect(tooMany.status == 1 && tooMany.stderr.contains("--vectors must be 1...2048"), "\(tooMany.stderr)")
+        let unknown = try runProcess(irqfd, ["run", "--delivery", "carrier-pigeon", image.path])
+        #expect(unknown.status != 0 && unknown.stderr.contains("irqfd, relay, userspace"), "\(unknown.stderr)")
+    }
+
+    @Test func theSelfTestGuestPassesInProcessToo() throws {
+        for delivery in InterruptDelivery.allCases {
+            let vm = try TinyVM()
+            try MsixTestDevice.attach(to: vm, delivery: delivery)
+            try vm.load(GuestProgram.msixSelfTest.image)
+            #expect(vm.run(timeout: .seconds(30)) == .exited(code: 22), "\(delivery)")
+        }
+    }
+}
+#endif
