@@ -4,9 +4,9 @@ public import IrqFdCore
 /// one of the watched events is signalled and reports which.
 ///
 /// - Linux: `EpollPoller` (epoll(7), level-triggered, one thread).
-/// - Windows: a thread blocked in `WaitForMultipleObjects` on the route
-///   events (or thread-pool waits, `SetThreadpoolWait`, past 63 routes),
-///   injecting with `WHvRequestInterrupt`.
+/// - Windows: `WaitPoller`, a thread blocked in `WaitForMultipleObjects` on
+///   the route events (up to 63; thread-pool waits, `SetThreadpoolWait`, would
+///   lift that), injecting with `WHvRequestInterrupt`. Compiled only on Windows.
 /// - macOS: kqueue(2) with `EVFILT_USER` or a pipe per route, injecting with
 ///   Hypervisor.framework's `hv_gic_send_msi`.
 ///
@@ -20,8 +20,9 @@ public protocol RelayPoller: AnyObject, Sendable {
     func start(_ ready: @escaping @Sendable (UInt64) -> Void) throws(IrqFdError)
     /// Starts reporting `handle` under `token` (one system call).
     func watch(_ handle: NativeEventHandle, token: UInt64) throws(IrqFdError)
-    /// Stops reporting `handle` (one system call). After it returns no new
-    /// report for `token` starts; one already being handled may still finish.
+    /// Stops reporting `handle` (one system call). A report already taken from
+    /// the kernel may still be delivered after this returns: the relay checks,
+    /// under the route's lock, that the route is still armed before acting.
     func unwatch(_ handle: NativeEventHandle, token: UInt64) throws(IrqFdError)
     /// Stops the thread, waits for it to exit and releases the poller's
     /// descriptors. Idempotent. Must not be called from the relay thread.

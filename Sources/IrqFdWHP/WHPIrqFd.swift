@@ -52,7 +52,8 @@ import Synchronization
 /// a signal consumed by the hypervisor before `WHvDeleteTrigger` returned has
 /// been delivered by then; whether the event is auto- or manual-reset (the
 /// binding resets it after each wait, which is right for both); and the
-/// relay's Windows poller (`WaitForMultipleObjects`), which is not written yet.
+/// relay's Windows poller (`WaitPoller`, `WaitForMultipleObjects`), likewise
+/// compiled only on Windows.
 public final class WHPIrqFd<Provider: TriggerProvider>: IrqFd {
     /// The trigger API this partition programs.
     public let provider: Provider

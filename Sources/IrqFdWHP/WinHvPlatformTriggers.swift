@@ -3,6 +3,7 @@
 // developed on. Written against the signatures in Microsoft's documentation
 // (WinHvPlatform.h); see WHPIrqFd for what a Windows machine must confirm.
 public import IrqFdCore
+import IrqFdRelay
 import SystemPackage
 import WinSDK
 
@@ -17,8 +18,8 @@ public final class Win32Event: Event {
     /// value itself is just a kernel object index).
     private let raw: Int
 
-    /// Takes ownership of `handle`.
-    public init(adopting handle: HANDLE) { raw = Int(bitPattern: handle) }
+    /// Takes ownership of `handle` (a HANDLE).
+    public init(adopting handle: UnsafeMutableRawPointer) { raw = Int(bitPattern: handle) }
 
     private var handle: HANDLE { HANDLE(bitPattern: raw)! }
 
@@ -154,6 +155,14 @@ public final class WinHvPlatformTriggers: TriggerProvider {
         let bytes = interrupt.bytes
         let result = Self.withAligned(bytes) { control in request(partitionHandle, control, UInt32(bytes.count)) }
         try Self.check(result, "WHvRequestInterrupt")
+    }
+}
+
+extension WHPIrqFd where Provider == WinHvPlatformTriggers {
+    /// The WHP backend on a real partition: WinHvPlatform's triggers, relayed
+    /// (after a mask) by a `WaitForMultipleObjects` thread.
+    public convenience init(partition: UnsafeMutableRawPointer) throws(IrqFdError) {
+        try self.init(provider: WinHvPlatformTriggers(partition: partition), poller: try WaitPoller())
     }
 }
 #endif
