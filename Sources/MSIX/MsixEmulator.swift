@@ -67,6 +67,17 @@ public final class MsixEmulator: Sendable {
         state = Mutex(State(vectors: Array(repeating: Vector(), count: layout.vectorCount)))
     }
 
+    /// Releasing the emulator releases its routes in one batch: one table
+    /// push for all of them, not one per route.
+    deinit {
+        guard let partition else { return }
+        var routes = state.withLock { s -> [any IrqFdRoute] in
+            defer { for v in s.vectors.indices { s.vectors[v].route = nil } }
+            return s.vectors.compactMap(\.route)
+        }
+        try? partition.withBatch { () throws(IrqFdError) in routes.removeAll() }
+    }
+
     private var partition: (any IrqFd)? {
         if case .irqfd(let partition, _) = delivery { partition } else { nil }
     }

@@ -348,6 +348,16 @@ extension MsixEmulator {
         #expect(emulator.pba() == 0)
     }
 
+    @Test func releasingTheEmulatorDropsItsRoutesInOneBatch() {
+        var emulator: MsixEmulator? = .make(8, .irqfd(irqfd))
+        emulator?.control(enable: true)
+        for v in 0..<3 { emulator?.program(v, msi(0x30), masked: false) }
+        _ = irqfd.take()
+        emulator = nil
+        let calls = irqfd.take().calls
+        #expect(calls.first == .beginBatch && calls.last == .endBatch && calls.count == 5, "\(calls)")
+    }
+
     @Test func configurationAccessesBySize() {
         emulator.writeCapability(offset: 3, size: 1, value: 0xC0)  // enable + function mask, one byte
         #expect(emulator.isEnabled && emulator.isFunctionMasked)

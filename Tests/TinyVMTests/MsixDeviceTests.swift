@@ -155,7 +155,9 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
         let g = try DeviceGuest(vectors: 2048, delivery: delivery)
         let guest = g.guest
         try guest.setMsix(enabled: true, functionMasked: true)
+        let programming = ContinuousClock.now
         try guest.programTable(count: 2048, firstVector: 0x30, vectorMask: 0x7F, masked: false)
+        print("the guest programmed 2048 entries (8192 MMIO writes) in \(ContinuousClock.now - programming)")
         #expect(g.device.emulator.routeCount == 0, "nothing is live under the function mask")
         let before = g.vm.vm.counters.snapshot
         let start = ContinuousClock.now
