@@ -9,7 +9,11 @@ import Synchronization
 /// entry is masked. Routes are made lazily, the first time a vector goes live
 /// (or when a device asks for its event), and kept until `reset()`:
 /// - going live: `setMsi` (skipped if the message is unchanged), `unmask`, then
-///   the vector's pending interrupt, if any, is delivered once and its bit cleared;
+///   the vector's pending interrupt, if any, is delivered once and its bit
+///   cleared. With the bit set, `consumePending()` first merges what latched
+///   since into it: one pending bit is one interrupt. The pending interrupt is
+///   delivered by signalling the route's event once it is unmasked (so the
+///   hypervisor injects it, in order with the route's own), or by the injector;
 /// - going dead: `mask`; signals latch in the route's event;
 /// - staying live with a new address/data: `setMsi`;
 /// - a write that changes nothing: no route call at all.
