@@ -1,0 +1,35 @@
+#if os(Linux)
+import Foundation
+import Testing
+
+/// `swift run irqfd demo` is the package's main job: run the built command in
+/// each delivery mode and check the story it tells is the one that happened.
+@Suite(needsKVM, .serialized) struct DemoCommandTests {
+    @Test(arguments: ["irqfd", "relay", "userspace"])
+    func theDemoShowsDeliveryMaskPendingUnmaskAndRetarget(delivery: String) throws {
+        let process = Process()
+        process.executableURL = try builtExecutable("irqfd")
+        process.arguments = ["demo", "--delivery", delivery]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(text)")
+        for expected in [
+            "arrived on vCPU 0, IDT 0x30", "arrived on vCPU 0, IDT 0x31", "arrived on vCPU 1, IDT 0x32",
+            "arrived on vCPU 1, IDT 0x33", "held: masked, latched", "0b10: vector 1 is pending",
+            "the pending interrupt arrived on vCPU 0, IDT 0x31, exactly once", "guest reads the PBA again                               0b0",
+            "vCPU 0: 0x30 x1, 0x31 x2", "vCPU 1: 0x30 x1, 0x32 x1, 0x33 x1", "Device signals sent (its SIGNALED register): 6.",
+        ] {
+            #expect(text.contains(expected), "missing \"\(expected)\" in:\n\(text)")
+        }
+        #expect(!text.contains("bug") && !text.contains("NOT"), "\(text)")
+        if delivery == "irqfd" {
+            #expect(text.contains("guest masks vector 1 (vector control bit 0)             VMM ioctls: 0 table push, 0 arm, 1 disarm"))
+            #expect(text.contains("guest retargets vector 0 -> vCPU 1 (same IDT vector)    VMM ioctls: 1 table push, 0 arm, 0 disarm"))
+        }
+    }
+}
+#endif
