@@ -139,6 +139,16 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict),
+        // C for the reliability tests: hostile guest programs (16-bit assembly), malloc statistics.
+        .target(name: "CReliability"),
+        // Attacks: fault injection, leak soak, hostile guests and inputs, fuzzing, lossless stress.
+        .testTarget(
+            name: "ReliabilityTests",
+            dependencies: [
+                "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "CLinuxKVM", "MSIX",
+                "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
             dependencies: ["TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],

@@ -156,9 +156,10 @@ public final class MsixEmulator: Sendable {
             if control & 0x3800 != 0 { s.counters.reservedBits += 1 }
             let enabled = control & 0x8000 != 0
             let functionMasked = control & 0x4000 != 0
-            guard enabled != s.enabled || functionMasked != s.functionMasked else { return }
             s.enabled = enabled
             s.functionMasked = functionMasked
+            // Even when neither bit changed: a vector that a failed route call
+            // left not live is retried. Vectors already in line make no call.
             _ = reconcileAll(&s)
         }
     }
@@ -394,7 +395,6 @@ public final class MsixEmulator: Sendable {
             }
             return nil
         }
-        var firstError: IrqFdError?
         if s.vectors[v].programmed != message {
             if wasLive, !s.vectors[v].accepted {
                 // What latched while the message was refused had nowhere to go:
@@ -406,11 +406,14 @@ public final class MsixEmulator: Sendable {
                 try route.setMsi(message)
                 s.vectors[v].accepted = true
             } catch {
+                guard case .undeliverableAddress = error else {
+                    // The hypervisor refused the call; the route kept what it had.
+                    return leaveNotLive(v, route, error, &s)
+                }
                 s.vectors[v].accepted = false
-                if case .undeliverableAddress = error {} else { firstError = error }
             }
         }
-        guard !wasLive else { return firstError }
+        guard !wasLive else { return nil }
         if !fresh, s.vectors[v].pending || !s.vectors[v].accepted {
             // Still masked here. With the pending bit set, what latched since is
             // the same interrupt (one bit, one message); with nowhere to deliver,
@@ -421,7 +424,7 @@ public final class MsixEmulator: Sendable {
             try route.unmask()
         } catch {
             // Still dead as far as the route knows: the next write retries.
-            return firstError ?? error
+            return error
         }
         s.vectors[v].live = true
         if s.vectors[v].pending {
@@ -434,7 +437,21 @@ public final class MsixEmulator: Sendable {
                 s.counters.undeliverable += 1
             }
         }
-        return firstError
+        return nil
+    }
+
+    /// A route call failed while bringing `v` live (found by fault injection:
+    /// marking the vector live anyway lost every later interrupt, and the
+    /// same write repeated did not retry). The vector is left not live with
+    /// its route masked, so its signals latch and show as its pending bit,
+    /// and its message unknown, so the next write to its entry or to Message
+    /// Control calls `setMsi` and `unmask` again. Nothing is lost.
+    private func leaveNotLive(_ v: Int, _ route: any IrqFdRoute, _ error: IrqFdError, _ s: inout State) -> IrqFdError {
+        // A route that was live is disarmed by this; one that never was makes no call.
+        try? route.mask()
+        s.vectors[v].live = false
+        s.vectors[v].programmed = nil
+        return error
     }
 
     private func goDead(_ v: Int, _ s: inout State) -> IrqFdError? {
@@ -504,9 +521,22 @@ public final class MsixEmulator: Sendable {
             do throws(IrqFdError) {
                 try partition.withBatch { () throws(IrqFdError) in each(&s) }
             } catch {
-                // The batch's push (or arming after it) failed.
+                // The batch's push, or arming a route after it, failed, and which
+                // route it hit is not known: the push's entries were rolled back, or
+                // one route was left unarmed. Each vector that is live now asks its
+                // route for its message again, outside the batch: an intact route
+                // makes no call, a rolled-back one pushes, an unarmed one arms. A
+                // route that fails again leaves its vector not live, for the next
+                // write to retry (found by fault injection: these vectors were
+                // believed live while their signals went nowhere).
                 note(error, &s)
                 firstError = firstError ?? error
+                for v in changing where s.vectors[v].live && s.vectors[v].accepted {
+                    guard let route = s.vectors[v].route else { continue }
+                    do throws(IrqFdError) { try route.setMsi(s.vectors[v].message) } catch {
+                        note(leaveNotLive(v, route, error, &s), &s)
+                    }
+                }
             }
         } else {
             each(&s)

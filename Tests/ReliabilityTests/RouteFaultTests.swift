@@ -1,0 +1,184 @@
+#if os(Linux)
+import Foundation
+import IrqFdCore
+import IrqFdKVM
+import IrqFdRelay
+import IrqFdRouting
+import KVM
+import SystemPackage
+import Testing
+import TinyVM
+
+/// One route operation under attack: routes put into a state, then the
+/// operation, whose every system call is failed in turn.
+struct RouteScenario: Sendable, CustomTestStringConvertible {
+    let name: String
+    /// How many fresh routes the scenario uses.
+    let routes: Int
+    /// Brings fresh routes into the state before the operation.
+    let prepare: @Sendable ([any InspectableRoute]) throws(IrqFdError) -> Void
+    /// The operation under attack.
+    let operation: @Sendable (any FaultTarget, [any InspectableRoute]) throws(IrqFdError) -> Void
+    /// Whether a failed operation must leave every route exactly as it was
+    /// (single operations, rule 10). A batch keeps the changes that succeeded.
+    let rollsBack: Bool
+    var testDescription: String { name }
+
+    static func msi(_ cpu: UInt32, _ vector: UInt8) -> MsiMessage { MsiMessage(destination: cpu, vector: vector) }
+
+    static let all: [RouteScenario] = [
+        RouteScenario(name: "setMsi on a new route", routes: 1, prepare: { _ in }, operation: { _, r throws(IrqFdError) in
+            try r[0].setMsi(msi(1, 0x41))
+        }, rollsBack: true),
+        RouteScenario(name: "setMsi retargets an armed route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(0, 0x42))
+        }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x43)) }, rollsBack: true),
+        RouteScenario(name: "setMsi on a masked route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(0, 0x44))
+            try r[0].mask()
+        }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x45)) }, rollsBack: true),
+        RouteScenario(name: "setMsi with an undeliverable address on an armed route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(0, 0x46))
+        }, operation: { _, r throws(IrqFdError) in
+            // Refused as rule 7 says, after disarming: only a failed call is news.
+            do throws(IrqFdError) { try r[0].setMsi(address: 0xFEC0_0000, data: 0x47) } catch {
+                if case .undeliverableAddress = error { return }
+                throw error
+            }
+            Issue.record("an undeliverable address was accepted")
+        }, rollsBack: true),
+        RouteScenario(name: "clearMsi on an armed route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(1, 0x48))
+        }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
+        RouteScenario(name: "clearMsi on a masked route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(1, 0x49))
+            try r[0].mask()
+        }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
+        RouteScenario(name: "mask an armed route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(0, 0x4A))
+        }, operation: { _, r throws(IrqFdError) in try r[0].mask() }, rollsBack: true),
+        RouteScenario(name: "unmask a masked route", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].setMsi(msi(1, 0x4B))
+            try r[0].mask()
+        }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
+        RouteScenario(name: "unmask a route whose MSI was set while masked", routes: 1, prepare: { r throws(IrqFdError) in
+            try r[0].mask()
+            try r[0].setMsi(msi(0, 0x4C))
+        }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
+        RouteScenario(name: "batch: set a new route, retarget one, clear one, mask one", routes: 4, prepare: { r throws(IrqFdError) in
+            try r[1].setMsi(msi(0, 0x50))
+            try r[2].setMsi(msi(0, 0x51))
+            try r[3].setMsi(msi(1, 0x52))
+        }, operation: { target, r throws(IrqFdError) in
+            try target.batch { () throws(IrqFdError) in
+                try r[0].setMsi(msi(1, 0x53))
+                try r[1].setMsi(msi(1, 0x54))
+                try r[2].clearMsi()
+                try r[3].mask()
+            }
+        }, rollsBack: false),
+    ]
+}
+
+/// Every route operation of every backend, failed at each of its system
+/// calls in turn. After each failure: the error names the call and its
+/// errno; a single operation left the route as it was; the kernel agrees with
+/// what the library believes (an armed route delivers to its MSI's vCPU and
+/// vector, an unarmed one latches), the pushed table is the one the routes
+/// want, no GSI leaked; and the same operation without the fault succeeds
+/// and delivers.
+@Suite(needsKVM, .serialized) struct RouteFaultTests {
+    static let injected = Errno.ioError
+
+    @Test(arguments: RouteScenario.all)
+    func kvmRouteOperationFailedAtEachCall(_ scenario: RouteScenario) throws {
+        let guest = try CountingGuest()
+        try attack(scenario, on: KVMTarget(guest), guest: guest)
+    }
+
+    @Test(arguments: RouteScenario.all)
+    func relayRouteOperationFailedAtEachCall(_ scenario: RouteScenario) throws {
+        let guest = try CountingGuest()
+        try attack(scenario, on: RelayTarget(guest), guest: guest)
+    }
+
+    /// Runs `scenario` once to learn its calls, then once per call with that
+    /// call failed.
+    func attack(_ scenario: RouteScenario, on target: any FaultTarget, guest: CountingGuest) throws {
+        let freeBefore = target.freeGsis
+        let descriptorsBefore = openDescriptorCount()
+        // A dry run: which calls, how many of each.
+        let calls: [String: Int]
+        do {
+            let routes = try fresh(scenario, target)
+            let before = target.callCounts
+            try scenario.operation(target, routes)
+            calls = target.callCounts.merging(before) { $0 - $1 }.filter { $0.value > 0 }
+            try verifyAgreement(routes, target, guest, "\(scenario.name), no fault")
+        }
+        var attacks = 0
+        for (call, count) in calls.sorted(by: { $0.key < $1.key }) {
+            for index in 0..<count {
+                attacks += 1
+                let label = "\(target.name): \(scenario.name), \(call) #\(index + 1) of \(count) failed"
+                let routes = try fresh(scenario, target)
+                let before = routes.map(RouteSnapshot.init)
+                target.fail(call, after: index, errno: Self.injected)
+                var thrown: IrqFdError?
+                do throws(IrqFdError) { try scenario.operation(target, routes) } catch { thrown = error }
+                target.clearFaults()
+                #expect(thrown == .call(call, Self.injected), "\(label): the error names the call")
+                if scenario.rollsBack {
+                    #expect(routes.map(RouteSnapshot.init) == before, "\(label): the route is as it was")
+                }
+                try verifyAgreement(routes, target, guest, label)
+                // The same operation, with nothing failing, succeeds from here.
+                try scenario.operation(target, routes)
+                try verifyAgreement(routes, target, guest, "\(label), then retried")
+            }
+        }
+        print("\(target.name): \(scenario.name): calls \(describe(calls)), \(attacks) attacks")
+        #expect(target.freeGsis == freeBefore, "\(target.name): \(scenario.name): no GSI leaked")
+        #expect(openDescriptorCount() == descriptorsBefore, "\(target.name): \(scenario.name): no descriptor leaked")
+    }
+
+    func fresh(_ scenario: RouteScenario, _ target: any FaultTarget) throws -> [any InspectableRoute] {
+        let routes = try (0..<scenario.routes).map { _ in try target.newRoute() }
+        try scenario.prepare(routes)
+        return routes
+    }
+}
+
+/// Checks that the kernel agrees with what the library believes about
+/// `routes`: an armed route is unmasked, has an MSI and delivers it to the
+/// right vCPU and vector; an unarmed one delivers nothing and latches the
+/// signal; the kernel's table is the one the routes want.
+func verifyAgreement(
+    _ routes: [any InspectableRoute], _ target: any FaultTarget, _ guest: CountingGuest, _ label: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    if let pushed = target.pushedTable {
+        #expect(pushed == target.wantedTable(routes), "\(label): the kernel's table is the one the routes want", sourceLocation: sourceLocation)
+    }
+    var expectedTotal = guest.total
+    for route in routes where route.isArmed {
+        let msi = try #require(route.msi, "\(label): an armed route has an MSI", sourceLocation: sourceLocation)
+        #expect(!route.isMasked, "\(label): an armed route is not masked", sourceLocation: sourceLocation)
+        let cpu = Int(msi.destinationID)
+        let count = guest.count(cpu: cpu, vector: msi.vector)
+        route.event.signal()
+        #expect(
+            guest.waitFor(cpu: cpu, vector: msi.vector, count: count + 1),
+            "\(label): the armed route (\(RouteSnapshot(route))) delivers", sourceLocation: sourceLocation)
+        expectedTotal += 1
+    }
+    let unarmed = routes.filter { !$0.isArmed }
+    for route in unarmed { route.event.signal() }
+    if !unarmed.isEmpty { guest.settle() }
+    _ = guest.vm.waitUntil(timeout: .seconds(2)) { guest.total >= expectedTotal }
+    #expect(guest.total == expectedTotal, "\(label): only armed routes delivered, once each", sourceLocation: sourceLocation)
+    for route in unarmed {
+        #expect(route.consumePending(), "\(label): an unarmed route (\(RouteSnapshot(route))) latched its signal", sourceLocation: sourceLocation)
+    }
+}
+#endif
