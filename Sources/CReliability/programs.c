@@ -15,6 +15,12 @@ IMAGE(smash)
 IMAGE(triple)
 IMAGE(halt)
 
+extern const unsigned char guest_seq_stress_start[], guest_seq_stress_end[];
+const unsigned char *guest_seq_stress_image(size_t *length) {
+    *length = (size_t)(guest_seq_stress_end - guest_seq_stress_start);
+    return guest_seq_stress_start;
+}
+
 size_t reliability_heap_in_use(void) {
     struct mallinfo2 info = mallinfo2();
     return info.uordblks + info.hblkhd;

@@ -183,6 +183,10 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
 
     /// A configuration read (`PCIFunction`).
     public func configRead(offset: Int, size: Int) -> UInt32 {
+        guard Self.isConfigAccess(offset: offset, size: size) else {
+            ignored.add(1, ordering: .relaxed)
+            return .max
+        }
         let cap = Self.capabilityOffset
         if offset >= cap, offset < cap + MsixLayout.capabilityLength {
             return emulator.readCapability(offset: offset - cap, size: size)
@@ -190,6 +194,14 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
         let dword = configDword(offset & ~3)
         let shifted = dword >> (8 * UInt32(offset & 3))
         return size == 4 ? shifted : shifted & ((1 << (8 * UInt32(size))) - 1)
+    }
+
+    /// A configuration access is 1, 2 or 4 bytes inside the 256-byte
+    /// header. The PCI bus never makes any other, but a caller of this API
+    /// can: fuzzing found that a size above 4 overflowed the read mask and
+    /// crashed the VMM. Anything else is ignored (reads as all ones) and counted.
+    static func isConfigAccess(offset: Int, size: Int) -> Bool {
+        (size == 1 || size == 2 || size == 4) && offset >= 0 && offset <= 256 - size
     }
 
     private func configDword(_ offset: Int) -> UInt32 {
@@ -209,6 +221,10 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     /// A configuration write (`PCIFunction`): the command register, BAR
     /// sizing, the interrupt line and the MSI-X capability are writable.
     public func configWrite(offset: Int, size: Int, value: UInt32) {
+        guard Self.isConfigAccess(offset: offset, size: size) else {
+            ignored.add(1, ordering: .relaxed)
+            return
+        }
         let cap = Self.capabilityOffset
         if offset >= cap, offset < cap + MsixLayout.capabilityLength {
             emulator.writeCapability(offset: offset - cap, size: size, value: value)

@@ -14,9 +14,11 @@ let needsKVM = Testing.ConditionTrait.enabled(if: kvmPresent, "skipped: /dev/kvm
 final class CountingGuest {
     let vm: TinyVM
 
-    init(cpus: Int = 2) throws {
+    /// Starts the guest on `cpus` vCPUs after `plugging` has attached devices.
+    init(cpus: Int = 2, plugging: (TinyVM) throws -> Void = { _ in }) throws {
         vm = try TinyVM(.init(cpus: cpus))
         try vm.load(GuestProgram.interruptCounter.image)
+        try plugging(vm)
         vm.start()
         let ready = vm.waitUntil(timeout: .seconds(20)) {
             (0..<cpus).allSatisfy { vm.memory.read32(at: InterruptCounterLayout.ready(cpu: $0)) == 1 }

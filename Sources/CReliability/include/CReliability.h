@@ -17,6 +17,9 @@ const unsigned char *hostile_smash(size_t *length);
 const unsigned char *hostile_triple(size_t *length);
 /// CLI; HLT: asleep forever (halt.S).
 const unsigned char *hostile_halt(size_t *length);
+/// The lossless-stress guest: per device vector, the highest sequence number
+/// seen and handler runs while the host said masked (seq_stress.S).
+const unsigned char *guest_seq_stress_image(size_t *length);
 
 /// Bytes malloc has handed out and not had back, over every arena and
 /// mmapped block (glibc mallinfo2: uordblks + hblkhd). Swift's Glibc module

@@ -1,0 +1,102 @@
+/* The lossless-stress guest. Every vCPU runs this from 0x1000 in big real
+ * mode (EBX = vCPU index): x2APIC on, IVT entries 0x20..0xFF point at
+ * per-vector stubs, ready flag set, then HLT with interrupts on.
+ *
+ * A device vector i (0..31) may arrive as IDT vector 0x40 + i or 0x80 + i
+ * (the host flips the MSI data) on either vCPU (the host flips the address);
+ * the handler works on i = vector & 0x3F. The host's fence vector 0x21 is
+ * i = 33. All 32-bit words:
+ *   0x0500 + 4*cpu                ready
+ *   0x9000 + 4*i                  sequence: the device writes n here before
+ *                                 its n-th signal of vector i
+ *   0x9400 + 4*i                  masked: the host sets it while vector i is
+ *                                 masked (after a fence), clears it before
+ *                                 unmasking
+ *   0xA000 + 0x400*cpu + 4*i      the highest sequence this vCPU saw for i
+ *   0xB000 + 0x400*cpu + 4*i      handler runs for i while masked was set
+ *   0xC000 + 0x400*cpu + 4*i      handler runs for i
+ */
+#define G(x) ((x) - guest_seq_stress_start + 0x1000)
+
+	.section .rodata
+	.balign 16
+	.globl	guest_seq_stress_start
+	.globl	guest_seq_stress_end
+	.code16
+guest_seq_stress_start:
+	cli
+	/* x2APIC on: IA32_APIC_BASE |= enable (bit 11) | x2APIC (bit 10). */
+	mov	$0x1b, %ecx
+	rdmsr
+	or	$0xc00, %eax
+	wrmsr
+	/* SVR: software-enable the APIC, spurious vector 0xFF. */
+	mov	$0x80f, %ecx
+	mov	$0x1ff, %eax
+	xor	%edx, %edx
+	wrmsr
+	/* Mask LINT0: KVM points the boot vCPU's LVT0 at the PIC (ExtINT). */
+	mov	$0x835, %ecx
+	mov	$0x10000, %eax
+	xor	%edx, %edx
+	wrmsr
+	/* IVT[v] = 0000:stub(v) for v = 0x20..0xFF; stubs are 8 bytes apart. */
+	mov	$0x20, %esi
+	mov	$G(stubs), %edi
+1:	movw	%di, (,%esi,4)
+	movw	$0, 2(,%esi,4)
+	add	$8, %edi
+	inc	%esi
+	cmp	$0x100, %esi
+	jb	1b
+	movl	$1, 0x500(,%ebx,4)
+	sti
+idle:
+	hlt
+	jmp	idle
+
+	/* One stub per vector: save EAX, load the vector, join the common path. */
+	.balign	8
+stubs:
+	.set	vec, 0x20
+	.rept	0xe0
+	.balign	8
+	push	%eax
+	mov	$vec, %al
+	jmp	common
+	.set	vec, vec + 1
+	.endr
+
+common:
+	push	%esi
+	push	%ecx
+	push	%edx
+	movzx	%al, %esi
+	and	$0x3f, %esi
+	/* ECX = cpu * 0x100 + i: the index of this vCPU's word for i. */
+	mov	%ebx, %ecx
+	shl	$8, %ecx
+	add	%esi, %ecx
+	incl	0xc000(,%ecx,4)
+	mov	0x9400(,%esi,4), %eax
+	test	%eax, %eax
+	jz	1f
+	incl	0xb000(,%ecx,4)
+1:	mov	0x9000(,%esi,4), %eax
+	cmp	0xa000(,%ecx,4), %eax
+	jbe	2f
+	mov	%eax, 0xa000(,%ecx,4)
+2:	/* EOI: x2APIC EOI register (MSR 0x80B) <- 0. */
+	mov	$0x80b, %ecx
+	xor	%eax, %eax
+	xor	%edx, %edx
+	wrmsr
+	pop	%edx
+	pop	%ecx
+	pop	%esi
+	pop	%eax
+	iret
+guest_seq_stress_end:
+
+	/* Not executable on the host: these bytes run only inside the guest. */
+	.section .note.GNU-stack,"",@progbits
