@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C: ioctl request numbers and non-variadic wrappers; nothing Swift can import directly.
@@ -79,11 +80,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // The benchmark's floor: the measured operations in plain C ioctls, no library code.
+        .target(name: "CBenchFloor"),
+        // `irqfd bench`: measurements on KVM, and the report (percentiles, JSON, SVG, tables).
+        .target(
+            name: "Bench",
+            dependencies: [
+                "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict),
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
         .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
         .executableTarget(
             name: "irqfd",
             dependencies: [
+                "Bench",
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
                 "IrqFdProbe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -138,6 +150,10 @@ let package = Package(
                 "MSIX", "IrqFdCore", "IrqFdLinux",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "BenchTests",
+            dependencies: ["Bench", .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strict),
         // C for the reliability tests: hostile guest programs (16-bit assembly), malloc statistics.
         .target(name: "CReliability"),

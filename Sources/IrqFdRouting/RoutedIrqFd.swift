@@ -1,6 +1,83 @@
 public import IrqFdCore
 import Synchronization
 
+/// The table's state, behind the partition's lock.
+///
+/// Deliberately not nested in the generic `RoutedIrqFd<Kernel>`: a nested type
+/// is generic too, and every access from the unspecialised generic code then
+/// looks its metadata up at run time (a tenth of a batch's CPU). Routes waiting
+/// to be armed are held as `AnyObject` for the same reason; only routes of
+/// the owning partition are ever stored.
+struct RoutingTableState {
+    var allocator: GsiAllocator
+    /// What the table should hold, by GSI.
+    var desired: [MsiMessage?]
+    /// What the kernel holds, by GSI (the last successful push).
+    var pushed: [MsiMessage?]
+    var batchDepth = 0
+    var dirty = false
+    /// Routes to arm once their entry reaches the kernel (rule 9), by GSI.
+    /// An array rather than a dictionary: ending a batch of thousands of
+    /// routes then walks the waiting GSIs in order without hashing or
+    /// sorting weak references (that sort was a third of a batch's CPU).
+    var armAfterPush: [WeakRouteReference]
+    /// GSIs registered in `armAfterPush` since the last batch ended (may repeat).
+    var armQueue: [UInt32] = []
+    /// GSIs whose `desired` entry changed since the last successful push
+    /// (may repeat). A push copies just these into `pushed`: assigning the
+    /// whole array would share its buffer, and the next change would copy
+    /// every GSI's entry again.
+    var changed: [UInt32] = []
+    /// The entries of the next push, kept to reuse its buffer.
+    var scratch: [RoutingEntry] = []
+
+    init(allocator: GsiAllocator, limit: Int) {
+        self.allocator = allocator
+        desired = Array(repeating: nil, count: limit)
+        pushed = desired
+        armAfterPush = Array(repeating: WeakRouteReference(), count: limit)
+    }
+
+    func isLive(_ gsi: UInt32) -> Bool {
+        desired[Int(gsi)] != nil && desired[Int(gsi)] == pushed[Int(gsi)]
+    }
+
+    mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?) {
+        desired[Int(gsi)] = message
+        changed.append(gsi)
+    }
+
+    mutating func waitToArm(_ gsi: UInt32, _ route: AnyObject) {
+        armAfterPush[Int(gsi)] = WeakRouteReference(route: route)
+        armQueue.append(gsi)
+    }
+
+    mutating func stopWaitingToArm(_ gsi: UInt32) {
+        armAfterPush[Int(gsi)] = WeakRouteReference()
+    }
+
+    /// The routes waiting to be armed, in GSI order; clears the wait list.
+    mutating func takeWaitingRoutes() -> [AnyObject] {
+        guard !armQueue.isEmpty else { return [] }
+        armQueue.sort()
+        var routes: [AnyObject] = []
+        routes.reserveCapacity(armQueue.count)
+        var last: UInt32?
+        for gsi in armQueue where gsi != last {
+            last = gsi
+            if let route = armAfterPush[Int(gsi)].route { routes.append(route) }
+            armAfterPush[Int(gsi)] = WeakRouteReference()
+        }
+        armQueue.removeAll(keepingCapacity: true)
+        return routes
+    }
+}
+
+/// A route waiting to be armed; weak, so a queued route can still be released.
+struct WeakRouteReference {
+    weak var route: AnyObject?
+}
+
 /// The routing core shared by every backend whose kernel keeps a GSI routing
 /// table (KVM, mshv): GSI allocation, the table with batches, and routes that
 /// obey DESIGN.md's twelve rules. The kernel's encoding is `Kernel`'s business.
@@ -14,33 +91,15 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     let table: Mutex<TableState>
     private let pushCounter = Atomic<Int>(0)
 
-    struct TableState {
-        var allocator: GsiAllocator
-        /// What the table should hold, by GSI.
-        var desired: [MsiMessage?]
-        /// What the kernel holds, by GSI (the last successful push).
-        var pushed: [MsiMessage?]
-        var batchDepth = 0
-        var dirty = false
-        /// Routes to arm once their entry reaches the kernel (rule 9).
-        var armAfterPush: [UInt32: WeakRoute] = [:]
-
-        func isLive(_ gsi: UInt32) -> Bool {
-            desired[Int(gsi)] != nil && desired[Int(gsi)] == pushed[Int(gsi)]
-        }
-    }
-
-    struct WeakRoute {
-        weak var route: RoutedIrqFdRoute<Kernel>?
-    }
+    /// Not generic (see `RoutingTableState`).
+    typealias TableState = RoutingTableState
 
     /// A partition over `kernel`'s GSI space and table.
     public init(kernel: Kernel) {
         self.kernel = kernel
         let allocator = GsiAllocator(
             limit: kernel.gsiLimit, reserved: kernel.reservedGsis, capacity: kernel.msiEntryCapacity)
-        let empty = [MsiMessage?](repeating: nil, count: Int(kernel.gsiLimit))
-        table = Mutex(TableState(allocator: allocator, desired: empty, pushed: empty))
+        table = Mutex(TableState(allocator: allocator, limit: Int(kernel.gsiLimit)))
     }
 
     /// Makes a route on the lowest free GSI with a fresh event; no MSI, unarmed.
@@ -82,17 +141,17 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let toArm = try table.withLock { (t: inout TableState) throws(IrqFdError) -> [RoutedIrqFdRoute<Kernel>] in
             t.batchDepth -= 1
             guard t.batchDepth == 0 else { return [] }
-            // In GSI order: a dictionary's order differs from instance to instance,
-            // and the same batch should make the same calls every time.
-            let waiting = t.armAfterPush.sorted { $0.key < $1.key }.compactMap(\.value.route)
-            t.armAfterPush = [:]
+            // In GSI order: the same batch makes the same calls every time. Only this
+            // partition's routes are ever queued, so the downcast cannot fail.
+            let waiting = t.takeWaitingRoutes().map { unsafeDowncast($0, to: RoutedIrqFdRoute<Kernel>.self) }
             if t.dirty {
                 do throws(IrqFdError) {
                     try push(&t)
                 } catch {
                     // Back to what the kernel holds, except GSIs freed meanwhile.
                     for gsi in t.desired.indices {
-                        t.desired[gsi] = t.allocator.isTaken(UInt32(gsi)) ? t.pushed[gsi] : nil
+                        let restored = t.allocator.isTaken(UInt32(gsi)) ? t.pushed[gsi] : nil
+                        if t.desired[gsi] != restored { t.setDesired(UInt32(gsi), restored) }
                     }
                     t.dirty = t.desired != t.pushed
                     throw error
@@ -109,13 +168,17 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
 
     /// Pushes `desired` whole, in one kernel call (rule 8). Table lock held.
     private func push(_ t: inout TableState) throws(IrqFdError) {
-        var entries: [RoutingEntry] = []
+        var entries = t.scratch
+        t.scratch = []  // `entries` holds the only reference: appending reuses the buffer
+        entries.removeAll(keepingCapacity: true)
         entries.reserveCapacity(t.allocator.used)
         for (gsi, message) in t.desired.enumerated() {
             if let message { entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message)) }
         }
+        defer { t.scratch = entries }
         try kernel.pushRoutingTable(entries)
-        t.pushed = t.desired
+        for gsi in t.changed { t.pushed[Int(gsi)] = t.desired[Int(gsi)] }
+        t.changed.removeAll(keepingCapacity: true)
         t.dirty = false
         pushCounter.add(1, ordering: .relaxed)
     }
@@ -129,22 +192,22 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     ) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool) {
         try table.withLock { (t: inout TableState) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool) in
             let previous = t.desired[Int(gsi)]
-            if message == nil { t.armAfterPush[gsi] = nil }
+            if message == nil { t.stopWaitingToArm(gsi) }
             if previous != message {
-                t.desired[Int(gsi)] = message
+                t.setDesired(gsi, message)
                 if t.batchDepth > 0 {
                     t.dirty = true
                 } else {
                     do throws(IrqFdError) {
                         try push(&t)
                     } catch {
-                        t.desired[Int(gsi)] = previous
+                        t.setDesired(gsi, previous)
                         throw error
                     }
                 }
             }
             let live = t.isLive(gsi)
-            if let route, message != nil, !live { t.armAfterPush[gsi] = WeakRoute(route: route) }
+            if let route, message != nil, !live { t.waitToArm(gsi, route) }
             return (previous, live)
         }
     }
@@ -155,7 +218,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         table.withLock { t in
             let exists = t.desired[Int(gsi)] != nil
             let live = t.isLive(gsi)
-            if let route, exists, !live { t.armAfterPush[gsi] = WeakRoute(route: route) }
+            if let route, exists, !live { t.waitToArm(gsi, route) }
             return (exists, live)
         }
     }
@@ -167,9 +230,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// the next one) and frees the GSI. Used when a route is released.
     func release(_ gsi: UInt32) {
         table.withLock { t in
-            t.armAfterPush[gsi] = nil
+            t.stopWaitingToArm(gsi)
             if t.desired[Int(gsi)] != nil {
-                t.desired[Int(gsi)] = nil
+                t.setDesired(gsi, nil)
                 if t.batchDepth > 0 {
                     t.dirty = true
                 } else {
@@ -194,6 +257,12 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     }
 }
 
+/// A route's own state, behind its lock.
+struct RoutedRouteState {
+    var masked = false
+    var armed = false
+}
+
 /// A route of a `RoutedIrqFd`: one GSI, one event, one routing entry.
 public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     /// The GSI this route owns until it is released.
@@ -204,10 +273,8 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     public let partition: RoutedIrqFd<Kernel>
     private let state = Mutex(RouteState())
 
-    struct RouteState {
-        var masked = false
-        var armed = false
-    }
+    /// Not generic, for the reason given at `RoutingTableState`.
+    typealias RouteState = RoutedRouteState
 
     init(gsi: UInt32, event: any Event, partition: RoutedIrqFd<Kernel>) {
         self.gsi = gsi

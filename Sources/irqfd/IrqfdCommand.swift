@@ -6,5 +6,5 @@ struct IrqfdCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "irqfd",
         abstract: "Kernel-mediated MSI delivery (irqfd) for VMMs, shown on real KVM guests.",
-        subcommands: [Run.self, Demo.self, Probe.self])
+        subcommands: [Run.self, Demo.self, Probe.self, BenchCommand.self])
 }

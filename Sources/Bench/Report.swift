@@ -1,0 +1,368 @@
+public import Foundation
+
+/// Everything one `irqfd bench` run measured, in the shape `--json` writes.
+///
+/// All times in one report come from the same run, so its ratios compare
+/// like with like even when the machine's absolute speed drifts.
+public struct BenchReport: Codable, Equatable, Sendable {
+    /// Where and how the run was made.
+    public var machine: Machine
+    /// Delivery latency per path (`irqfd`, `relay`, `userspace`, and the
+    /// floors `raw`, `raw_relay`, `raw_signal_msi`).
+    public var delivery: [Delivery]
+    /// Interrupts per second per path, through one vector and through eight.
+    public var throughput: [Throughput]
+    /// Back-to-back signals per path and how many coalesced.
+    public var bursts: [Burst]
+    /// Route programming per N.
+    public var programming: [Programming]
+    /// Mask + unmask cycles against raw KVM_IRQFD deassign + assign (nil if not measured).
+    public var maskUnmask: MaskUnmask?
+    /// Route creation and release rates and memory per live route (nil if not measured).
+    public var lifecycle: Lifecycle?
+    /// DESIGN.md's performance targets, checked against this run's ratios.
+    public var targets: [TargetCheck]
+    /// What this run could not measure, and why.
+    public var gaps: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case machine, delivery, throughput, bursts, programming
+        case maskUnmask = "mask_unmask"
+        case lifecycle, targets, gaps
+    }
+
+    /// A report.
+    public init(
+        machine: Machine, delivery: [Delivery], throughput: [Throughput], bursts: [Burst],
+        programming: [Programming], maskUnmask: MaskUnmask?, lifecycle: Lifecycle?,
+        targets: [TargetCheck] = [], gaps: [String] = []
+    ) {
+        self.machine = machine
+        self.delivery = delivery
+        self.throughput = throughput
+        self.bursts = bursts
+        self.programming = programming
+        self.maskUnmask = maskUnmask
+        self.lifecycle = lifecycle
+        self.targets = targets
+        self.gaps = gaps
+    }
+
+    /// The machine and the run's settings.
+    public struct Machine: Codable, Equatable, Sendable {
+        /// uname -r.
+        public var kernel: String
+        /// Online CPUs.
+        public var cpus: Int
+        /// KVM_GET_API_VERSION.
+        public var kvmApiVersion: Int
+        /// KVM_CAP_IRQ_ROUTING: the GSI space and the table's entry limit.
+        public var gsiLimit: Int
+        /// MSI routes that can be live at once (the library's `gsiCapacity`).
+        public var gsiCapacity: Int
+        /// Latency samples per path asked for.
+        public var samplesPerPath: Int
+        /// Whether this was a `--quick` run.
+        public var quick: Bool
+        /// Wall-clock seconds the run took.
+        public var seconds: Double
+        /// When the run started (ISO 8601).
+        public var date: String
+
+        enum CodingKeys: String, CodingKey {
+            case kernel, cpus
+            case kvmApiVersion = "kvm_api_version"
+            case gsiLimit = "gsi_limit"
+            case gsiCapacity = "gsi_capacity"
+            case samplesPerPath = "samples_per_path"
+            case quick, seconds, date
+        }
+
+        /// Machine facts.
+        public init(
+            kernel: String, cpus: Int, kvmApiVersion: Int, gsiLimit: Int, gsiCapacity: Int,
+            samplesPerPath: Int, quick: Bool, seconds: Double, date: String
+        ) {
+            self.kernel = kernel
+            self.cpus = cpus
+            self.kvmApiVersion = kvmApiVersion
+            self.gsiLimit = gsiLimit
+            self.gsiCapacity = gsiCapacity
+            self.samplesPerPath = samplesPerPath
+            self.quick = quick
+            self.seconds = seconds
+            self.date = date
+        }
+    }
+
+    /// One path's delivery latency: device signal -> guest handler ran.
+    public struct Delivery: Codable, Equatable, Sendable {
+        /// The path's name.
+        public var path: String
+        /// The floor this path is compared with (nil for floors themselves).
+        public var floor: String?
+        /// The percentiles.
+        public var latency: LatencySummary
+
+        /// A path's result.
+        public init(path: String, floor: String?, latency: LatencySummary) {
+            self.path = path
+            self.floor = floor
+            self.latency = latency
+        }
+
+        enum CodingKeys: String, CodingKey { case path, floor }
+
+        // Flattened: {"path":..,"samples":..,"p50_us":..,...}, as the issue asks.
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            path = try container.decode(String.self, forKey: .path)
+            floor = try container.decodeIfPresent(String.self, forKey: .floor)
+            latency = try LatencySummary(from: decoder)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(path, forKey: .path)
+            try container.encodeIfPresent(floor, forKey: .floor)
+            try latency.encode(to: encoder)
+        }
+    }
+
+    /// Sustained interrupt rate of one path.
+    public struct Throughput: Codable, Equatable, Sendable {
+        /// The path's name.
+        public var path: String
+        /// Vectors kept busy at once.
+        public var vectors: Int
+        /// Interrupts the guest handled per second.
+        public var perSecond: Double
+        /// Interrupts handled in the measured interval.
+        public var handled: Int
+        /// The interval, seconds.
+        public var seconds: Double
+
+        enum CodingKeys: String, CodingKey {
+            case path, vectors
+            case perSecond = "per_second"
+            case handled, seconds
+        }
+
+        /// A throughput result.
+        public init(path: String, vectors: Int, perSecond: Double, handled: Int, seconds: Double) {
+            self.path = path
+            self.vectors = vectors
+            self.perSecond = perSecond
+            self.handled = handled
+            self.seconds = seconds
+        }
+    }
+
+    /// Signals sent back to back on one vector, and what the guest took.
+    public struct Burst: Codable, Equatable, Sendable {
+        /// The path's name.
+        public var path: String
+        /// Bursts sent.
+        public var bursts: Int
+        /// Signals per burst.
+        public var signalsPerBurst: Int
+        /// Interrupts the guest handled, all bursts.
+        public var delivered: Int
+        /// Signals that merged into another interrupt (signals - delivered).
+        public var coalesced: Int
+
+        enum CodingKeys: String, CodingKey {
+            case path, bursts
+            case signalsPerBurst = "signals_per_burst"
+            case delivered, coalesced
+        }
+
+        /// A burst result.
+        public init(path: String, bursts: Int, signalsPerBurst: Int, delivered: Int) {
+            self.path = path
+            self.bursts = bursts
+            self.signalsPerBurst = signalsPerBurst
+            self.delivered = delivered
+            self.coalesced = bursts * signalsPerBurst - delivered
+        }
+    }
+
+    /// Programming N routes (median of the repetitions).
+    public struct Programming: Codable, Equatable, Sendable {
+        /// N.
+        public var routes: Int
+        /// Make N routes and set their MSIs inside one batch (eventfds, one push, N arms).
+        public var batchedUs: Double
+        /// Table pushes the batch made.
+        public var batchedPushes: Int
+        /// The same outside a batch: one push per route.
+        public var oneByOneUs: Double
+        /// Table pushes one by one made.
+        public var oneByOnePushes: Int
+        /// One KVM_SET_GSI_ROUTING of N MSI entries (plus the irqchip's), built and pushed in C.
+        public var rawPushUs: Double
+        /// A C VMM making the same N routes: N eventfds, one push, N KVM_IRQFD.
+        public var rawProgramUs: Double
+        /// New MSIs for N live routes inside one batch: one push and nothing else.
+        public var retargetBatchedUs: Double
+        /// Table pushes the retarget made.
+        public var retargetPushes: Int
+        /// Dropping the N routes inside one batch.
+        public var dropBatchedUs: Double
+        /// Table pushes the drop made.
+        public var dropPushes: Int
+        /// The fastest retarget (the library's cost without the kernel's slow spells).
+        public var retargetMinUs: Double
+        /// The fastest raw push.
+        public var rawPushMinUs: Double
+        /// Repetitions behind each median (one-by-one runs once for N >= 1024).
+        public var repetitions: Int
+
+        enum CodingKeys: String, CodingKey {
+            case routes
+            case batchedUs = "batched_us"
+            case batchedPushes = "batched_pushes"
+            case oneByOneUs = "one_by_one_us"
+            case oneByOnePushes = "one_by_one_pushes"
+            case rawPushUs = "raw_push_us"
+            case rawProgramUs = "raw_program_us"
+            case retargetBatchedUs = "retarget_batched_us"
+            case retargetPushes = "retarget_pushes"
+            case dropBatchedUs = "drop_batched_us"
+            case dropPushes = "drop_pushes"
+            case retargetMinUs = "retarget_min_us"
+            case rawPushMinUs = "raw_push_min_us"
+            case repetitions
+        }
+
+        /// A programming result.
+        public init(
+            routes: Int, batchedUs: Double, batchedPushes: Int, oneByOneUs: Double, oneByOnePushes: Int,
+            rawPushUs: Double, rawProgramUs: Double, retargetBatchedUs: Double, retargetPushes: Int,
+            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int
+        ) {
+            self.routes = routes
+            self.batchedUs = batchedUs
+            self.batchedPushes = batchedPushes
+            self.oneByOneUs = oneByOneUs
+            self.oneByOnePushes = oneByOnePushes
+            self.rawPushUs = rawPushUs
+            self.rawProgramUs = rawProgramUs
+            self.retargetBatchedUs = retargetBatchedUs
+            self.retargetPushes = retargetPushes
+            self.dropBatchedUs = dropBatchedUs
+            self.dropPushes = dropPushes
+            self.retargetMinUs = retargetMinUs
+            self.rawPushMinUs = rawPushMinUs
+            self.repetitions = repetitions
+        }
+    }
+
+    /// Mask + unmask of an armed route.
+    public struct MaskUnmask: Codable, Equatable, Sendable {
+        /// The library: `mask()` then `unmask()`.
+        public var usPerCycle: Double
+        /// C: KVM_IRQFD deassign then assign.
+        public var rawUsPerCycle: Double
+        /// Table pushes the library's cycles made (rule 4: none).
+        public var pushes: Int
+        /// KVM_IRQFD calls per library cycle (2 expected).
+        public var irqfdCallsPerCycle: Double
+        /// Cycles measured, each side.
+        public var cycles: Int
+
+        enum CodingKeys: String, CodingKey {
+            case usPerCycle = "us_per_cycle"
+            case rawUsPerCycle = "raw_us_per_cycle"
+            case pushes
+            case irqfdCallsPerCycle = "irqfd_calls_per_cycle"
+            case cycles
+        }
+
+        /// A mask/unmask result.
+        public init(usPerCycle: Double, rawUsPerCycle: Double, pushes: Int, irqfdCallsPerCycle: Double, cycles: Int) {
+            self.usPerCycle = usPerCycle
+            self.rawUsPerCycle = rawUsPerCycle
+            self.pushes = pushes
+            self.irqfdCallsPerCycle = irqfdCallsPerCycle
+            self.cycles = cycles
+        }
+    }
+
+    /// Route lifecycle rates and memory.
+    public struct Lifecycle: Codable, Equatable, Sendable {
+        /// `newRoute()` then release, no MSI (an eventfd and a GSI): per second.
+        public var createsDropsPerSecond: Double
+        /// `newRoute()`, `setMsi`, release (2 pushes, arm, disarm): per second.
+        public var programmedPerSecond: Double
+        /// The programmed lifecycle done in C: per second.
+        public var rawProgrammedPerSecond: Double
+        /// Routes alive while memory was measured.
+        public var liveRoutes: Int
+        /// Process heap bytes per live programmed route (mallinfo2 in-use delta).
+        public var heapBytesPerRoute: Double
+        /// Resident bytes per live programmed route (/proc/self/statm delta the
+        /// first time that many routes exist; page-granular).
+        public var rssBytesPerRoute: Double
+
+        enum CodingKeys: String, CodingKey {
+            case createsDropsPerSecond = "creates_drops_per_second"
+            case programmedPerSecond = "programmed_per_second"
+            case rawProgrammedPerSecond = "raw_programmed_per_second"
+            case liveRoutes = "live_routes"
+            case heapBytesPerRoute = "heap_bytes_per_route"
+            case rssBytesPerRoute = "rss_bytes_per_route"
+        }
+
+        /// A lifecycle result.
+        public init(
+            createsDropsPerSecond: Double, programmedPerSecond: Double, rawProgrammedPerSecond: Double,
+            liveRoutes: Int, heapBytesPerRoute: Double, rssBytesPerRoute: Double
+        ) {
+            self.createsDropsPerSecond = createsDropsPerSecond
+            self.programmedPerSecond = programmedPerSecond
+            self.rawProgrammedPerSecond = rawProgrammedPerSecond
+            self.liveRoutes = liveRoutes
+            self.heapBytesPerRoute = heapBytesPerRoute
+            self.rssBytesPerRoute = rssBytesPerRoute
+        }
+    }
+
+    /// One DESIGN.md target: the ratio measured and whether it is met.
+    public struct TargetCheck: Codable, Equatable, Sendable {
+        /// What is compared with what.
+        public var name: String
+        /// The measured ratio (library / floor); nil if a side was not measured.
+        public var ratio: Double?
+        /// The largest ratio the target allows.
+        public var limit: Double
+        /// Whether `ratio <= limit`.
+        public var met: Bool?
+        /// How to read it.
+        public var note: String
+
+        /// A check.
+        public init(name: String, ratio: Double?, limit: Double, note: String) {
+            self.name = name
+            self.ratio = ratio
+            self.limit = limit
+            self.met = ratio.map { $0 <= limit }
+            self.note = note
+        }
+    }
+
+    /// The delivery result of `path`, if measured.
+    public func delivery(_ path: String) -> Delivery? { delivery.first { $0.path == path } }
+
+    /// The report as pretty-printed JSON with sorted keys.
+    public func jsonData() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(self)
+    }
+
+    /// Reads a report written by `jsonData()`.
+    public static func decode(_ data: Data) throws -> BenchReport {
+        try JSONDecoder().decode(BenchReport.self, from: data)
+    }
+}

@@ -1,0 +1,65 @@
+/// DESIGN.md's "Performance, measured against the kernel floor", as ratios
+/// of one run's numbers.
+public enum Targets {
+    /// Path names, shared by the runner, the table and the picture.
+    public enum Path {
+        /// The KVM backend's routes: kernel irqfd.
+        public static let irqfd = "irqfd"
+        /// The relay backend: an epoll thread injecting with KVM_SIGNAL_MSI.
+        public static let relay = "relay"
+        /// The MSI-X emulator's userspace path: the device thread injects with KVM_SIGNAL_MSI.
+        public static let userspace = "userspace"
+        /// Floor of `irqfd`: GSI route and KVM_IRQFD made by direct ioctls, eventfd written from C.
+        public static let raw = "raw"
+        /// Floor of `relay`: a C thread in epoll_wait that reads the eventfd and calls KVM_SIGNAL_MSI.
+        public static let rawRelay = "raw_relay"
+        /// Floor of `userspace`: KVM_SIGNAL_MSI called from C on the device thread.
+        public static let rawSignalMsi = "raw_signal_msi"
+
+        /// Each library path's floor.
+        public static let floors: [String: String] = [irqfd: raw, relay: rawRelay, userspace: rawSignalMsi]
+        /// The order paths are measured and shown in.
+        public static let all = [irqfd, raw, relay, rawRelay, userspace, rawSignalMsi]
+    }
+
+    /// The N at which programming is held to its target.
+    public static let programmingN = 2048
+
+    /// The checks, in DESIGN.md's order.
+    public static func check(_ report: BenchReport) -> [BenchReport.TargetCheck] {
+        var checks: [BenchReport.TargetCheck] = []
+        let irqfd = report.delivery(Path.irqfd), raw = report.delivery(Path.raw)
+        checks.append(
+            .init(
+                name: "irqfd delivery p50 / raw p50", ratio: ratio(irqfd?.latency.p50Us, raw?.latency.p50Us), limit: 1.05,
+                note: "the kernel path: no library code runs between the signal and the guest"))
+        let relay = report.delivery(Path.relay), rawRelay = report.delivery(Path.rawRelay)
+        var relayNote = "against a C relay (epoll thread + KVM_SIGNAL_MSI)"
+        if let relay, let irqfd {
+            relayNote += String(format: "; relay costs %+.1f µs at p50 over irqfd", relay.latency.p50Us - irqfd.latency.p50Us)
+        }
+        checks.append(
+            .init(
+                name: "relay delivery p50 / C relay p50", ratio: ratio(relay?.latency.p50Us, rawRelay?.latency.p50Us), limit: 1.10,
+                note: relayNote))
+        let program = report.programming.first { $0.routes == programmingN }
+        checks.append(
+            .init(
+                name: "program \(programmingN) in one batch / one raw push of \(programmingN)",
+                ratio: ratio(program?.retargetBatchedUs, program?.rawPushUs), limit: 1.5,
+                note: "new MSIs for \(programmingN) live routes in one batch (one push, nothing else) against one C push of \(programmingN) entries"))
+        let mask = report.maskUnmask
+        checks.append(
+            .init(
+                name: "mask+unmask / raw KVM_IRQFD deassign+assign",
+                ratio: ratio(mask?.usPerCycle, mask?.rawUsPerCycle), limit: 1.2,
+                note: mask.map { "\($0.pushes) table pushes in \($0.cycles) library cycles" } ?? "not measured"))
+        return checks
+    }
+
+    /// a / b, or nil when either is missing or b is not positive.
+    public static func ratio(_ a: Double?, _ b: Double?) -> Double? {
+        guard let a, let b, b > 0 else { return nil }
+        return a / b
+    }
+}
