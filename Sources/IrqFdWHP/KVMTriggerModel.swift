@@ -82,10 +82,12 @@ public final class KVMTriggerModel: TriggerProvider {
         counts.withLock { $0.deleted += 1 }
     }
 
-    /// KVM_SIGNAL_MSI.
+    /// KVM_SIGNAL_MSI. Counted before the call: once the guest has taken the
+    /// interrupt, the count must already say so (counting after it let a
+    /// test see the interrupt and a count of 0, under ThreadSanitizer).
     public func requestInterrupt(_ interrupt: WHPInterruptControl) throws(IrqFdError) {
-        try injector.inject(interrupt.msiMessage)
         counts.withLock { $0.requested += 1 }
+        try injector.inject(interrupt.msiMessage)
     }
 }
 

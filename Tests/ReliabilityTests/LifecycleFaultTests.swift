@@ -22,7 +22,7 @@ import TinyVM
         let guest = try CountingGuest()
         let target = KVMTarget(guest)
         let freeBefore = guest.vm.irqfd.freeGsiCount
-        let descriptorsBefore = openDescriptorCount()
+        let descriptorsBefore = settledDescriptorCount()
         var route: KVMIrqFdRoute? = try guest.vm.irqfd.newRoute()
         try route!.setMsi(MsiMessage(destination: 0, vector: 0x70))
         let gsi = route!.gsi
@@ -47,7 +47,7 @@ import TinyVM
         let target = KVMTarget(guest)
         let irqfd = guest.vm.irqfd
         let freeBefore = irqfd.freeGsiCount
-        let descriptorsBefore = openDescriptorCount()
+        let descriptorsBefore = settledDescriptorCount()
         var routes = try (0..<8).map { _ in try irqfd.newRoute() }
         for (i, route) in routes.enumerated() { try route.setMsi(MsiMessage(destination: UInt32(i % 2), vector: 0x72)) }
         guest.vm.vm.faults.failCall("KVM_SET_GSI_ROUTING", errno: RouteFaultTests.injected)
@@ -67,7 +67,7 @@ import TinyVM
     @Test func droppingAnArmedRelayRouteWhoseUnwatchFailsForgetsItAllTheSame() throws {
         let guest = try CountingGuest()
         let target = try RelayTarget(guest)
-        let descriptorsBefore = openDescriptorCount()
+        let descriptorsBefore = settledDescriptorCount()
         var route: RelayIrqFdRoute? = try target.relay.newRoute()
         try route!.setMsi(MsiMessage(destination: 0, vector: 0x74))
         target.poller.fail(FaultyPoller.delete, after: 0, errno: RouteFaultTests.injected)
@@ -108,7 +108,7 @@ import TinyVM
         let kvm = KVMTarget(guest)
         let relay = try RelayTarget(guest)
         let freeBefore = guest.vm.irqfd.freeGsiCount
-        let descriptorsBefore = openDescriptorCount()
+        let descriptorsBefore = settledDescriptorCount()
         try withEveryDescriptorTaken {
             #expect(throws: IrqFdError.call("eventfd", .tooManyOpenFiles)) { try guest.vm.irqfd.newRoute() }
             #expect(throws: IrqFdError.call("eventfd", .tooManyOpenFiles)) { try relay.relay.newRoute() }

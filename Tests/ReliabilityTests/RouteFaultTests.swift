@@ -106,7 +106,7 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
     /// call failed.
     func attack(_ scenario: RouteScenario, on target: any FaultTarget, guest: CountingGuest) throws {
         let freeBefore = target.freeGsis
-        let descriptorsBefore = openDescriptorCount()
+        let descriptorsBefore = settledDescriptorCount()
         // A dry run: which calls, how many of each.
         let calls: [String: Int]
         do {

@@ -44,6 +44,23 @@ final class CountingGuest {
     func settle() { usleep(50_000) }
 }
 
+/// The open-descriptor count once it has stopped changing: the previous
+/// test's VM may still be closing (its vCPU threads release it after
+/// `wait()` returned, much later under ThreadSanitizer).
+func settledDescriptorCount() -> Int {
+    // Unchanged for 200 ms in a row (a preempted vCPU thread can sit on a
+    // released VM for tens of milliseconds under a sanitizer); at most 5 s.
+    var count = openDescriptorCount()
+    var steady = 0
+    for _ in 0..<250 where steady < 10 {
+        usleep(20_000)
+        let now = openDescriptorCount()
+        steady = now == count ? steady + 1 : 0
+        count = now
+    }
+    return count
+}
+
 /// Open descriptors of this process.
 func openDescriptorCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1

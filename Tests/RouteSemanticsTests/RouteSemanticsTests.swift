@@ -161,7 +161,7 @@ final class Partition {
         let guest = try CountingGuest(cpus: 1)
         let partition = try backend.make(guest)
         let freeGsis = guest.vm.irqfd.freeGsiCount
-        let fds = openDescriptorCount()
+        let fds = settledDescriptorCount()
         for i in 0..<2_000 {
             let route = try i % 4 == 0 ? partition.newRoute() : partition.newLiveRoute(MsiMessage(destination: 0, vector: 0x57))
             if i % 3 == 0 { try route.mask() }
