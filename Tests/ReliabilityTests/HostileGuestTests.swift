@@ -35,8 +35,11 @@ struct HostileGuest: Sendable, CustomTestStringConvertible {
             name: "the same on two vCPUs at once", image: { bytes { hostile_scribble($0) } }, cpus: 2,
             accepts: { $0 == .exited(code: 7) }, statuses: [7]),
         HostileGuest(
-            name: "smashes its IVT, stack and code, then runs wild forever", image: { bytes { hostile_smash($0) } }, cpus: 1,
-            accepts: { isTimeout($0) }, statuses: [124]),
+            // Where it runs to depends on timing (how far it got when the
+            // timeout fires): on forever through zeroed RAM, or into code
+            // KVM's emulator refuses. Either ends clearly.
+            name: "smashes its IVT, stack and code, then runs wild", image: { bytes { hostile_smash($0) } }, cpus: 1,
+            accepts: { isTimeout($0) || isAnyFault($0) }, statuses: [124, 125]),
         HostileGuest(
             // Real hardware triple-faults; this machine's KVM emulator ignores a real-mode
             // IDT limit and takes vector 3 from the IVT (a fault report); a KVM that resumes
