@@ -120,29 +120,34 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Fixtures shared by the test targets (a real guest, descriptor checks, subprocesses).
+        .target(
+            name: "TestSupport",
+            dependencies: ["IrqFdCore", "IrqFdKVM", "KVM", "TinyVM"],
+            swiftSettings: strict),
         .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdMSHVTests",
-            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdMSHV", "IrqFdLinux", "IrqFdKVM", "KVM", "CLinuxKVM", "TinyVM"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdMSHV", "IrqFdLinux", "IrqFdKVM", "KVM", "CLinuxKVM", "TinyVM"],
             swiftSettings: strict),
-        .testTarget(name: "IrqFdProbeTests", dependencies: ["IrqFdProbe", "IrqFdCore"], swiftSettings: strict),
+        .testTarget(name: "IrqFdProbeTests", dependencies: ["TestSupport", "IrqFdProbe", "IrqFdCore"], swiftSettings: strict),
         .testTarget(name: "IrqFdRoutingTests", dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdKVMTests",
-            dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "TinyVM", "GuestPrograms"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "TinyVM", "GuestPrograms"],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdRelayTests",
-            dependencies: ["IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "TinyVM", "GuestPrograms"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "TinyVM", "GuestPrograms"],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdWHPTests",
-            dependencies: ["IrqFdCore", "IrqFdWHP", "IrqFdRelay", "IrqFdKVM", "IrqFdLinux", "KVM", "TinyVM"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdWHP", "IrqFdRelay", "IrqFdKVM", "IrqFdLinux", "KVM", "TinyVM"],
             swiftSettings: strict),
         // The route-semantics suite, written once and run against every backend that runs here.
         .testTarget(
             name: "RouteSemanticsTests",
-            dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdWHP", "IrqFdLinux", "KVM", "TinyVM"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdWHP", "IrqFdLinux", "KVM", "TinyVM"],
             swiftSettings: strict),
         .testTarget(
             name: "MSIXTests",
@@ -153,7 +158,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "BenchTests",
-            dependencies: ["Bench", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: ["TestSupport", "Bench", .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strict),
         // C for the reliability tests: hostile guest programs (16-bit assembly), malloc statistics.
         .target(name: "CReliability"),
@@ -167,7 +172,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
+            dependencies: ["TestSupport", "TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
             swiftSettings: strict),
     ]
 )

@@ -116,7 +116,8 @@ public final class TinyVM: Sendable {
     private let mmio = Mutex<[(range: Range<UInt64>, device: any MMIODevice)]>([])
     private let console = Mutex<[UInt8]>([])
     private let outcome = Mutex<Outcome?>(nil)
-    private let threads = Mutex<[pthread_t]>([])
+    private let threads = Mutex<[Int: pthread_t]>([:])
+    private let joinable = Mutex<[pthread_t]>([])
     private let running = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     private let started = Atomic<Bool>(false)
@@ -237,6 +238,11 @@ public final class TinyVM: Sendable {
         memory.load(stubs, at: Self.defaultStubBase)
     }
 
+    deinit {
+        // Stopped but never waited for: let the exited threads' resources go.
+        for thread in joinable.withLock({ $0 }) { pthread_detach(thread) }
+    }
+
     /// Loads a flat image at 0x1000.
     public func load(_ image: [UInt8]) throws(TinyVMError) {
         guard !image.isEmpty else { throw .image("the image is empty") }
@@ -269,16 +275,15 @@ public final class TinyVM: Sendable {
         precondition(!started.exchange(true, ordering: .acquiringAndReleasing), "a TinyVM runs once")
         Self.installKickHandler
         running.store(vcpus.count, ordering: .releasing)
-        for vcpu in vcpus {
-            let thread = Thread { [self] in
+        for index in vcpus.indices {
+            let thread = startJoinableThread { [self] in
                 _ = irqfd_unblock_signal(SIGUSR1)
-                threads.withLock { $0.append(pthread_self()) }
-                runLoop(vcpu)
+                threads.withLock { $0[index] = pthread_self() }
+                runLoop(vcpus[index])
+                threads.withLock { $0[index] = nil }
                 if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finished.signal() }
             }
-            thread.name = "vCPU \(vcpu.id)"
-            thread.stackSize = 1 << 20
-            thread.start()
+            joinable.withLock { $0.append(thread) }
         }
     }
 
@@ -290,6 +295,11 @@ public final class TinyVM: Sendable {
             _ = finished.wait(timeout: .seconds(365 * 86_400))
         }
         finished.signal()  // later waits return at once
+        // Joined, the vCPU threads have released everything they held (the VM,
+        // its descriptors): nothing of the run outlives this call.
+        for thread in joinable.withLock({ running in defer { running = [] }; return running }) {
+            pthread_join(thread, nil)
+        }
         return outcome.withLock { $0 } ?? .stopped
     }
 
@@ -323,7 +333,33 @@ public final class TinyVM: Sendable {
         outcome.withLock { if $0 == nil { $0 = result } }
         stopping.store(true, ordering: .releasing)
         for vcpu in vcpus { vcpu.requestExit() }
-        for thread in threads.withLock({ $0 }) { _ = irqfd_pthread_kick(thread, SIGUSR1) }
+        // Under the lock a vCPU thread deregisters with before it exits, so no
+        // signal goes to a thread id that may already belong to another thread.
+        threads.withLock { running in
+            for thread in running.values { _ = irqfd_pthread_kick(thread, SIGUSR1) }
+        }
+    }
+
+    /// A joinable thread (pthread_create(3), 1 MiB stack) running `body`;
+    /// Foundation's `Thread` cannot be joined, and `wait()` must know the
+    /// vCPU threads are gone, not just done.
+    private func startJoinableThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+        final class Box {
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setstacksize(&attributes, 1 << 20)
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(Box(body)).toOpaque()
+        let result = pthread_create(&thread, &attributes, { context in
+            Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        return thread
     }
 
     private static let installKickHandler: Void = { _ = irqfd_install_kick_handler(SIGUSR1) }()

@@ -1,10 +1,9 @@
 #if os(Linux)
 import Bench
 import Foundation
+import TestSupport
 import Testing
 
-let needsKVM = Testing.ConditionTrait.enabled(
-    if: FileManager.default.fileExists(atPath: "/dev/kvm"), "skipped: /dev/kvm is not present on this machine")
 
 /// The measurements themselves, run small on the real /dev/kvm: they must
 /// measure what they say (every path delivers, counts add up, the rules the

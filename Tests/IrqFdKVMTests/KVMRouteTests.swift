@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdKVM
 import IrqFdLinux
 import KVM
+import TestSupport
 import Testing
 import TinyVM
 
@@ -90,13 +91,14 @@ import TinyVM
     @Test func tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis() throws {
         let guest = try CountingGuest(cpus: 1)
         let freeBefore = guest.irqfd.freeGsiCount
-        let descriptorsBefore = openDescriptorCount()
+        let descriptors = openDescriptors()
         for i in 0..<10_000 {
             let route = try guest.irqfd.newRoute()
             if i % 10 == 0 { try route.setMsi(MsiMessage(destination: 0, vector: 0x70)) }
             if i % 20 == 0 { try route.mask() }
         }
-        #expect(openDescriptorCount() == descriptorsBefore)
+        let leaked = descriptorsLeaked(since: descriptors)
+        #expect(leaked.isEmpty, "descriptors left open: \(leaked.sorted())")
         #expect(guest.irqfd.freeGsiCount == freeBefore)
         #expect(guest.irqfd.pushedEntries.isEmpty, "every entry was removed from the kernel's table")
     }

@@ -2,6 +2,7 @@
 import IrqFdCore
 import IrqFdKVM
 import KVM
+import TestSupport
 import Testing
 
 /// The README's "library in a dozen lines", compiled and run as written

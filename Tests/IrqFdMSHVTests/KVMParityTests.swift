@@ -5,11 +5,9 @@ import IrqFdKVM
 import IrqFdMSHV
 import IrqFdRouting
 import KVM
+import TestSupport
 import Testing
 
-let kvmPresent = FileManager.default.fileExists(atPath: "/dev/kvm")
-/// Runs the test whenever /dev/kvm exists; otherwise skips it, saying why.
-let needsKVM = Testing.ConditionTrait.enabled(if: kvmPresent, "skipped: /dev/kvm is not present on this machine")
 
 /// One route operation of a script, on a slot that holds a route or nothing.
 indirect enum RouteOp: CustomStringConvertible {

@@ -1,8 +1,8 @@
 import Foundation
 import IrqFdProbe
+import TestSupport
 import Testing
 
-let kvmPresent = FileManager.default.fileExists(atPath: "/dev/kvm")
 let mshvPresent = FileManager.default.fileExists(atPath: "/dev/mshv")
 
 @Suite(.serialized) struct ProbeTests {
@@ -30,7 +30,7 @@ let mshvPresent = FileManager.default.fileExists(atPath: "/dev/mshv")
         #expect(decoded.backends.count == 4)
     }
 
-    @Test(.enabled(if: kvmPresent, "skipped: /dev/kvm is not present on this machine"))
+    @Test(needsKVM)
     func onThisMachineKVMIrqfdAndTheRelayAreAvailable() throws {
         let report = Probe.run()
         #expect(report.kvm.present && report.kvm.apiVersion == 12)
@@ -63,7 +63,7 @@ let mshvPresent = FileManager.default.fileExists(atPath: "/dev/mshv")
         #expect(report.table().contains("not usable: /nonexistent/kvm: not present"))
     }
 
-    @Test(.enabled(if: kvmPresent, "skipped: /dev/kvm is not present on this machine"))
+    @Test(needsKVM)
     func theTableListsEveryCapabilityAndBackend() {
         let table = Probe.run().table()
         for label in ["API version", "irqfd", "GSI routing entries", "signal MSI", "split irqchip", "x2APIC API", "vCPUs"] {

@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdRelay
 import KVM
 import Synchronization
+import TestSupport
 import Testing
 import TinyVM
 

@@ -1,5 +1,6 @@
 #if os(Linux)
 import Foundation
+import TestSupport
 import Testing
 
 /// `swift run irqfd demo` is the package's main job: run the built command in
@@ -7,16 +8,9 @@ import Testing
 @Suite(needsKVM, .serialized) struct DemoCommandTests {
     @Test(arguments: ["irqfd", "relay", "userspace"])
     func theDemoShowsDeliveryMaskPendingUnmaskAndRetarget(delivery: String) throws {
-        let process = Process()
-        process.executableURL = try builtExecutable("irqfd")
-        process.arguments = ["demo", "--delivery", delivery]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "\(text)")
+        let (status, stdout, stderr) = try runProcess(try builtExecutable("irqfd"), ["demo", "--delivery", delivery])
+        let text = stdout + stderr
+        #expect(status == 0, "\(text)")
         for expected in [
             "arrived on vCPU 0, IDT 0x30", "arrived on vCPU 0, IDT 0x31", "arrived on vCPU 1, IDT 0x32",
             "arrived on vCPU 1, IDT 0x33", "held: masked, latched", "0b10: vector 1 is pending",

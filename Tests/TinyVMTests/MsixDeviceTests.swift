@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import KVM
 import MSIX
+import TestSupport
 import Testing
 import TinyVM
 

@@ -4,40 +4,9 @@ import IrqFdCore
 import IrqFdLinux
 import KVM
 import MSIX
+import TestSupport
 import Testing
 import TinyVM
-
-/// The package's executables, built next to the test bundle by `swift test`.
-func builtExecutable(_ name: String) throws -> URL {
-    let me = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-    var directory = me.deletingLastPathComponent()
-    // The bundle may be a directory (…/Foo.xctest/…) or a plain executable.
-    while !directory.path.isEmpty, directory.path != "/" {
-        let candidate = directory.appendingPathComponent(name)
-        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        directory.deleteLastPathComponent()
-    }
-    throw TestFailure("\(name) was not built next to \(me.path): run `swift build` first")
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// Runs `executable` with `arguments`; returns its exit status and standard error.
-func runProcess(_ executable: URL, _ arguments: [String]) throws -> (status: Int32, stderr: String) {
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    let errors = Pipe()
-    process.standardError = errors
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    let data = errors.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-}
 
 @Suite(needsKVM, .serialized) struct OutOfProcessDeviceTests {
     /// The route's eventfd goes to another process over a Unix socket; that
@@ -99,10 +68,10 @@ func runProcess(_ executable: URL, _ arguments: [String]) throws -> (status: Int
         try Data(GuestProgram.msixSelfTest.image).write(to: image)
         defer { try? FileManager.default.removeItem(at: image) }
         for delivery in InterruptDelivery.allCases {
-            let (status, errors) = try runProcess(irqfd, ["run", "--delivery", delivery.rawValue, "--timeout", "30", image.path])
+            let (status, _, errors) = try runProcess(irqfd, ["run", "--delivery", delivery.rawValue, "--timeout", "30", image.path])
             #expect(status == 22, "--delivery \(delivery): \(errors)")
         }
-        let (status, errors) = try runProcess(irqfd, ["run", "--vectors", "2048", "--delivery", "relay", image.path])
+        let (status, _, errors) = try runProcess(irqfd, ["run", "--vectors", "2048", "--delivery", "relay", image.path])
         #expect(status == 22, "2048 vectors: \(errors)")
         let tooMany = try runProcess(irqfd, ["run", "--vectors", "2049", image.path])
         #expect(tooMany.status == 1 && tooMany.stderr.contains("--vectors must be 1...2048"), "\(tooMany.stderr)")

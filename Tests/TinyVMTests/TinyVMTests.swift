@@ -1,12 +1,10 @@
 #if os(Linux)
 import Foundation
 import KVM
+import TestSupport
 import Testing
 import TinyVM
 
-/// Tests that need /dev/kvm run whenever it exists and are skipped, saying so, when it does not.
-let kvmPresent = FileManager.default.fileExists(atPath: "/dev/kvm")
-let needsKVM = Testing.ConditionTrait.enabled(if: kvmPresent, "skipped: /dev/kvm is not present on this machine")
 
 @Suite(needsKVM) struct TinyVMContractTests {
     @Test func helloPrintsOnEveryVCPUAndExitsWith42() throws {
