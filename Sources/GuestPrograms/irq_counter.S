@@ -13,7 +13,7 @@
  * Image addresses are written (label - start + 0x1000): no relocations.
  */
 #define G(x) ((x) - guest_irq_counter_start + 0x1000)
-#define COUNTS 0x8000
+#include "guest_common.h"
 
 	.section .rodata
 	.balign 16
@@ -22,30 +22,8 @@
 	.code16
 guest_irq_counter_start:
 	cli
-	/* x2APIC on: IA32_APIC_BASE |= enable (bit 11) | x2APIC (bit 10). */
-	mov	$0x1b, %ecx
-	rdmsr
-	or	$0xc00, %eax
-	wrmsr
-	/* SVR: software-enable the APIC, spurious vector 0xFF. */
-	mov	$0x80f, %ecx
-	mov	$0x1ff, %eax
-	xor	%edx, %edx
-	wrmsr
-	/* Mask LINT0: KVM points the boot vCPU's LVT0 at the PIC (ExtINT). */
-	mov	$0x835, %ecx
-	mov	$0x10000, %eax
-	xor	%edx, %edx
-	wrmsr
-	/* IVT[v] = 0000:stub(v) for v = 0x20..0xFF; stubs are 8 bytes apart. */
-	mov	$0x20, %esi
-	mov	$G(stubs), %edi
-1:	movw	%di, (,%esi,4)
-	movw	$0, 2(,%esi,4)
-	add	$8, %edi
-	inc	%esi
-	cmp	$0x100, %esi
-	jb	1b
+	X2APIC_ON
+	COUNTING_IVT
 	movl	$1, 0x500(,%ebx,4)
 	sti
 idle:
@@ -57,39 +35,7 @@ idle:
 	out	%al, %dx
 	jmp	idle
 
-	/* One stub per vector: save EAX, load the vector, join the common path. */
-	.balign	8
-stubs:
-	.set	vec, 0x20
-	.rept	0xe0
-	.balign	8
-	push	%eax
-	mov	$vec, %al
-	jmp	common
-	.set	vec, vec + 1
-	.endr
-
-common:
-	push	%esi
-	movzx	%al, %esi
-	mov	%esi, 0x700(,%ebx,4)
-	incl	0x600(,%ebx,4)
-	mov	%ebx, %eax
-	shl	$8, %eax
-	add	%eax, %esi
-	incl	COUNTS(,%esi,4)
-	push	%ecx
-	push	%edx
-	/* EOI: x2APIC EOI register (MSR 0x80B) <- 0. */
-	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
-	pop	%edx
-	pop	%ecx
-	pop	%esi
-	pop	%eax
-	iret
+	COUNTING_HANDLERS
 guest_irq_counter_end:
 
 	/* Not executable on the host: these bytes run only inside the guest. */

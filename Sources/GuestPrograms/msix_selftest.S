@@ -12,6 +12,7 @@
  * or hangs and times out.
  */
 #define G(x) ((x) - guest_msix_selftest_start + 0x1000)
+#include "guest_common.h"
 #define COUNT 0x600
 #define REGS 0xfe000000
 #define TABLE 0xfe010000
@@ -24,19 +25,7 @@
 	.code16
 guest_msix_selftest_start:
 	cli
-	/* x2APIC on, APIC software-enabled (spurious vector 0xFF), LINT0 masked. */
-	mov	$0x1b, %ecx
-	rdmsr
-	or	$0xc00, %eax
-	wrmsr
-	mov	$0x80f, %ecx
-	mov	$0x1ff, %eax
-	xor	%edx, %edx
-	wrmsr
-	mov	$0x835, %ecx
-	mov	$0x10000, %eax
-	xor	%edx, %edx
-	wrmsr
+	X2APIC_ON
 	/* IVT[0x40] = 0000:handler. */
 	movw	$G(handler), 0x100
 	movw	$0, 0x102
