@@ -166,7 +166,7 @@ let package = Package(
         .testTarget(
             name: "ReliabilityTests",
             dependencies: [
-                "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "CLinuxKVM", "MSIX",
+                "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "CLinuxKVM", "MSIX",
                 "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),

@@ -48,6 +48,8 @@ public final class CountingGuest {
     public struct NotReady: Error {
         /// The run's outcome, or "still running".
         public var outcome: String
+        /// A guest that did not come up, and how its run ended.
+        public init(outcome: String) { self.outcome = outcome }
     }
 
     /// Interrupts of `vector` taken by `cpu`.
@@ -140,6 +142,7 @@ public func runProcess(_ executable: URL, _ arguments: [String]) throws -> (stat
     let output = Pipe(), errors = Pipe()
     process.standardOutput = output
     process.standardError = errors
+    process.standardInput = FileHandle.nullDevice
     try process.run()
     // Drain both pipes concurrently so neither fills up and blocks the child.
     let stdoutData = LockedData()

@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import MSIX
 import SystemPackage
+import TestSupport
 import Testing
 import TinyVM
 

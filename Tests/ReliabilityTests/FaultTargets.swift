@@ -7,6 +7,7 @@ import IrqFdRouting
 import KVM
 import Synchronization
 import SystemPackage
+import TestSupport
 import TinyVM
 
 /// What every attacked route shows from outside: the state a failed call

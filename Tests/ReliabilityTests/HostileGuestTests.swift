@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import CReliability
+import TestSupport
 import Testing
 import TinyVM
 
@@ -143,37 +144,9 @@ final class TemporaryFile {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// The `irqfd` executable built next to this test bundle.
-func irqfdExecutable() throws -> URL {
-    // The test runner lives in the build directory (…/debug/swift-irqfdPackageTests.xctest).
-    let runner = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    let candidate = runner.deletingLastPathComponent().appendingPathComponent("irqfd")
-    guard FileManager.default.isExecutableFile(atPath: candidate.path) else {
-        throw MissingExecutable(path: candidate.path)
-    }
-    return candidate
-}
-
-struct MissingExecutable: Error, CustomStringConvertible {
-    var path: String
-    var description: String { "\(path) is missing: build the irqfd product (swift build) before these tests" }
-}
-
-/// Runs `irqfd` with `arguments`; returns its exit status and output.
+/// Runs the built `irqfd` with `arguments`; returns its exit status and output.
 func runIrqfd(_ arguments: [String]) throws -> (status: Int32, standardOutput: String, standardError: String) {
-    let process = Process()
-    process.executableURL = try irqfdExecutable()
-    process.arguments = arguments
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    // Read both pipes to the end before waiting: a full pipe would block the child.
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    let errData = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    let result = try runProcess(try builtExecutable("irqfd"), arguments)
+    return (result.status, result.stdout, result.stderr)
 }
 #endif

@@ -7,6 +7,7 @@ import IrqFdCore
 import IrqFdKVM
 import IrqFdRelay
 import Synchronization
+import TestSupport
 import Testing
 import TinyVM
 

@@ -7,6 +7,7 @@ import IrqFdRelay
 import IrqFdRouting
 import KVM
 import SystemPackage
+import TestSupport
 import Testing
 import TinyVM
 

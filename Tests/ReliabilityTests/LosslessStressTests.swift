@@ -4,6 +4,7 @@ import Foundation
 import IrqFdCore
 import MSIX
 import Synchronization
+import TestSupport
 import Testing
 import TinyVM
 

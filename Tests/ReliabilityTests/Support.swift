@@ -1,63 +1,9 @@
 #if os(Linux)
 import Foundation
 import IrqFdCore
+import TestSupport
 import Testing
 import TinyVM
-
-let kvmPresent = FileManager.default.fileExists(atPath: "/dev/kvm")
-/// Runs the test whenever /dev/kvm exists; otherwise skips it, saying why.
-let needsKVM = Testing.ConditionTrait.enabled(if: kvmPresent, "skipped: /dev/kvm is not present on this machine")
-
-/// The interrupt-counting guest on real KVM: every vector it takes is counted
-/// per vCPU in guest memory, which the host reads. The attacks in this target
-/// end in these counters, so "consistent" always means "the kernel agrees".
-final class CountingGuest {
-    let vm: TinyVM
-
-    /// Starts the guest on `cpus` vCPUs after `plugging` has attached devices.
-    init(cpus: Int = 2, plugging: (TinyVM) throws -> Void = { _ in }) throws {
-        vm = try TinyVM(.init(cpus: cpus))
-        try vm.load(GuestProgram.interruptCounter.image)
-        try plugging(vm)
-        vm.start()
-        let ready = vm.waitUntil(timeout: .seconds(20)) {
-            (0..<cpus).allSatisfy { vm.memory.read32(at: InterruptCounterLayout.ready(cpu: $0)) == 1 }
-        }
-        guard ready else { throw NotReady(outcome: "\(vm.hasEnded ? "\(vm.wait())" : "still running")") }
-    }
-
-    deinit {
-        vm.stop()
-        vm.wait()
-    }
-
-    struct NotReady: Error { var outcome: String }
-
-    var cpus: Int { vm.configuration.cpus }
-
-    /// Interrupts of `vector` taken by `cpu`.
-    func count(cpu: Int, vector: UInt8) -> UInt32 {
-        vm.memory.read32(at: InterruptCounterLayout.count(cpu: cpu, vector: vector))
-    }
-
-    /// Interrupts taken by every vCPU, all vectors.
-    var total: UInt32 { (0..<cpus).reduce(0) { $0 + vm.memory.read32(at: InterruptCounterLayout.total(cpu: $1)) } }
-
-    /// Waits until `cpu` has taken `vector` at least `count` times.
-    @discardableResult
-    func waitFor(cpu: Int, vector: UInt8, count: UInt32, timeout: Duration = .seconds(10)) -> Bool {
-        vm.waitUntil(timeout: timeout) { self.count(cpu: cpu, vector: vector) >= count }
-    }
-
-    /// Long enough (thousands of times the delivery latency here) for a wrong
-    /// delivery to show, for checks that something did NOT arrive.
-    func settle() { usleep(30_000) }
-}
-
-/// Open descriptors of this process (entries of /proc/self/fd).
-func openDescriptorCount() -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
-}
 
 /// The open-descriptor count once it has stopped changing. A test that
 /// just released a TinyVM may still hold its descriptors for a moment: the
@@ -90,11 +36,6 @@ func residentSetBytes() -> Int {
     let fields = text.split(separator: " ")
     guard fields.count > 1, let pages = Int(fields[1]) else { return -1 }
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
-}
-
-/// Threads of this process (entries of /proc/self/task).
-func threadCount() -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
 }
 
 /// A positive integer from the environment, or `fallback`.
