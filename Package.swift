@@ -161,7 +161,7 @@ let package = Package(
             dependencies: ["TestSupport", "Bench", .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: strict),
         // C for the reliability tests: hostile guest programs (16-bit assembly), malloc statistics.
-        .target(name: "CReliability"),
+        .target(name: "CReliability", dependencies: ["GuestPrograms"]),
         // Attacks: fault injection, leak soak, hostile guests and inputs, fuzzing, lossless stress.
         .testTarget(
             name: "ReliabilityTests",

@@ -17,6 +17,7 @@
  *   0xC000 + 0x400*cpu + 4*i      handler runs for i
  */
 #define G(x) ((x) - guest_seq_stress_start + 0x1000)
+#include "guest_common.h"
 
 	.section .rodata
 	.balign 16
@@ -25,47 +26,15 @@
 	.code16
 guest_seq_stress_start:
 	cli
-	/* x2APIC on: IA32_APIC_BASE |= enable (bit 11) | x2APIC (bit 10). */
-	mov	$0x1b, %ecx
-	rdmsr
-	or	$0xc00, %eax
-	wrmsr
-	/* SVR: software-enable the APIC, spurious vector 0xFF. */
-	mov	$0x80f, %ecx
-	mov	$0x1ff, %eax
-	xor	%edx, %edx
-	wrmsr
-	/* Mask LINT0: KVM points the boot vCPU's LVT0 at the PIC (ExtINT). */
-	mov	$0x835, %ecx
-	mov	$0x10000, %eax
-	xor	%edx, %edx
-	wrmsr
-	/* IVT[v] = 0000:stub(v) for v = 0x20..0xFF; stubs are 8 bytes apart. */
-	mov	$0x20, %esi
-	mov	$G(stubs), %edi
-1:	movw	%di, (,%esi,4)
-	movw	$0, 2(,%esi,4)
-	add	$8, %edi
-	inc	%esi
-	cmp	$0x100, %esi
-	jb	1b
+	X2APIC_ON
+	VECTOR_IVT
 	movl	$1, 0x500(,%ebx,4)
 	sti
 idle:
 	hlt
 	jmp	idle
 
-	/* One stub per vector: save EAX, load the vector, join the common path. */
-	.balign	8
-stubs:
-	.set	vec, 0x20
-	.rept	0xe0
-	.balign	8
-	push	%eax
-	mov	$vec, %al
-	jmp	common
-	.set	vec, vec + 1
-	.endr
+	VECTOR_STUBS
 
 common:
 	push	%esi

@@ -23,7 +23,7 @@
 guest_irq_counter_start:
 	cli
 	X2APIC_ON
-	COUNTING_IVT
+	VECTOR_IVT
 	movl	$1, 0x500(,%ebx,4)
 	sti
 idle:
@@ -35,7 +35,8 @@ idle:
 	out	%al, %dx
 	jmp	idle
 
-	COUNTING_HANDLERS
+	VECTOR_STUBS
+	COUNTING_HANDLER
 guest_irq_counter_end:
 
 	/* Not executable on the host: these bytes run only inside the guest. */

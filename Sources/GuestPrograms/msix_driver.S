@@ -41,7 +41,7 @@
 guest_msix_driver_start:
 	cli
 	X2APIC_ON
-	COUNTING_IVT
+	VECTOR_IVT
 	movl	$1, 0x500(,%ebx,4)
 	test	%ebx, %ebx
 	jz	serve
@@ -172,7 +172,8 @@ finished:
 	mov	%eax, DONE
 	jmp	serve
 
-	COUNTING_HANDLERS
+	VECTOR_STUBS
+	COUNTING_HANDLER
 guest_msix_driver_end:
 
 	/* Not executable on the host: these bytes run only inside the guest. */

@@ -1,5 +1,6 @@
-/* Assembler macros shared by the guest programs (.S files include this after
- * defining G(x), their image-relative address). C and Swift see nothing. */
+/* Assembler macros shared by the guest programs, here and in other targets'
+ * .S files (which include this after defining G(x), their image-relative
+ * address). Everything is inside __ASSEMBLER__: C and Swift see nothing. */
 #ifndef GUEST_COMMON_H
 #define GUEST_COMMON_H
 #ifdef __ASSEMBLER__
@@ -26,9 +27,9 @@
 	wrmsr
 .endm
 
-/* IVT[v] = 0000:stub(v) for v = 0x20..0xFF (stubs from COUNTING_HANDLERS,
+/* IVT[v] = 0000:stub(v) for v = 0x20..0xFF (stubs from VECTOR_STUBS,
  * 8 bytes apart). Clobbers ESI, EDI. */
-.macro COUNTING_IVT
+.macro VECTOR_IVT
 	mov	$0x20, %esi
 	mov	$G(stubs), %edi
 1:	movw	%di, (,%esi,4)
@@ -39,12 +40,9 @@
 	jb	1b
 .endm
 
-/* One stub per vector 0x20..0xFF (save EAX, load the vector, join the
- * common path), and the common path: count the interrupt for this vCPU
- * (EBX = vCPU index, kept by the idle loop) at the InterruptCounterLayout
- * addresses (0x600 total, 0x700 last vector, COUNTS per vector), EOI
- * (x2APIC MSR 0x80B), IRET. */
-.macro COUNTING_HANDLERS
+/* One stub per vector 0x20..0xFF, 8 bytes apart: save EAX, load the vector
+ * into AL, jump to `common` (the guest's handler, which pops EAX before IRET). */
+.macro VECTOR_STUBS
 	.balign	8
 stubs:
 	.set	vec, 0x20
@@ -55,6 +53,13 @@ stubs:
 	jmp	common
 	.set	vec, vec + 1
 	.endr
+.endm
+
+/* The counting handler for VECTOR_STUBS: count the interrupt for this vCPU
+ * (EBX = vCPU index, kept by the idle loop) at the InterruptCounterLayout
+ * addresses (0x600 total, 0x700 last vector, COUNTS per vector), EOI
+ * (x2APIC MSR 0x80B), IRET. */
+.macro COUNTING_HANDLER
 common:
 	push	%esi
 	movzx	%al, %esi
