@@ -96,7 +96,11 @@ final class CountingPoller: RelayPoller {
         #expect(throws: IrqFdError.partitionGone) { try injector.inject(MsiMessage(destination: 0, vector: 0x40)) }
     }
 
-    @Test func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen() throws {
+    /// `droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen` counts this process's descriptors and threads: it runs in a process of its own.
+    static let droppingPartitionThreadsFilter = #"IrqFdRelayTests.RelayTests/droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen"#
+    @Test(notInOwnProcess) func droppingPartitionThreadsInItsOwnProcess() throws { try runInOwnProcess(Self.droppingPartitionThreadsFilter) }
+
+    @Test(inOwnProcess(Self.droppingPartitionThreadsFilter)) func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen() throws {
         let guest = try CountingGuest(cpus: 1)
         let descriptors = openDescriptors()
         let threads = threadCount()
@@ -115,7 +119,11 @@ final class CountingPoller: RelayPoller {
         #expect(leaked.isEmpty, "every epoll, wake and route descriptor was closed; open: \(leaked.sorted())")
     }
 
-    @Test func routesComeAndGoOnALivePartitionWithoutLeaking() throws {
+    /// `routesComeAndGoOnALivePartitionWithoutLeaking` counts this process's descriptors: it runs in a process of its own.
+    static let routesComeAndGoFilter = #"IrqFdRelayTests.RelayTests/routesComeAndGoOnALivePartitionWithoutLeaking"#
+    @Test(notInOwnProcess) func routesComeAndGoInItsOwnProcess() throws { try runInOwnProcess(Self.routesComeAndGoFilter) }
+
+    @Test(inOwnProcess(Self.routesComeAndGoFilter)) func routesComeAndGoOnALivePartitionWithoutLeaking() throws {
         let guest = try CountingGuest(cpus: 1)
         let relay = try RelayIrqFd(vm: guest.vm.vm)
         let descriptors = openDescriptors()

@@ -81,7 +81,11 @@ import TinyVM
         #expect(throws: IrqFdError.self) { try whp.newRoute(msi: MsiMessage(address: 0xFEF0_0000, data: 0)) }
     }
 
-    @Test func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors() throws {
+    /// `droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors` counts this process's descriptors: it runs in a process of its own.
+    static let droppingRoutesFilter = #"IrqFdWHPTests.WHPStrategyTests/droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors"#
+    @Test(notInOwnProcess) func droppingRoutesInItsOwnProcess() throws { try runInOwnProcess(Self.droppingRoutesFilter) }
+
+    @Test(inOwnProcess(Self.droppingRoutesFilter)) func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors() throws {
         let guest = try CountingGuest()
         let whp = try partition(guest)
         let freeGsis = guest.vm.irqfd.freeGsiCount

@@ -58,7 +58,7 @@ struct Holdings: CustomStringConvertible {
 /// Afterwards, with every route dropped, descriptors, threads and free GSIs
 /// are exactly where they started, and resident memory and the malloc heap
 /// within a small tolerance (see `rssTolerance`).
-@Suite(needsKVM, .serialized) struct LeakSoakTests {
+@Suite(needsKVM, .serialized, inOwnProcess(OwnProcess.leakSoak)) struct LeakSoakTests {
     static let threads = 4
     static let slots = 64
     /// RSS may grow a little without a leak: glibc keeps freed memory in each

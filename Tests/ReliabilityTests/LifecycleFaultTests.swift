@@ -13,7 +13,7 @@ import TinyVM
 
 /// The two route operations that cannot report an error to anyone (drop) or
 /// that fail outside the hypervisor (a new route's eventfd), attacked.
-@Suite(needsKVM, .serialized) struct LifecycleFaultTests {
+@Suite(needsKVM, .serialized, inOwnProcess(OwnProcess.lifecycleFaults)) struct LifecycleFaultTests {
     /// Dropping an armed route makes two calls (disarm, then the push that
     /// removes its entry); a release has no one to tell, so each failure must
     /// still free the GSI and close the event, and the next push must bring

@@ -88,7 +88,7 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
 /// vector, an unarmed one latches), the pushed table is the one the routes
 /// want, no GSI leaked; and the same operation without the fault succeeds
 /// and delivers.
-@Suite(needsKVM, .serialized) struct RouteFaultTests {
+@Suite(needsKVM, .serialized, inOwnProcess(OwnProcess.routeFaults)) struct RouteFaultTests {
     static let injected = Errno.ioError
 
     @Test(arguments: RouteScenario.all)

@@ -157,7 +157,11 @@ final class Partition {
         #expect(guest.count(cpu: 0, vector: 0x55) == 1)
     }
 
-    @Test(arguments: Backend.all)
+    /// `droppingRoutesFreesEverythingOverManyCycles` counts this process's descriptors: it runs in a process of its own.
+    static let droppingRoutesFilter = #"RouteSemanticsTests.RouteSemanticsTests/droppingRoutesFreesEverythingOverManyCycles"#
+    @Test(notInOwnProcess) func droppingRoutesInItsOwnProcess() throws { try runInOwnProcess(Self.droppingRoutesFilter) }
+
+    @Test(inOwnProcess(Self.droppingRoutesFilter), arguments: Backend.all)
     func droppingRoutesFreesEverythingOverManyCycles(_ backend: Backend) throws {
         let guest = try CountingGuest(cpus: 1)
         let partition = try backend.make(guest)
