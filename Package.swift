@@ -108,12 +108,15 @@ let package = Package(
             name: "IrqFdRelay",
             dependencies: ["IrqFdCore", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
+        // C: Microsoft's WinHvPlatform.h and its import library (Windows only; empty elsewhere).
+        .target(name: "CWinHvPlatform", linkerSettings: [.linkedLibrary("WinHvPlatform", .when(platforms: [.windows]))]),
         // The WHP backend: trigger strategy over a TriggerProvider; WinHvPlatform binding under #if os(Windows)
-        // (loaded at run time), a provider modelling WHP's documented trigger behaviour on KVM under #if os(Linux).
+        // (through CWinHvPlatform), a provider modelling WHP's documented trigger behaviour on KVM under #if os(Linux).
         .target(
             name: "IrqFdWHP",
             dependencies: [
                 "IrqFdCore", "IrqFdRelay",
+                .target(name: "CWinHvPlatform", condition: .when(platforms: [.windows])),
                 .target(name: "IrqFdLinux", condition: .when(platforms: [.linux])),
                 .target(name: "IrqFdKVM", condition: .when(platforms: [.linux])),
                 .target(name: "KVM", condition: .when(platforms: [.linux])),

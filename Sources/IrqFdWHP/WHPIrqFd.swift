@@ -46,7 +46,10 @@ import Synchronization
 ///
 /// The strategy runs here against `KVMTriggerModel`, which behaves as the
 /// documentation says. The Windows binding (`WinHvPlatformTriggers`) is
-/// compiled only on Windows and has never run. On Windows, check: that a
+/// compiled only on Windows and has never run; what CI checks without Windows
+/// (Tools/whp-abi-check, mingw-w64) is that every WHP and Win32 call it and
+/// `WaitPoller` make matches Microsoft's declarations, and that the bytes it
+/// passes are the SDK's structure layouts. On Windows, check: that a
 /// trigger's event stays signalled after `WHvDeleteTrigger` (documented: the
 /// handle stays valid; the event semantics are those of any Win32 event); that
 /// a signal consumed by the hypervisor before `WHvDeleteTrigger` returned has

@@ -1,7 +1,9 @@
 #if os(Windows)
 // Compiled only on Windows; never built or run on the machine this package is
-// developed on. Written against the signatures in Microsoft's documentation
-// (WinHvPlatform.h); see WHPIrqFd for what a Windows machine must confirm.
+// developed on. Its WHP calls and structure layouts are checked against
+// Microsoft's header (mingw-w64's winhvplatform.h) by Tools/whp-abi-check in
+// CI; see WHPIrqFd for what a Windows machine must still confirm.
+import CWinHvPlatform
 public import IrqFdCore
 import IrqFdRelay
 import SystemPackage
@@ -50,9 +52,15 @@ public final class Win32Event: Event {
     public var nativeHandle: NativeEventHandle { NativeEventHandle(rawValue: raw) }
 }
 
-/// WHP's trigger API on a real partition (WinHvPlatform.dll, loaded at run
-/// time as OpenVMM does, since the trigger calls are newer than the DLL's
-/// first release: Windows 10 20H2 on x64).
+/// WHP's trigger API on a real partition: WinHvPlatform's functions as
+/// Microsoft's WinHvPlatform.h declares them (module CWinHvPlatform), linked
+/// against WinHvPlatform.lib. The trigger calls are newer than the DLL's first
+/// release: this needs Windows 10 20H2 or later on x64.
+///
+/// The structures are filled as bytes (`WHPTriggerParameters.bytes`,
+/// `WHPInterruptControl.bytes`, pinned by EncodingTests on every platform)
+/// and passed as the SDK's types; Tools/whp-abi-check asserts, against the
+/// real header, that those bytes are the SDK's layout.
 public final class WinHvPlatformTriggers: TriggerProvider {
     /// A `WHV_TRIGGER_HANDLE` (a pointer's bits).
     public struct Trigger: Hashable, Sendable {
@@ -60,71 +68,42 @@ public final class WinHvPlatformTriggers: TriggerProvider {
         public let raw: Int
     }
 
-    private typealias CreateTrigger = @convention(c) (
-        UnsafeMutableRawPointer?, UnsafeRawPointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
-        UnsafeMutablePointer<UnsafeMutableRawPointer?>?
-    ) -> Int32
-    private typealias UpdateTriggerParameters = @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer?, UnsafeMutableRawPointer?) -> Int32
-    private typealias DeleteTrigger = @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Int32
-    private typealias RequestInterrupt = @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer?, UInt32) -> Int32
-
     /// The partition (`WHV_PARTITION_HANDLE`) bits; the caller owns the partition.
     private let partition: Int
-    // Procedure addresses, resolved once (function pointers are not Sendable).
-    private let createAddress: Int
-    private let updateAddress: Int
-    private let deleteAddress: Int
-    private let requestAddress: Int
 
     /// Binds to `partition` (a `WHV_PARTITION_HANDLE` the caller keeps alive
-    /// longer than this object and its triggers). Throws `unsupported` if
-    /// WinHvPlatform.dll or one of the calls is missing.
-    public init(partition: UnsafeMutableRawPointer) throws(IrqFdError) {
+    /// longer than this object and its triggers).
+    public init(partition: UnsafeMutableRawPointer) {
         self.partition = Int(bitPattern: partition)
-        guard let module = "WinHvPlatform.dll".withCString(encodedAs: UTF16.self, { LoadLibraryW($0) }) else {
-            throw .unsupported("WinHvPlatform.dll cannot be loaded (is the Windows Hypervisor Platform feature on?)")
-        }
-        func address(_ name: String) throws(IrqFdError) -> Int {
-            guard let proc = GetProcAddress(module, name) else {
-                throw .unsupported("WinHvPlatform.dll has no \(name) (it needs Windows 10 20H2 or later)")
-            }
-            return Int(bitPattern: unsafeBitCast(proc, to: UnsafeRawPointer.self))
-        }
-        createAddress = try address("WHvCreateTrigger")
-        updateAddress = try address("WHvUpdateTriggerParameters")
-        deleteAddress = try address("WHvDeleteTrigger")
-        requestAddress = try address("WHvRequestInterrupt")
     }
 
-    private func function<F>(_ address: Int, as type: F.Type) -> F {
-        unsafeBitCast(UnsafeRawPointer(bitPattern: address)!, to: F.self)
-    }
-
-    private var partitionHandle: UnsafeMutableRawPointer? { UnsafeMutableRawPointer(bitPattern: partition) }
+    private var partitionHandle: WHV_PARTITION_HANDLE? { UnsafeMutableRawPointer(bitPattern: partition) }
 
     /// A failed HRESULT as the package's error: the call and the HRESULT by
     /// name (an HRESULT is not an errno; EIO stands in for it).
-    private static func check(_ result: Int32, _ call: String) throws(IrqFdError) {
+    private static func check(_ result: HRESULT, _ call: String) throws(IrqFdError) {
         guard result < 0 else { return }
         let hex = String(UInt32(bitPattern: result), radix: 16, uppercase: true)
         throw .systemCall(SystemCallError(call: "\(call) (HRESULT 0x\(hex))", errno: .ioError))
     }
 
-    /// Runs `body` with `bytes` in an 8-byte-aligned buffer (the structures hold UINT64s).
-    private static func withAligned<R>(_ bytes: [UInt8], _ body: (UnsafeRawPointer) -> R) -> R {
-        withUnsafeTemporaryAllocation(byteCount: bytes.count, alignment: 8) { buffer in
-            buffer.copyBytes(from: bytes)
-            return body(UnsafeRawPointer(buffer.baseAddress!))
+    /// Runs `body` with `bytes` as the SDK structure `T` (the same size:
+    /// checked here, and against the header by Tools/whp-abi-check).
+    private static func withStructure<T, R>(_ bytes: [UInt8], as type: T.Type, _ body: (UnsafePointer<T>) -> R) -> R {
+        precondition(bytes.count == MemoryLayout<T>.size, "\(T.self) is \(MemoryLayout<T>.size) bytes, not \(bytes.count)")
+        return withUnsafeTemporaryAllocation(of: T.self, capacity: 1) { buffer in
+            UnsafeMutableRawBufferPointer(buffer).copyBytes(from: bytes)
+            return body(UnsafePointer(buffer.baseAddress!))
         }
     }
 
     /// WHvCreateTrigger(partition, &parameters, &trigger, &event).
     public func createTrigger(_ interrupt: WHPInterruptControl) throws(IrqFdError) -> (trigger: Trigger, event: any Event) {
-        let create = function(createAddress, as: CreateTrigger.self)
-        var trigger: UnsafeMutableRawPointer? = nil
-        var event: UnsafeMutableRawPointer? = nil
-        let result = Self.withAligned(WHPTriggerParameters(interrupt: interrupt).bytes) { parameters in
-            create(partitionHandle, parameters, &trigger, &event)
+        var trigger: WHV_TRIGGER_HANDLE? = nil
+        var event: HANDLE? = nil
+        let bytes = WHPTriggerParameters(interrupt: interrupt).bytes
+        let result = Self.withStructure(bytes, as: WHV_TRIGGER_PARAMETERS.self) { parameters in
+            WHvCreateTrigger(partitionHandle, parameters, &trigger, &event)
         }
         try Self.check(result, "WHvCreateTrigger")
         guard let trigger, let event else {
@@ -135,9 +114,9 @@ public final class WinHvPlatformTriggers: TriggerProvider {
 
     /// WHvUpdateTriggerParameters(partition, &parameters, trigger).
     public func updateTrigger(_ trigger: Trigger, to interrupt: WHPInterruptControl) throws(IrqFdError) {
-        let update = function(updateAddress, as: UpdateTriggerParameters.self)
-        let result = Self.withAligned(WHPTriggerParameters(interrupt: interrupt).bytes) { parameters in
-            update(partitionHandle, parameters, UnsafeMutableRawPointer(bitPattern: trigger.raw))
+        let bytes = WHPTriggerParameters(interrupt: interrupt).bytes
+        let result = Self.withStructure(bytes, as: WHV_TRIGGER_PARAMETERS.self) { parameters in
+            WHvUpdateTriggerParameters(partitionHandle, parameters, UnsafeMutableRawPointer(bitPattern: trigger.raw))
         }
         try Self.check(result, "WHvUpdateTriggerParameters")
     }
@@ -145,15 +124,15 @@ public final class WinHvPlatformTriggers: TriggerProvider {
     /// WHvDeleteTrigger(partition, trigger). The event stays open: its
     /// `Win32Event` closes it.
     public func deleteTrigger(_ trigger: Trigger) throws(IrqFdError) {
-        let delete = function(deleteAddress, as: DeleteTrigger.self)
-        try Self.check(delete(partitionHandle, UnsafeMutableRawPointer(bitPattern: trigger.raw)), "WHvDeleteTrigger")
+        try Self.check(WHvDeleteTrigger(partitionHandle, UnsafeMutableRawPointer(bitPattern: trigger.raw)), "WHvDeleteTrigger")
     }
 
     /// WHvRequestInterrupt(partition, &control, sizeof(WHV_INTERRUPT_CONTROL)).
     public func requestInterrupt(_ interrupt: WHPInterruptControl) throws(IrqFdError) {
-        let request = function(requestAddress, as: RequestInterrupt.self)
         let bytes = interrupt.bytes
-        let result = Self.withAligned(bytes) { control in request(partitionHandle, control, UInt32(bytes.count)) }
+        let result = Self.withStructure(bytes, as: WHV_INTERRUPT_CONTROL.self) { control in
+            WHvRequestInterrupt(partitionHandle, control, UInt32(bytes.count))
+        }
         try Self.check(result, "WHvRequestInterrupt")
     }
 }
@@ -162,7 +141,7 @@ extension WHPIrqFd where Provider == WinHvPlatformTriggers {
     /// The WHP backend on a real partition: WinHvPlatform's triggers, relayed
     /// (after a mask) by a `WaitForMultipleObjects` thread.
     public convenience init(partition: UnsafeMutableRawPointer) throws(IrqFdError) {
-        try self.init(provider: WinHvPlatformTriggers(partition: partition), poller: try WaitPoller())
+        try self.init(provider: WinHvPlatformTriggers(partition: partition), poller: WaitPoller())
     }
 }
 #endif
