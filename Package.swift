@@ -11,17 +11,20 @@ let strict: [SwiftSetting] = [
 let package = Package(
     name: "swift-irqfd",
     platforms: [.macOS(.v15)],
+    // What a VMM depends on (CHANGELOG.md, "Stability"). Test hooks
+    // (KVMFaultInjection) and the tiny VMM harness (TinyVM) are in no product.
     products: [
+        // Stable API: the interface, the KVM backend (and the VM it takes), the relay, the MSI-X emulator.
         .library(name: "IrqFdCore", targets: ["IrqFdCore"]),
-        .library(name: "IrqFdRouting", targets: ["IrqFdRouting"]),
         .library(name: "IrqFdKVM", targets: ["IrqFdKVM"]),
-        .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
-        .library(name: "IrqFdProbe", targets: ["IrqFdProbe"]),
-        .library(name: "IrqFdRelay", targets: ["IrqFdRelay"]),
-        .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
         .library(name: "KVM", targets: ["KVM"]),
-        .library(name: "TinyVM", targets: ["TinyVM"]),
+        .library(name: "IrqFdRelay", targets: ["IrqFdRelay"]),
         .library(name: "MSIX", targets: ["MSIX"]),
+        // Experimental: may change in a minor release.
+        .library(name: "IrqFdRouting", targets: ["IrqFdRouting"]),
+        .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
+        .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
+        .library(name: "IrqFdProbe", targets: ["IrqFdProbe"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
     ],
     dependencies: [
@@ -54,6 +57,11 @@ let package = Package(
             name: "KVM",
             dependencies: ["IrqFdCore", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
+        // Test-only: makes chosen VM ioctls fail on purpose. In no product: a VMM never links it.
+        .target(
+            name: "KVMFaultInjection",
+            dependencies: ["IrqFdCore", "KVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
         // The KVM backend: KVM's encoding of the shared routing core.
         .target(
             name: "IrqFdKVM",
@@ -71,7 +79,7 @@ let package = Package(
         .target(name: "IrqFdProbe", dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdMSHV", "KVM"], swiftSettings: strict),
         // The MSI-X emulator: capability, table and PBA, delivered through any IrqFd. No platform code.
         .target(name: "MSIX", dependencies: ["IrqFdCore"], swiftSettings: strict),
-        // The tiny VMM used by tests, the demo and the benchmark.
+        // The tiny VMM used by tests, the demo and the benchmark: a harness, in no product.
         .target(
             name: "TinyVM",
             dependencies: [
@@ -131,17 +139,22 @@ let package = Package(
         .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdMSHVTests",
-            dependencies: ["TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdMSHV", "IrqFdLinux", "IrqFdKVM", "KVM", "CLinuxKVM", "TinyVM"],
+            dependencies: [
+                "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdMSHV", "IrqFdLinux", "IrqFdKVM", "KVM", "KVMFaultInjection",
+                "CLinuxKVM", "TinyVM",
+            ],
             swiftSettings: strict),
         .testTarget(name: "IrqFdProbeTests", dependencies: ["TestSupport", "IrqFdProbe", "IrqFdCore"], swiftSettings: strict),
         .testTarget(name: "IrqFdRoutingTests", dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "IrqFdKVMTests",
-            dependencies: ["TestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "CLinuxKVM", "TinyVM", "GuestPrograms"],
+            dependencies: [
+                "TestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "TinyVM", "GuestPrograms",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdRelayTests",
-            dependencies: ["TestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "TinyVM", "GuestPrograms"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "TinyVM", "GuestPrograms"],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdWHPTests",
@@ -169,7 +182,7 @@ let package = Package(
         .testTarget(
             name: "ReliabilityTests",
             dependencies: [
-                "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "CLinuxKVM", "MSIX",
+                "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
                 "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),

@@ -2,20 +2,22 @@
 import CLinuxKVM
 import Glibc
 public import IrqFdCore
+import Synchronization
 import SystemPackage
 
 /// A KVM VM (the descriptor KVM_CREATE_VM returned), owned by this object.
 ///
 /// Every ioctl goes through `ioctl(_:counter:_:)`, so each is counted and can
-/// be made to fail on purpose (`faults`).
+/// be made to fail on purpose by the package's tests (`IoctlFaultHook`).
 public final class VirtualMachine: Sendable {
     let descriptor: OwnedDescriptor
     /// The /dev/kvm handle this VM was created from.
     public let system: KVMSystem
     /// Interrupt-related ioctls made on this VM.
     public let counters = IoctlCounters()
-    /// Test hook: make chosen ioctls on this VM fail.
-    public let faults = FaultInjector()
+    /// Whether a fault hook is installed: the only cost to a VM without one.
+    private let hooked = Atomic<Bool>(false)
+    private let faultHook = Mutex<(any IoctlFaultHook)?>(nil)
 
     init(descriptor: OwnedDescriptor, system: KVMSystem) {
         self.descriptor = descriptor
@@ -29,8 +31,20 @@ public final class VirtualMachine: Sendable {
     @inline(__always)
     func ioctl(_ call: StaticString, _ body: () -> Int32) throws(SystemCallError) -> Int32 {
         counters.total.add(1, ordering: .relaxed)
-        if let fault = faults.fault(for: call) { throw fault }
+        if hooked.load(ordering: .acquiring), let fault = faultHook.withLock({ $0 })?.fault(for: call) { throw fault }
         return try retryingIoctl(call, body)
+    }
+
+    /// Test hook (package access, not API): installs the hook `make` returns
+    /// unless one is installed already, and returns the installed one. Used
+    /// by KVMFaultInjection, a target no product links.
+    package func installFaultHook(_ make: () -> any IoctlFaultHook) -> any IoctlFaultHook {
+        let hook = faultHook.withLock { installed in
+            if installed == nil { installed = make() }
+            return installed!
+        }
+        hooked.store(true, ordering: .releasing)
+        return hook
     }
 
     /// KVM_CHECK_EXTENSION on the VM (some answers are per VM): 0 if unsupported.
@@ -108,5 +122,13 @@ public final class VirtualMachine: Sendable {
         }
         return VCPU(id: id, descriptor: owned, run: run, mmapSize: mmapSize, vm: self)
     }
+}
+/// Test hook (package access, not API): decides, per ioctl, whether it fails
+/// on purpose. The package's tests install one (KVMFaultInjection's
+/// `FaultInjector`) to check that every operation stays consistent when the
+/// kernel says no.
+package protocol IoctlFaultHook: AnyObject, Sendable {
+    /// The error `call` must fail with now, or nil to make the call.
+    func fault(for call: StaticString) -> SystemCallError?
 }
 #endif

@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdKVM
 import IrqFdLinux
 import KVM
+import KVMFaultInjection
 import TestSupport
 import Testing
 import TinyVM

@@ -5,6 +5,7 @@ import IrqFdKVM
 import IrqFdMSHV
 import IrqFdRouting
 import KVM
+import KVMFaultInjection
 import TestSupport
 import Testing
 

@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdLinux
 import IrqFdRelay
 import KVM
+import KVMFaultInjection
 import Synchronization
 import TestSupport
 import Testing

@@ -5,6 +5,7 @@ import IrqFdLinux
 import IrqFdRelay
 import IrqFdRouting
 import KVM
+import KVMFaultInjection
 import Synchronization
 import SystemPackage
 import TestSupport

@@ -6,6 +6,7 @@ import IrqFdKVM
 import IrqFdRelay
 import IrqFdRouting
 import KVM
+import KVMFaultInjection
 import SystemPackage
 import TestSupport
 import Testing
