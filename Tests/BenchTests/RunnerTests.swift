@@ -35,9 +35,14 @@ import Testing
         #expect(report.targets.first { $0.name.hasPrefix("irqfd") }?.ratio != nil)
     }
 
+    /// `programmingCounts…` measures heap bytes per route from malloc's
+    /// process-wide statistics: it runs in a process of its own.
+    static let programmingFilter = #"BenchTests.RunnerTests/programmingCountsOnePushPerBatchAndOnePerRouteOneByOne"#
+    @Test(notInOwnProcess) func programmingCountsInItsOwnProcess() throws { try runInOwnProcess(Self.programmingFilter) }
+
     /// Rule 8 as the benchmark counts it: one push per batch, one per route
     /// one by one, for every N up to the machine's maximum.
-    @Test func programmingCountsOnePushPerBatchAndOnePerRouteOneByOne() throws {
+    @Test(inOwnProcess(Self.programmingFilter)) func programmingCountsOnePushPerBatchAndOnePerRouteOneByOne() throws {
         let report = try BenchRunner(options: BenchOptions(quick: true, sections: [.programming, .lifecycle])).run()
         #expect(report.programming.map(\.routes).prefix(4) == [1, 16, 256, 2048])
         #expect(report.programming.count == 5)
