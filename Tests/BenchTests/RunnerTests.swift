@@ -38,7 +38,9 @@ import Testing
     /// `programmingCounts…` measures heap bytes per route from malloc's
     /// process-wide statistics: it runs in a process of its own.
     static let programmingFilter = #"BenchTests.RunnerTests/programmingCountsOnePushPerBatchAndOnePerRouteOneByOne"#
-    @Test(notInOwnProcess) func programmingCountsInItsOwnProcess() throws { try runInOwnProcess(Self.programmingFilter) }
+    @Test(notInOwnProcess) func programmingCountsOnePushPerBatchAndOnePerRouteOneByOneInItsOwnProcess() throws {
+        try runInOwnProcess(Self.programmingFilter)
+    }
 
     /// Rule 8 as the benchmark counts it: one push per batch, one per route
     /// one by one, for every N up to the machine's maximum.

@@ -89,9 +89,12 @@ import TinyVM
         #expect(guest.irqfd.pushedEntries.isEmpty)
     }
 
-    /// `tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis` counts this process's descriptors: it runs in a process of its own.
+    /// `tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis` counts this process's descriptors:
+    /// it runs in a process of its own.
     static let createDropCyclesFilter = #"IrqFdKVMTests.KVMRouteTests/tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis"#
-    @Test(notInOwnProcess) func createDropCyclesInItsOwnProcess() throws { try runInOwnProcess(Self.createDropCyclesFilter) }
+    @Test(notInOwnProcess) func tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsisInItsOwnProcess() throws {
+        try runInOwnProcess(Self.createDropCyclesFilter)
+    }
 
     @Test(inOwnProcess(Self.createDropCyclesFilter)) func tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis() throws {
         let guest = try CountingGuest(cpus: 1)

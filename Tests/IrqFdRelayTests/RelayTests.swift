@@ -97,9 +97,12 @@ final class CountingPoller: RelayPoller {
         #expect(throws: IrqFdError.partitionGone) { try injector.inject(MsiMessage(destination: 0, vector: 0x40)) }
     }
 
-    /// `droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen` counts this process's descriptors and threads: it runs in a process of its own.
+    /// `droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen` counts this process's descriptors and threads:
+    /// it runs in a process of its own.
     static let droppingPartitionThreadsFilter = #"IrqFdRelayTests.RelayTests/droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen"#
-    @Test(notInOwnProcess) func droppingPartitionThreadsInItsOwnProcess() throws { try runInOwnProcess(Self.droppingPartitionThreadsFilter) }
+    @Test(notInOwnProcess) func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpenInItsOwnProcess() throws {
+        try runInOwnProcess(Self.droppingPartitionThreadsFilter)
+    }
 
     @Test(inOwnProcess(Self.droppingPartitionThreadsFilter)) func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen() throws {
         let guest = try CountingGuest(cpus: 1)
@@ -120,9 +123,12 @@ final class CountingPoller: RelayPoller {
         #expect(leaked.isEmpty, "every epoll, wake and route descriptor was closed; open: \(leaked.sorted())")
     }
 
-    /// `routesComeAndGoOnALivePartitionWithoutLeaking` counts this process's descriptors: it runs in a process of its own.
+    /// `routesComeAndGoOnALivePartitionWithoutLeaking` counts this process's descriptors:
+    /// it runs in a process of its own.
     static let routesComeAndGoFilter = #"IrqFdRelayTests.RelayTests/routesComeAndGoOnALivePartitionWithoutLeaking"#
-    @Test(notInOwnProcess) func routesComeAndGoInItsOwnProcess() throws { try runInOwnProcess(Self.routesComeAndGoFilter) }
+    @Test(notInOwnProcess) func routesComeAndGoOnALivePartitionWithoutLeakingInItsOwnProcess() throws {
+        try runInOwnProcess(Self.routesComeAndGoFilter)
+    }
 
     @Test(inOwnProcess(Self.routesComeAndGoFilter)) func routesComeAndGoOnALivePartitionWithoutLeaking() throws {
         let guest = try CountingGuest(cpus: 1)

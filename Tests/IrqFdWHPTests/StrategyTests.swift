@@ -81,9 +81,12 @@ import TinyVM
         #expect(throws: IrqFdError.self) { try whp.newRoute(msi: MsiMessage(address: 0xFEF0_0000, data: 0)) }
     }
 
-    /// `droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors` counts this process's descriptors: it runs in a process of its own.
+    /// `droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors` counts this process's descriptors:
+    /// it runs in a process of its own.
     static let droppingRoutesFilter = #"IrqFdWHPTests.WHPStrategyTests/droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors"#
-    @Test(notInOwnProcess) func droppingRoutesInItsOwnProcess() throws { try runInOwnProcess(Self.droppingRoutesFilter) }
+    @Test(notInOwnProcess) func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptorsInItsOwnProcess() throws {
+        try runInOwnProcess(Self.droppingRoutesFilter)
+    }
 
     @Test(inOwnProcess(Self.droppingRoutesFilter)) func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors() throws {
         let guest = try CountingGuest()

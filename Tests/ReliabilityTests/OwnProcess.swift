@@ -13,10 +13,11 @@ enum OwnProcess {
 }
 
 /// Starts the suites above, each in its own process (in parallel with the
-/// rest of the run: a child sees only its own suite).
+/// rest of the run: a child sees only its own suite). Each runner's name
+/// contains its suite's, so `swift test --filter LeakSoakTests` runs it.
 @Suite(needsKVM, notInOwnProcess) struct OwnProcessRuns {
-    @Test func leakSoakInItsOwnProcess() throws { try runInOwnProcess(OwnProcess.leakSoak) }
-    @Test func lifecycleFaultsInTheirOwnProcess() throws { try runInOwnProcess(OwnProcess.lifecycleFaults) }
-    @Test func routeFaultsInTheirOwnProcess() throws { try runInOwnProcess(OwnProcess.routeFaults) }
+    @Test func runLeakSoakTests() throws { try runInOwnProcess(OwnProcess.leakSoak) }
+    @Test func runLifecycleFaultTests() throws { try runInOwnProcess(OwnProcess.lifecycleFaults) }
+    @Test func runRouteFaultTests() throws { try runInOwnProcess(OwnProcess.routeFaults) }
 }
 #endif

@@ -157,9 +157,12 @@ final class Partition {
         #expect(guest.count(cpu: 0, vector: 0x55) == 1)
     }
 
-    /// `droppingRoutesFreesEverythingOverManyCycles` counts this process's descriptors: it runs in a process of its own.
+    /// `droppingRoutesFreesEverythingOverManyCycles` counts this process's descriptors:
+    /// it runs in a process of its own.
     static let droppingRoutesFilter = #"RouteSemanticsTests.RouteSemanticsTests/droppingRoutesFreesEverythingOverManyCycles"#
-    @Test(notInOwnProcess) func droppingRoutesInItsOwnProcess() throws { try runInOwnProcess(Self.droppingRoutesFilter) }
+    @Test(notInOwnProcess) func droppingRoutesFreesEverythingOverManyCyclesInItsOwnProcess() throws {
+        try runInOwnProcess(Self.droppingRoutesFilter)
+    }
 
     @Test(inOwnProcess(Self.droppingRoutesFilter), arguments: Backend.all)
     func droppingRoutesFreesEverythingOverManyCycles(_ backend: Backend) throws {
