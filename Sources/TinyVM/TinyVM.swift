@@ -61,7 +61,7 @@ public enum Outcome: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// A small VMM on KVM for tests, the demo and the benchmark; the contract is
-/// in the README ("The tiny VMM"). Guests start in big real mode at 0x1000:
+/// in <doc:TinyVMContract>. Guests start in big real mode at 0x1000:
 /// under this machine's paravirtualised KVM every privileged guest
 /// instruction is emulated, and the emulator's IRET handles real mode only.
 public final class TinyVM: Sendable {

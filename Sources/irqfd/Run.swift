@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import TinyVM
 
-/// `irqfd run GUEST.bin`: the tiny VMM's contract (README, "The tiny VMM").
+/// `irqfd run GUEST.bin`: the tiny VMM's contract (TinyVM documentation, Sources/TinyVM/Documentation.docc/TinyVMContract.md).
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a flat 16-bit guest image on KVM (loaded at 0x1000, big real mode).",
