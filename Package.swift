@@ -106,7 +106,7 @@ let package = Package(
         // The relay backend: a userspace IrqFd over any MsiInjector (epoll thread on Linux).
         .target(
             name: "IrqFdRelay",
-            dependencies: ["IrqFdCore", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // The WHP backend: trigger strategy over a TriggerProvider; WinHvPlatform binding under #if os(Windows)
         // (loaded at run time), a provider modelling WHP's documented trigger behaviour on KVM under #if os(Linux).

@@ -38,6 +38,10 @@ struct RoutingTableState {
     var nextBatch: UInt32 = 1
     /// The entries of the next push, kept to reuse its buffer.
     var scratch: [RoutingEntry] = []
+    /// A coalesced commit is scheduled (see `RoutedIrqFd.Coalescing`).
+    var commitScheduled = false
+    /// The last coalesced commit that failed, until one succeeds.
+    var commitError: IrqFdError?
 
     init(allocator: GsiAllocator, limit: Int) {
         self.allocator = allocator
@@ -137,9 +141,52 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// Not generic (see `RoutingTableState`).
     typealias TableState = RoutingTableState
 
-    /// A partition over `kernel`'s GSI space and table.
-    public init(kernel: Kernel) {
+    /// How deferred changes are committed, if this partition coalesces them.
+    public let coalescing: Coalescing?
+
+    /// Deferred (coalesced) commits, DESIGN.md rule 8.
+    ///
+    /// A route programmed with `setMsiDeferred`, or dropped, records its entry
+    /// without pushing. While that entry is not in the kernel, the route's
+    /// event is served by `interim` (a userspace relay: it watches the event
+    /// and injects the message, e.g. with KVM_SIGNAL_MSI), so the guest gets
+    /// every interrupt at once and none while masked. One push then carries
+    /// every waiting entry, after which each served route stops being served
+    /// and is armed, in GSI order (rule 9). The bound: a waiting entry is
+    /// pushed at most `delay` (plus the scheduler's latency) after the first
+    /// change that made it wait, or at once when `threshold` entries wait. A
+    /// failed commit changes nothing in the kernel; its routes stay served,
+    /// the error goes to `onCommitError` and the commit is retried after `delay`.
+    public struct Coalescing: Sendable {
+        /// Serves routes whose entries are not in the kernel yet.
+        public var interim: any InterimDelivery
+        /// Runs the committer after `delay`.
+        public var timer: any CommitTimer
+        /// The longest a waiting entry waits for its push.
+        public var delay: Duration
+        /// Waiting entries that make the push happen at once, in the caller.
+        public var threshold: Int
+        /// Told about every coalesced commit that failed (no caller waits for it).
+        public var onCommitError: @Sendable (IrqFdError) -> Void
+
+        /// Coalescing over `interim`; by default a 2 ms bound and 512 entries.
+        public init(
+            interim: any InterimDelivery, timer: any CommitTimer = TaskCommitTimer(), delay: Duration = .milliseconds(2),
+            threshold: Int = 512, onCommitError: @escaping @Sendable (IrqFdError) -> Void = { _ in }
+        ) {
+            self.interim = interim
+            self.timer = timer
+            self.delay = delay
+            self.threshold = threshold
+            self.onCommitError = onCommitError
+        }
+    }
+
+    /// A partition over `kernel`'s GSI space and table; with `coalescing`,
+    /// deferred changes and drops are committed together (see `Coalescing`).
+    public init(kernel: Kernel, coalescing: Coalescing? = nil) {
         self.kernel = kernel
+        self.coalescing = coalescing
         let allocator = GsiAllocator(
             limit: kernel.gsiLimit, reserved: kernel.reservedGsis, capacity: kernel.msiEntryCapacity)
         table = Mutex(TableState(allocator: allocator, limit: Int(kernel.gsiLimit)))
@@ -318,6 +365,74 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         }
     }
 
+    /// Records `message` for `gsi` without pushing: it joins the next coalesced
+    /// commit (made at once, here, when `threshold` entries wait). Returns the
+    /// previous entry, whether the new one is live, and the other routes a
+    /// push made here carried.
+    func setEntryDeferred(
+        _ gsi: UInt32, to message: MsiMessage?, coalescing: Coalescing
+    ) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
+        var schedule = false
+        let result = table.withLock { (t: inout TableState) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
+            let previous = t.desired[Int(gsi)]
+            var others: [WeakRouteReference] = []
+            if previous != message {
+                t.setDesired(gsi, message, batch: nil)
+                if t.changed.count >= coalescing.threshold {
+                    if let carried = try? push(&t, batch: 0, owned: []) {
+                        others = t.routes(at: carried, except: gsi)
+                    }
+                }
+                if !t.changed.isEmpty, !t.commitScheduled {
+                    t.commitScheduled = true
+                    schedule = true
+                }
+            }
+            return (previous, t.isLive(gsi), others)
+        }
+        if schedule { scheduleCommit(after: coalescing.delay) }
+        return result
+    }
+
+    /// Runs `commitNow` after `delay`, on the coalescing timer.
+    private func scheduleCommit(after delay: Duration) {
+        coalescing?.timer.after(delay) { [weak self] in self?.commitNow() }
+    }
+
+    /// Pushes every waiting (unowned) change now, then arms the routes it
+    /// carried. A failure is reported to `onCommitError` and retried later;
+    /// the routes stay served meanwhile. Returns the push's error, if any.
+    @discardableResult
+    public func commitNow() -> IrqFdError? {
+        let (carried, error) = table.withLock { (t: inout TableState) -> ([WeakRouteReference], IrqFdError?) in
+            t.commitScheduled = false
+            guard !t.changed.isEmpty else { return ([], nil) }
+            do throws(IrqFdError) {
+                let carried = try push(&t, batch: 0, owned: [])
+                t.commitError = nil
+                return (t.routes(at: carried), nil)
+            } catch {
+                t.commitError = error
+                if coalescing != nil { t.commitScheduled = true }
+                return ([], error)
+            }
+        }
+        if let error, let coalescing {
+            coalescing.onCommitError(error)
+            scheduleCommit(after: coalescing.delay)
+        }
+        _ = reconcile(carried)
+        return error
+    }
+
+    /// The last coalesced commit's error, until a commit succeeds.
+    public var lastCommitError: IrqFdError? { table.withLock { $0.commitError } }
+
+    /// Entries waiting for a commit (changes not yet in the kernel, outside any batch).
+    public var waitingEntryCount: Int {
+        table.withLock { t in Set(t.changed.filter { t.owner[Int($0)] == 0 && t.desired[Int($0)] != t.pushed[Int($0)] }).count }
+    }
+
     /// Whether `gsi` has an entry, and whether that entry is in the kernel.
     func entryState(_ gsi: UInt32) -> (exists: Bool, live: Bool) {
         table.withLock { t in (t.desired[Int(gsi)] != nil, t.isLive(gsi)) }
@@ -331,6 +446,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// route is released; its own lock is not held.
     func release(_ gsi: UInt32) {
         let batch = currentBatch
+        var schedule = false
         let others = table.withLock { (t: inout TableState) -> [WeakRouteReference] in
             let g = Int(gsi)
             t.routes[g] = WeakRouteReference()
@@ -338,6 +454,16 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             if t.desired[g] != nil || t.owner[g] != 0 {
                 if let index = t.batchIndex(batch) {
                     t.setDesired(gsi, nil, batch: index)
+                } else if let coalescing {
+                    // A coalescing partition's drops join the next commit too.
+                    t.setDesired(gsi, nil, batch: nil)
+                    if t.changed.count >= coalescing.threshold {
+                        if let carried = try? push(&t, batch: 0, owned: []) { others = t.routes(at: carried, except: gsi) }
+                    }
+                    if !t.changed.isEmpty, !t.commitScheduled {
+                        t.commitScheduled = true
+                        schedule = true
+                    }
                 } else {
                     t.setDesired(gsi, nil, batch: nil)
                     if let carried = try? push(&t, batch: 0, owned: []) { others = t.routes(at: carried, except: gsi) }
@@ -348,6 +474,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             t.allocator.release(gsi)
             return others
         }
+        if schedule, let coalescing { scheduleCommit(after: coalescing.delay) }
         _ = reconcile(others)
     }
 
@@ -379,6 +506,10 @@ extension RoutingTableState {
 struct RoutedRouteState {
     var masked = false
     var armed = false
+    /// The interim (userspace) route over this route's event, made on first need.
+    var interim: (any IrqFdRoute)?
+    /// Whether `interim` is delivering this route's signals now.
+    var serving = false
 }
 
 /// A route of a `RoutedIrqFd`: one GSI, one event, one routing entry.
@@ -403,6 +534,13 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     deinit {
         // Rule 12: disarm, remove the entry, free the GSI; the event closes with us.
         // Errors (the VM may be gone) change nothing here: there is no one to tell.
+        let interim = state.withLock { s in
+            if s.serving { try? s.interim?.clearMsi() }
+            s.serving = false
+            defer { s.interim = nil }
+            return s.interim
+        }
+        _ = consume interim  // its deinit (it stops watching) runs outside our lock
         if state.withLock({ $0.armed }) {
             try? partition.kernel.deassign(event: event, gsi: gsi)
         }
@@ -427,7 +565,20 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
         let batch = partition.currentBatch
         let others = try state.withLock { (s: inout RouteState) throws(IrqFdError) -> [WeakRouteReference] in
             let wantsArm = !s.masked && !s.armed
-            let (previous, live, others) = try partition.setEntry(gsi, to: message, batch: batch)
+            let (previous, live, others): (MsiMessage?, Bool, [WeakRouteReference])
+            do throws(IrqFdError) {
+                (previous, live, others) = try partition.setEntry(gsi, to: message, batch: batch)
+            } catch {
+                throw error  // the entry is as it was, and so is any serving
+            }
+            if s.serving {
+                if live || batch == 0 {
+                    // Hand over (rule 9: the push is done): stop the relay, then arm below.
+                    try stopServing(&s)
+                } else {
+                    try serve(&s, message)  // in a batch: keep serving, with the new message
+                }
+            }
             guard wantsArm, live else { return others }
             do throws(IrqFdError) {
                 try partition.kernel.assign(event: event, gsi: gsi)
@@ -447,6 +598,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
         let batch = partition.currentBatch
         let others = try state.withLock { (s: inout RouteState) throws(IrqFdError) -> [WeakRouteReference] in
             guard partition.entryState(gsi).exists else { return [] }
+            if s.serving { try stopServing(&s) }
             let wasArmed = s.armed
             if wasArmed {
                 try partition.kernel.deassign(event: event, gsi: gsi)
@@ -470,6 +622,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
                 try partition.kernel.deassign(event: event, gsi: gsi)
                 s.armed = false
             }
+            if s.serving { try stopServing(&s) }
             s.masked = true
         }
     }
@@ -479,9 +632,15 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     public func unmask() throws(IrqFdError) {
         try state.withLock { (s: inout RouteState) throws(IrqFdError) in
             guard s.masked else { return }
-            if !s.armed, partition.entryState(gsi).live {
-                try partition.kernel.assign(event: event, gsi: gsi)
-                s.armed = true
+            if !s.armed {
+                let (exists, live) = partition.entryState(gsi)
+                if live {
+                    try partition.kernel.assign(event: event, gsi: gsi)
+                    s.armed = true
+                } else if exists, partition.coalescing != nil, let message = partition.entry(for: gsi) {
+                    // The entry waits for a coalesced commit: serve it until the push lands.
+                    try serve(&s, message)
+                }
             }
             s.masked = false
         }
@@ -493,6 +652,11 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     func reconcile() throws(IrqFdError) {
         try state.withLock { (s: inout RouteState) throws(IrqFdError) in
             let (exists, live) = partition.entryState(gsi)
+            if s.serving, live || !exists || s.masked {
+                // Rule 9: the push has landed; stop the relay first, then arm. A signal
+                // between the two latches in the event and the arm injects it.
+                try stopServing(&s)
+            }
             if s.armed, !exists {
                 try partition.kernel.deassign(event: event, gsi: gsi)
                 s.armed = false
@@ -503,4 +667,66 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             }
         }
     }
+
+    /// Like `setMsi`, but the entry joins the partition's next coalesced
+    /// commit; until it lands the route's signals are served in userspace
+    /// (see `RoutedIrqFd.Coalescing`). Without coalescing, this is `setMsi`.
+    public func setMsiDeferred(address: UInt64, data: UInt32) throws(IrqFdError) {
+        guard let coalescing = partition.coalescing, partition.currentBatch == 0 else {
+            return try setMsi(address: address, data: data)
+        }
+        let message = MsiMessage(address: address, data: data)
+        guard partition.kernel.canDeliver(message) else {
+            try clearMsi()
+            throw .undeliverableAddress(address)
+        }
+        let others = try state.withLock { (s: inout RouteState) throws(IrqFdError) -> [WeakRouteReference] in
+            let (previous, live, others) = partition.setEntryDeferred(gsi, to: message, coalescing: coalescing)
+            do throws(IrqFdError) {
+                if live {
+                    if s.serving { try stopServing(&s) }
+                    if !s.masked, !s.armed {
+                        try partition.kernel.assign(event: event, gsi: gsi)
+                        s.armed = true
+                    }
+                } else {
+                    // The kernel still holds the old entry (or none): stop injecting it.
+                    if s.armed {
+                        try partition.kernel.deassign(event: event, gsi: gsi)
+                        s.armed = false
+                    }
+                    if !s.masked, !s.serving || previous != message { try serve(&s, message) }
+                }
+            } catch {
+                // Rule 10: back to the previous entry (still waiting, or still in the kernel).
+                _ = partition.setEntryDeferred(gsi, to: previous, coalescing: coalescing)
+                throw error
+            }
+            return others
+        }
+        _ = partition.reconcile(others)
+    }
+
+    /// Starts (or retargets) the interim delivery of this route's signals. Route lock held.
+    private func serve(_ s: inout RouteState, _ message: MsiMessage) throws(IrqFdError) {
+        guard let coalescing = partition.coalescing else { return }
+        let interim: any IrqFdRoute
+        if let existing = s.interim {
+            interim = existing
+        } else {
+            interim = try coalescing.interim.serve(event)
+            s.interim = interim
+        }
+        try interim.setMsi(message)
+        s.serving = true
+    }
+
+    /// Stops the interim delivery; once it returns, no injection is in flight. Route lock held.
+    private func stopServing(_ s: inout RouteState) throws(IrqFdError) {
+        try s.interim?.clearMsi()
+        s.serving = false
+    }
+
+    /// Whether the route's signals are being delivered in userspace while its entry waits for a commit.
+    public var isServed: Bool { state.withLock { $0.serving } }
 }
