@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "Bench",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
+                "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),

@@ -217,6 +217,13 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var rawPushMinUs: Double
         /// Repetitions behind each median (one-by-one runs once for N >= 1024).
         public var repetitions: Int
+        /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push (issue 11).
+        public var dropFloorUs: Double?
+        /// N `setMsiDeferred` calls outside a batch on a coalescing partition, until
+        /// every entry is pushed and every route armed (issue 11).
+        public var oneByOneDeferredUs: Double?
+        /// Table pushes the deferred one-by-one made.
+        public var oneByOneDeferredPushes: Int?
 
         enum CodingKeys: String, CodingKey {
             case routes
@@ -233,14 +240,21 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case retargetMinUs = "retarget_min_us"
             case rawPushMinUs = "raw_push_min_us"
             case repetitions
+            case dropFloorUs = "drop_floor_us"
+            case oneByOneDeferredUs = "one_by_one_deferred_us"
+            case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
         }
 
         /// A programming result.
         public init(
             routes: Int, batchedUs: Double, batchedPushes: Int, oneByOneUs: Double, oneByOnePushes: Int,
             rawPushUs: Double, rawProgramUs: Double, retargetBatchedUs: Double, retargetPushes: Int,
-            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int
+            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int,
+            dropFloorUs: Double? = nil, oneByOneDeferredUs: Double? = nil, oneByOneDeferredPushes: Int? = nil
         ) {
+            self.dropFloorUs = dropFloorUs
+            self.oneByOneDeferredUs = oneByOneDeferredUs
+            self.oneByOneDeferredPushes = oneByOneDeferredPushes
             self.routes = routes
             self.batchedUs = batchedUs
             self.batchedPushes = batchedPushes

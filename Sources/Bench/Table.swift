@@ -122,6 +122,18 @@ public enum ReportText {
         }
         sections.append(programming.render(title: "Route programming: N routes, one batch vs one by one vs C"))
 
+        var coalesced = TextTable([
+            "routes", "deferred one-by-one µs", "pushes", "/raw push", "drop batched µs", "drop C floor µs", "drop/floor",
+        ])
+        for p in report.programming {
+            coalesced.add([
+                String(p.routes), p.oneByOneDeferredUs.map(us) ?? "-", p.oneByOneDeferredPushes.map(String.init) ?? "-",
+                p.oneByOneDeferredUs.map { ratio($0 / p.rawPushUs) } ?? "-",
+                us(p.dropBatchedUs), p.dropFloorUs.map(us) ?? "-", p.dropFloorUs.map { ratio(p.dropBatchedUs / $0) } ?? "-",
+            ])
+        }
+        sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))
+
         if let m = report.maskUnmask {
             var mask = TextTable(["", "µs per cycle", "pushes", "KVM_IRQFD per cycle"])
             mask.add(["library mask()+unmask()", us(m.usPerCycle), String(m.pushes), format(m.irqfdCallsPerCycle, 1)])

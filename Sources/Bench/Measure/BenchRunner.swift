@@ -6,6 +6,8 @@ import Glibc
 import Histogram
 import IrqFdCore
 import IrqFdKVM
+import IrqFdRelay
+import IrqFdRouting
 import KVM
 import TinyVM
 
@@ -307,6 +309,8 @@ public final class BenchRunner {
             let reps = n >= 1024 ? options.programmingRepetitions : options.programmingRepetitions * 3
             var batched: [Double] = [], retarget: [Double] = [], drop: [Double] = []
             var oneByOne: [Double] = [], rawPush: [Double] = [], rawProgram: [Double] = []
+            var dropFloor: [Double] = [], deferred: [Double] = []
+            var deferredPushes = 0
             var batchedPushes = 0, retargetPushes = 0, dropPushes = 0, oneByOnePushes = 0
             var routes: [KVMIrqFdRoute] = []
             routes.reserveCapacity(n)
@@ -356,6 +360,11 @@ public final class BenchRunner {
                     try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll(keepingCapacity: true) }
                     drop.append(elapsedUs(since: start))
                     dropPushes = (counters.snapshot - before).routingPushes
+                    // Its floor, right after (paired): the same drop in C.
+                    settle()
+                    let d = bench_floor_drop(vmfd, 24, UInt32(n), m.address, m.data, &ns)
+                    if d != 0 { rawFailure = d }
+                    dropFloor.append(Double(ns) / 1000)
                 } catch { throw .library("programming \(n) routes", error) }
                 guard rawFailure == 0 else { throw .floor("KVM_SET_GSI_ROUTING of \(n) entries", rawFailure) }
             }
@@ -376,6 +385,32 @@ public final class BenchRunner {
                     try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll(keepingCapacity: true) }
                 } catch { throw .library("programming \(n) routes one by one", error) }
             }
+            // Deferred one by one: a coalescing partition on the same VM (its pushes
+            // replace the table while it works; the main partition holds no routes now
+            // and its next push restores its own entries).
+            do throws(IrqFdError) {
+                let relay = try RelayIrqFd(vm: guest.vm)
+                let coalescing = KVMIrqFd(
+                    kernel: try KVMRoutingKernel(vm: guest.vm),
+                    coalescing: .init(interim: relay, timer: ThreadCommitTimer(), delay: .milliseconds(2)))
+                var deferredRoutes: [KVMIrqFdRoute] = []
+                for _ in 0..<n { deferredRoutes.append(try coalescing.newRoute()) }
+                for rep in 0..<max(1, options.programmingRepetitions / 2) {
+                    progress("route programming: N = \(n), deferred one by one, repetition \(rep + 1)")
+                    settle()
+                    let before = counters.snapshot
+                    let start = bench_floor_now_ns()
+                    for (i, route) in deferredRoutes.enumerated() {
+                        try route.setMsiDeferred(Self.programMessage(i, generation: rep + 1))
+                    }
+                    coalescing.commitNow()
+                    while coalescing.waitingEntryCount > 0 || !(deferredRoutes.last?.isArmed ?? true) { usleep(50) }
+                    deferred.append(elapsedUs(since: start))
+                    deferredPushes = (counters.snapshot - before).routingPushes
+                    try coalescing.withBatch { () throws(IrqFdError) in for route in deferredRoutes { try route.clearMsi() } }
+                }
+                deferredRoutes.removeAll()
+            } catch { throw .library("programming \(n) routes deferred one by one", error) }
             results.append(
                 .init(
                     routes: n, batchedUs: Self.median(batched), batchedPushes: batchedPushes,
@@ -384,7 +419,8 @@ public final class BenchRunner {
                     retargetBatchedUs: Self.median(retarget), retargetPushes: retargetPushes,
                     dropBatchedUs: Self.median(drop), dropPushes: dropPushes,
                     retargetMinUs: retarget.min() ?? 0, rawPushMinUs: rawPush.min() ?? 0,
-                    repetitions: reps))
+                    repetitions: reps, dropFloorUs: Self.median(dropFloor), oneByOneDeferredUs: Self.median(deferred),
+                    oneByOneDeferredPushes: deferredPushes))
         }
         return results
     }
