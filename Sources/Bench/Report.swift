@@ -20,6 +20,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var maskUnmask: MaskUnmask?
     /// Route creation and release rates and memory per live route (nil if not measured).
     public var lifecycle: Lifecycle?
+    /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch (issue 11).
+    public var msixBringUp: [MsixBringUp]?
     /// DESIGN.md's performance targets, checked against this run's ratios.
     public var targets: [TargetCheck]
     /// What this run could not measure, and why.
@@ -29,6 +31,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         case machine, delivery, throughput, bursts, programming
         case maskUnmask = "mask_unmask"
         case lifecycle, targets, gaps
+        case msixBringUp = "msix_bring_up"
     }
 
     /// A report.
@@ -184,6 +187,37 @@ public struct BenchReport: Codable, Equatable, Sendable {
             self.signalsPerBurst = signalsPerBurst
             self.delivered = delivered
             self.coalesced = bursts * signalsPerBurst - delivered
+        }
+    }
+
+    /// Bringing `vectors` MSI-X vectors live through the emulator (issue 11).
+    ///
+    /// Host-driven: the bench makes the emulator calls that the guest's MMIO
+    /// and configuration writes make (every entry programmed masked, then
+    /// either `linux_order`: enable, then clear each entry's mask one write at
+    /// a time, as request_irq does; or `function_mask_batch`: enable with the
+    /// function masked, clear every entry's mask, clear the function mask),
+    /// on a partition of its own on the bench guest's VM. The time ends when
+    /// every vector is live with its irqfd armed.
+    public struct MsixBringUp: Codable, Equatable, Sendable {
+        /// Vectors brought live.
+        public var vectors: Int
+        /// `linux_order` or `function_mask_batch`.
+        public var mode: String
+        /// Microseconds until every vector was live and armed.
+        public var us: Double
+        /// KVM_SET_GSI_ROUTING calls made.
+        public var pushes: Int
+        /// `coalescing` (deferred commits, relay-served) or `synchronous` (one push per change).
+        public var partition: String
+
+        /// A bring-up result.
+        public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {
+            self.vectors = vectors
+            self.mode = mode
+            self.us = us
+            self.pushes = pushes
+            self.partition = partition
         }
     }
 

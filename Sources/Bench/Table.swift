@@ -134,6 +134,17 @@ public enum ReportText {
         }
         sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))
 
+        if let bringUps = report.msixBringUp, !bringUps.isEmpty {
+            var bringUp = TextTable(["vectors", "partition", "mode", "µs", "pushes", "/function-mask batch"])
+            for b in bringUps {
+                let batch = bringUps.first { $0.partition == b.partition && $0.mode == "function_mask_batch" }
+                bringUp.add([
+                    String(b.vectors), b.partition, b.mode, us(b.us), String(b.pushes), batch.map { ratio(b.us / $0.us) } ?? "-",
+                ])
+            }
+            sections.append(bringUp.render(title: "MSI-X bring-up: Linux's one-at-a-time unmasks vs one function-mask batch (host-driven emulator writes)"))
+        }
+
         if let m = report.maskUnmask {
             var mask = TextTable(["", "µs per cycle", "pushes", "KVM_IRQFD per cycle"])
             mask.add(["library mask()+unmask()", us(m.usPerCycle), String(m.pushes), format(m.irqfdCallsPerCycle, 1)])
