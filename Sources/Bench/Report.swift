@@ -190,6 +190,52 @@ public struct BenchReport: Codable, Equatable, Sendable {
         }
     }
 
+    /// A ratio to a floor from interleaved rounds (path, then floor, each
+    /// round): the median of the per-round ratios and its 95% bootstrap
+    /// interval. A target is met only when `high` is under the limit.
+    public struct PairedRatio: Codable, Equatable, Sendable {
+        /// Median of the per-round ratios.
+        public var median: Double
+        /// 2.5th percentile of the bootstrapped medians.
+        public var low: Double
+        /// 97.5th percentile of the bootstrapped medians.
+        public var high: Double
+        /// Rounds behind it.
+        public var rounds: Int
+
+        /// The paired ratio of `path[i] / floor[i]`, with `resamples` bootstrap
+        /// resamples drawn from a fixed seed (the same data give the same interval).
+        public init?(path: [Double], floor: [Double], resamples: Int = 2000) {
+            let ratios = zip(path, floor).compactMap { $1 > 0 ? $0 / $1 : nil }
+            guard !ratios.isEmpty else { return nil }
+            func median(_ values: [Double]) -> Double {
+                let sorted = values.sorted()
+                let mid = sorted.count / 2
+                return sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+            }
+            var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+            func next() -> UInt64 {  // SplitMix64
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                return z ^ (z >> 31)
+            }
+            var medians: [Double] = []
+            medians.reserveCapacity(resamples)
+            var sample = [Double](repeating: 0, count: ratios.count)
+            for _ in 0..<resamples {
+                for i in sample.indices { sample[i] = ratios[Int(next() % UInt64(ratios.count))] }
+                medians.append(median(sample))
+            }
+            medians.sort()
+            self.median = median(ratios)
+            low = medians[Int(Double(resamples - 1) * 0.025)]
+            high = medians[Int(Double(resamples - 1) * 0.975)]
+            rounds = ratios.count
+        }
+    }
+
     /// Bringing `vectors` MSI-X vectors live through the emulator (issue 11).
     ///
     /// Host-driven: the bench makes the emulator calls that the guest's MMIO
@@ -253,6 +299,10 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var repetitions: Int
         /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push (issue 11).
         public var dropFloorUs: Double?
+        /// Retarget / raw push, paired round by round (each retarget followed by a raw push).
+        public var retargetRatio: PairedRatio?
+        /// Batched drop / its C floor, paired round by round.
+        public var dropRatio: PairedRatio?
         /// N `setMsiDeferred` calls outside a batch on a coalescing partition, until
         /// every entry is pushed and every route armed (issue 11).
         public var oneByOneDeferredUs: Double?
@@ -275,6 +325,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case rawPushMinUs = "raw_push_min_us"
             case repetitions
             case dropFloorUs = "drop_floor_us"
+            case retargetRatio = "retarget_ratio"
+            case dropRatio = "drop_ratio"
             case oneByOneDeferredUs = "one_by_one_deferred_us"
             case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
         }

@@ -123,13 +123,17 @@ public enum ReportText {
         sections.append(programming.render(title: "Route programming: N routes, one batch vs one by one vs C"))
 
         var coalesced = TextTable([
-            "routes", "deferred one-by-one µs", "pushes", "/raw push", "drop batched µs", "drop C floor µs", "drop/floor",
+            "routes", "deferred one-by-one µs", "pushes", "/raw push", "drop batched µs", "drop C floor µs",
+            "drop/floor (paired, 95%)", "retarget/raw push (paired, 95%)",
         ])
+        func paired(_ r: BenchReport.PairedRatio?) -> String {
+            r.map { "\(ratio($0.median)) [\(ratio($0.low)), \(ratio($0.high))] n=\($0.rounds)" } ?? "-"
+        }
         for p in report.programming {
             coalesced.add([
                 String(p.routes), p.oneByOneDeferredUs.map(us) ?? "-", p.oneByOneDeferredPushes.map(String.init) ?? "-",
                 p.oneByOneDeferredUs.map { ratio($0 / p.rawPushUs) } ?? "-",
-                us(p.dropBatchedUs), p.dropFloorUs.map(us) ?? "-", p.dropFloorUs.map { ratio(p.dropBatchedUs / $0) } ?? "-",
+                us(p.dropBatchedUs), p.dropFloorUs.map(us) ?? "-", paired(p.dropRatio), paired(p.retargetRatio),
             ])
         }
         sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))

@@ -423,6 +423,8 @@ public final class BenchRunner {
                     retargetMinUs: retarget.min() ?? 0, rawPushMinUs: rawPush.min() ?? 0,
                     repetitions: reps, dropFloorUs: Self.median(dropFloor), oneByOneDeferredUs: Self.median(deferred),
                     oneByOneDeferredPushes: deferredPushes))
+            results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
+            results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
         }
         return results
     }
