@@ -96,7 +96,7 @@ let package = Package(
         .target(
             name: "Bench",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
+                "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
@@ -116,7 +116,7 @@ let package = Package(
         // The relay backend: a userspace IrqFd over any MsiInjector (epoll thread on Linux).
         .target(
             name: "IrqFdRelay",
-            dependencies: ["IrqFdCore", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // C: Microsoft's WinHvPlatform.h and its import library (Windows only; empty elsewhere).
         .target(name: "CWinHvPlatform", linkerSettings: [.linkedLibrary("WinHvPlatform", .when(platforms: [.windows]))]),

@@ -20,6 +20,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var maskUnmask: MaskUnmask?
     /// Route creation and release rates and memory per live route (nil if not measured).
     public var lifecycle: Lifecycle?
+    /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch (issue 11).
+    public var msixBringUp: [MsixBringUp]?
     /// DESIGN.md's performance targets, checked against this run's ratios.
     public var targets: [TargetCheck]
     /// What this run could not measure, and why.
@@ -29,6 +31,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         case machine, delivery, throughput, bursts, programming
         case maskUnmask = "mask_unmask"
         case lifecycle, targets, gaps
+        case msixBringUp = "msix_bring_up"
     }
 
     /// A report.
@@ -187,6 +190,83 @@ public struct BenchReport: Codable, Equatable, Sendable {
         }
     }
 
+    /// A ratio to a floor from interleaved rounds (path, then floor, each
+    /// round): the median of the per-round ratios and its 95% bootstrap
+    /// interval. A target is met only when `high` is under the limit.
+    public struct PairedRatio: Codable, Equatable, Sendable {
+        /// Median of the per-round ratios.
+        public var median: Double
+        /// 2.5th percentile of the bootstrapped medians.
+        public var low: Double
+        /// 97.5th percentile of the bootstrapped medians.
+        public var high: Double
+        /// Rounds behind it.
+        public var rounds: Int
+
+        /// The paired ratio of `path[i] / floor[i]`, with `resamples` bootstrap
+        /// resamples drawn from a fixed seed (the same data give the same interval).
+        public init?(path: [Double], floor: [Double], resamples: Int = 2000) {
+            let ratios = zip(path, floor).compactMap { $1 > 0 ? $0 / $1 : nil }
+            guard !ratios.isEmpty else { return nil }
+            func median(_ values: [Double]) -> Double {
+                let sorted = values.sorted()
+                let mid = sorted.count / 2
+                return sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+            }
+            var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+            func next() -> UInt64 {  // SplitMix64
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                return z ^ (z >> 31)
+            }
+            var medians: [Double] = []
+            medians.reserveCapacity(resamples)
+            var sample = [Double](repeating: 0, count: ratios.count)
+            for _ in 0..<resamples {
+                for i in sample.indices { sample[i] = ratios[Int(next() % UInt64(ratios.count))] }
+                medians.append(median(sample))
+            }
+            medians.sort()
+            self.median = median(ratios)
+            low = medians[Int(Double(resamples - 1) * 0.025)]
+            high = medians[Int(Double(resamples - 1) * 0.975)]
+            rounds = ratios.count
+        }
+    }
+
+    /// Bringing `vectors` MSI-X vectors live through the emulator (issue 11).
+    ///
+    /// Host-driven: the bench makes the emulator calls that the guest's MMIO
+    /// and configuration writes make (every entry programmed masked, then
+    /// either `linux_order`: enable, then clear each entry's mask one write at
+    /// a time, as request_irq does; or `function_mask_batch`: enable with the
+    /// function masked, clear every entry's mask, clear the function mask),
+    /// on a partition of its own on the bench guest's VM. The time ends when
+    /// every vector is live with its irqfd armed.
+    public struct MsixBringUp: Codable, Equatable, Sendable {
+        /// Vectors brought live.
+        public var vectors: Int
+        /// `linux_order` or `function_mask_batch`.
+        public var mode: String
+        /// Microseconds until every vector was live and armed.
+        public var us: Double
+        /// KVM_SET_GSI_ROUTING calls made.
+        public var pushes: Int
+        /// `coalescing` (deferred commits, relay-served) or `synchronous` (one push per change).
+        public var partition: String
+
+        /// A bring-up result.
+        public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {
+            self.vectors = vectors
+            self.mode = mode
+            self.us = us
+            self.pushes = pushes
+            self.partition = partition
+        }
+    }
+
     /// Programming N routes (median of the repetitions).
     public struct Programming: Codable, Equatable, Sendable {
         /// N.
@@ -217,6 +297,17 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var rawPushMinUs: Double
         /// Repetitions behind each median (one-by-one runs once for N >= 1024).
         public var repetitions: Int
+        /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push (issue 11).
+        public var dropFloorUs: Double?
+        /// Retarget / raw push, paired round by round (each retarget followed by a raw push).
+        public var retargetRatio: PairedRatio?
+        /// Batched drop / its C floor, paired round by round.
+        public var dropRatio: PairedRatio?
+        /// N `setMsiDeferred` calls outside a batch on a coalescing partition, until
+        /// every entry is pushed and every route armed (issue 11).
+        public var oneByOneDeferredUs: Double?
+        /// Table pushes the deferred one-by-one made.
+        public var oneByOneDeferredPushes: Int?
 
         enum CodingKeys: String, CodingKey {
             case routes
@@ -233,14 +324,23 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case retargetMinUs = "retarget_min_us"
             case rawPushMinUs = "raw_push_min_us"
             case repetitions
+            case dropFloorUs = "drop_floor_us"
+            case retargetRatio = "retarget_ratio"
+            case dropRatio = "drop_ratio"
+            case oneByOneDeferredUs = "one_by_one_deferred_us"
+            case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
         }
 
         /// A programming result.
         public init(
             routes: Int, batchedUs: Double, batchedPushes: Int, oneByOneUs: Double, oneByOnePushes: Int,
             rawPushUs: Double, rawProgramUs: Double, retargetBatchedUs: Double, retargetPushes: Int,
-            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int
+            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int,
+            dropFloorUs: Double? = nil, oneByOneDeferredUs: Double? = nil, oneByOneDeferredPushes: Int? = nil
         ) {
+            self.dropFloorUs = dropFloorUs
+            self.oneByOneDeferredUs = oneByOneDeferredUs
+            self.oneByOneDeferredPushes = oneByOneDeferredPushes
             self.routes = routes
             self.batchedUs = batchedUs
             self.batchedPushes = batchedPushes

@@ -122,6 +122,33 @@ public enum ReportText {
         }
         sections.append(programming.render(title: "Route programming: N routes, one batch vs one by one vs C"))
 
+        var coalesced = TextTable([
+            "routes", "deferred one-by-one µs", "pushes", "/raw push", "drop batched µs", "drop C floor µs",
+            "drop/floor (paired, 95%)", "retarget/raw push (paired, 95%)",
+        ])
+        func paired(_ r: BenchReport.PairedRatio?) -> String {
+            r.map { "\(ratio($0.median)) [\(ratio($0.low)), \(ratio($0.high))] n=\($0.rounds)" } ?? "-"
+        }
+        for p in report.programming {
+            coalesced.add([
+                String(p.routes), p.oneByOneDeferredUs.map(us) ?? "-", p.oneByOneDeferredPushes.map(String.init) ?? "-",
+                p.oneByOneDeferredUs.map { ratio($0 / p.rawPushUs) } ?? "-",
+                us(p.dropBatchedUs), p.dropFloorUs.map(us) ?? "-", paired(p.dropRatio), paired(p.retargetRatio),
+            ])
+        }
+        sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))
+
+        if let bringUps = report.msixBringUp, !bringUps.isEmpty {
+            var bringUp = TextTable(["vectors", "partition", "mode", "µs", "pushes", "/function-mask batch"])
+            for b in bringUps {
+                let batch = bringUps.first { $0.partition == b.partition && $0.mode == "function_mask_batch" }
+                bringUp.add([
+                    String(b.vectors), b.partition, b.mode, us(b.us), String(b.pushes), batch.map { ratio(b.us / $0.us) } ?? "-",
+                ])
+            }
+            sections.append(bringUp.render(title: "MSI-X bring-up: Linux's one-at-a-time unmasks vs one function-mask batch (host-driven emulator writes)"))
+        }
+
         if let m = report.maskUnmask {
             var mask = TextTable(["", "µs per cycle", "pushes", "KVM_IRQFD per cycle"])
             mask.add(["library mask()+unmask()", us(m.usPerCycle), String(m.pushes), format(m.irqfdCallsPerCycle, 1)])

@@ -162,6 +162,52 @@ undo:
     return result;
 }
 
+int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
+                     uint64_t *elapsed_ns) {
+    int *fds = malloc(sizeof(int) * (count ? count : 1));
+    struct kvm_irq_routing *table = alloc_table(count);
+    if (!fds || !table) {
+        free(fds);
+        free(table);
+        return -ENOMEM;
+    }
+    int result = 0;
+    uint32_t made = 0, armed = 0;
+    for (; made < count; made++) {
+        fds[made] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fds[made] < 0) {
+            result = -errno;
+            goto undo;
+        }
+    }
+    uint32_t n = fill_irqchip(table->entries);
+    for (uint32_t i = 0; i < count; i++) fill_msi(&table->entries[n++], first_gsi + i, address, data);
+    table->nr = n;
+    if ((result = set_routing(vmfd, table)) != 0) goto undo;
+    for (; armed < count; armed++) {
+        if ((result = bench_floor_irqfd(vmfd, fds[armed], first_gsi + armed, 0)) != 0) goto undo;
+    }
+    uint64_t start = bench_floor_now_ns();
+    for (uint32_t i = 0; i < armed; i++) {
+        if ((result = bench_floor_irqfd(vmfd, fds[i], first_gsi + i, 1)) != 0) break;
+    }
+    armed = 0;
+    for (uint32_t i = 0; i < made; i++) close(fds[i]);
+    made = 0;
+    table->nr = fill_irqchip(table->entries);
+    int pushed = set_routing(vmfd, table);
+    if (result == 0) result = pushed;
+    if (elapsed_ns) *elapsed_ns = bench_floor_now_ns() - start;
+undo:
+    for (uint32_t i = 0; i < armed; i++) bench_floor_irqfd(vmfd, fds[i], first_gsi + i, 1);
+    for (uint32_t i = 0; i < made; i++) close(fds[i]);
+    table->nr = fill_irqchip(table->entries);
+    set_routing(vmfd, table);
+    free(fds);
+    free(table);
+    return result;
+}
+
 int bench_floor_lifecycle(int vmfd, uint32_t gsi, uint32_t count, uint64_t address, uint32_t data,
                           uint64_t *elapsed_ns) {
     struct kvm_irq_routing *table = alloc_table(1);

@@ -32,6 +32,14 @@ public protocol IrqFdRoute: AnyObject, Sendable {
     /// no system call. An undeliverable address throws and leaves the route disarmed.
     func setMsi(address: UInt64, data: UInt32) throws(IrqFdError)
 
+    /// Like `setMsi`, but the routing entry may join the partition's next
+    /// coalesced commit instead of being pushed now (DESIGN.md rule 8): until
+    /// that push lands the route's signals are delivered in userspace, with
+    /// the same masking and pending semantics. Many routes programmed one at
+    /// a time then cost one push, not one each. Backends without coalescing
+    /// do exactly what `setMsi` does.
+    func setMsiDeferred(address: UInt64, data: UInt32) throws(IrqFdError)
+
     /// Disarms the route and removes its routing entry. Signals latch in the event.
     func clearMsi() throws(IrqFdError)
 
@@ -49,6 +57,16 @@ public protocol IrqFdRoute: AnyObject, Sendable {
 extension IrqFdRoute {
     /// By default, pending state is exactly the event's counter.
     public func consumePending() -> Bool { event.tryWait() }
+
+    /// Backends without coalesced commits program the entry at once.
+    public func setMsiDeferred(address: UInt64, data: UInt32) throws(IrqFdError) {
+        try setMsi(address: address, data: data)
+    }
+
+    /// Sets the MSI from a decoded message, deferred (see `setMsiDeferred(address:data:)`).
+    public func setMsiDeferred(_ message: MsiMessage) throws(IrqFdError) {
+        try setMsiDeferred(address: message.address, data: message.data)
+    }
 
     /// Sets the MSI from a decoded message.
     public func setMsi(_ message: MsiMessage) throws(IrqFdError) {

@@ -20,17 +20,32 @@ public final class EpollPoller: RelayPoller {
     static let wakeToken: UInt64 = 0
 
     /// Creates the epoll instance (epoll_create1(EPOLL_CLOEXEC)) and its wake eventfd.
-    public init() throws(IrqFdError) {
+    public convenience init() throws(IrqFdError) {
+        try self.init { (epoll, wake) throws(IrqFdError) in
+            try Self.control(epoll, EPOLL_CTL_ADD, wake, token: Self.wakeToken)
+        }
+    }
+
+    /// The initializer proper; `registerWake` adds the wake eventfd to the
+    /// epoll instance (tests make it fail).
+    ///
+    /// Every step that can fail runs before the last stored property is set:
+    /// a failed init then has no deinit, so the epoll descriptor is closed
+    /// exactly once, here, and never again by `stop()` (a second close could
+    /// hit a descriptor another thread opened meanwhile).
+    init(registeringWakeWith registerWake: (_ epoll: Int32, _ wake: Int32) throws(IrqFdError) -> Void) throws(IrqFdError) {
         let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard fd >= 0 else { throw .call("epoll_create1", Errno(rawValue: errno)) }
-        epoll = fd
+        let wakeEvent: EventFD
         do throws(IrqFdError) {
-            wake = try EventFD()
-            try Self.control(fd, EPOLL_CTL_ADD, wake.fileDescriptor.rawValue, token: Self.wakeToken)
+            wakeEvent = try EventFD()
+            try registerWake(fd, wakeEvent.fileDescriptor.rawValue)
         } catch {
             close(fd)
             throw error
         }
+        epoll = fd
+        wake = wakeEvent
     }
 
     deinit { stop() }

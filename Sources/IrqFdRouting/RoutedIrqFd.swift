@@ -5,77 +5,122 @@ import Synchronization
 ///
 /// Deliberately not nested in the generic `RoutedIrqFd<Kernel>`: a nested type
 /// is generic too, and every access from the unspecialised generic code then
-/// looks its metadata up at run time (a tenth of a batch's CPU). Routes waiting
-/// to be armed are held as `AnyObject` for the same reason; only routes of
-/// the owning partition are ever stored.
+/// looks its metadata up at run time (a tenth of a batch's CPU). Routes are
+/// held as `AnyObject` for the same reason; only routes of the owning
+/// partition are ever stored.
+///
+/// Batches belong to their caller (issue 13, item 1): each open batch has an
+/// id, and each GSI whose unpushed change was made inside a batch is owned by
+/// that batch (`owner`). A push made by one caller carries its own changes
+/// and every unowned change, and the kernel's entry (`pushed`) for GSIs that
+/// another open batch owns; a failed push rolls back only what its caller owns.
 struct RoutingTableState {
     var allocator: GsiAllocator
     /// What the table should hold, by GSI.
     var desired: [MsiMessage?]
     /// What the kernel holds, by GSI (the last successful push).
     var pushed: [MsiMessage?]
-    var batchDepth = 0
-    var dirty = false
-    /// Routes to arm once their entry reaches the kernel (rule 9), by GSI.
-    /// An array rather than a dictionary: ending a batch of thousands of
-    /// routes then walks the waiting GSIs in order without hashing or
-    /// sorting weak references (that sort was a third of a batch's CPU).
-    var armAfterPush: [WeakRouteReference]
-    /// GSIs registered in `armAfterPush` since the last batch ended (may repeat).
-    var armQueue: [UInt32] = []
-    /// GSIs whose `desired` entry changed since the last successful push
-    /// (may repeat). A push copies just these into `pushed`: assigning the
-    /// whole array would share its buffer, and the next change would copy
-    /// every GSI's entry again.
+    /// The open batch whose unpushed change a GSI carries (0: none).
+    var owner: [UInt32]
+    /// Whether `pushed` for a GSI belongs to a route since released: the GSI's
+    /// current route never had that entry, so it is neither live nor a state
+    /// to roll back to (issue 13, item 2).
+    var stale: [Bool]
+    /// Each GSI's route, weakly: the routes a push or a rollback must arm or
+    /// disarm. Upgraded to strong references only outside the lock, so no
+    /// route's deinit ever runs under it (issue 13, item 3).
+    var routes: [WeakRouteReference]
+    /// GSIs changed outside any open batch and not yet in the kernel (may repeat).
     var changed: [UInt32] = []
+    /// The open batches.
+    var batches: [BatchRecord] = []
+    /// The next batch id (0 is "no batch").
+    var nextBatch: UInt32 = 1
     /// The entries of the next push, kept to reuse its buffer.
     var scratch: [RoutingEntry] = []
+    /// A coalesced commit is scheduled (see `RoutedIrqFd.Coalescing`).
+    var commitScheduled = false
+    /// The last coalesced commit that failed, until one succeeds.
+    var commitError: IrqFdError?
 
     init(allocator: GsiAllocator, limit: Int) {
         self.allocator = allocator
         desired = Array(repeating: nil, count: limit)
         pushed = desired
-        armAfterPush = Array(repeating: WeakRouteReference(), count: limit)
+        owner = Array(repeating: 0, count: limit)
+        stale = Array(repeating: false, count: limit)
+        routes = Array(repeating: WeakRouteReference(), count: limit)
     }
 
+    /// Whether the kernel holds `gsi`'s entry for its current route.
     func isLive(_ gsi: UInt32) -> Bool {
-        desired[Int(gsi)] != nil && desired[Int(gsi)] == pushed[Int(gsi)]
+        let g = Int(gsi)
+        return desired[g] != nil && !stale[g] && desired[g] == pushed[g]
     }
 
-    mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?) {
-        desired[Int(gsi)] = message
-        changed.append(gsi)
+    /// The index of open batch `id` in `batches`, if it is still open.
+    func batchIndex(_ id: UInt32) -> Int? {
+        guard id != 0 else { return nil }
+        return batches.firstIndex { $0.id == id }
     }
 
-    mutating func waitToArm(_ gsi: UInt32, _ route: AnyObject) {
-        armAfterPush[Int(gsi)] = WeakRouteReference(route: route)
-        armQueue.append(gsi)
-    }
-
-    mutating func stopWaitingToArm(_ gsi: UInt32) {
-        armAfterPush[Int(gsi)] = WeakRouteReference()
-    }
-
-    /// The routes waiting to be armed, in GSI order; clears the wait list.
-    mutating func takeWaitingRoutes() -> [AnyObject] {
-        guard !armQueue.isEmpty else { return [] }
-        armQueue.sort()
-        var routes: [AnyObject] = []
-        routes.reserveCapacity(armQueue.count)
-        var last: UInt32?
-        for gsi in armQueue where gsi != last {
-            last = gsi
-            if let route = armAfterPush[Int(gsi)].route { routes.append(route) }
-            armAfterPush[Int(gsi)] = WeakRouteReference()
+    /// Records `message` as `gsi`'s desired entry, made by `batch` (0: none).
+    mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?, batch: Int?) {
+        let g = Int(gsi)
+        desired[g] = message
+        if let batch {
+            let id = batches[batch].id
+            if owner[g] != id {
+                owner[g] = id
+                batches[batch].touched.append(gsi)
+            }
+        } else {
+            owner[g] = 0
+            changed.append(gsi)
         }
-        armQueue.removeAll(keepingCapacity: true)
-        return routes
+    }
+
+    /// The state a rollback returns `gsi` to: what the kernel holds for its current route.
+    func baseline(_ gsi: UInt32) -> MsiMessage? {
+        stale[Int(gsi)] ? nil : pushed[Int(gsi)]
     }
 }
 
-/// A route waiting to be armed; weak, so a queued route can still be released.
-struct WeakRouteReference {
+/// One open batch: its id and the GSIs it changed (may repeat; a GSI another
+/// caller changed since is no longer this batch's and is skipped).
+struct BatchRecord {
+    var id: UInt32
+    var touched: [UInt32] = []
+}
+
+/// A route, weakly.
+///
+/// `@unchecked Sendable`: it only ever holds a `RoutedIrqFdRoute`, which is
+/// `Sendable` (all its state is behind its own lock); the field is typed
+/// `AnyObject` only to keep generic metadata off the hot path.
+struct WeakRouteReference: @unchecked Sendable {
     weak var route: AnyObject?
+}
+
+/// The batches open on this thread (or task), one per partition.
+///
+/// A task-local: bound by `withBatch` around its body, so membership follows
+/// the caller and never another thread. Outside any task Swift keeps it in
+/// thread-local storage, which is what device threads use.
+enum OpenBatches {
+    /// A partition and the id of the batch this caller holds open on it.
+    struct Key: Sendable {
+        var partition: ObjectIdentifier
+        var id: UInt32
+    }
+    @TaskLocal static var keys: [Key] = []
+
+    /// The caller's open batch on `partition` (0: none).
+    static func current(_ partition: ObjectIdentifier) -> UInt32 {
+        let keys = Self.keys
+        if keys.isEmpty { return 0 }
+        return keys.last { $0.partition == partition }?.id ?? 0
+    }
 }
 
 /// The routing core shared by every backend whose kernel keeps a GSI routing
@@ -84,7 +129,9 @@ struct WeakRouteReference {
 ///
 /// Locking (rule 11): each route has its own lock, taken before the table lock
 /// and never after it. The table lock is held across a push, so the kernel's
-/// table always matches `pushed`.
+/// table always matches `pushed`. Routes that a push (or a rollback) leaves
+/// to be armed are armed after both locks are released, each under its own
+/// lock: never one route's lock inside another's.
 public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// The kernel interface this partition programs.
     public let kernel: Kernel
@@ -94,9 +141,52 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// Not generic (see `RoutingTableState`).
     typealias TableState = RoutingTableState
 
-    /// A partition over `kernel`'s GSI space and table.
-    public init(kernel: Kernel) {
+    /// How deferred changes are committed, if this partition coalesces them.
+    public let coalescing: Coalescing?
+
+    /// Deferred (coalesced) commits, DESIGN.md rule 8.
+    ///
+    /// A route programmed with `setMsiDeferred`, or dropped, records its entry
+    /// without pushing. While that entry is not in the kernel, the route's
+    /// event is served by `interim` (a userspace relay: it watches the event
+    /// and injects the message, e.g. with KVM_SIGNAL_MSI), so the guest gets
+    /// every interrupt at once and none while masked. One push then carries
+    /// every waiting entry, after which each served route stops being served
+    /// and is armed, in GSI order (rule 9). The bound: a waiting entry is
+    /// pushed at most `delay` (plus the scheduler's latency) after the first
+    /// change that made it wait, or at once when `threshold` entries wait. A
+    /// failed commit changes nothing in the kernel; its routes stay served,
+    /// the error goes to `onCommitError` and the commit is retried after `delay`.
+    public struct Coalescing: Sendable {
+        /// Serves routes whose entries are not in the kernel yet.
+        public var interim: any InterimDelivery
+        /// Runs the committer after `delay`.
+        public var timer: any CommitTimer
+        /// The longest a waiting entry waits for its push.
+        public var delay: Duration
+        /// Waiting entries that make the push happen at once, in the caller.
+        public var threshold: Int
+        /// Told about every coalesced commit that failed (no caller waits for it).
+        public var onCommitError: @Sendable (IrqFdError) -> Void
+
+        /// Coalescing over `interim`; by default a 2 ms bound and 512 entries.
+        public init(
+            interim: any InterimDelivery, timer: any CommitTimer = TaskCommitTimer(), delay: Duration = .milliseconds(2),
+            threshold: Int = 512, onCommitError: @escaping @Sendable (IrqFdError) -> Void = { _ in }
+        ) {
+            self.interim = interim
+            self.timer = timer
+            self.delay = delay
+            self.threshold = threshold
+            self.onCommitError = onCommitError
+        }
+    }
+
+    /// A partition over `kernel`'s GSI space and table; with `coalescing`,
+    /// deferred changes and drops are committed together (see `Coalescing`).
+    public init(kernel: Kernel, coalescing: Coalescing? = nil) {
         self.kernel = kernel
+        self.coalescing = coalescing
         let allocator = GsiAllocator(
             limit: kernel.gsiLimit, reserved: kernel.reservedGsis, capacity: kernel.msiEntryCapacity)
         table = Mutex(TableState(allocator: allocator, limit: Int(kernel.gsiLimit)))
@@ -115,132 +205,277 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             table.withLock { $0.allocator.release(gsi) }
             throw error
         }
-        return RoutedIrqFdRoute(gsi: gsi, event: event, partition: self)
+        let route = RoutedIrqFdRoute(gsi: gsi, event: event, partition: self)
+        table.withLock { $0.routes[Int(gsi)] = WeakRouteReference(route: route) }
+        return route
     }
 
     /// See `IrqFd.newIrqFdRoute()`.
     public func newIrqFdRoute() throws(IrqFdError) -> any IrqFdRoute { try newRoute() }
 
-    /// Defers pushes until the outermost batch ends; then pushes once and arms
-    /// the routes that were waiting for their entries. Changes made before
-    /// `body` threw are pushed too: each of them succeeded.
+    /// The caller's open batch on this partition (0: none).
+    var currentBatch: UInt32 { OpenBatches.current(ObjectIdentifier(self)) }
+
+    /// Defers this caller's pushes until its outermost batch ends; then pushes
+    /// once and arms the routes that were waiting for their entries. Changes
+    /// made before `body` threw are pushed too: each of them succeeded.
+    ///
+    /// The batch is the caller's (this thread or task): other threads' changes
+    /// meanwhile push on their own, and a failed push here rolls back only the
+    /// changes made inside this batch.
     public func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result {
-        table.withLock { $0.batchDepth += 1 }
-        let result: Result
-        do throws(IrqFdError) {
-            result = try body()
-        } catch {
-            try? endBatch()
+        let me = ObjectIdentifier(self)
+        if OpenBatches.current(me) != 0 { return try body() }
+        let id = table.withLock { t in
+            let id = t.nextBatch
+            t.nextBatch = t.nextBatch == .max ? 1 : t.nextBatch + 1
+            t.batches.append(BatchRecord(id: id))
+            return id
+        }
+        var outcome: Swift.Result<Result, IrqFdError>?
+        OpenBatches.$keys.withValue(OpenBatches.keys + [.init(partition: me, id: id)]) {
+            do throws(IrqFdError) { outcome = .success(try body()) } catch { outcome = .failure(error) }
+        }
+        let ended = endBatch(id)
+        switch outcome! {
+        case .success(let result):
+            if let ended { throw ended }
+            return result
+        case .failure(let error):
             throw error
         }
-        try endBatch()
-        return result
     }
 
-    private func endBatch() throws(IrqFdError) {
-        let toArm = try table.withLock { (t: inout TableState) throws(IrqFdError) -> [RoutedIrqFdRoute<Kernel>] in
-            t.batchDepth -= 1
-            guard t.batchDepth == 0 else { return [] }
-            // In GSI order: the same batch makes the same calls every time. Only this
-            // partition's routes are ever queued, so the downcast cannot fail.
-            let waiting = t.takeWaitingRoutes().map { unsafeDowncast($0, to: RoutedIrqFdRoute<Kernel>.self) }
-            if t.dirty {
-                do throws(IrqFdError) {
-                    try push(&t)
-                } catch {
-                    // Back to what the kernel holds, except GSIs freed meanwhile.
-                    for gsi in t.desired.indices {
-                        let restored = t.allocator.isTaken(UInt32(gsi)) ? t.pushed[gsi] : nil
-                        if t.desired[gsi] != restored { t.setDesired(UInt32(gsi), restored) }
-                    }
-                    t.dirty = t.desired != t.pushed
-                    throw error
+    /// Closes batch `id`: pushes its changes (if any), or rolls them back if
+    /// the push fails; then brings every route it touched in line with the
+    /// kernel. Returns the first error.
+    private func endBatch(_ id: UInt32) -> IrqFdError? {
+        let (touched, error) = table.withLock { (t: inout TableState) -> ([WeakRouteReference], IrqFdError?) in
+            guard let index = t.batchIndex(id) else { return ([], nil) }
+            let record = t.batches.remove(at: index)
+            var mine = record.touched.filter { t.owner[Int($0)] == id }
+            guard !mine.isEmpty || !t.changed.isEmpty else { return ([], nil) }
+            do throws(IrqFdError) {
+                let carried = try push(&t, batch: id, owned: mine)
+                return (t.routes(at: carried), nil)
+            } catch {
+                // Back to what the kernel holds for each GSI's current route.
+                for gsi in mine {
+                    t.desired[Int(gsi)] = t.baseline(gsi)
+                    t.owner[Int(gsi)] = 0
+                    if t.desired[Int(gsi)] != t.pushed[Int(gsi)] { t.changed.append(gsi) }
                 }
+                mine.sort()
+                return (t.routes(at: mine), error)
             }
-            return waiting
         }
-        var firstError: IrqFdError?
-        for route in toArm {
-            do throws(IrqFdError) { try route.armIfWanted() } catch { firstError = firstError ?? error }
-        }
-        if let firstError { throw firstError }
+        var firstError = error
+        if let armError = reconcile(touched) { firstError = firstError ?? armError }
+        return firstError
     }
 
-    /// Pushes `desired` whole, in one kernel call (rule 8). Table lock held.
-    private func push(_ t: inout TableState) throws(IrqFdError) {
+    /// Brings each route in line with the table (arms what should be armed);
+    /// called with no lock held. Returns the first error.
+    func reconcile(_ routes: [WeakRouteReference]) -> IrqFdError? {
+        var firstError: IrqFdError?
+        for reference in routes {
+            guard let object = reference.route else { continue }
+            // Only this partition's routes are ever registered, so the downcast cannot fail.
+            let route = unsafeDowncast(object, to: RoutedIrqFdRoute<Kernel>.self)
+            do throws(IrqFdError) { try route.reconcile() } catch { firstError = firstError ?? error }
+        }
+        return firstError
+    }
+
+    /// Pushes the whole table in one kernel call (rule 8): every GSI's desired
+    /// entry, except that a GSI owned by another open batch carries what the
+    /// kernel holds. `owned` lists the GSIs `batch` owns. Table lock held.
+    /// Returns the GSIs whose entries changed in the kernel, in GSI order.
+    private func push(_ t: inout TableState, batch: UInt32, owned: [UInt32]) throws(IrqFdError) -> [UInt32] {
         var entries = t.scratch
         t.scratch = []  // `entries` holds the only reference: appending reuses the buffer
         entries.removeAll(keepingCapacity: true)
         entries.reserveCapacity(t.allocator.used)
-        for (gsi, message) in t.desired.enumerated() {
-            if let message { entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message)) }
+        let othersOpen = t.batches.contains { $0.id != batch }
+        t.desired.withUnsafeBufferPointer { desired in
+            t.pushed.withUnsafeBufferPointer { pushed in
+                t.owner.withUnsafeBufferPointer { owner in
+                    for gsi in 0..<desired.count {
+                        let own = !othersOpen || owner[gsi] == 0 || owner[gsi] == batch
+                        if let message = own ? desired[gsi] : pushed[gsi] {
+                            entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message))
+                        }
+                    }
+                }
+            }
         }
         defer { t.scratch = entries }
         try kernel.pushRoutingTable(entries)
-        for gsi in t.changed { t.pushed[Int(gsi)] = t.desired[Int(gsi)] }
+        var carried = t.changed
+        carried.append(contentsOf: owned)
+        carried.sort()
+        var unique: [UInt32] = []
+        unique.reserveCapacity(carried.count)
+        for gsi in carried where gsi != unique.last {
+            let g = Int(gsi)
+            guard t.owner[g] == 0 || t.owner[g] == batch else { continue }
+            t.pushed[g] = t.desired[g]
+            t.owner[g] = 0
+            t.stale[g] = false
+            unique.append(gsi)
+        }
         t.changed.removeAll(keepingCapacity: true)
-        t.dirty = false
         pushCounter.add(1, ordering: .relaxed)
+        return unique
     }
 
-    /// Sets the desired entry for `gsi` and pushes it unless a batch is open.
-    /// If `route` is given and the entry does not reach the kernel now, the
-    /// route is armed after the push that carries it. Returns the previous
-    /// entry and whether the new one is live in the kernel.
+    /// Sets the desired entry for `gsi` and pushes it unless the caller has a
+    /// batch open. Returns the previous entry, whether the new one is live in
+    /// the kernel, and the other routes the push carried (to reconcile once
+    /// the caller's route lock is released).
     func setEntry(
-        _ gsi: UInt32, to message: MsiMessage?, armAfterPush route: RoutedIrqFdRoute<Kernel>?
-    ) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool) {
-        try table.withLock { (t: inout TableState) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool) in
-            let previous = t.desired[Int(gsi)]
-            if message == nil { t.stopWaitingToArm(gsi) }
+        _ gsi: UInt32, to message: MsiMessage?, batch: UInt32
+    ) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
+        try table.withLock { (t: inout TableState) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
+            let g = Int(gsi)
+            let previous = t.desired[g]
+            var others: [WeakRouteReference] = []
             if previous != message {
-                t.setDesired(gsi, message)
-                if t.batchDepth > 0 {
-                    t.dirty = true
+                if let index = t.batchIndex(batch) {
+                    t.setDesired(gsi, message, batch: index)
                 } else {
+                    let previousOwner = t.owner[g]
+                    t.setDesired(gsi, message, batch: nil)
                     do throws(IrqFdError) {
-                        try push(&t)
+                        let carried = try push(&t, batch: 0, owned: [])
+                        others = t.routes(at: carried, except: gsi)
                     } catch {
-                        t.setDesired(gsi, previous)
+                        t.changed.removeLast()
+                        t.desired[g] = previous
+                        if t.batchIndex(previousOwner) != nil {
+                            t.owner[g] = previousOwner
+                        } else if previous != t.pushed[g] {
+                            t.changed.append(gsi)
+                        }
                         throw error
                     }
                 }
             }
-            let live = t.isLive(gsi)
-            if let route, message != nil, !live { t.waitToArm(gsi, route) }
-            return (previous, live)
+            return (previous, t.isLive(gsi), others)
         }
     }
 
-    /// Whether `gsi` has an entry, whether that entry is in the kernel, and if
-    /// it is not yet, registers `route` to be armed after the push.
-    func entryState(_ gsi: UInt32, armAfterPush route: RoutedIrqFdRoute<Kernel>?) -> (exists: Bool, live: Bool) {
-        table.withLock { t in
-            let exists = t.desired[Int(gsi)] != nil
-            let live = t.isLive(gsi)
-            if let route, exists, !live { t.waitToArm(gsi, route) }
-            return (exists, live)
+    /// Records `message` for `gsi` without pushing: it joins the next coalesced
+    /// commit (made at once, here, when `threshold` entries wait). Returns the
+    /// previous entry, whether the new one is live, and the other routes a
+    /// push made here carried.
+    func setEntryDeferred(
+        _ gsi: UInt32, to message: MsiMessage?, coalescing: Coalescing
+    ) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
+        var schedule = false
+        let result = table.withLock { (t: inout TableState) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
+            let previous = t.desired[Int(gsi)]
+            var others: [WeakRouteReference] = []
+            if previous != message {
+                t.setDesired(gsi, message, batch: nil)
+                if t.changed.count >= coalescing.threshold {
+                    if let carried = try? push(&t, batch: 0, owned: []) {
+                        others = t.routes(at: carried, except: gsi)
+                    }
+                }
+                if !t.changed.isEmpty, !t.commitScheduled {
+                    t.commitScheduled = true
+                    schedule = true
+                }
+            }
+            return (previous, t.isLive(gsi), others)
         }
+        if schedule { scheduleCommit(after: coalescing.delay) }
+        return result
+    }
+
+    /// Runs `commitNow` after `delay`, on the coalescing timer.
+    private func scheduleCommit(after delay: Duration) {
+        coalescing?.timer.after(delay) { [weak self] in self?.commitNow() }
+    }
+
+    /// Pushes every waiting (unowned) change now, then arms the routes it
+    /// carried. A failure is reported to `onCommitError` and retried later;
+    /// the routes stay served meanwhile. Returns the push's error, if any.
+    @discardableResult
+    public func commitNow() -> IrqFdError? {
+        let (carried, error) = table.withLock { (t: inout TableState) -> ([WeakRouteReference], IrqFdError?) in
+            t.commitScheduled = false
+            guard !t.changed.isEmpty else { return ([], nil) }
+            do throws(IrqFdError) {
+                let carried = try push(&t, batch: 0, owned: [])
+                t.commitError = nil
+                return (t.routes(at: carried), nil)
+            } catch {
+                t.commitError = error
+                if coalescing != nil { t.commitScheduled = true }
+                return ([], error)
+            }
+        }
+        if let error, let coalescing {
+            coalescing.onCommitError(error)
+            scheduleCommit(after: coalescing.delay)
+        }
+        _ = reconcile(carried)
+        return error
+    }
+
+    /// The last coalesced commit's error, until a commit succeeds.
+    public var lastCommitError: IrqFdError? { table.withLock { $0.commitError } }
+
+    /// Entries waiting for a commit (changes not yet in the kernel, outside any batch).
+    public var waitingEntryCount: Int {
+        table.withLock { t in Set(t.changed.filter { t.owner[Int($0)] == 0 && t.desired[Int($0)] != t.pushed[Int($0)] }).count }
+    }
+
+    /// Whether `gsi` has an entry, and whether that entry is in the kernel.
+    func entryState(_ gsi: UInt32) -> (exists: Bool, live: Bool) {
+        table.withLock { t in (t.desired[Int(gsi)] != nil, t.isLive(gsi)) }
     }
 
     /// The entry the table wants for `gsi` (nil: no MSI).
     public func entry(for gsi: UInt32) -> MsiMessage? { table.withLock { $0.desired[Int(gsi)] } }
 
-    /// Removes `gsi`'s entry (pushing unless batched; a failed push is left to
-    /// the next one) and frees the GSI. Used when a route is released.
+    /// Removes `gsi`'s entry (pushing unless the caller has a batch open; a
+    /// failed push is left to the next one) and frees the GSI. Used when a
+    /// route is released; its own lock is not held.
     func release(_ gsi: UInt32) {
-        table.withLock { t in
-            t.stopWaitingToArm(gsi)
-            if t.desired[Int(gsi)] != nil {
-                t.setDesired(gsi, nil)
-                if t.batchDepth > 0 {
-                    t.dirty = true
+        let batch = currentBatch
+        var schedule = false
+        let others = table.withLock { (t: inout TableState) -> [WeakRouteReference] in
+            let g = Int(gsi)
+            t.routes[g] = WeakRouteReference()
+            var others: [WeakRouteReference] = []
+            if t.desired[g] != nil || t.owner[g] != 0 {
+                if let index = t.batchIndex(batch) {
+                    t.setDesired(gsi, nil, batch: index)
+                } else if let coalescing {
+                    // A coalescing partition's drops join the next commit too.
+                    t.setDesired(gsi, nil, batch: nil)
+                    if t.changed.count >= coalescing.threshold {
+                        if let carried = try? push(&t, batch: 0, owned: []) { others = t.routes(at: carried, except: gsi) }
+                    }
+                    if !t.changed.isEmpty, !t.commitScheduled {
+                        t.commitScheduled = true
+                        schedule = true
+                    }
                 } else {
-                    do { try push(&t) } catch { t.dirty = true }
+                    t.setDesired(gsi, nil, batch: nil)
+                    if let carried = try? push(&t, batch: 0, owned: []) { others = t.routes(at: carried, except: gsi) }
                 }
             }
+            // Whatever the kernel still holds for this GSI was this route's, not the next one's.
+            if t.pushed[g] != nil { t.stale[g] = true }
             t.allocator.release(gsi)
+            return others
         }
+        if schedule, let coalescing { scheduleCommit(after: coalescing.delay) }
+        _ = reconcile(others)
     }
 
     /// Routing-table pushes made so far.
@@ -257,10 +492,24 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     }
 }
 
+extension RoutingTableState {
+    /// The routes registered on `gsis` (weakly), leaving out `except`.
+    func routes(at gsis: [UInt32], except: UInt32? = nil) -> [WeakRouteReference] {
+        var result: [WeakRouteReference] = []
+        result.reserveCapacity(gsis.count)
+        for gsi in gsis where gsi != except { result.append(routes[Int(gsi)]) }
+        return result
+    }
+}
+
 /// A route's own state, behind its lock.
 struct RoutedRouteState {
     var masked = false
     var armed = false
+    /// The interim (userspace) route over this route's event, made on first need.
+    var interim: (any IrqFdRoute)?
+    /// Whether `interim` is delivering this route's signals now.
+    var serving = false
 }
 
 /// A route of a `RoutedIrqFd`: one GSI, one event, one routing entry.
@@ -285,6 +534,13 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     deinit {
         // Rule 12: disarm, remove the entry, free the GSI; the event closes with us.
         // Errors (the VM may be gone) change nothing here: there is no one to tell.
+        let interim = state.withLock { s in
+            if s.serving { try? s.interim?.clearMsi() }
+            s.serving = false
+            defer { s.interim = nil }
+            return s.interim
+        }
+        _ = consume interim  // its deinit (it stops watching) runs outside our lock
         if state.withLock({ $0.armed }) {
             try? partition.kernel.deassign(event: event, gsi: gsi)
         }
@@ -306,39 +562,56 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             try clearMsi()
             throw .undeliverableAddress(address)
         }
-        try state.withLock { (s: inout RouteState) throws(IrqFdError) in
+        let batch = partition.currentBatch
+        let others = try state.withLock { (s: inout RouteState) throws(IrqFdError) -> [WeakRouteReference] in
             let wantsArm = !s.masked && !s.armed
-            let (previous, live) = try partition.setEntry(gsi, to: message, armAfterPush: wantsArm ? self : nil)
-            guard wantsArm, live else { return }
+            let (previous, live, others): (MsiMessage?, Bool, [WeakRouteReference])
+            do throws(IrqFdError) {
+                (previous, live, others) = try partition.setEntry(gsi, to: message, batch: batch)
+            } catch {
+                throw error  // the entry is as it was, and so is any serving
+            }
+            if s.serving {
+                if live || batch == 0 {
+                    // Hand over (rule 9: the push is done): stop the relay, then arm below.
+                    try stopServing(&s)
+                } else {
+                    try serve(&s, message)  // in a batch: keep serving, with the new message
+                }
+            }
+            guard wantsArm, live else { return others }
             do throws(IrqFdError) {
                 try partition.kernel.assign(event: event, gsi: gsi)
                 s.armed = true
             } catch {
                 // Rule 10: the table goes back to what it was before this call.
-                if previous != message { _ = try? partition.setEntry(gsi, to: previous, armAfterPush: nil) }
+                if previous != message { _ = try? partition.setEntry(gsi, to: previous, batch: batch) }
                 throw error
             }
+            return others
         }
+        _ = partition.reconcile(others)
     }
 
     /// Rule 6: disarm first, then remove the entry.
     public func clearMsi() throws(IrqFdError) {
-        try state.withLock { (s: inout RouteState) throws(IrqFdError) in
-            guard partition.entryState(gsi, armAfterPush: nil).exists else {
-                return
-            }
+        let batch = partition.currentBatch
+        let others = try state.withLock { (s: inout RouteState) throws(IrqFdError) -> [WeakRouteReference] in
+            guard partition.entryState(gsi).exists else { return [] }
+            if s.serving { try stopServing(&s) }
             let wasArmed = s.armed
             if wasArmed {
                 try partition.kernel.deassign(event: event, gsi: gsi)
                 s.armed = false
             }
             do throws(IrqFdError) {
-                _ = try partition.setEntry(gsi, to: nil, armAfterPush: nil)
+                return try partition.setEntry(gsi, to: nil, batch: batch).others
             } catch {
                 if wasArmed, (try? partition.kernel.assign(event: event, gsi: gsi)) != nil { s.armed = true }
                 throw error
             }
         }
+        _ = partition.reconcile(others)
     }
 
     /// Rule 4: one disarm, no table push.
@@ -349,28 +622,111 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
                 try partition.kernel.deassign(event: event, gsi: gsi)
                 s.armed = false
             }
+            if s.serving { try stopServing(&s) }
             s.masked = true
         }
     }
 
-    /// Rule 5: re-arm; the kernel injects whatever latched meanwhile.
+    /// Rule 5: re-arm; the kernel injects whatever latched meanwhile. If the
+    /// entry is not in the kernel yet, the push that carries it arms the route.
     public func unmask() throws(IrqFdError) {
         try state.withLock { (s: inout RouteState) throws(IrqFdError) in
             guard s.masked else { return }
-            if !s.armed, partition.entryState(gsi, armAfterPush: self).live {
-                try partition.kernel.assign(event: event, gsi: gsi)
-                s.armed = true
+            if !s.armed {
+                let (exists, live) = partition.entryState(gsi)
+                if live {
+                    try partition.kernel.assign(event: event, gsi: gsi)
+                    s.armed = true
+                } else if exists, partition.coalescing != nil, let message = partition.entry(for: gsi) {
+                    // The entry waits for a coalesced commit: serve it until the push lands.
+                    try serve(&s, message)
+                }
             }
             s.masked = false
         }
     }
 
-    /// Arms the route if it should be armed: called after a batch's push.
-    func armIfWanted() throws(IrqFdError) {
+    /// Brings the route in line with the table: called after a push or a
+    /// rollback that involved its GSI. Armed only with an entry the kernel
+    /// holds; armed whenever it is unmasked and has one.
+    func reconcile() throws(IrqFdError) {
         try state.withLock { (s: inout RouteState) throws(IrqFdError) in
-            guard !s.masked, !s.armed, partition.entryState(gsi, armAfterPush: nil).live else { return }
-            try partition.kernel.assign(event: event, gsi: gsi)
-            s.armed = true
+            let (exists, live) = partition.entryState(gsi)
+            if s.serving, live || !exists || s.masked {
+                // Rule 9: the push has landed; stop the relay first, then arm. A signal
+                // between the two latches in the event and the arm injects it.
+                try stopServing(&s)
+            }
+            if s.armed, !exists {
+                try partition.kernel.deassign(event: event, gsi: gsi)
+                s.armed = false
+            }
+            if !s.masked, !s.armed, live {
+                try partition.kernel.assign(event: event, gsi: gsi)
+                s.armed = true
+            }
         }
     }
+
+    /// Like `setMsi`, but the entry joins the partition's next coalesced
+    /// commit; until it lands the route's signals are served in userspace
+    /// (see `RoutedIrqFd.Coalescing`). Without coalescing, this is `setMsi`.
+    public func setMsiDeferred(address: UInt64, data: UInt32) throws(IrqFdError) {
+        guard let coalescing = partition.coalescing, partition.currentBatch == 0 else {
+            return try setMsi(address: address, data: data)
+        }
+        let message = MsiMessage(address: address, data: data)
+        guard partition.kernel.canDeliver(message) else {
+            try clearMsi()
+            throw .undeliverableAddress(address)
+        }
+        let others = try state.withLock { (s: inout RouteState) throws(IrqFdError) -> [WeakRouteReference] in
+            let (previous, live, others) = partition.setEntryDeferred(gsi, to: message, coalescing: coalescing)
+            do throws(IrqFdError) {
+                if live {
+                    if s.serving { try stopServing(&s) }
+                    if !s.masked, !s.armed {
+                        try partition.kernel.assign(event: event, gsi: gsi)
+                        s.armed = true
+                    }
+                } else {
+                    // The kernel still holds the old entry (or none): stop injecting it.
+                    if s.armed {
+                        try partition.kernel.deassign(event: event, gsi: gsi)
+                        s.armed = false
+                    }
+                    if !s.masked, !s.serving || previous != message { try serve(&s, message) }
+                }
+            } catch {
+                // Rule 10: back to the previous entry (still waiting, or still in the kernel).
+                _ = partition.setEntryDeferred(gsi, to: previous, coalescing: coalescing)
+                throw error
+            }
+            return others
+        }
+        _ = partition.reconcile(others)
+    }
+
+    /// Starts (or retargets) the interim delivery of this route's signals. Route lock held.
+    private func serve(_ s: inout RouteState, _ message: MsiMessage) throws(IrqFdError) {
+        guard let coalescing = partition.coalescing else { return }
+        let interim: any IrqFdRoute
+        if let existing = s.interim {
+            interim = existing
+        } else {
+            interim = try coalescing.interim.serve(event)
+            s.interim = interim
+        }
+        try interim.setMsi(message)
+        s.serving = true
+    }
+
+    /// Stops the interim delivery; once it returns, no injection is in flight. Route lock held.
+    private func stopServing(_ s: inout RouteState) throws(IrqFdError) {
+        try s.interim?.clearMsi()
+        s.serving = false
+    }
+
+    /// Whether the route's signals are being delivered in userspace while its entry waits for a commit.
+    public var isServed: Bool { state.withLock { $0.serving } }
 }

@@ -41,3 +41,38 @@ extension RoutingKernel {
     /// By default, every x86 MSI address (0xFEExxxxx) is deliverable.
     public func canDeliver(_ message: MsiMessage) -> Bool { message.isDeliverable }
 }
+
+/// Delivers a route's signals in userspace while its routing entry is not in
+/// the kernel yet (coalesced commits, DESIGN.md rule 8). IrqFdRouting has no
+/// platform code: a backend fills this with its relay (on KVM, an epoll
+/// thread injecting with KVM_SIGNAL_MSI).
+public protocol InterimDelivery: Sendable {
+    /// A userspace route over `event` (the routing core's own event, shared):
+    /// `setMsi` starts serving it (watch the event, inject the message for
+    /// each signal), `clearMsi` stops; once `clearMsi` returns, no injection
+    /// is in flight and later signals latch in the event.
+    func serve(_ event: any Event) throws(IrqFdError) -> any IrqFdRoute
+}
+
+/// Runs a coalesced commit later. IrqFdRouting has no platform code: a
+/// backend supplies a timer that does not depend on a shared thread pool
+/// (the relay's is a thread of its own), so a commit is never starved by
+/// callers that block.
+public protocol CommitTimer: Sendable {
+    /// Runs `work` once, `delay` from now, on some thread that holds no lock of the caller's.
+    func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void)
+}
+
+/// A portable timer on Swift concurrency's global executor. Fine where that
+/// pool is not saturated by blocking work; backends prefer a thread of their own.
+public struct TaskCommitTimer: CommitTimer {
+    /// The timer.
+    public init() {}
+    /// `Task.sleep(for:)` on a detached task, then `work`.
+    public func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void) {
+        Task.detached {
+            try? await Task.sleep(for: delay)
+            work()
+        }
+    }
+}

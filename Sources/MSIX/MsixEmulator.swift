@@ -403,7 +403,9 @@ public final class MsixEmulator: Sendable {
             }
             s.vectors[v].programmed = message
             do throws(IrqFdError) {
-                try route.setMsi(message)
+                // Deferred: a guest bringing vectors live one write at a time costs one
+                // coalesced push, not one each (rule 8); the relay serves meanwhile.
+                try route.setMsiDeferred(message)
                 s.vectors[v].accepted = true
             } catch {
                 guard case .undeliverableAddress = error else {

@@ -6,7 +6,10 @@ import Glibc
 import Histogram
 import IrqFdCore
 import IrqFdKVM
+import IrqFdRelay
+import IrqFdRouting
 import KVM
+import MSIX
 import TinyVM
 
 /// What a run measures and for how long.
@@ -124,6 +127,7 @@ public final class BenchRunner {
         var report = BenchReport(
             machine: machine, delivery: delivery, throughput: throughput, bursts: bursts,
             programming: programming, maskUnmask: mask, lifecycle: lifecycle, gaps: gaps)
+        if sections.contains(.programming) { report.msixBringUp = try measureMsixBringUp(guest) }
         report.targets = Targets.check(report)
         return report
     }
@@ -307,6 +311,8 @@ public final class BenchRunner {
             let reps = n >= 1024 ? options.programmingRepetitions : options.programmingRepetitions * 3
             var batched: [Double] = [], retarget: [Double] = [], drop: [Double] = []
             var oneByOne: [Double] = [], rawPush: [Double] = [], rawProgram: [Double] = []
+            var dropFloor: [Double] = [], deferred: [Double] = []
+            var deferredPushes = 0
             var batchedPushes = 0, retargetPushes = 0, dropPushes = 0, oneByOnePushes = 0
             var routes: [KVMIrqFdRoute] = []
             routes.reserveCapacity(n)
@@ -356,6 +362,11 @@ public final class BenchRunner {
                     try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll(keepingCapacity: true) }
                     drop.append(elapsedUs(since: start))
                     dropPushes = (counters.snapshot - before).routingPushes
+                    // Its floor, right after (paired): the same drop in C.
+                    settle()
+                    let d = bench_floor_drop(vmfd, 24, UInt32(n), m.address, m.data, &ns)
+                    if d != 0 { rawFailure = d }
+                    dropFloor.append(Double(ns) / 1000)
                 } catch { throw .library("programming \(n) routes", error) }
                 guard rawFailure == 0 else { throw .floor("KVM_SET_GSI_ROUTING of \(n) entries", rawFailure) }
             }
@@ -376,6 +387,32 @@ public final class BenchRunner {
                     try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll(keepingCapacity: true) }
                 } catch { throw .library("programming \(n) routes one by one", error) }
             }
+            // Deferred one by one: a coalescing partition on the same VM (its pushes
+            // replace the table while it works; the main partition holds no routes now
+            // and its next push restores its own entries).
+            do throws(IrqFdError) {
+                let relay = try RelayIrqFd(vm: guest.vm)
+                let coalescing = KVMIrqFd(
+                    kernel: try KVMRoutingKernel(vm: guest.vm),
+                    coalescing: .init(interim: relay, timer: ThreadCommitTimer(), delay: .milliseconds(2)))
+                var deferredRoutes: [KVMIrqFdRoute] = []
+                for _ in 0..<n { deferredRoutes.append(try coalescing.newRoute()) }
+                for rep in 0..<max(1, options.programmingRepetitions / 2) {
+                    progress("route programming: N = \(n), deferred one by one, repetition \(rep + 1)")
+                    settle()
+                    let before = counters.snapshot
+                    let start = bench_floor_now_ns()
+                    for (i, route) in deferredRoutes.enumerated() {
+                        try route.setMsiDeferred(Self.programMessage(i, generation: rep + 1))
+                    }
+                    coalescing.commitNow()
+                    while coalescing.waitingEntryCount > 0 || !(deferredRoutes.last?.isArmed ?? true) { usleep(50) }
+                    deferred.append(elapsedUs(since: start))
+                    deferredPushes = (counters.snapshot - before).routingPushes
+                    try coalescing.withBatch { () throws(IrqFdError) in for route in deferredRoutes { try route.clearMsi() } }
+                }
+                deferredRoutes.removeAll()
+            } catch { throw .library("programming \(n) routes deferred one by one", error) }
             results.append(
                 .init(
                     routes: n, batchedUs: Self.median(batched), batchedPushes: batchedPushes,
@@ -384,7 +421,63 @@ public final class BenchRunner {
                     retargetBatchedUs: Self.median(retarget), retargetPushes: retargetPushes,
                     dropBatchedUs: Self.median(drop), dropPushes: dropPushes,
                     retargetMinUs: retarget.min() ?? 0, rawPushMinUs: rawPush.min() ?? 0,
-                    repetitions: reps))
+                    repetitions: reps, dropFloorUs: Self.median(dropFloor), oneByOneDeferredUs: Self.median(deferred),
+                    oneByOneDeferredPushes: deferredPushes))
+            results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
+            results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
+        }
+        return results
+    }
+
+    // MARK: - MSI-X bring-up
+
+    private func measureMsixBringUp(_ guest: TinyVM, vectors: Int = 2048) throws(BenchError) -> [BenchReport.MsixBringUp] {
+        let counters = guest.vm.counters
+        guard let layout = MsixLayout(vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: 0x8000)
+        else { return [] }
+        var results: [BenchReport.MsixBringUp] = []
+        for coalesced in [true, false] {
+            for mode in ["linux_order", "function_mask_batch"] {
+                progress("MSI-X bring-up: \(vectors) vectors, \(mode), \(coalesced ? "coalescing" : "synchronous")")
+                do throws(IrqFdError) {
+                    let partition: KVMIrqFd
+                    if coalesced {
+                        partition = KVMIrqFd(
+                            kernel: try KVMRoutingKernel(vm: guest.vm),
+                            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm), timer: ThreadCommitTimer()))
+                    } else {
+                        partition = try KVMIrqFd(vm: guest.vm)
+                    }
+                    let emulator = MsixEmulator(layout: layout, delivery: .irqfd(partition))
+                    for v in 0..<vectors {
+                        let m = Self.programMessage(v, generation: 0)
+                        let entry = UInt64(16 * v)
+                        emulator.writeTable(offset: entry, size: 4, value: UInt64(UInt32(truncatingIfNeeded: m.address)))
+                        emulator.writeTable(offset: entry + 4, size: 4, value: m.address >> 32)
+                        emulator.writeTable(offset: entry + 8, size: 4, value: UInt64(m.data))
+                        emulator.writeTable(offset: entry + 12, size: 4, value: 1)
+                    }
+                    settle()
+                    let before = counters.snapshot
+                    let start = bench_floor_now_ns()
+                    if mode == "linux_order" {
+                        emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
+                        for v in 0..<vectors { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: 0) }
+                    } else {
+                        emulator.writeCapability(offset: 2, size: 2, value: 0xC000)
+                        for v in 0..<vectors { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: 0) }
+                        emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
+                    }
+                    if coalesced { partition.commitNow() }
+                    let routes = (0..<vectors).compactMap { emulator.route($0) as? KVMIrqFdRoute }
+                    while partition.waitingEntryCount > 0 || !routes.allSatisfy(\.isArmed) { usleep(100) }
+                    results.append(.init(
+                        vectors: vectors, mode: mode, us: elapsedUs(since: start),
+                        pushes: (counters.snapshot - before).routingPushes,
+                        partition: coalesced ? "coalescing" : "synchronous"))
+                }
+                catch { throw .library("MSI-X bring-up of \(vectors) vectors (\(mode))", error) }
+            }
         }
         return results
     }

@@ -53,6 +53,13 @@ int bench_floor_irqfd(int vmfd, int efd, uint32_t gsi, int deassign);
 /// floor of mask + unmask). The eventfd must be assigned on entry; it is on return.
 int bench_floor_mask_cycles(int vmfd, int efd, uint32_t gsi, uint32_t cycles, uint64_t *elapsed_ns);
 
+/// The drop floor (issue 11): `count` routes made and armed as by
+/// bench_floor_program (not timed), then timed: `count` KVM_IRQFD deassigns,
+/// `count` close(2)s and one KVM_SET_GSI_ROUTING of the irqchip routes alone.
+/// Returns 0 or -errno.
+int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
+                     uint64_t *elapsed_ns);
+
 /// Programs `count` routes the way a C VMM would: `count` eventfds, one
 /// KVM_SET_GSI_ROUTING with their entries (GSIs first_gsi...), then one
 /// KVM_IRQFD assign each. Timed. Then undone, untimed: deassign, close, and a
