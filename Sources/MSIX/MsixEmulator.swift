@@ -392,6 +392,11 @@ public final class MsixEmulator: Sendable {
     /// VFIO): signalling it is the same as `signal(vector:)`. Makes the route
     /// now if the vector has none yet, masked unless the vector is live. Only
     /// irqfd delivery has events.
+    ///
+    /// The event stays the vector's for the emulator's whole life: `reset()`
+    /// keeps routes, so a holder (a vhost-user backend's call fd) never needs
+    /// a new one. Only a route whose `mask` failed during a reset is released
+    /// (reported in `lastRouteError`); the next call then returns a new event.
     public func event(for v: Int) throws(IrqFdError) -> any Event {
         guard let partition else { throw .unsupported("userspace MSI-X delivery has no per-vector events") }
         return try state.withLock { (s: inout State) throws(IrqFdError) -> any Event in
@@ -664,8 +669,11 @@ public final class MsixEmulator: Sendable {
 
     /// Replaces the function's state with `saved` and reprograms the routes
     /// (in one batch): live vectors get their routes, and a live vector whose
-    /// pending bit is set delivers it. Signals latched under the old state are
-    /// discarded. Throws after applying what it could if a route failed.
+    /// pending bit is set delivers it, once, whether or not it was live
+    /// before. Signals latched under the old state are discarded. Bus Master
+    /// Enable is not MSI-X state: the PCI function restores its command
+    /// register and calls `setBusMaster` first. Throws after applying what it
+    /// could if a route failed.
     public func restore(_ saved: MsixSavedState) throws(MsixError) {
         guard saved.entries.count == layout.vectorCount else {
             throw .vectorCountMismatch(saved: saved.entries.count, emulator: layout.vectorCount)
