@@ -144,8 +144,11 @@ public struct MsixSavedState: Hashable, Sendable, Codable {
         self.pendingBits = pendingBits
     }
 
-    /// Whether vector `v`'s pending bit is set.
-    public func isPending(_ v: Int) -> Bool { pendingBits[v / 64] & (1 << UInt64(v % 64)) != 0 }
+    /// Whether vector `v`'s pending bit is set (false for a bit the saved PBA does not have).
+    public func isPending(_ v: Int) -> Bool {
+        guard v >= 0, v / 64 < pendingBits.count else { return false }
+        return pendingBits[v / 64] & (1 << UInt64(v % 64)) != 0
+    }
 }
 
 /// Why a restore failed.

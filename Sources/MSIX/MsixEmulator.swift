@@ -5,21 +5,42 @@ import Synchronization
 /// spec 6.8.2), with each vector delivered through an irqfd route or a
 /// userspace signalling path.
 ///
-/// A vector is *live* when MSI-X is enabled and neither the function nor the
-/// entry is masked. Routes are made lazily, the first time a vector goes live
-/// (or when a device asks for its event), and kept until `reset()`:
-/// - going live: `setMsi` (skipped if the message is unchanged), `unmask`, then
-///   the vector's pending interrupt, if any, is delivered once and its bit
-///   cleared. With the bit set, `consumePending()` first merges what latched
-///   since into it: one pending bit is one interrupt. The pending interrupt is
-///   delivered by signalling the route's event once it is unmasked (so the
-///   hypervisor injects it, in order with the route's own), or by the injector;
-/// - going dead: `mask`; signals latch in the route's event;
+/// A vector *wants* to be live when bus mastering is on (`setBusMaster`),
+/// MSI-X is enabled and neither the function nor the entry is masked. It *is*
+/// live (`isLive`) when its route (or the userspace path) has been told so:
+/// a vector's route is unmasked exactly when the vector is live. The two
+/// differ only after a route call failed; the next write to the entry, to
+/// Message Control or to the command register retries. Transitions:
+/// - going live: a route is made if the vector has none (lazily: never 2048
+///   up front), `setMsi` (skipped if the route already took this message),
+///   `unmask`, then the vector's pending interrupt, if any, is delivered once
+///   and its bit cleared. With the bit set, `consumePending()` first merges
+///   what latched since into it: one pending bit is one interrupt. The pending
+///   interrupt is delivered by signalling the route's event once it is
+///   unmasked (so the hypervisor injects it, in order with the route's own),
+///   or by the injector;
+/// - going dead (entry mask, function mask, MSI-X disable, bus mastering
+///   off): `mask`; signals latch in the route's event and show in the PBA;
 /// - staying live with a new address/data: `setMsi`;
-/// - a write that changes nothing: no route call at all.
+/// - a write that changes nothing: no route call at all;
+/// - a failed route call: the message is recorded only once `setMsi`
+///   succeeded (or refused it as undeliverable), and `live` changes only once
+///   `mask`/`unmask` succeeded, so the record never claims more than the route
+///   did;
+/// - reset (`reset()`): every vector masked with a zero entry, MSI-X
+///   disabled, pending bits cleared; routes are kept (masked, drained,
+///   cleared), so each event handed out by `event(for:)` stays valid and
+///   stays the vector's event;
+/// - restore: the saved table, control bits and pending bits, then routes
+///   reprogrammed in one batch; a live vector with its pending bit set
+///   delivers it once.
 ///
 /// A PBA read folds the latched signals of the vectors it covers that are not
 /// live (`consumePending()`) into their pending bits.
+///
+/// Bad accesses, from the guest or the host API (wrong size, misaligned, out
+/// of range, any offset or vector number), are ignored and counted, never a
+/// trap.
 ///
 /// Thread safety: guest accesses (any vCPU), device signals (any thread) and
 /// host calls are serialised by one lock, which is held across route calls so
@@ -56,15 +77,17 @@ public final class MsixEmulator: Sendable {
     struct State {
         var enabled = false
         var functionMasked = false
+        /// The PCI function's Bus Master Enable (command bit 2), as last told.
+        var busMaster = true
         var vectors: [Vector]
         var counters = MsixCounters()
         var lastRouteError: IrqFdError?
 
-        func wantsLive(_ v: Int) -> Bool { enabled && !functionMasked && !vectors[v].masked }
+        func wantsLive(_ v: Int) -> Bool { busMaster && enabled && !functionMasked && !vectors[v].masked }
     }
 
     /// A function with `layout`'s vectors in the reset state: all masked,
-    /// MSI-X disabled, no routes.
+    /// MSI-X disabled, no routes yet, bus mastering on.
     public init(layout: MsixLayout, delivery: MsixDelivery) {
         self.layout = layout
         self.delivery = delivery
@@ -108,19 +131,22 @@ public final class MsixEmulator: Sendable {
         }
     }
 
-    /// Checks a configuration-space access to the capability: 1, 2 or 4 bytes,
-    /// naturally aligned, inside its 12 bytes.
+    /// Checks a configuration-space access to the capability: 1, 2 or 4 bytes
+    /// inside one DWORD (any byte enables within a DWORD are legal, PCI Local
+    /// Bus spec 3.2.2.3.2: a 2-byte read at offset 1 is fine), inside its 12
+    /// bytes. No arithmetic here can overflow, whatever the host passes
+    /// (`offset: .max` once trapped in `offset + size`).
     private func capabilityAccessIsValid(offset: Int, size: Int, _ s: inout State) -> Bool {
         guard size == 1 || size == 2 || size == 4 else {
             s.counters.wrongSize += 1
             return false
         }
-        guard offset % size == 0 else {
-            s.counters.misaligned += 1
+        guard offset >= 0, offset <= MsixLayout.capabilityLength - size else {
+            s.counters.outOfRange += 1
             return false
         }
-        guard offset >= 0, offset + size <= MsixLayout.capabilityLength else {
-            s.counters.outOfRange += 1
+        guard offset % 4 + size <= 4 else {
+            s.counters.misaligned += 1
             return false
         }
         return true
@@ -163,6 +189,42 @@ public final class MsixEmulator: Sendable {
             _ = reconcileAll(&s)
         }
     }
+
+    // MARK: - Bus mastering (the PCI command register)
+
+    /// Tells the emulator the function's Bus Master Enable (PCI command
+    /// register bit 2). Any PCI function with MSI-X calls this whenever its
+    /// command register is written (and after restoring it); the emulator
+    /// starts with bus mastering on, as firmware leaves a device it assigned.
+    ///
+    /// With it clear the function must not send MSI or MSI-X (a message is a
+    /// memory write, PCI Local Bus spec 6.8.1/6.8.2; PCIe base spec 7.5.1.1.3),
+    /// and guests rely on that at shutdown, kexec and unbind. Here a vector
+    /// cannot be live while it is clear: clearing it takes every live vector
+    /// dead (`mask`, in one batch), so interrupts raised meanwhile are *held
+    /// as pending*, exactly as under the function mask: they latch in the
+    /// route's event, show in the PBA, and a vector that is live once the bit
+    /// is set again delivers its pending interrupt once. A vector that is not
+    /// live then (MSI-X disabled, masked) keeps its bit; `reset()` clears it.
+    ///
+    /// Why held and not dropped (QEMU drops: the write hits a disabled bus
+    /// master address space): a driver that clears bus mastering around a
+    /// short operation loses no completion; an event held by another process
+    /// (a vhost-user call fd) cannot be un-signalled anyway, and draining it to
+    /// drop would race that process; and it reuses the lossless mask path,
+    /// one `mask` per live vector and no routing-table push. A stale interrupt
+    /// after the bit comes back is at worst spurious, which MSI handlers must
+    /// tolerate, and never reaches a vector the guest has not unmasked.
+    public func setBusMaster(_ enabled: Bool) {
+        state.withLock { s in
+            s.busMaster = enabled
+            // Even when unchanged: vectors a failed route call left behind are retried.
+            _ = reconcileAll(&s)
+        }
+    }
+
+    /// Whether the function may send interrupts (the last `setBusMaster`).
+    public var isBusMasterEnabled: Bool { state.withLock { $0.busMaster } }
 
     // MARK: - Table and PBA (memory space)
 
@@ -330,6 +392,11 @@ public final class MsixEmulator: Sendable {
     /// VFIO): signalling it is the same as `signal(vector:)`. Makes the route
     /// now if the vector has none yet, masked unless the vector is live. Only
     /// irqfd delivery has events.
+    ///
+    /// The event stays the vector's for the emulator's whole life: `reset()`
+    /// keeps routes, so a holder (a vhost-user backend's call fd) never needs
+    /// a new one. Only a route whose `mask` failed during a reset is released
+    /// (reported in `lastRouteError`); the next call then returns a new event.
     public func event(for v: Int) throws(IrqFdError) -> any Event {
         guard let partition else { throw .unsupported("userspace MSI-X delivery has no per-vector events") }
         return try state.withLock { (s: inout State) throws(IrqFdError) -> any Event in
@@ -338,17 +405,27 @@ public final class MsixEmulator: Sendable {
             }
             if let route = s.vectors[v].route { return route.event }
             let route = try partition.newIrqFdRoute()
+            // A new route has no message: whatever an earlier route (or an
+            // earlier attempt of this call) was given is not this route's. Found
+            // in review: a failed `setMsi` here left its message recorded, the
+            // next route inherited the record, going live skipped `setMsi`, and
+            // every signal on the vector counted as undeliverable.
+            s.vectors[v].programmed = nil
+            s.vectors[v].accepted = false
             if s.vectors[v].live {
                 // Live without a route: its route failed before and the fallback
                 // delivered it. From now on the route does.
                 let message = s.vectors[v].message
-                s.vectors[v].programmed = message
                 do throws(IrqFdError) {
                     try route.setMsi(message)
+                    s.vectors[v].programmed = message
                     s.vectors[v].accepted = true
                 } catch {
-                    s.vectors[v].accepted = false
-                    if case .undeliverableAddress = error {} else { throw error }
+                    // Refused as undeliverable: recorded, so that an unchanged
+                    // message is not offered again. Any other failure: the route
+                    // is released and the fallback keeps delivering.
+                    guard case .undeliverableAddress = error else { throw error }
+                    s.vectors[v].programmed = message
                 }
             } else {
                 try route.mask()
@@ -391,7 +468,7 @@ public final class MsixEmulator: Sendable {
             // Userspace delivery: the message is read at each signal.
             if !wasLive {
                 s.vectors[v].live = true
-                if s.vectors[v].pending { deliverInUserspace(v, &s) }
+                releasePending(v, &s)
             }
             return nil
         }
@@ -401,17 +478,19 @@ public final class MsixEmulator: Sendable {
                 // dropped, not delivered late to the new address.
                 _ = route.consumePending()
             }
-            s.vectors[v].programmed = message
             do throws(IrqFdError) {
                 // Deferred: a guest bringing vectors live one write at a time costs one
                 // coalesced push, not one each (rule 8); the relay serves meanwhile.
                 try route.setMsiDeferred(message)
+                s.vectors[v].programmed = message
                 s.vectors[v].accepted = true
             } catch {
                 guard case .undeliverableAddress = error else {
                     // The hypervisor refused the call; the route kept what it had.
                     return leaveNotLive(v, route, error, &s)
                 }
+                // Recorded only once the route has answered: refused for good.
+                s.vectors[v].programmed = message
                 s.vectors[v].accepted = false
             }
         }
@@ -429,17 +508,26 @@ public final class MsixEmulator: Sendable {
             return error
         }
         s.vectors[v].live = true
-        if s.vectors[v].pending {
-            s.vectors[v].pending = false
-            if s.vectors[v].accepted {
-                // The route is unmasked (or armed at the end of the batch), so
-                // the hypervisor injects this one signal.
-                route.event.signal()
-            } else {
-                s.counters.undeliverable += 1
-            }
-        }
+        releasePending(v, &s)
         return nil
+    }
+
+    /// Delivers live vector `v`'s pending interrupt, if any, once, and clears
+    /// its bit: through its route's event (the route is unmasked, or armed at
+    /// the end of the batch, so the hypervisor injects this one signal, in
+    /// order with the route's own), or the userspace path when it has none.
+    private func releasePending(_ v: Int, _ s: inout State) {
+        guard s.vectors[v].pending else { return }
+        guard let route = s.vectors[v].route else {
+            deliverInUserspace(v, &s)
+            return
+        }
+        s.vectors[v].pending = false
+        if s.vectors[v].accepted {
+            route.event.signal()
+        } else {
+            s.counters.undeliverable += 1
+        }
     }
 
     /// A route call failed while bringing `v` live (found by fault injection:
@@ -448,10 +536,20 @@ public final class MsixEmulator: Sendable {
     /// its route masked, so its signals latch and show as its pending bit,
     /// and its message unknown, so the next write to its entry or to Message
     /// Control calls `setMsi` and `unmask` again. Nothing is lost.
+    ///
+    /// If that `mask` fails too, the route is still unmasked (armed with the
+    /// message it had), so the vector stays live as far as the route knows:
+    /// `live` always says whether the route is unmasked. The guest's next mask
+    /// then calls `mask` again instead of finding nothing to do (found in
+    /// review: marking it not live here delivered while masked).
     private func leaveNotLive(_ v: Int, _ route: any IrqFdRoute, _ error: IrqFdError, _ s: inout State) -> IrqFdError {
         // A route that was live is disarmed by this; one that never was makes no call.
-        try? route.mask()
-        s.vectors[v].live = false
+        do throws(IrqFdError) {
+            try route.mask()
+            s.vectors[v].live = false
+        } catch {
+            note(error, &s)
+        }
         s.vectors[v].programmed = nil
         return error
     }
@@ -573,8 +671,11 @@ public final class MsixEmulator: Sendable {
 
     /// Replaces the function's state with `saved` and reprograms the routes
     /// (in one batch): live vectors get their routes, and a live vector whose
-    /// pending bit is set delivers it. Signals latched under the old state are
-    /// discarded. Throws after applying what it could if a route failed.
+    /// pending bit is set delivers it, once, whether or not it was live
+    /// before. Signals latched under the old state are discarded. Bus Master
+    /// Enable is not MSI-X state: the PCI function restores its command
+    /// register and calls `setBusMaster` first. Throws after applying what it
+    /// could if a route failed.
     public func restore(_ saved: MsixSavedState) throws(MsixError) {
         guard saved.entries.count == layout.vectorCount else {
             throw .vectorCountMismatch(saved: saved.entries.count, emulator: layout.vectorCount)
@@ -594,26 +695,78 @@ public final class MsixEmulator: Sendable {
             }
             s.enabled = saved.enabled
             s.functionMasked = saved.functionMasked
-            return reconcileAll(&s)
+            let error = reconcileAll(&s)
+            // A vector live before and after the restore made no transition, so
+            // its saved pending bit was never delivered (found in review: stuck,
+            // shown in the PBA of an unmasked vector). Deliver it now, once.
+            for v in s.vectors.indices where s.vectors[v].live && s.vectors[v].pending {
+                releasePending(v, &s)
+            }
+            return error
         }
         if let error { throw .routing(error) }
     }
 
-    /// The reset state: every vector masked with a zero entry, MSI-X disabled,
-    /// no pending bits, and no routes (all dropped in one batch).
+    /// The reset state: every vector masked with a zero entry, MSI-X disabled
+    /// and no pending bits. Bus Master Enable is the PCI function's and is
+    /// left as it is (the function resets its command register and says so).
+    ///
+    /// Routes are kept, each with its event: an event handed out by
+    /// `event(for:)` may be held by another process (a vhost-user backend's
+    /// call fd), so it must stay the vector's event across a reset; the next
+    /// `event(for:)` returns the same one. Each route is masked (if its vector
+    /// was live), drained (a signal latched before the reset is not an
+    /// interrupt of the reset function) and cleared (`clearMsi`: no stale
+    /// message stays in the routing table), all in one batch, so one table
+    /// push. A signal that arrives after the reset latches and shows as the
+    /// vector's pending bit, as a device raising a masked vector would.
+    ///
+    /// A route whose `mask` fails is released instead (that disarms it: its
+    /// event closes) and the error is reported: a route the emulator cannot
+    /// mask must not deliver into a reset function. A failed `clearMsi` keeps
+    /// the route masked with its old message, recorded, so nothing is stale.
     public func reset() {
         state.withLock { s in
-            var dropped: [any IrqFdRoute] = []
-            for v in s.vectors.indices {
-                if let route = s.vectors[v].route { dropped.append(route) }
-                s.vectors[v] = Vector()
-            }
             s.enabled = false
             s.functionMasked = false
-            guard !dropped.isEmpty, let partition else { return }
-            // Releasing routes removes their entries; inside a batch that is one push.
+            let routed = s.vectors.indices.filter { s.vectors[$0].route != nil }
+            for v in s.vectors.indices where s.vectors[v].route == nil { s.vectors[v] = Vector() }
+            guard !routed.isEmpty else { return }
+            var dropped: [any IrqFdRoute] = []
+            func each(_ s: inout State) {
+                for v in routed {
+                    guard let route = s.vectors[v].route else { continue }
+                    let old = s.vectors[v]
+                    s.vectors[v] = Vector()
+                    if old.live {
+                        do throws(IrqFdError) { try route.mask() } catch {
+                            note(error, &s)
+                            dropped.append(route)
+                            continue
+                        }
+                    }
+                    _ = route.consumePending()
+                    s.vectors[v].route = route
+                    do throws(IrqFdError) {
+                        try route.clearMsi()
+                    } catch {
+                        note(error, &s)
+                        s.vectors[v].programmed = old.programmed
+                        s.vectors[v].accepted = old.accepted
+                    }
+                }
+            }
+            guard let partition else {
+                each(&s)
+                return
+            }
+            // Clearing removes entries and releasing a route removes its entry;
+            // inside a batch that is one push.
             do throws(IrqFdError) {
-                try partition.withBatch { () throws(IrqFdError) in dropped.removeAll() }
+                try partition.withBatch { () throws(IrqFdError) in
+                    each(&s)
+                    dropped.removeAll()
+                }
             } catch {
                 note(error, &s)
             }
@@ -628,19 +781,29 @@ public final class MsixEmulator: Sendable {
     public var isFunctionMasked: Bool { state.withLock { $0.functionMasked } }
     /// Message Control as the guest reads it.
     public var messageControl: UInt16 { state.withLock { messageControl($0) } }
-    /// Vector `v`'s table entry.
-    public func entry(_ v: Int) -> MsixSavedState.Entry { state.withLock { $0.vectors[v].entry } }
-    /// Whether vector `v` is live (enabled, unmasked, function unmasked).
-    public func isLive(_ v: Int) -> Bool { state.withLock { $0.vectors[v].live } }
-    /// Vector `v`'s pending bit, folding latched signals first as a PBA read does.
+    /// Vector `v`'s table entry (a masked zero entry for a vector the table
+    /// does not have: these host calls never trap either).
+    public func entry(_ v: Int) -> MsixSavedState.Entry {
+        state.withLock { s in s.vectors.indices.contains(v) ? s.vectors[v].entry : MsixSavedState.Entry() }
+    }
+    /// Whether vector `v` is live (bus mastering on, MSI-X enabled, function
+    /// and entry unmasked, and its route told so); false outside the table.
+    public func isLive(_ v: Int) -> Bool {
+        state.withLock { s in s.vectors.indices.contains(v) && s.vectors[v].live }
+    }
+    /// Vector `v`'s pending bit, folding latched signals first as a PBA read
+    /// does; false outside the table.
     public func isPending(_ v: Int) -> Bool {
         state.withLock { s in
+            guard s.vectors.indices.contains(v) else { return false }
             foldLatched(v, &s)
             return s.vectors[v].pending
         }
     }
-    /// Vector `v`'s route, if it has one yet.
-    public func route(_ v: Int) -> (any IrqFdRoute)? { state.withLock { $0.vectors[v].route } }
+    /// Vector `v`'s route, if it has one yet (nil outside the table).
+    public func route(_ v: Int) -> (any IrqFdRoute)? {
+        state.withLock { s in s.vectors.indices.contains(v) ? s.vectors[v].route : nil }
+    }
     /// How many vectors have routes.
     public var routeCount: Int { state.withLock { $0.vectors.lazy.filter { $0.route != nil }.count } }
     /// What was ignored or failed so far.

@@ -56,9 +56,15 @@ public final class PCIBus: PortDevice {
         return (f, Int(a & 0xFC))
     }
 
+    /// Whether `size` is an I/O access size (1, 2 or 4 bytes). Anything else
+    /// (possible only through this API, never from KVM) is ignored: a read
+    /// gives all ones, a write does nothing; no shift below can trap.
+    private static func isAccessSize(_ size: Int) -> Bool { size == 1 || size == 2 || size == 4 }
+
     /// IN from CONFIG_ADDRESS (DWORD) or CONFIG_DATA.
     public func read(port: UInt16, size: Int) -> UInt32 {
-        let ones: UInt32 = size >= 4 ? .max : (1 << (8 * UInt32(size))) - 1
+        guard Self.isAccessSize(size) else { return .max }
+        let ones: UInt32 = size == 4 ? .max : (1 << (8 * UInt32(size))) - 1
         if port == Self.addressPort {
             return size == 4 ? address.load(ordering: .acquiring) : ones
         }
@@ -70,6 +76,7 @@ public final class PCIBus: PortDevice {
 
     /// OUT to CONFIG_ADDRESS (DWORD) or CONFIG_DATA.
     public func write(port: UInt16, size: Int, value: UInt32) {
+        guard Self.isAccessSize(size) else { return }
         if port == Self.addressPort {
             // Bits 1:0 are read-only zero, 30:24 reserved. Narrower writes to
             // 0xCF8-0xCFB are other chipset registers, not CONFIG_ADDRESS.

@@ -25,7 +25,9 @@ public enum InterruptDelivery: String, CaseIterable, Sendable, CustomStringConve
 ///
 /// Configuration space: vendor 0x5344, device 0x5849 (a made-up ID: the
 /// device exists only here), class 0xFF (unclassified); memory decoding and
-/// bus mastering on; BAR0 and BAR1 assigned; the MSI-X capability at 0x40.
+/// bus mastering on (clearing command bit 2 stops MSI-X: interrupts are held
+/// as pending, see `MsixEmulator.setBusMaster`); BAR0 and BAR1 assigned; the
+/// MSI-X capability at 0x40.
 ///
 /// BAR0 at 0xFE000000 (4 KiB, 32-bit accesses):
 ///
@@ -85,6 +87,11 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     private let ignored = Atomic<Int>(0)
 
     struct ConfigRegisters {
+        /// Memory space (bit 1), bus master (bit 2) and INTx disable (bit 10):
+        /// the command bits this device implements; the rest read as zero.
+        static let writableCommand: UInt16 = 0x0406
+        /// Bus Master Enable: with it clear the device sends no MSI-X.
+        static let busMaster: UInt16 = 0x0004
         /// Memory space (bit 1) and bus master (bit 2) on, as firmware leaves them.
         var command: UInt16 = 0x0006
         var bar0: UInt32 = UInt32(MsixTestDevice.registersBase)
@@ -154,11 +161,18 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
 
     // MARK: - Save and restore
 
-    /// The device's state: its configuration registers, SIGNALED, and the
-    /// MSI-X function with latched signals drained into the PBA.
+    /// The device's state: every writable configuration register (command,
+    /// BAR0, BAR1, Interrupt Line), SIGNALED, and the MSI-X function with
+    /// latched signals drained into the PBA.
     public struct State: Hashable, Sendable, Codable {
         /// The PCI command register.
         public var command: UInt16
+        /// BAR0 as the guest last wrote it (a sizing write of all ones included).
+        public var bar0: UInt32
+        /// BAR1 as the guest last wrote it.
+        public var bar1: UInt32
+        /// The Interrupt Line register (0x3C).
+        public var interruptLine: UInt8
         /// SIGNALED.
         public var signaled: Int
         /// The MSI-X function.
@@ -168,13 +182,24 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     /// Saves the device after letting queued doorbells finish.
     public func save() -> State {
         waitUntilIdle()
-        return State(command: config.withLock { $0.command }, signaled: signaled, msix: emulator.save())
+        let c = config.withLock { $0 }
+        return State(
+            command: c.command, bar0: c.bar0, bar1: c.bar1, interruptLine: c.interruptLine, signaled: signaled,
+            msix: emulator.save())
     }
 
-    /// Restores a saved device; routes are reprogrammed and a pending
-    /// interrupt of a live vector is delivered.
+    /// Restores a saved device: its configuration registers (bus mastering
+    /// included, told to the emulator before its routes are reprogrammed),
+    /// SIGNALED and the MSI-X function; a pending interrupt of a live vector
+    /// is delivered.
     public func restore(_ state: State) throws(MsixError) {
-        config.withLock { $0.command = state.command }
+        config.withLock { c in
+            c.command = state.command & ConfigRegisters.writableCommand
+            c.bar0 = state.bar0 & ~UInt32(Self.registersSize - 1)
+            c.bar1 = state.bar1 & ~UInt32(Self.msixSize - 1)
+            c.interruptLine = state.interruptLine
+            emulator.setBusMaster(c.command & ConfigRegisters.busMaster != 0)
+        }
         worker.signaled.store(state.signaled, ordering: .releasing)
         try emulator.restore(state.msix)
     }
@@ -196,12 +221,15 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
         return size == 4 ? shifted : shifted & ((1 << (8 * UInt32(size))) - 1)
     }
 
-    /// A configuration access is 1, 2 or 4 bytes inside the 256-byte
-    /// header. The PCI bus never makes any other, but a caller of this API
-    /// can: fuzzing found that a size above 4 overflowed the read mask and
-    /// crashed the VMM. Anything else is ignored (reads as all ones) and counted.
+    /// A configuration access is 1, 2 or 4 bytes inside one DWORD of the
+    /// 256-byte header: any byte enables within a DWORD are legal (PCI Local
+    /// Bus spec 3.2.2.3.2), so a 2-byte access at offset 1 is one. The PCI bus
+    /// never makes any other, but a caller of this API can: fuzzing found
+    /// that a size above 4 overflowed the read mask and crashed the VMM.
+    /// Anything else is ignored (reads as all ones) and counted. No
+    /// arithmetic here overflows, whatever the offset.
     static func isConfigAccess(offset: Int, size: Int) -> Bool {
-        (size == 1 || size == 2 || size == 4) && offset >= 0 && offset <= 256 - size
+        (size == 1 || size == 2 || size == 4) && offset >= 0 && offset <= 256 - size && offset & 3 + size <= 4
     }
 
     private func configDword(_ offset: Int) -> UInt32 {
@@ -219,7 +247,10 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     }
 
     /// A configuration write (`PCIFunction`): the command register, BAR
-    /// sizing, the interrupt line and the MSI-X capability are writable.
+    /// sizing, the interrupt line and the MSI-X capability are writable, each
+    /// byte by byte: a write changes exactly the bytes it enables (found in
+    /// review: a byte write to the command register was ignored). A change of
+    /// Bus Master Enable is passed to the emulator (`setBusMaster`).
     public func configWrite(offset: Int, size: Int, value: UInt32) {
         guard Self.isConfigAccess(offset: offset, size: size) else {
             ignored.add(1, ordering: .relaxed)
@@ -230,17 +261,30 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
             emulator.writeCapability(offset: offset - cap, size: size, value: value)
             return
         }
+        // The DWORD's bytes this write enables, and the value in their lanes.
+        let lane = UInt32(8 * (offset & 3))
+        let enables: UInt32 = (size == 4 ? UInt32.max : (1 << (8 * UInt32(size))) - 1) << lane
+        let incoming = value << lane
+        func merge(_ old: UInt32) -> UInt32 { old & ~enables | incoming & enables }
         config.withLock { c in
-            switch (offset, size) {
-            case (0x04, 2), (0x04, 4):
-                // Memory space, bus master and INTx disable; the rest is zero here.
-                c.command = UInt16(truncatingIfNeeded: value) & 0x0406
-            case (0x10, 4):
-                c.bar0 = value & ~UInt32(Self.registersSize - 1)
-            case (0x14, 4):
-                c.bar1 = value & ~UInt32(Self.msixSize - 1)
-            case (0x3C, 1), (0x3C, 2), (0x3C, 4):
-                c.interruptLine = UInt8(truncatingIfNeeded: value)
+            switch offset & ~3 {
+            case 0x04:
+                // Command (bytes 0-1); the status register (bytes 2-3) is read-only here.
+                let before = c.command
+                c.command = UInt16(truncatingIfNeeded: merge(UInt32(c.command))) & ConfigRegisters.writableCommand
+                if (before ^ c.command) & ConfigRegisters.busMaster != 0 {
+                    // Under the configuration lock, so that two vCPUs' writes reach the
+                    // emulator in the order they took effect. The emulator never calls
+                    // back into the device: its lock is only ever taken inside this one.
+                    emulator.setBusMaster(c.command & ConfigRegisters.busMaster != 0)
+                }
+            case 0x10:
+                c.bar0 = merge(c.bar0) & ~UInt32(Self.registersSize - 1)
+            case 0x14:
+                c.bar1 = merge(c.bar1) & ~UInt32(Self.msixSize - 1)
+            case 0x3C:
+                // Interrupt Line (byte 0); pin, Min_Gnt and Max_Lat are read-only.
+                c.interruptLine = UInt8(truncatingIfNeeded: merge(UInt32(c.interruptLine)))
             default:
                 break  // read-only
             }
@@ -268,7 +312,8 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     public func read(address: UInt64, size: Int) -> UInt64 {
         guard let (bar, offset) = decode(address) else {
             ignored.add(1, ordering: .relaxed)
-            return size >= 8 ? .max : (1 << (8 * UInt64(size))) - 1
+            // Nothing answers: all ones (any size this API is given, without a trapping shift).
+            return (1...7).contains(size) ? (1 << (8 * UInt64(size))) - 1 : .max
         }
         if bar == 1 { return emulator.read(bar: 1, offset: offset, size: size) }
         guard size == 4, offset % 4 == 0, let register = Register(rawValue: offset) else {

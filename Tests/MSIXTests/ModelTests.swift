@@ -115,7 +115,8 @@ struct SpecModel {
     }
 
     mutating func capabilityAccessOK(_ offset: Int, _ size: Int) -> Bool {
-        let ok = [1, 2, 4].contains(size) && offset % size == 0 && offset + size <= 12
+        // Any byte enables within one DWORD (PCI Local Bus spec 3.2.2.3.2).
+        let ok = [1, 2, 4].contains(size) && offset >= 0 && offset % 4 + size <= 4 && offset + size <= 12
         if !ok { badAccesses += 1 }
         return ok
     }

@@ -225,7 +225,7 @@ extension MsixEmulator {
         #expect(emulator.readTable(offset: 8 * 16, size: 4) == 0)
         #expect(emulator.readPBA(offset: 8, size: 8) == 0)
         #expect(emulator.readCapability(offset: 12, size: 4) == 0)
-        emulator.writeCapability(offset: 1, size: 2, value: 0xFFFF)
+        emulator.writeCapability(offset: 3, size: 2, value: 0xFFFF)  // straddles two DWORDs
         #expect(emulator.read(bar: 1, offset: 0x4000, size: 4) == 0, "between the table and the PBA")
         #expect(emulator.read(bar: 0, offset: 0, size: 4) == 0, "another BAR")
         // PBA writes.
@@ -334,16 +334,16 @@ extension MsixEmulator {
         #expect(emulator.routeCount == 2048)
     }
 
-    @Test func resetDropsEveryRouteInOneBatch() {
+    @Test func resetMasksAndClearsEveryRouteInOneBatchAndKeepsThem() {
         emulator.control(enable: true)
         for v in 0..<3 { emulator.program(v, msi(0x30), masked: false) }
         emulator.signal(vector: 0)
         _ = irqfd.take()
         emulator.reset()
         let calls = irqfd.take().calls
-        #expect(calls.first == .beginBatch && calls.last == .endBatch && calls.count == 5)
-        #expect(Set(calls.dropFirst().dropLast()) == [.drop(0), .drop(1), .drop(2)])
-        #expect(emulator.routeCount == 0 && !emulator.isEnabled)
+        #expect(calls.first == .beginBatch && calls.last == .endBatch && calls.count == 2 + 3 * 3)
+        #expect(Set(calls.dropFirst().dropLast()) == Set((0..<3).flatMap { [.mask($0), .consumePending($0), .clearMsi($0)] }))
+        #expect(emulator.routeCount == 3 && !emulator.isEnabled && !emulator.isLive(0))
         #expect((0..<8).allSatisfy { emulator.entry($0) == MsixSavedState.Entry() })
         #expect(emulator.pba() == 0)
     }

@@ -255,7 +255,7 @@ final class FuzzRig {
         }
         if emulator.counters.routeErrors == 0 {
             for v in 0..<Self.vectors {
-                let wants = emulator.isEnabled && !emulator.isFunctionMasked && !emulator.entry(v).isMasked
+                let wants = emulator.isBusMasterEnabled && emulator.isEnabled && !emulator.isFunctionMasked && !emulator.entry(v).isMasked
                 if emulator.isLive(v) != wants { return "vector \(v) live \(emulator.isLive(v)), should be \(wants)" }
             }
         }
