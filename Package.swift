@@ -190,7 +190,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TestSupport", "TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
+            dependencies: ["TestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
             swiftSettings: strict),
     ]
 )

@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import IrqFdLinux
 import KVM
+import KVMFaultInjection
 import MSIX
 import TestSupport
 import Testing
