@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "TinyVM", targets: ["TinyVM"]),
         .library(name: "MSIX", targets: ["MSIX"]),
+        .library(name: "VhostUser", targets: ["VhostUser"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
     ],
     dependencies: [
@@ -79,6 +80,13 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strict),
+        // C for vhost-user: sendmsg/recvmsg with SCM_RIGHTS, unix addresses, memfd.
+        .target(name: "CVhostUser"),
+        // The vhost-user frontend (protocol, messages, validation, deadlines); no KVM code.
+        .target(
+            name: "VhostUser",
+            dependencies: ["CVhostUser", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // The benchmark's floor: the measured operations in plain C ioctls, no library code.
         .target(name: "CBenchFloor"),
