@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 
 /// Most descriptors one vhost-user message may carry (VHOST_MEMORY_BASELINE_NREGIONS).
 #define VHOST_USER_MAX_FDS 8
@@ -106,4 +107,8 @@ static inline void *vhost_user_mmap_shared(int fd, size_t length) {
     void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     return p == MAP_FAILED ? NULL : p;
 }
+/// A full memory fence: ring contents are visible before the index that publishes them.
+static inline void vhost_user_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/// eventfd(2), non-blocking and close-on-exec: a queue's kick or call descriptor.
+static inline int vhost_user_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 #endif
