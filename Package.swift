@@ -178,6 +178,8 @@ let package = Package(
                 "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
+        // The vhost-user frontend against real back-ends and hostile peers, with no guest.
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
             dependencies: ["TestSupport", "TinyVM", "KVM", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
