@@ -100,6 +100,11 @@ let package = Package(
             swiftSettings: strict),
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
         .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
+        // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
+        .executableTarget(
+            name: "irqfd-vhost-user-blk",
+            dependencies: ["VhostUser", "CVhostUser", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
         .executableTarget(
             name: "irqfd",
             dependencies: [

@@ -7,8 +7,6 @@ import VhostUser
 /// Whether qemu-storage-daemon is installed (tests against it skip otherwise).
 let qemuStorageDaemonPresent = VhostUserBackendProcess.qemuStorageDaemonPath() != nil
 
-/// The back-ends these tests run against: qemu-storage-daemon when installed.
-let backendKinds: [VhostUserBackendProcess.Kind] = qemuStorageDaemonPresent ? [.qemuStorageDaemon] : []
 
 /// A raw image made by the test, a back-end serving it, a connected frontend
 /// after the handshake, and memfd guest RAM registered with SET_MEM_TABLE.
@@ -60,10 +58,9 @@ final class BlockFixture {
 
 func expectedSector(_ s: Int) -> [UInt8] { (0..<512).map { UInt8((s + $0) & 0xFF) } }
 
-@Suite(.enabled(if: qemuStorageDaemonPresent, "skipped: qemu-storage-daemon is not installed (apt-get install qemu-system-common)"))
-struct BackendTests {
-    @Test(arguments: backendKinds)
-    func handshakeNegotiatesFeaturesAndReadsCapacity(kind: VhostUserBackendProcess.Kind) throws {
+/// The scenarios, run against each back-end by the suites below.
+enum Scenarios {
+    static func handshakeNegotiatesFeaturesAndReadsCapacity(kind: VhostUserBackendProcess.Kind) throws {
         let fixture = try BlockFixture(kind)
         let frontend = fixture.frontend
         #expect(fixture.features & VhostUserFeature.version1 != 0)
@@ -84,8 +81,7 @@ struct BackendTests {
         #expect(frontend.messagesSent == before + 1)
     }
 
-    @Test(arguments: backendKinds)
-    func readsAndWritesSectors(kind: VhostUserBackendProcess.Kind) throws {
+    static func readsAndWritesSectors(kind: VhostUserBackendProcess.Kind) throws {
         let fixture = try BlockFixture(kind)
         let queue = try fixture.queue(0)
         queue.submit(.read, sector: 7, length: 1024, slot: 0)
@@ -112,8 +108,7 @@ struct BackendTests {
         #expect(queue.status(slot: 3) == 1)
     }
 
-    @Test(arguments: backendKinds)
-    func twoQueues(kind: VhostUserBackendProcess.Kind) throws {
+    static func twoQueues(kind: VhostUserBackendProcess.Kind) throws {
         let fixture = try BlockFixture(kind, queues: 2)
         #expect(try fixture.frontend.getQueueNum() >= 2)
         let queues = try [fixture.queue(0), fixture.queue(1)]
@@ -130,8 +125,7 @@ struct BackendTests {
         }
     }
 
-    @Test(arguments: backendKinds)
-    func getVringBaseStopsAndTheRingRestartsFromIt(kind: VhostUserBackendProcess.Kind) throws {
+    static func getVringBaseStopsAndTheRingRestartsFromIt(kind: VhostUserBackendProcess.Kind) throws {
         let fixture = try BlockFixture(kind)
         let queue = try fixture.queue(0)
         for slot in 0..<3 { queue.submit(.read, sector: UInt64(slot), length: 512, slot: slot) }
@@ -150,5 +144,22 @@ struct BackendTests {
         #expect(queue.status(slot: 4) == 0)
         #expect(fixture.memory.read(512, at: queue.dataAddress(slot: 4)) == expectedSector(40))
     }
+}
+
+/// Always: the embedded back-end (`irqfd-vhost-user-blk`, built with the tests).
+@Suite struct EmbeddedBackendTests {
+    @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws { try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .embedded) }
+    @Test func readsAndWritesSectors() throws { try Scenarios.readsAndWritesSectors(kind: .embedded) }
+    @Test func twoQueues() throws { try Scenarios.twoQueues(kind: .embedded) }
+    @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws { try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .embedded) }
+}
+
+/// Against qemu-storage-daemon, the third-party back-end, when it is installed.
+@Suite(.enabled(if: qemuStorageDaemonPresent, "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)"))
+struct QemuStorageDaemonTests {
+    @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws { try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .qemuStorageDaemon) }
+    @Test func readsAndWritesSectors() throws { try Scenarios.readsAndWritesSectors(kind: .qemuStorageDaemon) }
+    @Test func twoQueues() throws { try Scenarios.twoQueues(kind: .qemuStorageDaemon) }
+    @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws { try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .qemuStorageDaemon) }
 }
 #endif
