@@ -182,7 +182,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         call = try HostEventFD()
     }
 
-    /// Sends this queue's NUM, ADDR, BASE, KICK, CALL and ENABLE (when
+    /// Sends this queue's NUM, ADDR, BASE, CALL, KICK and ENABLE (when
     /// PROTOCOL_FEATURES was accepted) through `frontend`, starting at available index `base`.
     public func start(_ frontend: VhostUserFrontend, base: UInt16? = nil) throws(VhostUserError) {
         if let base {
@@ -192,8 +192,13 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         try frontend.setVringNum(queue: queue, size: UInt32(size))
         try frontend.setVringAddr(queue: queue, descriptor: descriptorTable, available: availableRing, used: usedRing)
         try frontend.setVringBase(queue: queue, index: UInt32(availableIndex))
-        try frontend.setVringKick(queue: queue, fd: kick.fd)
+        // CALL before KICK: a back-end may serve the ring as soon as it has the kick fd
+        // (a kick still pending from before a stop makes it readable at once), and
+        // qemu-storage-daemon 7.2 then signals a call fd it does not have yet
+        // (vu_panic "Error writing eventfd: Bad file descriptor", connection lost).
+        _ = kick.consume()
         try frontend.setVringCall(queue: queue, fd: call.fd)
+        try frontend.setVringKick(queue: queue, fd: kick.fd)
         if frontend.acceptedFeatures & VhostUserFeature.protocolFeatures != 0 {
             try frontend.setVringEnable(queue: queue, enabled: true)
         }

@@ -397,9 +397,11 @@ final class BlockServer {
     func serve(head: UInt16, descriptors: UnsafeMutableRawPointer, size: UInt16) -> UInt32 {
         var readable: [Segment] = [], writable: [Segment] = []
         var index = head
-        var valid = head < size
+        // A head beyond the ring names no chain: nothing to complete but the element (length 0).
+        guard head < size else { return 0 }
+        var valid = true
         var steps = 0
-        while valid {
+        while true {
             steps += 1
             let at = 16 * Int(index)
             let address = UInt64(littleEndian: descriptors.loadUnaligned(fromByteOffset: at, as: UInt64.self))
@@ -407,10 +409,15 @@ final class BlockServer {
             let flags = UInt16(littleEndian: descriptors.loadUnaligned(fromByteOffset: at + 12, as: UInt16.self))
             let next = UInt16(littleEndian: descriptors.loadUnaligned(fromByteOffset: at + 14, as: UInt16.self))
             // INDIRECT was not offered; a chain longer than the ring loops; memory outside RAM; readable after writable.
-            guard flags & 4 == 0, steps <= Int(size), let pointer = host(guest: address, length: UInt64(length)),
-                  flags & 2 != 0 || writable.isEmpty
-            else { valid = false; break }
-            if flags & 2 != 0 { writable.append(Segment(pointer: pointer, length: Int(length))) } else { readable.append(Segment(pointer: pointer, length: Int(length))) }
+            // A chain longer than the ring loops: no status byte can be trusted, length 0.
+            guard steps <= Int(size) else { return 0 }
+            // INDIRECT was not offered; memory outside RAM; readable after writable: the
+            // request fails, but the walk goes on to find the status descriptor.
+            if flags & 4 == 0, let pointer = host(guest: address, length: UInt64(length)), flags & 2 != 0 || writable.isEmpty {
+                if flags & 2 != 0 { writable.append(Segment(pointer: pointer, length: Int(length))) } else { readable.append(Segment(pointer: pointer, length: Int(length))) }
+            } else {
+                valid = false
+            }
             if flags & 1 == 0 { break }
             guard next < size else { valid = false; break }
             index = next

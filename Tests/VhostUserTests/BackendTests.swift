@@ -24,8 +24,9 @@ final class BlockFixture {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         image = directory + "/disk.img"
         // Sector s holds bytes (s + i) & 0xFF: reads are checkable.
-        var bytes = [UInt8](repeating: 0, count: Int(Self.sectors) * 512)
-        for s in 0..<Int(Self.sectors) { for i in 0..<512 { bytes[s * 512 + i] = UInt8((s + i) & 0xFF) } }
+        // The pattern repeats every 256 sectors.
+        let period = (0..<256).flatMap { expectedSector($0) }
+        let bytes = Array((0..<Int(Self.sectors) / 256).map { _ in period }.joined())
         _ = FileManager.default.createFile(atPath: image, contents: Data(bytes))
         backend = try VhostUserBackendProcess.start(kind, image: image, socketPath: directory + "/blk.sock", queues: queues)
         frontend = try VhostUserFrontend(socketPath: backend.socketPath)
