@@ -242,7 +242,7 @@ final class BlockServer {
                 queue.enabled = num == 1
                 return true
             }
-            if ok, let index = Optional(Int(payload.u32(at: 0))), queues[index].enabled { process(queue: index) }
+            if ok, queues[Int(payload.u32(at: 0))].enabled { process(queue: Int(payload.u32(at: 0))) }
         case .getConfig?:
             var answer: [UInt8] = []
             if payload.count >= 12, protocolFeatures & VhostUserProtocolFeature.config != 0 {
