@@ -147,12 +147,36 @@ enum Scenarios {
     }
 }
 
+extension Scenarios {
+    /// 200 one-sector reads, one in flight: every one completes with status 0
+    /// and the right bytes; prints the median round trip (kick to used, through
+    /// the call eventfd). Timing is printed, not asserted: this machine is shared.
+    static func sequentialReadsRoundTrip(kind: VhostUserBackendProcess.Kind) throws {
+        let fixture = try BlockFixture(kind)
+        let queue = try fixture.queue(0)
+        var times: [Duration] = []
+        for round in 0..<200 {
+            let slot = round % 21
+            let start = ContinuousClock.now
+            queue.submit(.read, sector: UInt64(round), length: 512, slot: slot)
+            queue.kick.signal()
+            let done = queue.collect(1)
+            times.append(ContinuousClock.now - start)
+            #expect(done.count == 1 && queue.status(slot: slot) == 0)
+            #expect(fixture.memory.read(512, at: queue.dataAddress(slot: slot)) == expectedSector(round))
+        }
+        times.sort()
+        print("vhost-user \(kind.rawValue): 200 sequential 512-byte reads, median round trip \(times[100]), p90 \(times[180])")
+    }
+}
+
 /// Always: the embedded back-end (`irqfd-vhost-user-blk`, built with the tests).
 @Suite struct EmbeddedBackendTests {
     @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws { try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .embedded) }
     @Test func readsAndWritesSectors() throws { try Scenarios.readsAndWritesSectors(kind: .embedded) }
     @Test func twoQueues() throws { try Scenarios.twoQueues(kind: .embedded) }
     @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws { try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .embedded) }
+    @Test func sequentialReadsRoundTrip() throws { try Scenarios.sequentialReadsRoundTrip(kind: .embedded) }
 }
 
 /// Against qemu-storage-daemon, the third-party back-end, when it is installed.
@@ -162,5 +186,6 @@ struct QemuStorageDaemonTests {
     @Test func readsAndWritesSectors() throws { try Scenarios.readsAndWritesSectors(kind: .qemuStorageDaemon) }
     @Test func twoQueues() throws { try Scenarios.twoQueues(kind: .qemuStorageDaemon) }
     @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws { try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .qemuStorageDaemon) }
+    @Test func sequentialReadsRoundTrip() throws { try Scenarios.sequentialReadsRoundTrip(kind: .qemuStorageDaemon) }
 }
 #endif
