@@ -25,6 +25,8 @@ let package = Package(
         .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
         .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
         .library(name: "IrqFdProbe", targets: ["IrqFdProbe"]),
+        // Experimental too: the vhost-user frontend and its host-side driver.
+        .library(name: "VhostUser", targets: ["VhostUser"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
     ],
     dependencies: [
@@ -90,6 +92,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // C for vhost-user: sendmsg/recvmsg with SCM_RIGHTS, unix addresses, memfd.
+        .target(name: "CVhostUser"),
+        // The vhost-user frontend (protocol, messages, validation, deadlines); no KVM code.
+        .target(
+            name: "VhostUser",
+            dependencies: ["CVhostUser", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
         // The benchmark's floor: the measured operations in plain C ioctls, no library code.
         .target(name: "CBenchFloor"),
         // `irqfd bench`: measurements on KVM, and the report (percentiles, JSON, SVG, tables).
@@ -102,6 +111,11 @@ let package = Package(
             swiftSettings: strict),
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
         .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
+        // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
+        .executableTarget(
+            name: "irqfd-vhost-user-blk",
+            dependencies: ["VhostUser", "CVhostUser", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
         .executableTarget(
             name: "irqfd",
             dependencies: [
@@ -188,6 +202,8 @@ let package = Package(
                 "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
+        // The vhost-user frontend against real back-ends and hostile peers, with no guest.
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
             dependencies: ["TestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],

@@ -1,0 +1,120 @@
+#if os(Linux)
+import Foundation
+import Glibc
+
+/// A vhost-user-blk back-end in another process, started by this package:
+/// qemu-storage-daemon (third-party) or `irqfd-vhost-user-blk` (embedded).
+/// `start` returns once the back-end's socket exists; `stop` (or deinit)
+/// ends the process (SIGTERM, then SIGKILL after a deadline) and removes the socket.
+public final class VhostUserBackendProcess: @unchecked Sendable {
+    // @unchecked: `process` is only touched by start/stop, which a caller
+    // serialises (one owner); Foundation's Process is not Sendable.
+    /// Which back-end program.
+    public enum Kind: String, Sendable, CaseIterable {
+        /// QEMU's qemu-storage-daemon with a vhost-user-blk export.
+        case qemuStorageDaemon = "qemu-storage-daemon"
+        /// This package's `irqfd-vhost-user-blk`.
+        case embedded
+    }
+
+    /// Which back-end runs.
+    public let kind: Kind
+    /// The socket it listens on.
+    public let socketPath: String
+    private let process: Process
+
+    private init(kind: Kind, socketPath: String, process: Process) {
+        self.kind = kind
+        self.socketPath = socketPath
+        self.process = process
+    }
+
+    deinit { stop() }
+
+    /// The path of `qemu-storage-daemon` on PATH, or nil when it is not installed.
+    public static func qemuStorageDaemonPath() -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/qemu-storage-daemon"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// The path of the built `irqfd-vhost-user-blk`: next to this process's
+    /// executable or in a directory above it (swift test runs from the bundle), or nil.
+    public static func embeddedPath() -> String? {
+        guard let me = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
+        var directory = URL(fileURLWithPath: me).deletingLastPathComponent()
+        while !directory.path.isEmpty, directory.path != "/" {
+            let candidate = directory.appendingPathComponent("irqfd-vhost-user-blk").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory.deleteLastPathComponent()
+        }
+        return nil
+    }
+
+    /// The default back-end: qemu-storage-daemon when installed, else the embedded one.
+    public static var defaultKind: Kind { qemuStorageDaemonPath() != nil ? .qemuStorageDaemon : .embedded }
+
+    /// Starts `kind` serving the raw `image` with `queues` queues on
+    /// `socketPath` and waits (up to `timeout`) for its socket to appear.
+    public static func start(
+        _ kind: Kind, image: String, socketPath: String, queues: Int = 1, readOnly: Bool = false, timeout: Duration = .seconds(10)
+    ) throws(VhostUserError) -> VhostUserBackendProcess {
+        let executable: String
+        let arguments: [String]
+        switch kind {
+        case .qemuStorageDaemon:
+            guard let path = qemuStorageDaemonPath() else { throw .unsupported("qemu-storage-daemon is not installed") }
+            executable = path
+            arguments = [
+                "--blockdev", "driver=file,node-name=file0,filename=\(image)",
+                "--blockdev", "driver=raw,node-name=disk0,file=file0",
+                "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=\(readOnly ? "off" : "on"),num-queues=\(queues),addr.type=unix,addr.path=\(socketPath)",
+            ]
+        case .embedded:
+            guard let path = embeddedPath() else { throw .unsupported("irqfd-vhost-user-blk was not built (swift build)") }
+            executable = path
+            arguments = [image, "--socket", socketPath, "--queues", String(queues)] + (readOnly ? ["--read-only"] : [])
+        }
+        unlink(socketPath)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        do { try process.run() } catch {
+            throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: (error as NSError).code == 0 ? ENOENT : Int32(truncatingIfNeeded: (error as NSError).code)))
+        }
+        let backend = VhostUserBackendProcess(kind: kind, socketPath: socketPath, process: process)
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            var info = stat()
+            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK { return backend }
+            guard process.isRunning else {
+                throw .unsupported("\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
+            }
+            guard ContinuousClock.now < deadline else {
+                throw .unsupported("\(kind.rawValue) did not create \(socketPath) within \(timeout)")
+            }
+            usleep(10_000)
+        }
+    }
+
+    /// Whether the process is still running.
+    public var isRunning: Bool { process.isRunning }
+
+    /// Ends the back-end: SIGTERM, SIGKILL if it is still there after 5 s; removes the socket. Idempotent.
+    public func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            let deadline = ContinuousClock.now + .seconds(5)
+            while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+        unlink(socketPath)
+    }
+}
+#endif

@@ -1,0 +1,282 @@
+#if os(Linux)
+import CVhostUser
+import Glibc
+
+/// Guest RAM in a memfd, mapped MAP_SHARED here so a vhost-user back-end can
+/// map the same pages: what a test (or benchmark) uses as a guest with no guest.
+/// Owns the memfd and the mapping.
+public final class MemfdGuestMemory: @unchecked Sendable {
+    // @unchecked: the fd and mapping are immutable after init; the bytes are
+    // shared memory by design (a back-end writes them too), accessed only by
+    // bounds-checked loads and stores.
+    /// The memfd.
+    public let fd: Int32
+    /// Bytes of guest RAM.
+    public let size: Int
+    /// Where this process mapped it.
+    public let base: UnsafeMutableRawPointer
+
+    /// `size` bytes of zeroed guest RAM (memfd_create(2), ftruncate(2), mmap(2)).
+    public init(size: Int) throws(VhostUserError) {
+        let fd = vhost_user_memfd_create("irqfd-guest-ram")
+        guard fd >= 0 else { throw .systemCall(call: "memfd_create", errno: .init(rawValue: errno)) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let error = errno
+            Glibc.close(fd)
+            throw .systemCall(call: "ftruncate", errno: .init(rawValue: error))
+        }
+        guard let base = vhost_user_mmap_shared(fd, size) else {
+            let error = errno
+            Glibc.close(fd)
+            throw .systemCall(call: "mmap", errno: .init(rawValue: error))
+        }
+        self.fd = fd
+        self.size = size
+        self.base = base
+    }
+
+    deinit {
+        munmap(base, size)
+        Glibc.close(fd)
+    }
+
+    /// The whole of RAM as one SET_MEM_TABLE region at guest-physical 0 (fd borrowed from this object).
+    public var region: VhostUserMemoryRegion {
+        VhostUserMemoryRegion(guestPhysicalAddress: 0, size: UInt64(size), userAddress: UInt64(UInt(bitPattern: base)), mmapOffset: 0, fd: fd)
+    }
+
+    /// Stores `value` little-endian at guest-physical `address` (trap if out of RAM: a test bug).
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) {
+        precondition(address + UInt64(MemoryLayout<T>.size) <= UInt64(size))
+        base.storeBytes(of: value.littleEndian, toByteOffset: Int(address), as: T.self)
+    }
+
+    /// Loads a little-endian `T` at guest-physical `address`.
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) -> T {
+        precondition(address + UInt64(MemoryLayout<T>.size) <= UInt64(size))
+        return T(littleEndian: base.loadUnaligned(fromByteOffset: Int(address), as: T.self))
+    }
+
+    /// Copies `bytes` into RAM at `address`.
+    public func write(_ bytes: [UInt8], at address: UInt64) {
+        precondition(address + UInt64(bytes.count) <= UInt64(size))
+        bytes.withUnsafeBytes { (base + Int(address)).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// `count` bytes of RAM at `address`.
+    public func read(_ count: Int, at address: UInt64) -> [UInt8] {
+        precondition(address + UInt64(count) <= UInt64(size))
+        return Array(UnsafeRawBufferPointer(start: base + Int(address), count: count))
+    }
+}
+
+/// An eventfd (eventfd(2), non-blocking, close-on-exec) owned by this object:
+/// a queue's kick or call descriptor on the host-driver side.
+public final class HostEventFD: Sendable {
+    /// The descriptor.
+    public let fd: Int32
+
+    /// A new eventfd at 0.
+    public init() throws(VhostUserError) {
+        fd = vhost_user_eventfd()
+        guard fd >= 0 else { throw .systemCall(call: "eventfd", errno: .init(rawValue: errno)) }
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Adds 1 (write(2)).
+    public func signal() {
+        var one: UInt64 = 1
+        _ = write(fd, &one, 8)
+    }
+
+    /// Reads and clears the counter; 0 when it was 0 (read(2)).
+    public func consume() -> UInt64 {
+        var value: UInt64 = 0
+        return read(fd, &value, 8) == 8 ? value : 0
+    }
+
+    /// Waits (poll(2)) up to `timeout` for the counter to be nonzero, then consumes it; 0 on timeout.
+    public func wait(timeout: Duration) -> UInt64 {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let value = consume()
+            if value > 0 { return value }
+            let remaining = deadline - .now
+            guard remaining > .zero else { return 0 }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&entry, 1, Int32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1))
+        }
+    }
+}
+
+/// A virtio-blk request type (virtio 1.2 section 5.2.6).
+public enum BlockRequestType: UInt32, Sendable {
+    /// VIRTIO_BLK_T_IN: read sectors.
+    case read = 0
+    /// VIRTIO_BLK_T_OUT: write sectors.
+    case write = 1
+    /// VIRTIO_BLK_T_FLUSH.
+    case flush = 4
+    /// VIRTIO_BLK_T_GET_ID: the 20-byte device id.
+    case getID = 8
+}
+
+/// One split virtqueue (virtio 1.2 section 2.7) driven from the host, in a
+/// ``MemfdGuestMemory``: it builds virtio-blk requests as three-descriptor
+/// chains (header, data, status), publishes them in the available ring, and
+/// collects the used ring. It is the driver side of a vhost-user queue
+/// without a guest: the tests' driver and the benchmark's floor.
+///
+/// Layout at `base` (guest-physical): descriptor table (16·size), available
+/// ring (6+2·size), used ring at the next 4-byte boundary (6+8·size), then one
+/// request slot per chain: 16-byte header, status byte, `maxData` data bytes.
+public final class HostVirtqueueDriver: @unchecked Sendable {
+    // @unchecked: one thread drives a queue at a time (documented); the
+    // state below is that thread's. The rings themselves are shared memory.
+    /// The queue index.
+    public let queue: UInt32
+    /// Ring size (a power of two).
+    public let size: UInt16
+    /// Guest RAM.
+    public let memory: MemfdGuestMemory
+    /// Guest-physical address of the descriptor table.
+    public let descriptorTable: UInt64
+    /// Guest-physical address of the available ring.
+    public let availableRing: UInt64
+    /// Guest-physical address of the used ring.
+    public let usedRing: UInt64
+    /// Bytes of data a request slot holds.
+    public let maxData: Int
+    /// The kick eventfd (the driver signals it).
+    public let kick: HostEventFD
+    /// The call eventfd (the back-end signals it).
+    public let call: HostEventFD
+    private let slotsBase: UInt64
+    /// The next available index this driver publishes.
+    public private(set) var availableIndex: UInt16 = 0
+    /// The used index this driver has consumed up to.
+    public private(set) var usedIndex: UInt16 = 0
+
+    /// Bytes of RAM a queue of `size` with `maxData`-byte slots needs.
+    public static func footprint(size: UInt16, maxData: Int) -> UInt64 {
+        let n = UInt64(size)
+        let rings = (16 * n + 6 + 2 * n + 3) & ~3
+        return rings + 6 + 8 * n + 64 + UInt64(size / 3) * UInt64(32 + maxData)
+    }
+
+    /// A queue at guest-physical `base` (which must leave ``footprint(size:maxData:)`` bytes).
+    public init(memory: MemfdGuestMemory, queue: UInt32, size: UInt16, base: UInt64, maxData: Int = 4096) throws(VhostUserError) {
+        precondition(size >= 4 && size & (size - 1) == 0)
+        precondition(base + Self.footprint(size: size, maxData: maxData) <= UInt64(memory.size))
+        self.memory = memory
+        self.queue = queue
+        self.size = size
+        self.maxData = maxData
+        let n = UInt64(size)
+        descriptorTable = base
+        availableRing = base + 16 * n
+        usedRing = (availableRing + 6 + 2 * n + 3) & ~3
+        slotsBase = (usedRing + 6 + 8 * n + 63) & ~63
+        kick = try HostEventFD()
+        call = try HostEventFD()
+    }
+
+    /// Sends this queue's NUM, ADDR, BASE, CALL, KICK and ENABLE (when
+    /// PROTOCOL_FEATURES was accepted) through `frontend`, starting at available index `base`.
+    public func start(_ frontend: VhostUserFrontend, base: UInt16? = nil) throws(VhostUserError) {
+        if let base {
+            availableIndex = base
+            usedIndex = base
+        }
+        try frontend.setVringNum(queue: queue, size: UInt32(size))
+        try frontend.setVringAddr(queue: queue, descriptor: descriptorTable, available: availableRing, used: usedRing)
+        try frontend.setVringBase(queue: queue, index: UInt32(availableIndex))
+        // CALL before KICK: a back-end may serve the ring as soon as it has the kick fd
+        // (a kick still pending from before a stop makes it readable at once), and
+        // qemu-storage-daemon 7.2 then signals a call fd it does not have yet
+        // (vu_panic "Error writing eventfd: Bad file descriptor", connection lost).
+        _ = kick.consume()
+        try frontend.setVringCall(queue: queue, fd: call.fd)
+        try frontend.setVringKick(queue: queue, fd: kick.fd)
+        if frontend.acceptedFeatures & VhostUserFeature.protocolFeatures != 0 {
+            try frontend.setVringEnable(queue: queue, enabled: true)
+        }
+    }
+
+    /// Guest-physical address of slot `slot`'s data buffer.
+    public func dataAddress(slot: Int) -> UInt64 { slotsBase + UInt64(slot) * UInt64(32 + maxData) + 32 }
+    private func headerAddress(slot: Int) -> UInt64 { slotsBase + UInt64(slot) * UInt64(32 + maxData) }
+    private func statusAddress(slot: Int) -> UInt64 { headerAddress(slot: slot) + 16 }
+
+    private func descriptor(_ index: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
+        let at = descriptorTable + UInt64(index) * 16
+        memory.store(address, at: at)
+        memory.store(length, at: at + 8)
+        memory.store(flags, at: at + 12)
+        memory.store(next, at: at + 14)
+    }
+
+    /// Builds a request in slot `slot` (0 ..< size/3) and publishes it in the
+    /// available ring (without kicking). `data` is written for `.write`;
+    /// `length` bytes are read for `.read` / `.getID`. Returns the chain's head.
+    @discardableResult
+    public func submit(_ type: BlockRequestType, sector: UInt64, length: Int, data: [UInt8] = [], slot: Int) -> UInt16 {
+        precondition(slot < Int(size) / 3 && length <= maxData)
+        let head = slot * 3
+        memory.store(type.rawValue, at: headerAddress(slot: slot))
+        memory.store(UInt32(0), at: headerAddress(slot: slot) + 4)
+        memory.store(sector, at: headerAddress(slot: slot) + 8)
+        memory.store(UInt8(0xFF), at: statusAddress(slot: slot))
+        if type == .write { memory.write(data, at: dataAddress(slot: slot)) }
+        let next: UInt16 = 1  // VIRTQ_DESC_F_NEXT
+        let writable: UInt16 = 2  // VIRTQ_DESC_F_WRITE
+        descriptor(head, address: headerAddress(slot: slot), length: 16, flags: next, next: UInt16(head + 1))
+        if length > 0 {
+            descriptor(head + 1, address: dataAddress(slot: slot), length: UInt32(length), flags: next | (type == .write ? 0 : writable), next: UInt16(head + 2))
+            descriptor(head + 2, address: statusAddress(slot: slot), length: 1, flags: writable, next: 0)
+        } else {
+            descriptor(head + 1, address: statusAddress(slot: slot), length: 1, flags: writable, next: 0)
+        }
+        publish(UInt16(head))
+        return UInt16(head)
+    }
+
+    /// Puts `head` in the available ring and advances its index (release order).
+    public func publish(_ head: UInt16) {
+        memory.store(head, at: availableRing + 4 + UInt64(availableIndex % size) * 2)
+        availableIndex &+= 1
+        vhost_user_fence()
+        memory.store(availableIndex, at: availableRing + 2)
+    }
+
+    /// The status byte of slot `slot` (0 OK, 1 IOERR, 2 UNSUPP; 0xFF not written).
+    public func status(slot: Int) -> UInt8 { memory.load(UInt8.self, at: statusAddress(slot: slot)) }
+
+    /// The used ring's index as the back-end last wrote it.
+    public var backendUsedIndex: UInt16 { memory.load(UInt16.self, at: usedRing + 2) }
+
+    /// Waits on the call eventfd (with a deadline) until `count` more used
+    /// elements arrived, and returns them as (head, length). Spurious call
+    /// signals (qemu-storage-daemon signals once at SET_VRING_CALL) are
+    /// tolerated; returns what arrived when the deadline passes.
+    public func collect(_ count: Int, timeout: Duration = .seconds(5)) -> [(head: UInt32, length: UInt32)] {
+        let deadline = ContinuousClock.now + timeout
+        var out: [(UInt32, UInt32)] = []
+        while out.count < count {
+            while usedIndex != backendUsedIndex, out.count < count {
+                vhost_user_fence()  // the element after the index that published it
+                let element = usedRing + 4 + UInt64(usedIndex % size) * 8
+                out.append((memory.load(UInt32.self, at: element), memory.load(UInt32.self, at: element + 4)))
+                usedIndex &+= 1
+            }
+            if out.count >= count { break }
+            let remaining = deadline - .now
+            guard remaining > .zero else { break }
+            _ = call.wait(timeout: min(remaining, .milliseconds(100)))
+        }
+        return out
+    }
+}
+
+#endif
