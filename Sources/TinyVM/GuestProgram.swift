@@ -16,6 +16,9 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// Enables the test device's MSI-X, rings it, masks, reads the PBA and
     /// unmasks, all by itself; exits with 22 when everything arrived exactly once.
     case msixSelfTest = "msix-selftest"
+    /// Makes `count` 16-bit writes of `value` to `address` (words the host
+    /// writes at 0x5C8, 0x5CC and 0x5D0 before start), then exits with 0.
+    case mmioWriter = "mmio-writer"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -28,6 +31,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .spin: guest_spin(&length)
             case .msixDriver: guest_msix_driver(&length)
             case .msixSelfTest: guest_msix_selftest(&length)
+            case .mmioWriter: guest_mmio_writer(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }
