@@ -23,3 +23,6 @@ guest_mmio_writer_start:
 	out	%al, $0xf4
 	hlt
 guest_mmio_writer_end:
+
+	/* Not executable on the host: these bytes run only inside the guest. */
+	.section .note.GNU-stack,"",@progbits
