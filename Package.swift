@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "TinyVM", targets: ["TinyVM"]),
         .library(name: "MSIX", targets: ["MSIX"]),
+        .library(name: "Virtio", targets: ["Virtio"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
     ],
     dependencies: [
@@ -80,6 +81,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // INTERIM (h-vhost's VhostUser target replaces this line at merge).
+        .target(name: "VhostUser", dependencies: ["IrqFdLinux", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: strict),
+        // virtio-pci transport and the virtio-blk device, served by a vhost-user backend.
+        .target(
+            name: "Virtio",
+            dependencies: [
+                "VhostUser", "MSIX", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "KVM", "TinyVM",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
         // The benchmark's floor: the measured operations in plain C ioctls, no library code.
         .target(name: "CBenchFloor"),
         // `irqfd bench`: measurements on KVM, and the report (percentiles, JSON, SVG, tables).
@@ -97,7 +108,7 @@ let package = Package(
             dependencies: [
                 "Bench",
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
-                "IrqFdProbe",
+                "IrqFdProbe", "Virtio",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -169,6 +180,10 @@ let package = Package(
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "CLinuxKVM", "MSIX",
                 "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
             ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VirtioTests",
+            dependencies: ["TestSupport", "Virtio", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],
             swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",

@@ -20,7 +20,10 @@
  * 0x5E8 requests whose status byte was not 0, 0x5EC batches completed.
  * Exit status: 0 all OK, 1 some request failed, 2 capability walk failed,
  * 3 VERSION_1 missing or FEATURES_OK refused, 4 queue setup refused.
- * The wait polls guest memory only (no MMIO exits while requests run). */
+ * A batch ends when its used entries are in and vCPU 0 took an interrupt
+ * since it was submitted (so every batch takes at least one). It waits in HLT, reading only guest
+ * memory (no MMIO exits while requests run): a masked vector holds the guest
+ * there until unmask. */
 #define G(x) ((x) - guest_virtio_blk_start + 0x1000)
 #include "guest_common.h"
 #define P_BATCHES 0x5c0
@@ -44,6 +47,7 @@
 #define V_AVAIL 0x430
 #define V_BATCH 0x440
 #define V_Q 0x444
+#define V_SEEN 0x448
 #define QSIZE 32
 
 	.section .rodata
@@ -234,7 +238,9 @@ batch:	mov	V_BATCH, %eax
 	jb	5f
 	pause
 	jmp	6b
-5:	movl	$0, V_Q
+5:	mov	0x600, %eax
+	mov	%eax, V_SEEN
+	movl	$0, V_Q
 submitq:
 	mov	V_Q, %ecx
 	call	submit
@@ -250,9 +256,12 @@ waitq:	mov	%ecx, %esi
 7:	cli
 	movzwl	(%esi), %eax
 	cmpw	V_AVAIL(,%ecx,4), %ax
-	je	9f
-	sti
-	pause
+	jne	8f
+	mov	0x600, %eax		/* and an interrupt since the submission */
+	cmp	V_SEEN, %eax
+	jne	9f
+8:	sti			/* STI's shadow makes "sti; hlt" atomic: a completion */
+	hlt			/* after the check still ends the HLT */
 	jmp	7b
 9:	sti
 	inc	%ecx
