@@ -152,3 +152,34 @@ func pattern(_ j: Int, _ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: j &* 31 &+
     }
 }
 #endif
+
+#if os(Linux)
+@Suite(needsKVM, qsdInstalled) struct VirtioDeliveryTests {
+    /// What the guest saw: completions, failures and the bytes it read.
+    struct Seen: Equatable {
+        var completed: Int
+        var failed: Int
+        var data: [UInt8]
+        var interruptsAtLeastBatches: Bool
+    }
+
+    func run(_ delivery: InterruptDelivery) throws -> Seen {
+        let image = try TestImage(sectors: 64) { UInt8(truncatingIfNeeded: $0 * 7 + $0 / 512) }
+        let guest = try BlkGuest(.qemuStorageDaemon, image: image, delivery: delivery)
+        guest.configure(batches: 5, perBatch: 4, first: 2, write: false)
+        let outcome = guest.vm.run(timeout: .seconds(60))
+        #expect(outcome == .exited(code: 0), "\(delivery): \(outcome)")
+        return Seen(
+            completed: guest.completed, failed: guest.failed,
+            data: guest.vm.memory.bytes(at: BlkGuest.L.buffer(queue: 0, request: 0), count: 20 * 512),
+            interruptsAtLeastBatches: guest.interrupts(cpu: 0, msix: 1) >= 5)
+    }
+
+    @Test func everyDeliveryModeGivesTheGuestTheSameResults() throws {
+        let irqfd = try run(.irqfd)
+        #expect(irqfd.completed == 20 && irqfd.failed == 0 && irqfd.interruptsAtLeastBatches)
+        #expect(try run(.relay) == irqfd)
+        #expect(try run(.userspace) == irqfd)
+    }
+}
+#endif
