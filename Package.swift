@@ -99,6 +99,14 @@ let package = Package(
             name: "VhostUser",
             dependencies: ["CVhostUser", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
+        // virtio-pci transport and the virtio-blk device, served by a vhost-user backend.
+        .target(
+            name: "Virtio",
+            dependencies: [
+                "VhostUser", "MSIX", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "KVM", "TinyVM",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
         // The benchmark's floor: the measured operations in plain C ioctls, no library code.
         .target(name: "CBenchFloor"),
         // `irqfd bench`: measurements on KVM, and the report (percentiles, JSON, SVG, tables).
@@ -121,7 +129,7 @@ let package = Package(
             dependencies: [
                 "Bench",
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
-                "IrqFdProbe",
+                "IrqFdProbe", "Virtio",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -204,6 +212,10 @@ let package = Package(
             swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
+        .testTarget(
+            name: "VirtioTests",
+            dependencies: ["TestSupport", "Virtio", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],
+            swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
             dependencies: ["TestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],

@@ -7,6 +7,8 @@ public final class IoctlCounters: Sendable {
     let irqfdAssigns = Atomic<Int>(0)
     let irqfdDeassigns = Atomic<Int>(0)
     let signalMsis = Atomic<Int>(0)
+    let ioeventfdAssigns = Atomic<Int>(0)
+    let ioeventfdDeassigns = Atomic<Int>(0)
     let total = Atomic<Int>(0)
 
     /// All zero.
@@ -19,6 +21,8 @@ public final class IoctlCounters: Sendable {
             irqfdAssigns: irqfdAssigns.load(ordering: .relaxed),
             irqfdDeassigns: irqfdDeassigns.load(ordering: .relaxed),
             signalMsis: signalMsis.load(ordering: .relaxed),
+            ioeventfdAssigns: ioeventfdAssigns.load(ordering: .relaxed),
+            ioeventfdDeassigns: ioeventfdDeassigns.load(ordering: .relaxed),
             total: total.load(ordering: .relaxed))
     }
 
@@ -32,6 +36,10 @@ public final class IoctlCounters: Sendable {
         public var irqfdDeassigns: Int
         /// KVM_SIGNAL_MSI calls.
         public var signalMsis: Int
+        /// KVM_IOEVENTFD calls that assigned.
+        public var ioeventfdAssigns: Int = 0
+        /// KVM_IOEVENTFD calls that deassigned.
+        public var ioeventfdDeassigns: Int = 0
         /// Every VM ioctl.
         public var total: Int
 
@@ -42,11 +50,13 @@ public final class IoctlCounters: Sendable {
                 irqfdAssigns: later.irqfdAssigns - earlier.irqfdAssigns,
                 irqfdDeassigns: later.irqfdDeassigns - earlier.irqfdDeassigns,
                 signalMsis: later.signalMsis - earlier.signalMsis,
+                ioeventfdAssigns: later.ioeventfdAssigns - earlier.ioeventfdAssigns,
+                ioeventfdDeassigns: later.ioeventfdDeassigns - earlier.ioeventfdDeassigns,
                 total: later.total - earlier.total)
         }
 
         public var description: String {
-            "pushes \(routingPushes), assigns \(irqfdAssigns), deassigns \(irqfdDeassigns), signal-MSIs \(signalMsis), total \(total)"
+            "pushes \(routingPushes), assigns \(irqfdAssigns), deassigns \(irqfdDeassigns), signal-MSIs \(signalMsis), ioeventfd assigns \(ioeventfdAssigns), deassigns \(ioeventfdDeassigns), total \(total)"
         }
     }
 }

@@ -101,6 +101,55 @@ public final class VirtualMachine: Sendable {
         _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
     }
 
+    /// Which bus a KVM_IOEVENTFD binding listens on.
+    public enum IoEventSpace: Sendable, Equatable {
+        /// Guest-physical memory (an MMIO write).
+        case mmio
+        /// I/O ports (KVM_IOEVENTFD_FLAG_PIO).
+        case pio
+    }
+
+    /// KVM_IOEVENTFD: a guest write of `length` bytes (1, 2, 4 or 8; 0 with
+    /// no datamatch for any length on MMIO) at `address` signals `eventFD` in
+    /// the kernel instead of exiting to the VMM. With `datamatch` only a write
+    /// of exactly that value does (KVM_IOEVENTFD_FLAG_DATAMATCH); other writes
+    /// exit as usual. The eventfd is borrowed: the caller keeps owning it and
+    /// must deassign before closing it.
+    public func assignIoeventfd(
+        eventFD: Int32, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
+    ) throws(SystemCallError) {
+        counters.ioeventfdAssigns.add(1, ordering: .relaxed)
+        var request = Self.ioeventfd(eventFD, address, length, datamatch, space, deassign: false)
+        _ = try ioctl("KVM_IOEVENTFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IOEVENTFD, &request) }
+    }
+
+    /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN: removes the binding
+    /// made with the same fd, address, length, datamatch and space; writes
+    /// exit to the VMM again.
+    public func deassignIoeventfd(
+        eventFD: Int32, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
+    ) throws(SystemCallError) {
+        counters.ioeventfdDeassigns.add(1, ordering: .relaxed)
+        var request = Self.ioeventfd(eventFD, address, length, datamatch, space, deassign: true)
+        _ = try ioctl("KVM_IOEVENTFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IOEVENTFD, &request) }
+    }
+
+    private static func ioeventfd(
+        _ fd: Int32, _ address: UInt64, _ length: UInt32, _ datamatch: UInt64?, _ space: IoEventSpace, deassign: Bool
+    ) -> kvm_ioeventfd {
+        var flags: UInt32 = 0
+        if datamatch != nil { flags |= IRQFD_KVM_IOEVENTFD_FLAG_DATAMATCH }
+        if space == .pio { flags |= IRQFD_KVM_IOEVENTFD_FLAG_PIO }
+        if deassign { flags |= IRQFD_KVM_IOEVENTFD_FLAG_DEASSIGN }
+        var request = kvm_ioeventfd()
+        request.datamatch = datamatch ?? 0
+        request.addr = address
+        request.len = length
+        request.fd = fd
+        request.flags = flags
+        return request
+    }
+
     /// KVM_SIGNAL_MSI: injects one MSI now. Returns true if it was delivered,
     /// false if the guest blocked it (e.g. its APIC is disabled).
     @discardableResult

@@ -4,7 +4,10 @@ import Glibc
 public import IrqFdCore
 import SystemPackage
 
-/// The guest's RAM: one anonymous mapping, shared with the vCPUs.
+/// The guest's RAM: one shared mapping of a memfd (memfd_create(2),
+/// MAP_SHARED), so that a device in another process (a vhost-user backend)
+/// can map the same pages: `descriptor` is what SET_MEM_TABLE passes, at
+/// offset 0.
 ///
 /// `@unchecked Sendable` because it holds the mapping as a raw pointer. The
 /// guest writes this memory concurrently with the host by design, so every
@@ -17,16 +20,40 @@ public final class GuestMemory: @unchecked Sendable {
     /// Bytes of RAM.
     public let size: Int
 
-    /// Maps `size` bytes of zeroed anonymous memory (mmap(2)).
+    /// The memfd behind the mapping (close-on-exec), owned by this object:
+    /// borrow it to pass it to a backend, which maps it at offset 0.
+    public let descriptor: Int32
+
+    /// Makes a `size`-byte memfd (memfd_create(2), ftruncate(2): zeroed,
+    /// sparse) and maps it shared (mmap(2), MAP_SHARED).
     public init(size: Int) throws(SystemCallError) {
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), p != MAP_FAILED else {
-            throw SystemCallError(call: "mmap(guest RAM)", errno: Errno(rawValue: errno))
+        let fd = irqfd_memfd_create("irqfd guest RAM")
+        guard fd >= 0 else { throw SystemCallError(call: "memfd_create(guest RAM)", errno: Errno(rawValue: errno)) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let e = errno
+            close(fd)
+            throw SystemCallError(call: "ftruncate(guest RAM)", errno: Errno(rawValue: e))
+        }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0), p != MAP_FAILED else {
+            let e = errno
+            close(fd)
+            throw SystemCallError(call: "mmap(guest RAM)", errno: Errno(rawValue: e))
         }
         base = p
+        descriptor = fd
         self.size = size
     }
 
-    deinit { munmap(base, size) }
+    deinit {
+        munmap(base, size)
+        close(descriptor)
+    }
+
+    /// Whether `[address, address + length)` lies inside RAM (for checking
+    /// guest-supplied addresses before anyone dereferences them).
+    public func contains(_ address: UInt64, length: UInt64) -> Bool {
+        address <= UInt64(size) && length <= UInt64(size) - address
+    }
 
     private func check(_ address: UInt64, _ length: Int) {
         precondition(address <= UInt64(size) && UInt64(length) <= UInt64(size) - address, "guest address 0x\(String(address, radix: 16)) + \(length) is outside RAM")

@@ -16,6 +16,12 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// Enables the test device's MSI-X, rings it, masks, reads the PBA and
     /// unmasks, all by itself; exits with 22 when everything arrived exactly once.
     case msixSelfTest = "msix-selftest"
+    /// Makes `count` 16-bit writes of `value` to `address` (words the host
+    /// writes at 0x5C8, 0x5CC and 0x5D0 before start), then exits with 0.
+    case mmioWriter = "mmio-writer"
+    /// A virtio-blk driver for the device at 00:02.0 (virtio_blk.S): batches
+    /// of requests the host describes at 0x5C0...0x5DC; see `VirtioBlkGuestLayout`.
+    case virtioBlk = "virtio-blk"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -28,6 +34,8 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .spin: guest_spin(&length)
             case .msixDriver: guest_msix_driver(&length)
             case .msixSelfTest: guest_msix_selftest(&length)
+            case .mmioWriter: guest_mmio_writer(&length)
+            case .virtioBlk: guest_virtio_blk(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }
@@ -47,4 +55,39 @@ public enum InterruptCounterLayout {
     public static func count(cpu: Int, vector: UInt8) -> UInt64 { 0x8000 + 0x400 * UInt64(cpu) + 4 * UInt64(vector) }
     /// The lowest vector the guest handles (0x20..0xFF).
     public static let firstVector: UInt8 = 0x20
+}
+
+/// Where the virtio-blk driver guest (virtio_blk.S) takes its parameters and
+/// leaves its results (32-bit words; the host writes parameters before start).
+public enum VirtioBlkGuestLayout {
+    /// Batches to run.
+    public static let batches: UInt64 = 0x5C0
+    /// Requests per batch and queue (1...8), all in flight at once.
+    public static let requestsPerBatch: UInt64 = 0x5C4
+    /// The first sector.
+    public static let firstSector: UInt64 = 0x5C8
+    /// 0: read (VIRTIO_BLK_T_IN), 1: write (VIRTIO_BLK_T_OUT).
+    public static let type: UInt64 = 0x5CC
+    /// Queues used (1 or 2).
+    public static let queues: UInt64 = 0x5D0
+    /// The APIC ID queue `q`'s vector targets.
+    public static func destination(queue q: Int) -> UInt64 { 0x5D4 + 4 * UInt64(q) }
+    /// Nonzero: batch b starts only once `gate` > b.
+    public static let gated: UInt64 = 0x5DC
+    /// 1 once DRIVER_OK is set, 2 when every batch is done.
+    public static let phase: UInt64 = 0x5E0
+    /// Requests completed.
+    public static let completed: UInt64 = 0x5E4
+    /// Requests whose status byte was not 0.
+    public static let failed: UInt64 = 0x5E8
+    /// Batches completed.
+    public static let batchesDone: UInt64 = 0x5EC
+    /// The host's gate word.
+    public static let gate: UInt64 = 0x5F0
+    /// Request j's 512-byte buffer on queue q.
+    public static func buffer(queue q: Int, request j: Int) -> UInt64 { 0x10_0000 + 0x10_0000 * UInt64(q) + 512 * UInt64(j) }
+    /// Request j's sector on queue q.
+    public static func sector(first: Int, queue q: Int, request j: Int) -> Int { first + j + 0x800 * q }
+    /// The IDT vector of MSI-X vector v (0 config, q + 1 queue q).
+    public static func idtVector(msix v: Int) -> UInt8 { UInt8(0x40 + v) }
 }

@@ -123,6 +123,7 @@ public final class TinyVM: Sendable {
     private let started = Atomic<Bool>(false)
     private let finished: EventFD
     private let unhandledAccesses = Atomic<Int>(0)
+    private let mmioExitCount = Atomic<Int>(0)
 
     /// Builds the VM: RAM, in-kernel irqchip, vCPUs in the entry state, and the
     /// default IVT (every vector reports itself through port 0xF5).
@@ -269,6 +270,10 @@ public final class TinyVM: Sendable {
     /// Port and MMIO accesses no device claimed (reads returned all ones).
     public var unhandledAccessCount: Int { unhandledAccesses.load(ordering: .relaxed) }
 
+    /// MMIO exits the vCPUs have taken (KVM_EXIT_MMIO), reads and writes:
+    /// an access an ioeventfd serves in the kernel does not count here.
+    public var mmioExits: Int { mmioExitCount.load(ordering: .relaxed) }
+
     /// Starts one thread per vCPU. The run ends at the exit port, a fault,
     /// `stop()`, or `wait(timeout:)`'s timeout.
     public func start() {
@@ -382,6 +387,7 @@ public final class TinyVM: Sendable {
                     }
                 }
             case .mmio(let address, let length, let isWrite, let data):
+                mmioExitCount.add(1, ordering: .relaxed)
                 if isWrite {
                     mmioWrite(address: address, size: length, value: Self.loadLittleEndian(data, length))
                 } else {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TinyVM
+import Virtio
 
 /// `irqfd run GUEST.bin`: the tiny VMM's contract (TinyVM documentation, Sources/TinyVM/Documentation.docc/TinyVMContract.md).
 struct Run: ParsableCommand {
@@ -26,6 +27,24 @@ struct Run: ParsableCommand {
     @Option(help: "MSI-X vectors of the PCI test device at 00:01.0 (1...2048).")
     var vectors = 8
 
+    @Option(name: .customLong("vhost-user-blk"), help: "Add a virtio-blk device (00:02.0) served by the vhost-user backend listening on this Unix socket.")
+    var vhostUserBlk: String?
+
+    @Option(help: "Add a virtio-blk device (00:02.0) serving this raw image; the VMM starts the backend and stops it at exit.")
+    var disk: String?
+
+    @Option(help: "The backend --disk starts: qemu-storage-daemon or embedded. (default: qemu-storage-daemon when installed, else embedded)", transform: parseDiskBackend)
+    var diskBackend: DiskBackendKind?
+
+    @Option(help: "virtio-blk queues (1...8); more than 1 offers VIRTIO_BLK_F_MQ.")
+    var queues = 1
+
+    func validate() throws {
+        if vhostUserBlk != nil, disk != nil { throw ValidationError("--vhost-user-blk and --disk are alternatives: give one") }
+        if diskBackend != nil, disk == nil { throw ValidationError("--disk-backend needs --disk") }
+        guard (1...VirtioBlkDevice.maxQueues).contains(queues) else { throw ValidationError("--queues must be 1...\(VirtioBlkDevice.maxQueues), not \(queues)") }
+    }
+
     mutating func run() throws {
         let bytes: [UInt8]
         do { bytes = try readImage(image) } catch let error as ImageError {
@@ -36,6 +55,26 @@ struct Run: ParsableCommand {
             let vm = try TinyVM(.init(cpus: cpus, echoConsole: true))
             try vm.load(bytes)
             try MsixTestDevice.attach(to: vm, vectors: vectors, delivery: delivery)
+            var backend: BlockBackend?
+            var blk: VirtioBlkDevice?
+            defer {
+                _ = blk
+                backend?.stop()
+            }
+            if let disk {
+                let kind = diskBackend ?? .preferred
+                do { backend = try BlockBackend(kind: kind, image: disk, queues: queues) } catch {
+                    FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
+                    throw ExitCode(1)
+                }
+                FileHandle.standardError.write(Data("irqfd run: virtio-blk 00:02.0 served by \(kind) (\(disk), \(queues) queue\(queues == 1 ? "" : "s"))\n".utf8))
+            }
+            if let socket = vhostUserBlk ?? backend?.socketPath {
+                do { blk = try VirtioBlkDevice.attach(to: vm, socketPath: socket, queues: queues, delivery: delivery) } catch {
+                    FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
+                    throw ExitCode(1)
+                }
+            }
             let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
             if case .exited = outcome {} else {
                 FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))
@@ -70,4 +109,12 @@ func parseDelivery(_ text: String) throws -> InterruptDelivery {
         throw ValidationError("--delivery must be one of \(InterruptDelivery.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
     }
     return delivery
+}
+
+/// Parses `--disk-backend`, naming the choices when the value is not one of them.
+func parseDiskBackend(_ text: String) throws -> DiskBackendKind {
+    guard let kind = DiskBackendKind(rawValue: text) else {
+        throw ValidationError("--disk-backend must be one of \(DiskBackendKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
+    }
+    return kind
 }

@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <linux/kvm.h>
+#include <linux/memfd.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -32,6 +34,13 @@ static inline int irqfd_ioctl_ptr(int fd, unsigned long request, void *arg) {
 /// ioctl(2) with an integer argument (0 for argument-less requests such as KVM_RUN).
 static inline int irqfd_ioctl_val(int fd, unsigned long request, unsigned long arg) {
     return ioctl(fd, request, arg);
+}
+
+/// memfd_create(2) with MFD_CLOEXEC: glibc declares it only under
+/// _GNU_SOURCE, which Swift's Glibc module does not see, so it is made by
+/// syscall(2) with the kernel's own constants.
+static inline int irqfd_memfd_create(const char *name) {
+    return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC);
 }
 
 /// The calling thread's errno.
@@ -55,6 +64,10 @@ static const unsigned long IRQFD_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMOR
 static const unsigned long IRQFD_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
 static const unsigned long IRQFD_KVM_IRQFD = KVM_IRQFD;
 static const unsigned long IRQFD_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long IRQFD_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned int IRQFD_KVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
+static const unsigned int IRQFD_KVM_IOEVENTFD_FLAG_PIO = KVM_IOEVENTFD_FLAG_PIO;
+static const unsigned int IRQFD_KVM_IOEVENTFD_FLAG_DEASSIGN = KVM_IOEVENTFD_FLAG_DEASSIGN;
 static const unsigned long IRQFD_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
 
 // MARK: vCPU requests

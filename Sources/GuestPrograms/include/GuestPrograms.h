@@ -21,4 +21,8 @@ const unsigned char *guest_msix_driver(size_t *length);
 /// Drives the PCI test device on its own and exits with 22 if MSI-X delivery,
 /// masking and the PBA behaved (msix_selftest.S).
 const unsigned char *guest_msix_selftest(size_t *length);
+/// Makes N 16-bit MMIO writes the host describes in memory (mmio_writer.S).
+const unsigned char *guest_mmio_writer(size_t *length);
+/// A virtio-blk driver for the device at 00:02.0 (virtio_blk.S).
+const unsigned char *guest_virtio_blk(size_t *length);
 #endif

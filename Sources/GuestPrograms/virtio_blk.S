@@ -1,0 +1,390 @@
+/* virtio-blk driver guest (virtio 1.2 sections 3.1, 4.1, 5.2) for the tiny
+ * VMM's device at 00:02.0. Walks the PCI capability list, negotiates
+ * VIRTIO_F_VERSION_1 only, programs MSI-X (vector 0 config, vector q+1 for
+ * queue q, IDT vector 0x40 + v), sets up queue 0 (and 1), then runs batches
+ * of requests with several in flight, waiting for the used ring with
+ * interrupts on (a spurious interrupt is harmless: only the used index
+ * counts). Interrupts are counted like irq_counter.S (0x600 totals per vCPU,
+ * 0x8000 + 0x400*cpu + 4*v per vector). Other vCPUs idle with interrupts on.
+ * At most 2 vCPUs (the stacks of vCPUs 2+ would meet the state at 0x400).
+ *
+ * Parameters (32-bit words the host writes before start):
+ *   0x5C0 batches B            0x5C4 requests per batch K (1...8)
+ *   0x5C8 first sector         0x5CC type: 0 read (VIRTIO_BLK_T_IN), 1 write (T_OUT)
+ *   0x5D0 queues used (1 or 2) 0x5D4 / 0x5D8 APIC ID the vector of queue 0 / 1 targets
+ *   0x5DC gated: if nonzero, batch b starts only once the word at 0x5F0 > b
+ * Request j (0 <= j < B*K) on queue q: sector first + j + 0x800*q, 512 bytes
+ * at 0x100000 + 0x100000*q + 512*j. Rings of queue q (size 32) at
+ * 0x20000 + 0x10000*q: descriptors +0, driver area +0x1000, device area +0x2000.
+ * Results: 0x5E0 phase (1 DRIVER_OK, 2 done), 0x5E4 requests completed,
+ * 0x5E8 requests whose status byte was not 0, 0x5EC batches completed.
+ * Exit status: 0 all OK, 1 some request failed, 2 capability walk failed,
+ * 3 VERSION_1 missing or FEATURES_OK refused, 4 queue setup refused.
+ * A batch ends when its used entries are in and vCPU 0 took an interrupt
+ * since it was submitted (so every batch takes at least one). It waits in HLT, reading only guest
+ * memory (no MMIO exits while requests run): a masked vector holds the guest
+ * there until unmask. */
+#define G(x) ((x) - guest_virtio_blk_start + 0x1000)
+#include "guest_common.h"
+#define P_BATCHES 0x5c0
+#define P_PER 0x5c4
+#define P_FIRST 0x5c8
+#define P_TYPE 0x5cc
+#define P_QUEUES 0x5d0
+#define P_DEST0 0x5d4
+#define P_GATED 0x5dc
+#define R_PHASE 0x5e0
+#define R_DONE 0x5e4
+#define R_BAD 0x5e8
+#define R_BATCHES 0x5ec
+#define GATE 0x5f0
+#define V_COMMON 0x400
+#define V_NOTIFY 0x404
+#define V_MULT 0x408
+#define V_MSIXCAP 0x410
+#define V_BAR1 0x414
+#define V_QNOTIFY 0x420
+#define V_AVAIL 0x430
+#define V_BATCH 0x440
+#define V_Q 0x444
+#define V_SEEN 0x448
+#define QSIZE 32
+
+	.section .rodata
+	.balign 16
+	.globl	guest_virtio_blk_start
+	.globl	guest_virtio_blk_end
+	.code16
+guest_virtio_blk_start:
+	cli
+	X2APIC_ON
+	VECTOR_IVT
+	movl	$1, 0x500(,%ebx,4)
+	test	%ebx, %ebx
+	jz	driver
+idle:	sti
+	hlt
+	jmp	idle
+
+/* Configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
+cfg_read:
+	and	$0xfc, %eax
+	or	$0x80001000, %eax
+	mov	$0xcf8, %dx
+	out	%eax, %dx
+	mov	$0xcfc, %dx
+	in	%dx, %eax
+	ret
+
+/* Exit with status %al. */
+fail:	mov	$0xf4, %dx
+	out	%al, %dx
+	hlt
+
+driver:
+	/* BAR1 (MSI-X) and BAR4 (virtio structures). */
+	mov	$0x14, %eax
+	call	cfg_read
+	and	$0xfffffff0, %eax
+	mov	%eax, V_BAR1
+	mov	$0x20, %eax
+	call	cfg_read
+	and	$0xfffffff0, %eax
+	mov	%eax, %ebp
+	movl	$0, V_COMMON
+	movl	$0, V_NOTIFY
+	movl	$0, V_MSIXCAP
+	/* Walk the capability list from 0x34. */
+	mov	$0x34, %eax
+	call	cfg_read
+	movzx	%al, %esi
+walk:	test	%esi, %esi
+	jz	walked
+	mov	%esi, %eax
+	call	cfg_read
+	mov	%eax, %edi			/* id, next, len, cfg_type */
+	cmp	$0x11, %al
+	jne	1f
+	mov	%esi, V_MSIXCAP
+	jmp	next
+1:	cmp	$0x09, %al
+	jne	next
+	lea	8(%esi), %eax		/* offset within the BAR */
+	call	cfg_read
+	add	%ebp, %eax
+	mov	%edi, %ecx
+	shr	$24, %ecx
+	cmp	$1, %cl
+	jne	2f
+	mov	%eax, V_COMMON
+	jmp	next
+2:	cmp	$2, %cl
+	jne	next
+	mov	%eax, V_NOTIFY
+	lea	16(%esi), %eax
+	call	cfg_read
+	mov	%eax, V_MULT
+next:	mov	%edi, %eax
+	movzx	%ah, %esi
+	jmp	walk
+walked:	mov	$2, %al
+	cmpl	$0, V_COMMON
+	je	fail
+	cmpl	$0, V_NOTIFY
+	je	fail
+	cmpl	$0, V_MSIXCAP
+	je	fail
+
+	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). */
+	mov	V_COMMON, %edi
+	movb	$0, 0x14(%edi)
+	movb	$1, 0x14(%edi)
+	movb	$3, 0x14(%edi)
+	/* Features: VERSION_1 (bit 32) offered? Accept only it. */
+	movl	$1, 0x00(%edi)
+	mov	0x04(%edi), %eax
+	test	$1, %al
+	mov	$3, %al
+	jz	fail
+	movl	$0, 0x08(%edi)
+	movl	$0, 0x0c(%edi)
+	movl	$1, 0x08(%edi)
+	movl	$1, 0x0c(%edi)
+	movb	$0x0b, 0x14(%edi)
+	mov	0x14(%edi), %al
+	test	$8, %al
+	mov	$3, %al
+	jz	fail
+
+	/* MSI-X on (Message Control bit 15) with every table entry programmed. */
+	mov	V_MSIXCAP, %eax
+	call	cfg_read
+	or	$0x80000000, %eax
+	mov	%eax, %ecx
+	mov	V_MSIXCAP, %eax
+	or	$0x80001000, %eax
+	mov	$0xcf8, %dx
+	out	%eax, %dx
+	mov	%ecx, %eax
+	mov	$0xcfc, %dx
+	out	%eax, %dx
+	mov	V_BAR1, %esi
+	/* vector 0: config changes, to vCPU 0 */
+	movl	$0xfee00000, 0(%esi)
+	movl	$0, 4(%esi)
+	movl	$0x40, 8(%esi)
+	movl	$0, 12(%esi)
+	/* vector q + 1: queue q, to the APIC ID in P_DEST0 + 4q */
+	xor	%ecx, %ecx
+3:	add	$16, %esi
+	mov	P_DEST0(,%ecx,4), %eax
+	shl	$12, %eax
+	or	$0xfee00000, %eax
+	mov	%eax, 0(%esi)
+	movl	$0, 4(%esi)
+	lea	0x41(%ecx), %eax
+	mov	%eax, 8(%esi)
+	movl	$0, 12(%esi)
+	inc	%ecx
+	cmp	P_QUEUES, %ecx
+	jb	3b
+	movw	$0, 0x10(%edi)		/* msix_config = 0 */
+
+	/* Queues: size 32, vector q + 1, rings at 0x20000 + 0x10000 q. */
+	xor	%ecx, %ecx
+4:	movw	%cx, 0x16(%edi)
+	mov	$4, %al
+	cmpw	$0, 0x18(%edi)
+	je	fail
+	movw	$QSIZE, 0x18(%edi)
+	lea	1(%ecx), %eax
+	movw	%ax, 0x1a(%edi)
+	cmpw	%ax, 0x1a(%edi)
+	mov	$4, %al
+	jne	fail
+	mov	%ecx, %eax
+	shl	$16, %eax
+	add	$0x20000, %eax
+	mov	%eax, 0x20(%edi)
+	movl	$0, 0x24(%edi)
+	add	$0x1000, %eax
+	mov	%eax, 0x28(%edi)
+	movl	$0, 0x2c(%edi)
+	add	$0x1000, %eax
+	mov	%eax, 0x30(%edi)
+	movl	$0, 0x34(%edi)
+	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
+	mull	V_MULT
+	add	V_NOTIFY, %eax
+	mov	%eax, V_QNOTIFY(,%ecx,4)
+	movl	$0, V_AVAIL(,%ecx,4)
+	movw	$1, 0x1c(%edi)
+	inc	%ecx
+	cmp	P_QUEUES, %ecx
+	jb	4b
+	movb	$0x0f, 0x14(%edi)	/* DRIVER_OK */
+	movl	$1, R_PHASE
+	sti
+
+	/* Batches. */
+	movl	$0, V_BATCH
+batch:	mov	V_BATCH, %eax
+	cmp	P_BATCHES, %eax
+	jae	done
+	cmpl	$0, P_GATED
+	je	5f
+6:	mov	GATE, %edx
+	cmp	%edx, V_BATCH
+	jb	5f
+	pause
+	jmp	6b
+5:	mov	0x600, %eax
+	mov	%eax, V_SEEN
+	movl	$0, V_Q
+submitq:
+	mov	V_Q, %ecx
+	call	submit
+	incl	V_Q
+	mov	V_Q, %ecx
+	cmp	P_QUEUES, %ecx
+	jb	submitq
+	/* Wait for every queue's used index to reach its avail index. */
+	xor	%ecx, %ecx
+waitq:	mov	%ecx, %esi
+	shl	$16, %esi
+	add	$0x22002, %esi
+7:	cli
+	movzwl	(%esi), %eax
+	cmpw	V_AVAIL(,%ecx,4), %ax
+	jne	8f
+	mov	0x600, %eax		/* and an interrupt since the submission */
+	cmp	V_SEEN, %eax
+	jne	9f
+8:	sti			/* STI's shadow makes "sti; hlt" atomic: a completion */
+	hlt			/* after the check still ends the HLT */
+	jmp	7b
+9:	sti
+	inc	%ecx
+	cmp	P_QUEUES, %ecx
+	jb	waitq
+	/* Check the status bytes of the batch. */
+	xor	%ecx, %ecx
+10:	mov	%ecx, %esi
+	shl	$16, %esi
+	add	$0x23800, %esi
+	xor	%edx, %edx
+11:	movb	(%esi,%edx), %al
+	test	%al, %al
+	jz	12f
+	incl	R_BAD
+12:	incl	R_DONE
+	inc	%edx
+	cmp	P_PER, %edx
+	jb	11b
+	inc	%ecx
+	cmp	P_QUEUES, %ecx
+	jb	10b
+	incl	V_BATCH
+	incl	R_BATCHES
+	jmp	batch
+
+done:	movl	$2, R_PHASE
+	xor	%al, %al
+	cmpl	$0, R_BAD
+	je	13f
+	mov	$1, %al
+13:	mov	$0xf4, %dx
+	out	%al, %dx
+	hlt
+
+/* Submits K requests of batch V_BATCH on queue %ecx and notifies. */
+submit:
+	cli				/* EBX is not the vCPU index in here */
+	mov	%ecx, %ebp
+	shl	$16, %ebp
+	add	$0x20000, %ebp		/* ring base */
+	xor	%esi, %esi		/* i */
+14:	/* j = batch * K + i */
+	mov	V_BATCH, %eax
+	mull	P_PER
+	add	%esi, %eax
+	mov	%eax, %ebx		/* j (EBX is restored: vCPU 0) */
+	/* header at ring + 0x3000 + 16 i */
+	mov	%esi, %edi
+	shl	$4, %edi
+	lea	0x3000(%ebp,%edi), %edi
+	mov	P_TYPE, %eax
+	mov	%eax, 0(%edi)
+	movl	$0, 4(%edi)
+	mov	%ecx, %eax
+	shl	$11, %eax
+	add	%ebx, %eax
+	add	P_FIRST, %eax
+	mov	%eax, 8(%edi)
+	movl	$0, 12(%edi)
+	/* descriptors 3i, 3i+1, 3i+2 at ring + 16 d */
+	lea	(%esi,%esi,2), %edx
+	push	%edx
+	shl	$4, %edx
+	add	%ebp, %edx
+	mov	%edi, 0(%edx)
+	movl	$0, 4(%edx)
+	movl	$16, 8(%edx)
+	pop	%eax
+	push	%eax
+	inc	%eax
+	shl	$16, %eax
+	or	$1, %eax			/* flags NEXT, next 3i+1 */
+	mov	%eax, 12(%edx)
+	/* data buffer 0x100000 + 0x100000 q + 512 j */
+	mov	%ebx, %eax
+	shl	$9, %eax
+	add	$0x100000, %eax
+	mov	%ecx, %edi
+	shl	$20, %edi
+	add	%edi, %eax
+	mov	%eax, 16(%edx)
+	movl	$0, 20(%edx)
+	movl	$512, 24(%edx)
+	pop	%eax
+	push	%eax
+	add	$2, %eax
+	shl	$16, %eax
+	or	$1, %eax			/* NEXT */
+	cmpl	$0, P_TYPE
+	jne	15f
+	or	$2, %eax			/* a read: the device writes the buffer */
+15:	mov	%eax, 28(%edx)
+	/* status byte at ring + 0x3800 + i, 0xFF until the device writes it */
+	lea	0x3800(%ebp,%esi), %eax
+	movb	$0xff, (%eax)
+	mov	%eax, 32(%edx)
+	movl	$0, 36(%edx)
+	movl	$1, 40(%edx)
+	movl	$2, 44(%edx)		/* WRITE, no next */
+	pop	%edx
+	/* avail ring[avail_idx % 32] = 3i */
+	mov	V_AVAIL(,%ecx,4), %eax
+	and	$(QSIZE - 1), %eax
+	lea	0x1004(%ebp,%eax,2), %edi
+	movw	%dx, (%edi)
+	incl	V_AVAIL(,%ecx,4)
+	inc	%esi
+	cmp	P_PER, %esi
+	jb	14b
+	/* publish avail idx, then notify with the queue index */
+	mov	V_AVAIL(,%ecx,4), %eax
+	lea	0x1002(%ebp), %edi
+	movw	%ax, (%edi)
+	mov	V_QNOTIFY(,%ecx,4), %edi
+	movw	%cx, (%edi)
+	xor	%ebx, %ebx
+	sti
+	ret
+
+	VECTOR_STUBS
+	COUNTING_HANDLER
+guest_virtio_blk_end:
+
+	/* Not executable on the host: these bytes run only inside the guest. */
+	.section .note.GNU-stack,"",@progbits
