@@ -96,7 +96,7 @@ public final class BlockBackend: Sendable {
     /// Stops the backend and removes its socket directory.
     public func stop() {
         if process.isRunning {
-            process.terminate()
+            kill(process.processIdentifier, SIGTERM)
             let deadline = ContinuousClock.now + .seconds(3)
             while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }

@@ -148,7 +148,9 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// Features offered to the guest.
     public let offeredFeatures: UInt64
 
-    private let vm: TinyVM
+    /// The VM's KVM handle and RAM, not the TinyVM: the TinyVM holds the
+    /// device on its buses, and holding it back would be a cycle.
+    private let vm: (vm: VirtualMachine, memory: GuestMemory)
     private let backendFeatures: UInt64
     private let deviceConfig: [UInt8]
     private let kicks: [EventFD]
@@ -193,7 +195,7 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
         }
         guard let layout = MsixLayout(vectorCount: queues + 1, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: Self.pbaOffset)
         else { throw .configuration("no MSI-X layout for \(queues + 1) vectors") }
-        self.vm = vm
+        self.vm = (vm.vm, vm.memory)
         queueCount = queues
         self.delivery = delivery
         let injector = KVMSignalMsiInjector(vm: vm.vm)

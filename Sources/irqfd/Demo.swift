@@ -20,6 +20,12 @@ struct Demo: ParsableCommand {
             print("irqfd demo: \(error.message)")
             throw ExitCode(1)
         }
+        do {
+            try VirtioDemo(delivery: delivery).run()
+        } catch let error as VirtioDemo.Failure {
+            print("irqfd demo: virtio-blk: \(error.message)")
+            throw ExitCode(1)
+        }
     }
 }
 

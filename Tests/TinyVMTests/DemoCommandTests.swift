@@ -27,3 +27,27 @@ import Testing
     }
 }
 #endif
+
+#if os(Linux)
+/// The demo's virtio-blk section tells the irqfd story with real numbers.
+@Suite(
+    needsKVM,
+    .enabled(
+        if: FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-storage-daemon"),
+        "skipped: qemu-storage-daemon is not installed, so the demo's virtio-blk section uses the embedded backend"))
+struct VirtioDemoCommandTests {
+    @Test func theVirtioSectionShowsNoVMMWorkAndAHeldCompletion() throws {
+        let (status, stdout, stderr) = try runProcess(try builtExecutable("irqfd"), ["demo"])
+        let text = stdout + stderr
+        #expect(status == 0, "\(text)")
+        for expected in [
+            "served by qemu-storage-daemon", "the image on the host has them: yes", "data matches the image: yes",
+            "VMM masks vector 1 (vector control bit 0)               vhost-user messages: 0",
+            "held: 0 interrupts; PBA 0b10", "arrived as 1 interrupt; vhost-user messages for mask+unmask: 0",
+            "0 notify exits, 0 injections", "requests completed by the guest: 8, failed: 0",
+        ] {
+            #expect(text.contains(expected), "missing \"\(expected)\" in:\n\(text)")
+        }
+    }
+}
+#endif
