@@ -385,11 +385,14 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
                 try frontend.setVringNum(queue: UInt32(q), size: UInt32(queue.size))
                 try frontend.setVringAddr(queue: UInt32(q), descriptor: queue.descriptor, available: queue.driver, used: queue.device)
                 try frontend.setVringBase(queue: UInt32(q), index: 0)
-                try frontend.setVringKick(queue: UInt32(q), fd: kicks[q].fileDescriptor.rawValue)
+                // CALL before KICK: a backend may start processing the moment it has
+                // the kick fd, and qemu-storage-daemon 7.2 then signals a call fd it
+                // does not have yet ("vu_panic: Error writing eventfd") and drops us.
                 guard let call = callFD(queue: q, vector: queue.vector) else {
                     throw VhostUserError.unsupported("no event for vector \(queue.vector)")
                 }
                 try frontend.setVringCall(queue: UInt32(q), fd: call)
+                try frontend.setVringKick(queue: UInt32(q), fd: kicks[q].fileDescriptor.rawValue)
                 do {
                     try vm.vm.assignIoeventfd(
                         eventFD: kicks[q].fileDescriptor.rawValue, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
@@ -696,13 +699,25 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
             emulator.writeCapability(offset: offset - cap, size: size, value: value)
             return
         }
-        state.withLock { s in
-            if offset == 0x04, size >= 2 {
-                s.command = UInt16(truncatingIfNeeded: value) & 0x0406
-            } else {
+        // The Command register (0x04..0x05) takes any byte lanes; the rest of
+        // the DWORD (Status) and everything else here is read-only.
+        let busMaster: Bool? = state.withLock { s in
+            guard offset < 0x06, offset + size > 0x04 else {
                 s.counters.readOnlyWrites += 1
+                return nil
             }
+            var command = UInt32(s.command)
+            for lane in 0..<size where (0x04..<0x06).contains(offset + lane) {
+                let shift = UInt32(8 * (offset + lane - 0x04))
+                let byte = (value >> UInt32(8 * lane)) & 0xFF
+                command = (command & ~(0xFF << shift)) | (byte << shift)
+            }
+            s.command = UInt16(truncatingIfNeeded: command) & 0x0406
+            return s.command & 0x4 != 0
         }
+        // PCI: Bus Master Enable clear stops MSI-X (held as pending by the emulator).
+        // Outside the device lock: the emulator takes its own.
+        if let busMaster { emulator.setBusMaster(busMaster) }
     }
 }
 
