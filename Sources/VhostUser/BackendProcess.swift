@@ -34,7 +34,7 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// The path of `qemu-storage-daemon` on PATH, or nil when it is not installed.
     public static func qemuStorageDaemonPath() -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") {
+        for directory in path.split(separator: ":") + ["/usr/bin"] {
             let candidate = "\(directory)/qemu-storage-daemon"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
@@ -69,7 +69,8 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
             guard let path = qemuStorageDaemonPath() else { throw .unsupported("qemu-storage-daemon is not installed") }
             executable = path
             arguments = [
-                "--blockdev", "driver=file,node-name=file0,filename=\(image)",
+                // QEMU's option syntax doubles a comma inside a value.
+                "--blockdev", "driver=file,node-name=file0,filename=\(image.replacingOccurrences(of: ",", with: ",,"))",
                 "--blockdev", "driver=raw,node-name=disk0,file=file0",
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=\(readOnly ? "off" : "on"),num-queues=\(queues),addr.type=unix,addr.path=\(socketPath)",
             ]
