@@ -407,8 +407,11 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
                 }
                 for job in jobs {
                     for _ in 0..<job.count {
-                        emulator.signal(vector: job.vector)
+                        // Counted before it is sent: a guest that took the interrupt
+                        // and then reads SIGNALED must see it (the relay injects
+                        // fast enough to beat an increment made afterwards).
                         signaled.add(1, ordering: .releasing)
+                        emulator.signal(vector: job.vector)
                     }
                 }
                 queue.withLock { $0.busy = false }
