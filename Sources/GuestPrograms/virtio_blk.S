@@ -20,8 +20,12 @@
  * 0x5E8 requests whose status byte was not 0, 0x5EC batches completed.
  * Exit status: 0 all OK, 1 some request failed, 2 capability walk failed,
  * 3 VERSION_1 missing or FEATURES_OK refused, 4 queue setup refused.
- * A batch ends when its used entries are in and vCPU 0 took an interrupt
- * since it was submitted (so every batch takes at least one). It waits in HLT, reading only guest
+ * A batch ends when, for each queue, its used entries are in and the vCPU
+ * its vector targets took an interrupt since it was submitted (so every batch
+ * takes at least one per queue). It waits in HLT for a queue aimed at vCPU 0,
+ * and polls with PAUSE for one aimed at vCPU 1 (whose interrupts cannot wake
+ * vCPU 0); the host may change the destination words between batches when it
+ * retargets a vector. It reads only guest
  * memory (no MMIO exits while requests run): a masked vector holds the guest
  * there until unmask. */
 #define G(x) ((x) - guest_virtio_blk_start + 0x1000)
@@ -238,8 +242,10 @@ batch:	mov	V_BATCH, %eax
 	jb	5f
 	pause
 	jmp	6b
-5:	mov	0x600, %eax
+5:	mov	0x600, %eax		/* interrupts taken so far by vCPU 0 and vCPU 1 */
 	mov	%eax, V_SEEN
+	mov	0x604, %eax
+	mov	%eax, V_SEEN + 4
 	movl	$0, V_Q
 submitq:
 	mov	V_Q, %ecx
@@ -257,10 +263,18 @@ waitq:	mov	%ecx, %esi
 	movzwl	(%esi), %eax
 	cmpw	V_AVAIL(,%ecx,4), %ax
 	jne	8f
-	mov	0x600, %eax		/* and an interrupt since the submission */
-	cmp	V_SEEN, %eax
+	mov	P_DEST0(,%ecx,4), %edx	/* and an interrupt since the submission */
+	and	$1, %edx		/* on the vCPU the queue's vector targets */
+	mov	0x600(,%edx,4), %eax
+	cmp	V_SEEN(,%edx,4), %eax
 	jne	9f
-8:	sti			/* STI's shadow makes "sti; hlt" atomic: a completion */
+8:	mov	P_DEST0(,%ecx,4), %edx	/* an interrupt aimed at vCPU 1 cannot end */
+	test	$1, %edx		/* vCPU 0's HLT: then poll guest memory */
+	jz	15f			/* (still no MMIO exit) */
+	sti
+	pause
+	jmp	7b
+15:	sti			/* STI's shadow makes "sti; hlt" atomic: a completion */
 	hlt			/* after the check still ends the HLT */
 	jmp	7b
 9:	sti

@@ -52,6 +52,10 @@ public final class VhostUserFrontend: Sendable {
     /// Whether the connection is still open (not closed, not broken by a bad reply).
     public var isConnected: Bool { state.withLock { $0.channel != nil } }
 
+    /// The connection's socket descriptor while it is open (a test checks
+    /// that this very descriptor is closed afterwards), else nil.
+    public var socketDescriptor: Int32? { state.withLock { $0.channel?.fd } }
+
     /// Messages sent to the back-end so far (a device proves mask/unmask sent none).
     public var messagesSent: Int { sent.load(ordering: .relaxed) }
 

@@ -292,6 +292,11 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     public func isRunning(queue q: Int) -> Bool { state.withLock { $0.queues[q].running } }
     /// Features the driver accepted.
     public var driverFeatures: UInt64 { state.withLock { $0.driverFeatures } }
+    /// The eventfds this device owns (each queue's kick, and the call fd it
+    /// keeps for NO_VECTOR and `.userspace`), closed in its deinit: a test
+    /// checks that these very descriptors are closed after release.
+    public var ownedDescriptors: [Int32] { (kicks + ownCalls).map(\.fileDescriptor.rawValue) }
+
     /// The device's block config (struct virtio_blk_config) as the guest reads it.
     public var blockConfig: [UInt8] { deviceConfig }
 
