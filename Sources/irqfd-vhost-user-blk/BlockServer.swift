@@ -104,9 +104,17 @@ final class BlockServer {
     func serve(socketPath: String) throws {
         let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw ServerFailure(description: "socket failed") }
-        unlink(socketPath)
-        guard vhost_user_bind(listener, socketPath) == 0, listen(listener, 1) == 0 else {
-            throw ServerFailure(description: "bind/listen(\(socketPath)): \(String(cString: strerror(errno)))")
+        // Bound and listening under a temporary name, then renamed into place: a
+        // frontend that sees the socket appear can connect at once (between
+        // bind(2) and listen(2) a connect is refused).
+        let temporary = socketPath + ".\(getpid()).tmp"
+        unlink(temporary)
+        guard vhost_user_bind(listener, temporary) == 0, listen(listener, 1) == 0 else {
+            throw ServerFailure(description: "bind/listen(\(temporary)): \(String(cString: strerror(errno)))")
+        }
+        guard rename(temporary, socketPath) == 0 else {
+            unlink(temporary)
+            throw ServerFailure(description: "rename(\(temporary), \(socketPath)): \(String(cString: strerror(errno)))")
         }
         signal(SIGPIPE, SIG_IGN)
         while true {
