@@ -19,7 +19,10 @@
  * Results: 0x5E0 phase (1 DRIVER_OK, 2 done), 0x5E4 requests completed,
  * 0x5E8 requests whose status byte was not 0, 0x5EC batches completed.
  * Exit status: 0 all OK, 1 some request failed, 2 capability walk failed,
- * 3 VERSION_1 missing or FEATURES_OK refused, 4 queue setup refused.
+ * 3 VERSION_1 missing or FEATURES_OK refused, 4 queue setup refused,
+ * 5 the device broke a used ring (virtio 1.2 section 2.7.8): its idx ran
+ * ahead of the requests in flight, or an element's id is not below the
+ * queue size. The guest refuses either rather than wait on or follow it.
  * A batch ends when, for each queue, its used entries are in and the vCPU
  * its vector targets took an interrupt since it was submitted (so every batch
  * takes at least one per queue). It waits in HLT for a queue aimed at vCPU 0,
@@ -260,6 +263,13 @@ waitq:	mov	%ecx, %esi
 	shl	$16, %esi
 	add	$0x22002, %esi
 7:	cli
+	movzwl	(%esi), %eax		/* used - (avail - K): what has been used */
+	mov	V_AVAIL(,%ecx,4), %edx	/* of this batch, which may not exceed K */
+	sub	P_PER, %edx
+	sub	%edx, %eax
+	and	$0xffff, %eax
+	cmp	P_PER, %eax
+	ja	broken
 	movzwl	(%esi), %eax
 	cmpw	V_AVAIL(,%ecx,4), %ax
 	jne	8f
@@ -287,7 +297,14 @@ waitq:	mov	%ecx, %esi
 	shl	$16, %esi
 	add	$0x23800, %esi
 	xor	%edx, %edx
-11:	movb	(%esi,%edx), %al
+11:	mov	V_AVAIL(,%ecx,4), %eax	/* used element (avail - K + i) % QSIZE: its id */
+	sub	P_PER, %eax		/* must name a descriptor of the ring */
+	add	%edx, %eax
+	and	$(QSIZE - 1), %eax
+	lea	-0x17fc(%esi,%eax,8), %edi	/* ring + 0x2004 + 8 * slot */
+	cmpl	$QSIZE, (%edi)
+	jae	broken
+	movb	(%esi,%edx), %al
 	test	%al, %al
 	jz	12f
 	incl	R_BAD
@@ -301,6 +318,9 @@ waitq:	mov	%ecx, %esi
 	incl	V_BATCH
 	incl	R_BATCHES
 	jmp	batch
+
+broken:	mov	$5, %al
+	jmp	fail
 
 done:	movl	$2, R_PHASE
 	xor	%al, %al

@@ -110,6 +110,32 @@ public final class HostEventFD: Sendable {
     }
 }
 
+/// Garbage a back-end wrote into a used ring (virtio 1.2 section 2.7.8: the
+/// device adds to idx only the elements it has used, and each element's id
+/// is the head of a descriptor chain the driver made available). The back-end
+/// is untrusted, so a driver refuses rather than believe it.
+public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
+    /// The used idx moved on by `advance` while only `inFlight` requests were outstanding.
+    case usedIndexAhead(queue: UInt32, advance: UInt16, inFlight: UInt16)
+    /// A used element's id is not below the queue size, so it names no descriptor chain
+    /// (and the driver did not make it available).
+    case usedIDOutOfRange(queue: UInt32, id: UInt32, size: UInt16)
+    /// A used element's id names a chain that is not in flight (never made available, or already used).
+    case usedIDNotInFlight(queue: UInt32, id: UInt32)
+
+    /// One line naming the queue and the garbage.
+    public var description: String {
+        switch self {
+        case .usedIndexAhead(let queue, let advance, let inFlight):
+            "virtqueue \(queue): the used index advanced by \(advance) with \(inFlight) requests in flight"
+        case .usedIDOutOfRange(let queue, let id, let size):
+            "virtqueue \(queue): used element id \(id) is out of range for a ring of \(size)"
+        case .usedIDNotInFlight(let queue, let id):
+            "virtqueue \(queue): used element id \(id) is not a chain in flight"
+        }
+    }
+}
+
 /// A virtio-blk request type (virtio 1.2 section 5.2.6).
 public enum BlockRequestType: UInt32, Sendable {
     /// VIRTIO_BLK_T_IN: read sectors.
@@ -157,6 +183,8 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     public private(set) var availableIndex: UInt16 = 0
     /// The used index this driver has consumed up to.
     public private(set) var usedIndex: UInt16 = 0
+    /// Heads made available and not yet used, with how many times each is outstanding.
+    private var outstanding: [UInt32: Int] = [:]
 
     /// Bytes of RAM a queue of `size` with `maxData`-byte slots needs.
     public static func footprint(size: UInt16, maxData: Int) -> UInt64 {
@@ -188,6 +216,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         if let base {
             availableIndex = base
             usedIndex = base
+            outstanding = [:]
         }
         try frontend.setVringNum(queue: queue, size: UInt32(size))
         try frontend.setVringAddr(queue: queue, descriptor: descriptorTable, available: availableRing, used: usedRing)
@@ -245,6 +274,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     /// Puts `head` in the available ring and advances its index (release order).
     public func publish(_ head: UInt16) {
         memory.store(head, at: availableRing + 4 + UInt64(availableIndex % size) * 2)
+        outstanding[UInt32(head), default: 0] += 1
         availableIndex &+= 1
         vhost_user_fence()
         memory.store(availableIndex, at: availableRing + 2)
@@ -256,18 +286,48 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     /// The used ring's index as the back-end last wrote it.
     public var backendUsedIndex: UInt16 { memory.load(UInt16.self, at: usedRing + 2) }
 
+    /// Requests made available and not yet collected.
+    public var inFlight: UInt16 { availableIndex &- usedIndex }
+
     /// Waits on the call eventfd (with a deadline) until `count` more used
     /// elements arrived, and returns them as (head, length). Spurious call
     /// signals (qemu-storage-daemon signals once at SET_VRING_CALL) are
-    /// tolerated; returns what arrived when the deadline passes.
+    /// tolerated; returns what arrived when the deadline passes, or what
+    /// arrived before the back-end wrote garbage (see ``collectValidated(_:timeout:)``,
+    /// which says what the garbage was).
     public func collect(_ count: Int, timeout: Duration = .seconds(5)) -> [(head: UInt32, length: UInt32)] {
+        gather(count, timeout: timeout).elements
+    }
+
+    /// ``collect(_:timeout:)`` that refuses a used ring the back-end broke: a
+    /// used idx that advanced by more than ``inFlight``, or an element whose id
+    /// is not a head this driver made available and has not seen used (an id
+    /// not below the queue size never is, unless the driver itself published
+    /// one). Nothing past the garbage is consumed.
+    public func collectValidated(_ count: Int, timeout: Duration = .seconds(5)) throws(VirtqueueError) -> [(head: UInt32, length: UInt32)] {
+        let result = gather(count, timeout: timeout)
+        if let garbage = result.garbage { throw garbage }
+        return result.elements
+    }
+
+    private func gather(_ count: Int, timeout: Duration) -> (elements: [(head: UInt32, length: UInt32)], garbage: VirtqueueError?) {
         let deadline = ContinuousClock.now + timeout
         var out: [(UInt32, UInt32)] = []
         while out.count < count {
-            while usedIndex != backendUsedIndex, out.count < count {
+            let published = backendUsedIndex
+            // Read once: the back-end may move it; more than was made available is garbage.
+            guard published &- usedIndex <= inFlight else {
+                return (out, .usedIndexAhead(queue: queue, advance: published &- usedIndex, inFlight: inFlight))
+            }
+            while usedIndex != published, out.count < count {
                 vhost_user_fence()  // the element after the index that published it
                 let element = usedRing + 4 + UInt64(usedIndex % size) * 8
-                out.append((memory.load(UInt32.self, at: element), memory.load(UInt32.self, at: element + 4)))
+                let id = memory.load(UInt32.self, at: element)
+                guard let times = outstanding[id] else {
+                    return (out, id < UInt32(size) ? .usedIDNotInFlight(queue: queue, id: id) : .usedIDOutOfRange(queue: queue, id: id, size: size))
+                }
+                outstanding[id] = times > 1 ? times - 1 : nil
+                out.append((id, memory.load(UInt32.self, at: element + 4)))
                 usedIndex &+= 1
             }
             if out.count >= count { break }
@@ -275,7 +335,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
             guard remaining > .zero else { break }
             _ = call.wait(timeout: min(remaining, .milliseconds(100)))
         }
-        return out
+        return (out, nil)
     }
 }
 

@@ -158,6 +158,8 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// queues with no vector (nobody waits: NO_VECTOR means no interrupt).
     private let ownCalls: [EventFD]
     private let poller: CallPoller?
+    /// Call signals seen by the `.userspace` poller, and flood warnings (see ``CallFloodMonitor``).
+    public let callMonitor = CallFloodMonitor()
     private let state: Mutex<DeviceState>
 
     struct Queue {
@@ -753,6 +755,7 @@ final class CallPoller: Sendable {
                     var count: UInt64 = 0
                     guard Glibc.read(calls[q], &count, 8) == 8 else { continue }
                     // One interrupt per wake-up: signals coalesce, as in the kernel's irqfd.
+                    device?.callMonitor.observe(queue: q, signals: count)
                     device?.completed(queue: q)
                 }
             }

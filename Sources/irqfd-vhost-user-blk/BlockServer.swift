@@ -65,6 +65,13 @@ final class BlockServer {
     var regions: [MappedRegion] = []
     var queues: [QueueState]
 
+    /// `--misbehave`: how this back-end breaks the protocol on purpose (nil: it does not).
+    var misbehaviour: Misbehaviour?
+    /// `--misbehave-on`: the message whose reply a reply-corrupting mode breaks.
+    var misbehaveOn: VhostUserRequest = .getFeatures
+    /// call-flood: signals written so far.
+    var floodSignals = 0
+
     init(image path: String, readOnly: Bool, queues: Int) throws {
         image = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard image >= 0 else { throw ServerFailure(description: "open(\(path)): \(String(cString: strerror(errno)))") }
@@ -151,7 +158,10 @@ final class BlockServer {
                 entries.append(pollfd(fd: queue.kick, events: Int16(POLLIN), revents: 0))
                 polled.append(index)
             }
-            let ready = poll(&entries, nfds_t(entries.count), -1)
+            // call-flood: the loop never blocks, and signals every call fd each round.
+            let flooding = misbehaviour == .callFlood
+            let ready = poll(&entries, nfds_t(entries.count), flooding ? 0 : -1)
+            if flooding { floodCalls() }
             if ready < 0 {
                 if errno == EINTR { continue }
                 log("poll: \(String(cString: strerror(errno)))")
@@ -191,7 +201,7 @@ final class BlockServer {
 
         func reply(_ bytes: [UInt8]) throws(ChannelFailure) {
             let message = VhostUserHeader(request: header.request, flags: VhostUserFlags.version | VhostUserFlags.reply, size: UInt32(bytes.count)).bytes + bytes
-            try connection.send(message, deadline: deadline)
+            try sendReply(message, request: header.request, on: connection, deadline: deadline)
         }
         func u64(_ value: UInt64) -> [UInt8] {
             var bytes: [UInt8] = []
@@ -329,6 +339,7 @@ final class BlockServer {
         case .setVringCall:
             if queues[index].call >= 0 { close(queues[index].call) }
             queues[index].call = fd
+            callArrived(fd, queue: index)
         default:
             if fd >= 0 { close(fd) }
         }
@@ -380,12 +391,13 @@ final class BlockServer {
             let head = UInt16(littleEndian: rings.available.loadUnaligned(fromByteOffset: 4 + 2 * Int(queue.lastAvailable % size), as: UInt16.self))
             let length = serve(head: head, descriptors: rings.descriptors, size: size)
             let element = 4 + 8 * Int(queue.used % size)
-            rings.used.storeBytes(of: UInt32(head).littleEndian, toByteOffset: element, as: UInt32.self)
+            let published = usedGarbage(head: head, usedIndex: queue.used &+ 1, size: size)
+            rings.used.storeBytes(of: published.id.littleEndian, toByteOffset: element, as: UInt32.self)
             rings.used.storeBytes(of: length.littleEndian, toByteOffset: element + 4, as: UInt32.self)
             queue.used &+= 1
             queue.lastAvailable &+= 1
             vhost_user_fence()
-            rings.used.storeBytes(of: queue.used.littleEndian, toByteOffset: 2, as: UInt16.self)
+            rings.used.storeBytes(of: published.index.littleEndian, toByteOffset: 2, as: UInt16.self)
             completed += 1
         }
         queues[index].lastAvailable = queue.lastAvailable
