@@ -210,6 +210,8 @@ let package = Package(
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
                 "TinyVM", "GuestPrograms", "CReliability", "Virtio", "VhostUser", .product(name: "SystemPackage", package: "swift-system"),
             ],
+            // The fuzz corpus is read by path (#filePath), not bundled.
+            exclude: ["Corpus"],
             swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
