@@ -208,7 +208,7 @@ let package = Package(
             name: "ReliabilityTests",
             dependencies: [
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
-                "TinyVM", "GuestPrograms", "CReliability", "Virtio", "VhostUser", .product(name: "SystemPackage", package: "swift-system"),
+                "TinyVM", "GuestPrograms", "CReliability", "Virtio", "VhostUser", "CVhostUser", .product(name: "SystemPackage", package: "swift-system"),
             ],
             // The fuzz corpus is read by path (#filePath), not bundled.
             exclude: ["Corpus"],
