@@ -130,13 +130,15 @@ func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first
         #expect(!device.isRunning(queue: 0))
     }
 
-    @Test(arguments: ["call-flood", "call-before-setup"], [InterruptDelivery.irqfd, .userspace])
+    @Test(arguments: ["call-flood", "call-before-setup"], [InterruptDelivery.irqfd, .relay, .userspace])
     func callsAtAnyTimeNeitherHangNorCorruptTheGuest(mode: String, delivery: InterruptDelivery) throws {
         let hostile = try HostileBackend(mode)
         let vm = try TinyVM(.init(cpus: 1))
         let device = try VirtioBlkDevice.attach(to: vm, socketPath: hostile.socketPath, delivery: delivery)
         try vm.load(GuestProgram.virtioBlk.image)
         expectGuestReads(vm, device: device, batches: 3, first: 40)
+        let taken = vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: VirtioBlkGuestLayout.idtVector(msix: 1)))
+        print("\(mode) \(delivery): the guest took \(taken) queue interrupts for 12 requests in 3 batches")
         device.writeStatus(0)
         #expect(device.lastBackendError == nil)
         let monitor = device.callMonitor
