@@ -183,7 +183,8 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     public private(set) var availableIndex: UInt16 = 0
     /// The used index this driver has consumed up to.
     public private(set) var usedIndex: UInt16 = 0
-    /// Heads made available and not yet used, with how many times each is outstanding.
+    /// Heads made available and not yet used, with how many times each is
+    /// outstanding (kept across a restart: requests published after its base are still in flight).
     private var outstanding: [UInt32: Int] = [:]
 
     /// Bytes of RAM a queue of `size` with `maxData`-byte slots needs.
@@ -216,7 +217,6 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         if let base {
             availableIndex = base
             usedIndex = base
-            outstanding = [:]
         }
         try frontend.setVringNum(queue: queue, size: UInt32(size))
         try frontend.setVringAddr(queue: queue, descriptor: descriptorTable, available: availableRing, used: usedRing)
@@ -286,8 +286,10 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     /// The used ring's index as the back-end last wrote it.
     public var backendUsedIndex: UInt16 { memory.load(UInt16.self, at: usedRing + 2) }
 
-    /// Requests made available and not yet collected.
-    public var inFlight: UInt16 { availableIndex &- usedIndex }
+    /// Requests made available and not yet collected: the available ring's idx
+    /// as published in memory (a restart from a base keeps what was published
+    /// after it) less the used index consumed.
+    public var inFlight: UInt16 { memory.load(UInt16.self, at: availableRing + 2) &- usedIndex }
 
     /// Waits on the call eventfd (with a deadline) until `count` more used
     /// elements arrived, and returns them as (head, length). Spurious call
