@@ -136,9 +136,9 @@ func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first
         let vm = try TinyVM(.init(cpus: 1))
         let device = try VirtioBlkDevice.attach(to: vm, socketPath: hostile.socketPath, delivery: delivery)
         try vm.load(GuestProgram.virtioBlk.image)
-        expectGuestReads(vm, device: device, batches: 3, first: 40)
+        expectGuestReads(vm, device: device, batches: 8, first: 40)
         let taken = vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: VirtioBlkGuestLayout.idtVector(msix: 1)))
-        print("\(mode) \(delivery): the guest took \(taken) queue interrupts for 12 requests in 3 batches")
+        print("\(mode) \(delivery): the guest took \(taken) queue interrupts for 32 requests in 8 batches")
         device.writeStatus(0)
         #expect(device.lastBackendError == nil)
         let monitor = device.callMonitor
