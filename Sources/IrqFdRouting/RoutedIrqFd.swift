@@ -36,8 +36,11 @@ struct RoutingTableState {
     var batches: [BatchRecord] = []
     /// The next batch id (0 is "no batch").
     var nextBatch: UInt32 = 1
-    /// The entries of the next push, kept to reuse its buffer.
-    var scratch: [RoutingEntry] = []
+    /// The changes of the next push, kept to reuse its buffer.
+    var changeScratch: [RoutingChange] = []
+    /// Spare buffer for the GSIs a push carries (its result is returned, so
+    /// this only holds one when a push failed).
+    var carriedScratch: [UInt32] = []
     /// A coalesced commit is scheduled (see `RoutedIrqFd.Coalescing`).
     var commitScheduled = false
     /// The last coalesced commit that failed, until one succeeds.
@@ -287,46 +290,73 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         return firstError
     }
 
-    /// Pushes the whole table in one kernel call (rule 8): every GSI's desired
-    /// entry, except that a GSI owned by another open batch carries what the
+    /// Pushes the table in one kernel call (rule 8): every GSI's desired
+    /// entry, except that a GSI owned by another open batch keeps what the
     /// kernel holds. `owned` lists the GSIs `batch` owns. Table lock held.
     /// Returns the GSIs whose entries changed in the kernel, in GSI order.
+    ///
+    /// O(changed GSIs) of Swift work (issue 11, item 3): only the GSIs in
+    /// `changed` and `owned` can differ from what the kernel holds (every
+    /// other GSI's desired entry equals `pushed`, or belongs to another open
+    /// batch), so the push hands the kernel just their differences. A kernel
+    /// that keeps its encoded table (KVM) applies them in place; others get
+    /// the whole table, built here only when they ask for it.
     private func push(_ t: inout TableState, batch: UInt32, owned: [UInt32]) throws(IrqFdError) -> [UInt32] {
-        var entries = t.scratch
-        t.scratch = []  // `entries` holds the only reference: appending reuses the buffer
-        entries.removeAll(keepingCapacity: true)
-        entries.reserveCapacity(t.allocator.used)
-        let othersOpen = t.batches.contains { $0.id != batch }
-        t.desired.withUnsafeBufferPointer { desired in
-            t.pushed.withUnsafeBufferPointer { pushed in
-                t.owner.withUnsafeBufferPointer { owner in
-                    for gsi in 0..<desired.count {
-                        let own = !othersOpen || owner[gsi] == 0 || owner[gsi] == batch
-                        if let message = own ? desired[gsi] : pushed[gsi] {
-                            entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message))
-                        }
-                    }
-                }
-            }
-        }
-        defer { t.scratch = entries }
-        try kernel.pushRoutingTable(entries)
         var carried = t.changed
         carried.append(contentsOf: owned)
         carried.sort()
-        var unique: [UInt32] = []
-        unique.reserveCapacity(carried.count)
+        var unique = t.carriedScratch
+        t.carriedScratch = []
+        unique.removeAll(keepingCapacity: true)
+        var changes = t.changeScratch
+        t.changeScratch = []
+        changes.removeAll(keepingCapacity: true)
         for gsi in carried where gsi != unique.last {
             let g = Int(gsi)
             guard t.owner[g] == 0 || t.owner[g] == batch else { continue }
+            unique.append(gsi)
+            if t.desired[g] != t.pushed[g] {
+                if let message = t.desired[g] {
+                    changes.append(.set(RoutingEntry(gsi: gsi, msi: message)))
+                } else {
+                    changes.append(.remove(gsi: gsi))
+                }
+            }
+        }
+        defer {
+            t.changeScratch = changes
+        }
+        do throws(IrqFdError) {
+            try kernel.pushRoutingChanges(changes) { Self.wholeTable(t, batch: batch) }
+        } catch {
+            t.carriedScratch = unique
+            throw error
+        }
+        for gsi in unique {
+            let g = Int(gsi)
             t.pushed[g] = t.desired[g]
             t.owner[g] = 0
             t.stale[g] = false
-            unique.append(gsi)
         }
         t.changed.removeAll(keepingCapacity: true)
         pushCounter.add(1, ordering: .relaxed)
         return unique
+    }
+
+    /// The whole table a push makes, sorted by GSI: every GSI's desired
+    /// entry, but what the kernel holds for GSIs another open batch owns.
+    /// O(GSIs); only kernels that cannot apply changes ask for it.
+    private static func wholeTable(_ t: borrowing TableState, batch: UInt32) -> [RoutingEntry] {
+        var entries: [RoutingEntry] = []
+        entries.reserveCapacity(t.allocator.used)
+        let othersOpen = t.batches.contains { $0.id != batch }
+        for gsi in 0..<t.desired.count {
+            let own = !othersOpen || t.owner[gsi] == 0 || t.owner[gsi] == batch
+            if let message = own ? t.desired[gsi] : t.pushed[gsi] {
+                entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message))
+            }
+        }
+        return entries
     }
 
     /// Sets the desired entry for `gsi` and pushes it unless the caller has a
