@@ -181,7 +181,8 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         public var timer: any CommitTimer
         /// The longest a waiting entry waits for its push.
         public var delay: Duration
-        /// Waiting entries that make the push happen at once, in the caller.
+        /// Waiting entries that make the push happen at once, in the caller (at
+        /// least; once the kernel holds more entries than this, as many as it holds).
         public var threshold: Int
         /// Told about every coalesced commit that failed (no caller waits for it).
         public var onCommitError: @Sendable (IrqFdError) -> Void
