@@ -320,6 +320,11 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var oneByOneDeferredPushes: Int?
         /// Deferred one-by-one / one raw push of N, paired round by round (issue 11).
         public var deferredRatio: PairedRatio?
+        /// The least a C VMM does to bring N routes live whose eventfds exist:
+        /// one push of N entries and N KVM_IRQFD assigns (median).
+        public var deferredArmFloorUs: Double?
+        /// Deferred one-by-one / that floor, paired round by round.
+        public var deferredArmRatio: PairedRatio?
 
         enum CodingKeys: String, CodingKey {
             case routes
@@ -342,6 +347,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case oneByOneDeferredUs = "one_by_one_deferred_us"
             case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
             case deferredRatio = "one_by_one_deferred_ratio"
+            case deferredArmFloorUs = "deferred_arm_floor_us"
+            case deferredArmRatio = "one_by_one_deferred_arm_ratio"
         }
 
         /// A programming result.

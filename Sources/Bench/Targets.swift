@@ -60,7 +60,13 @@ public enum Targets {
         checks.append(
             .init(
                 name: "\(programmingN) setMsiDeferred outside a batch / one raw push", paired: program?.deferredRatio, limit: 2.0,
-                note: program?.oneByOneDeferredPushes.map { "until every route is armed; \($0) pushes" } ?? "not measured"))
+                note: program?.oneByOneDeferredPushes.map { pushes in
+                    var note = "until every route is armed; \(pushes) pushes"
+                    if let arm = program?.deferredArmRatio {
+                        note += "; \(ReportText.paired(arm)) of a C push + \(programmingN) KVM_IRQFD assigns"
+                    }
+                    return note
+                } ?? "not measured"))
         let mask = report.maskUnmask
         checks.append(
             .init(

@@ -329,7 +329,7 @@ public final class BenchRunner {
             let reps = n >= 1024 ? (n == Targets.programmingN ? max(3, options.programmingRepetitions) : options.programmingRepetitions) : options.programmingRepetitions * 3
             var batched: [Double] = [], retarget: [Double] = [], drop: [Double] = []
             var oneByOne: [Double] = [], rawPush: [Double] = [], rawProgram: [Double] = []
-            var dropFloor: [Double] = [], deferred: [Double] = [], deferredFloor: [Double] = []
+            var dropFloor: [Double] = [], deferred: [Double] = [], deferredFloor: [Double] = [], deferredArmFloor: [Double] = []
             var deferredFloorFailure: Int32 = 0
             var deferredPushes = 0
             var batchedPushes = 0, retargetPushes = 0, dropPushes = 0, oneByOnePushes = 0
@@ -431,6 +431,11 @@ public final class BenchRunner {
                     let r = bench_floor_push_n(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
                     if r != 0 { deferredFloorFailure = r }
                     deferredFloor.append(Double(ns) / 1000)
+                    // And the least a C VMM does here: one push and N KVM_IRQFD assigns.
+                    settle()
+                    let a = bench_floor_arm(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
+                    if a != 0 { deferredFloorFailure = a }
+                    deferredArmFloor.append(Double(ns) / 1000)
                     settle()
                     let before = counters.snapshot
                     let start = bench_floor_now_ns()
@@ -459,6 +464,8 @@ public final class BenchRunner {
             results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
             results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
             results[results.count - 1].deferredRatio = BenchReport.PairedRatio(path: deferred, floor: deferredFloor)
+            results[results.count - 1].deferredArmFloorUs = Self.median(deferredArmFloor)
+            results[results.count - 1].deferredArmRatio = BenchReport.PairedRatio(path: deferred, floor: deferredArmFloor)
         }
         return results
     }

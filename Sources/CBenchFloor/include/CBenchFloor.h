@@ -67,6 +67,13 @@ int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addr
 int bench_floor_program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                         uint64_t *elapsed_ns);
 
+/// The floor of bringing `count` routes live whose eventfds exist (issue 11:
+/// what N deferred `setMsi` calls must at least do): `count` eventfds made
+/// untimed, then timed: one KVM_SET_GSI_ROUTING with their entries and one
+/// KVM_IRQFD assign each. Undone as bench_floor_program does, untimed.
+int bench_floor_arm(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
+                    uint64_t *elapsed_ns);
+
 /// `count` route lifecycles: eventfd, push with its entry, assign, deassign,
 /// push without it, close. Timed.
 int bench_floor_lifecycle(int vmfd, uint32_t gsi, uint32_t count, uint64_t address, uint32_t data,
