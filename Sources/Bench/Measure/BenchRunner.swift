@@ -305,8 +305,15 @@ public final class BenchRunner {
 
     /// Sleeps 5 ms before a timed step, so work the kernel deferred from the
     /// previous step (closing thousands of eventfds, irqfd shutdown jobs, RCU
-    /// callbacks) does not land inside the next one.
-    private func settle() { usleep(5000) }
+    /// callbacks) does not land inside the next one; then spins 200 µs, so the
+    /// step starts on a running CPU. Without the spin, whichever side starts
+    /// its clock right after the sleep pays the wake-up: the C floors allocate
+    /// their table before starting theirs, so the library paid it alone (a
+    /// constant 40 µs, 1.7x at N = 1, in an earlier run).
+    private func settle() {
+        usleep(5000)
+        pause(200_000)
+    }
 
     private func elapsedUs(since start: UInt64) -> Double { Double(bench_floor_now_ns() - start) / 1000 }
 

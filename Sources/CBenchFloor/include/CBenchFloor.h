@@ -54,7 +54,8 @@ int bench_floor_irqfd(int vmfd, int efd, uint32_t gsi, int deassign);
 int bench_floor_mask_cycles(int vmfd, int efd, uint32_t gsi, uint32_t cycles, uint64_t *elapsed_ns);
 
 /// The drop floor (issue 11): `count` routes made and armed as by
-/// bench_floor_program (not timed), then timed: `count` KVM_IRQFD deassigns,
+/// bench_floor_program (not timed; then 5 ms asleep and 200 µs spinning, as
+/// the bench settles before the library's drop), then timed: `count` KVM_IRQFD deassigns,
 /// `count` close(2)s and one KVM_SET_GSI_ROUTING of the irqchip routes alone.
 /// Returns 0 or -errno.
 int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
