@@ -18,7 +18,8 @@ public final class KVMRoutingKernel: RoutingKernel {
     public let msiEntryCapacity: Int
     /// Whether pushes carry KVM's default PIC/IOAPIC routes for GSIs 0..<24.
     public let keepsIrqchipRoutes: Bool
-    private let buffer: Mutex<GSIRoutingTable>
+    /// The encoded table the kernel holds after the last successful push.
+    private let buffer: Mutex<IncrementalGSIRoutingTable>
 
     /// How the VM's interrupt controllers are set up; decides which GSIs are reserved.
     public enum IrqchipMode: Sendable {
@@ -47,7 +48,7 @@ public final class KVMRoutingKernel: RoutingKernel {
             keepsIrqchipRoutes = false
             msiEntryCapacity = maxRoutes
         }
-        buffer = Mutex(GSIRoutingTable(capacity: maxRoutes))
+        buffer = Mutex(IncrementalGSIRoutingTable(capacity: maxRoutes, gsiLimit: maxRoutes, irqchipRoutes: keepsIrqchipRoutes))
     }
 
     private func liveVM() throws(IrqFdError) -> VirtualMachine {
@@ -58,13 +59,55 @@ public final class KVMRoutingKernel: RoutingKernel {
     /// One KVM_SET_GSI_ROUTING carrying the irqchip routes (if kept) and `entries`.
     public func pushRoutingTable(_ entries: [RoutingEntry]) throws(IrqFdError) {
         let vm = try liveVM()
-        try buffer.withLock { (table: inout GSIRoutingTable) throws(IrqFdError) in
-            table.removeAll()
-            if keepsIrqchipRoutes { table.appendDefaultIrqchipRoutes() }
-            for entry in entries { table.appendMsi(gsi: entry.gsi, address: entry.msi.address, data: entry.msi.data) }
-            do throws(SystemCallError) { try vm.setGSIRouting(table) } catch { throw .systemCall(error) }
+        try buffer.withLock { (table: inout IncrementalGSIRoutingTable) throws(IrqFdError) in
+            table.replaceAll(entries.lazy.map { ($0.gsi, $0.msi.address, $0.msi.data) })
+            try Self.push(&table, vm)
         }
     }
+
+    /// One KVM_SET_GSI_ROUTING of the kept table with `changes` applied in
+    /// place: O(changes) Swift work (the kernel still reads every entry).
+    /// `table` is never called. A refused push restores the kept table exactly.
+    public func pushRoutingChanges(_ changes: [RoutingChange], table: () -> [RoutingEntry]) throws(IrqFdError) {
+        let vm = try liveVM()
+        try buffer.withLock { (kept: inout IncrementalGSIRoutingTable) throws(IrqFdError) in
+            for change in changes {
+                switch change {
+                case .set(let entry): kept.setMsi(gsi: entry.gsi, address: entry.msi.address, data: entry.msi.data)
+                case .remove(let gsi): kept.removeMsi(gsi: gsi)
+                }
+            }
+            try Self.push(&kept, vm)
+        }
+    }
+
+    /// KVM_SET_GSI_ROUTING of `table`; commits its changes, or rolls them back if refused.
+    private static func push(_ table: inout IncrementalGSIRoutingTable, _ vm: VirtualMachine) throws(IrqFdError) {
+        do throws(SystemCallError) {
+            try vm.setGSIRouting(table.table)
+        } catch {
+            table.rollback()
+            throw .systemCall(error)
+        }
+        table.commit()
+    }
+
+    /// Entries the pushes so far have written into the kept table (see
+    /// `IncrementalGSIRoutingTable.entriesWritten`): a push that changes one
+    /// entry adds at most one, whatever the table's size.
+    public var entriesEncoded: Int { buffer.withLock { $0.entriesWritten } }
+
+    /// The MSI entries of the table the kernel holds (the last successful push), by GSI.
+    public var kernelMsiEntries: [UInt32: MsiMessage] {
+        buffer.withLock { table in
+            var result: [UInt32: MsiMessage] = [:]
+            for entry in table.msiEntries { result[entry.gsi] = MsiMessage(address: entry.address, data: entry.data) }
+            return result
+        }
+    }
+
+    /// The bytes of the table the kernel holds, exactly as last pushed (slot order included).
+    public var kernelTableBytes: [UInt8] { buffer.withLock { $0.table.bytes } }
 
     /// KVM_IRQFD (assign).
     ///

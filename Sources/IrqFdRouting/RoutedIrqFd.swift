@@ -36,8 +36,21 @@ struct RoutingTableState {
     var batches: [BatchRecord] = []
     /// The next batch id (0 is "no batch").
     var nextBatch: UInt32 = 1
-    /// The entries of the next push, kept to reuse its buffer.
-    var scratch: [RoutingEntry] = []
+    /// The changes of the next push, kept to reuse its buffer.
+    var changeScratch: [RoutingChange] = []
+    /// Spare buffer for the GSIs a push carries (its result is returned, so
+    /// this only holds one when a push failed).
+    var carriedScratch: [UInt32] = []
+    /// Whether `gsi`'s route needs nothing after the push that carries its
+    /// batch's change: set by `setMsi` inside a batch on a route that is armed,
+    /// not served, and keeps an entry (a retarget), so the push only swaps the
+    /// message under an irqfd that stays armed. Any later change to the route
+    /// clears it (`setEntry`, `setEntryDeferred`, `mask`, `release`); the
+    /// batch's end then skips its reconcile (issue 11: the retarget of 2048
+    /// live routes costs one push and little else).
+    var steady: [Bool]
+    /// GSIs with an entry in the kernel (non-nil `pushed`).
+    var kernelEntries = 0
     /// A coalesced commit is scheduled (see `RoutedIrqFd.Coalescing`).
     var commitScheduled = false
     /// The last coalesced commit that failed, until one succeeds.
@@ -49,6 +62,7 @@ struct RoutingTableState {
         pushed = desired
         owner = Array(repeating: 0, count: limit)
         stale = Array(repeating: false, count: limit)
+        steady = stale
         routes = Array(repeating: WeakRouteReference(), count: limit)
     }
 
@@ -154,7 +168,10 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// every waiting entry, after which each served route stops being served
     /// and is armed, in GSI order (rule 9). The bound: a waiting entry is
     /// pushed at most `delay` (plus the scheduler's latency) after the first
-    /// change that made it wait, or at once when `threshold` entries wait. A
+    /// change that made it wait, or at once when `threshold` entries wait, or
+    /// as many as the kernel holds if that is more (so the kernel's total
+    /// work to bring N entries live one at a time is O(N), see
+    /// `RoutingTableState.commitsAtOnce`). A
     /// failed commit changes nothing in the kernel; its routes stay served,
     /// the error goes to `onCommitError` and the commit is retried after `delay`.
     public struct Coalescing: Sendable {
@@ -164,7 +181,8 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         public var timer: any CommitTimer
         /// The longest a waiting entry waits for its push.
         public var delay: Duration
-        /// Waiting entries that make the push happen at once, in the caller.
+        /// Waiting entries that make the push happen at once, in the caller (at
+        /// least; once the kernel holds more entries than this, as many as it holds).
         public var threshold: Int
         /// Told about every coalesced commit that failed (no caller waits for it).
         public var onCommitError: @Sendable (IrqFdError) -> Void
@@ -257,10 +275,11 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             guard !mine.isEmpty || !t.changed.isEmpty else { return ([], nil) }
             do throws(IrqFdError) {
                 let carried = try push(&t, batch: id, owned: mine)
-                return (t.routes(at: carried), nil)
+                return (t.unsteadyRoutes(at: carried), nil)
             } catch {
                 // Back to what the kernel holds for each GSI's current route.
                 for gsi in mine {
+                    t.steady[Int(gsi)] = false
                     t.desired[Int(gsi)] = t.baseline(gsi)
                     t.owner[Int(gsi)] = 0
                     if t.desired[Int(gsi)] != t.pushed[Int(gsi)] { t.changed.append(gsi) }
@@ -287,54 +306,84 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         return firstError
     }
 
-    /// Pushes the whole table in one kernel call (rule 8): every GSI's desired
-    /// entry, except that a GSI owned by another open batch carries what the
+    /// Pushes the table in one kernel call (rule 8): every GSI's desired
+    /// entry, except that a GSI owned by another open batch keeps what the
     /// kernel holds. `owned` lists the GSIs `batch` owns. Table lock held.
     /// Returns the GSIs whose entries changed in the kernel, in GSI order.
+    ///
+    /// O(changed GSIs) of Swift work (issue 11, item 3): only the GSIs in
+    /// `changed` and `owned` can differ from what the kernel holds (every
+    /// other GSI's desired entry equals `pushed`, or belongs to another open
+    /// batch), so the push hands the kernel just their differences. A kernel
+    /// that keeps its encoded table (KVM) applies them in place; others get
+    /// the whole table, built here only when they ask for it.
     private func push(_ t: inout TableState, batch: UInt32, owned: [UInt32]) throws(IrqFdError) -> [UInt32] {
-        var entries = t.scratch
-        t.scratch = []  // `entries` holds the only reference: appending reuses the buffer
-        entries.removeAll(keepingCapacity: true)
-        entries.reserveCapacity(t.allocator.used)
-        let othersOpen = t.batches.contains { $0.id != batch }
-        t.desired.withUnsafeBufferPointer { desired in
-            t.pushed.withUnsafeBufferPointer { pushed in
-                t.owner.withUnsafeBufferPointer { owner in
-                    for gsi in 0..<desired.count {
-                        let own = !othersOpen || owner[gsi] == 0 || owner[gsi] == batch
-                        if let message = own ? desired[gsi] : pushed[gsi] {
-                            entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message))
-                        }
-                    }
-                }
-            }
-        }
-        defer { t.scratch = entries }
-        try kernel.pushRoutingTable(entries)
         var carried = t.changed
         carried.append(contentsOf: owned)
         carried.sort()
-        var unique: [UInt32] = []
-        unique.reserveCapacity(carried.count)
+        var unique = t.carriedScratch
+        t.carriedScratch = []
+        unique.removeAll(keepingCapacity: true)
+        var changes = t.changeScratch
+        t.changeScratch = []
+        changes.removeAll(keepingCapacity: true)
         for gsi in carried where gsi != unique.last {
             let g = Int(gsi)
             guard t.owner[g] == 0 || t.owner[g] == batch else { continue }
+            unique.append(gsi)
+            if t.desired[g] != t.pushed[g] {
+                if let message = t.desired[g] {
+                    changes.append(.set(RoutingEntry(gsi: gsi, msi: message)))
+                } else {
+                    changes.append(.remove(gsi: gsi))
+                }
+            }
+        }
+        defer {
+            t.changeScratch = changes
+        }
+        do throws(IrqFdError) {
+            try kernel.pushRoutingChanges(changes) { Self.wholeTable(t, batch: batch) }
+        } catch {
+            t.carriedScratch = unique
+            throw error
+        }
+        for gsi in unique {
+            let g = Int(gsi)
+            t.kernelEntries += (t.desired[g] != nil ? 1 : 0) - (t.pushed[g] != nil ? 1 : 0)
             t.pushed[g] = t.desired[g]
             t.owner[g] = 0
             t.stale[g] = false
-            unique.append(gsi)
         }
         t.changed.removeAll(keepingCapacity: true)
         pushCounter.add(1, ordering: .relaxed)
         return unique
     }
 
+    /// The whole table a push makes, sorted by GSI: every GSI's desired
+    /// entry, but what the kernel holds for GSIs another open batch owns.
+    /// O(GSIs); only kernels that cannot apply changes ask for it.
+    private static func wholeTable(_ t: borrowing TableState, batch: UInt32) -> [RoutingEntry] {
+        var entries: [RoutingEntry] = []
+        entries.reserveCapacity(t.allocator.used)
+        let othersOpen = t.batches.contains { $0.id != batch }
+        for gsi in 0..<t.desired.count {
+            let own = !othersOpen || t.owner[gsi] == 0 || t.owner[gsi] == batch
+            if let message = own ? t.desired[gsi] : t.pushed[gsi] {
+                entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message))
+            }
+        }
+        return entries
+    }
+
     /// Sets the desired entry for `gsi` and pushes it unless the caller has a
     /// batch open. Returns the previous entry, whether the new one is live in
     /// the kernel, and the other routes the push carried (to reconcile once
     /// the caller's route lock is released).
+    ///
+    /// `armed`: the caller's route is armed and not served (see `steady`).
     func setEntry(
-        _ gsi: UInt32, to message: MsiMessage?, batch: UInt32
+        _ gsi: UInt32, to message: MsiMessage?, batch: UInt32, armed: Bool = false
     ) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
         try table.withLock { (t: inout TableState) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
             let g = Int(gsi)
@@ -343,7 +392,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             if previous != message {
                 if let index = t.batchIndex(batch) {
                     t.setDesired(gsi, message, batch: index)
+                    t.steady[g] = armed && previous != nil && message != nil && !t.stale[g]
                 } else {
+                    t.steady[g] = false
                     let previousOwner = t.owner[g]
                     t.setDesired(gsi, message, batch: nil)
                     do throws(IrqFdError) {
@@ -376,9 +427,10 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let result = table.withLock { (t: inout TableState) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
             let previous = t.desired[Int(gsi)]
             var others: [WeakRouteReference] = []
+            t.steady[Int(gsi)] = false
             if previous != message {
                 t.setDesired(gsi, message, batch: nil)
-                if t.changed.count >= coalescing.threshold {
+                if t.commitsAtOnce(coalescing) {
                     if let carried = try? push(&t, batch: 0, owned: []) {
                         others = t.routes(at: carried, except: gsi)
                     }
@@ -438,6 +490,11 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         table.withLock { t in (t.desired[Int(gsi)] != nil, t.isLive(gsi)) }
     }
 
+    /// The route on `gsi` was disarmed: the push carrying its change must reconcile it.
+    func unsteady(_ gsi: UInt32) {
+        table.withLock { t in t.steady[Int(gsi)] = false }
+    }
+
     /// The entry the table wants for `gsi` (nil: no MSI).
     public func entry(for gsi: UInt32) -> MsiMessage? { table.withLock { $0.desired[Int(gsi)] } }
 
@@ -450,6 +507,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let others = table.withLock { (t: inout TableState) -> [WeakRouteReference] in
             let g = Int(gsi)
             t.routes[g] = WeakRouteReference()
+            t.steady[g] = false
             var others: [WeakRouteReference] = []
             if t.desired[g] != nil || t.owner[g] != 0 {
                 if let index = t.batchIndex(batch) {
@@ -457,7 +515,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
                 } else if let coalescing {
                     // A coalescing partition's drops join the next commit too.
                     t.setDesired(gsi, nil, batch: nil)
-                    if t.changed.count >= coalescing.threshold {
+                    if t.commitsAtOnce(coalescing) {
                         if let carried = try? push(&t, batch: 0, owned: []) { others = t.routes(at: carried, except: gsi) }
                     }
                     if !t.changed.isEmpty, !t.commitScheduled {
@@ -493,6 +551,34 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
 }
 
 extension RoutingTableState {
+    /// Whether enough changes wait that a coalesced commit is made at once, in
+    /// the caller: `threshold` of them, or as many as the kernel holds entries,
+    /// whichever is more. The second keeps the total kernel work O(N): each
+    /// push copies the whole table, so pushing every `threshold` changes would
+    /// copy O(N²/threshold) entries to bring N live one at a time; pushing when
+    /// the waiting changes match the table doubles the table each time, and the
+    /// kernel copies under 2N entries in all (2048 from none: pushes at 512,
+    /// 1024 and 2048 entries, against 4 pushes of 512..2048 at a fixed 512).
+    func commitsAtOnce<Kernel>(_ coalescing: RoutedIrqFd<Kernel>.Coalescing) -> Bool {
+        changed.count >= max(coalescing.threshold, kernelEntries)
+    }
+
+    /// The routes on `gsis` that need a reconcile after the push that carried
+    /// them (all but the steady ones, see `steady`); clears their `steady`.
+    mutating func unsteadyRoutes(at gsis: [UInt32]) -> [WeakRouteReference] {
+        var result: [WeakRouteReference] = []
+        result.reserveCapacity(gsis.count)
+        for gsi in gsis {
+            let g = Int(gsi)
+            if steady[g] {
+                steady[g] = false
+            } else {
+                result.append(routes[g])
+            }
+        }
+        return result
+    }
+
     /// The routes registered on `gsis` (weakly), leaving out `except`.
     func routes(at gsis: [UInt32], except: UInt32? = nil) -> [WeakRouteReference] {
         var result: [WeakRouteReference] = []
@@ -567,7 +653,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             let wantsArm = !s.masked && !s.armed
             let (previous, live, others): (MsiMessage?, Bool, [WeakRouteReference])
             do throws(IrqFdError) {
-                (previous, live, others) = try partition.setEntry(gsi, to: message, batch: batch)
+                (previous, live, others) = try partition.setEntry(gsi, to: message, batch: batch, armed: s.armed && !s.serving)
             } catch {
                 throw error  // the entry is as it was, and so is any serving
             }
@@ -621,6 +707,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             if s.armed {
                 try partition.kernel.deassign(event: event, gsi: gsi)
                 s.armed = false
+                partition.unsteady(gsi)
             }
             if s.serving { try stopServing(&s) }
             s.masked = true

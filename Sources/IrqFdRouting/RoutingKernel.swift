@@ -26,6 +26,14 @@ public protocol RoutingKernel: Sendable {
 
     /// Replaces the whole routing table with `entries` (sorted by GSI), in one call.
     func pushRoutingTable(_ entries: [RoutingEntry]) throws(IrqFdError)
+    /// Replaces the routing table, in one call, with the table of the last
+    /// successful push (of either kind) changed by `changes` (each GSI at most
+    /// once; in no particular order). `table` gives the whole resulting table,
+    /// sorted by GSI, for a kernel that only encodes whole tables; building it
+    /// costs O(GSIs), which a kernel that keeps its encoded table avoids (KVM:
+    /// issue 11, item 3). If the call fails, the kernel's table and whatever
+    /// the kernel adapter keeps must be as they were before it.
+    func pushRoutingChanges(_ changes: [RoutingChange], table: () -> [RoutingEntry]) throws(IrqFdError)
     /// Arms `event` on `gsi`: signals now inject the GSI's MSI.
     func assign(event: any Event, gsi: UInt32) throws(IrqFdError)
     /// Disarms `event` from `gsi`: signals now latch in the event.
@@ -40,6 +48,28 @@ public protocol RoutingKernel: Sendable {
 extension RoutingKernel {
     /// By default, every x86 MSI address (0xFEExxxxx) is deliverable.
     public func canDeliver(_ message: MsiMessage) -> Bool { message.isDeliverable }
+
+    /// By default, the whole table through `pushRoutingTable` (mshv, test kernels).
+    public func pushRoutingChanges(_ changes: [RoutingChange], table: () -> [RoutingEntry]) throws(IrqFdError) {
+        try pushRoutingTable(table())
+    }
+}
+
+/// One change a push makes to the kernel's routing table (see
+/// `RoutingKernel.pushRoutingChanges`).
+public enum RoutingChange: Hashable, Sendable {
+    /// `entry.gsi` now injects `entry.msi` (a new entry, or a new message for an existing one).
+    case set(RoutingEntry)
+    /// `gsi` no longer has an entry.
+    case remove(gsi: UInt32)
+
+    /// The GSI the change is about.
+    public var gsi: UInt32 {
+        switch self {
+        case .set(let entry): entry.gsi
+        case .remove(let gsi): gsi
+        }
+    }
 }
 
 /// Delivers a route's signals in userspace while its routing entry is not in

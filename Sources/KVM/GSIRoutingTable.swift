@@ -10,9 +10,9 @@ public struct GSIRoutingTable: ~Copyable {
     public static let headerSize = 8
     /// Entry bytes (`sizeof(struct kvm_irq_routing_entry)`).
     public static let entrySize = 48
-    private let storage: UnsafeMutableRawBufferPointer
+    let storage: UnsafeMutableRawBufferPointer
     /// Entries written so far.
-    public private(set) var count = 0
+    public internal(set) var count = 0
     /// Entries the buffer can hold.
     public let capacity: Int
 

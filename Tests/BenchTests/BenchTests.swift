@@ -62,19 +62,31 @@ func sampleReport() -> BenchReport {
     func latency(_ p50: Double) -> LatencySummary {
         LatencySummary(nanoseconds: (0..<2000).map { UInt64(p50 * 1000 * (0.8 + Double($0 % 100) / 200)) })
     }
+    // Per-round p50s, as the runner's interleaved rounds give them.
+    let rounds = 40
+    func perRound(_ p50: Double, _ wobble: Double) -> [Double] { (0..<rounds).map { p50 * (1 + wobble * Double($0 % 5 - 2)) } }
     let delivery = [
-        BenchReport.Delivery(path: "irqfd", floor: "raw", latency: latency(14)),
+        BenchReport.Delivery(
+            path: "irqfd", floor: "raw", latency: latency(14),
+            p50Ratio: .init(path: perRound(14, 0.01), floor: perRound(13.8, 0.005))),
         BenchReport.Delivery(path: "raw", floor: nil, latency: latency(13.8)),
-        BenchReport.Delivery(path: "relay", floor: "raw_relay", latency: latency(30)),
+        BenchReport.Delivery(
+            path: "relay", floor: "raw_relay", latency: latency(30),
+            p50Ratio: .init(path: perRound(30, 0.01), floor: perRound(29, 0.01))),
         BenchReport.Delivery(path: "raw_relay", floor: nil, latency: latency(29)),
     ]
     let programming = [1, 16, 256, 2048].map { (n: Int) -> BenchReport.Programming in
         let size = Double(n)
-        return BenchReport.Programming(
+        var p = BenchReport.Programming(
             routes: n, batchedUs: size * 10, batchedPushes: 1, oneByOneUs: size * size, oneByOnePushes: n,
             rawPushUs: 50 + size / 10, rawProgramUs: size * 9, retargetBatchedUs: 60 + size / 9,
             retargetPushes: 1, dropBatchedUs: size * 20, dropPushes: 1,
-            retargetMinUs: 55 + size / 9, rawPushMinUs: 45 + size / 10, repetitions: 3)
+            retargetMinUs: 55 + size / 9, rawPushMinUs: 45 + size / 10, repetitions: 3,
+            dropFloorUs: size * 18, oneByOneDeferredUs: 80 + size / 8, oneByOneDeferredPushes: 1)
+        p.retargetRatio = .init(path: [60 + size / 9, 62 + size / 9, 61 + size / 9], floor: [50 + size / 10, 50 + size / 10, 50 + size / 10])
+        p.dropRatio = .init(path: [size * 20, size * 21, size * 19], floor: [size * 18, size * 18, size * 18])
+        p.deferredRatio = .init(path: [80 + size / 8, 81 + size / 8], floor: [50 + size / 10, 50 + size / 10])
+        return p
     }
     var report = BenchReport(
         machine: .init(
@@ -84,7 +96,11 @@ func sampleReport() -> BenchReport {
         throughput: [.init(path: "irqfd", vectors: 1, perSecond: 50_000, handled: 25_000, seconds: 0.5)],
         bursts: [.init(path: "irqfd", bursts: 4, signalsPerBurst: 64, delivered: 10)],
         programming: programming,
-        maskUnmask: .init(usPerCycle: 31, rawUsPerCycle: 30, pushes: 0, irqfdCallsPerCycle: 2, cycles: 2000),
+        maskUnmask: {
+            var m = BenchReport.MaskUnmask(usPerCycle: 31, rawUsPerCycle: 30, pushes: 0, irqfdCallsPerCycle: 2, cycles: 2000)
+            m.ratio = .init(path: [31, 31, 31.5, 30.5], floor: [30, 30, 30, 30])
+            return m
+        }(),
         lifecycle: .init(
             createsDropsPerSecond: 200_000, programmedPerSecond: 3000, rawProgrammedPerSecond: 3100,
             liveRoutes: 4056, heapBytesPerRoute: 180, rssBytesPerRoute: 200),
@@ -108,8 +124,14 @@ func sampleReport() -> BenchReport {
         }
         #expect(delivery[0]["path"] as? String == "irqfd")
         #expect(delivery[0]["samples"] as? Int == 2000)
+        let ratio = try #require(delivery[0]["p50_ratio"] as? [String: Any])
+        for key in ["median", "low", "high", "rounds"] { #expect(ratio[key] != nil, "p50_ratio lacks \(key)") }
+        #expect(delivery[1]["p50_ratio"] == nil, "a floor has no ratio")
         let programming = try #require(object["programming"] as? [[String: Any]])
-        for key in ["routes", "batched_us", "one_by_one_us", "raw_push_us", "batched_pushes"] {
+        for key in [
+            "routes", "batched_us", "one_by_one_us", "raw_push_us", "batched_pushes", "one_by_one_pushes",
+            "retarget_batched_us", "drop_batched_us", "drop_floor_us", "retarget_ratio", "drop_ratio", "one_by_one_deferred_ratio",
+        ] {
             #expect(programming.allSatisfy { $0[key] != nil }, "programming lacks \(key)")
         }
         #expect(programming.last?["routes"] as? Int == 2048)
@@ -122,22 +144,40 @@ func sampleReport() -> BenchReport {
         #expect(try BenchReport.decode(data) == report)
     }
 
-    /// The targets are computed from the report's own numbers.
-    @Test func targetsAreRatiosOfTheSameRun() throws {
+    /// The targets are the report's own paired ratios, each with its interval.
+    @Test func targetsAreThePairedRatiosOfTheSameRun() throws {
         let report = sampleReport()
         let irqfd = try #require(report.targets.first { $0.name.hasPrefix("irqfd delivery") })
-        let expected = report.delivery("irqfd")!.latency.p50Us / report.delivery("raw")!.latency.p50Us
-        #expect(abs(try #require(irqfd.ratio) - expected) < 1e-12)
-        #expect(irqfd.met == (expected <= 1.05))
+        let paired = try #require(report.delivery("irqfd")?.p50Ratio)
+        #expect(irqfd.ratio == paired.median && irqfd.low == paired.low && irqfd.high == paired.high)
+        #expect(irqfd.met == (paired.high < 1.05))
         let mask = try #require(report.targets.first { $0.name.hasPrefix("mask+unmask") })
         #expect(abs(try #require(mask.ratio) - 31.0 / 30.0) < 1e-12)
         #expect(mask.met == true)
-        let program = try #require(report.targets.first { $0.name.hasPrefix("program 2048") })
-        let expectedProgram: Double = (60 + 2048.0 / 9) / (50 + 2048.0 / 10)
-        let programRatio = try #require(program.ratio)
-        #expect(abs(programRatio - expectedProgram) < 1e-12)
+        let program = try #require(report.targets.first { $0.name.hasPrefix("retarget 2048") })
+        let expectedProgram: Double = (61 + 2048.0 / 9) / (50 + 2048.0 / 10)
+        #expect(abs(try #require(program.ratio) - expectedProgram) < 1e-12)
+        #expect(program.limit == 1.2)
+        let drop = try #require(report.targets.first { $0.name.hasPrefix("drop 2048") })
+        #expect(drop.ratio.map { abs($0 - 20.0 / 18) < 1e-12 } == true && drop.limit == 1.3 && drop.met == true)
+        #expect(report.targets.contains { $0.name.contains("setMsiDeferred") && $0.ratio != nil && $0.limit == 2 })
         // No userspace numbers: nothing invented for it, and relay's check is there.
         #expect(report.targets.contains { $0.name.hasPrefix("relay") && $0.ratio != nil })
+    }
+
+    /// A median under the limit is not enough: the interval's upper end must be under it too.
+    @Test func aPairedTargetIsMetOnlyWhenTheIntervalsUpperEndIsUnderTheLimit() throws {
+        var report = sampleReport()
+        // Median 1.08 (under 1.10), but a third of the rounds at 1.3: the interval reaches past 1.10.
+        let path = (0..<30).map { $0 % 3 == 0 ? 130.0 : ($0 % 3 == 1 ? 108 : 104) }
+        let floor = [Double](repeating: 100, count: 30)
+        let index = try #require(report.delivery.firstIndex { $0.path == "relay" })
+        report.delivery[index].p50Ratio = .init(path: path, floor: floor)
+        let relay = try #require(Targets.check(report).first { $0.name.hasPrefix("relay") })
+        let ratio = try #require(relay.ratio), high = try #require(relay.high)
+        #expect(ratio < 1.10 && high >= 1.10)
+        #expect(relay.met == false)
+        #expect(ReportText.render({ var r = report; r.targets = Targets.check(r); return r }()).contains("NO"))
     }
 
     @Test func aTargetWithAMissingSideIsNotMeasuredRatherThanMet() {

@@ -174,6 +174,11 @@ public final class BenchRunner {
         while bench_floor_now_ns() < until {}
     }
 
+    /// Latency per path, paired with its floor (issue 11, item 4): each round
+    /// takes `roundSamples` samples of every path, interleaved sample by sample
+    /// (path order rotating from round to round), so a slow spell of the
+    /// machine lands on a path and its floor alike. A path's ratio to its floor
+    /// is the median of the rounds' p50 ratios, with a bootstrap interval.
     private func measureLatency(_ guest: TinyVM, _ paths: [DeliveryPath]) throws(BenchError) -> [BenchReport.Delivery] {
         var histograms = [Histogram<UInt64>](repeating: LatencySummary.histogram(), count: paths.count)
         let counters = paths.map { counter(guest, $0.vectors[0]) }
@@ -184,23 +189,34 @@ public final class BenchRunner {
                 pause(options.gapNanoseconds)
             }
         }
-        let round = 100
+        let roundSamples = 25
+        var roundP50s = [[Double]](repeating: [], count: paths.count)
+        var round = [[UInt64]](repeating: [], count: paths.count)
         var done = 0
         var order = Array(paths.indices)
         while done < options.samples {
-            let n = min(round, options.samples - done)
-            for i in order {
-                for _ in 0..<n {
-                    _ = histograms[i].record(try deliverOnce(paths[i], channel: 0, counter: counters[i]))
+            let n = min(roundSamples, options.samples - done)
+            for i in paths.indices { round[i].removeAll(keepingCapacity: true) }
+            for _ in 0..<n {
+                for i in order {
+                    let ns = try deliverOnce(paths[i], channel: 0, counter: counters[i])
+                    _ = histograms[i].record(ns)
+                    round[i].append(ns)
                     pause(options.gapNanoseconds)
                 }
             }
+            for i in paths.indices { roundP50s[i].append(Self.median(round[i].map(Double.init))) }
             done += n
             order.append(order.removeFirst())  // rotate who goes first
-            progress("delivery latency: \(done)/\(options.samples) samples per path, \(paths.count) paths")
+            if done % 500 < roundSamples || done == options.samples {
+                progress("delivery latency: \(done)/\(options.samples) samples per path, \(paths.count) paths, interleaved")
+            }
         }
         return paths.enumerated().map { i, path in
-            BenchReport.Delivery(path: path.name, floor: path.floor, latency: LatencySummary(nanoseconds: histograms[i]))
+            let floor = path.floor.flatMap { name in paths.firstIndex { $0.name == name } }
+            return BenchReport.Delivery(
+                path: path.name, floor: path.floor, latency: LatencySummary(nanoseconds: histograms[i]),
+                p50Ratio: floor.flatMap { BenchReport.PairedRatio(path: roundP50s[i], floor: roundP50s[$0]) })
         }
     }
 
@@ -289,8 +305,15 @@ public final class BenchRunner {
 
     /// Sleeps 5 ms before a timed step, so work the kernel deferred from the
     /// previous step (closing thousands of eventfds, irqfd shutdown jobs, RCU
-    /// callbacks) does not land inside the next one.
-    private func settle() { usleep(5000) }
+    /// callbacks) does not land inside the next one; then spins 200 µs, so the
+    /// step starts on a running CPU. Without the spin, whichever side starts
+    /// its clock right after the sleep pays the wake-up: the C floors allocate
+    /// their table before starting theirs, so the library paid it alone (a
+    /// constant 40 µs, 1.7x at N = 1, in an earlier run).
+    private func settle() {
+        usleep(5000)
+        pause(200_000)
+    }
 
     private func elapsedUs(since start: UInt64) -> Double { Double(bench_floor_now_ns() - start) / 1000 }
 
@@ -308,10 +331,13 @@ public final class BenchRunner {
             // Library and C alternate within each repetition, so a slow spell of
             // the machine (KVM_SET_GSI_ROUTING waits for an SRCU grace period,
             // which here sometimes takes a 4 ms tick) lands on both alike.
-            let reps = n >= 1024 ? options.programmingRepetitions : options.programmingRepetitions * 3
+            // The target's N gets at least 3 rounds even in a quick run, so its
+            // paired ratios (retarget, drop, deferred) have an interval.
+            let reps = n >= 1024 ? (n == Targets.programmingN ? max(3, options.programmingRepetitions) : options.programmingRepetitions) : options.programmingRepetitions * 3
             var batched: [Double] = [], retarget: [Double] = [], drop: [Double] = []
             var oneByOne: [Double] = [], rawPush: [Double] = [], rawProgram: [Double] = []
-            var dropFloor: [Double] = [], deferred: [Double] = []
+            var dropFloor: [Double] = [], deferred: [Double] = [], deferredFloor: [Double] = [], deferredArmFloor: [Double] = []
+            var deferredFloorFailure: Int32 = 0
             var deferredPushes = 0
             var batchedPushes = 0, retargetPushes = 0, dropPushes = 0, oneByOnePushes = 0
             var routes: [KVMIrqFdRoute] = []
@@ -340,6 +366,18 @@ public final class BenchRunner {
                     batchedPushes = (counters.snapshot - before).routingPushes
 
                     for generation in 1...2 {
+                        // Paired: a retarget and a raw push each round, the first going
+                        // first in one round and second in the next, so neither side
+                        // always inherits the other's deferred kernel work.
+                        // The floor's push replaces the table with entries the library does
+                        // not know; the library's next push puts its whole kept table back.
+                        func raw() {
+                            settle()
+                            let r = bench_floor_push_n(vmfd, 24, UInt32(n), m.address, m.data, &ns)
+                            if r != 0 { rawFailure = r }
+                            rawPush.append(Double(ns) / 1000)
+                        }
+                        if (rep + generation) % 2 == 0 { raw() }
                         settle()
                         before = counters.snapshot
                         start = bench_floor_now_ns()
@@ -348,12 +386,7 @@ public final class BenchRunner {
                         }
                         retarget.append(elapsedUs(since: start))
                         retargetPushes = (counters.snapshot - before).routingPushes
-                        // The floor's push replaces the table with entries the library does
-                        // not know; the library's next push (the drop's) puts its own back.
-                        settle()
-                        let r = bench_floor_push_n(vmfd, 24, UInt32(n), m.address, m.data, &ns)
-                        if r != 0 { rawFailure = r }
-                        rawPush.append(Double(ns) / 1000)
+                        if (rep + generation) % 2 == 1 { raw() }
                     }
 
                     settle()
@@ -397,8 +430,19 @@ public final class BenchRunner {
                     coalescing: .init(interim: relay, timer: ThreadCommitTimer(), delay: .milliseconds(2)))
                 var deferredRoutes: [KVMIrqFdRoute] = []
                 for _ in 0..<n { deferredRoutes.append(try coalescing.newRoute()) }
-                for rep in 0..<max(1, options.programmingRepetitions / 2) {
+                for rep in 0..<max(n == Targets.programmingN ? 3 : 1, options.programmingRepetitions / 2) {
                     progress("route programming: N = \(n), deferred one by one, repetition \(rep + 1)")
+                    // Its floor, paired: one raw push of N before each round.
+                    settle()
+                    var ns: UInt64 = 0
+                    let r = bench_floor_push_n(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
+                    if r != 0 { deferredFloorFailure = r }
+                    deferredFloor.append(Double(ns) / 1000)
+                    // And the least a C VMM does here: one push and N KVM_IRQFD assigns.
+                    settle()
+                    let a = bench_floor_arm(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
+                    if a != 0 { deferredFloorFailure = a }
+                    deferredArmFloor.append(Double(ns) / 1000)
                     settle()
                     let before = counters.snapshot
                     let start = bench_floor_now_ns()
@@ -413,6 +457,7 @@ public final class BenchRunner {
                 }
                 deferredRoutes.removeAll()
             } catch { throw .library("programming \(n) routes deferred one by one", error) }
+            guard deferredFloorFailure == 0 else { throw .floor("KVM_SET_GSI_ROUTING of \(n) entries", deferredFloorFailure) }
             results.append(
                 .init(
                     routes: n, batchedUs: Self.median(batched), batchedPushes: batchedPushes,
@@ -425,6 +470,9 @@ public final class BenchRunner {
                     oneByOneDeferredPushes: deferredPushes))
             results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
             results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
+            results[results.count - 1].deferredRatio = BenchReport.PairedRatio(path: deferred, floor: deferredFloor)
+            results[results.count - 1].deferredArmFloorUs = Self.median(deferredArmFloor)
+            results[results.count - 1].deferredArmRatio = BenchReport.PairedRatio(path: deferred, floor: deferredArmFloor)
         }
         return results
     }
@@ -531,10 +579,12 @@ public final class BenchRunner {
         }
         let delta = counters.snapshot - before
         let cycles = perBlock * (blocks + 1)
-        return .init(
+        var result = BenchReport.MaskUnmask(
             usPerCycle: Self.median(library), rawUsPerCycle: Self.median(raw), pushes: delta.routingPushes,
             irqfdCallsPerCycle: Double(delta.irqfdAssigns + delta.irqfdDeassigns) / Double(cycles),
             cycles: perBlock * blocks)
+        result.ratio = BenchReport.PairedRatio(path: library, floor: raw)
+        return result
     }
 
     // MARK: - Lifecycle
