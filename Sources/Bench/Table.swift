@@ -167,6 +167,8 @@ public enum ReportText {
             sections.append(lifecycle.render(title: "Route lifecycle"))
         }
 
+        sections += renderVhostUser(report)
+
         var targets = TextTable(["DESIGN.md target", "ratio", "limit", "met"])
         for t in report.targets {
             targets.add([t.name, ratio(t.ratio), ratio(t.limit), t.met.map { $0 ? "yes" : "NO" } ?? "not measured"])
