@@ -24,6 +24,10 @@ extension BenchReport {
         public var rounds: Int
         /// The paired ratio behind each target of `targets`, by target name.
         public var targetRatios: [NamedRatio]
+        /// Guest TSC time / host CLOCK_MONOTONIC time of the throughput rounds
+        /// (median; just under 1 when the guest's RDTSC runs at `tscKHz`: the
+        /// host's span also holds the wake-up and its polling).
+        public var tscCheck: Double
 
         enum CodingKeys: String, CodingKey {
             case backends
@@ -33,13 +37,15 @@ extension BenchReport {
             case tscKHz = "tsc_khz"
             case rounds
             case targetRatios = "target_ratios"
+            case tscCheck = "tsc_check"
         }
 
         /// A section result.
         public init(
             backends: [Backend], rawIrqfd: LatencySummary, maskUnmask: MaskUnmask?, targets: [TargetCheck],
-            skipped: [String], tscKHz: Double, rounds: Int, targetRatios: [NamedRatio] = []
+            skipped: [String], tscKHz: Double, rounds: Int, targetRatios: [NamedRatio] = [], tscCheck: Double = 0
         ) {
+            self.tscCheck = tscCheck
             self.targetRatios = targetRatios
             self.backends = backends
             self.rawIrqfd = rawIrqfd

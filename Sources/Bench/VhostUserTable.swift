@@ -21,7 +21,7 @@ extension ReportText {
         let r = v.rawIrqfd
         latency.add(["-", "raw irqfd (signal -> handler)", String(r.samples), us(r.p50Us), us(r.p90Us), us(r.p99Us), us(r.p999Us), us(r.maxUs), "-"])
         sections.append(latency.render(
-            title: "vhost-user virtio-blk request latency: guest notify -> completion handler ran (guest RDTSC), one request in flight, \(v.rounds) interleaved rounds"))
+            title: "vhost-user virtio-blk request latency: guest notify -> completion handler ran (guest RDTSC at \(format(v.tscKHz / 1000, 1)) MHz, guest/host clock check \(format(v.tscCheck, 3))), one request in flight, \(v.rounds) interleaved rounds"))
 
         var ratios = TextTable(["back-end", "paired ratio", "median [95%] rounds"])
         for b in v.backends {

@@ -71,7 +71,7 @@ final class BenchDisk {
     /// One round: `count` reads with `depth` in flight. Returns the stamped
     /// samples (TSC ticks, notify -> handler; empty unless `stamp`), the
     /// round's TSC ticks, and requests whose status was not 0.
-    func round(depth: Int, count: Int, stamp: Bool) throws(BenchError) -> (samples: [UInt32], ticks: UInt64, failed: Int) {
+    func round(depth: Int, count: Int, stamp: Bool) throws(BenchError) -> (samples: [UInt32], ticks: UInt64, failed: Int, hostNs: UInt64) {
         precondition(depth >= 1 && depth <= L.maxDepth && count >= depth && (!stamp || (depth == 1 && count <= L.maxSamples)))
         let memory = vm.memory
         let failedBefore = memory.read32(at: L.failed)
@@ -80,6 +80,7 @@ final class BenchDisk {
         memory.write32(stamp ? 1 : 0, at: L.stamp)
         roundsRun += 1
         let target = roundsRun
+        let opened = bench_floor_now_ns()
         memory.write32(target, at: L.gate)
         // Wakes the guest's HLT; any interrupt does (the guest then checks the gate).
         _ = bench_floor_signal_msi(vm.vm.rawDescriptor, 0xFEE0_0000, L.wakeVector)
@@ -87,9 +88,10 @@ final class BenchDisk {
             throw .setup(
                 "\(mode) guest round \(target) (depth \(depth), \(count) requests) did not finish: \(memory.read32(at: L.completed)) completed in all; \(vm.hasEnded ? "guest ended: \(vm.wait())" : "timed out"); guest: submitted \(memory.read32(at: 0x438)) completed \(memory.read32(at: 0x43C)) avail \(memory.read32(at: 0x430)) used \(memory.read32(at: 0x434))/\(memory.read32(at: 0x22000) >> 16) queue interrupts \(memory.read32(at: 0x8104)) wake-ups \(memory.read32(at: 0x8140)) rounds \(memory.read32(at: L.rounds)) notify 0x\(String(memory.read32(at: 0x420), radix: 16)) running \(device.isRunning(queue: 0)) status \(device.status) desc0 \(memory.read64(at: 0x20000)) \(memory.read64(at: 0x20008)) availring \(memory.read32(at: 0x21000)) \(memory.read32(at: 0x21004)); \(device.counters)")
         }
+        let hostNs = bench_floor_now_ns() - opened
         let ticks = memory.read64(at: L.tsc1) &- memory.read64(at: L.tsc0)
         let samples = stamp ? (0..<count).map { memory.read32(at: L.sample($0)) } : []
-        return (samples, ticks, Int(memory.read32(at: L.failed) &- failedBefore))
+        return (samples, ticks, Int(memory.read32(at: L.failed) &- failedBefore), hostNs)
     }
 
     /// Stops the guest, resets the device (the back-end stops its rings), stops the back-end.
@@ -278,6 +280,7 @@ final class VhostUserBench {
         var backends: [BenchReport.VhostUserBackend] = []
         var targets: [BenchReport.TargetCheck] = []
         var mask: BenchReport.VhostUserMaskUnmask?
+        var tscChecks: [Double] = []
         for kind in kinds {
             progress("vhost-user: starting \(kind) x \(Self.modes.count + 1) and the guests")
             let floor = try FloorDisk(kind: kind, image: try image("\(kind)-floor"))
@@ -338,6 +341,7 @@ final class VhostUserBench {
                         let result = try disks[i].round(depth: depth, count: requests, stamp: false)
                         modeFailed[i] += result.failed
                         rates[i].append(Double(requests) / (Double(result.ticks) / (tscKHz * 1000)))
+                        tscChecks.append(Double(result.ticks) / tscKHz * 1e6 / Double(result.hostNs))
                     }
                     modeOrder.append(modeOrder.removeFirst())
                 }
@@ -400,7 +404,8 @@ final class VhostUserBench {
         }
         return .init(
             backends: backends, rawIrqfd: LatencySummary(nanoseconds: rawAll), maskUnmask: mask, targets: targets,
-            skipped: skipped, tscKHz: tscKHz, rounds: options.vhostRounds, targetRatios: targetRatios)
+            skipped: skipped, tscKHz: tscKHz, rounds: options.vhostRounds, targetRatios: targetRatios,
+            tscCheck: Self.median(tscChecks))
     }
 
     /// The issue's targets for one back-end.
