@@ -150,18 +150,69 @@ extension BenchReport {
         }
     }
 
+    /// Mask + unmask cycles run back to back, a block per side per round:
+    /// µs per cycle (median over rounds) and the paired ratios.
+    public struct VhostUserMaskBackToBack: Codable, Equatable, Sendable {
+        /// Ours (MSI-X emulator), µs per cycle.
+        public var oursUs: Double
+        /// QEMU's strategy, µs per cycle.
+        public var qemuStrategyUs: Double
+        /// The C floor of ours, µs per cycle.
+        public var rawUs: Double
+        /// Ours / QEMU's.
+        public var oursOverQemu: PairedRatio?
+        /// QEMU's / ours.
+        public var qemuOverOurs: PairedRatio?
+        /// Ours / the C floor.
+        public var oursOverRaw: PairedRatio?
+
+        enum CodingKeys: String, CodingKey {
+            case oursUs = "ours_us"
+            case qemuStrategyUs = "qemu_strategy_us"
+            case rawUs = "raw_us"
+            case oursOverQemu = "ours_over_qemu"
+            case qemuOverOurs = "qemu_over_ours"
+            case oursOverRaw = "ours_over_raw"
+        }
+
+        /// A result.
+        public init(
+            oursUs: Double, qemuStrategyUs: Double, rawUs: Double, oursOverQemu: PairedRatio?, qemuOverOurs: PairedRatio?,
+            oursOverRaw: PairedRatio?
+        ) {
+            self.oursUs = oursUs
+            self.qemuStrategyUs = qemuStrategyUs
+            self.rawUs = rawUs
+            self.oursOverQemu = oursOverQemu
+            self.qemuOverOurs = qemuOverOurs
+            self.oursOverRaw = oursOverRaw
+        }
+    }
+
     /// Mask + unmask of queue 0's MSI-X vector, against qemu-storage-daemon.
     public struct VhostUserMaskUnmask: Codable, Equatable, Sendable {
         /// Ours: vector control's mask bit set then cleared through the MSI-X
-        /// emulator (one KVM_IRQFD deassign + one assign, no vhost-user message), µs per cycle (median of rounds).
+        /// emulator (one KVM_IRQFD deassign + one assign, no vhost-user message),
+        /// µs per cycle, isolated cycles (sides alternating cycle by cycle): the
+        /// median over rounds of each round's median cycle.
         public var oursUs: Double
         /// QEMU's `vhost_virtqueue_mask`: SET_VRING_CALL to a masked notifier,
-        /// then back to the call fd, each with REPLY_ACK, µs per cycle.
+        /// then back to the call fd, each with REPLY_ACK, µs per cycle (as for ours).
         public var qemuStrategyUs: Double
-        /// QEMU's strategy / ours, paired by round: how many times cheaper ours is.
+        /// QEMU's strategy / ours, paired by round (cycles alternate sides within a round): how many times cheaper ours is.
         public var qemuOverOurs: PairedRatio
         /// Ours / QEMU's strategy, paired by round (the target: at most 1).
         public var oursOverQemu: PairedRatio?
+        /// Ours: the mean cycle, every cycle (the scheduler's outliers included), µs.
+        public var oursMeanUs: Double?
+        /// QEMU's strategy: the mean cycle, µs.
+        public var qemuStrategyMeanUs: Double?
+        /// The C floor of ours (KVM_IRQFD deassign + assign from C on the same VM), µs per cycle, isolated.
+        public var rawUs: Double?
+        /// Ours / the C floor, isolated, paired by round.
+        public var oursOverRaw: PairedRatio?
+        /// The same three sides measured back to back (a block of cycles per side per round).
+        public var backToBack: VhostUserMaskBackToBack?
         /// vhost-user messages per cycle, ours (expected 0).
         public var oursMessagesPerCycle: Double
         /// KVM_IRQFD calls per cycle, ours (expected 2).
@@ -178,6 +229,11 @@ extension BenchReport {
             case qemuStrategyUs = "qemu_strategy_us"
             case qemuOverOurs = "qemu_over_ours"
             case oursOverQemu = "ours_over_qemu"
+            case oursMeanUs = "ours_mean_us"
+            case qemuStrategyMeanUs = "qemu_strategy_mean_us"
+            case rawUs = "raw_us"
+            case oursOverRaw = "ours_over_raw"
+            case backToBack = "back_to_back"
             case oursMessagesPerCycle = "ours_messages_per_cycle"
             case oursIrqfdCallsPerCycle = "ours_irqfd_calls_per_cycle"
             case qemuMessagesPerCycle = "qemu_messages_per_cycle"

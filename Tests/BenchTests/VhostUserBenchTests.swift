@@ -59,9 +59,12 @@ private let qemuStorageDaemonInstalled: Bool = {
             #expect(mask.qemuMessagesPerCycle == 2, "QEMU's: two SET_VRING_CALL")
             #expect(mask.replyAck, "qemu-storage-daemon offers REPLY_ACK: each message is a round trip")
             #expect(mask.oursUs > 0 && mask.qemuStrategyUs > 0 && mask.oursOverQemu != nil)
+            #expect((mask.rawUs ?? 0) > 0 && mask.oursOverRaw != nil, "the C floor of ours, same VM")
+            let back = try #require(mask.backToBack)
+            #expect(back.oursUs > 0 && back.qemuStrategyUs > 0 && back.rawUs > 0 && back.oursOverQemu != nil)
         }
         // Every target is checked in this run, and lands in the report's targets too.
-        #expect(v.targets.count == 3 * v.backends.count + (v.maskUnmask == nil ? 0 : 1))
+        #expect(v.targets.count == 3 * v.backends.count + (v.maskUnmask == nil ? 0 : 2), "3 per back-end, 2 for mask + unmask (isolated, back to back)")
         for t in v.targets {
             #expect(t.met != nil, "\(t.name)")
             #expect(report.targets.contains(t))
@@ -78,7 +81,7 @@ private let qemuStorageDaemonInstalled: Bool = {
         }
         if v.maskUnmask != nil {
             let mask = try #require(section["mask_unmask"] as? [String: Any])
-            for key in ["ours_us", "qemu_strategy_us", "qemu_over_ours", "ours_over_qemu", "reply_ack"] { #expect(mask[key] != nil, "mask_unmask.\(key)") }
+            for key in ["ours_us", "qemu_strategy_us", "qemu_over_ours", "ours_over_qemu", "reply_ack", "raw_us", "back_to_back"] { #expect(mask[key] != nil, "mask_unmask.\(key)") }
         }
         let backend = try #require((section["backends"] as? [[String: Any]])?.first)
         for key in ["backend", "latency", "floor", "throughput", "ratios"] { #expect(backend[key] != nil, "backends[0].\(key)") }
