@@ -16,6 +16,12 @@ enum VirtioBlkBenchLayout {
     static let phase: UInt64 = 0x5E0, completed: UInt64 = 0x5E4, failed: UInt64 = 0x5E8
     static let rounds: UInt64 = 0x5EC, gate: UInt64 = 0x5F0
     static let tsc0: UInt64 = 0x450, tsc1: UInt64 = 0x458
+    /// The guest's own counters (for a diagnosis when a round stalls).
+    static let availableIndex: UInt64 = 0x430, usedIndex: UInt64 = 0x434, roundSubmitted: UInt64 = 0x438, roundCompleted: UInt64 = 0x43C
+    /// The used ring's flags and index (guest-physical 0x22000).
+    static let usedRing: UInt64 = 0x22000
+    /// Interrupts on IDT vector 0x41 (InterruptCounterLayout.count(cpu: 0, vector: 0x41)).
+    static let queueInterrupts: UInt64 = 0x8104
     static func sample(_ k: Int) -> UInt64 { 0x40000 + 4 * UInt64(k) }
     static let maxSamples = 16384
     static let maxDepth = 32
@@ -86,7 +92,11 @@ final class BenchDisk {
         _ = bench_floor_signal_msi(vm.vm.rawDescriptor, 0xFEE0_0000, L.wakeVector)
         guard vm.waitUntil(timeout: .seconds(60), { memory.read32(at: L.rounds) == target }) else {
             throw .setup(
-                "\(mode) guest round \(target) (depth \(depth), \(count) requests) did not finish: \(memory.read32(at: L.completed)) completed in all; \(vm.hasEnded ? "guest ended: \(vm.wait())" : "timed out"); guest: submitted \(memory.read32(at: 0x438)) completed \(memory.read32(at: 0x43C)) avail \(memory.read32(at: 0x430)) used \(memory.read32(at: 0x434))/\(memory.read32(at: 0x22000) >> 16) queue interrupts \(memory.read32(at: 0x8104)) wake-ups \(memory.read32(at: 0x8140)) rounds \(memory.read32(at: L.rounds)) notify 0x\(String(memory.read32(at: 0x420), radix: 16)) running \(device.isRunning(queue: 0)) status \(device.status) desc0 \(memory.read64(at: 0x20000)) \(memory.read64(at: 0x20008)) availring \(memory.read32(at: 0x21000)) \(memory.read32(at: 0x21004)); \(device.counters)")
+                "\(mode) guest round \(target) (depth \(depth), \(count) requests) did not finish (\(vm.hasEnded ? "guest ended: \(vm.wait())" : "timed out")): "
+                    + "\(memory.read32(at: L.completed)) completed in all; this round \(memory.read32(at: L.roundSubmitted)) submitted, "
+                    + "\(memory.read32(at: L.roundCompleted)) completed; available index \(memory.read32(at: L.availableIndex)), "
+                    + "used index \(memory.read32(at: L.usedIndex)) (ring \(memory.read32(at: L.usedRing) >> 16)); "
+                    + "\(memory.read32(at: L.queueInterrupts)) queue interrupts; device: \(device.counters)")
         }
         let hostNs = bench_floor_now_ns() - opened
         let ticks = memory.read64(at: L.tsc1) &- memory.read64(at: L.tsc0)
