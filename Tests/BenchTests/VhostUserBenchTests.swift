@@ -28,7 +28,7 @@ private let qemuStorageDaemonInstalled: Bool = {
             #expect(v.skipped.contains { $0.contains("qemu-storage-daemon is not installed") })
             #expect(v.maskUnmask == nil)
         }
-        // Quick: 3 rounds of 60 requests per side, 2 throughput rounds of 200.
+        // Quick: 6 rounds of 60 requests per side, 2 throughput rounds of 200.
         for b in v.backends {
             #expect(b.latency.map(\.mode) == ["irqfd", "relay", "userspace"], "\(b.backend)")
             for m in b.latency {

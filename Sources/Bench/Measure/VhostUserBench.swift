@@ -32,7 +32,7 @@ enum VirtioBlkBenchLayout {
 /// The run's sizes for the vhost-user section.
 extension BenchOptions {
     /// Interleaved latency rounds (each mode, the floor and raw irqfd once per round).
-    var vhostRounds: Int { quick ? 3 : 20 }
+    var vhostRounds: Int { quick ? 6 : 20 }
     /// Requests per latency round and side.
     var vhostLatencyPerRound: Int { quick ? 60 : 500 }
     /// Throughput rounds per depth.
