@@ -115,6 +115,7 @@ let package = Package(
             name: "Bench",
             dependencies: [
                 "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
+                "VhostUser", "Virtio",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),

@@ -22,6 +22,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var lifecycle: Lifecycle?
     /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch (issue 11).
     public var msixBringUp: [MsixBringUp]?
+    /// virtio-blk over vhost-user (issue 10; nil if not measured).
+    public var vhostUser: VhostUser?
     /// DESIGN.md's performance targets, checked against this run's ratios.
     public var targets: [TargetCheck]
     /// What this run could not measure, and why.
@@ -32,6 +34,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         case maskUnmask = "mask_unmask"
         case lifecycle, targets, gaps
         case msixBringUp = "msix_bring_up"
+        case vhostUser = "vhost_user"
     }
 
     /// A report.

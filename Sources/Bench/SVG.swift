@@ -217,13 +217,16 @@ public enum BenchSVG {
                 line("one batch (retarget)", "#2ca02c") { $0.retargetBatchedUs },
                 line("C: one push of N", "#2ca02c", dashed: true) { $0.rawPushUs },
             ])
+        let extra = vhostUserCharts(report)
+        let panels = Double(2 + extra.count)
         var svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-        svg += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(panel * 2 + 30))\" viewBox=\"0 0 \(Int(width)) \(Int(panel * 2 + 30))\">\n"
+        svg += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(panel * panels + 30))\" viewBox=\"0 0 \(Int(width)) \(Int(panel * panels + 30))\">\n"
         svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         svg += latency.render(x: 0, y: 0, width: width, height: panel)
         svg += program.render(x: 0, y: panel, width: width, height: panel)
+        for (i, chart) in extra.enumerated() { svg += chart.render(x: 0, y: panel * Double(2 + i), width: width, height: panel) }
         let m = report.machine
-        svg += "<text x=\"10\" y=\"\(Int(panel * 2 + 20))\" font-size=\"11\" font-family=\"sans-serif\" fill=\"#555\">"
+        svg += "<text x=\"10\" y=\"\(Int(panel * panels + 20))\" font-size=\"11\" font-family=\"sans-serif\" fill=\"#555\">"
         svg += SVGChart.escape("irqfd bench, kernel \(m.kernel), \(m.cpus) CPUs, \(m.date); dashed lines: the C floors")
         svg += "</text>\n</svg>\n"
         return svg

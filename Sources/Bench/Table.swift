@@ -179,6 +179,8 @@ public enum ReportText {
             sections.append(lifecycle.render(title: "Route lifecycle"))
         }
 
+        sections += renderVhostUser(report)
+
         var targets = TextTable(["DESIGN.md target", "ratio", "95% interval", "limit", "met"])
         for t in report.targets {
             let interval = t.low.flatMap { low in t.high.map { "[\(ratio(low)), \(ratio($0))]" } } ?? "-"

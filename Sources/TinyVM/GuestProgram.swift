@@ -22,6 +22,9 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// A virtio-blk driver for the device at 00:02.0 (virtio_blk.S): batches
     /// of requests the host describes at 0x5C0...0x5DC; see `VirtioBlkGuestLayout`.
     case virtioBlk = "virtio-blk"
+    /// The vhost-user benchmark's virtio-blk driver (virtio_blk_bench.S):
+    /// rounds of reads at a queue depth, notify -> handler stamped with RDTSC.
+    case virtioBlkBench = "virtio-blk-bench"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -36,6 +39,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .msixSelfTest: guest_msix_selftest(&length)
             case .mmioWriter: guest_mmio_writer(&length)
             case .virtioBlk: guest_virtio_blk(&length)
+            case .virtioBlkBench: guest_virtio_blk_bench(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

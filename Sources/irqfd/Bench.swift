@@ -12,7 +12,9 @@ struct BenchCommand: ParsableCommand {
             Runs a tiny guest on /dev/kvm and measures, in one run: delivery latency per path \
             (irqfd, relay, userspace, and their C floors), throughput through 1 and 8 vectors, \
             bursts, route programming for N routes (batched, one by one, C), mask + unmask, and the \
-            route lifecycle. Prints tables with ratios to the floor; --json and --svg save the results.
+            route lifecycle; and (--only vhost-user, or by default) virtio-blk requests through \
+            qemu-storage-daemon and the embedded vhost-user back-end per delivery mode, against their \
+            host-driven floor. Prints tables with ratios to the floor; --json and --svg save the results.
             """)
 
     @Option(name: .long, help: "Write the results as JSON to this file.")

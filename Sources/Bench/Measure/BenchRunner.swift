@@ -35,6 +35,8 @@ public struct BenchOptions: Sendable {
         case mask
         /// Route creation/release rates and memory per route.
         case lifecycle
+        /// virtio-blk requests through a vhost-user back-end (issue 10): latency, throughput, mask + unmask.
+        case vhostUser = "vhost-user"
     }
 
     /// The default run: 5,000 samples per path, every section.
@@ -129,6 +131,12 @@ public final class BenchRunner {
             programming: programming, maskUnmask: mask, lifecycle: lifecycle, gaps: gaps)
         if sections.contains(.programming) { report.msixBringUp = try measureMsixBringUp(guest) }
         report.targets = Targets.check(report)
+        if sections.contains(.vhostUser) {
+            let vhostUser = try VhostUserBench(options: options, progress: progress).run()
+            report.vhostUser = vhostUser
+            report.targets += vhostUser.targets
+            report.machine.seconds = Double(bench_floor_now_ns() - started) / 1e9
+        }
         return report
     }
 

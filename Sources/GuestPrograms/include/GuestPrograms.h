@@ -25,4 +25,6 @@ const unsigned char *guest_msix_selftest(size_t *length);
 const unsigned char *guest_mmio_writer(size_t *length);
 /// A virtio-blk driver for the device at 00:02.0 (virtio_blk.S).
 const unsigned char *guest_virtio_blk(size_t *length);
+/// The vhost-user benchmark's virtio-blk driver (virtio_blk_bench.S).
+const unsigned char *guest_virtio_blk_bench(size_t *length);
 #endif
