@@ -146,7 +146,13 @@ public enum ReportText {
                     String(b.vectors), b.partition, b.mode, us(b.us), String(b.pushes), batch.map { ratio(b.us / $0.us) } ?? "-",
                 ])
             }
-            sections.append(bringUp.render(title: "MSI-X bring-up: Linux's one-at-a-time unmasks vs one function-mask batch (host-driven emulator writes)"))
+            sections.append(bringUp.render(title: "MSI-X bring-up by a guest: Linux's one-at-a-time unmasks vs one function-mask batch (guest's first write until all live in the kernel)"))
+        }
+
+        if let firsts = report.firstInterrupt, !firsts.isEmpty {
+            var first = TextTable(["path", "p50 µs", "p99 µs", "samples"])
+            for f in firsts { first.add([f.path, us(f.p50Us), us(f.p99Us), String(f.samples)]) }
+            sections.append(first.render(title: "First interrupt after a vector goes live: guest's unmask write to its handler"))
         }
 
         if let m = report.maskUnmask {

@@ -28,8 +28,10 @@ public final class CountingGuest {
 
     /// Starts the guest on `cpus` vCPUs, after `plugging` has attached devices,
     /// and waits until every vCPU has its APIC and vector table set up.
-    public init(cpus: Int = 2, plugging: (TinyVM) throws -> Void = { _ in }) throws {
-        vm = try TinyVM(.init(cpus: cpus))
+    /// `coalescesCommits: false` gives the VM a synchronous partition (for
+    /// tests of the synchronous path, rule 10).
+    public init(cpus: Int = 2, coalescesCommits: Bool = true, plugging: (TinyVM) throws -> Void = { _ in }) throws {
+        vm = try TinyVM(.init(cpus: cpus, coalescesCommits: coalescesCommits))
         try vm.load(GuestProgram.interruptCounter.image)
         try plugging(vm)
         vm.start()

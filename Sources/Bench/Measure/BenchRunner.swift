@@ -35,6 +35,8 @@ public struct BenchOptions: Sendable {
         case mask
         /// Route creation/release rates and memory per route.
         case lifecycle
+        /// MSI-X bring-up and first interrupts, driven by a real guest (`msix_bring_up`, `first_interrupt`).
+        case msix
     }
 
     /// The default run: 5,000 samples per path, every section.
@@ -127,8 +129,11 @@ public final class BenchRunner {
         var report = BenchReport(
             machine: machine, delivery: delivery, throughput: throughput, bursts: bursts,
             programming: programming, maskUnmask: mask, lifecycle: lifecycle, gaps: gaps)
-        if sections.contains(.programming) { report.msixBringUp = try measureMsixBringUp(guest) }
-        report.targets = Targets.check(report)
+        if sections.contains(.msix) {
+            report.msixBringUp = try measureGuestMsixBringUp()
+            report.firstInterrupt = try measureFirstInterrupt(vectors: options.quick ? 256 : 1024)
+        }
+        report.targets = Targets.check(report) + Self.msixTargets(report)
         return report
     }
 
@@ -425,59 +430,6 @@ public final class BenchRunner {
                     oneByOneDeferredPushes: deferredPushes))
             results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
             results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
-        }
-        return results
-    }
-
-    // MARK: - MSI-X bring-up
-
-    private func measureMsixBringUp(_ guest: TinyVM, vectors: Int = 2048) throws(BenchError) -> [BenchReport.MsixBringUp] {
-        let counters = guest.vm.counters
-        guard let layout = MsixLayout(vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: 0x8000)
-        else { return [] }
-        var results: [BenchReport.MsixBringUp] = []
-        for coalesced in [true, false] {
-            for mode in ["linux_order", "function_mask_batch"] {
-                progress("MSI-X bring-up: \(vectors) vectors, \(mode), \(coalesced ? "coalescing" : "synchronous")")
-                do throws(IrqFdError) {
-                    let partition: KVMIrqFd
-                    if coalesced {
-                        partition = KVMIrqFd(
-                            kernel: try KVMRoutingKernel(vm: guest.vm),
-                            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm), timer: ThreadCommitTimer()))
-                    } else {
-                        partition = try KVMIrqFd(vm: guest.vm)
-                    }
-                    let emulator = MsixEmulator(layout: layout, delivery: .irqfd(partition))
-                    for v in 0..<vectors {
-                        let m = Self.programMessage(v, generation: 0)
-                        let entry = UInt64(16 * v)
-                        emulator.writeTable(offset: entry, size: 4, value: UInt64(UInt32(truncatingIfNeeded: m.address)))
-                        emulator.writeTable(offset: entry + 4, size: 4, value: m.address >> 32)
-                        emulator.writeTable(offset: entry + 8, size: 4, value: UInt64(m.data))
-                        emulator.writeTable(offset: entry + 12, size: 4, value: 1)
-                    }
-                    settle()
-                    let before = counters.snapshot
-                    let start = bench_floor_now_ns()
-                    if mode == "linux_order" {
-                        emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
-                        for v in 0..<vectors { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: 0) }
-                    } else {
-                        emulator.writeCapability(offset: 2, size: 2, value: 0xC000)
-                        for v in 0..<vectors { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: 0) }
-                        emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
-                    }
-                    if coalesced { partition.commitNow() }
-                    let routes = (0..<vectors).compactMap { emulator.route($0) as? KVMIrqFdRoute }
-                    while partition.waitingEntryCount > 0 || !routes.allSatisfy(\.isArmed) { usleep(100) }
-                    results.append(.init(
-                        vectors: vectors, mode: mode, us: elapsedUs(since: start),
-                        pushes: (counters.snapshot - before).routingPushes,
-                        partition: coalesced ? "coalescing" : "synchronous"))
-                }
-                catch { throw .library("MSI-X bring-up of \(vectors) vectors (\(mode))", error) }
-            }
         }
         return results
     }
