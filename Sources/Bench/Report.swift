@@ -255,12 +255,23 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var vectors: Int
         /// `linux_order` or `function_mask_batch`.
         public var mode: String
-        /// Microseconds until every vector was live and armed.
+        /// Microseconds from the guest's first write until every vector was live
+        /// and armed (the median of `rounds` runs).
         public var us: Double
-        /// KVM_SET_GSI_ROUTING calls made.
+        /// KVM_SET_GSI_ROUTING calls made (the most in any run).
         public var pushes: Int
         /// `coalescing` (deferred commits, relay-served) or `synchronous` (one push per change).
         public var partition: String
+        /// Guest runs per order (the median of which is `us`).
+        public var rounds: Int?
+        /// linux_order rows on the coalescing partition: the median of the per-round
+        /// ratios to function_mask_batch (paired rounds), with its 95% interval.
+        public var ratioToBatch: PairedRatio?
+
+        enum CodingKeys: String, CodingKey {
+            case vectors, mode, us, pushes, partition, rounds
+            case ratioToBatch = "ratio_to_batch"
+        }
 
         /// A bring-up result.
         public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {

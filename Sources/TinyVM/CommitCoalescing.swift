@@ -100,11 +100,18 @@ public final class CommitErrorReporter: Sendable {
 
 extension TinyVM {
     /// The coalescing settings of a TinyVM partition: the relay serves waiting
-    /// entries, a thread timer commits within `delay` (2 ms), a push happens at
-    /// once when 512 entries wait, failures go to `reporter`.
+    /// entries, a thread timer commits within `delay` (25 ms), a push happens
+    /// at once when 1024 entries wait, failures go to `reporter`.
+    ///
+    /// Why these: every push carries the whole table, so the number of pushes
+    /// a bring-up makes is what its kernel work grows with. A guest unmasking
+    /// 2048 vectors one write at a time takes 50-150 ms of guest time on this
+    /// machine; a 25 ms bound and a 1024-entry threshold keep that to about 6
+    /// pushes (2 ms made about 20), while the relay delivers meanwhile, so a
+    /// longer wait costs no interrupt its latency beyond the relay's.
     static func coalescing(vm: VirtualMachine, reporter: CommitErrorReporter) -> KVMIrqFd.Coalescing {
         .init(
-            interim: LazyRelayInterim(vm: vm), timer: ThreadCommitTimer(), delay: .milliseconds(2), threshold: 512,
+            interim: LazyRelayInterim(vm: vm), timer: ThreadCommitTimer(), delay: .milliseconds(25), threshold: 1024,
             onCommitError: { reporter.report($0) })
     }
 }

@@ -204,7 +204,7 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
         // A driver retargets by rewriting the address of a live entry.
         try guest.write32(MsixTestDevice.msixBase + 16 * 5, UInt32(message(0x70, cpu: 1).address))
         // The VM's partition coalesces: the new entry is pushed by the commit (within its
-        // 2 ms bound), the relay serving the vector meanwhile.
+        // bound), the relay serving the vector meanwhile.
         #expect(g.vm.waitUntil { g.vm.irqfd.waitingEntryCount == 0 })
         #expect((g.vm.vm.counters.snapshot - pushes).routingPushes == (delivery == .irqfd ? 1 : 0))
         try guest.ring(5)
