@@ -119,6 +119,8 @@ public final class TinyVM: Sendable {
     /// Where the partition's failed coalesced commits are reported (to the
     /// devices' emulators and, rate-limited, the log).
     public let commitErrors = CommitErrorReporter()
+    /// Commits once the guest's MMIO goes quiet (see `QuietCommitTimer`).
+    let commitTimer = QuietCommitTimer()
     /// The vCPUs, by index.
     public let vcpus: [VCPU]
     /// PCI bus 0 on ports 0xCF8/0xCFC (configuration mechanism #1); plug functions in before `start()`.
@@ -176,8 +178,10 @@ public final class TinyVM: Sendable {
             let kernel = try KVMRoutingKernel(vm: vm)
             irqfd = KVMIrqFd(
                 kernel: kernel,
-                coalescing: configuration.coalescesCommits ? Self.coalescing(vm: vm, reporter: commitErrors) : nil)
+                coalescing: configuration.coalescesCommits
+                    ? Self.coalescing(vm: vm, timer: commitTimer, reporter: commitErrors) : nil)
         } catch { throw .irqfd(error) }
+        commitTimer.watch(self)
         installDefaultVectorTable()
         attach(ports: PCIBus.ports, pci)
         memory.write32(UInt32(configuration.cpus), at: Self.cpuCountAddress)
