@@ -15,18 +15,21 @@ import Synchronization
 ///
 /// Each served route is a relay route adopting the irqfd route's event; the
 /// relay injects with KVM_SIGNAL_MSI until the push carrying the entry lands.
+///
+/// Like the KVM backend, it holds the VM weakly (so does the relay's
+/// KVM_SIGNAL_MSI injector): routes must not keep a VM alive.
 public final class LazyRelayInterim: InterimDelivery {
-    private let vm: VirtualMachine
+    private let injector: KVMSignalMsiInjector
     private let relay = Mutex<RelayIrqFd?>(nil)
 
     /// Serves routes of partitions on `vm`.
-    public init(vm: VirtualMachine) { self.vm = vm }
+    public init(vm: VirtualMachine) { injector = KVMSignalMsiInjector(vm: vm) }
 
     /// See `InterimDelivery.serve(_:)`: the relay is started the first time.
     public func serve(_ event: any Event) throws(IrqFdError) -> any IrqFdRoute {
         try relay.withLock { (r: inout RelayIrqFd?) throws(IrqFdError) -> any IrqFdRoute in
             if let r { return r.newRoute(adopting: event) }
-            let made = try RelayIrqFd(vm: vm)
+            let made = try RelayIrqFd(injector: injector)
             r = made
             return made.newRoute(adopting: event)
         }

@@ -125,9 +125,7 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
 @Suite(needsKVM, .serialized) struct EmulatorFaultTests {
     @Test(arguments: EmulatorScenario.all)
     func kvmEmulatorOperationFailedAtEachCall(_ scenario: EmulatorScenario) throws {
-        // Every call made in the operation's own thread, as this attack needs: a synchronous
-        // partition (deferred commits are attacked in TinyVMTests' CoalescedGuestTests).
-        let guest = try CountingGuest(coalescesCommits: false)
+        let guest = try CountingGuest()
         try attack(scenario, on: KVMTarget(guest), guest: guest)
     }
 

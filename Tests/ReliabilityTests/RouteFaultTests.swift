@@ -93,9 +93,7 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
 
     @Test(arguments: RouteScenario.all)
     func kvmRouteOperationFailedAtEachCall(_ scenario: RouteScenario) throws {
-        // Every call made in the operation's own thread, as this attack needs: a synchronous
-        // partition (deferred commits are attacked in TinyVMTests' CoalescedGuestTests).
-        let guest = try CountingGuest(coalescesCommits: false)
+        let guest = try CountingGuest()
         try attack(scenario, on: KVMTarget(guest), guest: guest)
     }
 

@@ -17,8 +17,7 @@ import TinyVM
     /// vector was marked not live anyway, so the guest's next mask made no
     /// call and the device's signal was delivered while masked.
     @Test func aFailedMaskAfterAFailedRetargetStillMasksOnTheGuestsNextMask() throws {
-        // The synchronous path (rule 10): the retarget's push is made in the write.
-        let guest = try CountingGuest(coalescesCommits: false)
+        let guest = try CountingGuest()
         let emulator = MsixEmulator(layout: MsixLayout(vectorCount: 4)!, delivery: .irqfd(guest.irqfd))
         let first = message(0x61), second = message(0x62)
         emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
