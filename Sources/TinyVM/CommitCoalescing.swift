@@ -104,14 +104,15 @@ public final class CommitErrorReporter: Sendable {
 extension TinyVM {
     /// The coalescing settings of a TinyVM partition: the relay serves waiting
     /// entries; `timer` commits once the guest's MMIO has gone quiet for 4 ms,
-    /// and at the latest 25 ms after the first change that made an entry
+    /// and at the latest 50 ms after the first change that made an entry
     /// wait; a push happens at once, in the guest's write, when 1024 entries
     /// wait; failures go to `reporter`.
     ///
     /// Why these: every push carries the whole table, so the number of pushes
     /// a bring-up makes is what its kernel work grows with. A guest unmasking
     /// 2048 vectors one write at a time keeps making MMIO exits for 50-150 ms
-    /// on this machine: it is committed at the threshold, at the 25 ms bound,
+    /// on this machine (more under load): it is committed at the threshold, at
+    /// the 50 ms bound (so a slower guest costs a push per 50 ms, not per 2),
     /// and once, 4 ms after its last write (a fixed 2 ms delay made about 20
     /// pushes; a fixed 25 ms one left the last vectors waiting up to 25 ms;
     /// 1 ms of quiet mistook a vCPU thread descheduled on a loaded host for a
@@ -120,7 +121,7 @@ extension TinyVM {
     /// beyond the relay's.
     static func coalescing(vm: VirtualMachine, timer: QuietCommitTimer, reporter: CommitErrorReporter) -> KVMIrqFd.Coalescing {
         .init(
-            interim: LazyRelayInterim(vm: vm), timer: timer, delay: .milliseconds(25), threshold: 1024,
+            interim: LazyRelayInterim(vm: vm), timer: timer, delay: .milliseconds(50), threshold: 1024,
             onCommitError: { reporter.report($0) })
     }
 }
