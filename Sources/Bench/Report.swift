@@ -24,6 +24,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var msixBringUp: [MsixBringUp]?
     /// virtio-blk over vhost-user (issue 10; nil if not measured).
     public var vhostUser: VhostUser?
+    /// The first interrupt after each vector goes live, from the guest's unmask write to its handler (issue 11).
+    public var firstInterrupt: [FirstInterrupt]?
     /// DESIGN.md's performance targets, checked against this run's ratios.
     public var targets: [TargetCheck]
     /// What this run could not measure, and why.
@@ -35,6 +37,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         case lifecycle, targets, gaps
         case msixBringUp = "msix_bring_up"
         case vhostUser = "vhost_user"
+        case firstInterrupt = "first_interrupt"
     }
 
     /// A report.
@@ -251,24 +254,37 @@ public struct BenchReport: Codable, Equatable, Sendable {
 
     /// Bringing `vectors` MSI-X vectors live through the emulator (issue 11).
     ///
-    /// Host-driven: the bench makes the emulator calls that the guest's MMIO
-    /// and configuration writes make (every entry programmed masked, then
-    /// either `linux_order`: enable, then clear each entry's mask one write at
-    /// a time, as request_irq does; or `function_mask_batch`: enable with the
-    /// function masked, clear every entry's mask, clear the function mask),
-    /// on a partition of its own on the bench guest's VM. The time ends when
-    /// every vector is live with its irqfd armed.
+    /// Driven by a real guest (msix_bench.S) on a TinyVM of its own with the
+    /// PCI test device: every entry programmed masked (by the host, untimed),
+    /// then either `linux_order` (enable MSI-X, then clear each entry's mask
+    /// one MMIO write at a time, as request_irq does) or `function_mask_batch`
+    /// (enable with the function masked, clear every entry's mask, clear the
+    /// function mask). `us` runs from the guest's mark just before its first
+    /// write (host CLOCK_MONOTONIC, when the VMM handles that exit) until the
+    /// host sees every vector live in the kernel: its irqfd armed and no
+    /// entry waiting for a push.
     public struct MsixBringUp: Codable, Equatable, Sendable {
         /// Vectors brought live.
         public var vectors: Int
         /// `linux_order` or `function_mask_batch`.
         public var mode: String
-        /// Microseconds until every vector was live and armed.
+        /// Microseconds from the guest's first write until every vector was live
+        /// and armed (the median of `rounds` runs).
         public var us: Double
-        /// KVM_SET_GSI_ROUTING calls made.
+        /// KVM_SET_GSI_ROUTING calls made (the most in any run).
         public var pushes: Int
         /// `coalescing` (deferred commits, relay-served) or `synchronous` (one push per change).
         public var partition: String
+        /// Guest runs per order (the median of which is `us`).
+        public var rounds: Int?
+        /// linux_order rows on the coalescing partition: the median of the per-round
+        /// ratios to function_mask_batch (paired rounds), with its 95% interval.
+        public var ratioToBatch: PairedRatio?
+
+        enum CodingKeys: String, CodingKey {
+            case vectors, mode, us, pushes, partition, rounds
+            case ratioToBatch = "ratio_to_batch"
+        }
 
         /// A bring-up result.
         public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {
@@ -277,6 +293,37 @@ public struct BenchReport: Codable, Equatable, Sendable {
             self.us = us
             self.pushes = pushes
             self.partition = partition
+        }
+    }
+
+    /// The first interrupt after a vector goes live (`first_interrupt[]`):
+    /// the guest rings a masked vector, waits for its PBA bit and unmasks it;
+    /// a sample runs from the VMM receiving that unmask write to it receiving
+    /// the OUT the guest's handler makes first (host CLOCK_MONOTONIC).
+    public struct FirstInterrupt: Codable, Equatable, Sendable {
+        /// `coalescing` (the entry waits for a commit; the relay delivers) or
+        /// `synchronous` (the entry is pushed and the irqfd armed first).
+        public var path: String
+        /// Median, µs.
+        public var p50Us: Double
+        /// 99th percentile, µs.
+        public var p99Us: Double
+        /// Vectors measured, one sample each.
+        public var samples: Int
+
+        enum CodingKeys: String, CodingKey {
+            case path
+            case p50Us = "p50_us"
+            case p99Us = "p99_us"
+            case samples
+        }
+
+        /// A result.
+        public init(path: String, p50Us: Double, p99Us: Double, samples: Int) {
+            self.path = path
+            self.p50Us = p50Us
+            self.p99Us = p99Us
+            self.samples = samples
         }
     }
 

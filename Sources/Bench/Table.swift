@@ -151,14 +151,22 @@ public enum ReportText {
         sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))
 
         if let bringUps = report.msixBringUp, !bringUps.isEmpty {
-            var bringUp = TextTable(["vectors", "partition", "mode", "µs", "pushes", "/function-mask batch"])
+            var bringUp = TextTable(["vectors", "partition", "mode", "runs", "median µs", "pushes", "/function-mask batch", "paired (95%)"])
             for b in bringUps {
                 let batch = bringUps.first { $0.partition == b.partition && $0.mode == "function_mask_batch" }
+                let paired = b.ratioToBatch.map { "\(ratio($0.median)) [\(ratio($0.low)), \(ratio($0.high))] n=\($0.rounds)" } ?? "-"
                 bringUp.add([
-                    String(b.vectors), b.partition, b.mode, us(b.us), String(b.pushes), batch.map { ratio(b.us / $0.us) } ?? "-",
+                    String(b.vectors), b.partition, b.mode, b.rounds.map(String.init) ?? "1", us(b.us), String(b.pushes),
+                    batch.map { ratio(b.us / $0.us) } ?? "-", paired,
                 ])
             }
-            sections.append(bringUp.render(title: "MSI-X bring-up: Linux's one-at-a-time unmasks vs one function-mask batch (host-driven emulator writes)"))
+            sections.append(bringUp.render(title: "MSI-X bring-up by a guest: Linux's one-at-a-time unmasks vs one function-mask batch (guest's first write until all live in the kernel)"))
+        }
+
+        if let firsts = report.firstInterrupt, !firsts.isEmpty {
+            var first = TextTable(["path", "p50 µs", "p99 µs", "samples"])
+            for f in firsts { first.add([f.path, us(f.p50Us), us(f.p99Us), String(f.samples)]) }
+            sections.append(first.render(title: "First interrupt after a vector goes live: guest's unmask write to its handler"))
         }
 
         if let m = report.maskUnmask {

@@ -51,7 +51,7 @@ public final class MsixEmulator: Sendable {
     public let layout: MsixLayout
     /// How interrupts reach the guest.
     public let delivery: MsixDelivery
-    private let state: Mutex<State>
+    let state: Mutex<State>
 
     struct Vector {
         var addressLow: UInt32 = 0
@@ -644,7 +644,7 @@ public final class MsixEmulator: Sendable {
         return firstError
     }
 
-    private func note(_ error: IrqFdError, _ s: inout State) {
+    func note(_ error: IrqFdError, _ s: inout State) {
         s.counters.routeErrors += 1
         s.lastRouteError = error
     }

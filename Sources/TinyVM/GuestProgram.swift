@@ -25,6 +25,10 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// The vhost-user benchmark's virtio-blk driver (virtio_blk_bench.S):
     /// rounds of reads at a queue depth, notify -> handler stamped with RDTSC.
     case virtioBlkBench = "virtio-blk-bench"
+    /// The MSI-X benchmark guest (msix_bench.S): brings the test device's
+    /// vectors live in Linux's order or under the function mask, or times
+    /// each vector's first interrupt; see `MsixBenchGuestLayout`.
+    case msixBench = "msix-bench"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -40,6 +44,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .mmioWriter: guest_mmio_writer(&length)
             case .virtioBlk: guest_virtio_blk(&length)
             case .virtioBlkBench: guest_virtio_blk_bench(&length)
+            case .msixBench: guest_msix_bench(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }
@@ -94,4 +99,20 @@ public enum VirtioBlkGuestLayout {
     public static func sector(first: Int, queue q: Int, request j: Int) -> Int { first + j + 0x800 * q }
     /// The IDT vector of MSI-X vector v (0 config, q + 1 queue q).
     public static func idtVector(msix v: Int) -> UInt8 { UInt8(0x40 + v) }
+}
+
+/// Where the MSI-X benchmark guest (msix_bench.S) takes its parameters
+/// (32-bit words the host writes before start) and marks its progress.
+public enum MsixBenchGuestLayout {
+    /// 1: `linux_order`, 2: `function_mask_batch`, 3: first interrupt per vector.
+    public static let mode: UInt64 = 0x5C0
+    /// Vectors to bring live (1...2048).
+    public static let vectors: UInt64 = 0x5C4
+    /// Interrupts the handler took (mode 3).
+    public static let count: UInt64 = 0x5C8
+    /// The port the guest marks on: 1 before its first write, 2 after its
+    /// last, 3 first thing in its interrupt handler (IDT vector 0x40).
+    public static let markPort: UInt16 = 0xE0
+    /// The IDT vector mode 3's handler serves.
+    public static let vector: UInt8 = 0x40
 }

@@ -104,24 +104,13 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     public init(vm: TinyVM, vectors: Int = 8, delivery: InterruptDelivery = .irqfd) throws(TinyVMError) {
         guard let layout = MsixLayout(vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: Self.pbaOffset)
         else { throw .configuration("--vectors must be 1...\(MsixLayout.maxVectors), not \(vectors)") }
-        let injector = KVMSignalMsiInjector(vm: vm.vm)
         let msixDelivery: MsixDelivery
-        switch delivery {
-        case .irqfd:
-            relay = nil
-            msixDelivery = .irqfd(vm.irqfd, fallback: injector)
-        case .relay:
-            let partition: RelayIrqFd
-            do { partition = try RelayIrqFd(injector: injector) } catch { throw .irqfd(error) }
-            relay = partition
-            msixDelivery = .irqfd(partition)
-        case .userspace:
-            relay = nil
-            msixDelivery = .userspace(injector)
-        }
+        do { (msixDelivery, relay) = try delivery.msixDelivery(in: vm) } catch { throw .irqfd(error) }
         self.delivery = delivery
         emulator = MsixEmulator(layout: layout, delivery: msixDelivery)
         do { worker = try Worker(emulator: emulator) } catch { throw .irqfd(error) }
+        // A coalesced commit that fails has no caller: the emulator's error path hears of it.
+        vm.commitErrors.add(owner: emulator) { [weak emulator] in emulator?.reportCommitError($0) }
     }
 
     deinit { worker.stop() }

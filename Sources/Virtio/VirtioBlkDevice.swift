@@ -200,22 +200,10 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
         self.vm = (vm.vm, vm.memory)
         queueCount = queues
         self.delivery = delivery
-        let injector = KVMSignalMsiInjector(vm: vm.vm)
         let msixDelivery: MsixDelivery
-        switch delivery {
-        case .irqfd:
-            relay = nil
-            msixDelivery = .irqfd(vm.irqfd, fallback: injector)
-        case .relay:
-            let partition: RelayIrqFd
-            do { partition = try RelayIrqFd(injector: injector) } catch { throw .irqfd(error) }
-            relay = partition
-            msixDelivery = .irqfd(partition)
-        case .userspace:
-            relay = nil
-            msixDelivery = .userspace(injector)
-        }
+        do { (msixDelivery, relay) = try delivery.msixDelivery(in: vm) } catch { throw .irqfd(error) }
         emulator = MsixEmulator(layout: layout, delivery: msixDelivery)
+        vm.commitErrors.add(owner: emulator) { [weak emulator] in emulator?.reportCommitError($0) }
         do {
             kicks = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
             ownCalls = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }

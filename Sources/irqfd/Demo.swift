@@ -41,7 +41,9 @@ struct DemoScript {
         let device: MsixTestDevice
         let guest: DeviceDriverGuest
         do {
-            vm = try TinyVM(.init(cpus: 2))
+            // Synchronous commits: the demo shows each step's ioctls as the step makes them
+            // (a coalescing partition would push a few milliseconds later, relay-served meanwhile).
+            vm = try TinyVM(.init(cpus: 2, coalescesCommits: false))
             device = try MsixTestDevice.attach(to: vm, vectors: 8, delivery: delivery)
             guest = try DeviceDriverGuest(vm: vm)
             try guest.start()

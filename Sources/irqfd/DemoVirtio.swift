@@ -91,7 +91,9 @@ struct VirtioDemo {
 
     private func machine(_ backend: BlockBackend) throws -> (TinyVM, VirtioBlkDevice) {
         do {
-            let vm = try TinyVM(.init(cpus: 1))
+            // Synchronous commits, as in the MSI-X demo: the I/O path is shown with every
+            // entry in the kernel (a coalescing partition relays for its first few ms).
+            let vm = try TinyVM(.init(cpus: 1, coalescesCommits: false))
             let device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, delivery: delivery)
             try vm.load(GuestProgram.virtioBlk.image)
             return (vm, device)

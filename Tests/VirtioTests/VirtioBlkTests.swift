@@ -40,10 +40,13 @@ final class BlkGuest {
     let device: VirtioBlkDevice
     typealias L = VirtioBlkGuestLayout
 
-    init(_ kind: DiskBackendKind, image: TestImage, cpus: Int = 1, queues: Int = 1, delivery: InterruptDelivery = .irqfd) throws {
+    init(
+        _ kind: DiskBackendKind, image: TestImage, cpus: Int = 1, queues: Int = 1, delivery: InterruptDelivery = .irqfd,
+        coalescesCommits: Bool = true
+    ) throws {
         self.image = image
         backend = try BlockBackend(kind: kind, image: image.path, queues: queues)
-        vm = try TinyVM(.init(cpus: cpus))
+        vm = try TinyVM(.init(cpus: cpus, coalescesCommits: coalescesCommits))
         device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, queues: queues, delivery: delivery)
         try vm.load(GuestProgram.virtioBlk.image)
     }
@@ -107,7 +110,9 @@ func pattern(_ j: Int, _ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: j &* 31 &+
     @Test(arguments: backends)
     func aHundredRequestsSeveralInFlightAllSucceedWithAnInterruptPerBatch(backend: DiskBackendKind) throws {
         let image = try TestImage(sectors: 256)
-        let guest = try BlkGuest(backend, image: image)
+        // The kernel path alone: on a coalescing partition the relay injects for a vector
+        // whose entry still waits for its commit (CoalescedGuestTests covers that).
+        let guest = try BlkGuest(backend, image: image, coalescesCommits: false)
         guest.configure(batches: 25, perBatch: 4, first: 0, write: false)
         let before = guest.vm.vm.counters.snapshot
         let outcome = guest.vm.run(timeout: .seconds(120))

@@ -37,6 +37,8 @@ public struct BenchOptions: Sendable {
         case lifecycle
         /// virtio-blk requests through a vhost-user back-end (issue 10): latency, throughput, mask + unmask.
         case vhostUser = "vhost-user"
+        /// MSI-X bring-up and first interrupts, driven by a real guest (`msix_bring_up`, `first_interrupt`).
+        case msix
     }
 
     /// The default run: 5,000 samples per path, every section.
@@ -129,14 +131,17 @@ public final class BenchRunner {
         var report = BenchReport(
             machine: machine, delivery: delivery, throughput: throughput, bursts: bursts,
             programming: programming, maskUnmask: mask, lifecycle: lifecycle, gaps: gaps)
-        if sections.contains(.programming) { report.msixBringUp = try measureMsixBringUp(guest) }
-        report.targets = Targets.check(report)
+        if sections.contains(.msix) {
+            report.msixBringUp = try measureGuestMsixBringUp()
+            report.firstInterrupt = try measureFirstInterrupt(vectors: options.quick ? 256 : 1024)
+        }
+        report.targets = Targets.check(report) + Self.msixTargets(report)
         if sections.contains(.vhostUser) {
             let vhostUser = try VhostUserBench(options: options, progress: progress).run()
             report.vhostUser = vhostUser
             report.targets += vhostUser.targets
-            report.machine.seconds = Double(bench_floor_now_ns() - started) / 1e9
         }
+        report.machine.seconds = Double(bench_floor_now_ns() - started) / 1e9
         return report
     }
 
@@ -481,59 +486,6 @@ public final class BenchRunner {
             results[results.count - 1].deferredRatio = BenchReport.PairedRatio(path: deferred, floor: deferredFloor)
             results[results.count - 1].deferredArmFloorUs = Self.median(deferredArmFloor)
             results[results.count - 1].deferredArmRatio = BenchReport.PairedRatio(path: deferred, floor: deferredArmFloor)
-        }
-        return results
-    }
-
-    // MARK: - MSI-X bring-up
-
-    private func measureMsixBringUp(_ guest: TinyVM, vectors: Int = 2048) throws(BenchError) -> [BenchReport.MsixBringUp] {
-        let counters = guest.vm.counters
-        guard let layout = MsixLayout(vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: 0x8000)
-        else { return [] }
-        var results: [BenchReport.MsixBringUp] = []
-        for coalesced in [true, false] {
-            for mode in ["linux_order", "function_mask_batch"] {
-                progress("MSI-X bring-up: \(vectors) vectors, \(mode), \(coalesced ? "coalescing" : "synchronous")")
-                do throws(IrqFdError) {
-                    let partition: KVMIrqFd
-                    if coalesced {
-                        partition = KVMIrqFd(
-                            kernel: try KVMRoutingKernel(vm: guest.vm),
-                            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm), timer: ThreadCommitTimer()))
-                    } else {
-                        partition = try KVMIrqFd(vm: guest.vm)
-                    }
-                    let emulator = MsixEmulator(layout: layout, delivery: .irqfd(partition))
-                    for v in 0..<vectors {
-                        let m = Self.programMessage(v, generation: 0)
-                        let entry = UInt64(16 * v)
-                        emulator.writeTable(offset: entry, size: 4, value: UInt64(UInt32(truncatingIfNeeded: m.address)))
-                        emulator.writeTable(offset: entry + 4, size: 4, value: m.address >> 32)
-                        emulator.writeTable(offset: entry + 8, size: 4, value: UInt64(m.data))
-                        emulator.writeTable(offset: entry + 12, size: 4, value: 1)
-                    }
-                    settle()
-                    let before = counters.snapshot
-                    let start = bench_floor_now_ns()
-                    if mode == "linux_order" {
-                        emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
-                        for v in 0..<vectors { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: 0) }
-                    } else {
-                        emulator.writeCapability(offset: 2, size: 2, value: 0xC000)
-                        for v in 0..<vectors { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: 0) }
-                        emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
-                    }
-                    if coalesced { partition.commitNow() }
-                    let routes = (0..<vectors).compactMap { emulator.route($0) as? KVMIrqFdRoute }
-                    while partition.waitingEntryCount > 0 || !routes.allSatisfy(\.isArmed) { usleep(100) }
-                    results.append(.init(
-                        vectors: vectors, mode: mode, us: elapsedUs(since: start),
-                        pushes: (counters.snapshot - before).routingPushes,
-                        partition: coalesced ? "coalescing" : "synchronous"))
-                }
-                catch { throw .library("MSI-X bring-up of \(vectors) vectors (\(mode))", error) }
-            }
         }
         return results
     }

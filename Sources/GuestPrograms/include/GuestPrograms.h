@@ -27,4 +27,7 @@ const unsigned char *guest_mmio_writer(size_t *length);
 const unsigned char *guest_virtio_blk(size_t *length);
 /// The vhost-user benchmark's virtio-blk driver (virtio_blk_bench.S).
 const unsigned char *guest_virtio_blk_bench(size_t *length);
+/// The MSI-X benchmark guest: brings vectors live in Linux's order or under
+/// the function mask, or times each vector's first interrupt (msix_bench.S).
+const unsigned char *guest_msix_bench(size_t *length);
 #endif
