@@ -264,12 +264,3 @@ extension BenchReport.VhostUser {
     /// Mask + unmask (`BenchReport.VhostUserMaskUnmask`).
     public typealias MaskUnmask = BenchReport.VhostUserMaskUnmask
 }
-
-extension BenchReport.TargetCheck {
-    /// A target held to a paired ratio: met only when the interval's upper
-    /// end is at or under `limit` (the `PairedRatio` rule), so noise cannot pass it.
-    public init(name: String, paired: BenchReport.PairedRatio?, limit: Double, note: String) {
-        self.init(name: name, ratio: paired?.median, limit: limit, note: note)
-        if let paired { met = paired.high <= limit }
-    }
-}
