@@ -207,7 +207,7 @@ let package = Package(
             name: "ReliabilityTests",
             dependencies: [
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
-                "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
+                "TinyVM", "GuestPrograms", "CReliability", "Virtio", .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.

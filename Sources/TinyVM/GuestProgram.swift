@@ -22,6 +22,10 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// A virtio-blk driver for the device at 00:02.0 (virtio_blk.S): batches
     /// of requests the host describes at 0x5C0...0x5DC; see `VirtioBlkGuestLayout`.
     case virtioBlk = "virtio-blk"
+    /// The virtio-blk lossless-under-load driver (virtio_blk_stress.S): many
+    /// reads in flight, each completion taken and checked in the interrupt
+    /// handler; see `VirtioBlkStressLayout`.
+    case virtioBlkStress = "virtio-blk-stress"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -36,6 +40,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .msixSelfTest: guest_msix_selftest(&length)
             case .mmioWriter: guest_mmio_writer(&length)
             case .virtioBlk: guest_virtio_blk(&length)
+            case .virtioBlkStress: guest_virtio_blk_stress(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

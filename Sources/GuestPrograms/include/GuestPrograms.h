@@ -25,4 +25,7 @@ const unsigned char *guest_msix_selftest(size_t *length);
 const unsigned char *guest_mmio_writer(size_t *length);
 /// A virtio-blk driver for the device at 00:02.0 (virtio_blk.S).
 const unsigned char *guest_virtio_blk(size_t *length);
+/// The virtio-blk lossless-under-load driver: many reads in flight, every
+/// completion taken in the interrupt handler and checked (virtio_blk_stress.S).
+const unsigned char *guest_virtio_blk_stress(size_t *length);
 #endif
