@@ -93,6 +93,9 @@ final class VirtioStressRig {
     deinit {
         vm.stop()
         vm.wait()
+        // As a VMM shuts a disk down: reset (rings stopped), hang up, stop the backend.
+        device.writeStatus(0)
+        device.frontend.close()
         backend.stop()
         try? FileManager.default.removeItem(atPath: imagePath)
     }
