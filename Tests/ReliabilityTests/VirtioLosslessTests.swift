@@ -258,7 +258,8 @@ final class VirtioStressRig {
 /// Every `--delivery` mode. `IRQFD_VHOST_LOSSLESS_REQUESTS` requests per mode
 /// against qemu-storage-daemon (default 100,000; 1,000,000 for the long run),
 /// `IRQFD_VHOST_LOSSLESS_EMBEDDED_REQUESTS` against the embedded backend
-/// (default 20,000), `IRQFD_VHOST_LOSSLESS_SEED` repeats a run.
+/// (default 20,000). `IRQFD_VHOST_LOSSLESS_SEED` repeats the host's sequence of
+/// operations (their timing against the guest and the backend varies).
 @Suite(needsKVM, .serialized) struct VirtioLosslessUnderLoadTests {
     static let requests = environmentCount("IRQFD_VHOST_LOSSLESS_REQUESTS", default: 100_000)
     static let embeddedRequests = environmentCount("IRQFD_VHOST_LOSSLESS_EMBEDDED_REQUESTS", default: 20_000)
