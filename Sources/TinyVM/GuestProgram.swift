@@ -29,6 +29,10 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// vectors live in Linux's order or under the function mask, or times
     /// each vector's first interrupt; see `MsixBenchGuestLayout`.
     case msixBench = "msix-bench"
+    /// The virtio-blk lossless-under-load driver (virtio_blk_stress.S): many
+    /// reads in flight, each completion taken and checked in the interrupt
+    /// handler; see `VirtioBlkStressLayout`.
+    case virtioBlkStress = "virtio-blk-stress"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -45,6 +49,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .virtioBlk: guest_virtio_blk(&length)
             case .virtioBlkBench: guest_virtio_blk_bench(&length)
             case .msixBench: guest_msix_bench(&length)
+            case .virtioBlkStress: guest_virtio_blk_stress(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

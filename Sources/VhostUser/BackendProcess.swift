@@ -85,6 +85,18 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
         process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
+        // The child inherits this thread's signal mask, and the threads that
+        // start backends (Swift concurrency's and Dispatch's workers, where
+        // every test runs) block SIGTERM: the backend then ignored `stop()`'s
+        // SIGTERM and was SIGKILLed 5 s later, every time (and was orphaned for
+        // good if this process died). Unblocked around the spawn only.
+        var terminate = sigset_t()
+        var mask = sigset_t()
+        sigemptyset(&terminate)
+        sigaddset(&terminate, SIGTERM)
+        sigaddset(&terminate, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &terminate, &mask)
+        defer { pthread_sigmask(SIG_SETMASK, &mask, nil) }
         do { try process.run() } catch {
             throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: (error as NSError).code == 0 ? ENOENT : Int32(truncatingIfNeeded: (error as NSError).code)))
         }

@@ -30,4 +30,7 @@ const unsigned char *guest_virtio_blk_bench(size_t *length);
 /// The MSI-X benchmark guest: brings vectors live in Linux's order or under
 /// the function mask, or times each vector's first interrupt (msix_bench.S).
 const unsigned char *guest_msix_bench(size_t *length);
+/// The virtio-blk lossless-under-load driver: many reads in flight, every
+/// completion taken in the interrupt handler and checked (virtio_blk_stress.S).
+const unsigned char *guest_virtio_blk_stress(size_t *length);
 #endif
