@@ -105,6 +105,7 @@ let package = Package(
             dependencies: [
                 "VhostUser", "MSIX", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "KVM", "TinyVM",
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // The benchmark's floor: the measured operations in plain C ioctls, no library code.
@@ -208,6 +209,7 @@ let package = Package(
             dependencies: [
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
                 "TinyVM", "GuestPrograms", "CReliability", .product(name: "SystemPackage", package: "swift-system"),
+                "Virtio", "VhostUser", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.

@@ -22,6 +22,9 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// The socket it listens on.
     public let socketPath: String
     private let process: Process
+    /// Set once the socket is unlinked: a later stop (deinit) must not remove
+    /// the socket of a new back-end started on the same path.
+    private var socketRemoved = false
 
     private init(kind: Kind, socketPath: String, process: Process) {
         self.kind = kind
@@ -106,16 +109,37 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// Whether the process is still running.
     public var isRunning: Bool { process.isRunning }
 
+    /// The back-end's process ID.
+    public var processIdentifier: Int32 { process.processIdentifier }
+
+    /// Kills the back-end with SIGKILL, as a crash would end it: no chance to
+    /// close its connections cleanly (the kernel closes them; the front-end
+    /// sees end of file or POLLHUP). Waits for the exit and removes the
+    /// socket, so that a new back-end can listen on the same path. Idempotent.
+    public func kill() {
+        if process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        removeSocket()
+    }
+
+    private func removeSocket() {
+        guard !socketRemoved else { return }
+        socketRemoved = true
+        unlink(socketPath)
+    }
+
     /// Ends the back-end: SIGTERM, SIGKILL if it is still there after 5 s; removes the socket. Idempotent.
     public func stop() {
         if process.isRunning {
-            kill(process.processIdentifier, SIGTERM)
+            Glibc.kill(process.processIdentifier, SIGTERM)
             let deadline = ContinuousClock.now + .seconds(5)
             while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
-        unlink(socketPath)
+        removeSocket()
     }
 }
 #endif
