@@ -153,6 +153,7 @@ walked:	mov	$2, %al
 
 	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). Config interrupts from
 	 * here on (a failed DRIVER_OK raises one) are looked at while waiting. */
+	movl	$0, V_BATCH		/* a recovery keeps the batch it was in */
 reinit:	mov	CFG_COUNT, %eax
 	mov	%eax, V_CFGSEEN
 	mov	V_COMMON, %edi
@@ -248,7 +249,6 @@ reinit:	mov	CFG_COUNT, %eax
 	sti
 
 	/* Batches. */
-	movl	$0, V_BATCH
 batch:	mov	V_BATCH, %eax
 	cmp	P_BATCHES, %eax
 	jae	done
