@@ -218,13 +218,15 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
     /// watcher sees the hang-up. The device sets NEEDS_RESET and ISR bit 1,
     /// raises msix_config (masked: it latches in the PBA, and unmask delivers
     /// it), and logs exactly one line; later failures within the rate limit
-    /// are counted, not logged. A reset then reconnects to the restarted backend.
-    @Test(arguments: deathBackends)
-    func anIdleDeviceNoticesItsBackendDieAndRaisesTheConfigVector(kind: VhostUserBackendProcess.Kind) throws {
+    /// are counted, not logged. A reset then reconnects to the restarted
+    /// backend. In every delivery mode (the watcher is the same thread that
+    /// waits on the call fds with `.userspace`).
+    @Test(arguments: deathBackends, InterruptDelivery.allCases)
+    func anIdleDeviceNoticesItsBackendDieAndRaisesTheConfigVector(kind: VhostUserBackendProcess.Kind, delivery: InterruptDelivery) throws {
         let image = try DeathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
-        let device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath)
+        let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath, delivery: delivery)
         let log = CapturedLog()
         device.logger = log.logger
         var driver = DeathDriver(device: device, memory: vm.memory)
