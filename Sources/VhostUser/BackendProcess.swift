@@ -95,7 +95,9 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             var info = stat()
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK { return backend }
+            // The file appears at bind(2), before listen(2): until then a
+            // connect is refused (qemu-storage-daemon binds in place).
+            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isListening(socketPath) { return backend }
             guard process.isRunning else {
                 throw .unsupported("\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
             }
@@ -104,6 +106,24 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
             }
             usleep(10_000)
         }
+    }
+
+    /// Whether the socket at `path` is not known to be bound but not yet
+    /// listening: /proc/net/unix lists a socket under the path it was bound
+    /// to, with __SO_ACCEPTCON (0x10000) in its flags once it listens
+    /// (unix(7), "/proc/net/unix"). A socket renamed into place after
+    /// listen(2) (the embedded back-end) is listed under its old name, and
+    /// without /proc the file's existence has to do: both count as listening.
+    static func isListening(_ path: String) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return true }
+        var bound = false
+        for line in table.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
+            if flags & 0x10000 != 0 { return true }
+            bound = true
+        }
+        return !bound
     }
 
     /// Whether the process is still running.

@@ -69,9 +69,17 @@ public struct VirtioCounters: Hashable, Sendable, CustomStringConvertible {
 /// and a completion is the backend signalling the queue's call fd, which is
 /// the MSI-X vector's irqfd route event (`MsixEmulator.event(for:)`).
 ///
-/// Thread safety: guest accesses (any vCPU) and host calls are serialised by
-/// one lock, held across backend messages so that a reset and a start never
-/// interleave. The MSI-X emulator's lock is taken inside it, never around it.
+/// A backend that dies is noticed at once, even while idle: the device's
+/// poller thread watches the socket for a hang-up. The device then closes the
+/// connection, sets DEVICE_NEEDS_RESET and ISR bit 1, raises msix_config and
+/// logs one rate-limited line (``logger``); the driver's reset reconnects to
+/// ``socketPath`` and its re-initialisation runs against the new backend
+/// (``reconnectCount``). No wait on the socket is without a deadline.
+///
+/// Thread safety: guest accesses (any vCPU), host calls and the poller's
+/// hang-up report are serialised by one lock, held across backend messages
+/// so that a reset and a start never interleave. The MSI-X emulator's lock
+/// and the poller's watch lock are taken inside it, never around it.
 public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// The PCI slot: 00:02.0.
     public static let slot = 2
@@ -505,22 +513,28 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
         fresh.resets = s.resets
         fresh.starts = s.starts
         s = fresh
-        if let failure {
-            guard !s.frontend.isConnected else {
-                backendFailed(failure, &s)
-                return
-            }
-            // It died under the reset: counted and logged, then reconnected below.
-            s.counters.backendFailures += 1
-            s.lastBackendError = failure
-            poller.watch(socket: nil, connection: s.connection)
-            s.log.report(failure, socketPath: socketPath, needsReset: false)
+        // A backend that refused (a nonzero REPLY_ACK) but is still connected:
+        // DEVICE_NEEDS_RESET, as for any failed call.
+        if let failure, s.frontend.isConnected {
+            backendFailed(failure, &s)
+            return
         }
-        if !s.frontend.isConnected {
-            do throws(VhostUserError) { try reconnect(&s) } catch {
+        guard !s.frontend.isConnected else { return }
+        do throws(VhostUserError) { try reconnect(&s) } catch {
+            if let failure {
+                // It went away under this reset and is not back: needs a reset, as before.
+                backendFailed(failure, &s)
+            } else {
+                // It was already gone (and reported): DRIVER_OK will try again.
                 s.lastBackendError = error
                 s.log.report(error, socketPath: socketPath, needsReset: false)
             }
+            return
+        }
+        if let failure {
+            // It went away under this reset and a new one listened: the reset is clean.
+            s.counters.backendFailures += 1
+            s.lastBackendError = failure
         }
     }
 
