@@ -556,6 +556,16 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
         s.log.reconnected(socketPath: socketPath, connection: s.connection)
     }
 
+    /// Closes the backend connection on purpose, before the VMM stops the
+    /// backend at exit: nothing is reported (no NEEDS_RESET, no log line), and
+    /// a later reset would reconnect. Idempotent.
+    public func disconnect() {
+        state.withLock { s in
+            poller.watch(socket: nil, connection: s.connection)
+            s.frontend.close()
+        }
+    }
+
     /// The watcher saw connection `connection`'s socket hang up (POLLHUP or
     /// POLLRDHUP: the backend exited or closed it), whether or not a message
     /// was under way: the device closes it and needs a reset.
