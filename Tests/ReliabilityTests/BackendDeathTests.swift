@@ -312,6 +312,7 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
         let began = ContinuousClock.now
         var owned: [OwnedDeathDescriptor] = []
         var killed: [KillPoint: Int] = [:]
+        var idleNotice: [Duration] = []  // the process gone -> NEEDS_RESET seen, idle kills (printed, not asserted)
         do {
             // Not plugged into the VM (its buses would keep it): released at the end of this scope.
             let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath)
@@ -345,7 +346,9 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
                     #expect(eventually { driver.used == 1 }, "cycle \(cycle)")
                     backend.kill()
                 }
+                let gone = ContinuousClock.now
                 let noticed = eventually { device.status & VirtioBlkDevice.Status.needsReset != 0 }
+                if point == .idle { idleNotice.append(ContinuousClock.now - gone) }
                 #expect(noticed, "cycle \(cycle), killed \(point): NEEDS_RESET (status 0x\(String(device.status, radix: 16)))")
                 #expect(driver.isr & 2 != 0, "cycle \(cycle): ISR bit 1")
                 #expect(device.emulator.isPending(0), "cycle \(cycle), killed \(point): msix_config raised (held by its mask)")
@@ -376,7 +379,9 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
             owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDeathDescriptor.init)
         }
         let elapsed = ContinuousClock.now - began
-        print("backend death (\(kind.rawValue)): \(cycles) kill/reconnect cycles in \(elapsed) (\(killed.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", ")))")
+        idleNotice.sort()
+        let median = idleNotice.isEmpty ? "-" : "\(idleNotice[idleNotice.count / 2])"
+        print("backend death (\(kind.rawValue)): \(cycles) kill/reconnect cycles in \(elapsed) (\(killed.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))); idle kill noticed in median \(median), max \(idleNotice.last.map { "\($0)" } ?? "-")")
         #expect(eventually(.seconds(5)) { owned.allSatisfy { !$0.isOpen } }, "the device's descriptors closed at release")
         #expect(vm.irqfd.freeGsiCount == freeBefore)
     }
