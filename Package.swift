@@ -210,6 +210,7 @@ let package = Package(
             dependencies: [
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
                 "TinyVM", "GuestPrograms", "CReliability", "Virtio", "VhostUser", "CVhostUser", .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             // The fuzz corpus is read by path (#filePath), not bundled.
             exclude: ["Corpus"],

@@ -18,6 +18,13 @@
  * 0x20000 + 0x10000*q: descriptors +0, driver area +0x1000, device area +0x2000.
  * Results: 0x5E0 phase (1 DRIVER_OK, 2 done), 0x5E4 requests completed,
  * 0x5E8 requests whose status byte was not 0, 0x5EC batches completed.
+ * Recovery (0x5F4 nonzero; virtio 1.2 sections 2.1 and 4.1.4.5): while it
+ * waits (at the gate or for the used ring), a config interrupt (MSI-X vector
+ * 0) makes the guest read device_status into 0x5FC; if DEVICE_NEEDS_RESET
+ * (0x40) is set it counts the recovery at 0x5F8, resets and re-initialises
+ * the device (fresh rings) and runs the interrupted batch again. A reset the
+ * device could not bring back fails the next DRIVER_OK the same way, so the
+ * guest simply retries until the backend is back.
  * Exit status: 0 all OK, 1 some request failed, 2 capability walk failed,
  * 3 VERSION_1 missing or FEATURES_OK refused, 4 queue setup refused,
  * 5 the device broke a used ring (virtio 1.2 section 2.7.8): its idx ran
@@ -45,6 +52,10 @@
 #define R_BAD 0x5e8
 #define R_BATCHES 0x5ec
 #define GATE 0x5f0
+#define P_RECOVER 0x5f4
+#define R_RECOVERIES 0x5f8
+#define R_STATUS 0x5fc
+#define CFG_COUNT 0x8100	/* interrupts of IDT vector 0x40 (MSI-X vector 0) on vCPU 0 */
 #define V_COMMON 0x400
 #define V_NOTIFY 0x404
 #define V_MULT 0x408
@@ -55,6 +66,7 @@
 #define V_BATCH 0x440
 #define V_Q 0x444
 #define V_SEEN 0x448
+#define V_CFGSEEN 0x450
 #define QSIZE 32
 
 	.section .rodata
@@ -142,7 +154,11 @@ walked:	mov	$2, %al
 	cmpl	$0, V_MSIXCAP
 	je	fail
 
-	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). */
+	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). Config interrupts from
+	 * here on (a failed DRIVER_OK raises one) are looked at while waiting. */
+	movl	$0, V_BATCH		/* a recovery keeps the batch it was in */
+reinit:	mov	CFG_COUNT, %eax
+	mov	%eax, V_CFGSEEN
 	mov	V_COMMON, %edi
 	movb	$0, 0x14(%edi)
 	movb	$1, 0x14(%edi)
@@ -212,6 +228,8 @@ walked:	mov	$2, %al
 	mov	%ecx, %eax
 	shl	$16, %eax
 	add	$0x20000, %eax
+	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
+	movl	$0, 0x2000(%eax)
 	mov	%eax, 0x20(%edi)
 	movl	$0, 0x24(%edi)
 	add	$0x1000, %eax
@@ -234,13 +252,14 @@ walked:	mov	$2, %al
 	sti
 
 	/* Batches. */
-	movl	$0, V_BATCH
 batch:	mov	V_BATCH, %eax
 	cmp	P_BATCHES, %eax
 	jae	done
 	cmpl	$0, P_GATED
 	je	5f
-6:	mov	GATE, %edx
+6:	call	check_config
+	jnz	recover
+	mov	GATE, %edx
 	cmp	%edx, V_BATCH
 	jb	5f
 	pause
@@ -262,7 +281,9 @@ submitq:
 waitq:	mov	%ecx, %esi
 	shl	$16, %esi
 	add	$0x22002, %esi
-7:	cli
+7:	call	check_config
+	jnz	recover
+	cli
 	movzwl	(%esi), %eax		/* used - (avail - K): what has been used */
 	mov	V_AVAIL(,%ecx,4), %edx	/* of this batch, which may not exceed K */
 	sub	P_PER, %edx
@@ -321,6 +342,27 @@ waitq:	mov	%ecx, %esi
 
 broken:	mov	$5, %al
 	jmp	fail
+
+/* The device asked for a reset: do it and start the batch again. */
+recover:
+	cli
+	incl	R_RECOVERIES
+	jmp	reinit
+
+/* ZF clear when recovery is on, a config interrupt came since V_CFGSEEN and
+ * device_status (kept at R_STATUS) has DEVICE_NEEDS_RESET. Clobbers EAX, EDI. */
+check_config:
+	cmpl	$0, P_RECOVER
+	je	1f
+	mov	CFG_COUNT, %eax
+	cmp	V_CFGSEEN, %eax
+	je	1f
+	mov	%eax, V_CFGSEEN
+	mov	V_COMMON, %edi
+	movzbl	0x14(%edi), %eax
+	mov	%eax, R_STATUS
+	test	$0x40, %al
+1:	ret
 
 done:	movl	$2, R_PHASE
 	xor	%al, %al

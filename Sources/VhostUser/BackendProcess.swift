@@ -22,6 +22,9 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// The socket it listens on.
     public let socketPath: String
     private let process: Process
+    /// Set once the socket is unlinked: a later stop (deinit) must not remove
+    /// the socket of a new back-end started on the same path.
+    private var socketRemoved = false
 
     private init(kind: Kind, socketPath: String, process: Process) {
         self.kind = kind
@@ -104,7 +107,9 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             var info = stat()
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK { return backend }
+            // The file appears at bind(2), before listen(2): until then a
+            // connect is refused (qemu-storage-daemon binds in place).
+            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isListening(socketPath) { return backend }
             guard process.isRunning else {
                 throw .unsupported("\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
             }
@@ -115,19 +120,58 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
         }
     }
 
+    /// Whether the socket at `path` is not known to be bound but not yet
+    /// listening: /proc/net/unix lists a socket under the path it was bound
+    /// to, with __SO_ACCEPTCON (0x10000) in its flags once it listens
+    /// (unix(7), "/proc/net/unix"). A socket renamed into place after
+    /// listen(2) (the embedded back-end) is listed under its old name, and
+    /// without /proc the file's existence has to do: both count as listening.
+    static func isListening(_ path: String) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return true }
+        var bound = false
+        for line in table.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
+            if flags & 0x10000 != 0 { return true }
+            bound = true
+        }
+        return !bound
+    }
+
     /// Whether the process is still running.
     public var isRunning: Bool { process.isRunning }
+
+    /// The back-end's process ID.
+    public var processIdentifier: Int32 { process.processIdentifier }
+
+    /// Kills the back-end with SIGKILL, as a crash would end it: no chance to
+    /// close its connections cleanly (the kernel closes them; the front-end
+    /// sees end of file or POLLHUP). Waits for the exit and removes the
+    /// socket, so that a new back-end can listen on the same path. Idempotent.
+    public func kill() {
+        if process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        removeSocket()
+    }
+
+    private func removeSocket() {
+        guard !socketRemoved else { return }
+        socketRemoved = true
+        unlink(socketPath)
+    }
 
     /// Ends the back-end: SIGTERM, SIGKILL if it is still there after 5 s; removes the socket. Idempotent.
     public func stop() {
         if process.isRunning {
-            kill(process.processIdentifier, SIGTERM)
+            Glibc.kill(process.processIdentifier, SIGTERM)
             let deadline = ContinuousClock.now + .seconds(5)
             while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
-        unlink(socketPath)
+        removeSocket()
     }
 }
 #endif

@@ -35,13 +35,21 @@ package final class VhostUserChannel: Sendable {
     deinit { Glibc.close(fd) }
 
     /// Connects to the socket listening at `path` (socket(2), connect(2)).
-    package static func connect(to path: String) throws(VhostUserError) -> VhostUserChannel {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// The socket is non-blocking, so a back-end whose listen backlog is full
+    /// (alive but not accepting) cannot hold the caller, often a vCPU
+    /// reconnecting in a device reset: connect(2) then fails with EAGAIN and is
+    /// retried until `deadline`, after which this throws ETIMEDOUT.
+    package static func connect(to path: String, deadline: ContinuousClock.Instant = .now + .seconds(5)) throws(VhostUserError) -> VhostUserChannel {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .systemCall(call: "socket(AF_UNIX)", errno: Errno(rawValue: errno)) }
         let channel = VhostUserChannel(adopting: fd)
         while vhost_user_connect(fd, path) != 0 {
             if errno == EINTR { continue }
-            throw .systemCall(call: "connect(\(path))", errno: Errno(rawValue: errno))
+            if errno == EAGAIN, ContinuousClock.now < deadline {
+                usleep(1000)
+                continue
+            }
+            throw .systemCall(call: "connect(\(path))", errno: Errno(rawValue: errno == EAGAIN ? ETIMEDOUT : errno))
         }
         return channel
     }

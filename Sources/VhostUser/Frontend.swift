@@ -35,7 +35,7 @@ public final class VhostUserFrontend: Sendable {
     public init(socketPath: String, timeout: Duration = .seconds(5)) throws(VhostUserError) {
         self.socketPath = socketPath
         self.timeout = timeout
-        state = Mutex(State(channel: try VhostUserChannel.connect(to: socketPath)))
+        state = Mutex(State(channel: try VhostUserChannel.connect(to: socketPath, deadline: .now + timeout)))
     }
 
     /// Closes the connection; later calls throw `.disconnected`. Idempotent.

@@ -5,6 +5,7 @@ public import IrqFdCore
 import IrqFdLinux
 public import IrqFdRelay
 import KVM
+public import Logging
 public import MSIX
 public import TinyVM
 public import VhostUser
@@ -68,9 +69,17 @@ public struct VirtioCounters: Hashable, Sendable, CustomStringConvertible {
 /// and a completion is the backend signalling the queue's call fd, which is
 /// the MSI-X vector's irqfd route event (`MsixEmulator.event(for:)`).
 ///
-/// Thread safety: guest accesses (any vCPU) and host calls are serialised by
-/// one lock, held across backend messages so that a reset and a start never
-/// interleave. The MSI-X emulator's lock is taken inside it, never around it.
+/// A backend that dies is noticed at once, even while idle: the device's
+/// poller thread watches the socket for a hang-up. The device then closes the
+/// connection, sets DEVICE_NEEDS_RESET and ISR bit 1, raises msix_config and
+/// logs one rate-limited line (``logger``); the driver's reset reconnects to
+/// ``socketPath`` and its re-initialisation runs against the new backend
+/// (``reconnectCount``). No wait on the socket is without a deadline.
+///
+/// Thread safety: guest accesses (any vCPU), host calls and the poller's
+/// hang-up report are serialised by one lock, held across backend messages
+/// so that a reset and a start never interleave. The MSI-X emulator's lock
+/// and the poller's watch lock are taken inside it, never around it.
 public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// The PCI slot: 00:02.0.
     public static let slot = 2
@@ -135,8 +144,11 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// vhost-user protocol features the device asks for: MQ (0), REPLY_ACK (3), CONFIG (9).
     public static let wantedProtocolFeatures: UInt64 = (1 << 0) | (1 << 3) | (1 << 9)
 
-    /// The backend connection.
-    public let frontend: VhostUserFrontend
+    /// The backend connection: the current one (a reset after the backend
+    /// died makes a new one, see ``reconnectCount``).
+    public var frontend: VhostUserFrontend { state.withLock { $0.frontend } }
+    /// The socket the backend listens on; a reset reconnects here.
+    public let socketPath: String
     /// The device's MSI-X function (queues + 1 vectors).
     public let emulator: MsixEmulator
     /// How completions reach the guest.
@@ -157,7 +169,7 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// Call fds for `.userspace` delivery (a VMM thread waits on them) and for
     /// queues with no vector (nobody waits: NO_VECTOR means no interrupt).
     private let ownCalls: [EventFD]
-    private let poller: CallPoller?
+    private let poller: CallPoller
     /// Call signals seen by the `.userspace` poller, and flood warnings (see ``CallFloodMonitor``).
     public let callMonitor = CallFloodMonitor()
     private let state: Mutex<DeviceState>
@@ -174,6 +186,14 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     }
 
     struct DeviceState {
+        /// The backend connection; replaced when a reset reconnects.
+        var frontend: VhostUserFrontend
+        /// Which connection `frontend` is (the watcher names the one that hung up).
+        var connection = 0
+        var reconnects = 0
+        /// ISR status (virtio 1.2 section 4.1.4.5): bit 1, configuration change; read to clear.
+        var isr: UInt8 = 0
+        var log = FailureLog()
         var status: UInt8 = 0
         var deviceFeatureSelect: UInt32 = 0
         var driverFeatureSelect: UInt32 = 0
@@ -209,11 +229,44 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
             ownCalls = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
         } catch { throw .irqfd(error) }
 
-        let connection: VhostUserFrontend
-        do { connection = try VhostUserFrontend(socketPath: socketPath) } catch { throw .backend(error) }
-        frontend = connection
+        self.socketPath = socketPath
+        let session: Session
+        do { session = try Self.connect(socketPath: socketPath, queues: queues) } catch { throw .backend(error) }
+        backendFeatures = session.features
+        deviceConfig = session.config
+        var offered = Feature.version1 | (backendFeatures & Feature.safeBackendFeatures)
+        if queues > 1 { offered |= Feature.multiQueue }
+        offeredFeatures = offered
+        state = Mutex(DeviceState(frontend: session.frontend, queues: Array(repeating: Queue(), count: queues)))
+        // Always a poller: it watches the backend socket for a hang-up (an
+        // idle device notices a dead backend), and with `.userspace` delivery
+        // it also waits on the call fds.
+        do { poller = try CallPoller(calls: delivery == .userspace ? ownCalls : []) } catch {
+            session.frontend.close()
+            throw .irqfd(error)
+        }
+        poller.start(device: self)
+        poller.watch(socket: session.frontend.socketDescriptor, connection: 0)
+    }
+
+    deinit {
+        poller.stop()
+        state.withLock { $0.frontend }.close()
+    }
+
+    /// A negotiated backend connection.
+    private struct Session {
+        var frontend: VhostUserFrontend
+        var features: UInt64
+        var config: [UInt8]
+    }
+
+    /// Connects to the backend at `socketPath` and negotiates: the handshake,
+    /// GET_QUEUE_NUM when `queues` > 1, GET_CONFIG. Closes the connection on failure.
+    private static func connect(socketPath: String, queues: Int) throws(VhostUserError) -> Session {
+        let connection = try VhostUserFrontend(socketPath: socketPath)
         do throws(VhostUserError) {
-            backendFeatures = try connection.handshake(wantedProtocolFeatures: Self.wantedProtocolFeatures)
+            let features = try connection.handshake(wantedProtocolFeatures: Self.wantedProtocolFeatures)
             if queues > 1 {
                 guard connection.protocolFeatures & 1 != 0 else {
                     throw VhostUserError.unsupported("the backend does not offer VHOST_USER_PROTOCOL_F_MQ; --queues \(queues) needs it")
@@ -231,29 +284,11 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
             // num_queues (offset 34): what this device offers, whatever the backend could serve.
             config[34] = UInt8(queues & 0xFF)
             config[35] = UInt8(queues >> 8)
-            deviceConfig = config
+            return Session(frontend: connection, features: features, config: config)
         } catch {
             connection.close()
-            throw .backend(error)
+            throw error
         }
-        var offered = Feature.version1 | (backendFeatures & Feature.safeBackendFeatures)
-        if queues > 1 { offered |= Feature.multiQueue }
-        offeredFeatures = offered
-        state = Mutex(DeviceState(queues: Array(repeating: Queue(), count: queues)))
-        if delivery == .userspace {
-            do { poller = try CallPoller(calls: ownCalls) } catch {
-                connection.close()
-                throw .irqfd(error)
-            }
-        } else {
-            poller = nil
-        }
-        poller?.start(device: self)
-    }
-
-    deinit {
-        poller?.stop()
-        frontend.close()
     }
 
     /// Makes a device and plugs it into `vm`: PCI 00:02.0, BAR1 and BAR4 on the MMIO bus.
@@ -278,6 +313,27 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     public var resetCount: Int { state.withLock { $0.resets } }
     /// Times DRIVER_OK started the queues.
     public var startCount: Int { state.withLock { $0.starts } }
+    /// Times a reset (or DRIVER_OK) reconnected to a backend that had gone away.
+    public var reconnectCount: Int { state.withLock { $0.reconnects } }
+    /// Whether the device has a live backend connection (false from the
+    /// moment a hang-up or failure is noticed until a reset reconnects).
+    public var isBackendConnected: Bool { state.withLock { $0.frontend.isConnected } }
+    /// Where the device logs backend failures and reconnections (swift-log;
+    /// label `irqfd.virtio-blk`): one line per event, at most one a second,
+    /// the lines left out counted in the next.
+    public var logger: Logger {
+        get { state.withLock { $0.log.logger } }
+        set { state.withLock { $0.log.logger = newValue } }
+    }
+    /// Backend events the rate limit kept out of the log so far (since the last line).
+    public var suppressedLogLines: Int { state.withLock { $0.log.suppressed } }
+    /// The descriptors the device holds for its current backend connection:
+    /// the front-end's socket and the watcher's copy of it (a test checks
+    /// that these very descriptors are closed once the connection is gone).
+    public var connectionDescriptors: [Int32] {
+        let socket = state.withLock { $0.frontend.socketDescriptor }
+        return [socket, poller.watchedDescriptor].compactMap { $0 }
+    }
     /// Whether queue `q` runs on the backend.
     public func isRunning(queue q: Int) -> Bool { state.withLock { $0.queues[q].running } }
     /// Features the driver accepted.
@@ -310,11 +366,19 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
 
     // MARK: - The state machine
 
+    /// The backend failed or went away: DEVICE_NEEDS_RESET (virtio 1.2
+    /// section 2.1), ISR bit 1 and the configuration-change interrupt on
+    /// msix_config (section 4.1.4.5), through the MSI-X emulator like any
+    /// other vector (masked, it latches in the PBA), and one rate-limited log line.
     private func backendFailed(_ error: VhostUserError, _ s: inout DeviceState) {
         s.counters.backendFailures += 1
         s.lastBackendError = error
         s.status |= Status.needsReset
         s.configGeneration &+= 1
+        s.isr |= 2
+        // A closed connection keeps no socket open through the watcher's copy.
+        if !s.frontend.isConnected { poller.watch(socket: nil, connection: s.connection) }
+        s.log.report(error, socketPath: socketPath, needsReset: true)
         if s.configVector != Self.noVector { emulator.signal(vector: Int(s.configVector)) }
     }
 
@@ -368,6 +432,10 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
         }
         s.starts += 1
         do throws(VhostUserError) {
+            // A backend that died since the last reset, and was not back
+            // then, gets another chance here.
+            if !s.frontend.isConnected { try reconnect(&s) }
+            let frontend = s.frontend
             let protocolBit = backendFeatures & Feature.vhostProtocolFeatures
             try frontend.setFeatures(s.driverFeatures | protocolBit)
             let region = VhostUserMemoryRegion(
@@ -405,6 +473,14 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     /// Device reset (virtio 1.2 section 2.4): stop every running ring with
     /// GET_VRING_BASE, remove its ioeventfd, and return every register to its
     /// reset value, all before the status write returns.
+    ///
+    /// A backend that is gone (its connection closed: it hung up, or broke
+    /// the protocol) has no rings to stop; the reset instead reconnects to
+    /// ``socketPath`` and negotiates again, so that the driver's
+    /// re-initialisation runs against the restarted backend. If nobody
+    /// listens yet, the reset still completes (status 0) and DRIVER_OK tries
+    /// again, failing with DEVICE_NEEDS_RESET and the config interrupt: a
+    /// driver retries by resetting again.
     private func reset(_ s: inout DeviceState) {
         var failure: VhostUserError?
         var stopped = false
@@ -412,22 +488,83 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
             stopped = true
             try? vm.vm.deassignIoeventfd(
                 eventFD: kicks[q].fileDescriptor.rawValue, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-            if failure == nil {
-                do throws(VhostUserError) { _ = try frontend.getVringBase(queue: UInt32(q)) } catch { failure = error }
+            if failure == nil, s.frontend.isConnected {
+                do throws(VhostUserError) { _ = try s.frontend.getVringBase(queue: UInt32(q)) } catch { failure = error }
             }
             _ = kicks[q].consume()
         }
         if stopped { s.resets += 1 }
-        let counters = s.counters
-        let command = s.command
-        let resets = s.resets
-        let starts = s.starts
-        s = DeviceState(queues: Array(repeating: Queue(), count: queueCount))
-        s.counters = counters
-        s.command = command
-        s.resets = resets
-        s.starts = starts
-        if let failure { backendFailed(failure, &s) }
+        var fresh = DeviceState(frontend: s.frontend, queues: Array(repeating: Queue(), count: queueCount))
+        fresh.connection = s.connection
+        fresh.reconnects = s.reconnects
+        fresh.log = s.log
+        fresh.counters = s.counters
+        fresh.command = s.command
+        fresh.resets = s.resets
+        fresh.starts = s.starts
+        s = fresh
+        // A backend that refused (a nonzero REPLY_ACK) but is still connected:
+        // DEVICE_NEEDS_RESET, as for any failed call.
+        if let failure, s.frontend.isConnected {
+            backendFailed(failure, &s)
+            return
+        }
+        guard !s.frontend.isConnected else { return }
+        do throws(VhostUserError) { try reconnect(&s) } catch {
+            if let failure {
+                // It went away under this reset and is not back: needs a reset, as before.
+                backendFailed(failure, &s)
+            } else {
+                // It was already gone (and reported): DRIVER_OK will try again.
+                s.lastBackendError = error
+                s.log.report(error, socketPath: socketPath, needsReset: false)
+            }
+            return
+        }
+        if let failure {
+            // It went away under this reset and a new one listened: the reset is clean.
+            s.counters.backendFailures += 1
+            s.lastBackendError = failure
+        }
+    }
+
+    /// Replaces the closed connection with a new one to ``socketPath``,
+    /// negotiated as at creation. The backend must still offer the features
+    /// this device offered the guest; the device config is the one read at
+    /// creation.
+    private func reconnect(_ s: inout DeviceState) throws(VhostUserError) {
+        let session = try Self.connect(socketPath: socketPath, queues: queueCount)
+        let needed = offeredFeatures & ~Feature.multiQueue
+        guard session.features & needed == needed else {
+            session.frontend.close()
+            throw .unsupported("the restarted backend offers features 0x\(String(session.features, radix: 16)), without 0x\(String(needed & ~session.features, radix: 16)) that the device offered")
+        }
+        s.frontend = session.frontend
+        s.connection += 1
+        s.reconnects += 1
+        poller.watch(socket: session.frontend.socketDescriptor, connection: s.connection)
+        s.log.reconnected(socketPath: socketPath, connection: s.connection)
+    }
+
+    /// Closes the backend connection on purpose, before the VMM stops the
+    /// backend at exit: nothing is reported (no NEEDS_RESET, no log line), and
+    /// a later reset would reconnect. Idempotent.
+    public func disconnect() {
+        state.withLock { s in
+            poller.watch(socket: nil, connection: s.connection)
+            s.frontend.close()
+        }
+    }
+
+    /// The watcher saw connection `connection`'s socket hang up (POLLHUP or
+    /// POLLRDHUP: the backend exited or closed it), whether or not a message
+    /// was under way: the device closes it and needs a reset.
+    fileprivate func backendHungUp(connection: Int) {
+        state.withLock { s in
+            guard s.connection == connection, s.frontend.isConnected else { return }
+            s.frontend.close()
+            backendFailed(.disconnected(nil), &s)
+        }
     }
 
     // MARK: - Common configuration (virtio 1.2 section 4.1.4.3)
@@ -529,7 +666,7 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
             }
             s.queues[q].vector = chosen
             if delivery != .userspace || s.queues[q].running {
-                do throws(VhostUserError) { try frontend.setVringCall(queue: UInt32(q), fd: fd) } catch { backendFailed(error, &s) }
+                do throws(VhostUserError) { try s.frontend.setVringCall(queue: UInt32(q), fd: fd) } catch { backendFailed(error, &s) }
             }
         case 0x1C where size == 2:
             guard queueWritable else { s.counters.readOnlyWrites += 1; return }
@@ -580,7 +717,13 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
         case nil: return ones
         case .msix(let offset): return emulator.read(bar: 1, offset: offset, size: size)
         case .common(let offset): return state.withLock { readCommon(offset, size, &$0) }
-        case .isr: return 0  // MSI-X only: ISR is never set
+        case .isr:
+            // Read to clear (virtio 1.2 section 4.1.4.5). With MSI-X only bit 1
+            // (configuration change) is ever set: queue interrupts never use it.
+            return state.withLock { s in
+                defer { s.isr = 0 }
+                return UInt64(s.isr)
+            }
         case .device(let offset):
             guard [1, 2, 4, 8].contains(size), Int(offset) + size <= deviceConfig.count else {
                 state.withLock { $0.counters.badAccesses += 1 }
@@ -716,29 +859,72 @@ public final class VirtioBlkDevice: PCIFunction, MMIODevice {
     }
 }
 
-/// `.userspace` delivery: a VMM thread waits on the queues' call fds (poll(2))
-/// and injects each completion through the emulator's userspace path
-/// (KVM_SIGNAL_MSI), which is what a VMM without irqfd does.
+/// The device's VMM thread (poll(2)): it watches the backend socket for a
+/// hang-up, so that a backend that dies while the device is idle is noticed
+/// at once rather than at the next message; and with `.userspace` delivery it
+/// waits on the queues' call fds and injects each completion through the
+/// emulator's userspace path (KVM_SIGNAL_MSI), which is what a VMM without
+/// irqfd does.
+///
+/// The socket is watched through a dup(2) the thread owns (the front-end may
+/// close its own descriptor at any time, and a number polled after close(2)
+/// could be a new file); ``watch(socket:connection:)`` hands over a new one
+/// and only the thread closes the old, between two polls.
 final class CallPoller: Sendable {
     private let calls: [Int32]
     private let stopEvent: EventFD
+    /// Signalled when the watched socket changes.
+    private let wake: EventFD
     private let done: EventFD
+    private struct Watch {
+        /// The dup of the backend socket being watched, and its connection.
+        var socket: (fd: Int32, connection: Int)?
+        /// Dups no longer watched, closed by the thread before its next poll.
+        var retired: [Int32] = []
+    }
+    private let watched = Mutex(Watch())
+    /// POLLRDHUP (Linux, <poll.h> with _GNU_SOURCE, which Glibc's module does not export).
+    private static let pollRDHUP: Int16 = 0x2000
 
     init(calls: [EventFD]) throws(IrqFdError) {
         self.calls = calls.map(\.fileDescriptor.rawValue)
         stopEvent = try EventFD()
+        wake = try EventFD()
         done = try EventFD()
     }
+
+    /// Watches `socket` (duplicated; nil: nothing) as connection `connection`;
+    /// the previous socket's copy is closed by the thread.
+    func watch(socket: Int32?, connection: Int) {
+        let copy = socket.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.flatMap { $0 >= 0 ? $0 : nil }
+        watched.withLock { w in
+            if let old = w.socket { w.retired.append(old.fd) }
+            w.socket = copy.map { ($0, connection) }
+        }
+        wake.signal()
+    }
+
+    /// The socket copy being watched (a test checks that it is closed once the connection is).
+    var watchedDescriptor: Int32? { watched.withLock { $0.socket?.fd } }
 
     /// The thread holds the device weakly: the device's deinit stops it.
     func start(device: VirtioBlkDevice) {
         let thread = Thread { [self, weak device] in
-            var fds = calls.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            fds.append(pollfd(fd: stopEvent.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
             while true {
+                let socket = watched.withLock { w in
+                    for fd in w.retired { Glibc.close(fd) }
+                    w.retired = []
+                    return w.socket
+                }
+                var fds = calls.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                fds.append(pollfd(fd: stopEvent.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
+                fds.append(pollfd(fd: wake.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
+                // POLLRDHUP: the peer closed its end; POLLHUP and POLLERR are always reported.
+                fds.append(pollfd(fd: socket?.fd ?? -1, events: Self.pollRDHUP, revents: 0))
                 let n = poll(&fds, nfds_t(fds.count), 1000)
                 if n < 0, errno != EINTR { break }
                 if fds[calls.count].revents != 0 { break }
+                if fds[calls.count + 1].revents != 0 { _ = wake.consume() }
                 for q in calls.indices where fds[q].revents != 0 {
                     var count: UInt64 = 0
                     guard Glibc.read(calls[q], &count, 8) == 8 else { continue }
@@ -746,10 +932,25 @@ final class CallPoller: Sendable {
                     device?.callMonitor.observe(queue: q, signals: count)
                     device?.completed(queue: q)
                 }
+                if let socket, fds[calls.count + 2].revents & (Self.pollRDHUP | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
+                    // Stop watching it (no busy loop on a dead socket), then tell the device.
+                    watched.withLock { w in
+                        if w.socket?.fd == socket.fd {
+                            w.retired.append(socket.fd)
+                            w.socket = nil
+                        }
+                    }
+                    device?.backendHungUp(connection: socket.connection)
+                }
+            }
+            watched.withLock { w in
+                for fd in w.retired { Glibc.close(fd) }
+                if let socket = w.socket { Glibc.close(socket.fd) }
+                w = Watch()
             }
             done.signal()
         }
-        thread.name = "virtio-blk calls"
+        thread.name = "virtio-blk backend"
         thread.stackSize = 1 << 20
         thread.start()
     }

@@ -62,6 +62,7 @@ struct VirtioDemo {
         defer {
             vm.stop()
             vm.wait()
+            device.disconnect()  // the backend stops next: not a backend lost
         }
         let interrupts = { Int(vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: L.idtVector(msix: 1)))) }
         vm.memory.write32(1, at: L.gate)

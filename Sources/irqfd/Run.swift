@@ -58,7 +58,7 @@ struct Run: ParsableCommand {
             var backend: BlockBackend?
             var blk: VirtioBlkDevice?
             defer {
-                _ = blk
+                blk?.disconnect()  // a backend stopped at exit is not a backend lost
                 backend?.stop()
             }
             if let disk {
