@@ -40,6 +40,7 @@
  * there until unmask. */
 #define G(x) ((x) - guest_virtio_blk_start + 0x1000)
 #include "guest_common.h"
+#include "virtio_common.h"
 #define P_BATCHES 0x5c0
 #define P_PER 0x5c4
 #define P_FIRST 0x5c8
@@ -85,15 +86,8 @@ idle:	sti
 	hlt
 	jmp	idle
 
-/* Configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
-cfg_read:
-	and	$0xfc, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	$0xcfc, %dx
-	in	%dx, %eax
-	ret
+/* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
+	VIRTIO_CFG_READ
 
 /* Exit with status %al. */
 fail:	mov	$0xf4, %dx
@@ -101,51 +95,8 @@ fail:	mov	$0xf4, %dx
 	hlt
 
 driver:
-	/* BAR1 (MSI-X) and BAR4 (virtio structures). */
-	mov	$0x14, %eax
-	call	cfg_read
-	and	$0xfffffff0, %eax
-	mov	%eax, V_BAR1
-	mov	$0x20, %eax
-	call	cfg_read
-	and	$0xfffffff0, %eax
-	mov	%eax, %ebp
-	movl	$0, V_COMMON
-	movl	$0, V_NOTIFY
-	movl	$0, V_MSIXCAP
-	/* Walk the capability list from 0x34. */
-	mov	$0x34, %eax
-	call	cfg_read
-	movzx	%al, %esi
-walk:	test	%esi, %esi
-	jz	walked
-	mov	%esi, %eax
-	call	cfg_read
-	mov	%eax, %edi			/* id, next, len, cfg_type */
-	cmp	$0x11, %al
-	jne	1f
-	mov	%esi, V_MSIXCAP
-	jmp	next
-1:	cmp	$0x09, %al
-	jne	next
-	lea	8(%esi), %eax		/* offset within the BAR */
-	call	cfg_read
-	add	%ebp, %eax
-	mov	%edi, %ecx
-	shr	$24, %ecx
-	cmp	$1, %cl
-	jne	2f
-	mov	%eax, V_COMMON
-	jmp	next
-2:	cmp	$2, %cl
-	jne	next
-	mov	%eax, V_NOTIFY
-	lea	16(%esi), %eax
-	call	cfg_read
-	mov	%eax, V_MULT
-next:	mov	%edi, %eax
-	movzx	%ah, %esi
-	jmp	walk
+	/* BAR1, BAR4 and the capability walk (MSI-X, common, notify). */
+	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, walked
 walked:	mov	$2, %al
 	cmpl	$0, V_COMMON
 	je	fail

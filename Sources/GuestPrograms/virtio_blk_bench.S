@@ -27,6 +27,7 @@
  * refused, 4 queue setup refused. */
 #define G(x) ((x) - guest_virtio_blk_bench_start + 0x1000)
 #include "guest_common.h"
+#include "virtio_common.h"
 #define P_DEPTH 0x5c0
 #define P_COUNT 0x5c4
 #define P_STAMP 0x5c8
@@ -74,63 +75,14 @@ guest_virtio_blk_bench_start:
 	movl	$1, 0x500
 	jmp	driver
 
-cfg_read:
-	and	$0xfc, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	$0xcfc, %dx
-	in	%dx, %eax
-	ret
+	VIRTIO_CFG_READ
 
 fail:	mov	$0xf4, %dx
 	out	%al, %dx
 	hlt
 
 driver:
-	mov	$0x14, %eax
-	call	cfg_read
-	and	$0xfffffff0, %eax
-	mov	%eax, V_BAR1
-	mov	$0x20, %eax
-	call	cfg_read
-	and	$0xfffffff0, %eax
-	mov	%eax, %ebp
-	movl	$0, V_COMMON
-	movl	$0, V_NOTIFY
-	movl	$0, V_MSIXCAP
-	mov	$0x34, %eax
-	call	cfg_read
-	movzx	%al, %esi
-walk:	test	%esi, %esi
-	jz	walked
-	mov	%esi, %eax
-	call	cfg_read
-	mov	%eax, %edi
-	cmp	$0x11, %al
-	jne	1f
-	mov	%esi, V_MSIXCAP
-	jmp	next
-1:	cmp	$0x09, %al
-	jne	next
-	lea	8(%esi), %eax
-	call	cfg_read
-	add	%ebp, %eax
-	mov	%edi, %ecx
-	shr	$24, %ecx
-	cmp	$1, %cl
-	jne	2f
-	mov	%eax, V_COMMON
-	jmp	next
-2:	cmp	$2, %cl
-	jne	next
-	mov	%eax, V_NOTIFY
-	lea	16(%esi), %eax
-	call	cfg_read
-	mov	%eax, V_MULT
-next:	mov	%edi, %eax
-	movzx	%ah, %esi
-	jmp	walk
+	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, walked
 walked:	mov	$2, %al
 	cmpl	$0, V_COMMON
 	je	fail
@@ -140,23 +92,7 @@ walked:	mov	$2, %al
 	je	fail
 
 	mov	V_COMMON, %edi
-	movb	$0, 0x14(%edi)
-	movb	$1, 0x14(%edi)
-	movb	$3, 0x14(%edi)
-	movl	$1, 0x00(%edi)
-	mov	0x04(%edi), %eax
-	test	$1, %al
-	mov	$3, %al
-	jz	fail
-	movl	$0, 0x08(%edi)
-	movl	$0, 0x0c(%edi)
-	movl	$1, 0x08(%edi)
-	movl	$1, 0x0c(%edi)
-	movb	$0x0b, 0x14(%edi)
-	mov	0x14(%edi), %al
-	test	$8, %al
-	mov	$3, %al
-	jz	fail
+	VIRTIO_NEGOTIATE_VERSION_1 fail
 
 	/* MSI-X on; vector 0 -> IDT 0x40, vector 1 -> IDT 0x41, both APIC 0. */
 	mov	V_MSIXCAP, %eax
@@ -171,14 +107,7 @@ walked:	mov	$2, %al
 	mov	$0xcfc, %dx
 	out	%eax, %dx
 	mov	V_BAR1, %esi
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
-	movl	$0xfee00000, 16(%esi)
-	movl	$0, 20(%esi)
-	movl	$0x41, 24(%esi)
-	movl	$0, 28(%esi)
+	VIRTIO_MSIX_TWO_ENTRIES
 	movw	$0, 0x10(%edi)
 
 	/* Queue 0: size QSIZE, vector 1. */

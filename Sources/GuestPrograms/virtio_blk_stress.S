@@ -35,6 +35,7 @@
  * FEATURES_OK refused, 4 queue setup refused. */
 #define G(x) ((x) - guest_virtio_blk_stress_start + 0x1000)
 #include "guest_common.h"
+#include "virtio_common.h"
 #define P_TOTAL 0x5c0
 #define P_INFLIGHT 0x5c4
 #define P_SECMASK 0x5c8
@@ -89,23 +90,7 @@ fail:	mov	$0xf4, %dx
 driver:
 	mov	$COMMON, %edi
 	/* Reset, ACKNOWLEDGE, DRIVER; VERSION_1 only; FEATURES_OK (section 3.1.1). */
-	movb	$0, 0x14(%edi)
-	movb	$1, 0x14(%edi)
-	movb	$3, 0x14(%edi)
-	movl	$1, 0x00(%edi)
-	mov	0x04(%edi), %eax
-	test	$1, %al
-	mov	$3, %al
-	jz	fail
-	movl	$0, 0x08(%edi)
-	movl	$0, 0x0c(%edi)
-	movl	$1, 0x08(%edi)
-	movl	$1, 0x0c(%edi)
-	movb	$0x0b, 0x14(%edi)
-	mov	0x14(%edi), %al
-	test	$8, %al
-	mov	$3, %al
-	jz	fail
+	VIRTIO_NEGOTIATE_VERSION_1 fail
 	/* MSI-X on: Message Control (config 0x9A) bit 15, through 0xCF8/0xCFC. */
 	mov	$0x80001098, %eax
 	mov	$0xcf8, %dx
@@ -121,14 +106,7 @@ driver:
 	mov	$0xcfc, %dx
 	out	%eax, %dx
 	mov	$MSIX_TABLE, %esi
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
-	movl	$0xfee00000, 16(%esi)
-	movl	$0, 20(%esi)
-	movl	$0x41, 24(%esi)
-	movl	$0, 28(%esi)
+	VIRTIO_MSIX_TWO_ENTRIES
 	movw	$0, 0x10(%edi)		/* msix_config = 0 */
 	/* Queue 0: size 256, vector 1, rings. */
 	movw	$0, 0x16(%edi)

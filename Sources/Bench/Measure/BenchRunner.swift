@@ -85,18 +85,10 @@ public final class BenchRunner {
         let started = bench_floor_now_ns()
         let date = Date().ISO8601Format()
         progress("starting the guest")
-        let guest: TinyVM
-        do {
-            guest = try TinyVM(.init(cpus: 1))
-            try guest.load(GuestProgram.interruptCounter.image)
-        } catch { throw .setup("TinyVM: \(error)") }
-        guest.start()
+        let guest = try startInterruptCountingGuest()
         defer {
             guest.stop()
             guest.wait()
-        }
-        guard guest.waitUntil(timeout: .seconds(20), { guest.memory.read32(at: InterruptCounterLayout.ready(cpu: 0)) == 1 }) else {
-            throw .setup("the interrupt-counting guest did not come up: \(guest.hasEnded ? "\(guest.wait())" : "timed out")")
         }
         let gsiLimit = guest.vm.checkExtension(.irqRouting)
         var gaps: [String] = []

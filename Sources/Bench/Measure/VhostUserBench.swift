@@ -250,18 +250,10 @@ final class VhostUserBench {
 
         // Raw irqfd: the delivery section's `raw` path on an interrupt-counting guest of its own.
         progress("vhost-user: starting the raw irqfd guest")
-        let rawGuest: TinyVM
-        do {
-            rawGuest = try TinyVM(.init(cpus: 1))
-            try rawGuest.load(GuestProgram.interruptCounter.image)
-        } catch { throw .setup("TinyVM: \(error)") }
-        rawGuest.start()
+        let rawGuest = try startInterruptCountingGuest()
         defer {
             rawGuest.stop()
             _ = rawGuest.wait()
-        }
-        guard rawGuest.waitUntil(timeout: .seconds(20), { rawGuest.memory.read32(at: InterruptCounterLayout.ready(cpu: 0)) == 1 }) else {
-            throw .setup("the interrupt-counting guest did not come up")
         }
         let gsiLimit = rawGuest.vm.checkExtension(.irqRouting)
         let raw = try DeliveryPath.raw(rawGuest, vectors: [0x48], gsis: [UInt32(gsiLimit - 1)])

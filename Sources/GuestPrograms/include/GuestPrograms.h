@@ -6,6 +6,7 @@
 #include <stddef.h>
 // Assembler macros only (empty outside .S files); included so the module covers it.
 #include "guest_common.h"
+#include "virtio_common.h"
 
 /// The interrupt-counting guest (irq_counter.S): counts every vector per vCPU.
 const unsigned char *guest_irq_counter(size_t *length);

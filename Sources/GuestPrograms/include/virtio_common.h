@@ -1,0 +1,125 @@
+/* Assembler macros shared by the virtio-blk guest programs (virtio_blk.S,
+ * virtio_blk_bench.S, virtio_blk_stress.S) for the tiny VMM's virtio-pci
+ * device at 00:02.0 (virtio 1.2 sections 3.1.1, 4.1.4). They assemble to
+ * exactly the instructions each guest had inline. Everything is inside
+ * __ASSEMBLER__: C and Swift see nothing. */
+#ifndef VIRTIO_COMMON_H
+#define VIRTIO_COMMON_H
+#ifdef __ASSEMBLER__
+
+/* The routine `cfg_read`: configuration read (mechanism #1, ports 0xCF8 /
+ * 0xCFC) of the DWORD at offset %eax of 00:02.0 into %eax. A routine, not
+ * inline code, because the guests call it from several places.
+ * Clobbers EAX, EDX. */
+.macro VIRTIO_CFG_READ
+cfg_read:
+	and	$0xfc, %eax
+	or	$0x80001000, %eax
+	mov	$0xcf8, %dx
+	out	%eax, %dx
+	mov	$0xcfc, %dx
+	in	%dx, %eax
+	ret
+.endm
+
+/* Records BAR1 (the MSI-X table) at `bar1`, keeps BAR4 (the virtio
+ * structures) in EBP, then walks the PCI capability list from 0x34 (calling
+ * cfg_read): the MSI-X capability (ID 0x11) goes to `msixcap` as its config
+ * offset; the virtio vendor capabilities (ID 0x09, virtio 1.2 section 4.1.4)
+ * of cfg_type 1 (common) and 2 (notify) go to `common` / `notify` as
+ * addresses (BAR4 + offset), and the notify capability's
+ * notify_off_multiplier to `mult`. `common`, `notify` and `msixcap` are
+ * zeroed first, so one left 0 means that capability is missing (the caller
+ * checks). Jumps to `done` when the list ends.
+ * Clobbers EAX, ECX, EDX, ESI, EDI, EBP (BAR4). */
+.macro VIRTIO_PCI_WALK common, notify, mult, msixcap, bar1, done
+	/* BAR1 (MSI-X) and BAR4 (virtio structures). */
+	mov	$0x14, %eax
+	call	cfg_read
+	and	$0xfffffff0, %eax
+	mov	%eax, \bar1
+	mov	$0x20, %eax
+	call	cfg_read
+	and	$0xfffffff0, %eax
+	mov	%eax, %ebp
+	movl	$0, \common
+	movl	$0, \notify
+	movl	$0, \msixcap
+	/* Walk the capability list from 0x34. */
+	mov	$0x34, %eax
+	call	cfg_read
+	movzx	%al, %esi
+.Lvirtio_walk\@:
+	test	%esi, %esi
+	jz	\done
+	mov	%esi, %eax
+	call	cfg_read
+	mov	%eax, %edi			/* id, next, len, cfg_type */
+	cmp	$0x11, %al
+	jne	1f
+	mov	%esi, \msixcap
+	jmp	.Lvirtio_next\@
+1:	cmp	$0x09, %al
+	jne	.Lvirtio_next\@
+	lea	8(%esi), %eax		/* offset within the BAR */
+	call	cfg_read
+	add	%ebp, %eax
+	mov	%edi, %ecx
+	shr	$24, %ecx
+	cmp	$1, %cl
+	jne	2f
+	mov	%eax, \common
+	jmp	.Lvirtio_next\@
+2:	cmp	$2, %cl
+	jne	.Lvirtio_next\@
+	mov	%eax, \notify
+	lea	16(%esi), %eax
+	call	cfg_read
+	mov	%eax, \mult
+.Lvirtio_next\@:
+	mov	%edi, %eax
+	movzx	%ah, %esi
+	jmp	.Lvirtio_walk\@
+.endm
+
+/* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
+ * accept VIRTIO_F_VERSION_1 (feature bit 32) only, FEATURES_OK, and check the
+ * device kept FEATURES_OK (virtio 1.2 section 3.1.1). Jumps to `fail` with
+ * AL = 3 if VERSION_1 is not offered or FEATURES_OK is refused.
+ * Clobbers EAX. */
+.macro VIRTIO_NEGOTIATE_VERSION_1 fail
+	movb	$0, 0x14(%edi)
+	movb	$1, 0x14(%edi)
+	movb	$3, 0x14(%edi)
+	movl	$1, 0x00(%edi)
+	mov	0x04(%edi), %eax
+	test	$1, %al
+	mov	$3, %al
+	jz	\fail
+	movl	$0, 0x08(%edi)
+	movl	$0, 0x0c(%edi)
+	movl	$1, 0x08(%edi)
+	movl	$1, 0x0c(%edi)
+	movb	$0x0b, 0x14(%edi)
+	mov	0x14(%edi), %al
+	test	$8, %al
+	mov	$3, %al
+	jz	\fail
+.endm
+
+/* With ESI = the MSI-X table: entry 0 (config changes) -> IDT vector 0x40,
+ * entry 1 (queue 0) -> IDT vector 0x41, both to APIC ID 0, unmasked.
+ * Clobbers nothing. */
+.macro VIRTIO_MSIX_TWO_ENTRIES
+	movl	$0xfee00000, 0(%esi)
+	movl	$0, 4(%esi)
+	movl	$0x40, 8(%esi)
+	movl	$0, 12(%esi)
+	movl	$0xfee00000, 16(%esi)
+	movl	$0, 20(%esi)
+	movl	$0x41, 24(%esi)
+	movl	$0, 28(%esi)
+.endm
+
+#endif /* __ASSEMBLER__ */
+#endif /* VIRTIO_COMMON_H */
