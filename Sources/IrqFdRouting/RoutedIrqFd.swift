@@ -67,18 +67,21 @@ struct RoutingTableState {
     }
 
     /// Whether the kernel holds `gsi`'s entry for its current route.
+    @inline(__always)
     func isLive(_ gsi: UInt32) -> Bool {
         let g = Int(gsi)
         return desired[g] != nil && !stale[g] && desired[g] == pushed[g]
     }
 
     /// The index of open batch `id` in `batches`, if it is still open.
+    @inline(__always)
     func batchIndex(_ id: UInt32) -> Int? {
         guard id != 0 else { return nil }
         return batches.firstIndex { $0.id == id }
     }
 
     /// Records `message` as `gsi`'s desired entry, made by `batch` (0: none).
+    @inline(__always)
     mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?, batch: Int?) {
         let g = Int(gsi)
         desired[g] = message
@@ -121,19 +124,77 @@ struct WeakRouteReference: @unchecked Sendable {
 /// A task-local: bound by `withBatch` around its body, so membership follows
 /// the caller and never another thread. Outside any task Swift keeps it in
 /// thread-local storage, which is what device threads use.
+///
+/// The first `Stack.inlineCapacity` keys live inline in a trivial value, so
+/// reading them (once per `setMsi` in a batch) copies a few words and makes
+/// no retain or release; keys beyond those (batches open on more partitions
+/// at once) go to `overflow`, an array read only when the stack is that deep.
 enum OpenBatches {
     /// A partition and the id of the batch this caller holds open on it.
     struct Key: Sendable {
         var partition: ObjectIdentifier
         var id: UInt32
     }
-    @TaskLocal static var keys: [Key] = []
+
+    /// The innermost keys, inline (trivial: copying it is a few words, no ARC).
+    struct Stack: Sendable {
+        static let inlineCapacity = 4
+        /// Keys in all, inline and in `overflow`.
+        var count = 0
+        var k0: Key?, k1: Key?, k2: Key?, k3: Key?
+
+        /// Inline key `i` (0..<inlineCapacity).
+        subscript(i: Int) -> Key? {
+            get {
+                switch i {
+                case 0: k0
+                case 1: k1
+                case 2: k2
+                default: k3
+                }
+            }
+            set {
+                switch i {
+                case 0: k0 = newValue
+                case 1: k1 = newValue
+                case 2: k2 = newValue
+                default: k3 = newValue
+                }
+            }
+        }
+    }
+    @TaskLocal static var stack = Stack()
+    /// Keys past the inline ones, outermost first.
+    @TaskLocal static var overflow: [Key] = []
 
     /// The caller's open batch on `partition` (0: none).
     static func current(_ partition: ObjectIdentifier) -> UInt32 {
-        let keys = Self.keys
-        if keys.isEmpty { return 0 }
-        return keys.last { $0.partition == partition }?.id ?? 0
+        let stack = Self.stack
+        if stack.count == 0 { return 0 }
+        if stack.count > Stack.inlineCapacity, let key = Self.overflow.last(where: { $0.partition == partition }) {
+            return key.id
+        }
+        var i = min(stack.count, Stack.inlineCapacity) - 1
+        while i >= 0 {
+            if let key = stack[i], key.partition == partition { return key.id }
+            i -= 1
+        }
+        return 0
+    }
+
+    /// Runs `body` with `key` pushed on the caller's open batches.
+    static func with(_ key: Key, _ body: () -> Void) {
+        var stack = Self.stack
+        if stack.count < Stack.inlineCapacity {
+            stack[stack.count] = key
+            stack.count += 1
+            Self.$stack.withValue(stack, operation: body)
+        } else {
+            stack.count += 1
+            Self.$stack.withValue(stack) {
+                Self.$overflow.withValue(Self.overflow + [key], operation: body)
+            }
+        }
     }
 }
 
@@ -157,6 +218,16 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
 
     /// How deferred changes are committed, if this partition coalesces them.
     public let coalescing: Coalescing?
+
+    /// `kernel.canDeliver(message)`, with the kernel borrowed in place:
+    /// reading the generic `kernel` as a plain value copies it (a retain and
+    /// a release, two atomics) on every `setMsi`, which a batch of retargets
+    /// pays thousands of times.
+    func canDeliver(_ message: MsiMessage) -> Bool { Self.canDeliver(kernel, message) }
+
+    private static func canDeliver(_ kernel: borrowing Kernel, _ message: MsiMessage) -> Bool {
+        kernel.canDeliver(message)
+    }
 
     /// Deferred (coalesced) commits, DESIGN.md rule 8.
     ///
@@ -251,7 +322,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             return id
         }
         var outcome: Swift.Result<Result, IrqFdError>?
-        OpenBatches.$keys.withValue(OpenBatches.keys + [.init(partition: me, id: id)]) {
+        OpenBatches.with(.init(partition: me, id: id)) {
             do throws(IrqFdError) { outcome = .success(try body()) } catch { outcome = .failure(error) }
         }
         let ended = endBatch(id)
@@ -644,7 +715,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     /// undeliverable address leaves the route disarmed and without an entry.
     public func setMsi(address: UInt64, data: UInt32) throws(IrqFdError) {
         let message = MsiMessage(address: address, data: data)
-        guard partition.kernel.canDeliver(message) else {
+        guard partition.canDeliver(message) else {
             try clearMsi()
             throw .undeliverableAddress(address)
         }
@@ -676,7 +747,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             }
             return others
         }
-        _ = partition.reconcile(others)
+        if !others.isEmpty { _ = partition.reconcile(others) }
     }
 
     /// Rule 6: disarm first, then remove the entry.
@@ -763,7 +834,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             return try setMsi(address: address, data: data)
         }
         let message = MsiMessage(address: address, data: data)
-        guard partition.kernel.canDeliver(message) else {
+        guard partition.canDeliver(message) else {
             try clearMsi()
             throw .undeliverableAddress(address)
         }
