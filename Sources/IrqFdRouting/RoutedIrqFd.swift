@@ -41,6 +41,9 @@ struct RoutingTableState {
     /// Spare buffer for the GSIs a push carries (its result is returned, so
     /// this only holds one when a push failed).
     var carriedScratch: [UInt32] = []
+    /// Spare buffer for the next batch's `touched` list (a batch of N changes
+    /// then appends into room it already has, with no regrowth).
+    var touchedScratch: [UInt32] = []
     /// Whether `gsi`'s route needs nothing after the push that carries its
     /// batch's change: set by `setMsi` inside a batch on a route that is armed,
     /// not served, and keeps an entry (a retarget), so the push only swaps the
@@ -100,6 +103,18 @@ struct RoutingTableState {
     /// The state a rollback returns `gsi` to: what the kernel holds for its current route.
     func baseline(_ gsi: UInt32) -> MsiMessage? {
         stale[Int(gsi)] ? nil : pushed[Int(gsi)]
+    }
+}
+
+extension Array where Element == UInt32 {
+    /// Whether no element is greater than the one after it.
+    var isSortedAscending: Bool {
+        var i = 1
+        while i < count {
+            if self[i - 1] > self[i] { return false }
+            i += 1
+        }
+        return true
     }
 }
 
@@ -318,7 +333,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let id = table.withLock { t in
             let id = t.nextBatch
             t.nextBatch = t.nextBatch == .max ? 1 : t.nextBatch + 1
-            t.batches.append(BatchRecord(id: id))
+            var record = BatchRecord(id: id)
+            swap(&record.touched, &t.touchedScratch)
+            t.batches.append(record)
             return id
         }
         var outcome: Swift.Result<Result, IrqFdError>?
@@ -341,8 +358,13 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     private func endBatch(_ id: UInt32) -> IrqFdError? {
         let (touched, error) = table.withLock { (t: inout TableState) -> ([WeakRouteReference], IrqFdError?) in
             guard let index = t.batchIndex(id) else { return ([], nil) }
-            let record = t.batches.remove(at: index)
-            var mine = record.touched.filter { t.owner[Int($0)] == id }
+            var mine = t.batches.remove(at: index).touched
+            mine.removeAll { t.owner[Int($0)] != id }
+            defer {
+                // Its buffer serves the next batch.
+                mine.removeAll(keepingCapacity: true)
+                if mine.capacity > t.touchedScratch.capacity { t.touchedScratch = mine }
+            }
             guard !mine.isEmpty || !t.changed.isEmpty else { return ([], nil) }
             do throws(IrqFdError) {
                 let carried = try push(&t, batch: id, owned: mine)
@@ -389,9 +411,15 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// that keeps its encoded table (KVM) applies them in place; others get
     /// the whole table, built here only when they ask for it.
     private func push(_ t: inout TableState, batch: UInt32, owned: [UInt32]) throws(IrqFdError) -> [UInt32] {
-        var carried = t.changed
-        carried.append(contentsOf: owned)
-        carried.sort()
+        var carried: [UInt32]
+        if t.changed.isEmpty {
+            carried = owned  // shared, not copied: only an unsorted list is written to
+        } else {
+            carried = t.changed
+            carried.append(contentsOf: owned)
+        }
+        // A batch's changes usually come in GSI order: then there is nothing to sort.
+        if !carried.isSortedAscending { carried.sort() }
         var unique = t.carriedScratch
         t.carriedScratch = []
         unique.removeAll(keepingCapacity: true)
