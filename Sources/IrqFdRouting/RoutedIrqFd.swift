@@ -41,6 +41,9 @@ struct RoutingTableState {
     /// Spare buffer for the GSIs a push carries (its result is returned, so
     /// this only holds one when a push failed).
     var carriedScratch: [UInt32] = []
+    /// Spare buffer for the next batch's `touched` list (a batch of N changes
+    /// then appends into room it already has, with no regrowth).
+    var touchedScratch: [UInt32] = []
     /// Whether `gsi`'s route needs nothing after the push that carries its
     /// batch's change: set by `setMsi` inside a batch on a route that is armed,
     /// not served, and keeps an entry (a retarget), so the push only swaps the
@@ -67,18 +70,21 @@ struct RoutingTableState {
     }
 
     /// Whether the kernel holds `gsi`'s entry for its current route.
+    @inline(__always)
     func isLive(_ gsi: UInt32) -> Bool {
         let g = Int(gsi)
         return desired[g] != nil && !stale[g] && desired[g] == pushed[g]
     }
 
     /// The index of open batch `id` in `batches`, if it is still open.
+    @inline(__always)
     func batchIndex(_ id: UInt32) -> Int? {
         guard id != 0 else { return nil }
         return batches.firstIndex { $0.id == id }
     }
 
     /// Records `message` as `gsi`'s desired entry, made by `batch` (0: none).
+    @inline(__always)
     mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?, batch: Int?) {
         let g = Int(gsi)
         desired[g] = message
@@ -97,6 +103,18 @@ struct RoutingTableState {
     /// The state a rollback returns `gsi` to: what the kernel holds for its current route.
     func baseline(_ gsi: UInt32) -> MsiMessage? {
         stale[Int(gsi)] ? nil : pushed[Int(gsi)]
+    }
+}
+
+extension Array where Element == UInt32 {
+    /// Whether no element is greater than the one after it.
+    var isSortedAscending: Bool {
+        var i = 1
+        while i < count {
+            if self[i - 1] > self[i] { return false }
+            i += 1
+        }
+        return true
     }
 }
 
@@ -121,19 +139,77 @@ struct WeakRouteReference: @unchecked Sendable {
 /// A task-local: bound by `withBatch` around its body, so membership follows
 /// the caller and never another thread. Outside any task Swift keeps it in
 /// thread-local storage, which is what device threads use.
+///
+/// The first `Stack.inlineCapacity` keys live inline in a trivial value, so
+/// reading them (once per `setMsi` in a batch) copies a few words and makes
+/// no retain or release; keys beyond those (batches open on more partitions
+/// at once) go to `overflow`, an array read only when the stack is that deep.
 enum OpenBatches {
     /// A partition and the id of the batch this caller holds open on it.
     struct Key: Sendable {
         var partition: ObjectIdentifier
         var id: UInt32
     }
-    @TaskLocal static var keys: [Key] = []
+
+    /// The innermost keys, inline (trivial: copying it is a few words, no ARC).
+    struct Stack: Sendable {
+        static let inlineCapacity = 4
+        /// Keys in all, inline and in `overflow`.
+        var count = 0
+        var k0: Key?, k1: Key?, k2: Key?, k3: Key?
+
+        /// Inline key `i` (0..<inlineCapacity).
+        subscript(i: Int) -> Key? {
+            get {
+                switch i {
+                case 0: k0
+                case 1: k1
+                case 2: k2
+                default: k3
+                }
+            }
+            set {
+                switch i {
+                case 0: k0 = newValue
+                case 1: k1 = newValue
+                case 2: k2 = newValue
+                default: k3 = newValue
+                }
+            }
+        }
+    }
+    @TaskLocal static var stack = Stack()
+    /// Keys past the inline ones, outermost first.
+    @TaskLocal static var overflow: [Key] = []
 
     /// The caller's open batch on `partition` (0: none).
     static func current(_ partition: ObjectIdentifier) -> UInt32 {
-        let keys = Self.keys
-        if keys.isEmpty { return 0 }
-        return keys.last { $0.partition == partition }?.id ?? 0
+        let stack = Self.stack
+        if stack.count == 0 { return 0 }
+        if stack.count > Stack.inlineCapacity, let key = Self.overflow.last(where: { $0.partition == partition }) {
+            return key.id
+        }
+        var i = min(stack.count, Stack.inlineCapacity) - 1
+        while i >= 0 {
+            if let key = stack[i], key.partition == partition { return key.id }
+            i -= 1
+        }
+        return 0
+    }
+
+    /// Runs `body` with `key` pushed on the caller's open batches.
+    static func with(_ key: Key, _ body: () -> Void) {
+        var stack = Self.stack
+        if stack.count < Stack.inlineCapacity {
+            stack[stack.count] = key
+            stack.count += 1
+            Self.$stack.withValue(stack, operation: body)
+        } else {
+            stack.count += 1
+            Self.$stack.withValue(stack) {
+                Self.$overflow.withValue(Self.overflow + [key], operation: body)
+            }
+        }
     }
 }
 
@@ -157,6 +233,16 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
 
     /// How deferred changes are committed, if this partition coalesces them.
     public let coalescing: Coalescing?
+
+    /// `kernel.canDeliver(message)`, with the kernel borrowed in place:
+    /// reading the generic `kernel` as a plain value copies it (a retain and
+    /// a release, two atomics) on every `setMsi`, which a batch of retargets
+    /// pays thousands of times.
+    func canDeliver(_ message: MsiMessage) -> Bool { Self.canDeliver(kernel, message) }
+
+    private static func canDeliver(_ kernel: borrowing Kernel, _ message: MsiMessage) -> Bool {
+        kernel.canDeliver(message)
+    }
 
     /// Deferred (coalesced) commits, DESIGN.md rule 8.
     ///
@@ -247,11 +333,13 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let id = table.withLock { t in
             let id = t.nextBatch
             t.nextBatch = t.nextBatch == .max ? 1 : t.nextBatch + 1
-            t.batches.append(BatchRecord(id: id))
+            var record = BatchRecord(id: id)
+            swap(&record.touched, &t.touchedScratch)
+            t.batches.append(record)
             return id
         }
         var outcome: Swift.Result<Result, IrqFdError>?
-        OpenBatches.$keys.withValue(OpenBatches.keys + [.init(partition: me, id: id)]) {
+        OpenBatches.with(.init(partition: me, id: id)) {
             do throws(IrqFdError) { outcome = .success(try body()) } catch { outcome = .failure(error) }
         }
         let ended = endBatch(id)
@@ -270,8 +358,13 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     private func endBatch(_ id: UInt32) -> IrqFdError? {
         let (touched, error) = table.withLock { (t: inout TableState) -> ([WeakRouteReference], IrqFdError?) in
             guard let index = t.batchIndex(id) else { return ([], nil) }
-            let record = t.batches.remove(at: index)
-            var mine = record.touched.filter { t.owner[Int($0)] == id }
+            var mine = t.batches.remove(at: index).touched
+            mine.removeAll { t.owner[Int($0)] != id }
+            defer {
+                // Its buffer serves the next batch.
+                mine.removeAll(keepingCapacity: true)
+                if mine.capacity > t.touchedScratch.capacity { t.touchedScratch = mine }
+            }
             guard !mine.isEmpty || !t.changed.isEmpty else { return ([], nil) }
             do throws(IrqFdError) {
                 let carried = try push(&t, batch: id, owned: mine)
@@ -318,9 +411,15 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// that keeps its encoded table (KVM) applies them in place; others get
     /// the whole table, built here only when they ask for it.
     private func push(_ t: inout TableState, batch: UInt32, owned: [UInt32]) throws(IrqFdError) -> [UInt32] {
-        var carried = t.changed
-        carried.append(contentsOf: owned)
-        carried.sort()
+        var carried: [UInt32]
+        if t.changed.isEmpty {
+            carried = owned  // shared, not copied: only an unsorted list is written to
+        } else {
+            carried = t.changed
+            carried.append(contentsOf: owned)
+        }
+        // A batch's changes usually come in GSI order: then there is nothing to sort.
+        if !carried.isSortedAscending { carried.sort() }
         var unique = t.carriedScratch
         t.carriedScratch = []
         unique.removeAll(keepingCapacity: true)
@@ -644,7 +743,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
     /// undeliverable address leaves the route disarmed and without an entry.
     public func setMsi(address: UInt64, data: UInt32) throws(IrqFdError) {
         let message = MsiMessage(address: address, data: data)
-        guard partition.kernel.canDeliver(message) else {
+        guard partition.canDeliver(message) else {
             try clearMsi()
             throw .undeliverableAddress(address)
         }
@@ -676,7 +775,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             }
             return others
         }
-        _ = partition.reconcile(others)
+        if !others.isEmpty { _ = partition.reconcile(others) }
     }
 
     /// Rule 6: disarm first, then remove the entry.
@@ -763,7 +862,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             return try setMsi(address: address, data: data)
         }
         let message = MsiMessage(address: address, data: data)
-        guard partition.kernel.canDeliver(message) else {
+        guard partition.canDeliver(message) else {
             try clearMsi()
             throw .undeliverableAddress(address)
         }
