@@ -130,7 +130,7 @@ extension TinyVM {
 /// guest has made no MMIO exit for `quiet` (its burst of table writes is
 /// over), or when the partition's delay has passed, whichever comes first.
 /// Each scheduled commit gets a thread of its own that samples the VM's
-/// `mmioExits` every `quiet`; it never waits on a shared pool.
+/// `mmioExits` every quarter of `quiet`; it never waits on a shared pool.
 public final class QuietCommitTimer: CommitTimer {
     /// How long the guest's MMIO must stay quiet before a commit.
     public let quiet: Duration
@@ -153,14 +153,25 @@ public final class QuietCommitTimer: CommitTimer {
     public func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             let deadline = ContinuousClock.now + delay
+            // Sampled every quarter of `quiet`, so the commit lands between
+            // `quiet` and 1.25 x `quiet` after the guest's last exit (sampling
+            // every `quiet` made that up to 2 x `quiet`).
+            let step = quiet / 4
             var last = exits
+            var quietSince = ContinuousClock.now
             while true {
-                let left = ContinuousClock.now.duration(to: deadline)
+                let now = ContinuousClock.now
+                let left = now.duration(to: deadline)
                 if left <= .zero { break }
-                Thread.sleep(forTimeInterval: Self.seconds(min(quiet, left)))
-                let now = exits
-                if now == nil || now == last { break }
-                last = now
+                Thread.sleep(forTimeInterval: Self.seconds(min(step, left)))
+                let count = exits
+                if count == nil { break }
+                if count != last {
+                    last = count
+                    quietSince = ContinuousClock.now
+                } else if quietSince.duration(to: .now) >= quiet {
+                    break
+                }
             }
             work()
         }

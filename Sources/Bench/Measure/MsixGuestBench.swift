@@ -39,7 +39,7 @@ extension BenchRunner {
         let modes: [(name: String, code: UInt32)] = [("linux_order", 1), ("function_mask_batch", 2)]
         for coalesced in [true, false] {
             let partition = coalesced ? "coalescing" : "synchronous"
-            let rounds = coalesced ? (options.quick ? 5 : 11) : 1
+            let rounds = coalesced ? (options.quick ? 5 : 31) : 1
             var us: [[Double]] = [[], []], pushes: [[Int]] = [[], []]
             for round in 0..<rounds {
                 for k in (round % 2 == 0 ? [0, 1] : [1, 0]) {
