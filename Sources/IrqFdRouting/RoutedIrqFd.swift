@@ -16,19 +16,15 @@ import Synchronization
 /// another open batch owns; a failed push rolls back only what its caller owns.
 struct RoutingTableState {
     var allocator: GsiAllocator
-    /// What the table should hold, by GSI.
-    var desired: [MsiMessage?]
-    /// What the kernel holds, by GSI (the last successful push).
-    var pushed: [MsiMessage?]
-    /// The open batch whose unpushed change a GSI carries (0: none).
-    var owner: [UInt32]
-    /// Whether `pushed` for a GSI belongs to a route since released: the GSI's
-    /// current route never had that entry, so it is neither live nor a state
-    /// to roll back to (issue 13, item 2).
-    var stale: [Bool]
+    /// Each GSI's entries and flags, by GSI (see `GsiSlot`): one array, so a
+    /// change to a GSI makes one uniqueness check and touches one cache line
+    /// (five arrays cost five of each, a third of a retarget's table work).
+    var slots: [GsiSlot]
     /// Each GSI's route, weakly: the routes a push or a rollback must arm or
     /// disarm. Upgraded to strong references only outside the lock, so no
-    /// route's deinit ever runs under it (issue 13, item 3).
+    /// route's deinit ever runs under it (issue 13, item 3). Kept apart from
+    /// `slots`: a weak reference would make every slot non-trivial (each copy
+    /// and move a side-table retain), and the steady retarget never reads it.
     var routes: [WeakRouteReference]
     /// GSIs changed outside any open batch and not yet in the kernel (may repeat).
     var changed: [UInt32] = []
@@ -44,14 +40,6 @@ struct RoutingTableState {
     /// Spare buffer for the next batch's `touched` list (a batch of N changes
     /// then appends into room it already has, with no regrowth).
     var touchedScratch: [UInt32] = []
-    /// Whether `gsi`'s route needs nothing after the push that carries its
-    /// batch's change: set by `setMsi` inside a batch on a route that is armed,
-    /// not served, and keeps an entry (a retarget), so the push only swaps the
-    /// message under an irqfd that stays armed. Any later change to the route
-    /// clears it (`setEntry`, `setEntryDeferred`, `mask`, `release`); the
-    /// batch's end then skips its reconcile (issue 11: the retarget of 2048
-    /// live routes costs one push and little else).
-    var steady: [Bool]
     /// GSIs with an entry in the kernel (non-nil `pushed`).
     var kernelEntries = 0
     /// A coalesced commit is scheduled (see `RoutedIrqFd.Coalescing`).
@@ -61,20 +49,13 @@ struct RoutingTableState {
 
     init(allocator: GsiAllocator, limit: Int) {
         self.allocator = allocator
-        desired = Array(repeating: nil, count: limit)
-        pushed = desired
-        owner = Array(repeating: 0, count: limit)
-        stale = Array(repeating: false, count: limit)
-        steady = stale
+        slots = Array(repeating: GsiSlot(), count: limit)
         routes = Array(repeating: WeakRouteReference(), count: limit)
     }
 
     /// Whether the kernel holds `gsi`'s entry for its current route.
     @inline(__always)
-    func isLive(_ gsi: UInt32) -> Bool {
-        let g = Int(gsi)
-        return desired[g] != nil && !stale[g] && desired[g] == pushed[g]
-    }
+    func isLive(_ gsi: UInt32) -> Bool { slots[Int(gsi)].isLive }
 
     /// The index of open batch `id` in `batches`, if it is still open.
     @inline(__always)
@@ -83,26 +64,75 @@ struct RoutingTableState {
         return batches.firstIndex { $0.id == id }
     }
 
-    /// Records `message` as `gsi`'s desired entry, made by `batch` (0: none).
+    /// Records `message` as `gsi`'s desired entry, made by `batch` (0: none),
+    /// and sets its `steady` flag to `steady` (never on a stale GSI).
     @inline(__always)
-    mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?, batch: Int?) {
+    mutating func setDesired(_ gsi: UInt32, _ message: MsiMessage?, batch: Int?, steady: Bool = false) {
         let g = Int(gsi)
-        desired[g] = message
         if let batch {
-            let id = batches[batch].id
-            if owner[g] != id {
-                owner[g] = id
+            if slots[g].record(message, owner: batches[batch].id, steady: steady) {
                 batches[batch].touched.append(gsi)
             }
         } else {
-            owner[g] = 0
+            _ = slots[g].record(message, owner: 0, steady: steady)
             changed.append(gsi)
         }
     }
 
     /// The state a rollback returns `gsi` to: what the kernel holds for its current route.
-    func baseline(_ gsi: UInt32) -> MsiMessage? {
-        stale[Int(gsi)] ? nil : pushed[Int(gsi)]
+    func baseline(_ gsi: UInt32) -> MsiMessage? { slots[Int(gsi)].baseline }
+}
+
+/// One GSI's table state (trivial: copying or moving it makes no ARC); see
+/// `RoutingTableState` for how batches own GSIs.
+struct GsiSlot {
+    /// What the table should hold.
+    var desired: MsiMessage?
+    /// What the kernel holds (the last successful push).
+    var pushed: MsiMessage?
+    /// The open batch whose unpushed change this GSI carries (0: none).
+    var owner: UInt32 = 0
+    /// Whether `pushed` belongs to a route since released: the GSI's current
+    /// route never had that entry, so it is neither live nor a state to roll
+    /// back to (issue 13, item 2).
+    var stale = false
+    /// Whether the GSI's route needs nothing after the push that carries its
+    /// batch's change: set by `setMsi` inside a batch on a route that is armed,
+    /// not served, and keeps an entry (a retarget), so the push only swaps the
+    /// message under an irqfd that stays armed. Any later change to the route
+    /// clears it (`setEntry`, `setEntryDeferred`, `mask`, `release`); the
+    /// batch's end then skips its reconcile (issue 11: the retarget of 2048
+    /// live routes costs one push and little else).
+    var steady = false
+
+    /// Whether the kernel holds this GSI's entry for its current route.
+    @inline(__always)
+    var isLive: Bool { desired != nil && !stale && desired == pushed }
+
+    /// The state a rollback returns the GSI to: what the kernel holds for its current route.
+    @inline(__always)
+    var baseline: MsiMessage? { stale ? nil : pushed }
+
+    /// Sets `desired` to `message`, made by batch `id` (0: none), and `steady`
+    /// (kept off on a stale GSI); returns whether `id` newly owns the GSI.
+    @inline(__always)
+    mutating func record(_ message: MsiMessage?, owner id: UInt32, steady: Bool) -> Bool {
+        desired = message
+        self.steady = steady && !stale
+        guard owner != id else { return false }
+        owner = id
+        return id != 0
+    }
+
+    /// The push that carried this GSI landed: the kernel holds `desired`.
+    /// Returns the change in the kernel's entry count.
+    @inline(__always)
+    mutating func landed() -> Int {
+        let delta = (desired != nil ? 1 : 0) - (pushed != nil ? 1 : 0)
+        pushed = desired
+        owner = 0
+        stale = false
+        return delta
     }
 }
 
@@ -359,7 +389,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let (touched, error) = table.withLock { (t: inout TableState) -> ([WeakRouteReference], IrqFdError?) in
             guard let index = t.batchIndex(id) else { return ([], nil) }
             var mine = t.batches.remove(at: index).touched
-            mine.removeAll { t.owner[Int($0)] != id }
+            mine.removeAll { t.slots[Int($0)].owner != id }
             defer {
                 // Its buffer serves the next batch.
                 mine.removeAll(keepingCapacity: true)
@@ -372,10 +402,11 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             } catch {
                 // Back to what the kernel holds for each GSI's current route.
                 for gsi in mine {
-                    t.steady[Int(gsi)] = false
-                    t.desired[Int(gsi)] = t.baseline(gsi)
-                    t.owner[Int(gsi)] = 0
-                    if t.desired[Int(gsi)] != t.pushed[Int(gsi)] { t.changed.append(gsi) }
+                    let g = Int(gsi)
+                    t.slots[g].steady = false
+                    t.slots[g].desired = t.slots[g].baseline
+                    t.slots[g].owner = 0
+                    if t.slots[g].desired != t.slots[g].pushed { t.changed.append(gsi) }
                 }
                 mine.sort()
                 return (t.routes(at: mine), error)
@@ -427,11 +458,11 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         t.changeScratch = []
         changes.removeAll(keepingCapacity: true)
         for gsi in carried where gsi != unique.last {
-            let g = Int(gsi)
-            guard t.owner[g] == 0 || t.owner[g] == batch else { continue }
+            let slot = t.slots[Int(gsi)]
+            guard slot.owner == 0 || slot.owner == batch else { continue }
             unique.append(gsi)
-            if t.desired[g] != t.pushed[g] {
-                if let message = t.desired[g] {
+            if slot.desired != slot.pushed {
+                if let message = slot.desired {
                     changes.append(.set(RoutingEntry(gsi: gsi, msi: message)))
                 } else {
                     changes.append(.remove(gsi: gsi))
@@ -447,13 +478,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             t.carriedScratch = unique
             throw error
         }
-        for gsi in unique {
-            let g = Int(gsi)
-            t.kernelEntries += (t.desired[g] != nil ? 1 : 0) - (t.pushed[g] != nil ? 1 : 0)
-            t.pushed[g] = t.desired[g]
-            t.owner[g] = 0
-            t.stale[g] = false
-        }
+        for gsi in unique { t.kernelEntries += t.slots[Int(gsi)].landed() }
         t.changed.removeAll(keepingCapacity: true)
         pushCounter.add(1, ordering: .relaxed)
         return unique
@@ -466,9 +491,10 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         var entries: [RoutingEntry] = []
         entries.reserveCapacity(t.allocator.used)
         let othersOpen = t.batches.contains { $0.id != batch }
-        for gsi in 0..<t.desired.count {
-            let own = !othersOpen || t.owner[gsi] == 0 || t.owner[gsi] == batch
-            if let message = own ? t.desired[gsi] : t.pushed[gsi] {
+        for gsi in 0..<t.slots.count {
+            let slot = t.slots[gsi]
+            let own = !othersOpen || slot.owner == 0 || slot.owner == batch
+            if let message = own ? slot.desired : slot.pushed {
                 entries.append(RoutingEntry(gsi: UInt32(gsi), msi: message))
             }
         }
@@ -486,25 +512,23 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     ) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
         try table.withLock { (t: inout TableState) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
             let g = Int(gsi)
-            let previous = t.desired[g]
+            let previous = t.slots[g].desired
             var others: [WeakRouteReference] = []
             if previous != message {
                 if let index = t.batchIndex(batch) {
-                    t.setDesired(gsi, message, batch: index)
-                    t.steady[g] = armed && previous != nil && message != nil && !t.stale[g]
+                    t.setDesired(gsi, message, batch: index, steady: armed && previous != nil && message != nil)
                 } else {
-                    t.steady[g] = false
-                    let previousOwner = t.owner[g]
+                    let previousOwner = t.slots[g].owner
                     t.setDesired(gsi, message, batch: nil)
                     do throws(IrqFdError) {
                         let carried = try push(&t, batch: 0, owned: [])
                         others = t.routes(at: carried, except: gsi)
                     } catch {
                         t.changed.removeLast()
-                        t.desired[g] = previous
+                        t.slots[g].desired = previous
                         if t.batchIndex(previousOwner) != nil {
-                            t.owner[g] = previousOwner
-                        } else if previous != t.pushed[g] {
+                            t.slots[g].owner = previousOwner
+                        } else if previous != t.slots[g].pushed {
                             t.changed.append(gsi)
                         }
                         throw error
@@ -524,9 +548,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     ) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
         var schedule = false
         let result = table.withLock { (t: inout TableState) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
-            let previous = t.desired[Int(gsi)]
+            let previous = t.slots[Int(gsi)].desired
             var others: [WeakRouteReference] = []
-            t.steady[Int(gsi)] = false
+            t.slots[Int(gsi)].steady = false
             if previous != message {
                 t.setDesired(gsi, message, batch: nil)
                 if t.commitsAtOnce(coalescing) {
@@ -581,21 +605,21 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
 
     /// Entries waiting for a commit (changes not yet in the kernel, outside any batch).
     public var waitingEntryCount: Int {
-        table.withLock { t in Set(t.changed.filter { t.owner[Int($0)] == 0 && t.desired[Int($0)] != t.pushed[Int($0)] }).count }
+        table.withLock { t in Set(t.changed.filter { t.slots[Int($0)].owner == 0 && t.slots[Int($0)].desired != t.slots[Int($0)].pushed }).count }
     }
 
     /// Whether `gsi` has an entry, and whether that entry is in the kernel.
     func entryState(_ gsi: UInt32) -> (exists: Bool, live: Bool) {
-        table.withLock { t in (t.desired[Int(gsi)] != nil, t.isLive(gsi)) }
+        table.withLock { t in (t.slots[Int(gsi)].desired != nil, t.isLive(gsi)) }
     }
 
     /// The route on `gsi` was disarmed: the push carrying its change must reconcile it.
     func unsteady(_ gsi: UInt32) {
-        table.withLock { t in t.steady[Int(gsi)] = false }
+        table.withLock { t in t.slots[Int(gsi)].steady = false }
     }
 
     /// The entry the table wants for `gsi` (nil: no MSI).
-    public func entry(for gsi: UInt32) -> MsiMessage? { table.withLock { $0.desired[Int(gsi)] } }
+    public func entry(for gsi: UInt32) -> MsiMessage? { table.withLock { $0.slots[Int(gsi)].desired } }
 
     /// Removes `gsi`'s entry (pushing unless the caller has a batch open; a
     /// failed push is left to the next one) and frees the GSI. Used when a
@@ -606,9 +630,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         let others = table.withLock { (t: inout TableState) -> [WeakRouteReference] in
             let g = Int(gsi)
             t.routes[g] = WeakRouteReference()
-            t.steady[g] = false
+            t.slots[g].steady = false
             var others: [WeakRouteReference] = []
-            if t.desired[g] != nil || t.owner[g] != 0 {
+            if t.slots[g].desired != nil || t.slots[g].owner != 0 {
                 if let index = t.batchIndex(batch) {
                     t.setDesired(gsi, nil, batch: index)
                 } else if let coalescing {
@@ -627,7 +651,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
                 }
             }
             // Whatever the kernel still holds for this GSI was this route's, not the next one's.
-            if t.pushed[g] != nil { t.stale[g] = true }
+            if t.slots[g].pushed != nil { t.slots[g].stale = true }
             t.allocator.release(gsi)
             return others
         }
@@ -644,7 +668,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// The entries the kernel holds now, by GSI (for tests and save/restore).
     public var pushedEntries: [RoutingEntry] {
         table.withLock { t in
-            t.pushed.enumerated().compactMap { gsi, msi in msi.map { RoutingEntry(gsi: UInt32(gsi), msi: $0) } }
+            t.slots.enumerated().compactMap { gsi, slot in slot.pushed.map { RoutingEntry(gsi: UInt32(gsi), msi: $0) } }
         }
     }
 }
@@ -669,8 +693,8 @@ extension RoutingTableState {
         result.reserveCapacity(gsis.count)
         for gsi in gsis {
             let g = Int(gsi)
-            if steady[g] {
-                steady[g] = false
+            if slots[g].steady {
+                slots[g].steady = false
             } else {
                 result.append(routes[g])
             }
