@@ -111,24 +111,7 @@ walked:	mov	$2, %al
 reinit:	mov	CFG_COUNT, %eax
 	mov	%eax, V_CFGSEEN
 	mov	V_COMMON, %edi
-	movb	$0, 0x14(%edi)
-	movb	$1, 0x14(%edi)
-	movb	$3, 0x14(%edi)
-	/* Features: VERSION_1 (bit 32) offered? Accept only it. */
-	movl	$1, 0x00(%edi)
-	mov	0x04(%edi), %eax
-	test	$1, %al
-	mov	$3, %al
-	jz	fail
-	movl	$0, 0x08(%edi)
-	movl	$0, 0x0c(%edi)
-	movl	$1, 0x08(%edi)
-	movl	$1, 0x0c(%edi)
-	movb	$0x0b, 0x14(%edi)
-	mov	0x14(%edi), %al
-	test	$8, %al
-	mov	$3, %al
-	jz	fail
+	VIRTIO_NEGOTIATE_VERSION_1 fail
 
 	/* MSI-X on (Message Control bit 15) with every table entry programmed. */
 	mov	V_MSIXCAP, %eax
