@@ -96,14 +96,7 @@ fail:	mov	$0xf4, %dx
 
 driver:
 	/* BAR1, BAR4 and the capability walk (MSI-X, common, notify). */
-	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, walked
-walked:	mov	$2, %al
-	cmpl	$0, V_COMMON
-	je	fail
-	cmpl	$0, V_NOTIFY
-	je	fail
-	cmpl	$0, V_MSIXCAP
-	je	fail
+	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
 
 	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). Config interrupts from
 	 * here on (a failed DRIVER_OK raises one) are looked at while waiting. */

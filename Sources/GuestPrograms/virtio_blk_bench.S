@@ -82,14 +82,7 @@ fail:	mov	$0xf4, %dx
 	hlt
 
 driver:
-	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, walked
-walked:	mov	$2, %al
-	cmpl	$0, V_COMMON
-	je	fail
-	cmpl	$0, V_NOTIFY
-	je	fail
-	cmpl	$0, V_MSIXCAP
-	je	fail
+	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
 
 	mov	V_COMMON, %edi
 	VIRTIO_NEGOTIATE_VERSION_1 fail
@@ -115,17 +108,7 @@ walked:	mov	$2, %al
 	mov	$4, %al
 	cmpw	$0, 0x18(%edi)
 	je	fail
-	movw	$QSIZE, 0x18(%edi)
-	movw	$1, 0x1a(%edi)
-	cmpw	$1, 0x1a(%edi)
-	mov	$4, %al
-	jne	fail
-	movl	$RING, 0x20(%edi)
-	movl	$0, 0x24(%edi)
-	movl	$AVAIL, 0x28(%edi)
-	movl	$0, 0x2c(%edi)
-	movl	$USED, 0x30(%edi)
-	movl	$0, 0x34(%edi)
+	VIRTIO_QUEUE0_SETUP QSIZE, RING, AVAIL, USED, fail
 	movzwl	0x1e(%edi), %eax
 	mull	V_MULT
 	add	V_NOTIFY, %eax

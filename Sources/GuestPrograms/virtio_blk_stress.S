@@ -110,17 +110,7 @@ driver:
 	movw	$0, 0x10(%edi)		/* msix_config = 0 */
 	/* Queue 0: size 256, vector 1, rings. */
 	movw	$0, 0x16(%edi)
-	movw	$QSIZE, 0x18(%edi)
-	movw	$1, 0x1a(%edi)
-	cmpw	$1, 0x1a(%edi)
-	mov	$4, %al
-	jne	fail
-	movl	$DESC, 0x20(%edi)
-	movl	$0, 0x24(%edi)
-	movl	$AVAIL_RING, 0x28(%edi)
-	movl	$0, 0x2c(%edi)
-	movl	$USED_RING, 0x30(%edi)
-	movl	$0, 0x34(%edi)
+	VIRTIO_QUEUE0_SETUP QSIZE, DESC, AVAIL_RING, USED_RING, fail
 	movw	$1, 0x1c(%edi)
 	/* Descriptors of slot s: 3s header (16, NEXT), 3s+1 buffer (512, NEXT|WRITE),
 	 * 3s+2 status (1, WRITE). Headers are zero (type IN) but for the sector. */

@@ -29,10 +29,11 @@ cfg_read:
  * of cfg_type 1 (common) and 2 (notify) go to `common` / `notify` as
  * addresses (BAR4 + offset), and the notify capability's
  * notify_off_multiplier to `mult`. `common`, `notify` and `msixcap` are
- * zeroed first, so one left 0 means that capability is missing (the caller
- * checks). Jumps to `done` when the list ends.
+ * zeroed first; when the list ends, one left 0 means that capability is
+ * missing: jumps to `fail` with AL = 2 (the guests' exit status for a failed
+ * walk).
  * Clobbers EAX, ECX, EDX, ESI, EDI, EBP (BAR4). */
-.macro VIRTIO_PCI_WALK common, notify, mult, msixcap, bar1, done
+.macro VIRTIO_PCI_WALK common, notify, mult, msixcap, bar1, fail
 	/* BAR1 (MSI-X) and BAR4 (virtio structures). */
 	mov	$0x14, %eax
 	call	cfg_read
@@ -51,7 +52,7 @@ cfg_read:
 	movzx	%al, %esi
 .Lvirtio_walk\@:
 	test	%esi, %esi
-	jz	\done
+	jz	.Lvirtio_walked\@
 	mov	%esi, %eax
 	call	cfg_read
 	mov	%eax, %edi			/* id, next, len, cfg_type */
@@ -80,6 +81,32 @@ cfg_read:
 	mov	%edi, %eax
 	movzx	%ah, %esi
 	jmp	.Lvirtio_walk\@
+.Lvirtio_walked\@:
+	mov	$2, %al
+	cmpl	$0, \common
+	je	\fail
+	cmpl	$0, \notify
+	je	\fail
+	cmpl	$0, \msixcap
+	je	\fail
+.endm
+
+/* With EDI = the common configuration structure and queue 0 selected: queue
+ * size `size`, MSI-X vector 1 (jumps to `fail` with AL = 4 if the device does
+ * not keep it), and the descriptor table, driver area and device area at
+ * `desc`, `avail`, `used` (below 4 GiB). Clobbers EAX. */
+.macro VIRTIO_QUEUE0_SETUP size, desc, avail, used, fail
+	movw	$\size, 0x18(%edi)
+	movw	$1, 0x1a(%edi)
+	cmpw	$1, 0x1a(%edi)
+	mov	$4, %al
+	jne	\fail
+	movl	$\desc, 0x20(%edi)
+	movl	$0, 0x24(%edi)
+	movl	$\avail, 0x28(%edi)
+	movl	$0, 0x2c(%edi)
+	movl	$\used, 0x30(%edi)
+	movl	$0, 0x34(%edi)
 .endm
 
 /* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
