@@ -310,7 +310,7 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
         let vm = try TinyVM()
         let freeBefore = vm.irqfd.freeGsiCount
         let began = ContinuousClock.now
-        var owned: [OwnedDeathDescriptor] = []
+        var owned: [OwnedDescriptor] = []
         var killed: [KillPoint: Int] = [:]
         var idleNotice: [Duration] = []  // the process gone -> NEEDS_RESET seen, idle kills (printed, not asserted)
         do {
@@ -324,7 +324,7 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
             for cycle in 0..<cycles {
                 let point = KillPoint.allCases.randomElement(using: &random)!
                 killed[point, default: 0] += 1
-                let connection = device.connectionDescriptors.map(OwnedDeathDescriptor.init)
+                let connection = device.connectionDescriptors.map(OwnedDescriptor.init)
                 #expect(connection.count == 2 && connection.allSatisfy(\.isOpen), "cycle \(cycle): socket and the watcher's copy")
                 switch point {
                 case .setup:
@@ -376,7 +376,7 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
             }
             #expect(device.reconnectCount == cycles)
             device.writeStatus(0)
-            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDeathDescriptor.init)
+            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDescriptor.init)
         }
         let elapsed = ContinuousClock.now - began
         idleNotice.sort()
@@ -387,25 +387,6 @@ func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> 
     }
 }
 
-/// One descriptor the device opened, told from a later one with the same
-/// number by its inode and eventfd-id (as MoreVirtioTests' lifecycle test does).
-struct OwnedDeathDescriptor {
-    let fd: Int32
-    let identity: String
-    init(_ fd: Int32) {
-        self.fd = fd
-        identity = Self.identity(of: fd) ?? "closed"
-    }
-    static func identity(of fd: Int32) -> String? {
-        guard fcntl(fd, F_GETFD) != -1 else { return nil }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return nil }
-        let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8)) ?? ""
-        let id = info.split(separator: "\n").first { $0.hasPrefix("eventfd-id:") } ?? ""
-        return "\(st.st_ino) \(id)"
-    }
-    var isOpen: Bool { identity != "closed" && Self.identity(of: fd) == identity }
-}
 #endif
 
 #if os(Linux)

@@ -111,24 +111,33 @@ struct HostDriver {
             // qemu-storage-daemon serves one connection at a time: each device
             // connects, runs I/O, resets and goes away before the next.
             do {
-                let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath)
-                var driver = HostDriver(device: device, memory: vm.memory)
-                device.configWrite(offset: 0x04, size: 2, value: 6)
-                let ok = driver.initialise()
-                #expect(ok, "round \(round)")
-                // A vector gives the queue a route: MSI-X table entry 1, vector 1.
-                device.write(address: VirtioBlkDevice.msixBase + 16, size: 4, value: 0xFEE0_0000)
-                device.write(address: VirtioBlkDevice.msixBase + 24, size: 4, value: 0x41)
-                _ = try device.emulator.event(for: 1)
-                driver.submitReads(2)
-                let deadline = ContinuousClock.now + .seconds(10)
-                while driver.used != 2, ContinuousClock.now < deadline { usleep(500) }
-                #expect(driver.used == 2, "round \(round)")
-                device.writeStatus(0)
+                _ = try hostLifecycle(vm: vm, socketPath: backend.socketPath, round: round)
             }
             usleep(2000)  // qemu-storage-daemon notices the closed connection
         }
         #expect(vm.irqfd.freeGsiCount == free)
     }
+}
+
+/// One device lifecycle driven from the host, as the lifecycle tests repeat
+/// it: a device on `socketPath`, memory decoding and bus mastering on, the
+/// driver initialised, queue 0 given a route (MSI-X table entry 1, vector
+/// 0x41), two reads completed, then a reset. Returns the device, still alive,
+/// for the caller's own checks.
+func hostLifecycle(vm: TinyVM, socketPath: String, round: Int) throws -> VirtioBlkDevice {
+    let device = try VirtioBlkDevice(vm: vm, socketPath: socketPath)
+    var driver = HostDriver(device: device, memory: vm.memory)
+    device.configWrite(offset: 0x04, size: 2, value: 6)
+    let ok = driver.initialise()
+    #expect(ok, "round \(round)")
+    device.write(address: VirtioBlkDevice.msixBase + 16, size: 4, value: 0xFEE0_0000)
+    device.write(address: VirtioBlkDevice.msixBase + 24, size: 4, value: 0x41)
+    _ = try device.emulator.event(for: 1)
+    driver.submitReads(2)
+    let deadline = ContinuousClock.now + .seconds(10)
+    while driver.used != 2, ContinuousClock.now < deadline { usleep(500) }
+    #expect(driver.used == 2, "round \(round)")
+    device.writeStatus(0)
+    return device
 }
 #endif

@@ -175,32 +175,6 @@ import Virtio
 #endif
 
 #if os(Linux)
-/// What one descriptor the test got referred to, to tell it from a later
-/// descriptor with the same number (suites run in parallel and reuse numbers):
-/// its inode (unique for a socket) and, for an eventfd, the kernel's
-/// `eventfd-id` from /proc/self/fdinfo (unique per eventfd).
-struct OwnedDescriptor {
-    let fd: Int32
-    let identity: String
-
-    init(_ fd: Int32) {
-        self.fd = fd
-        identity = Self.identity(of: fd) ?? "closed"
-    }
-
-    static func identity(of fd: Int32) -> String? {
-        guard fcntl(fd, F_GETFD) != -1 else { return nil }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return nil }
-        let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8)) ?? ""
-        let id = info.split(separator: "\n").first { $0.hasPrefix("eventfd-id:") } ?? ""
-        return "\(st.st_ino) \(id)"
-    }
-
-    /// Whether `fd` still refers to this very file.
-    var isOpen: Bool { Self.identity(of: fd) == identity }
-}
-
 @Suite(needsKVM) struct VirtioDescriptorTests {
     /// Start, I/O, reset, release, twenty times: each device's own kick and
     /// call eventfds and its vhost-user socket are closed afterwards, and the
@@ -214,19 +188,7 @@ struct OwnedDescriptor {
         for round in 0..<20 {
             var owned: [OwnedDescriptor] = []
             do {
-                let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath)
-                var driver = HostDriver(device: device, memory: vm.memory)
-                device.configWrite(offset: 0x04, size: 2, value: 6)
-                let ok = driver.initialise()
-                #expect(ok, "round \(round)")
-                device.write(address: VirtioBlkDevice.msixBase + 16, size: 4, value: 0xFEE0_0000)
-                device.write(address: VirtioBlkDevice.msixBase + 24, size: 4, value: 0x41)
-                _ = try device.emulator.event(for: 1)
-                driver.submitReads(2)
-                let deadline = ContinuousClock.now + .seconds(10)
-                while driver.used != 2, ContinuousClock.now < deadline { usleep(500) }
-                #expect(driver.used == 2, "round \(round)")
-                device.writeStatus(0)
+                let device = try hostLifecycle(vm: vm, socketPath: backend.socketPath, round: round)
                 let socket = try #require(device.frontend.socketDescriptor)
                 owned = ([socket] + device.ownedDescriptors).map(OwnedDescriptor.init)
                 #expect(owned.count == 3)
