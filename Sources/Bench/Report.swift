@@ -375,6 +375,12 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var deferredArmFloorUs: Double?
         /// Deferred one-by-one / that floor, paired round by round.
         public var deferredArmRatio: PairedRatio?
+        /// The floor of the deferred path as it is served: that floor plus, per
+        /// route, the interim's epoll_ctl ADD while its entry waits and
+        /// EPOLL_CTL_DEL before its arm (median; `bench_floor_arm_served`).
+        public var deferredServedFloorUs: Double?
+        /// Deferred one-by-one / that served floor, paired round by round.
+        public var deferredServedRatio: PairedRatio?
 
         enum CodingKeys: String, CodingKey {
             case routes
@@ -399,6 +405,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case deferredRatio = "one_by_one_deferred_ratio"
             case deferredArmFloorUs = "deferred_arm_floor_us"
             case deferredArmRatio = "one_by_one_deferred_arm_ratio"
+            case deferredServedFloorUs = "deferred_served_floor_us"
+            case deferredServedRatio = "one_by_one_deferred_served_ratio"
         }
 
         /// A programming result.

@@ -137,7 +137,7 @@ public enum ReportText {
         var coalesced = TextTable([
             "routes", "deferred one-by-one µs", "pushes", "/raw push", "drop batched µs", "drop C floor µs",
             "drop/floor (paired, 95%)", "retarget/raw push (paired, 95%)", "deferred/raw push (paired, 95%)",
-            "C push+arms µs", "deferred/C push+arms (paired, 95%)",
+            "C push+arms µs", "deferred/C push+arms (paired, 95%)", "C served µs", "deferred/C served (paired, 95%)",
         ])
         func paired(_ r: BenchReport.PairedRatio?) -> String { r.map(Self.paired) ?? "-" }
         for p in report.programming {
@@ -146,6 +146,7 @@ public enum ReportText {
                 p.oneByOneDeferredUs.map { ratio($0 / p.rawPushUs) } ?? "-",
                 us(p.dropBatchedUs), p.dropFloorUs.map(us) ?? "-", paired(p.dropRatio), paired(p.retargetRatio),
                 paired(p.deferredRatio), p.deferredArmFloorUs.map(us) ?? "-", paired(p.deferredArmRatio),
+                p.deferredServedFloorUs.map(us) ?? "-", paired(p.deferredServedRatio),
             ])
         }
         sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))

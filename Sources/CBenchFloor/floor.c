@@ -126,29 +126,36 @@ int bench_floor_mask_cycles(int vmfd, int efd, uint32_t gsi, uint32_t cycles, ui
 }
 
 static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
-                   uint64_t *elapsed_ns, int time_eventfds);
+                   uint64_t *elapsed_ns, int time_eventfds, int serve);
 
 int bench_floor_program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                         uint64_t *elapsed_ns) {
-    return program(vmfd, first_gsi, count, address, data, elapsed_ns, 1);
+    return program(vmfd, first_gsi, count, address, data, elapsed_ns, 1, 0);
 }
 
 int bench_floor_arm(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                     uint64_t *elapsed_ns) {
-    return program(vmfd, first_gsi, count, address, data, elapsed_ns, 0);
+    return program(vmfd, first_gsi, count, address, data, elapsed_ns, 0, 0);
+}
+
+int bench_floor_arm_served(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
+                           uint64_t *elapsed_ns) {
+    return program(vmfd, first_gsi, count, address, data, elapsed_ns, 0, 1);
 }
 
 static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
-                   uint64_t *elapsed_ns, int time_eventfds) {
+                   uint64_t *elapsed_ns, int time_eventfds, int serve) {
     int *fds = malloc(sizeof(int) * (count ? count : 1));
     struct kvm_irq_routing *table = alloc_table(count);
-    if (!fds || !table) {
+    int epoll = serve ? epoll_create1(EPOLL_CLOEXEC) : -1;
+    if (!fds || !table || (serve && epoll < 0)) {
         free(fds);
         free(table);
+        if (epoll >= 0) close(epoll);
         return -ENOMEM;
     }
     int result = 0;
-    uint32_t made = 0, armed = 0;
+    uint32_t made = 0, armed = 0, watched = 0;
     uint64_t start = bench_floor_now_ns();
     for (; made < count; made++) {
         fds[made] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -158,15 +165,29 @@ static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addres
         }
     }
     if (!time_eventfds) start = bench_floor_now_ns();
+    // Served: each event is watched (the interim relay's epoll_ctl ADD) while
+    // its entry waits, and unwatched just before its irqfd is armed.
+    for (; serve && watched < count; watched++) {
+        struct epoll_event event = {.events = EPOLLIN, .data.u64 = watched};
+        if (epoll_ctl(epoll, EPOLL_CTL_ADD, fds[watched], &event) != 0) {
+            result = -errno;
+            goto undo;
+        }
+    }
     uint32_t n = fill_irqchip(table->entries);
     for (uint32_t i = 0; i < count; i++) fill_msi(&table->entries[n++], first_gsi + i, address, data);
     table->nr = n;
     if ((result = set_routing(vmfd, table)) != 0) goto undo;
     for (; armed < count; armed++) {
+        if (serve && epoll_ctl(epoll, EPOLL_CTL_DEL, fds[armed], NULL) != 0) {
+            result = -errno;
+            goto undo;
+        }
         if ((result = bench_floor_irqfd(vmfd, fds[armed], first_gsi + armed, 0)) != 0) goto undo;
     }
     if (elapsed_ns) *elapsed_ns = bench_floor_now_ns() - start;
 undo:
+    if (epoll >= 0) close(epoll);
     for (uint32_t i = 0; i < armed; i++) bench_floor_irqfd(vmfd, fds[i], first_gsi + i, 1);
     for (uint32_t i = 0; i < made; i++) close(fds[i]);
     table->nr = fill_irqchip(table->entries);

@@ -417,6 +417,22 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
         return firstError
     }
 
+    /// The routes a push made at once in a caller's thread carried (the
+    /// threshold was crossed, see `Coalescing`): on a coalescing partition
+    /// they are armed on the timer's thread, so the caller (a guest's MMIO
+    /// write) pays the push but not a KVM_IRQFD and an interim stop per
+    /// route. Until that runs, each stays served: its signals are delivered
+    /// by the interim, none are lost, and a route masked meanwhile is left
+    /// unarmed by its reconcile. Called with no lock held.
+    func reconcileCarried(_ routes: [WeakRouteReference]) {
+        guard !routes.isEmpty else { return }
+        if let coalescing {
+            coalescing.timer.soon { [self] in _ = reconcile(routes) }
+        } else {
+            _ = reconcile(routes)
+        }
+    }
+
     /// Brings each route in line with the table (arms what should be armed);
     /// called with no lock held. Returns the first error.
     func reconcile(_ routes: [WeakRouteReference]) -> IrqFdError? {
@@ -656,7 +672,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             return others
         }
         if schedule, let coalescing { scheduleCommit(after: coalescing.delay) }
-        _ = reconcile(others)
+        reconcileCarried(others)
     }
 
     /// Routing-table pushes made so far.
@@ -872,8 +888,16 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
                 s.armed = false
             }
             if !s.masked, !s.armed, live {
-                try partition.kernel.assign(event: event, gsi: gsi)
-                s.armed = true
+                do throws(IrqFdError) {
+                    try partition.kernel.assign(event: event, gsi: gsi)
+                    s.armed = true
+                } catch {
+                    // Not armed, and the interim was stopped above: serve again
+                    // (a coalescing partition), or the route's signals would only
+                    // latch until the next reconcile.
+                    if let message = partition.entry(for: gsi) { try? serve(&s, message) }
+                    throw error
+                }
             }
         }
     }
@@ -914,7 +938,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             }
             return others
         }
-        _ = partition.reconcile(others)
+        partition.reconcileCarried(others)
     }
 
     /// Starts (or retargets) the interim delivery of this route's signals. Route lock held.

@@ -91,6 +91,17 @@ public protocol InterimDelivery: Sendable {
 public protocol CommitTimer: Sendable {
     /// Runs `work` once, `delay` from now, on some thread that holds no lock of the caller's.
     func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void)
+    /// Runs `work` once, as soon as it can, on some thread that holds no lock
+    /// of the caller's (by default `after(.zero, work)`). The partition hands
+    /// it the arming that follows a push made at once in a caller's thread,
+    /// so that a guest's MMIO write that crossed the threshold does not also
+    /// pay a KVM_IRQFD per carried route (issue 11).
+    func soon(_ work: @escaping @Sendable () -> Void)
+}
+
+extension CommitTimer {
+    /// `after(.zero, work)`.
+    public func soon(_ work: @escaping @Sendable () -> Void) { after(.zero, work) }
 }
 
 /// A portable timer on Swift concurrency's global executor. Fine where that

@@ -2,7 +2,11 @@
 import IrqFdCore
 import IrqFdKVM
 import KVM
+import KVMFaultInjection
 import TestSupport
+import IrqFdRelay
+import IrqFdRouting
+import Synchronization
 import Testing
 
 /// Issue 11, item 2: a coalesced commit made at once waits for as many
@@ -31,6 +35,84 @@ import Testing
             routes[i].event.signal()
             #expect(guest.waitFor(cpu: 0, vector: vector, count: before + 1), "route \(i) delivers through its irqfd")
         }
+        guest.expectAlive()
+    }
+
+    /// A timer whose work runs only when the test says so.
+    final class HeldTimer: CommitTimer {
+        let held = Mutex<[@Sendable () -> Void]>([])
+        func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void) { held.withLock { $0.append(work) } }
+        /// Runs (and forgets) everything held so far.
+        func runHeld() {
+            let work = held.withLock { h in defer { h = [] }; return h }
+            for w in work { w() }
+        }
+        var heldCount: Int { held.withLock { $0.count } }
+    }
+
+    /// The push made at once, in the caller, when the threshold is crossed
+    /// leaves the arming of the routes it carried to the timer's thread: the
+    /// caller (a guest's MMIO write) pays one push, not a KVM_IRQFD and an
+    /// interim stop per carried route. Until then each carried route stays
+    /// served, so its signals still arrive, and a route masked meanwhile
+    /// stays unarmed. Before this, all 64 were armed inside the 64th call,
+    /// and the first expectation below failed.
+    @Test func aPushAtTheThresholdArmsItsRoutesOnTheTimersThreadAndTheyStayServedMeanwhile() throws {
+        let guest = try CountingGuest(cpus: 1)
+        let timer = HeldTimer()
+        let irqfd = KVMIrqFd(
+            kernel: try KVMRoutingKernel(vm: guest.vm.vm),
+            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
+        let routes = try (0..<64).map { _ in try irqfd.newRoute() }
+        for (i, route) in routes.enumerated() {
+            try route.setMsiDeferred(MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)))
+        }
+        #expect(irqfd.pushCount == 1 && irqfd.waitingEntryCount == 0, "the 64th change pushed at once")
+        // The caller arms only its own route (its entry is live now).
+        #expect(routes.dropLast().allSatisfy { !$0.isArmed && $0.isServed }, "no other route was armed in the caller's thread")
+        #expect(routes[63].isArmed && !routes[63].isServed)
+        // Served meanwhile: a signal is delivered by the interim.
+        let v0 = CoalescedCommitTests.vector(0)
+        let before = guest.count(cpu: 0, vector: v0)
+        routes[0].event.signal()
+        #expect(guest.waitFor(cpu: 0, vector: v0, count: before + 1), "a carried route is served until it is armed")
+        // Masked before the arming runs: it stays unarmed, and its signal latches.
+        try routes[5].mask()
+        #expect(timer.heldCount >= 1)
+        timer.runHeld()
+        #expect(routes.enumerated().allSatisfy { i, r in i == 5 ? (!r.isArmed && !r.isServed) : (r.isArmed && !r.isServed) })
+        let v1 = CoalescedCommitTests.vector(1)
+        let before1 = guest.count(cpu: 0, vector: v1)
+        routes[1].event.signal()
+        #expect(guest.waitFor(cpu: 0, vector: v1, count: before1 + 1), "armed: delivered through its irqfd")
+        let v5 = CoalescedCommitTests.vector(5)
+        let before5 = guest.count(cpu: 0, vector: v5)
+        routes[5].event.signal()
+        try routes[5].unmask()
+        #expect(guest.waitFor(cpu: 0, vector: v5, count: before5 + 1), "the latched signal arrives at unmask")
+        guest.expectAlive()
+    }
+    /// A carried route whose KVM_IRQFD fails when it is armed is served
+    /// again, so its signals still arrive (before, the interim had been
+    /// stopped first and they only latched until some later reconcile).
+    @Test func aCarriedRouteWhoseArmFailsIsServedAgain() throws {
+        let guest = try CountingGuest(cpus: 1)
+        let timer = HeldTimer()
+        let irqfd = KVMIrqFd(
+            kernel: try KVMRoutingKernel(vm: guest.vm.vm),
+            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
+        let routes = try (0..<64).map { _ in try irqfd.newRoute() }
+        for (i, route) in routes.enumerated() {
+            try route.setMsiDeferred(MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)))
+        }
+        guest.vm.vm.faults.failCall("KVM_IRQFD", errno: .noMemory)
+        timer.runHeld()
+        #expect(!routes[0].isArmed && routes[0].isServed, "the first arm failed: served again")
+        #expect(routes[1...].allSatisfy { $0.isArmed && !$0.isServed })
+        let v0 = CoalescedCommitTests.vector(0)
+        let before = guest.count(cpu: 0, vector: v0)
+        routes[0].event.signal()
+        #expect(guest.waitFor(cpu: 0, vector: v0, count: before + 1), "delivered by the interim")
         guest.expectAlive()
     }
 }

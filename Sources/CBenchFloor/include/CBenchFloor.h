@@ -75,6 +75,14 @@ int bench_floor_program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t a
 int bench_floor_arm(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                     uint64_t *elapsed_ns);
 
+/// The floor of the deferred path as the routing core serves it (issue 11):
+/// as bench_floor_arm, but each event is first watched by an epoll
+/// (EPOLL_CTL_ADD, the interim relay's watch while its entry waits), and
+/// unwatched (EPOLL_CTL_DEL) just before its KVM_IRQFD assign, as the
+/// relay stops before the irqfd arms. Undone untimed.
+int bench_floor_arm_served(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
+                           uint64_t *elapsed_ns);
+
 /// `count` route lifecycles: eventfd, push with its entry, assign, deassign,
 /// push without it, close. Timed.
 int bench_floor_lifecycle(int vmfd, uint32_t gsi, uint32_t count, uint64_t address, uint32_t data,
