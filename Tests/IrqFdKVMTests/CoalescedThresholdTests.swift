@@ -115,5 +115,30 @@ import Testing
         #expect(guest.waitFor(cpu: 0, vector: v0, count: before + 1), "delivered by the interim")
         guest.expectAlive()
     }
+    /// A commit scheduled before the VM went away finds the partition gone:
+    /// it is neither reported as a failure nor retried (rule 12). Before,
+    /// every VM stopped with entries waiting logged a warning and kept a
+    /// retry timer going.
+    @Test func aCommitAfterTheVMIsGoneIsNeitherReportedNorRetried() throws {
+        let errors = CoalescedCommitTests.ErrorLog()
+        let timer = HeldTimer()
+        var vm: VirtualMachine? = try KVMSystem().createVM()
+        try vm!.createIrqchip()
+        let irqfd = KVMIrqFd(
+            kernel: try KVMRoutingKernel(vm: vm!),
+            coalescing: .init(
+                interim: try RelayIrqFd(vm: vm!), timer: timer, delay: .seconds(30),
+                onCommitError: { e in errors.errors.withLock { $0.append(e) } }))
+        let route = try irqfd.newRoute()
+        try route.mask()
+        try route.setMsiDeferred(MsiMessage(destination: 0, vector: 0x40))
+        #expect(irqfd.waitingEntryCount == 1 && timer.heldCount == 1)
+        vm = nil
+        timer.runHeld()
+        #expect(errors.errors.withLock { $0.isEmpty }, "\(errors.errors.withLock { $0 })")
+        #expect(timer.heldCount == 0, "no retry scheduled")
+        #expect(irqfd.commitNow() == nil)
+        withExtendedLifetime(route) {}
+    }
 }
 #endif

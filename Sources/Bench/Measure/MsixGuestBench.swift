@@ -82,7 +82,9 @@ extension BenchRunner {
         let routes = (0..<vectors).compactMap { bench.device.emulator.route($0) as? KVMIrqFdRoute }
         guard routes.count == vectors else { throw .setup("\(vectors - routes.count) vectors got no irqfd route") }
         let liveBy = Date().addingTimeInterval(30)
-        while bench.vm.irqfd.waitingEntryCount > 0 || !routes.allSatisfy(\.isArmed) {
+        // From the last route back: routes are armed in GSI order, so while some wait this
+        // stops at once instead of taking 2048 route locks every 20 µs beside the arming.
+        while bench.vm.irqfd.waitingEntryCount > 0 || !routes.reversed().allSatisfy(\.isArmed) {
             guard Date() < liveBy else { throw .setup("the vectors did not all go live in the kernel (\(mode.name))") }
             usleep(20)
         }
