@@ -301,8 +301,9 @@ public struct BenchReport: Codable, Equatable, Sendable {
     /// a sample runs from the VMM receiving that unmask write to it receiving
     /// the OUT the guest's handler makes first (host CLOCK_MONOTONIC).
     public struct FirstInterrupt: Codable, Equatable, Sendable {
-        /// `coalescing` (the entry waits for a commit; the relay delivers) or
-        /// `synchronous` (the entry is pushed and the irqfd armed first).
+        /// `coalescing` (the entry was committed while the vector was masked,
+        /// since the emulator routes programmed vectors early; the unmask arms
+        /// the irqfd) or `synchronous` (the entry is pushed and the irqfd armed first).
         public var path: String
         /// Median, µs.
         public var p50Us: Double

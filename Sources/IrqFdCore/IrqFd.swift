@@ -10,9 +10,19 @@ public protocol IrqFd: Sendable {
     /// is pushed to the hypervisor once, when the outermost batch ends, and
     /// routes are armed after that push. Batches nest.
     func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result
+
+    /// Whether `IrqFdRoute.setMsiDeferred` joins a coalesced commit here
+    /// (no table push per call). An MSI-X emulator then routes a vector as
+    /// soon as its entry is programmed, while it is still masked, so that the
+    /// guest's unmask only arms it; without coalescing that would cost a
+    /// push per table write, so it waits for the unmask instead.
+    var coalescesDeferredChanges: Bool { get }
 }
 
 extension IrqFd {
+    /// Backends without coalesced commits push (or need nothing) per change.
+    public var coalescesDeferredChanges: Bool { false }
+
     /// Backends without a routing table to push have nothing to defer.
     public func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result {
         try body()

@@ -353,6 +353,9 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// The caller's open batch on this partition (0: none).
     var currentBatch: UInt32 { OpenBatches.current(ObjectIdentifier(self)) }
 
+    /// See `IrqFd.coalescesDeferredChanges`: true when made with `coalescing`.
+    public var coalescesDeferredChanges: Bool { coalescing != nil }
+
     /// Defers this caller's pushes until its outermost batch ends; then pushes
     /// once and arms the routes that were waiting for their entries. Changes
     /// made before `body` threw are pushed too: each of them succeeded.

@@ -59,7 +59,8 @@ public final class MsixEmulator: Sendable {
         var data: UInt32 = 0
         var masked = true
         var pending = false
-        /// Made the first time the vector went live or its event was asked for.
+        /// Made the first time the vector went live or its event was asked for,
+        /// or, on a coalescing partition, once its entry was programmed (`preRoute`).
         var route: (any IrqFdRoute)?
         /// The message last handed to `route.setMsi`, and whether the route took it.
         var programmed: MsiMessage?
@@ -84,6 +85,15 @@ public final class MsixEmulator: Sendable {
         var lastRouteError: IrqFdError?
 
         func wantsLive(_ v: Int) -> Bool { busMaster && enabled && !functionMasked && !vectors[v].masked }
+
+        /// Whether vector `v`, not live, should have its route and entry made
+        /// now (see `MsixEmulator.preRoute`): MSI-X is on, the partition
+        /// coalesces, the entry holds a deliverable message its route has not
+        /// been given.
+        func wantsPreRoute(_ v: Int, coalescing: Bool) -> Bool {
+            guard coalescing, enabled, !vectors[v].live, vectors[v].message.isDeliverable else { return false }
+            return vectors[v].route == nil || vectors[v].programmed != vectors[v].message
+        }
     }
 
     /// A function with `layout`'s vectors in the reset state: all masked,
@@ -446,7 +456,52 @@ public final class MsixEmulator: Sendable {
         } else if s.vectors[v].live {
             return goDead(v, &s)
         }
+        preRoute(v, &s)
         return nil
+    }
+
+    /// Whether the partition coalesces deferred changes (see `IrqFd.coalescesDeferredChanges`).
+    private var coalescing: Bool { partition?.coalescesDeferredChanges ?? false }
+
+    /// Routes masked vector `v` as soon as its entry is programmed (issue 11):
+    /// the route is made masked (disarmed, rule 4) and given the message
+    /// deferred, so the entry joins the partition's next coalesced commit and
+    /// no interim serves it (nothing is armed). When the guest unmasks the
+    /// vector, the entry is usually in the kernel already and going live costs
+    /// one KVM_IRQFD: Linux writes every entry, masked, when it allocates its
+    /// vectors, then unmasks each in request_irq. Only on a coalescing
+    /// partition (otherwise each table write would push), only with MSI-X on
+    /// and a deliverable message, so an entry never programmed takes no GSI.
+    /// Failures change nothing the guest can see: going live retries.
+    private func preRoute(_ v: Int, _ s: inout State) {
+        guard s.wantsPreRoute(v, coalescing: coalescing), let partition else { return }
+        let route: any IrqFdRoute
+        if let existing = s.vectors[v].route {
+            route = existing
+        } else {
+            do throws(IrqFdError) {
+                route = try partition.newIrqFdRoute()
+                try route.mask()
+            } catch {
+                return  // e.g. no free GSI: the vector goes live without a route made early
+            }
+            s.vectors[v].route = route
+            s.vectors[v].programmed = nil
+            s.vectors[v].accepted = false
+        }
+        let message = s.vectors[v].message
+        do throws(IrqFdError) {
+            try route.setMsiDeferred(message)
+            s.vectors[v].programmed = message
+            s.vectors[v].accepted = true
+        } catch {
+            guard case .undeliverableAddress = error else {
+                s.vectors[v].programmed = nil  // going live asks again
+                return
+            }
+            s.vectors[v].programmed = message
+            s.vectors[v].accepted = false
+        }
     }
 
     private func goLive(_ v: Int, _ s: inout State) -> IrqFdError? {
@@ -606,6 +661,7 @@ public final class MsixEmulator: Sendable {
         let changing = s.vectors.indices.filter { v in
             let vector = s.vectors[v]
             return s.wantsLive(v) != vector.live || (vector.live && vector.route != nil && vector.programmed != vector.message)
+                || (!s.wantsLive(v) && s.wantsPreRoute(v, coalescing: coalescing))
         }
         guard !changing.isEmpty else { return nil }
         var firstError: IrqFdError?
@@ -631,6 +687,12 @@ public final class MsixEmulator: Sendable {
                 // believed live while their signals went nowhere).
                 note(error, &s)
                 firstError = firstError ?? error
+                // A vector routed early (`preRoute`) had its entry rolled back with the
+                // push: forget what it was given, so going live gives it again (else
+                // it would go live on a route with no entry, its signals latching).
+                for v in changing where !s.vectors[v].live && s.vectors[v].route != nil {
+                    s.vectors[v].programmed = nil
+                }
                 for v in changing where s.vectors[v].live && s.vectors[v].accepted {
                     guard let route = s.vectors[v].route else { continue }
                     do throws(IrqFdError) { try route.setMsi(s.vectors[v].message) } catch {

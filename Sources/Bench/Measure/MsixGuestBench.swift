@@ -98,9 +98,10 @@ extension BenchRunner {
     /// runs from the VMM receiving that unmask write (before the emulator
     /// handles it) until it receives the OUT the guest's handler makes first.
     /// The vector goes live on that write: on a coalescing partition its
-    /// entry waits for a commit and the relay delivers the pending
-    /// interrupt; on a synchronous one the route's entry is pushed (the whole
-    /// table) and armed first, and the kernel delivers it.
+    /// entry was committed when MSI-X went on (the emulator routes programmed
+    /// vectors while they are masked), so the unmask arms its irqfd and the
+    /// kernel injects the latched signal; on a synchronous one the route's
+    /// entry is pushed (the whole table) and armed first.
     func measureFirstInterrupt(vectors: Int) throws(BenchError) -> [BenchReport.FirstInterrupt] {
         var results: [BenchReport.FirstInterrupt] = []
         for coalesced in [true, false] {
