@@ -50,6 +50,20 @@ import Testing
         var heldCount: Int { held.withLock { $0.count } }
     }
 
+    /// A partition with a threshold of 64 and a held timer, and 64 routes given
+    /// their MSIs deferred one at a time: the 64th call pushed at once.
+    static func thresholdCrossed(_ guest: CountingGuest) throws -> (KVMIrqFd, HeldTimer, [KVMIrqFdRoute]) {
+        let timer = HeldTimer()
+        let irqfd = KVMIrqFd(
+            kernel: try KVMRoutingKernel(vm: guest.vm.vm),
+            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
+        let routes = try (0..<64).map { _ in try irqfd.newRoute() }
+        for (i, route) in routes.enumerated() {
+            try route.setMsiDeferred(MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)))
+        }
+        return (irqfd, timer, routes)
+    }
+
     /// The push made at once, in the caller, when the threshold is crossed
     /// leaves the arming of the routes it carried to the timer's thread: the
     /// caller (a guest's MMIO write) pays one push, not a KVM_IRQFD and an
@@ -59,14 +73,7 @@ import Testing
     /// and the first expectation below failed.
     @Test func aPushAtTheThresholdArmsItsRoutesOnTheTimersThreadAndTheyStayServedMeanwhile() throws {
         let guest = try CountingGuest(cpus: 1)
-        let timer = HeldTimer()
-        let irqfd = KVMIrqFd(
-            kernel: try KVMRoutingKernel(vm: guest.vm.vm),
-            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
-        let routes = try (0..<64).map { _ in try irqfd.newRoute() }
-        for (i, route) in routes.enumerated() {
-            try route.setMsiDeferred(MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)))
-        }
+        let (irqfd, timer, routes) = try Self.thresholdCrossed(guest)
         #expect(irqfd.pushCount == 1 && irqfd.waitingEntryCount == 0, "the 64th change pushed at once")
         // The caller arms only its own route (its entry is live now).
         #expect(routes.dropLast().allSatisfy { !$0.isArmed && $0.isServed }, "no other route was armed in the caller's thread")
@@ -97,14 +104,7 @@ import Testing
     /// stopped first and they only latched until some later reconcile).
     @Test func aCarriedRouteWhoseArmFailsIsServedAgain() throws {
         let guest = try CountingGuest(cpus: 1)
-        let timer = HeldTimer()
-        let irqfd = KVMIrqFd(
-            kernel: try KVMRoutingKernel(vm: guest.vm.vm),
-            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
-        let routes = try (0..<64).map { _ in try irqfd.newRoute() }
-        for (i, route) in routes.enumerated() {
-            try route.setMsiDeferred(MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)))
-        }
+        let (_, timer, routes) = try Self.thresholdCrossed(guest)
         guest.vm.vm.faults.failCall("KVM_IRQFD", errno: .noMemory)
         timer.runHeld()
         #expect(!routes[0].isArmed && routes[0].isServed, "the first arm failed: served again")
