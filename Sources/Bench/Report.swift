@@ -371,6 +371,9 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var oneByOneDeferredPushes: Int?
         /// Deferred one-by-one / one raw push of N, paired round by round (issue 11).
         public var deferredRatio: PairedRatio?
+        /// That raw push (median): made with no irqfd armed on the VM, so it is
+        /// cheaper than `rawPushUs`, which the retargets' 2048 armed irqfds slow.
+        public var deferredRawPushUs: Double?
         /// The least a C VMM does to bring N routes live whose eventfds exist:
         /// one push of N entries and N KVM_IRQFD assigns (median).
         public var deferredArmFloorUs: Double?
@@ -404,6 +407,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case oneByOneDeferredUs = "one_by_one_deferred_us"
             case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
             case deferredRatio = "one_by_one_deferred_ratio"
+            case deferredRawPushUs = "deferred_raw_push_us"
             case deferredArmFloorUs = "deferred_arm_floor_us"
             case deferredArmRatio = "one_by_one_deferred_arm_ratio"
             case deferredServedFloorUs = "deferred_served_floor_us"

@@ -65,9 +65,9 @@ public enum Targets {
                     if let arm = program?.deferredArmRatio {
                         note += "; \(ReportText.paired(arm)) of a C push + \(programmingN) KVM_IRQFD assigns"
                     }
-                    if let raw = program?.deferredArmFloorUs.flatMap({ arm in program.map { arm / $0.rawPushUs } }) {
+                    if let arm = program?.deferredArmFloorUs, let raw = program?.deferredRawPushUs, raw > 0 {
                         // The target is below what the kernel allows when that floor alone is over it.
-                        note += String(format: "; that C floor alone is %.1fx a raw push", raw)
+                        note += String(format: "; that C floor alone is %.1fx the raw push", arm / raw)
                     }
                     if let served = program?.deferredServedRatio {
                         note += "; \(ReportText.paired(served)) of it with the interim's epoll_ctl ADD + DEL per route"

@@ -484,6 +484,7 @@ public final class BenchRunner {
             results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
             results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
             results[results.count - 1].deferredRatio = BenchReport.PairedRatio(path: deferred, floor: deferredFloor)
+            results[results.count - 1].deferredRawPushUs = Self.median(deferredFloor)
             results[results.count - 1].deferredArmFloorUs = Self.median(deferredArmFloor)
             results[results.count - 1].deferredArmRatio = BenchReport.PairedRatio(path: deferred, floor: deferredArmFloor)
             results[results.count - 1].deferredServedFloorUs = Self.median(deferredServedFloor)
