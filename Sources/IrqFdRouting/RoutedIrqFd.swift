@@ -26,7 +26,8 @@ struct RoutingTableState {
     /// `slots`: a weak reference would make every slot non-trivial (each copy
     /// and move a side-table retain), and the steady retarget never reads it.
     var routes: [WeakRouteReference]
-    /// GSIs changed outside any open batch and not yet in the kernel (may repeat).
+    /// GSIs changed outside any open batch and not yet in the kernel (may
+    /// repeat, though never twice in a row).
     var changed: [UInt32] = []
     /// The open batches.
     var batches: [BatchRecord] = []
@@ -75,7 +76,11 @@ struct RoutingTableState {
             }
         } else {
             _ = slots[g].record(message, owner: 0, steady: steady)
-            changed.append(gsi)
+            // A guest writes an entry a field at a time (address, data, control):
+            // its GSI is listed once, so the commit threshold counts entries, not
+            // writes (3-4x as many pushes otherwise). It is still listed, so the
+            // setEntry rollback's removeLast + re-append stays right.
+            if changed.last != gsi { changed.append(gsi) }
         }
     }
 

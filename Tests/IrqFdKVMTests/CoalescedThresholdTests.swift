@@ -38,6 +38,34 @@ import Testing
         guest.expectAlive()
     }
 
+    /// An entry written a field at a time (address, then data, then the
+    /// message it ends with, as a guest's MMIO writes make it) counts once
+    /// towards the threshold: the pushes come at the same entry counts as for
+    /// one change each. Counting writes, they came at 32, 64, 96, 144, 216,
+    /// 324, 486 and 729 entries: 8 pushes where 5 do.
+    @Test func anEntryWrittenAFieldAtATimeCountsOnceTowardsTheThreshold() throws {
+        let guest = try CountingGuest(cpus: 1)
+        let irqfd = try CoalescedCommitTests.coalescingPartition(guest, delay: .seconds(30), threshold: 64)
+        let routes = try (0..<1024).map { _ in try irqfd.newRoute() }
+        for route in routes { try route.mask() }
+        var pushedAt: [Int] = []
+        for (i, route) in routes.enumerated() {
+            let before = irqfd.pushCount
+            let final = MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i))
+            try route.setMsiDeferred(MsiMessage(address: final.address, data: 0))
+            try route.setMsiDeferred(MsiMessage(address: final.address, data: final.data & 0xFF00))
+            try route.setMsiDeferred(final)
+            if irqfd.pushCount != before { pushedAt.append(i + 1) }
+        }
+        // Each push lands on the first write of the entry that crosses the
+        // threshold, so that entry's next two writes count towards the next one.
+        #expect(pushedAt == [64, 127, 253, 505, 1009], "\(pushedAt)")
+        #expect(irqfd.waitingEntryCount == 16)
+        #expect(irqfd.commitNow() == nil && irqfd.waitingEntryCount == 0)
+        #expect(routes.enumerated().allSatisfy { i, r in r.msi == MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)) })
+        #expect(irqfd.pushedEntries.count == 1024)
+    }
+
     /// A timer whose work runs only when the test says so.
     final class HeldTimer: CommitTimer {
         let held = Mutex<[@Sendable () -> Void]>([])

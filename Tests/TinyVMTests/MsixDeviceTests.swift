@@ -157,8 +157,11 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
         let guest = g.guest
         try guest.setMsix(enabled: true, functionMasked: true)
         let programming = ContinuousClock.now
+        let pushesBefore = g.vm.vm.counters.snapshot.routingPushes
         try guest.programTable(count: 2048, firstVector: 0x30, vectorMask: 0x7F, masked: false)
-        print("the guest programmed 2048 entries (8192 MMIO writes) in \(ContinuousClock.now - programming)")
+        print(
+            "the guest programmed 2048 entries (8192 MMIO writes) in \(ContinuousClock.now - programming),",
+            "\(g.vm.vm.counters.snapshot.routingPushes - pushesBefore) pushes")
         #expect((0..<2048).allSatisfy { !g.device.emulator.isLive($0) }, "nothing is live under the function mask")
         if delivery == .irqfd {
             // Routed as soon as programmed (the partition coalesces): masked, nothing armed,
