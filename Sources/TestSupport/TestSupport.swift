@@ -12,6 +12,16 @@ public let kvmPresent = FileManager.default.fileExists(atPath: "/dev/kvm")
 /// Runs a test whenever /dev/kvm exists; otherwise skips it, saying why.
 public let needsKVM = Testing.ConditionTrait.enabled(if: kvmPresent, "skipped: /dev/kvm is not present on this machine")
 
+/// Polls `condition` every millisecond until it holds or `timeout` passes.
+public func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        guard ContinuousClock.now < deadline else { return false }
+        usleep(1000)
+    }
+    return true
+}
+
 /// The interrupt-counting guest (`GuestProgram.interruptCounter`) running on
 /// real KVM: every vector it takes is counted per vCPU in guest memory, which
 /// the host reads. Tests end in these counters, so "delivered" always means

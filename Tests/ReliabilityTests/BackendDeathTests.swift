@@ -191,16 +191,6 @@ struct DeathDriver {
     func statusByte(_ i: Int) -> UInt8 { memory.bytes(at: Self.ring + 0x3800 + UInt64(i), count: 1)[0] }
 }
 
-/// Polls `condition` every millisecond until it holds or `timeout` passes.
-func eventually(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        guard ContinuousClock.now < deadline else { return false }
-        usleep(1000)
-    }
-    return true
-}
-
 @Suite(needsKVM) struct BackendDeathTests {
     /// Resets until the device has reconnected (a backend that was just
     /// started may not listen yet: qemu-storage-daemon binds, then listens).

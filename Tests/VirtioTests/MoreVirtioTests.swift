@@ -198,8 +198,7 @@ import Virtio
             // The VM's committer thread may be reconciling the device's routes as the
             // device goes (it holds each route for one reconcile), so a route's event
             // can close a moment after the release returns: allow it 2 s.
-            let closedBy = ContinuousClock.now + .seconds(2)
-            while owned.contains(where: \.isOpen), ContinuousClock.now < closedBy { usleep(1000) }
+            _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
             for d in owned { #expect(!d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release") }
             usleep(2000)  // qemu-storage-daemon notices the closed connection
         }
