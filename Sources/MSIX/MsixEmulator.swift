@@ -424,19 +424,10 @@ public final class MsixEmulator: Sendable {
             s.vectors[v].accepted = false
             if s.vectors[v].live {
                 // Live without a route: its route failed before and the fallback
-                // delivered it. From now on the route does.
-                let message = s.vectors[v].message
-                do throws(IrqFdError) {
-                    try route.setMsi(message)
-                    s.vectors[v].programmed = message
-                    s.vectors[v].accepted = true
-                } catch {
-                    // Refused as undeliverable: recorded, so that an unchanged
-                    // message is not offered again. Any other failure: the route
-                    // is released and the fallback keeps delivering.
-                    guard case .undeliverableAddress = error else { throw error }
-                    s.vectors[v].programmed = message
-                }
+                // delivered it. From now on the route does. Any failure but a
+                // refused message: the route is released and the fallback keeps
+                // delivering.
+                try offer(v, to: route, deferred: false, &s)
             } else {
                 try route.mask()
             }
@@ -489,16 +480,26 @@ public final class MsixEmulator: Sendable {
             s.vectors[v].programmed = nil
             s.vectors[v].accepted = false
         }
+        do throws(IrqFdError) {
+            try offer(v, to: route, deferred: true, &s)
+        } catch {
+            s.vectors[v].programmed = nil  // going live asks again
+        }
+    }
+
+    /// Gives `route` vector `v`'s message (`setMsiDeferred` if `deferred`,
+    /// else `setMsi`) and records the answer: taken, or refused as
+    /// undeliverable, recorded too, so that an unchanged message is not
+    /// offered again (refused for good, and only once the route has
+    /// answered). Any other error is thrown with the record unchanged.
+    private func offer(_ v: Int, to route: any IrqFdRoute, deferred: Bool, _ s: inout State) throws(IrqFdError) {
         let message = s.vectors[v].message
         do throws(IrqFdError) {
-            try route.setMsiDeferred(message)
+            if deferred { try route.setMsiDeferred(message) } else { try route.setMsi(message) }
             s.vectors[v].programmed = message
             s.vectors[v].accepted = true
         } catch {
-            guard case .undeliverableAddress = error else {
-                s.vectors[v].programmed = nil  // going live asks again
-                return
-            }
+            guard case .undeliverableAddress = error else { throw error }
             s.vectors[v].programmed = message
             s.vectors[v].accepted = false
         }
@@ -536,17 +537,10 @@ public final class MsixEmulator: Sendable {
             do throws(IrqFdError) {
                 // Deferred: a guest bringing vectors live one write at a time costs one
                 // coalesced push, not one each (rule 8); the relay serves meanwhile.
-                try route.setMsiDeferred(message)
-                s.vectors[v].programmed = message
-                s.vectors[v].accepted = true
+                try offer(v, to: route, deferred: true, &s)
             } catch {
-                guard case .undeliverableAddress = error else {
-                    // The hypervisor refused the call; the route kept what it had.
-                    return leaveNotLive(v, route, error, &s)
-                }
-                // Recorded only once the route has answered: refused for good.
-                s.vectors[v].programmed = message
-                s.vectors[v].accepted = false
+                // The hypervisor refused the call; the route kept what it had.
+                return leaveNotLive(v, route, error, &s)
             }
         }
         guard !wasLive else { return nil }
@@ -658,6 +652,7 @@ public final class MsixEmulator: Sendable {
     /// Reconciles every vector, in one routing batch: a control change that
     /// brings 2048 vectors live pushes the table once, not 2048 times.
     private func reconcileAll(_ s: inout State) -> IrqFdError? {
+        let coalescing = self.coalescing
         let changing = s.vectors.indices.filter { v in
             let vector = s.vectors[v]
             return s.wantsLive(v) != vector.live || (vector.live && vector.route != nil && vector.programmed != vector.message)
