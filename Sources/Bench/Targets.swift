@@ -70,7 +70,7 @@ public enum Targets {
                         note += String(format: "; that C floor alone is %.1fx the raw push", arm / raw)
                     }
                     if let served = program?.deferredServedRatio {
-                        note += "; \(ReportText.paired(served)) of it with the interim's epoll_ctl ADD + DEL per route"
+                        note += "; \(ReportText.paired(served)) of that floor with each route also served (epoll_ctl ADD + DEL)"
                     }
                     return note
                 } ?? "not measured"))
