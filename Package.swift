@@ -221,6 +221,8 @@ let package = Package(
             name: "VirtioTests",
             dependencies: ["TestSupport", "Virtio", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],
             swiftSettings: strict),
+        // The shared fixtures themselves (the descriptor identity every leak check relies on).
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
             dependencies: ["TestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],

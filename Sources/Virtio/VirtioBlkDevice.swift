@@ -883,6 +883,8 @@ final class CallPoller: Sendable {
         var retired: [Int32] = []
     }
     private let watched = Mutex(Watch())
+    /// The thread's pthread_self(), once it runs (``stop()`` must not wait for itself).
+    private let thread = Mutex<pthread_t?>(nil)
     /// POLLRDHUP (Linux, <poll.h> with _GNU_SOURCE, which Glibc's module does not export).
     private static let pollRDHUP: Int16 = 0x2000
 
@@ -910,6 +912,7 @@ final class CallPoller: Sendable {
     /// The thread holds the device weakly: the device's deinit stops it.
     func start(device: VirtioBlkDevice) {
         let thread = Thread { [self, weak device] in
+            self.thread.withLock { $0 = pthread_self() }
             while true {
                 let socket = watched.withLock { w in
                     for fd in w.retired { Glibc.close(fd) }
@@ -955,9 +958,15 @@ final class CallPoller: Sendable {
         thread.start()
     }
 
+    /// Tells the thread to end and waits (up to 5 s) until it has closed
+    /// its descriptors. On the thread itself it only tells: the thread holds
+    /// the device for the length of one call, so the device's last reference
+    /// can go there and its deinit run on this thread, which ends when the
+    /// deinit returns; waiting for it would stall the release 5 s.
     func stop() {
         stopEvent.signal()
-        _ = done.wait(timeout: .seconds(5))
+        let onThread = thread.withLock { t in t.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+        if !onThread { _ = done.wait(timeout: .seconds(5)) }
     }
 }
 #endif

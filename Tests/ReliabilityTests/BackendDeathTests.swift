@@ -467,4 +467,67 @@ struct DeathDriver {
         print("backend death, guest (\(kind.rawValue)): \(recoveries()) guest recoveries, \(configInterrupts()) config interrupts, \(device.reconnectCount) reconnects")
     }
 }
+
+/// A log handler that stops the first error line until the test lets it go:
+/// it holds the device's watcher thread inside the device's own call.
+final class GatedLog: Sendable {
+    private let entered = DispatchSemaphore(value: 0)
+    private let gate = DispatchSemaphore(value: 0)
+    private let held = Mutex(false)
+    var logger: Logger { Logger(label: "irqfd.virtio-blk") { _ in Handler(log: self) } }
+    /// Waits until a thread is held in the handler.
+    func waitEntered(_ timeout: Duration) -> Bool {
+        entered.wait(timeout: .now() + .seconds(Int(timeout.components.seconds))) == .success
+    }
+    /// Lets the held thread go.
+    func open() { gate.signal() }
+    struct Handler: LogHandler {
+        let log: GatedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            let first = log.held.withLock { h in
+                defer { h = true }
+                return !h
+            }
+            guard event.level == .error, first else { return }
+            log.entered.signal()
+            log.gate.wait()
+        }
+    }
+}
+
+@Suite(needsKVM) struct ReleaseOnTheWatcherThreadTests {
+    /// The device's watcher thread holds the device while it reports a
+    /// hang-up. If the test's reference goes meanwhile, the device's deinit
+    /// runs on that thread, which must not wait for itself to end: the
+    /// device's descriptors close at once, not after the 5 s wait.
+    @Test(arguments: deathBackends)
+    func aDeviceWhoseLastReferenceGoesOnItsWatcherThreadClosesItsDescriptorsAtOnce(_ kind: VhostUserBackendProcess.Kind) throws {
+        let image = try DeathImage()
+        let backend = try KillableBackend(kind, image: image)
+        let vm = try TinyVM()
+        let log = GatedLog()
+        var owned: [OwnedDescriptor] = []
+        do {
+            // Not plugged into the VM (its buses would keep it).
+            let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath)
+            device.logger = log.logger
+            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDescriptor.init)
+            try #require(owned.count == 4 && owned.allSatisfy(\.isOpen))
+            backend.kill()
+            try #require(log.waitEntered(.seconds(10)), "the watcher reports the hang-up")
+        }
+        // The watcher's reference is the last: letting it go runs the deinit there.
+        let released = ContinuousClock.now
+        log.open()
+        #expect(eventually(.seconds(10)) { owned.allSatisfy { !$0.isOpen } }, "the device's descriptors closed")
+        let took = ContinuousClock.now - released
+        #expect(took < .seconds(2), "closed \(took) after the watcher let the device go")
+    }
+}
 #endif

@@ -195,9 +195,10 @@ import Virtio
                 let allOpen = owned.allSatisfy { $0.identity != "closed" && $0.isOpen }
                 #expect(allOpen, "round \(round): open while the device lives")
             }
-            // The VM's committer thread may be reconciling the device's routes as the
-            // device goes (it holds each route for one reconcile), so a route's event
-            // can close a moment after the release returns: allow it 2 s.
+            // The device's deinit closes them: here, or on its watcher thread just
+            // after if that thread held the device at this moment (it does for the
+            // length of one call): allow 2 s. The records pin each eventfd, so a
+            // new eventfd on a freed number cannot pass for it.
             _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
             for d in owned { #expect(!d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release") }
             usleep(2000)  // qemu-storage-daemon notices the closed connection
