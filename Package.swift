@@ -176,6 +176,7 @@ let package = Package(
             name: "IrqFdKVMTests",
             dependencies: [
                 "TestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "TinyVM", "GuestPrograms",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         .testTarget(

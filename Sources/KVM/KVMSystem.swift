@@ -2,7 +2,7 @@
 import CLinuxKVM
 import Glibc
 public import IrqFdCore
-import SystemPackage
+public import SystemPackage
 
 /// `/dev/kvm`: the system-level KVM handle.
 public final class KVMSystem: Sendable {
@@ -57,6 +57,33 @@ public final class KVMSystem: Sendable {
         let fd = try retryingIoctl("KVM_CREATE_VM") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_CREATE_VM, 0) }
         return VirtualMachine(descriptor: OwnedDescriptor(fd), system: self)
     }
+
+    /// Takes over `descriptor`, a VM that other code made with KVM_CREATE_VM
+    /// (a VMM that has its own VM and wants this package's irqfd backend on
+    /// it): the returned VM owns the descriptor and closes it when released.
+    /// A caller that goes on using its own descriptor passes a duplicate
+    /// (fcntl(F_DUPFD_CLOEXEC)): both name the same VM.
+    ///
+    /// The descriptor must be a KVM VM: readlink(2) of /proc/self/fd/N reads
+    /// `anon_inode:kvm-vm`. A /dev/kvm handle, a vCPU or any other file throws
+    /// `EINVAL` and a closed number `EBADF`, naming what the descriptor is;
+    /// nothing is closed when it throws.
+    public func adoptVM(_ descriptor: FileDescriptor) throws(SystemCallError) -> VirtualMachine {
+        let fd = descriptor.rawValue
+        guard fcntl(fd, F_GETFD) != -1 else { throw SystemCallError(call: "fcntl(\(fd), F_GETFD)", errno: Errno(rawValue: errno)) }
+        var link = [CChar](repeating: 0, count: 256)
+        let count = readlink("/proc/self/fd/\(fd)", &link, link.count - 1)
+        guard count >= 0 else { throw SystemCallError(call: "readlink(/proc/self/fd/\(fd))", errno: Errno(rawValue: errno)) }
+        let target = String(decoding: link[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard target == Self.vmDescriptorLink else {
+            throw SystemCallError(call: "adoptVM(descriptor \(fd): \(target), not \(Self.vmDescriptorLink))", errno: .invalidArgument)
+        }
+        return VirtualMachine(descriptor: OwnedDescriptor(fd), system: self)
+    }
+
+    /// What /proc/self/fd/N links to for a KVM VM descriptor (the anonymous
+    /// inode KVM_CREATE_VM makes, named in virt/kvm/kvm_main.c).
+    static let vmDescriptorLink = "anon_inode:kvm-vm"
 }
 
 /// KVM capabilities the package asks about (KVM_CAP_*).
