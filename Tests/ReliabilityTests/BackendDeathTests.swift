@@ -80,19 +80,23 @@ final class CapturedLog: Sendable {
     let lines = Mutex<[(Logger.Level, String)]>([])
     var all: [(Logger.Level, String)] { lines.withLock { $0 } }
     var logger: Logger {
-        Logger(label: "irqfd.virtio-blk") { _ in CapturingHandler(log: self) }
+        TestLogHandler.logger { [self] event in lines.withLock { $0.append((event.level, event.message.description)) } }
     }
-    struct CapturingHandler: LogHandler {
-        let log: CapturedLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            log.lines.withLock { $0.append((event.level, event.message.description)) }
-        }
+}
+
+/// A log handler that hands every event, at every level, to `body`.
+struct TestLogHandler: LogHandler {
+    let body: @Sendable (LogEvent) -> Void
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { body(event) }
+    /// A logger (label `irqfd.virtio-blk`) whose events go to `body`.
+    static func logger(_ body: @escaping @Sendable (LogEvent) -> Void) -> Logger {
+        Logger(label: "irqfd.virtio-blk") { _ in TestLogHandler(body: body) }
     }
 }
 
@@ -474,30 +478,22 @@ final class GatedLog: Sendable {
     private let entered = DispatchSemaphore(value: 0)
     private let gate = DispatchSemaphore(value: 0)
     private let held = Mutex(false)
-    var logger: Logger { Logger(label: "irqfd.virtio-blk") { _ in Handler(log: self) } }
+    var logger: Logger { TestLogHandler.logger { [self] event in hold(event) } }
     /// Waits until a thread is held in the handler.
     func waitEntered(_ timeout: Duration) -> Bool {
         entered.wait(timeout: .now() + .seconds(Int(timeout.components.seconds))) == .success
     }
     /// Lets the held thread go.
     func open() { gate.signal() }
-    struct Handler: LogHandler {
-        let log: GatedLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
+    private func hold(_ event: LogEvent) {
+        guard event.level == .error else { return }
+        let first = held.withLock { h in
+            defer { h = true }
+            return !h
         }
-        func log(event: LogEvent) {
-            let first = log.held.withLock { h in
-                defer { h = true }
-                return !h
-            }
-            guard event.level == .error, first else { return }
-            log.entered.signal()
-            log.gate.wait()
-        }
+        guard first else { return }
+        entered.signal()
+        gate.wait()
     }
 }
 
