@@ -296,7 +296,8 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// work to bring N entries live one at a time is O(N), see
     /// `RoutingTableState.commitsAtOnce`). A
     /// failed commit changes nothing in the kernel; its routes stay served,
-    /// the error goes to `onCommitError` and the commit is retried after `delay`.
+    /// the error goes to `onCommitError` and the commit is retried after `delay`;
+    /// so is an arm that fails after a commit landed (its route stays served).
     public struct Coalescing: Sendable {
         /// Serves routes whose entries are not in the kernel yet.
         public var interim: any InterimDelivery
@@ -438,10 +439,37 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     func reconcileCarried(_ routes: [WeakRouteReference]) {
         guard !routes.isEmpty else { return }
         if let coalescing {
-            coalescing.timer.soon { [self] in _ = reconcile(routes) }
+            coalescing.timer.soon { [self] in reconcileUnwaited(routes) }
         } else {
-            _ = reconcile(routes)
+            reconcileUnwaited(routes)
         }
+    }
+
+    /// Brings in line routes that no caller waits for: the other routes a
+    /// push carried (a coalesced commit, or a caller's push that carried
+    /// waiting entries). Called with no lock held.
+    ///
+    /// On a coalescing partition an arm that fails is handled like a failed
+    /// commit: the route stays served (its reconcile serves it again), the
+    /// error goes to `onCommitError`, and its reconcile is retried after
+    /// `delay` until it arms, is masked or goes. Without this, such a route
+    /// would be served by the relay for good and nobody would hear why.
+    /// Rule 12: once the partition is gone, nothing is retried or reported.
+    func reconcileUnwaited(_ routes: [WeakRouteReference]) {
+        var failed: [WeakRouteReference] = []
+        var firstError: IrqFdError?
+        for reference in routes {
+            guard let object = reference.route else { continue }
+            let route = unsafeDowncast(object, to: RoutedIrqFdRoute<Kernel>.self)
+            do throws(IrqFdError) { try route.reconcile() } catch {
+                if case .partitionGone = error { return }
+                failed.append(reference)
+                firstError = firstError ?? error
+            }
+        }
+        guard let firstError, let coalescing else { return }
+        coalescing.onCommitError(firstError)
+        coalescing.timer.after(coalescing.delay) { [weak self, failed] in self?.reconcileUnwaited(failed) }
     }
 
     /// Brings each route in line with the table (arms what should be armed);
@@ -626,7 +654,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             coalescing.onCommitError(error)
             scheduleCommit(after: coalescing.delay)
         }
-        _ = reconcile(carried)
+        reconcileUnwaited(carried)
         return error
     }
 
@@ -829,7 +857,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             }
             return others
         }
-        if !others.isEmpty { _ = partition.reconcile(others) }
+        if !others.isEmpty { partition.reconcileUnwaited(others) }
     }
 
     /// Rule 6: disarm first, then remove the entry.
@@ -850,7 +878,7 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
                 throw error
             }
         }
-        _ = partition.reconcile(others)
+        partition.reconcileUnwaited(others)
     }
 
     /// Rule 4: one disarm, no table push.

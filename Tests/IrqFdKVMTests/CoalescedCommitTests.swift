@@ -161,6 +161,32 @@ import Testing
         guest.expectAlive()
     }
 
+    /// The commit lands but KVM_IRQFD refuses to arm three of its routes:
+    /// they stay served (none of their signals is lost), the failure is
+    /// reported as a failed commit is, and their arm is retried until it holds.
+    @Test func anArmFailedOnPurposeAfterACommitLeavesItsVectorServedAndIsReportedAndRetried() throws {
+        let guest = try CountingGuest(cpus: 1)
+        let errors = ErrorLog()
+        // 100 ms: the 16 changes share one commit even under ThreadSanitizer.
+        let irqfd = try Self.coalescingPartition(guest, delay: .milliseconds(100), errors: errors)
+        let routes = try (0..<16).map { _ in try irqfd.newRoute() }
+        guest.vm.vm.faults.failCall("KVM_IRQFD", count: 3, errno: .ioError)
+        for (i, route) in routes.enumerated() { try route.setMsiDeferred(MsiMessage(destination: 0, vector: Self.vector(i))) }
+        for route in routes { route.event.signal() }
+        for i in 0..<16 { #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: 1), "served, then armed or served again") }
+        #expect(guest.vm.waitUntil(timeout: .seconds(10)) { errors.errors.withLock { $0.count } >= 1 }, "the failed arm is reported")
+        let reported = errors.errors.withLock { $0 }
+        #expect(reported.allSatisfy { "\($0)".contains("KVM_IRQFD") }, "\(reported)")
+        #expect(guest.vm.waitUntil(timeout: .seconds(10)) { routes.allSatisfy { $0.isArmed && !$0.isServed } }, "the retries arm every route")
+        #expect(irqfd.pushedEntries.count == 16 && irqfd.pushCount == 1, "the arms were retried, not the push")
+        for route in routes { route.event.signal() }
+        for i in 0..<16 { #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: 2), "armed after the retried arm") }
+        guest.settle()
+        #expect(guest.total == 32)
+        guest.vm.vm.faults.clear()
+        guest.expectAlive()
+    }
+
     @Test func droppingManyRoutesOneAtATimeCoalescesTheirPushes() throws {
         let guest = try CountingGuest(cpus: 1)
         let irqfd = try Self.coalescingPartition(guest, delay: .milliseconds(20))
