@@ -51,7 +51,8 @@ let package = Package(
             swiftSettings: strict),
         // GSI allocator, routing table with batches, routes: shared by KVM and mshv. No platform code.
         .target(name: "IrqFdRouting", dependencies: ["IrqFdCore"], swiftSettings: strict),
-        // Linux primitives: eventfd.
+        // Linux primitives, written once: the EINTR-retrying system call, eventfd, memfd-backed
+        // memory and its seals, Unix sockets with SCM_RIGHTS, poll(2) and epoll(7).
         .target(
             name: "IrqFdLinux",
             dependencies: ["IrqFdCore", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
@@ -59,7 +60,7 @@ let package = Package(
         // Typed /dev/kvm wrappers, one method per ioctl.
         .target(
             name: "KVM",
-            dependencies: ["IrqFdCore", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["IrqFdCore", "IrqFdLinux", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // Test-only: makes chosen VM ioctls fail on purpose. In no product: a VMM never links it.
         .target(
@@ -92,12 +93,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        // C for vhost-user: sendmsg/recvmsg with SCM_RIGHTS, unix addresses, memfd.
-        .target(name: "CVhostUser"),
+        // C for vhost-user: the names the embedded backend calls, forwarding to CLinuxKVM's socket calls.
+        .target(name: "CVhostUser", dependencies: ["CLinuxKVM"]),
         // The vhost-user frontend (protocol, messages, validation, deadlines); no KVM code.
         .target(
             name: "VhostUser",
-            dependencies: ["CVhostUser", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["CVhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // virtio-pci transport and the virtio-blk device, served by a vhost-user backend.
         .target(
@@ -120,7 +121,10 @@ let package = Package(
             ],
             swiftSettings: strict),
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
-        .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
+        .executableTarget(
+            name: "irqfd-device-helper",
+            dependencies: ["IrqFdLinux", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
         // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
         .executableTarget(
             name: "irqfd-vhost-user-blk",
@@ -217,7 +221,8 @@ let package = Package(
             exclude: ["Corpus"],
             swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.
-        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
+        .testTarget(
+            name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "IrqFdLinux", "IrqFdCore"], swiftSettings: strict),
         .testTarget(
             name: "VirtioTests",
             dependencies: ["TestSupport", "Virtio", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],

@@ -3,6 +3,7 @@
 // names) and clashes with other modules that include the same system headers.
 #define _GNU_SOURCE
 #include "CVhostUser.h"
+#include "CLinuxKVM.h"
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -11,88 +12,22 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 
-/// sendmsg(2) of `len` bytes with `nfds` descriptors as one SCM_RIGHTS message
-/// (none when nfds == 0). Non-blocking, no SIGPIPE: the caller polls.
+// The socket calls are CLinuxKVM's (one implementation); these names stay for
+// the embedded back-end and the tests that still call them.
+
 ssize_t vhost_user_sendmsg(int sock, const void *buf, size_t len, const int *fds, int nfds) {
-    if (nfds < 0 || nfds > VHOST_USER_MAX_FDS) { errno = EINVAL; return -1; }
-    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-    union { char buf[CMSG_SPACE(sizeof(int) * VHOST_USER_MAX_FDS)]; struct cmsghdr align; } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (nfds > 0) {
-        memset(&control, 0, sizeof control);
-        msg.msg_control = control.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-        cmsg->cmsg_level = SOL_SOCKET;
-        cmsg->cmsg_type = SCM_RIGHTS;
-        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
-    }
-    return sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    return irqfd_sendmsg_fds(sock, buf, len, fds, nfds, MSG_DONTWAIT);
 }
 
-/// recvmsg(2) of up to `len` bytes, non-blocking, descriptors close-on-exec.
-/// Every descriptor of every SCM_RIGHTS message is collected: the first
-/// `maxfds` into `fds`, the rest closed; `*nfds` is the total count received
-/// (so a caller sees "too many"), `*truncated` is set when the kernel dropped
-/// descriptors that did not fit the control buffer (MSG_CTRUNC).
 ssize_t vhost_user_recvmsg(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *truncated) {
-    struct iovec iov = { .iov_base = buf, .iov_len = len };
-    // Room for twice the protocol maximum, so an excess is seen, not silently dropped.
-    union { char buf[CMSG_SPACE(sizeof(int) * VHOST_USER_MAX_FDS * 2)]; struct cmsghdr align; } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    *nfds = 0;
-    *truncated = 0;
-    ssize_t got = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (got < 0) return got;
-    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
-    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *received = (int *)CMSG_DATA(cmsg);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, &received[i], sizeof fd);
-            if (*nfds < maxfds) fds[*nfds] = fd; else close(fd);
-            (*nfds)++;
-        }
-    }
-    return got;
+    return irqfd_recvmsg_fds(sock, buf, len, fds, maxfds, nfds, truncated, MSG_DONTWAIT);
 }
 
-/// connect(2) to a unix socket path; -1 with ENAMETOOLONG when it does not fit sun_path.
-int vhost_user_connect(int sock, const char *path) {
-    struct sockaddr_un address;
-    memset(&address, 0, sizeof address);
-    address.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof address.sun_path) { errno = ENAMETOOLONG; return -1; }
-    strcpy(address.sun_path, path);
-    return connect(sock, (struct sockaddr *)&address, sizeof address);
-}
+int vhost_user_connect(int sock, const char *path) { return irqfd_unix_connect(sock, path); }
 
-/// bind(2) to a unix socket path; -1 with ENAMETOOLONG when it does not fit sun_path.
-int vhost_user_bind(int sock, const char *path) {
-    struct sockaddr_un address;
-    memset(&address, 0, sizeof address);
-    address.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof address.sun_path) { errno = ENAMETOOLONG; return -1; }
-    strcpy(address.sun_path, path);
-    return bind(sock, (struct sockaddr *)&address, sizeof address);
-}
+int vhost_user_bind(int sock, const char *path) { return irqfd_unix_bind(sock, path); }
 
-/// accept4(2) with SOCK_CLOEXEC (Glibc's Swift module does not export accept4).
-int vhost_user_accept(int sock) { return accept4(sock, NULL, NULL, SOCK_CLOEXEC); }
-
-/// memfd_create(2) with MFD_CLOEXEC: guest RAM a backend can map.
-int vhost_user_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+int vhost_user_accept(int sock) { return irqfd_accept_cloexec(sock); }
 
 /// mmap(2) MAP_SHARED read/write; NULL (not MAP_FAILED) on failure, errno set.
 void *vhost_user_mmap_shared(int fd, size_t length) {

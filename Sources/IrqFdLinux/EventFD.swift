@@ -6,7 +6,7 @@ public import SystemPackage
 
 /// An eventfd(2): a kernel counter that devices signal and KVM's irqfd waits on.
 ///
-/// Non-blocking and close-on-exec (rule 1). This object is the descriptor's only
+/// Non-blocking and close-on-exec. This object is the descriptor's only
 /// owner and closes it when released; hand `fileDescriptor` to a device or send
 /// it to another process, which then holds its own reference in the kernel.
 public final class EventFD: Event {
@@ -15,9 +15,12 @@ public final class EventFD: Event {
 
     /// Creates an eventfd with counter 0 (eventfd(2), EFD_NONBLOCK | EFD_CLOEXEC).
     public init() throws(IrqFdError) {
-        let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard fd >= 0 else { throw .call("eventfd", Errno(rawValue: errno)) }
-        fileDescriptor = FileDescriptor(rawValue: fd)
+        do throws(SystemCallError) {
+            let fd = try retryingInterrupts("eventfd") { eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)) }
+            fileDescriptor = FileDescriptor(rawValue: fd)
+        } catch {
+            throw .systemCall(error)
+        }
     }
 
     /// Takes ownership of an eventfd received from elsewhere (e.g. SCM_RIGHTS).
@@ -36,30 +39,29 @@ public final class EventFD: Event {
         add(1)
     }
 
-    /// Adds `count` to the counter (write(2)).
+    /// Adds `count` to the counter (write(2)). EAGAIN (the counter would pass
+    /// its maximum) leaves it pending, which is what a signal means.
     public func add(_ count: UInt64) {
         var value = count
-        while true {
-            let written = write(fileDescriptor.rawValue, &value, 8)
-            if written == 8 { return }
-            let error = errno
-            if error == EINTR { continue }
-            if error == EAGAIN { return }
+        do throws(SystemCallError) {
+            let written = try retryingInterruptsUnlessWouldBlock("write(eventfd)") { write(fileDescriptor.rawValue, &value, 8) }
+            precondition(written == nil || written == 8, "eventfd write of 8 bytes wrote \(written ?? 0)")
+        } catch {
             // EBADF or EINVAL: this object owns the descriptor, so that is a bug.
-            preconditionFailure("eventfd write failed: \(Errno(rawValue: error))")
+            preconditionFailure("\(error)")
         }
     }
 
     /// Reads and resets the counter (read(2), non-blocking); 0 when nothing was latched.
     public func consume() -> UInt64 {
         var value: UInt64 = 0
-        while true {
-            let got = read(fileDescriptor.rawValue, &value, 8)
-            if got == 8 { return value }
-            let error = errno
-            if error == EINTR { continue }
-            if error == EAGAIN { return 0 }
-            preconditionFailure("eventfd read failed: \(Errno(rawValue: error))")
+        do throws(SystemCallError) {
+            let got = try retryingInterruptsUnlessWouldBlock("read(eventfd)") { read(fileDescriptor.rawValue, &value, 8) }
+            guard got != nil else { return 0 }
+            precondition(got == 8, "eventfd read of 8 bytes read \(got ?? 0)")
+            return value
+        } catch {
+            preconditionFailure("\(error)")
         }
     }
 
@@ -67,18 +69,20 @@ public final class EventFD: Event {
     public func tryWait() -> Bool { consume() != 0 }
 
     /// Waits with poll(2) until readable or `timeout`, then consumes.
-    public func wait(timeout: Duration) -> Bool {
-        if tryWait() { return true }
+    public func wait(timeout: Duration) -> Bool { consume(waitingUpTo: timeout) != 0 }
+
+    /// Waits with poll(2) up to `timeout` for the counter to be nonzero, then
+    /// reads and resets it (read(2)); 0 when the time passed first.
+    public func consume(waitingUpTo timeout: Duration) -> UInt64 {
         let deadline = ContinuousClock.now + timeout
         while true {
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            if remaining <= .zero { return tryWait() }
-            let (seconds, attoseconds) = remaining.components
-            let millis = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
-            var pfd = pollfd(fd: fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, millis)
-            if ready < 0 && errno != EINTR { preconditionFailure("poll failed: \(Errno(rawValue: errno))") }
-            if ready > 0, tryWait() { return true }
+            let value = consume()
+            if value != 0 { return value }
+            do throws(SystemCallError) {
+                guard try Readiness.readable.wait(on: fileDescriptor, until: deadline) != nil else { return consume() }
+            } catch {
+                preconditionFailure("\(error)")
+            }
         }
     }
 }

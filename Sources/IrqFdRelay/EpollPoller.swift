@@ -1,18 +1,18 @@
 #if os(Linux)
-import CLinuxKVM
 import Glibc
 public import IrqFdCore
 import IrqFdLinux
 import Synchronization
 import SystemPackage
 
-/// The relay's Linux thread: one epoll(7) instance, level-triggered, with a
+/// The relay's Linux thread: IrqFdLinux's `Epoll` (level-triggered), with a
 /// private eventfd to wake the thread for shutdown.
 ///
-/// The epoll descriptor is owned here and closed by `stop()` after the thread
-/// has been joined, so a dropped partition leaves no descriptor open.
+/// The epoll descriptor is closed by `stop()` after the thread has been
+/// joined (or, for a poller whose thread never started, when it is released),
+/// so a dropped partition leaves no descriptor open.
 public final class EpollPoller: RelayPoller {
-    private let epoll: Int32
+    private let epoll: Epoll
     private let wake: EventFD
     private let thread = Mutex<pthread_t?>(nil)
     private let stopped = Atomic<Bool>(false)
@@ -22,7 +22,9 @@ public final class EpollPoller: RelayPoller {
     /// Creates the epoll instance (epoll_create1(EPOLL_CLOEXEC)) and its wake eventfd.
     public convenience init() throws(IrqFdError) {
         try self.init { (epoll, wake) throws(IrqFdError) in
-            try Self.control(epoll, EPOLL_CTL_ADD, wake, token: Self.wakeToken)
+            do throws(SystemCallError) { try epoll.add(wake.fileDescriptor, token: Self.wakeToken) } catch {
+                throw .systemCall(error)
+            }
         }
     }
 
@@ -30,35 +32,19 @@ public final class EpollPoller: RelayPoller {
     /// epoll instance (tests make it fail).
     ///
     /// Every step that can fail runs before the last stored property is set:
-    /// a failed init then has no deinit, so the epoll descriptor is closed
-    /// exactly once, here, and never again by `stop()` (a second close could
-    /// hit a descriptor another thread opened meanwhile).
-    init(registeringWakeWith registerWake: (_ epoll: Int32, _ wake: Int32) throws(IrqFdError) -> Void) throws(IrqFdError) {
-        let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard fd >= 0 else { throw .call("epoll_create1", Errno(rawValue: errno)) }
-        let wakeEvent: EventFD
-        do throws(IrqFdError) {
-            wakeEvent = try EventFD()
-            try registerWake(fd, wakeEvent.fileDescriptor.rawValue)
-        } catch {
-            close(fd)
-            throw error
-        }
-        epoll = fd
+    /// a failed init then has no deinit, so `stop()` (which signals the wake
+    /// eventfd) never runs on a half-made poller; the epoll instance closes
+    /// its descriptor once, when released.
+    init(registeringWakeWith registerWake: (_ epoll: Epoll, _ wake: EventFD) throws(IrqFdError) -> Void) throws(IrqFdError) {
+        let instance: Epoll
+        do throws(SystemCallError) { instance = try Epoll() } catch { throw .systemCall(error) }
+        let wakeEvent = try EventFD()
+        try registerWake(instance, wakeEvent)
+        epoll = instance
         wake = wakeEvent
     }
 
     deinit { stop() }
-
-    /// epoll_ctl(2) on `fd`, EPOLLIN, level-triggered.
-    private static func control(_ epoll: Int32, _ op: Int32, _ fd: Int32, token: UInt64) throws(IrqFdError) {
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue
-        event.data.u64 = token
-        guard epoll_ctl(epoll, op, fd, &event) == 0 else {
-            throw .call(op == EPOLL_CTL_ADD ? "epoll_ctl(EPOLL_CTL_ADD)" : "epoll_ctl(EPOLL_CTL_DEL)", Errno(rawValue: errno))
-        }
-    }
 
     /// Starts the relay thread (pthread_create).
     public func start(_ ready: @escaping @Sendable (UInt64) -> Void) throws(IrqFdError) {
@@ -76,14 +62,22 @@ public final class EpollPoller: RelayPoller {
         thread.withLock { $0 = id }
     }
 
-    /// EPOLL_CTL_ADD.
+    /// EPOLL_CTL_ADD, EPOLLIN, level-triggered.
     public func watch(_ handle: NativeEventHandle, token: UInt64) throws(IrqFdError) {
-        try Self.control(epoll, EPOLL_CTL_ADD, Int32(handle.rawValue), token: token)
+        do throws(SystemCallError) {
+            try epoll.add(FileDescriptor(rawValue: Int32(handle.rawValue)), token: token)
+        } catch {
+            throw .systemCall(error)
+        }
     }
 
     /// EPOLL_CTL_DEL.
     public func unwatch(_ handle: NativeEventHandle, token: UInt64) throws(IrqFdError) {
-        try Self.control(epoll, EPOLL_CTL_DEL, Int32(handle.rawValue), token: token)
+        do throws(SystemCallError) {
+            try epoll.remove(FileDescriptor(rawValue: Int32(handle.rawValue)))
+        } catch {
+            throw .systemCall(error)
+        }
     }
 
     /// Wakes the thread, joins it (pthread_join) and closes the epoll descriptor.
@@ -94,36 +88,30 @@ public final class EpollPoller: RelayPoller {
             precondition(!pthread_equal(id, pthread_self()).isTrue, "the relay thread cannot stop itself")
             pthread_join(id, nil)
         }
-        close(epoll)
+        epoll.close()
     }
 
     /// What the thread needs; retained by the thread for its whole life.
     private final class ThreadContext: Sendable {
-        let epoll: Int32
+        let epoll: Epoll
         let ready: @Sendable (UInt64) -> Void
 
-        init(epoll: Int32, ready: @escaping @Sendable (UInt64) -> Void) {
+        init(epoll: Epoll, ready: @escaping @Sendable (UInt64) -> Void) {
             self.epoll = epoll
             self.ready = ready
         }
 
         func run() {
-            var events = [epoll_event](repeating: epoll_event(), count: 64)
             while true {
-                let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), -1) }
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    preconditionFailure("epoll_wait failed: \(Errno(rawValue: errno))")
+                let events: [Epoll.Event]
+                do throws(SystemCallError) { events = try epoll.wait(maximum: 64) } catch {
+                    preconditionFailure("\(error)")
                 }
-                for index in 0..<Int(count) {
-                    let token = events[index].data.u64
+                for event in events {
                     // The wake eventfd is signalled only by stop(); it is never consumed, so
                     // a stop cannot be missed however the reports are batched.
-                    if token == EpollPoller.wakeToken {
-                        return
-                    } else {
-                        ready(token)
-                    }
+                    if event.token == EpollPoller.wakeToken { return }
+                    ready(event.token)
                 }
             }
         }

@@ -2,6 +2,7 @@
 import CLinuxKVM
 import Glibc
 public import IrqFdCore
+import IrqFdLinux
 public import SystemPackage
 
 /// `/dev/kvm`: the system-level KVM handle.
@@ -10,8 +11,7 @@ public final class KVMSystem: Sendable {
 
     /// Opens `/dev/kvm` (open(2), O_RDWR | O_CLOEXEC) and checks the API version is 12.
     public init(path: String = "/dev/kvm") throws(SystemCallError) {
-        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemCallError(call: "open(\(path))", errno: Errno(rawValue: errno)) }
+        let fd = try retryingInterrupts("open(\(path))") { Glibc.open(path, O_RDWR | O_CLOEXEC) }
         descriptor = OwnedDescriptor(fd)
         let version = try apiVersion()
         guard version == 12 else { throw SystemCallError(call: "KVM_GET_API_VERSION", errno: .notSupported) }
@@ -40,15 +40,16 @@ public final class KVMSystem: Sendable {
         var capacity = 128
         while true {
             var buffer = CPUIDBuffer(capacity: capacity)
-            let result = buffer.withUnsafeMutableBytes { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_SUPPORTED_CPUID, $0) }
-            if result >= 0 { return buffer.entries }
-            let error = irqfd_errno()
-            if error == E2BIG, capacity < 4096 {
+            do throws(SystemCallError) {
+                _ = try retryingIoctl("KVM_GET_SUPPORTED_CPUID") {
+                    buffer.withUnsafeMutableBytes { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_SUPPORTED_CPUID, $0) }
+                }
+                return buffer.entries
+            } catch {
+                // E2BIG: more leaves than the buffer holds; try again with room for twice as many.
+                guard error.errno == .argListTooLong, capacity < 4096 else { throw error }
                 capacity *= 2
-                continue
             }
-            if error == EINTR { continue }
-            throw SystemCallError(call: "KVM_GET_SUPPORTED_CPUID", errno: Errno(rawValue: error))
         }
     }
 

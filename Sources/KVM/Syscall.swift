@@ -1,26 +1,22 @@
 #if os(Linux)
-import CLinuxKVM
 import Glibc
 import IrqFdCore
-import SystemPackage
+import IrqFdLinux
 
-/// Runs an ioctl(2) returning its non-negative result, retrying on EINTR
-/// (as NIOPosix does), and turning failure into an error that names `call`.
+/// Runs an ioctl(2) returning its non-negative result, through the package's
+/// one EINTR loop (IrqFdLinux's `retryingInterrupts`), so that a failure is an
+/// error naming `call`, the request.
 @inline(__always)
 func retryingIoctl(_ call: StaticString, _ body: () -> Int32) throws(SystemCallError) -> Int32 {
-    while true {
-        let result = body()
-        if result >= 0 { return result }
-        let error = irqfd_errno()
-        if error == EINTR { continue }
-        throw SystemCallError(call: "\(call)", errno: Errno(rawValue: error))
-    }
+    try retryingInterrupts("\(call)", body)
 }
 
 /// A file descriptor with exactly one owner, closed when the owner is released.
 final class OwnedDescriptor: Sendable {
     let raw: Int32
     init(_ raw: Int32) { self.raw = raw }
+    // close(2) of a descriptor this object owns: EBADF would be a double close elsewhere, and
+    // there is nobody to report to in a deinit; Linux releases the descriptor even on EINTR.
     deinit { _ = Glibc.close(raw) }
 }
 #endif

@@ -3,7 +3,7 @@ import CLinuxKVM
 import Foundation
 public import IrqFdCore
 public import IrqFdKVM
-import IrqFdLinux
+public import IrqFdLinux
 public import KVM
 import Synchronization
 

@@ -1,6 +1,6 @@
 #if os(Linux)
-import CVhostUser
-import Glibc
+import IrqFdCore
+package import IrqFdLinux
 package import SystemPackage
 
 /// How a channel operation failed, before the caller names the message.
@@ -12,6 +12,15 @@ package enum ChannelFailure: Error, Equatable {
     /// A system call failed.
     case system(String, Errno)
 
+    /// The channel failure for a socket failure.
+    init(_ failure: UnixSocket.Failure) {
+        switch failure {
+        case .timeout: self = .timeout
+        case .closed: self = .closed
+        case .systemCall(let error): self = .system(error.call, error.errno)
+        }
+    }
+
     /// The frontend's error for a failure during `request`.
     package func error(for request: VhostUserRequest?) -> VhostUserError {
         switch self {
@@ -22,117 +31,76 @@ package enum ChannelFailure: Error, Equatable {
     }
 }
 
-/// A connected Unix stream socket that carries vhost-user messages, with
-/// descriptors by SCM_RIGHTS, and never blocks past a deadline: every send and
-/// receive is non-blocking with poll(2) between attempts. Owns its descriptor.
+/// The vhost-user connection (vhost-user.rst, "Communication"): a Unix stream
+/// socket that carries messages, with descriptors by SCM_RIGHTS, and never
+/// blocks past a deadline. The socket work is IrqFdLinux's `UnixSocket`
+/// (its deadline calls); this type gives its failures the protocol's meaning.
+/// Owns the socket.
 package final class VhostUserChannel: Sendable {
-    /// The socket, closed in deinit.
-    package let fd: Int32
+    /// The connected socket, closed when this channel is released.
+    package let socket: UnixSocket
+
+    /// The socket's descriptor number, borrowed: the embedded backend polls it.
+    package var fd: Int32 { socket.fileDescriptor.rawValue }
 
     /// Takes ownership of a connected socket.
-    package init(adopting fd: Int32) { self.fd = fd }
+    package init(_ socket: UnixSocket) { self.socket = socket }
 
-    deinit { Glibc.close(fd) }
+    /// Takes ownership of a connected socket's descriptor (one the embedded backend accepted).
+    package convenience init(adopting fd: Int32) { self.init(UnixSocket(adopting: FileDescriptor(rawValue: fd))) }
 
-    /// Connects to the socket listening at `path` (socket(2), connect(2)).
-    /// The socket is non-blocking, so a back-end whose listen backlog is full
-    /// (alive but not accepting) cannot hold the caller, often a vCPU
-    /// reconnecting in a device reset: connect(2) then fails with EAGAIN and is
-    /// retried until `deadline`, after which this throws ETIMEDOUT.
-    package static func connect(to path: String, deadline: ContinuousClock.Instant = .now + .seconds(5)) throws(VhostUserError) -> VhostUserChannel {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw .systemCall(call: "socket(AF_UNIX)", errno: Errno(rawValue: errno)) }
-        let channel = VhostUserChannel(adopting: fd)
-        while vhost_user_connect(fd, path) != 0 {
-            if errno == EINTR { continue }
-            if errno == EAGAIN, ContinuousClock.now < deadline {
-                usleep(1000)
-                continue
-            }
-            throw .systemCall(call: "connect(\(path))", errno: Errno(rawValue: errno == EAGAIN ? ETIMEDOUT : errno))
-        }
-        return channel
-    }
-
-    /// Waits with poll(2) until the socket is ready for `events` or the deadline passes.
-    private func wait(for events: Int16, until deadline: ContinuousClock.Instant) throws(ChannelFailure) {
-        while true {
-            let remaining = deadline - .now
-            guard remaining > .zero else { throw .timeout }
-            let (seconds, attoseconds) = remaining.components
-            // Round up so a sub-millisecond remainder still waits instead of spinning.
-            let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-            var entry = pollfd(fd: fd, events: events, revents: 0)
-            let ready = poll(&entry, 1, milliseconds)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                throw .system("poll", Errno(rawValue: errno))
-            }
-            if ready > 0 { return }
+    /// Connects to the socket listening at `path` (socket(2), connect(2),
+    /// non-blocking): a back-end whose listen backlog is full (alive but not
+    /// accepting) cannot hold the caller, often a vCPU reconnecting in a device
+    /// reset; after `deadline` this throws ETIMEDOUT.
+    package static func connect(
+        to path: String, deadline: ContinuousClock.Instant = .now + .seconds(5)
+    ) throws(VhostUserError) -> VhostUserChannel {
+        do throws(SystemCallError) {
+            return VhostUserChannel(try UnixSocket.connect(to: path, deadline: deadline))
+        } catch {
+            throw .systemCall(call: error.call, errno: error.errno)
         }
     }
 
-    /// Sends all of `bytes`, the descriptors with the first byte (sendmsg(2), SCM_RIGHTS).
+    /// Sends all of `bytes`, `descriptors` (borrowed) with the first byte
+    /// (sendmsg(2), SCM_RIGHTS), within `deadline`.
+    package func send(
+        _ bytes: [UInt8], passing descriptors: [FileDescriptor], deadline: ContinuousClock.Instant
+    ) throws(ChannelFailure) {
+        do throws(UnixSocket.Failure) {
+            try socket.send(bytes, descriptors: descriptors, deadline: deadline)
+        } catch {
+            throw ChannelFailure(error)
+        }
+    }
+
+    /// ``send(_:passing:deadline:)`` with descriptor numbers (borrowed), as the
+    /// embedded backend holds them.
     package func send(_ bytes: [UInt8], descriptors: [Int32] = [], deadline: ContinuousClock.Instant) throws(ChannelFailure) {
-        var offset = 0
-        var pending = descriptors
-        while offset < bytes.count {
-            let sent = bytes.withUnsafeBytes { buffer in
-                pending.withUnsafeBufferPointer { fds in
-                    vhost_user_sendmsg(fd, buffer.baseAddress! + offset, buffer.count - offset, fds.baseAddress, Int32(fds.count))
-                }
-            }
-            if sent > 0 {
-                offset += sent
-                pending = []
-                continue
-            }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN: try wait(for: Int16(POLLOUT), until: deadline)
-            case EPIPE, ECONNRESET: throw .closed
-            default: throw .system("sendmsg", Errno(rawValue: errno))
-            }
+        try send(bytes, passing: descriptors.map { FileDescriptor(rawValue: $0) }, deadline: deadline)
+    }
+
+    /// Receives exactly `count` bytes (recvmsg(2)) within `deadline`, and every
+    /// descriptor that came with them: at most `maximumDescriptors` are kept
+    /// (now the caller's), the rest closed; `received` counts all that arrived.
+    package func receiveMessage(
+        exactly count: Int, maximumDescriptors: Int, deadline: ContinuousClock.Instant
+    ) throws(ChannelFailure) -> UnixSocket.Message {
+        do throws(UnixSocket.Failure) {
+            return try socket.receive(exactly: count, maximumDescriptors: maximumDescriptors, deadline: deadline)
+        } catch {
+            throw ChannelFailure(error)
         }
     }
 
-    /// Receives exactly `count` bytes (recvmsg(2)) and every descriptor that
-    /// came with them: at most `maximumDescriptors` are kept (the rest closed),
-    /// `received` is how many arrived in all.
-    package func receive(exactly count: Int, maximumDescriptors: Int, deadline: ContinuousClock.Instant) throws(ChannelFailure) -> (bytes: [UInt8], descriptors: [Int32], received: Int) {
-        var buffer = [UInt8](repeating: 0, count: count)
-        var descriptors: [Int32] = []
-        var received = 0
-        var offset = 0
-        var failure: ChannelFailure?
-        while offset < count {
-            var fds = [Int32](repeating: -1, count: Int(VHOST_USER_MAX_FDS) * 2)
-            var nfds: Int32 = 0
-            var truncated: Int32 = 0
-            let got = buffer.withUnsafeMutableBytes { raw in
-                vhost_user_recvmsg(fd, raw.baseAddress! + offset, count - offset, &fds, Int32(fds.count), &nfds, &truncated)
-            }
-            if got > 0 || nfds > 0 {
-                for index in 0..<min(Int(nfds), fds.count) {
-                    if descriptors.count < maximumDescriptors { descriptors.append(fds[index]) } else { Glibc.close(fds[index]) }
-                }
-                received += Int(nfds) + (truncated != 0 ? 1 : 0)
-            }
-            if got > 0 { offset += got; continue }
-            if got == 0 { failure = .closed; break }
-            if errno == EINTR { continue }
-            if errno == EAGAIN {
-                do throws(ChannelFailure) { try wait(for: Int16(POLLIN), until: deadline) } catch { failure = error; break }
-                continue
-            }
-            failure = errno == ECONNRESET ? .closed : .system("recvmsg", Errno(rawValue: errno))
-            break
-        }
-        if let failure {
-            for descriptor in descriptors { Glibc.close(descriptor) }
-            throw failure
-        }
-        return (buffer, descriptors, received)
+    /// ``receiveMessage(exactly:maximumDescriptors:deadline:)`` with the kept
+    /// descriptors as numbers (the caller's to close), as the embedded backend holds them.
+    package func receive(
+        exactly count: Int, maximumDescriptors: Int, deadline: ContinuousClock.Instant
+    ) throws(ChannelFailure) -> (bytes: [UInt8], descriptors: [Int32], received: Int) {
+        let message = try receiveMessage(exactly: count, maximumDescriptors: maximumDescriptors, deadline: deadline)
+        return (message.bytes, message.descriptors.map(\.rawValue), message.received)
     }
 }
 #endif

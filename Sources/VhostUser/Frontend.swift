@@ -1,7 +1,7 @@
 #if os(Linux)
-import Glibc
+import IrqFdLinux
 import Synchronization
-import SystemPackage
+public import SystemPackage
 
 /// A vhost-user front-end (vhost-user.rst): the VMM side of a device whose
 /// queues another process serves. One connection, one request in flight at a
@@ -52,9 +52,12 @@ public final class VhostUserFrontend: Sendable {
     /// Whether the connection is still open (not closed, not broken by a bad reply).
     public var isConnected: Bool { state.withLock { $0.channel != nil } }
 
-    /// The connection's socket descriptor while it is open (a test checks
-    /// that this very descriptor is closed afterwards), else nil.
-    public var socketDescriptor: Int32? { state.withLock { $0.channel?.fd } }
+    /// The connection's socket (borrowed) while it is open, else nil: a device
+    /// polls it for the back-end hanging up, a test checks that it is closed afterwards.
+    public var socket: FileDescriptor? { state.withLock { $0.channel?.socket.fileDescriptor } }
+
+    /// ``socket``'s number, for callers that still poll a bare descriptor.
+    public var socketDescriptor: Int32? { socket?.rawValue }
 
     /// Messages sent to the back-end so far (a device proves mask/unmask sent none).
     public var messagesSent: Int { sent.load(ordering: .relaxed) }
@@ -77,7 +80,7 @@ public final class VhostUserFrontend: Sendable {
     /// the reply of `shape` (or a REPLY_ACK when `ack` and REPLY_ACK was
     /// negotiated, for a message that has no reply of its own).
     private func exchange(
-        _ request: VhostUserRequest, payload: [UInt8], descriptors: [Int32] = [], reply shape: VhostUserReplyShape? = nil,
+        _ request: VhostUserRequest, payload: [UInt8], descriptors: [FileDescriptor] = [], reply shape: VhostUserReplyShape? = nil,
         update: (inout State) -> Void = { _ in }
     ) throws(VhostUserError) -> [UInt8] {
         let deadline = ContinuousClock.now + timeout
@@ -87,7 +90,7 @@ public final class VhostUserFrontend: Sendable {
             let flags = VhostUserFlags.version | (ack ? VhostUserFlags.needReply : 0)
             let message = VhostUserHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)).bytes + payload
             do throws(ChannelFailure) {
-                try channel.send(message, descriptors: descriptors, deadline: deadline)
+                try channel.send(message, passing: descriptors, deadline: deadline)
             } catch {
                 state.channel = nil
                 throw error.error(for: request)
@@ -116,18 +119,18 @@ public final class VhostUserFrontend: Sendable {
     /// Reads one reply: the header first (validated before any payload is read,
     /// so a hostile size cannot make this read more), then exactly its payload.
     private static func readReply(_ channel: VhostUserChannel, for request: VhostUserRequest, shape: VhostUserReplyShape, deadline: ContinuousClock.Instant) throws(VhostUserError) -> [UInt8] {
-        let head: (bytes: [UInt8], descriptors: [Int32], received: Int)
+        let head: UnixSocket.Message
         do throws(ChannelFailure) {
-            head = try channel.receive(exactly: VhostUserHeader.byteCount, maximumDescriptors: 0, deadline: deadline)
+            head = try channel.receiveMessage(exactly: VhostUserHeader.byteCount, maximumDescriptors: 0, deadline: deadline)
         } catch {
             throw error.error(for: request)
         }
         guard head.received == 0 else { throw .badReply(request, "\(head.received) descriptors attached, expected none") }
         let header = VhostUserHeader(head.bytes)!
         try VhostUserReplyParser.validateHeader(header, for: request, shape: shape)
-        let body: (bytes: [UInt8], descriptors: [Int32], received: Int)
+        let body: UnixSocket.Message
         do throws(ChannelFailure) {
-            body = try channel.receive(exactly: Int(header.size), maximumDescriptors: 0, deadline: deadline)
+            body = try channel.receiveMessage(exactly: Int(header.size), maximumDescriptors: 0, deadline: deadline)
         } catch {
             throw error.error(for: request)
         }
@@ -230,11 +233,11 @@ public final class VhostUserFrontend: Sendable {
             throw .unsupported("SET_MEM_TABLE with \(regions.count) regions (1...\(VhostUserLimits.maxRegions))")
         }
         for region in regions {
-            guard region.size > 0, region.fd >= 0,
+            guard region.size > 0, region.fd.rawValue >= 0,
                   region.guestPhysicalAddress.addingReportingOverflow(region.size).overflow == false,
                   region.userAddress.addingReportingOverflow(region.size).overflow == false
             else {
-                throw .unsupported("SET_MEM_TABLE region at 0x\(String(region.guestPhysicalAddress, radix: 16)) size \(region.size) fd \(region.fd) is invalid")
+                throw .unsupported("SET_MEM_TABLE region at 0x\(String(region.guestPhysicalAddress, radix: 16)) size \(region.size) fd \(region.fd.rawValue) is invalid")
             }
         }
         var payload: [UInt8] = []
@@ -299,27 +302,44 @@ public final class VhostUserFrontend: Sendable {
         return try VhostUserReplyParser.vringState(payload, queue: queue, for: .getVringBase)
     }
 
-    private func vringFile(_ request: VhostUserRequest, queue: UInt32, fd: Int32) throws(VhostUserError) {
+    private func vringFile(_ request: VhostUserRequest, queue: UInt32, descriptor: FileDescriptor?) throws(VhostUserError) {
         guard queue < 256 else { throw .unsupported("\(request.name) queue \(queue): the index field has 8 bits") }
-        let value = UInt64(queue) | (fd < 0 ? VhostUserLimits.invalidFdFlag : 0)
-        _ = try exchange(request, payload: Self.u64Payload(value), descriptors: fd < 0 ? [] : [fd])
+        let value = UInt64(queue) | (descriptor == nil ? VhostUserLimits.invalidFdFlag : 0)
+        _ = try exchange(request, payload: Self.u64Payload(value), descriptors: descriptor.map { [$0] } ?? [])
     }
 
     /// VHOST_USER_SET_VRING_KICK: the eventfd the driver's notifications signal
-    /// (borrowed; a negative fd sends the invalid-FD flag). Starts the ring.
-    public func setVringKick(queue: UInt32, fd: Int32) throws(VhostUserError) {
-        try vringFile(.setVringKick, queue: queue, fd: fd)
+    /// (borrowed; nil sends the invalid-FD flag). Starts the ring.
+    public func setVringKick(queue: UInt32, descriptor: FileDescriptor?) throws(VhostUserError) {
+        try vringFile(.setVringKick, queue: queue, descriptor: descriptor)
     }
 
     /// VHOST_USER_SET_VRING_CALL: the eventfd the back-end signals on
-    /// completions (borrowed; with irqfd it is the route's own event).
-    public func setVringCall(queue: UInt32, fd: Int32) throws(VhostUserError) {
-        try vringFile(.setVringCall, queue: queue, fd: fd)
+    /// completions (borrowed; with irqfd it is the route's own event; nil sends
+    /// the invalid-FD flag).
+    public func setVringCall(queue: UInt32, descriptor: FileDescriptor?) throws(VhostUserError) {
+        try vringFile(.setVringCall, queue: queue, descriptor: descriptor)
     }
 
-    /// VHOST_USER_SET_VRING_ERR: the eventfd the back-end signals on ring errors (borrowed).
+    /// VHOST_USER_SET_VRING_ERR: the eventfd the back-end signals on ring
+    /// errors (borrowed; nil sends the invalid-FD flag).
+    public func setVringErr(queue: UInt32, descriptor: FileDescriptor?) throws(VhostUserError) {
+        try vringFile(.setVringErr, queue: queue, descriptor: descriptor)
+    }
+
+    /// ``setVringKick(queue:descriptor:)`` with a descriptor number; a negative one sends the invalid-FD flag.
+    public func setVringKick(queue: UInt32, fd: Int32) throws(VhostUserError) {
+        try setVringKick(queue: queue, descriptor: fd < 0 ? nil : FileDescriptor(rawValue: fd))
+    }
+
+    /// ``setVringCall(queue:descriptor:)`` with a descriptor number; a negative one sends the invalid-FD flag.
+    public func setVringCall(queue: UInt32, fd: Int32) throws(VhostUserError) {
+        try setVringCall(queue: queue, descriptor: fd < 0 ? nil : FileDescriptor(rawValue: fd))
+    }
+
+    /// ``setVringErr(queue:descriptor:)`` with a descriptor number; a negative one sends the invalid-FD flag.
     public func setVringErr(queue: UInt32, fd: Int32) throws(VhostUserError) {
-        try vringFile(.setVringErr, queue: queue, fd: fd)
+        try setVringErr(queue: queue, descriptor: fd < 0 ? nil : FileDescriptor(rawValue: fd))
     }
 
     /// VHOST_USER_SET_VRING_ENABLE ("Vring state description"): needs

@@ -1,113 +1,83 @@
 #if os(Linux)
 import CVhostUser
-import Glibc
+import IrqFdCore
+public import IrqFdLinux
+public import SystemPackage
 
-/// Guest RAM in a memfd, mapped MAP_SHARED here so a vhost-user back-end can
-/// map the same pages: what a test (or benchmark) uses as a guest with no guest.
-/// Owns the memfd and the mapping.
-public final class MemfdGuestMemory: @unchecked Sendable {
-    // @unchecked: the fd and mapping are immutable after init; the bytes are
-    // shared memory by design (a back-end writes them too), accessed only by
-    // bounds-checked loads and stores.
-    /// The memfd.
-    public let fd: Int32
+/// Guest RAM for a vhost-user back-end with no guest (what a test or the
+/// benchmark drives queues in): IrqFdLinux's `MemfdMemory`, sealed against
+/// resizing, with the accessors the host driver uses and its errors named as
+/// the frontend's. Owns the memfd and the mapping.
+public final class MemfdGuestMemory: Sendable {
+    /// The memfd and its mapping.
+    public let memory: MemfdMemory
     /// Bytes of guest RAM.
-    public let size: Int
+    public var size: Int { memory.size }
     /// Where this process mapped it.
-    public let base: UnsafeMutableRawPointer
+    public var base: UnsafeMutableRawPointer { memory.base }
+    /// The memfd (borrowed from this object).
+    public var fileDescriptor: FileDescriptor { memory.fileDescriptor }
 
-    /// `size` bytes of zeroed guest RAM (memfd_create(2), ftruncate(2), mmap(2)).
+    /// `size` bytes of zeroed guest RAM (memfd_create(2), ftruncate(2),
+    /// F_ADD_SEALS of `MemfdSeals.fixedSize`, mmap(2)).
     public init(size: Int) throws(VhostUserError) {
-        let fd = vhost_user_memfd_create("irqfd-guest-ram")
-        guard fd >= 0 else { throw .systemCall(call: "memfd_create", errno: .init(rawValue: errno)) }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw .systemCall(call: "ftruncate", errno: .init(rawValue: error))
+        do throws(SystemCallError) {
+            memory = try MemfdMemory(size: size, name: "irqfd-guest-ram")
+        } catch {
+            throw .systemCall(call: error.call, errno: error.errno)
         }
-        guard let base = vhost_user_mmap_shared(fd, size) else {
-            let error = errno
-            Glibc.close(fd)
-            throw .systemCall(call: "mmap", errno: .init(rawValue: error))
-        }
-        self.fd = fd
-        self.size = size
-        self.base = base
-    }
-
-    deinit {
-        munmap(base, size)
-        Glibc.close(fd)
     }
 
     /// The whole of RAM as one SET_MEM_TABLE region at guest-physical 0 (fd borrowed from this object).
     public var region: VhostUserMemoryRegion {
-        VhostUserMemoryRegion(guestPhysicalAddress: 0, size: UInt64(size), userAddress: UInt64(UInt(bitPattern: base)), mmapOffset: 0, fd: fd)
+        VhostUserMemoryRegion(
+            guestPhysicalAddress: 0, size: UInt64(size), userAddress: UInt64(UInt(bitPattern: base)), mmapOffset: 0,
+            fd: fileDescriptor)
     }
 
     /// Stores `value` little-endian at guest-physical `address` (trap if out of RAM: a test bug).
-    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) {
-        precondition(address + UInt64(MemoryLayout<T>.size) <= UInt64(size))
-        base.storeBytes(of: value.littleEndian, toByteOffset: Int(address), as: T.self)
-    }
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) { memory.store(value, at: address) }
 
     /// Loads a little-endian `T` at guest-physical `address`.
-    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) -> T {
-        precondition(address + UInt64(MemoryLayout<T>.size) <= UInt64(size))
-        return T(littleEndian: base.loadUnaligned(fromByteOffset: Int(address), as: T.self))
-    }
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) -> T { memory.load(T.self, at: address) }
 
     /// Copies `bytes` into RAM at `address`.
-    public func write(_ bytes: [UInt8], at address: UInt64) {
-        precondition(address + UInt64(bytes.count) <= UInt64(size))
-        bytes.withUnsafeBytes { (base + Int(address)).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-    }
+    public func write(_ bytes: [UInt8], at address: UInt64) { memory.load(bytes, at: address) }
 
     /// `count` bytes of RAM at `address`.
-    public func read(_ count: Int, at address: UInt64) -> [UInt8] {
-        precondition(address + UInt64(count) <= UInt64(size))
-        return Array(UnsafeRawBufferPointer(start: base + Int(address), count: count))
-    }
+    public func read(_ count: Int, at address: UInt64) -> [UInt8] { memory.bytes(at: address, count: count) }
 }
 
-/// An eventfd (eventfd(2), non-blocking, close-on-exec) owned by this object:
-/// a queue's kick or call descriptor on the host-driver side.
+/// A queue's kick or call descriptor on the host-driver side: IrqFdLinux's
+/// `EventFD` (non-blocking, close-on-exec), owned by this object.
 public final class HostEventFD: Sendable {
-    /// The descriptor.
-    public let fd: Int32
+    /// The eventfd.
+    public let event: EventFD
 
-    /// A new eventfd at 0.
+    /// The descriptor (borrowed from this object).
+    public var fileDescriptor: FileDescriptor { event.fileDescriptor }
+
+    /// ``fileDescriptor``'s number, for callers that still pass a bare descriptor.
+    public var fd: Int32 { event.fileDescriptor.rawValue }
+
+    /// A new eventfd at 0 (eventfd(2)).
     public init() throws(VhostUserError) {
-        fd = vhost_user_eventfd()
-        guard fd >= 0 else { throw .systemCall(call: "eventfd", errno: .init(rawValue: errno)) }
-    }
-
-    deinit { Glibc.close(fd) }
-
-    /// Adds 1 (write(2)).
-    public func signal() {
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
-    }
-
-    /// Reads and clears the counter; 0 when it was 0 (read(2)).
-    public func consume() -> UInt64 {
-        var value: UInt64 = 0
-        return read(fd, &value, 8) == 8 ? value : 0
-    }
-
-    /// Waits (poll(2)) up to `timeout` for the counter to be nonzero, then consumes it; 0 on timeout.
-    public func wait(timeout: Duration) -> UInt64 {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let value = consume()
-            if value > 0 { return value }
-            let remaining = deadline - .now
-            guard remaining > .zero else { return 0 }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&entry, 1, Int32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1))
+        do throws(IrqFdError) {
+            event = try EventFD()
+        } catch {
+            guard case .systemCall(let failure) = error else { throw .unsupported("\(error)") }
+            throw .systemCall(call: failure.call, errno: failure.errno)
         }
     }
+
+    /// Adds 1 (write(2)).
+    public func signal() { event.signal() }
+
+    /// Reads and clears the counter; 0 when it was 0 (read(2)).
+    public func consume() -> UInt64 { event.consume() }
+
+    /// Waits (poll(2)) up to `timeout` for the counter to be nonzero, then consumes it; 0 on timeout.
+    public func wait(timeout: Duration) -> UInt64 { event.consume(waitingUpTo: timeout) }
 }
 
 /// Garbage a back-end wrote into a used ring (virtio 1.2 section 2.7.8: the
@@ -226,8 +196,8 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         // qemu-storage-daemon 7.2 then signals a call fd it does not have yet
         // (vu_panic "Error writing eventfd: Bad file descriptor", connection lost).
         _ = kick.consume()
-        try frontend.setVringCall(queue: queue, fd: call.fd)
-        try frontend.setVringKick(queue: queue, fd: kick.fd)
+        try frontend.setVringCall(queue: queue, descriptor: call.fileDescriptor)
+        try frontend.setVringKick(queue: queue, descriptor: kick.fileDescriptor)
         if frontend.acceptedFeatures & VhostUserFeature.protocolFeatures != 0 {
             try frontend.setVringEnable(queue: queue, enabled: true)
         }

@@ -213,10 +213,10 @@ public struct VhostUserMemoryRegion: Sendable, Equatable {
     /// The offset of the region in the file `fd` refers to.
     public var mmapOffset: UInt64
     /// The region's file (a memfd): borrowed, sent by SCM_RIGHTS; the caller keeps it open.
-    public var fd: Int32
+    public var fd: FileDescriptor
 
     /// A region; `fd` stays the caller's.
-    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64, fd: Int32) {
+    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64, fd: FileDescriptor) {
         self.guestPhysicalAddress = guestPhysicalAddress
         self.size = size
         self.userAddress = userAddress

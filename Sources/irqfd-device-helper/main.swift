@@ -11,10 +11,12 @@
 #if os(Linux)
 import Glibc
 import IrqFdLinux
+import SystemPackage
 
 func fail(_ message: String, status: Int32 = 1) -> Never {
-    let line = Array("irqfd-device-helper: \(message)\n".utf8)
-    _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    // write(2) through swift-system's writeAll (EINTR and short writes retried). If even
+    // that fails there is nowhere left to report it: the exit status still says it failed.
+    _ = try? FileDescriptor.standardError.writeAll(Array("irqfd-device-helper: \(message)\n".utf8))
     exit(status)
 }
 

@@ -1,11 +1,13 @@
 #if os(Linux)
 import Glibc
 import IrqFdCore
+import IrqFdLinux
 @testable import IrqFdRelay
 import Synchronization
 import Testing
 
-/// Issue 13, item 4: a failed EpollPoller init closes its epoll descriptor once.
+/// A failed EpollPoller init never runs `stop()` on the half-made poller (which would
+/// close its epoll descriptor a second time): the epoll instance closes it once.
 @Suite struct EpollPollerInitTests {
     @Test func aFailedWakeRegistrationClosesTheEpollDescriptorOnceAndNeverStopsTheHalfMadePoller() throws {
         // The registration step records the descriptors and fails; the wake
@@ -15,7 +17,7 @@ import Testing
         let seen = Mutex<(epoll: Int32, wakeCopy: Int32)>((-1, -1))
         #expect(throws: IrqFdError.call("epoll_ctl(EPOLL_CTL_ADD)", .noSpace)) {
             _ = try EpollPoller { (epoll, wake) throws(IrqFdError) in
-                seen.withLock { $0 = (epoll, dup(wake)) }
+                seen.withLock { $0 = (epoll.fileDescriptor.rawValue, dup(wake.fileDescriptor.rawValue)) }
                 throw .call("epoll_ctl(EPOLL_CTL_ADD)", .noSpace)
             }
         }

@@ -36,11 +36,11 @@ static inline int irqfd_ioctl_val(int fd, unsigned long request, unsigned long a
     return ioctl(fd, request, arg);
 }
 
-/// memfd_create(2) with MFD_CLOEXEC: glibc declares it only under
-/// _GNU_SOURCE, which Swift's Glibc module does not see, so it is made by
-/// syscall(2) with the kernel's own constants.
-static inline int irqfd_memfd_create(const char *name) {
-    return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC);
+/// memfd_create(2) with `flags` (MFD_CLOEXEC, MFD_ALLOW_SEALING): glibc
+/// declares it only under _GNU_SOURCE, which Swift's Glibc module does not
+/// see, so it is made by syscall(2) with the kernel's own constants.
+static inline int irqfd_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(SYS_memfd_create, name, flags);
 }
 
 /// The calling thread's errno.
@@ -218,39 +218,31 @@ static inline int irqfd_unix_connect(int sock, const char *path) {
     int length = irqfd_unix_address(path, &address);
     return length < 0 ? -1 : connect(sock, (const struct sockaddr *)&address, (socklen_t)length);
 }
-/// sendmsg(2) of `length` bytes (at least one) carrying descriptor `fd` as SCM_RIGHTS.
-/// CMSG_* are macros Swift cannot import, hence this wrapper.
-static inline ssize_t irqfd_send_fd(int sock, int fd, const void *data, size_t length) {
-    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = { .iov_base = (void *)data, .iov_len = length };
-    struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1,
-                              .msg_control = control.buffer, .msg_controllen = sizeof control.buffer };
-    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(header), &fd, sizeof(int));
-    return sendmsg(sock, &message, MSG_NOSIGNAL);
-}
-/// recvmsg(2) of up to `length` bytes; `*fd` gets the descriptor that came with
-/// them (close-on-exec), or -1 if none did.
-static inline ssize_t irqfd_recv_fd(int sock, int *fd, void *data, size_t length) {
-    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = { .iov_base = data, .iov_len = length };
-    struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1,
-                              .msg_control = control.buffer, .msg_controllen = sizeof control.buffer };
-    *fd = -1;
-    ssize_t got = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
-    if (got < 0) return got;
-    for (struct cmsghdr *h = CMSG_FIRSTHDR(&message); h != NULL; h = CMSG_NXTHDR(&message, h)) {
-        if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS && h->cmsg_len >= CMSG_LEN(sizeof(int))) {
-            memcpy(fd, CMSG_DATA(h), sizeof(int));
-        }
-    }
-    return got;
-}
+/// Most descriptors one SCM_RIGHTS message carries here (the vhost-user
+/// protocol's maximum, VHOST_MEMORY_BASELINE_NREGIONS, is 8).
+#define IRQFD_MAX_PASSED_FDS 8
+
+/// sendmsg(2) of `len` bytes with `nfds` descriptors (0...IRQFD_MAX_PASSED_FDS)
+/// as one SCM_RIGHTS message; `flags` are sendmsg's (MSG_NOSIGNAL is always
+/// added). CMSG_* are macros Swift cannot import, hence this wrapper.
+ssize_t irqfd_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags);
+
+/// recvmsg(2) of up to `len` bytes with MSG_CMSG_CLOEXEC | `flags`. Every
+/// descriptor of every SCM_RIGHTS message is collected: the first `maxfds`
+/// into `fds`, the rest closed; `*nfds` is the total count received (so a
+/// caller sees "too many"); `*truncated` is set when the kernel dropped
+/// descriptors that did not fit the control buffer (MSG_CTRUNC).
+ssize_t irqfd_recvmsg_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *truncated, int flags);
+
+/// accept4(2) with SOCK_CLOEXEC (glibc declares accept4 only under _GNU_SOURCE).
+int irqfd_accept_cloexec(int sock);
+
+// MARK: Memfd seals (fcntl(2) F_ADD_SEALS, F_GET_SEALS; glibc declares them only under _GNU_SOURCE)
+
+/// fcntl(fd, F_ADD_SEALS, seals).
+int irqfd_add_seals(int fd, unsigned int seals);
+/// fcntl(fd, F_GET_SEALS): the seals set, or -1 (EINVAL for a file that is not a memfd).
+int irqfd_get_seals(int fd);
 
 #endif // __linux__
 #endif // CLINUXKVM_H

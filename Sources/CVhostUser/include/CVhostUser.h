@@ -1,6 +1,7 @@
 // Non-variadic wrappers for what Swift cannot call directly: sendmsg/recvmsg
-// with SCM_RIGHTS control messages (the CMSG_* macros), unix socket addresses,
-// memfd_create. Used by the vhost-user frontend and the embedded backend.
+// with SCM_RIGHTS control messages (the CMSG_* macros), unix socket addresses.
+// The socket calls forward to CLinuxKVM's, their one implementation; Swift code
+// uses IrqFdLinux's UnixSocket. Kept for the embedded backend and C-level tests.
 // Declarations only: the bodies (shim.c) need _GNU_SOURCE, which a module
 // header must not define.
 #ifndef CVHOSTUSER_H
@@ -22,17 +23,16 @@ ssize_t vhost_user_sendmsg(int sock, const void *buf, size_t len, const int *fds
 /// descriptors that did not fit the control buffer (MSG_CTRUNC).
 ssize_t vhost_user_recvmsg(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *truncated);
 
-/// connect(2) to a unix socket path; -1 with ENAMETOOLONG when it does not fit sun_path.
+/// connect(2) to a unix socket path; -1 with ENAMETOOLONG when it does not fit sun_path
+/// (CLinuxKVM's irqfd_unix_connect).
 int vhost_user_connect(int sock, const char *path);
 
-/// bind(2) to a unix socket path; -1 with ENAMETOOLONG when it does not fit sun_path.
+/// bind(2) to a unix socket path; -1 with ENAMETOOLONG when it does not fit sun_path
+/// (CLinuxKVM's irqfd_unix_bind).
 int vhost_user_bind(int sock, const char *path);
 
 /// accept4(2) with SOCK_CLOEXEC (Glibc's Swift module does not export accept4).
 int vhost_user_accept(int sock);
-
-/// memfd_create(2) with MFD_CLOEXEC: guest RAM a backend can map.
-int vhost_user_memfd_create(const char *name);
 
 /// mmap(2) MAP_SHARED read/write; NULL (not MAP_FAILED) on failure, errno set.
 void *vhost_user_mmap_shared(int fd, size_t length);
