@@ -166,7 +166,10 @@ let package = Package(
             name: "TestSupport",
             dependencies: ["IrqFdCore", "IrqFdKVM", "KVM", "TinyVM"],
             swiftSettings: strict),
-        .testTarget(name: "IrqFdCoreTests", dependencies: ["IrqFdCore", "IrqFdLinux"], swiftSettings: strict),
+        .testTarget(
+            name: "IrqFdCoreTests",
+            dependencies: ["IrqFdCore", "IrqFdLinux", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
         .testTarget(
             name: "IrqFdMSHVTests",
             dependencies: [
