@@ -225,7 +225,11 @@ let package = Package(
             swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.
         .testTarget(
-            name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser", "IrqFdLinux", "IrqFdCore"], swiftSettings: strict),
+            name: "VhostUserTests",
+            dependencies: [
+                "VhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
         .testTarget(
             name: "VirtioTests",
             dependencies: ["TestSupport", "Virtio", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],

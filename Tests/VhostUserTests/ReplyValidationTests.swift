@@ -1,7 +1,8 @@
 #if os(Linux)
-import CVhostUser
+import IrqFdLinux
 import Foundation
 import Glibc
+import SystemPackage
 import Testing
 @testable import VhostUser
 
@@ -51,48 +52,39 @@ import Testing
 
 /// A hostile back-end: a listening socket whose one connection answers the
 /// first message as `behaviour` says.
-final class HostilePeer: @unchecked Sendable {
-    // @unchecked: the thread owns the accepted socket; `path` and `listener` are immutable.
+final class HostilePeer {
     enum Behaviour { case wrongType, wrongSize, tooManyDescriptors, never, closeMidMessage }
     let path: String
-    let listener: Int32
+    let listener: UnixSocket
     let thread: Thread
 
     init(_ behaviour: Behaviour) throws {
         path = "/tmp/irqfd-hostile-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard listener >= 0, vhost_user_bind(listener, path) == 0, listen(listener, 1) == 0 else { throw POSIXError(.EIO) }
+        listener = try UnixSocket.listen(at: path)
         let listener = listener
         thread = Thread {
-            let connection = vhost_user_accept(listener)
-            guard connection >= 0 else { return }
-            defer { close(connection) }
-            var header = [UInt8](repeating: 0, count: 12)
-            guard recv(connection, &header, 12, Int32(MSG_WAITALL)) == 12 else { return }
-            let request = header.u32(at: 0)
-            func send(_ bytes: [UInt8], fds: [Int32] = []) {
-                _ = bytes.withUnsafeBytes { raw in fds.withUnsafeBufferPointer { vhost_user_sendmsg(connection, raw.baseAddress, raw.count, $0.baseAddress, Int32($0.count)) } }
+            guard let connection = try? listener.accept() else { return }
+            let deadline = ContinuousClock.now + .seconds(10)
+            guard let header = try? connection.receive(exactly: 12, maximumDescriptors: 0, deadline: deadline) else { return }
+            let request = header.bytes.u32(at: 0)
+            // A peer the frontend hung up on fails its send: nothing is waiting for it any more.
+            func send(_ bytes: [UInt8], descriptors: [FileDescriptor] = []) {
+                do throws(UnixSocket.Failure) { try connection.send(bytes, descriptors: descriptors, deadline: deadline) } catch {}
             }
             let payload = [UInt8](repeating: 0, count: 8)
             switch behaviour {
             case .wrongType: send(VhostUserHeader(request: request + 1, flags: 5, size: 8).bytes + payload)
             case .wrongSize: send(VhostUserHeader(request: request, flags: 5, size: 4).bytes + [0, 0, 0, 0])
             case .tooManyDescriptors:
-                let fds = (0..<3).map { _ in vhost_user_eventfd() }
-                send(VhostUserHeader(request: request, flags: 5, size: 8).bytes + payload, fds: fds)
-                fds.forEach { close($0) }
+                guard let events = try? (0..<3).map({ _ in try EventFD() }) else { return }
+                send(VhostUserHeader(request: request, flags: 5, size: 8).bytes + payload, descriptors: events.map(\.fileDescriptor))
             case .never:
-                var byte: UInt8 = 0
-                _ = recv(connection, &byte, 1, 0)  // until the frontend closes
+                // Until the frontend closes.
+                _ = try? connection.receive(exactly: 1, maximumDescriptors: 0, deadline: .now + .seconds(60))
             case .closeMidMessage: send(Array(VhostUserHeader(request: request, flags: 5, size: 8).bytes.prefix(6)))
             }
         }
         thread.start()
-    }
-
-    deinit {
-        close(listener)
-        unlink(path)
     }
 }
 
