@@ -90,6 +90,24 @@ public final class MemfdMemory: @unchecked Sendable {
         self.size = size
     }
 
+    /// Maps `size` bytes of a memfd made elsewhere (mmap(2), MAP_SHARED, at
+    /// offset 0), taking ownership of `descriptor`, which is closed when this
+    /// object is released or, if the mapping fails, before this throws. How
+    /// a backend maps the guest RAM it received; ``seals()`` then says whether
+    /// the sender fixed its size.
+    public init(mapping descriptor: FileDescriptor, size: Int) throws(SystemCallError) {
+        guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, descriptor.rawValue, 0),
+            mapping != MAP_FAILED
+        else {
+            let error = SystemCallError(call: "mmap(MAP_SHARED)", errno: Errno(rawValue: Glibc.errno))
+            try? descriptor.close()
+            throw error
+        }
+        base = mapping
+        fileDescriptor = descriptor
+        self.size = size
+    }
+
     deinit {
         munmap(base, size)
         try? fileDescriptor.close()

@@ -13,6 +13,7 @@ extension RelayIrqFd: InterimDelivery {
 
 #if os(Linux)
 import Glibc
+import IrqFdLinux
 
 /// A commit timer on a thread of its own (pthread_create, then nanosleep):
 /// at most one runs per scheduled commit, and it never waits for a shared
@@ -35,7 +36,15 @@ public struct ThreadCommitTimer: CommitTimer {
             let (seconds, attoseconds) = job.delay.components
             var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
             var remaining = timespec()
-            while nanosleep(&request, &remaining) != 0, errno == EINTR { request = remaining }
+            // A signal ends nanosleep(2) early with the time left in `remaining`; the retry sleeps that.
+            do throws(SystemCallError) {
+                _ = try retryingInterrupts("nanosleep") {
+                    defer { request = remaining }
+                    return nanosleep(&request, &remaining)
+                }
+            } catch {
+                preconditionFailure("\(error)")  // EINVAL or EFAULT: the timespec is this function's own
+            }
             job.work()
             return nil
         }, job.toOpaque())

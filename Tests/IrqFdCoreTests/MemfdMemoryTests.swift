@@ -2,6 +2,7 @@
 import Glibc
 import IrqFdCore
 import IrqFdLinux
+import SystemPackage
 import Testing
 
 @Suite struct MemfdSealTests {
@@ -21,6 +22,20 @@ import Testing
         let memory = try MemfdMemory(size: 1 << 16, seals: [])
         #expect(try memory.seals().isEmpty)
         #expect(ftruncate(memory.fileDescriptor.rawValue, 0) == 0)
+    }
+
+    /// A second mapping of the same memfd (as a backend maps the descriptor it
+    /// received) sees the first one's stores, and reads the same seals.
+    @Test func aSecondMappingOfTheDescriptorSharesThePagesAndTheSeals() throws {
+        let memory = try MemfdMemory(size: 1 << 16)
+        let copy = try FileDescriptor(rawValue: memory.fileDescriptor.rawValue).duplicate()
+        let peer = try MemfdMemory(mapping: copy, size: 1 << 16)
+        #expect(peer.base != memory.base)
+        memory.write64(0x0123_4567_89AB_CDEF, at: 0x100)
+        #expect(peer.read64(at: 0x100) == 0x0123_4567_89AB_CDEF)
+        peer.load([1, 2, 3], at: 0xFFFD)
+        #expect(memory.bytes(at: 0xFFFD, count: 3) == [1, 2, 3])
+        #expect(try peer.seals() == .fixedSize)
     }
 
     /// F_GET_SEALS on a file that is not a memfd names the call and EINVAL.
