@@ -1,7 +1,7 @@
 #if os(Linux)
 import Glibc
 public import IrqFdCore
-import SystemPackage
+public import SystemPackage
 
 /// Runs `body`, a system call that returns -1 and sets errno when it fails,
 /// again while it fails with EINTR (a signal arrived first: nothing was done),
@@ -34,6 +34,14 @@ public func retryingInterruptsUnlessWouldBlock<Result: FixedWidthInteger>(
     } catch {
         if error.errno == .resourceTemporarilyUnavailable || error.errno == .wouldBlock { return nil }
         throw error
+    }
+}
+extension FileDescriptor {
+    /// A new descriptor for the same open file, close-on-exec (fcntl(2),
+    /// F_DUPFD_CLOEXEC), owned by the caller: a thread that watches a
+    /// descriptor another owner may close at any time watches its own copy.
+    public func duplicateCloseOnExec() throws(SystemCallError) -> FileDescriptor {
+        FileDescriptor(rawValue: try retryingInterrupts("fcntl(F_DUPFD_CLOEXEC)") { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) })
     }
 }
 #endif

@@ -15,6 +15,18 @@ import Testing
         }
     }
 
+    /// A close-on-exec copy names the same eventfd and outlives the original.
+    @Test func aCloseOnExecDuplicateNamesTheSameFile() throws {
+        var event: EventFD? = try EventFD()
+        let copy = try event!.fileDescriptor.duplicateCloseOnExec()
+        defer { try? copy.close() }
+        #expect(copy != event!.fileDescriptor)
+        #expect(fcntl(copy.rawValue, F_GETFD) & FD_CLOEXEC != 0)
+        event!.signal()
+        event = nil
+        #expect(EventFD(adopting: try copy.duplicateCloseOnExec()).consume() == 1)
+    }
+
     /// EAGAIN on a non-blocking descriptor is "not now", not an error.
     @Test func wouldBlockIsNilNotAnError() throws {
         let event = try EventFD()
