@@ -34,7 +34,9 @@ public final class Epoll: Sendable {
 
     /// Starts reporting `descriptor` (borrowed) under `token` when it is ready
     /// for `events` (epoll_ctl(2), EPOLL_CTL_ADD).
-    public func add(_ descriptor: FileDescriptor, events: Readiness = .readable, token: UInt64) throws(SystemCallError) {
+    public func add(
+        _ descriptor: FileDescriptor, events: Readiness = .readable, token: UInt64
+    ) throws(SystemCallError) {
         try control(EPOLL_CTL_ADD, "epoll_ctl(EPOLL_CTL_ADD)", descriptor, events: events, token: token)
     }
 

@@ -44,7 +44,9 @@ public final class EventFD: Event {
     public func add(_ count: UInt64) {
         var value = count
         do throws(SystemCallError) {
-            let written = try retryingInterruptsUnlessWouldBlock("write(eventfd)") { write(fileDescriptor.rawValue, &value, 8) }
+            let written = try retryingInterruptsUnlessWouldBlock("write(eventfd)") {
+                write(fileDescriptor.rawValue, &value, 8)
+            }
             precondition(written == nil || written == 8, "eventfd write of 8 bytes wrote \(written ?? 0)")
         } catch {
             // EBADF or EINVAL: this object owns the descriptor, so that is a bug.
@@ -56,7 +58,9 @@ public final class EventFD: Event {
     public func consume() -> UInt64 {
         var value: UInt64 = 0
         do throws(SystemCallError) {
-            let got = try retryingInterruptsUnlessWouldBlock("read(eventfd)") { read(fileDescriptor.rawValue, &value, 8) }
+            let got = try retryingInterruptsUnlessWouldBlock("read(eventfd)") {
+                read(fileDescriptor.rawValue, &value, 8)
+            }
             guard got != nil else { return 0 }
             precondition(got == 8, "eventfd read of 8 bytes read \(got ?? 0)")
             return value

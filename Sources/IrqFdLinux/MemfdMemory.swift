@@ -33,7 +33,8 @@ public struct MemfdSeals: OptionSet, Sendable, Hashable, CustomStringConvertible
     /// The seals on `descriptor` (fcntl(2) F_GET_SEALS). A file that is not a
     /// memfd throws EINVAL. A backend checks the guest RAM it was sent with this.
     public static func of(_ descriptor: FileDescriptor) throws(SystemCallError) -> MemfdSeals {
-        MemfdSeals(rawValue: UInt32(try retryingInterrupts("fcntl(F_GET_SEALS)") { irqfd_get_seals(descriptor.rawValue) }))
+        let seals = try retryingInterrupts("fcntl(F_GET_SEALS)") { irqfd_get_seals(descriptor.rawValue) }
+        return MemfdSeals(rawValue: UInt32(seals))
     }
 
     /// The F_SEAL_* names, e.g. `[shrink, grow, seal]`.

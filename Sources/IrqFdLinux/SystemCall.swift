@@ -41,7 +41,8 @@ extension FileDescriptor {
     /// F_DUPFD_CLOEXEC), owned by the caller: a thread that watches a
     /// descriptor another owner may close at any time watches its own copy.
     public func duplicateCloseOnExec() throws(SystemCallError) -> FileDescriptor {
-        FileDescriptor(rawValue: try retryingInterrupts("fcntl(F_DUPFD_CLOEXEC)") { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) })
+        let copy = try retryingInterrupts("fcntl(F_DUPFD_CLOEXEC)") { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) }
+        return FileDescriptor(rawValue: copy)
     }
 }
 #endif

@@ -111,12 +111,16 @@ public final class UnixSocket: Sendable {
     /// full (alive but not accepting) cannot hold the caller: connect(2) then
     /// fails with EAGAIN and is retried every millisecond until `deadline`,
     /// after which this throws ETIMEDOUT.
-    public static func connect(to path: String, deadline: ContinuousClock.Instant) throws(SystemCallError) -> UnixSocket {
+    public static func connect(
+        to path: String, deadline: ContinuousClock.Instant
+    ) throws(SystemCallError) -> UnixSocket {
         let socket = UnixSocket(adopting: try makeSocket(nonBlocking: true))
         while try retryingInterruptsUnlessWouldBlock("connect(\(path))", {
             irqfd_unix_connect(socket.fileDescriptor.rawValue, path)
         }) == nil {
-            guard ContinuousClock.now < deadline else { throw SystemCallError(call: "connect(\(path))", errno: .timedOut) }
+            guard ContinuousClock.now < deadline else {
+                throw SystemCallError(call: "connect(\(path))", errno: .timedOut)
+            }
             usleep(1000)
         }
         return socket
@@ -139,9 +143,13 @@ public final class UnixSocket: Sendable {
         var fd = descriptor.rawValue
         do throws(SystemCallError) {
             let sent = try retryingInterrupts("sendmsg(SCM_RIGHTS)") {
-                bytes.withUnsafeBytes { irqfd_sendmsg_fds(fileDescriptor.rawValue, $0.baseAddress, $0.count, &fd, 1, 0) }
+                bytes.withUnsafeBytes {
+                    irqfd_sendmsg_fds(fileDescriptor.rawValue, $0.baseAddress, $0.count, &fd, 1, 0)
+                }
             }
-            guard sent == bytes.count else { throw SystemCallError(call: "sendmsg(SCM_RIGHTS)", errno: .messageTooLong) }
+            guard sent == bytes.count else {
+                throw SystemCallError(call: "sendmsg(SCM_RIGHTS)", errno: .messageTooLong)
+            }
         } catch {
             throw .systemCall(error)
         }
@@ -257,7 +265,11 @@ public final class UnixSocket: Sendable {
             }
             for index in 0..<min(Int(passed), fds.count) {
                 let descriptor = FileDescriptor(rawValue: fds[index])
-                if descriptors.count < maximumDescriptors { descriptors.append(descriptor) } else { try? descriptor.close() }
+                if descriptors.count < maximumDescriptors {
+                    descriptors.append(descriptor)
+                } else {
+                    try? descriptor.close()  // over the maximum: counted in `received`, not kept
+                }
             }
             received += Int(passed) + (truncated != 0 ? 1 : 0)
             guard let got else {

@@ -35,7 +35,9 @@ public final class EpollPoller: RelayPoller {
     /// a failed init then has no deinit, so `stop()` (which signals the wake
     /// eventfd) never runs on a half-made poller; the epoll instance closes
     /// its descriptor once, when released.
-    init(registeringWakeWith registerWake: (_ epoll: Epoll, _ wake: EventFD) throws(IrqFdError) -> Void) throws(IrqFdError) {
+    init(
+        registeringWakeWith registerWake: (_ epoll: Epoll, _ wake: EventFD) throws(IrqFdError) -> Void
+    ) throws(IrqFdError) {
         let instance: Epoll
         do throws(SystemCallError) { instance = try Epoll() } catch { throw .systemCall(error) }
         let wakeEvent = try EventFD()

@@ -77,7 +77,9 @@ package final class VhostUserChannel: Sendable {
 
     /// ``send(_:passing:deadline:)`` with descriptor numbers (borrowed), as the
     /// embedded backend holds them.
-    package func send(_ bytes: [UInt8], descriptors: [Int32] = [], deadline: ContinuousClock.Instant) throws(ChannelFailure) {
+    package func send(
+        _ bytes: [UInt8], descriptors: [Int32] = [], deadline: ContinuousClock.Instant
+    ) throws(ChannelFailure) {
         try send(bytes, passing: descriptors.map { FileDescriptor(rawValue: $0) }, deadline: deadline)
     }
 

@@ -39,7 +39,9 @@ public final class MemfdGuestMemory: Sendable {
     public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) { memory.store(value, at: address) }
 
     /// Loads a little-endian `T` at guest-physical `address`.
-    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) -> T { memory.load(T.self, at: address) }
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) -> T {
+        memory.load(T.self, at: address)
+    }
 
     /// Copies `bytes` into RAM at `address`.
     public func write(_ bytes: [UInt8], at address: UInt64) { memory.load(bytes, at: address) }

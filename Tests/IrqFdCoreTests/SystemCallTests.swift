@@ -31,7 +31,9 @@ import Testing
     @Test func wouldBlockIsNilNotAnError() throws {
         let event = try EventFD()
         var value: UInt64 = 0
-        let got = try retryingInterruptsUnlessWouldBlock("read(eventfd)") { read(event.fileDescriptor.rawValue, &value, 8) }
+        let got = try retryingInterruptsUnlessWouldBlock("read(eventfd)") {
+            read(event.fileDescriptor.rawValue, &value, 8)
+        }
         #expect(got == nil)
     }
 

@@ -65,11 +65,15 @@ final class HostilePeer {
         thread = Thread {
             guard let connection = try? listener.accept() else { return }
             let deadline = ContinuousClock.now + .seconds(10)
-            guard let header = try? connection.receive(exactly: 12, maximumDescriptors: 0, deadline: deadline) else { return }
+            guard let header = try? connection.receive(exactly: 12, maximumDescriptors: 0, deadline: deadline) else {
+                return
+            }
             let request = header.bytes.u32(at: 0)
             // A peer the frontend hung up on fails its send: nothing is waiting for it any more.
             func send(_ bytes: [UInt8], descriptors: [FileDescriptor] = []) {
-                do throws(UnixSocket.Failure) { try connection.send(bytes, descriptors: descriptors, deadline: deadline) } catch {}
+                do throws(UnixSocket.Failure) {
+                    try connection.send(bytes, descriptors: descriptors, deadline: deadline)
+                } catch {}
             }
             let payload = [UInt8](repeating: 0, count: 8)
             switch behaviour {
@@ -77,7 +81,8 @@ final class HostilePeer {
             case .wrongSize: send(VhostUserHeader(request: request, flags: 5, size: 4).bytes + [0, 0, 0, 0])
             case .tooManyDescriptors:
                 guard let events = try? (0..<3).map({ _ in try EventFD() }) else { return }
-                send(VhostUserHeader(request: request, flags: 5, size: 8).bytes + payload, descriptors: events.map(\.fileDescriptor))
+                let reply = VhostUserHeader(request: request, flags: 5, size: 8).bytes + payload
+                send(reply, descriptors: events.map(\.fileDescriptor))
             case .never:
                 // Until the frontend closes.
                 _ = try? connection.receive(exactly: 1, maximumDescriptors: 0, deadline: .now + .seconds(60))
