@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import Logging
 import MSIX
+import PCI
 import Synchronization
 import TestSupport
 import Testing

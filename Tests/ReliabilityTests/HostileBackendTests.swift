@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import Glibc
+import PCI
 import TestSupport
 import Testing
 import TinyVM

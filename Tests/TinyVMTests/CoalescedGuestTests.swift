@@ -5,6 +5,7 @@ import IrqFdKVM
 import KVM
 import KVMFaultInjection
 import MSIX
+import PCI
 import Synchronization
 import TestSupport
 import Testing
