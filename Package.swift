@@ -239,6 +239,8 @@ let package = Package(
                 "CLinuxKVM", "GuestPrograms", .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
+        // The PCI layer without a VM: configuration mechanism #1 and the configuration-space emulation.
+        .testTarget(name: "PCITests", dependencies: ["PCI"], swiftSettings: strict),
         // The shared fixtures themselves (the descriptor identity every leak check relies on).
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(

@@ -1,7 +1,6 @@
 import PCI
 import Synchronization
 import Testing
-import TinyVM
 
 /// A configuration space that records what reached it.
 final class RecordingFunction: PCIFunction {
