@@ -53,8 +53,11 @@ public struct KVMDoorbells: Doorbells {
     }
 
     /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN.
-    public func unbind(_ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64) throws(SystemCallError) {
-        try vm.deassignIoeventfd(eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
+    public func unbind(
+        _ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64
+    ) throws(SystemCallError) {
+        try vm.deassignIoeventfd(
+            eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
     }
 }
 

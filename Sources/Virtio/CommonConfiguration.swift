@@ -19,9 +19,13 @@ extension VirtioPCIDevice {
         let value: UInt64?
         switch offset {
         case 0x00 where size == 4: value = UInt64(s.deviceFeatureSelect)
-        case 0x04 where size == 4: value = s.deviceFeatureSelect < 2 ? (offeredFeatures >> (32 * UInt64(s.deviceFeatureSelect))) & 0xFFFF_FFFF : 0
+        case 0x04 where size == 4:
+            let shift = 32 * UInt64(s.deviceFeatureSelect)
+            value = s.deviceFeatureSelect < 2 ? (offeredFeatures >> shift) & 0xFFFF_FFFF : 0
         case 0x08 where size == 4: value = UInt64(s.driverFeatureSelect)
-        case 0x0C where size == 4: value = s.driverFeatureSelect < 2 ? (s.driverFeatures >> (32 * UInt64(s.driverFeatureSelect))) & 0xFFFF_FFFF : 0
+        case 0x0C where size == 4:
+            let shift = 32 * UInt64(s.driverFeatureSelect)
+            value = s.driverFeatureSelect < 2 ? (s.driverFeatures >> shift) & 0xFFFF_FFFF : 0
         case 0x10 where size == 2: value = UInt64(s.configVector)
         case 0x12 where size == 2: value = UInt64(queueCount)
         case 0x14 where size == 1: value = UInt64(s.status)

@@ -14,7 +14,10 @@ public import VhostUser
 /// pairs then the control queue; for the file system, hiprio then the
 /// request queues. A type whose configuration is not the backend's (network's
 /// MAC, the file system's tag) builds it in ``negotiate(_:)`` instead of
-/// reading it with GET_CONFIG.
+/// reading it with GET_CONFIG. Every queue is handed to the backend at
+/// DRIVER_OK; a queue the VMM serves itself (virtio-net's control queue, as
+/// QEMU serves it) needs the transport to keep it back, which this protocol
+/// does not yet say.
 public protocol VirtioDeviceType: Sendable {
     /// The virtio device ID (virtio 1.2 section 5: 1 network, 2 block, 26 file
     /// system); the PCI device ID is 0x1040 + it (section 4.1.2.1).

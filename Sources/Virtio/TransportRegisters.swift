@@ -69,7 +69,8 @@ extension VirtioPCIDevice {
         case Self.isrOffset: return .isr
         case Self.deviceOffset..<Self.deviceOffset + UInt64(deviceConfiguration.count):
             return .device(offset - Self.deviceOffset)
-        case Self.notifyOffset..<Self.notifyOffset + 4 * UInt64(Self.notifySlots): return .notify(offset - Self.notifyOffset)
+        case Self.notifyOffset..<Self.notifyOffset + 4 * UInt64(Self.notifySlots):
+            return .notify(offset - Self.notifyOffset)
         default: return nil
         }
     }

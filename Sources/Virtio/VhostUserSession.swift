@@ -54,9 +54,10 @@ struct VhostUserSession {
         let negotiated = try Self.connect(socketPath: socketPath, deviceType: deviceType)
         guard negotiated.features & required == required else {
             negotiated.frontend.close()
+            let offered = String(negotiated.features, radix: 16)
+            let missing = String(required & ~negotiated.features, radix: 16)
             throw .unsupported(
-                "the restarted backend offers features 0x\(String(negotiated.features, radix: 16)), without 0x\(String(required & ~negotiated.features, radix: 16)) that the device offered"
-            )
+                "the restarted backend offers features 0x\(offered), without 0x\(missing) that the device offered")
         }
         frontend = negotiated.frontend
         connection += 1
@@ -76,7 +77,9 @@ struct VhostUserSession {
     }
 
     /// Describes ring `q` to the backend: NUM, ADDR, BASE 0.
-    func describeRing(_ q: Int, size: UInt16, descriptor: UInt64, driver: UInt64, device: UInt64) throws(VhostUserError) {
+    func describeRing(
+        _ q: Int, size: UInt16, descriptor: UInt64, driver: UInt64, device: UInt64
+    ) throws(VhostUserError) {
         try frontend.setVringNum(queue: UInt32(q), size: UInt32(size))
         try frontend.setVringAddr(queue: UInt32(q), descriptor: descriptor, available: driver, used: device)
         try frontend.setVringBase(queue: UInt32(q), index: 0)
@@ -95,7 +98,9 @@ struct VhostUserSession {
     func enableRing(_ q: Int) throws(VhostUserError) { try frontend.setVringEnable(queue: UInt32(q), enabled: true) }
 
     /// SET_VRING_CALL: ring `q` signals `call` from now on.
-    func setCall(_ q: Int, _ call: Int32) throws(VhostUserError) { try frontend.setVringCall(queue: UInt32(q), fd: call) }
+    func setCall(_ q: Int, _ call: Int32) throws(VhostUserError) {
+        try frontend.setVringCall(queue: UInt32(q), fd: call)
+    }
 
     /// GET_VRING_BASE: the backend stops ring `q`.
     func stopRing(_ q: Int) throws(VhostUserError) { _ = try frontend.getVringBase(queue: UInt32(q)) }

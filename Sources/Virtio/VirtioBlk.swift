@@ -59,7 +59,8 @@ public struct VirtioBlk: VirtioDeviceType {
         }
         var config = try backend.getConfig(offset: 0, size: UInt32(Self.configSize))
         guard config.count == Self.configSize else {
-            throw VhostUserError.badReply(.getConfig, "\(config.count) bytes of virtio_blk_config, not \(Self.configSize)")
+            throw VhostUserError.badReply(
+                .getConfig, "\(config.count) bytes of virtio_blk_config, not \(Self.configSize)")
         }
         // num_queues (offset 34): what this device offers, whatever the backend could serve.
         config[34] = UInt8(queueCount & 0xFF)

@@ -45,7 +45,10 @@ public struct VirtioCounters: Hashable, Sendable, CustomStringConvertible {
     public var backendFailures = 0
 
     public var description: String {
-        "read-only writes \(readOnlyWrites), bad accesses \(badAccesses), bad queue sizes \(badQueueSizes), bad ring addresses \(badRingAddresses), bad notifies \(badNotifies), notify exits \(notifyExits), bad vectors \(badVectors), bad status writes \(badStatusWrites), refused features \(refusedFeatures), backend failures \(backendFailures)"
+        "read-only writes \(readOnlyWrites), bad accesses \(badAccesses), bad queue sizes \(badQueueSizes), "
+            + "bad ring addresses \(badRingAddresses), bad notifies \(badNotifies), notify exits \(notifyExits), "
+            + "bad vectors \(badVectors), bad status writes \(badStatusWrites), "
+            + "refused features \(refusedFeatures), backend failures \(backendFailures)"
     }
 }
 #endif

@@ -19,7 +19,9 @@ public struct GuestMemoryRegion: Sendable, Hashable {
     public var offset: UInt64
 
     /// A region; `descriptor` stays its owner's.
-    public init(guestPhysicalAddress: UInt64, size: UInt64, hostAddress: UInt, descriptor: FileDescriptor, offset: UInt64) {
+    public init(
+        guestPhysicalAddress: UInt64, size: UInt64, hostAddress: UInt, descriptor: FileDescriptor, offset: UInt64
+    ) {
         self.guestPhysicalAddress = guestPhysicalAddress
         self.size = size
         self.hostAddress = hostAddress

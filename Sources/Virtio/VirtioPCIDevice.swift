@@ -148,7 +148,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     ) throws(VirtioError) {
         let queues = deviceType.queueCount
         guard queues >= 1, queues <= Self.notifySlots else {
-            throw .configuration("\(deviceType.name) has \(queues) queues; the transport serves 1...\(Self.notifySlots)")
+            throw .configuration(
+                "\(deviceType.name) has \(queues) queues; the transport serves 1...\(Self.notifySlots)")
         }
         guard
             let layout = MsixLayout(

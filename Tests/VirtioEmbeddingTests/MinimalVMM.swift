@@ -201,7 +201,8 @@ struct IoeventfdDoorbells: Doorbells {
         try vm.assignIoeventfd(eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
     }
     func unbind(_ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64) throws(SystemCallError) {
-        try vm.deassignIoeventfd(eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
+        try vm.deassignIoeventfd(
+            eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
     }
 }
 #endif

@@ -45,7 +45,8 @@ struct VirtioBlkOnAnotherVMMTests {
         #expect(ram.load(UInt32.self, at: 0x5E8) == 0, "requests failed")
         for j in 0..<5 {
             let sector = 3 + j
-            #expect(ram.read(512, at: 0x10_0000 + 512 * UInt64(j)) == Array(bytes[(sector * 512)..<(sector * 512 + 512)]))
+            let want = Array(bytes[(sector * 512)..<(sector * 512 + 512)])
+            #expect(ram.read(512, at: 0x10_0000 + 512 * UInt64(j)) == want, "request \(j)")
         }
         // Interrupts of MSI-X vector 1 (queue 0; IDT vector 0x41) that vCPU 0 took, by the guest's count.
         #expect(ram.load(UInt32.self, at: 0x8000 + 4 * 0x41) >= 1, "the queue's completion interrupt arrived")
