@@ -104,7 +104,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     let ownCalls: [EventFD]
     let watcher: CallPoller
     /// Call signals seen by the `.userspace` watcher, and flood warnings (see ``CallFloodMonitor``).
-    public let callMonitor = CallFloodMonitor()
+    public let callMonitor: CallFloodMonitor
     let state: Mutex<DeviceState>
 
     struct Queue {
@@ -156,6 +156,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
                 vectorCount: queues + 1, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: Self.pbaOffset)
         else { throw .configuration("no MSI-X layout for \(queues + 1) vectors") }
         self.deviceType = deviceType
+        callMonitor = CallFloodMonitor(device: deviceType.name)
         memory = host.guestMemory
         doorbells = host.doorbells
         self.delivery = delivery
