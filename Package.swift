@@ -25,8 +25,11 @@ let package = Package(
         .library(name: "IrqFdMSHV", targets: ["IrqFdMSHV"]),
         .library(name: "IrqFdWHP", targets: ["IrqFdWHP"]),
         .library(name: "IrqFdProbe", targets: ["IrqFdProbe"]),
-        // Experimental too: the vhost-user frontend and its host-side driver.
+        // Experimental too: the vhost-user frontend and its host-side driver, the PCI
+        // configuration-space emulation, and the virtio-pci transport with its device types.
         .library(name: "VhostUser", targets: ["VhostUser"]),
+        .library(name: "PCI", targets: ["PCI"]),
+        .library(name: "Virtio", targets: ["Virtio"]),
         .executable(name: "irqfd", targets: ["irqfd"]),
     ],
     dependencies: [
@@ -84,11 +87,15 @@ let package = Package(
         .target(name: "IrqFdProbe", dependencies: ["IrqFdCore", "IrqFdKVM", "IrqFdMSHV", "KVM"], swiftSettings: strict),
         // The MSI-X emulator: capability, table and PBA, delivered through any IrqFd. No platform code.
         .target(name: "MSIX", dependencies: ["IrqFdCore"], swiftSettings: strict),
+        // One PCI configuration-space emulation, configuration mechanism #1, the PCI function
+        // protocol, and how a function's MSI-X reaches the guest.
+        .target(name: "PCI", dependencies: ["IrqFdCore", "MSIX", "IrqFdRelay"], swiftSettings: strict),
         // The tiny VMM used by tests, the demo and the benchmark: a harness, in no product.
         .target(
             name: "TinyVM",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX",
+                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX", "PCI",
+                "Virtio",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -100,11 +107,12 @@ let package = Package(
             name: "VhostUser",
             dependencies: ["CVhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
-        // virtio-pci transport and the virtio-blk device, served by a vhost-user backend.
+        // The virtio-pci transport and its device types (virtio-blk), served by a vhost-user
+        // backend; any VMM that implements its protocols (guest memory, doorbells, interrupts, PCI).
         .target(
             name: "Virtio",
             dependencies: [
-                "VhostUser", "MSIX", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "KVM", "TinyVM",
+                "VhostUser", "MSIX", "PCI", "IrqFdCore", "IrqFdLinux", "IrqFdRelay",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -116,7 +124,7 @@ let package = Package(
             name: "Bench",
             dependencies: [
                 "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
-                "VhostUser", "Virtio",
+                "VhostUser", "Virtio", "PCI",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
@@ -135,7 +143,7 @@ let package = Package(
             dependencies: [
                 "Bench",
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
-                "IrqFdProbe", "Virtio",
+                "IrqFdProbe", "Virtio", "PCI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -217,7 +225,7 @@ let package = Package(
             name: "ReliabilityTests",
             dependencies: [
                 "TestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
-                "TinyVM", "GuestPrograms", "CReliability", "Virtio", "VhostUser", "CVhostUser", .product(name: "SystemPackage", package: "swift-system"),
+                "TinyVM", "GuestPrograms", "CReliability", "Virtio", "PCI", "VhostUser", "CVhostUser", .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             // The fuzz corpus is read by path (#filePath), not bundled.
@@ -232,13 +240,24 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "VirtioTests",
-            dependencies: ["TestSupport", "Virtio", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],
+            dependencies: ["TestSupport", "Virtio", "PCI", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],
             swiftSettings: strict),
+        // The virtio-blk device attached to a minimal VMM of the test's own on KVM: no TinyVM,
+        // no TestSupport (which links it), so nothing the device needs can come from there.
+        .testTarget(
+            name: "VirtioEmbeddingTests",
+            dependencies: [
+                "Virtio", "PCI", "VhostUser", "KVM", "IrqFdKVM", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "MSIX",
+                "CLinuxKVM", "GuestPrograms", .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
+        // The PCI layer without a VM: configuration mechanism #1 and the configuration-space emulation.
+        .testTarget(name: "PCITests", dependencies: ["PCI"], swiftSettings: strict),
         // The shared fixtures themselves (the descriptor identity every leak check relies on).
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM"],
+            dependencies: ["TestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI"],
             swiftSettings: strict),
     ]
 )

@@ -1,3 +1,5 @@
+public import PCI
+
 /// A device behind I/O ports. Called on the vCPU thread that made the access.
 public protocol PortDevice: AnyObject, Sendable {
     /// An IN of `size` bytes (1, 2 or 4) from `port`.
@@ -14,3 +16,6 @@ public protocol MMIODevice: AnyObject, Sendable {
     /// A write of `size` bytes at `address`.
     func write(address: UInt64, size: Int, value: UInt64)
 }
+
+/// Configuration mechanism #1 on ports 0xCF8-0xCFF.
+extension PCIBus: PortDevice {}

@@ -6,7 +6,6 @@ public import IrqFdRelay
 public import IrqFdRouting
 public import KVM
 import Logging
-public import MSIX
 import Synchronization
 
 /// The relay that serves the VM partition's waiting entries (see
@@ -183,26 +182,6 @@ public final class QuietCommitTimer: CommitTimer {
     private static func seconds(_ d: Duration) -> TimeInterval {
         let (s, atto) = d.components
         return TimeInterval(s) + TimeInterval(atto) / 1e18
-    }
-}
-
-extension InterruptDelivery {
-    /// The `MsixDelivery` a device in `vm` uses for this mode (`--delivery`),
-    /// and what the caller must keep alive beside it:
-    /// - `.irqfd`: the VM's partition (coalescing unless the VM was built
-    ///   without), with KVM_SIGNAL_MSI as the fallback for a vector whose
-    ///   route could not be made; nothing extra to keep;
-    /// - `.relay`: a `RelayIrqFd` partition of the device's own (returned);
-    /// - `.userspace`: the emulator's userspace path through KVM_SIGNAL_MSI.
-    public func msixDelivery(in vm: TinyVM) throws(IrqFdError) -> (delivery: MsixDelivery, relay: RelayIrqFd?) {
-        let injector = KVMSignalMsiInjector(vm: vm.vm)
-        switch self {
-        case .irqfd: return (.irqfd(vm.irqfd, fallback: injector), nil)
-        case .relay:
-            let partition = try RelayIrqFd(injector: injector)
-            return (.irqfd(partition), partition)
-        case .userspace: return (.userspace(injector), nil)
-        }
     }
 }
 #endif

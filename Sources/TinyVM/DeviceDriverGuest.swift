@@ -1,5 +1,6 @@
 #if os(Linux)
 import Foundation
+import PCI
 public import IrqFdCore
 
 

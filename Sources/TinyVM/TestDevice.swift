@@ -4,20 +4,8 @@ import IrqFdCore
 import IrqFdLinux
 public import IrqFdRelay
 public import MSIX
+public import PCI
 import Synchronization
-
-/// How the test device's interrupts reach the guest (`irqfd run --delivery`).
-/// The guest sees the same thing every way; only the speed differs.
-public enum InterruptDelivery: String, CaseIterable, Sendable, CustomStringConvertible {
-    /// Kernel irqfd routes (KVM_IRQFD + KVM_SET_GSI_ROUTING): no VMM code on the path.
-    case irqfd
-    /// The relay backend: a VMM thread waits on the route events and injects with KVM_SIGNAL_MSI.
-    case relay
-    /// The MSI-X emulator's userspace path: the device thread injects with KVM_SIGNAL_MSI.
-    case userspace
-
-    public var description: String { rawValue }
-}
 
 /// The tiny VMM's PCI test device, 00:01.0: an MSI-X function whose vectors
 /// are raised by doorbell writes and delivered from the device's own thread,
@@ -83,46 +71,52 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     public let relay: RelayIrqFd?
 
     private let worker: Worker
-    private let config = Mutex(ConfigRegisters())
+    private let config = Mutex(MsixTestDevice.configurationSpace)
     private let ignored = Atomic<Int>(0)
 
-    struct ConfigRegisters {
-        /// Memory space (bit 1), bus master (bit 2) and INTx disable (bit 10):
-        /// the command bits this device implements; the rest read as zero.
-        static let writableCommand: UInt16 = 0x0406
-        /// Bus Master Enable: with it clear the device sends no MSI-X.
-        static let busMaster: UInt16 = 0x0004
-        /// Memory space (bit 1) and bus master (bit 2) on, as firmware leaves them.
-        var command: UInt16 = 0x0006
-        var bar0: UInt32 = UInt32(MsixTestDevice.registersBase)
-        var bar1: UInt32 = UInt32(MsixTestDevice.msixBase)
-        var interruptLine: UInt8 = 0xFF
-    }
+    /// The configuration header: IDs, class 0xFF, BAR0 and BAR1 relocatable
+    /// (sizing works; each decodes only at its assigned address), the MSI-X
+    /// capability at 0x40 (served by the emulator), an Interrupt Line.
+    static let configurationSpace = PCIConfigurationSpace(
+        identity: .init(
+            vendorID: UInt16(id & 0xFFFF), deviceID: UInt16(id >> 16), revision: 1, classCode: 0xFF_0000,
+            subsystemVendorID: UInt16(id & 0xFFFF), subsystemID: UInt16(id >> 16)),
+        bars: [
+            .init(index: 0, address: registersBase, size: registersSize, kind: .relocatable),
+            .init(index: 1, address: msixBase, size: msixSize, kind: .relocatable),
+        ],
+        capabilities: [UInt8](repeating: 0, count: MsixLayout.capabilityLength),
+        forwarded: capabilityOffset..<capabilityOffset + MsixLayout.capabilityLength,
+        hasInterruptLine: true)
 
     /// A device with `vectors` MSI-X vectors (1...2048) delivering through
     /// `delivery` into `vm`. Use `attach(to:vectors:delivery:)` to plug it in.
     public init(vm: TinyVM, vectors: Int = 8, delivery: InterruptDelivery = .irqfd) throws(TinyVMError) {
-        guard let layout = MsixLayout(vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: Self.pbaOffset)
+        guard
+            let layout = MsixLayout(
+                vectorCount: vectors, tableBIR: 1, tableOffset: 0, pbaBIR: 1, pbaOffset: Self.pbaOffset)
         else { throw .configuration("--vectors must be 1...\(MsixLayout.maxVectors), not \(vectors)") }
-        let msixDelivery: MsixDelivery
-        do { (msixDelivery, relay) = try delivery.msixDelivery(in: vm) } catch { throw .irqfd(error) }
+        // A coalesced commit that fails has no caller: the emulator hears of it through `vm`.
+        do { (emulator, relay) = try delivery.makeEmulator(layout: layout, host: vm) } catch { throw .irqfd(error) }
         self.delivery = delivery
-        emulator = MsixEmulator(layout: layout, delivery: msixDelivery)
         do { worker = try Worker(emulator: emulator) } catch { throw .irqfd(error) }
-        // A coalesced commit that fails has no caller: the emulator's error path hears of it.
-        vm.commitErrors.add(owner: emulator) { [weak emulator] in emulator?.reportCommitError($0) }
     }
 
     deinit { worker.stop() }
 
     /// Makes a device and plugs it into `vm`: PCI 00:01.0, BAR0 and BAR1 on the MMIO bus.
     @discardableResult
-    public static func attach(to vm: TinyVM, vectors: Int = 8, delivery: InterruptDelivery = .irqfd) throws(TinyVMError) -> MsixTestDevice {
+    public static func attach(
+        to vm: TinyVM, vectors: Int = 8, delivery: InterruptDelivery = .irqfd
+    ) throws(TinyVMError) -> MsixTestDevice {
         let device = try MsixTestDevice(vm: vm, vectors: vectors, delivery: delivery)
-        vm.pci.plug(device, device: slot)
-        vm.attach(mmio: registersBase..<registersBase + registersSize, device)
-        vm.attach(mmio: msixBase..<msixBase + msixSize, device)
+        vm.plug(device, device: slot)
         return device
+    }
+
+    /// BAR0 and BAR1 as firmware assigned them (`PCIFunction`).
+    public var memoryWindows: [Range<UInt64>] {
+        [Self.registersBase..<Self.registersBase + Self.registersSize, Self.msixBase..<Self.msixBase + Self.msixSize]
     }
 
     // MARK: - The device side, for the host
@@ -173,8 +167,8 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
         waitUntilIdle()
         let c = config.withLock { $0 }
         return State(
-            command: c.command, bar0: c.bar0, bar1: c.bar1, interruptLine: c.interruptLine, signaled: signaled,
-            msix: emulator.save())
+            command: c.command, bar0: c.barValues[0], bar1: c.barValues[1], interruptLine: c.interruptLine,
+            signaled: signaled, msix: emulator.save())
     }
 
     /// Restores a saved device: its configuration registers (bus mastering
@@ -183,11 +177,8 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     /// is delivered.
     public func restore(_ state: State) throws(MsixError) {
         config.withLock { c in
-            c.command = state.command & ConfigRegisters.writableCommand
-            c.bar0 = state.bar0 & ~UInt32(Self.registersSize - 1)
-            c.bar1 = state.bar1 & ~UInt32(Self.msixSize - 1)
-            c.interruptLine = state.interruptLine
-            emulator.setBusMaster(c.command & ConfigRegisters.busMaster != 0)
+            c.restore(command: state.command, barValues: [state.bar0, state.bar1], interruptLine: state.interruptLine)
+            emulator.setBusMaster(c.isBusMasterEnabled)
         }
         worker.signaled.store(state.signaled, ordering: .releasing)
         try emulator.restore(state.msix)
@@ -195,87 +186,40 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
 
     // MARK: - Configuration space
 
-    /// A configuration read (`PCIFunction`).
+    /// A configuration read (`PCIFunction`). An access the bus never makes
+    /// (fuzzing found that a size above 4 once overflowed the read mask and
+    /// crashed the VMM) is ignored, reads as all ones, and is counted.
     public func configRead(offset: Int, size: Int) -> UInt32 {
-        guard Self.isConfigAccess(offset: offset, size: size) else {
+        guard PCIConfigurationSpace.isAccess(offset: offset, size: size) else {
             ignored.add(1, ordering: .relaxed)
             return .max
         }
-        let cap = Self.capabilityOffset
-        if offset >= cap, offset < cap + MsixLayout.capabilityLength {
-            return emulator.readCapability(offset: offset - cap, size: size)
-        }
-        let dword = configDword(offset & ~3)
-        let shifted = dword >> (8 * UInt32(offset & 3))
-        return size == 4 ? shifted : shifted & ((1 << (8 * UInt32(size))) - 1)
-    }
-
-    /// A configuration access is 1, 2 or 4 bytes inside one DWORD of the
-    /// 256-byte header: any byte enables within a DWORD are legal (PCI Local
-    /// Bus spec 3.2.2.3.2), so a 2-byte access at offset 1 is one. The PCI bus
-    /// never makes any other, but a caller of this API can: fuzzing found
-    /// that a size above 4 overflowed the read mask and crashed the VMM.
-    /// Anything else is ignored (reads as all ones) and counted. No
-    /// arithmetic here overflows, whatever the offset.
-    static func isConfigAccess(offset: Int, size: Int) -> Bool {
-        (size == 1 || size == 2 || size == 4) && offset >= 0 && offset <= 256 - size && offset & 3 + size <= 4
-    }
-
-    private func configDword(_ offset: Int) -> UInt32 {
         let c = config.withLock { $0 }
-        switch offset {
-        case 0x00, 0x2C: return Self.id
-        case 0x04: return UInt32(c.command) | 0x0010 << 16  // status: capabilities list
-        case 0x08: return 0xFF00_0001  // class 0xFF (unclassified), revision 1
-        case 0x10: return c.bar0
-        case 0x14: return c.bar1
-        case 0x34: return UInt32(Self.capabilityOffset)
-        case 0x3C: return UInt32(c.interruptLine)  // interrupt pin 0: no INTx
-        default: return 0
-        }
+        if let forwarded = c.forwarded(offset) { return emulator.readCapability(offset: forwarded, size: size) }
+        return c.read(offset: offset, size: size)
     }
 
     /// A configuration write (`PCIFunction`): the command register, BAR
     /// sizing, the interrupt line and the MSI-X capability are writable, each
-    /// byte by byte: a write changes exactly the bytes it enables (found in
-    /// review: a byte write to the command register was ignored). A change of
+    /// byte by byte: a write changes exactly the bytes it enables. A change of
     /// Bus Master Enable is passed to the emulator (`setBusMaster`).
     public func configWrite(offset: Int, size: Int, value: UInt32) {
-        guard Self.isConfigAccess(offset: offset, size: size) else {
+        guard PCIConfigurationSpace.isAccess(offset: offset, size: size) else {
             ignored.add(1, ordering: .relaxed)
             return
         }
-        let cap = Self.capabilityOffset
-        if offset >= cap, offset < cap + MsixLayout.capabilityLength {
-            emulator.writeCapability(offset: offset - cap, size: size, value: value)
+        if let forwarded = Self.configurationSpace.forwarded(offset) {
+            emulator.writeCapability(offset: forwarded, size: size, value: value)
             return
         }
-        // The DWORD's bytes this write enables, and the value in their lanes.
-        let lane = UInt32(8 * (offset & 3))
-        let enables: UInt32 = (size == 4 ? UInt32.max : (1 << (8 * UInt32(size))) - 1) << lane
-        let incoming = value << lane
-        func merge(_ old: UInt32) -> UInt32 { old & ~enables | incoming & enables }
         config.withLock { c in
-            switch offset & ~3 {
-            case 0x04:
-                // Command (bytes 0-1); the status register (bytes 2-3) is read-only here.
-                let before = c.command
-                c.command = UInt16(truncatingIfNeeded: merge(UInt32(c.command))) & ConfigRegisters.writableCommand
-                if (before ^ c.command) & ConfigRegisters.busMaster != 0 {
-                    // Under the configuration lock, so that two vCPUs' writes reach the
-                    // emulator in the order they took effect. The emulator never calls
-                    // back into the device: its lock is only ever taken inside this one.
-                    emulator.setBusMaster(c.command & ConfigRegisters.busMaster != 0)
-                }
-            case 0x10:
-                c.bar0 = merge(c.bar0) & ~UInt32(Self.registersSize - 1)
-            case 0x14:
-                c.bar1 = merge(c.bar1) & ~UInt32(Self.msixSize - 1)
-            case 0x3C:
-                // Interrupt Line (byte 0); pin, Min_Gnt and Max_Lat are read-only.
-                c.interruptLine = UInt8(truncatingIfNeeded: merge(UInt32(c.interruptLine)))
-            default:
-                break  // read-only
+            let before = c.isBusMasterEnabled
+            c.write(offset: offset, size: size, value: value)
+            if before != c.isBusMasterEnabled {
+                // Under the configuration lock, so that two vCPUs' writes reach the
+                // emulator in the order they took effect. The emulator never calls
+                // back into the device: its lock is only ever taken inside this one.
+                emulator.setBusMaster(c.isBusMasterEnabled)
             }
         }
     }
@@ -283,19 +227,7 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     // MARK: - Memory space
 
     /// Which BAR `address` falls in, if that BAR decodes now.
-    private func decode(_ address: UInt64) -> (bar: Int, offset: UInt64)? {
-        let c = config.withLock { $0 }
-        guard c.command & 2 != 0 else { return nil }
-        if address >= Self.registersBase, address < Self.registersBase + Self.registersSize,
-            UInt64(c.bar0) == Self.registersBase
-        {
-            return (0, address - Self.registersBase)
-        }
-        if address >= Self.msixBase, address < Self.msixBase + Self.msixSize, UInt64(c.bar1) == Self.msixBase {
-            return (1, address - Self.msixBase)
-        }
-        return nil
-    }
+    private func decode(_ address: UInt64) -> (bar: Int, offset: UInt64)? { config.withLock { $0.decode(address) } }
 
     /// An MMIO read (`MMIODevice`).
     public func read(address: UInt64, size: Int) -> UInt64 {

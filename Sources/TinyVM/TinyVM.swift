@@ -5,6 +5,7 @@ public import IrqFdCore
 public import IrqFdKVM
 public import IrqFdLinux
 public import KVM
+public import PCI
 import Synchronization
 
 /// Why a TinyVM could not be built or started.
@@ -73,7 +74,7 @@ public final class TinyVM: Sendable {
         public var memorySize: Int
         /// Copy console output to standard output as it arrives.
         public var echoConsole: Bool
-        /// Whether the VM's partition coalesces deferred commits (issue 11): a
+        /// Whether the VM's partition coalesces deferred commits: a
         /// guest unmasking vectors one write at a time then costs O(N) kernel
         /// work, with the relay serving each vector until its entry is pushed
         /// (see <doc:TinyVMContract>). `setMsi` stays synchronous either way
@@ -123,7 +124,8 @@ public final class TinyVM: Sendable {
     let commitTimer = QuietCommitTimer()
     /// The vCPUs, by index.
     public let vcpus: [VCPU]
-    /// PCI bus 0 on ports 0xCF8/0xCFC (configuration mechanism #1); plug functions in before `start()`.
+    /// PCI bus 0 on ports 0xCF8/0xCFC (configuration mechanism #1); plug functions in
+    /// (`plug(_:device:)`) before `start()`.
     public let pci = PCIBus()
 
     private let ports = Mutex<[(range: ClosedRange<UInt16>, device: any PortDevice)]>([])

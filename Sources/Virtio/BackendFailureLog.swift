@@ -8,8 +8,17 @@ import VhostUser
 /// one, can cause both as fast as it likes); lines left out are counted and
 /// the next line of their kind says how many.
 struct FailureLog {
-    /// Where the lines go (`VirtioBlkDevice.logger`).
-    var logger = Logger(label: "irqfd.virtio-blk")
+    /// Where the lines go (`VirtioPCIDevice.logger`).
+    var logger: Logger
+
+    /// The device's name in each line, such as `virtio-blk`.
+    let device: String
+
+    /// A log for the device type named `device`, to a logger labelled `irqfd.` + `device`.
+    init(device: String) {
+        self.device = device
+        logger = Logger(label: "irqfd.\(device)")
+    }
     /// The shortest time between two lines.
     static let interval: Duration = .seconds(1)
     private var last: [Logger.Level: ContinuousClock.Instant] = [:]
@@ -38,12 +47,14 @@ struct FailureLog {
         let outcome = needsReset
             ? "DEVICE_NEEDS_RESET set and the config interrupt raised; the driver must reset the device"
             : "the reset reconnects when the backend listens again"
-        emit(.error, "virtio-blk 00:02.0: vhost-user backend \(socketPath) lost (\(error)): \(outcome)")
+        let device = device
+        emit(.error, "\(device) 00:02.0: vhost-user backend \(socketPath) lost (\(error)): \(outcome)")
     }
 
     /// A reset reconnected to the backend at `socketPath` (connection `connection`).
     mutating func reconnected(socketPath: String, connection: Int) {
-        emit(.notice, "virtio-blk 00:02.0: reconnected to vhost-user backend \(socketPath) (connection \(connection))")
+        let device = device
+        emit(.notice, "\(device) 00:02.0: reconnected to vhost-user backend \(socketPath) (connection \(connection))")
     }
 }
 #endif

@@ -31,9 +31,14 @@ public final class CallFloodMonitor: Sendable {
 
     private let state = Mutex(State())
     private let logger: Logger
+    /// The device's name in each warning, such as `virtio-blk`.
+    private let device: String
 
-    /// A monitor that warns through `logger`.
-    public init(logger: Logger = Logger(label: "swift-irqfd.virtio-blk")) { self.logger = logger }
+    /// A monitor for the device type named `device` that warns through `logger`.
+    public init(device: String = "virtio-blk", logger: Logger? = nil) {
+        self.device = device
+        self.logger = logger ?? Logger(label: "swift-irqfd.\(device)")
+    }
 
     /// The poller read `signals` (the eventfd's count) from queue `queue`'s call fd.
     public func observe(queue: Int, signals: UInt64) {
@@ -56,7 +61,10 @@ public final class CallFloodMonitor: Sendable {
         }
         // Logged outside the lock: a handler may be slow.
         if let warning {
-            logger.warning("virtio-blk queue \(queue): the backend signalled its call fd \(warning) times within a second; coalesced, one interrupt per wake-up (further floods logged at most every \(Self.logInterval))")
+            let text =
+                "\(device) queue \(queue): the backend signalled its call fd \(warning) times within a second; "
+                + "coalesced, one interrupt per wake-up (further floods logged at most every \(Self.logInterval))"
+            logger.warning("\(text)")
         }
     }
 

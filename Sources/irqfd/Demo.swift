@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import IrqFdCore
 import KVM
+import PCI
 import TinyVM
 
 /// `irqfd demo`: a guest drives the MSI-X test device on two vCPUs; the

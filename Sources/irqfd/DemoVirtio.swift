@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import PCI
 import TinyVM
 import Virtio
 

@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import Logging
 import MSIX
+import PCI
 import Synchronization
 import TestSupport
 import Testing
@@ -10,7 +11,7 @@ import TinyVM
 import VhostUser
 import Virtio
 
-// Issue 10, Reliability item 1: the vhost-user backend dies (SIGKILL, as a
+// The vhost-user backend dies (SIGKILL, as a
 // crash) during setup, with requests in flight, while a vector is masked, and
 // while idle. The device notices (at once when idle: its watcher polls the
 // socket for a hang-up), sets DEVICE_NEEDS_RESET, sets ISR bit 1 and raises

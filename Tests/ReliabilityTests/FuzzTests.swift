@@ -2,6 +2,7 @@
 import Foundation
 import IrqFdCore
 import MSIX
+import PCI
 import TestSupport
 import Testing
 import TinyVM

@@ -1,13 +1,14 @@
 #if os(Linux)
 import Foundation
 import Glibc
+import PCI
 import TestSupport
 import Testing
 import TinyVM
 import VhostUser
 import Virtio
 
-// Reliability item 2 (issue 10): the embedded back-end, built, run with each
+// The embedded back-end, built, run with each
 // `--misbehave MODE`. The VMM refuses each with a typed error that names the
 // message (or the driver refuses the ring garbage) and stays up: a good
 // back-end then serves the same guest memory, or the same VM, correctly.

@@ -3,6 +3,7 @@ import CReliability
 import Foundation
 import IrqFdCore
 import MSIX
+import PCI
 import Synchronization
 import TestSupport
 import Testing

@@ -2,6 +2,7 @@
 import Foundation
 import IrqFdCore
 import MSIX
+import PCI
 import TestSupport
 import Testing
 import TinyVM
@@ -18,7 +19,7 @@ import Virtio
 ///
 /// The "masked" word and the masking are ordered so that a handler run the
 /// guest counts as "while masked" is exactly a run that started after the
-/// host took the vector dead (Issue 10, "Lossless under load"):
+/// host took the vector dead:
 /// - Taking vector v dead (entry mask, function mask, bus master off, when v
 ///   was live): the write first (after it returns no route injects v: KVM
 ///   irqfd deassigned, the relay's route masked, the userspace path checks
@@ -246,7 +247,7 @@ final class VirtioStressRig {
     }
 }
 
-/// Issue 10, Reliability 3: many virtio-blk requests in flight against a real
+/// Many virtio-blk requests in flight against a real
 /// vhost-user backend while the host masks, unmasks, function-masks, clears
 /// bus mastering, retargets and re-vectors the queue's vector at random
 /// (seeded): the guest accounts for every completion exactly once (each

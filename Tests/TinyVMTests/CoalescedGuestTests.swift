@@ -5,12 +5,13 @@ import IrqFdKVM
 import KVM
 import KVMFaultInjection
 import MSIX
+import PCI
 import Synchronization
 import TestSupport
 import Testing
 import TinyVM
 
-/// Issue 11 on real guests: the VM's partition coalesces the commits a guest
+/// On real guests, the VM's partition coalesces the commits a guest
 /// makes by unmasking vectors one write at a time (the relay serves each
 /// vector until its entry is pushed), and the semantics stay exact in every
 /// delivery mode. Every access to the device is the guest's own

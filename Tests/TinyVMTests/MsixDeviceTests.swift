@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import KVM
 import MSIX
+import PCI
 import TestSupport
 import Testing
 import TinyVM

@@ -5,6 +5,7 @@ import IrqFdKVM
 import IrqFdLinux
 import KVM
 import MSIX
+import PCI
 import TestSupport
 import Testing
 import TinyVM

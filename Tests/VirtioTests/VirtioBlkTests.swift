@@ -2,6 +2,7 @@
 import Foundation
 import KVM
 import MSIX
+import PCI
 import TestSupport
 import Testing
 import TinyVM

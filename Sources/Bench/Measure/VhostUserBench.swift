@@ -6,6 +6,7 @@ import Glibc
 import IrqFdCore
 import KVM
 import MSIX
+import PCI
 import TinyVM
 import VhostUser
 import Virtio

@@ -1,6 +1,6 @@
+import PCI
 import Synchronization
 import Testing
-import TinyVM
 
 /// A configuration space that records what reached it.
 final class RecordingFunction: PCIFunction {
@@ -11,6 +11,15 @@ final class RecordingFunction: PCIFunction {
     }
     func configWrite(offset: Int, size: Int, value: UInt32) {
         accesses.withLock { $0.append("write \(offset)/\(size) = 0x\(String(value, radix: 16))") }
+    }
+    /// No BARs: the bus under test routes configuration cycles only.
+    var memoryWindows: [Range<UInt64>] { [] }
+    func read(address: UInt64, size: Int) -> UInt64 {
+        accesses.withLock { $0.append("memory read 0x\(String(address, radix: 16))/\(size)") }
+        return .max
+    }
+    func write(address: UInt64, size: Int, value: UInt64) {
+        accesses.withLock { $0.append("memory write 0x\(String(address, radix: 16))/\(size)") }
     }
 }
 

@@ -1,22 +1,14 @@
 import Synchronization
 
-/// A PCI function's configuration space (256 bytes, type 0 header).
-/// Called on the vCPU thread that made the access.
-public protocol PCIFunction: AnyObject, Sendable {
-    /// A configuration read of `size` bytes (1, 2 or 4) at `offset`, within one DWORD.
-    func configRead(offset: Int, size: Int) -> UInt32
-    /// A configuration write of `size` bytes at `offset`, within one DWORD.
-    func configWrite(offset: Int, size: Int, value: UInt32)
-}
-
 /// PCI bus 0 behind configuration mechanism #1 (PCI Local Bus spec 3.2.2.3.2):
 /// a DWORD written to CONFIG_ADDRESS (port 0xCF8) selects enable (bit 31),
 /// bus (23:16), device (15:11), function (10:8) and register (7:2); CONFIG_DATA
 /// (ports 0xCFC-0xCFF) then reads or writes that register's bytes.
 ///
 /// Only bus 0 exists. A slot with no function reads as all ones (so probing
-/// software sees vendor ID 0xFFFF) and ignores writes.
-public final class PCIBus: PortDevice {
+/// software sees vendor ID 0xFFFF) and ignores writes. A VMM sends the I/O
+/// exits for ``ports`` to ``read(port:size:)`` and ``write(port:size:value:)``.
+public final class PCIBus: Sendable {
     /// CONFIG_ADDRESS.
     public static let addressPort: UInt16 = 0xCF8
     /// CONFIG_DATA (the first of its four byte ports).

@@ -1,0 +1,51 @@
+#if os(Linux)
+public import VhostUser
+
+/// What makes a virtio device one type and not another, on the one
+/// virtio-pci transport (``VirtioPCIDevice``): its IDs, its queues, its
+/// device-specific configuration and which features it offers. Everything
+/// else (device status, common configuration, notify, ISR, MSI-X, the
+/// vhost-user session that serves the queues) is the transport's, the same
+/// for every type, as cloud-hypervisor splits its `VirtioPciDevice` from its
+/// `VirtioDevice`s.
+///
+/// Queues are numbered as the type's specification numbers them (virtio 1.2
+/// section 5): for block, request queues 0..<N; for network, receive/transmit
+/// pairs then the control queue; for the file system, hiprio then the
+/// request queues. A type whose configuration is not the backend's (network's
+/// MAC, the file system's tag) builds it in ``negotiate(_:)`` instead of
+/// reading it with GET_CONFIG. Every queue is handed to the backend at
+/// DRIVER_OK; a queue the VMM serves itself (virtio-net's control queue, as
+/// QEMU serves it) needs the transport to keep it back, which this protocol
+/// does not yet say.
+public protocol VirtioDeviceType: Sendable {
+    /// The virtio device ID (virtio 1.2 section 5: 1 network, 2 block, 26 file
+    /// system); the PCI device ID is 0x1040 + it (section 4.1.2.1).
+    var virtioDeviceID: UInt16 { get }
+    /// The PCI class code: class << 16 | subclass << 8 | programming interface.
+    var classCode: UInt32 { get }
+    /// A short name for logs and threads, such as `virtio-blk`.
+    var name: String { get }
+    /// The virtqueues the device has (num_queues in the common configuration).
+    var queueCount: Int { get }
+    /// The vhost-user protocol features the type asks the backend for (the
+    /// transport adds nothing): VHOST_USER_PROTOCOL_F_* bits.
+    var wantedProtocolFeatures: UInt64 { get }
+    /// After the handshake: checks what the backend serves and returns the
+    /// device-specific configuration as the guest reads it at BAR4 + 0x2000
+    /// (at most 0x1000 bytes).
+    func negotiate(_ backend: VhostUserFrontend) throws(VhostUserError) -> [UInt8]
+    /// The features offered to the guest, from the backend's: VERSION_1, and
+    /// only what needs nothing from the VMM (never RING_PACKED,
+    /// ACCESS_PLATFORM or NOTIFICATION_DATA).
+    func offeredFeatures(backend: UInt64) -> UInt64
+    /// Of the features offered to the guest, those a restarted backend must
+    /// still offer (what the VMM itself implements is not among them).
+    func requiredOfRestartedBackend(offered: UInt64) -> UInt64
+}
+
+extension VirtioDeviceType {
+    /// The PCI device ID: 0x1040 + the virtio device ID (virtio 1.2 section 4.1.2.1).
+    public var pciDeviceID: UInt16 { 0x1040 + virtioDeviceID }
+}
+#endif
