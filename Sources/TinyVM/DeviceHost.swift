@@ -67,7 +67,7 @@ extension GuestMemory: GuestMemoryMap {
         [
             GuestMemoryRegion(
                 guestPhysicalAddress: 0, size: UInt64(size), hostAddress: UInt(bitPattern: base),
-                descriptor: FileDescriptor(rawValue: descriptor), offset: 0)
+                descriptor: descriptor, offset: 0)
         ]
     }
 }

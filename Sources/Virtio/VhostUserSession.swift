@@ -71,7 +71,7 @@ struct VhostUserSession {
         let regions = memory.regions.map {
             VhostUserMemoryRegion(
                 guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size, userAddress: UInt64($0.hostAddress),
-                mmapOffset: $0.offset, fd: $0.descriptor.rawValue)
+                mmapOffset: $0.offset, fd: $0.descriptor)
         }
         try frontend.setMemTable(regions)
     }

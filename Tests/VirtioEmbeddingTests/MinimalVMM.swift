@@ -189,7 +189,7 @@ final class SharedRAM: GuestMemoryMap {
         [
             GuestMemoryRegion(
                 guestPhysicalAddress: 0, size: UInt64(memory.size), hostAddress: UInt(bitPattern: memory.base),
-                descriptor: FileDescriptor(rawValue: memory.fd), offset: 0)
+                descriptor: memory.fileDescriptor, offset: 0)
         ]
     }
 }
