@@ -5,6 +5,7 @@ import IrqFdLinux
 import KVM
 import KVMFaultInjection
 import MSIX
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
