@@ -1,4 +1,4 @@
-/// `irqfd bench --only vhost-user` (issue 10): a virtio-blk request's path
+/// `irqfd bench --only vhost-user`: a virtio-blk request's path
 /// through a vhost-user back-end, against its floor, in one run.
 extension BenchReport {
     /// The vhost-user section: per back-end, request latency per delivery
@@ -71,8 +71,10 @@ extension BenchReport {
         public var floor: LatencySummary
         /// Requests per second per delivery mode and queue depth.
         public var throughput: [VhostUserThroughput]
-        /// Paired ratios: `irqfd_p50_over_budget` (irqfd p50 / (floor p50 +
-        /// 1.2 × raw irqfd p50)), `irqfd_over_userspace_p50`, `irqfd_over_userspace_p99`.
+        /// Paired ratios: `irqfd_over_userspace_p50`, `irqfd_over_userspace_p99`,
+        /// `relay_over_userspace_p50`, and `irqfd_p50_over_budget` (irqfd p50 /
+        /// (floor p50 + 1.2 × raw irqfd p50)), a figure only: the floor leaves
+        /// out the guest's own instructions and notify write, so it is no target.
         public var ratios: [NamedRatio]
 
         /// A back-end's results.
