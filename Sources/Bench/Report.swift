@@ -20,13 +20,13 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var maskUnmask: MaskUnmask?
     /// Route creation and release rates and memory per live route (nil if not measured).
     public var lifecycle: Lifecycle?
-    /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch (issue 11).
+    /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch.
     public var msixBringUp: [MsixBringUp]?
-    /// virtio-blk over vhost-user (issue 10; nil if not measured).
+    /// virtio-blk over vhost-user (nil if not measured).
     public var vhostUser: VhostUser?
-    /// The first interrupt after each vector goes live, from the guest's unmask write to its handler (issue 11).
+    /// The first interrupt after each vector goes live, from the guest's unmask write to its handler.
     public var firstInterrupt: [FirstInterrupt]?
-    /// DESIGN.md's performance targets, checked against this run's ratios.
+    /// The performance targets (the Benchmark article's "Targets"), checked against this run's ratios.
     public var targets: [TargetCheck]
     /// What this run could not measure, and why.
     public var gaps: [String]
@@ -252,7 +252,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         }
     }
 
-    /// Bringing `vectors` MSI-X vectors live through the emulator (issue 11).
+    /// Bringing `vectors` MSI-X vectors live through the emulator.
     ///
     /// Driven by a real guest (msix_bench.S) on a TinyVM of its own with the
     /// PCI test device: every entry programmed masked (by the host, untimed),
@@ -358,18 +358,18 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var rawPushMinUs: Double
         /// Repetitions behind each median (one-by-one runs once for N >= 1024).
         public var repetitions: Int
-        /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push (issue 11).
+        /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push.
         public var dropFloorUs: Double?
         /// Retarget / raw push, paired round by round (each retarget followed by a raw push).
         public var retargetRatio: PairedRatio?
         /// Batched drop / its C floor, paired round by round.
         public var dropRatio: PairedRatio?
         /// N `setMsiDeferred` calls outside a batch on a coalescing partition, until
-        /// every entry is pushed and every route armed (issue 11).
+        /// every entry is pushed and every route armed.
         public var oneByOneDeferredUs: Double?
         /// Table pushes the deferred one-by-one made.
         public var oneByOneDeferredPushes: Int?
-        /// Deferred one-by-one / one raw push of N, paired round by round (issue 11).
+        /// Deferred one-by-one / one raw push of N, paired round by round.
         public var deferredRatio: PairedRatio?
         /// That raw push (median): made with no irqfd armed on the VM, so it is
         /// cheaper than `rawPushUs`, which the retargets' 2048 armed irqfds slow.
@@ -513,7 +513,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         }
     }
 
-    /// One DESIGN.md target: the ratio measured and whether it is met.
+    /// One performance target: the ratio measured and whether it is met.
     public struct TargetCheck: Codable, Equatable, Sendable {
         /// What is compared with what.
         public var name: String
@@ -540,7 +540,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
             self.note = note
         }
 
-        /// A check of a paired ratio (issue 11, item 4): met only when the
+        /// A check of a paired ratio: met only when the
         /// interval's upper end is under the limit.
         public init(name: String, paired: PairedRatio?, limit: Double, note: String) {
             self.name = name
