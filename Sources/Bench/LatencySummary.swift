@@ -37,17 +37,6 @@ public struct LatencySummary: Codable, Equatable, Sendable {
         }
     }
 
-    enum CodingKeys: String, CodingKey {
-        case samples
-        case minUs = "min_us"
-        case p50Us = "p50_us"
-        case p90Us = "p90_us"
-        case p99Us = "p99_us"
-        case p999Us = "p999_us"
-        case maxUs = "max_us"
-        case meanUs = "mean_us"
-        case cdf
-    }
 
     /// A summary with explicit values (for reports read back, and tests).
     public init(

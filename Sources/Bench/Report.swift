@@ -31,14 +31,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
     /// What this run could not measure, and why.
     public var gaps: [String]
 
-    enum CodingKeys: String, CodingKey {
-        case machine, delivery, throughput, bursts, programming
-        case maskUnmask = "mask_unmask"
-        case lifecycle, targets, gaps
-        case msixBringUp = "msix_bring_up"
-        case vhostUser = "vhost_user"
-        case firstInterrupt = "first_interrupt"
-    }
 
     /// A report.
     public init(
@@ -78,14 +70,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// When the run started (ISO 8601).
         public var date: String
 
-        enum CodingKeys: String, CodingKey {
-            case kernel, cpus
-            case kvmApiVersion = "kvm_api_version"
-            case gsiLimit = "gsi_limit"
-            case gsiCapacity = "gsi_capacity"
-            case samplesPerPath = "samples_per_path"
-            case quick, seconds, date
-        }
 
         /// Machine facts.
         public init(
@@ -126,8 +110,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case path, floor
-            case p50Ratio = "p50_ratio"
+            case path, floor, p50Ratio
         }
 
         // Flattened: {"path":..,"samples":..,"p50_us":..,...}, as the issue asks.
@@ -161,11 +144,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// The interval, seconds.
         public var seconds: Double
 
-        enum CodingKeys: String, CodingKey {
-            case path, vectors
-            case perSecond = "per_second"
-            case handled, seconds
-        }
 
         /// A throughput result.
         public init(path: String, vectors: Int, perSecond: Double, handled: Int, seconds: Double) {
@@ -190,11 +168,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Signals that merged into another interrupt (signals - delivered).
         public var coalesced: Int
 
-        enum CodingKeys: String, CodingKey {
-            case path, bursts
-            case signalsPerBurst = "signals_per_burst"
-            case delivered, coalesced
-        }
 
         /// A burst result.
         public init(path: String, bursts: Int, signalsPerBurst: Int, delivered: Int) {
@@ -281,10 +254,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// ratios to function_mask_batch (paired rounds), with its 95% interval.
         public var ratioToBatch: PairedRatio?
 
-        enum CodingKeys: String, CodingKey {
-            case vectors, mode, us, pushes, partition, rounds
-            case ratioToBatch = "ratio_to_batch"
-        }
 
         /// A bring-up result.
         public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {
@@ -312,12 +281,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Vectors measured, one sample each.
         public var samples: Int
 
-        enum CodingKeys: String, CodingKey {
-            case path
-            case p50Us = "p50_us"
-            case p99Us = "p99_us"
-            case samples
-        }
 
         /// A result.
         public init(path: String, p50Us: Double, p99Us: Double, samples: Int) {
@@ -386,32 +349,16 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Deferred one-by-one / that served floor, paired round by round.
         public var deferredServedRatio: PairedRatio?
 
+        // The deferred ratios' keys carry a `one_by_one_` prefix their names do not
+        // (the raw values are written before the encoder's snake-case conversion).
         enum CodingKeys: String, CodingKey {
-            case routes
-            case batchedUs = "batched_us"
-            case batchedPushes = "batched_pushes"
-            case oneByOneUs = "one_by_one_us"
-            case oneByOnePushes = "one_by_one_pushes"
-            case rawPushUs = "raw_push_us"
-            case rawProgramUs = "raw_program_us"
-            case retargetBatchedUs = "retarget_batched_us"
-            case retargetPushes = "retarget_pushes"
-            case dropBatchedUs = "drop_batched_us"
-            case dropPushes = "drop_pushes"
-            case retargetMinUs = "retarget_min_us"
-            case rawPushMinUs = "raw_push_min_us"
-            case repetitions
-            case dropFloorUs = "drop_floor_us"
-            case retargetRatio = "retarget_ratio"
-            case dropRatio = "drop_ratio"
-            case oneByOneDeferredUs = "one_by_one_deferred_us"
-            case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
-            case deferredRatio = "one_by_one_deferred_ratio"
-            case deferredRawPushUs = "deferred_raw_push_us"
-            case deferredArmFloorUs = "deferred_arm_floor_us"
-            case deferredArmRatio = "one_by_one_deferred_arm_ratio"
-            case deferredServedFloorUs = "deferred_served_floor_us"
-            case deferredServedRatio = "one_by_one_deferred_served_ratio"
+            case routes, batchedUs, batchedPushes, oneByOneUs, oneByOnePushes, rawPushUs, rawProgramUs
+            case retargetBatchedUs, retargetPushes, dropBatchedUs, dropPushes, retargetMinUs, rawPushMinUs
+            case repetitions, dropFloorUs, retargetRatio, dropRatio, oneByOneDeferredUs, oneByOneDeferredPushes
+            case deferredRawPushUs, deferredArmFloorUs, deferredServedFloorUs
+            case deferredRatio = "oneByOneDeferredRatio"
+            case deferredArmRatio = "oneByOneDeferredArmRatio"
+            case deferredServedRatio = "oneByOneDeferredServedRatio"
         }
 
         /// A programming result.
@@ -456,13 +403,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Library / raw per cycle, paired block by block (each library block followed by a raw one).
         public var ratio: PairedRatio?
 
-        enum CodingKeys: String, CodingKey {
-            case usPerCycle = "us_per_cycle"
-            case rawUsPerCycle = "raw_us_per_cycle"
-            case pushes
-            case irqfdCallsPerCycle = "irqfd_calls_per_cycle"
-            case cycles, ratio
-        }
 
         /// A mask/unmask result.
         public init(usPerCycle: Double, rawUsPerCycle: Double, pushes: Int, irqfdCallsPerCycle: Double, cycles: Int) {
@@ -490,14 +430,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// first time that many routes exist; page-granular).
         public var rssBytesPerRoute: Double
 
-        enum CodingKeys: String, CodingKey {
-            case createsDropsPerSecond = "creates_drops_per_second"
-            case programmedPerSecond = "programmed_per_second"
-            case rawProgrammedPerSecond = "raw_programmed_per_second"
-            case liveRoutes = "live_routes"
-            case heapBytesPerRoute = "heap_bytes_per_route"
-            case rssBytesPerRoute = "rss_bytes_per_route"
-        }
 
         /// A lifecycle result.
         public init(
@@ -556,15 +488,20 @@ public struct BenchReport: Codable, Equatable, Sendable {
     /// The delivery result of `path`, if measured.
     public func delivery(_ path: String) -> Delivery? { delivery.first { $0.path == path } }
 
-    /// The report as pretty-printed JSON with sorted keys.
+    /// The report as pretty-printed JSON with sorted keys. Keys are the
+    /// properties' names in snake case (`p50Us` is `p50_us`); the few
+    /// `CodingKeys` that remain name the exceptions.
     public func jsonData() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
         return try encoder.encode(self)
     }
 
     /// Reads a report written by `jsonData()`.
     public static func decode(_ data: Data) throws -> BenchReport {
-        try JSONDecoder().decode(BenchReport.self, from: data)
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(BenchReport.self, from: data)
     }
 }

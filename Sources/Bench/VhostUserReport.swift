@@ -29,15 +29,10 @@ extension BenchReport {
         /// host's span also holds the wake-up and its polling).
         public var tscCheck: Double
 
+        // `tsc_khz`: snake case of `tscKHz` would be `tsc_k_hz`.
         enum CodingKeys: String, CodingKey {
-            case backends
-            case rawIrqfd = "raw_irqfd"
-            case maskUnmask = "mask_unmask"
-            case targets, skipped
-            case tscKHz = "tsc_khz"
-            case rounds
-            case targetRatios = "target_ratios"
-            case tscCheck = "tsc_check"
+            case backends, rawIrqfd, maskUnmask, targets, skipped, rounds, targetRatios, tscCheck
+            case tscKHz = "tscKhz"
         }
 
         /// A section result.
@@ -135,12 +130,6 @@ extension BenchReport {
         /// This mode's rate over userspace's, paired by round (nil for userspace).
         public var overUserspace: PairedRatio?
 
-        enum CodingKeys: String, CodingKey {
-            case mode, depth
-            case perSecond = "per_second"
-            case requests
-            case overUserspace = "over_userspace"
-        }
 
         /// A result.
         public init(mode: String, depth: Int, perSecond: Double, requests: Int, overUserspace: PairedRatio?) {
@@ -168,14 +157,6 @@ extension BenchReport {
         /// Ours / the C floor.
         public var oursOverRaw: PairedRatio?
 
-        enum CodingKeys: String, CodingKey {
-            case oursUs = "ours_us"
-            case qemuStrategyUs = "qemu_strategy_us"
-            case rawUs = "raw_us"
-            case oursOverQemu = "ours_over_qemu"
-            case qemuOverOurs = "qemu_over_ours"
-            case oursOverRaw = "ours_over_raw"
-        }
 
         /// A result.
         public init(
@@ -226,22 +207,6 @@ extension BenchReport {
         /// Cycles measured, each side.
         public var cycles: Int
 
-        enum CodingKeys: String, CodingKey {
-            case oursUs = "ours_us"
-            case qemuStrategyUs = "qemu_strategy_us"
-            case qemuOverOurs = "qemu_over_ours"
-            case oursOverQemu = "ours_over_qemu"
-            case oursMeanUs = "ours_mean_us"
-            case qemuStrategyMeanUs = "qemu_strategy_mean_us"
-            case rawUs = "raw_us"
-            case oursOverRaw = "ours_over_raw"
-            case backToBack = "back_to_back"
-            case oursMessagesPerCycle = "ours_messages_per_cycle"
-            case oursIrqfdCallsPerCycle = "ours_irqfd_calls_per_cycle"
-            case qemuMessagesPerCycle = "qemu_messages_per_cycle"
-            case replyAck = "reply_ack"
-            case cycles
-        }
 
         /// A result.
         public init(
