@@ -149,7 +149,7 @@ final class ReplayingPeer: @unchecked Sendable {
                     _ = recv(connection, &payload, size, Int32(MSG_WAITALL))
                 }
                 let fds = (0..<reply.descriptors).map { _ in vhost_user_eventfd() }
-                defer { fds.forEach { close($0) } }
+                defer { for fd in fds { close(fd) } }
                 if reply.bytes.isEmpty {
                     if !fds.isEmpty { var byte: UInt8 = 0; _ = fds.withUnsafeBufferPointer { vhost_user_sendmsg(connection, &byte, 0, $0.baseAddress, Int32($0.count)) } }
                 } else {

@@ -151,7 +151,7 @@ final class VirtioStressRig {
     }
 
     /// Lowers the flags of the vectors `change` brings live, then `write`s.
-    private func goLive(_ change: () -> Void, _ write: () -> Void) {
+    private func goLive(_ change: () -> Void, then write: () -> Void) {
         let dead = (0..<Self.vectors).filter { !isLive($0) }
         change()
         let coming = dead.filter(isLive)
@@ -169,7 +169,7 @@ final class VirtioStressRig {
 
     func unmask(_ v: Int) {
         guard entryMasked[v] else { return }
-        goLive({ entryMasked[v] = false }) { writeEntry(v, 3, 0) }
+        goLive({ entryMasked[v] = false }, then: { writeEntry(v, 3, 0) })
     }
 
     private var control: UInt32 { 0x8000 | (functionMasked ? 0x4000 : 0) }
@@ -183,7 +183,7 @@ final class VirtioStressRig {
 
     func unmaskFunction() {
         guard functionMasked else { return }
-        goLive({ functionMasked = false }) { device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: control) }
+        goLive({ functionMasked = false }, then: { device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: control) })
     }
 
     /// PCI command register: memory space (bit 1) always, bus master (bit 2) as asked.
@@ -191,7 +191,7 @@ final class VirtioStressRig {
         guard busMasterOff == on else { return }
         let command: UInt32 = on ? 0x0006 : 0x0002
         if on {
-            goLive({ busMasterOff = false }) { device.configWrite(offset: 0x04, size: 2, value: command) }
+            goLive({ busMasterOff = false }, then: { device.configWrite(offset: 0x04, size: 2, value: command) })
         } else {
             let live = (0..<Self.vectors).filter(isLive)
             busMasterOff = true
