@@ -334,18 +334,12 @@ public final class BenchRunner {
             try route.setMsi(MsiMessage(destination: 0, vector: 0x90))
         } catch { throw .library("mask/unmask route", error) }
         // The floor's eventfd on its own GSI, its entry pushed next to the library's.
-        let rawGsi = UInt32(gsiLimit - 1)
-        let efd = bench_floor_eventfd()
-        guard efd >= 0 else { throw .floor("eventfd", efd) }
-        defer { bench_floor_close(efd) }
-        let m = MsiMessage(destination: 0, vector: 0x91)
-        var entries = irqfd.pushedEntries.map { bench_floor_msi(gsi: $0.gsi, data: $0.msi.data, address: $0.msi.address) }
-        entries.append(bench_floor_msi(gsi: rawGsi, data: m.data, address: m.address))
-        let pushed = bench_floor_push(vmfd, entries, UInt32(entries.count), nil)
-        guard pushed == 0 else { throw .floor("KVM_SET_GSI_ROUTING", pushed) }
-        let assigned = bench_floor_irqfd(vmfd, efd, rawGsi, 0)
-        guard assigned == 0 else { throw .floor("KVM_IRQFD", assigned) }
-        defer { _ = bench_floor_irqfd(vmfd, efd, rawGsi, 1) }
+        let floor = try FloorIrqFd.arm(
+            vmfd: vmfd, gsi: UInt32(gsiLimit - 1), message: MsiMessage(destination: 0, vector: 0x91),
+            beside: irqfd.pushedEntries)
+        // Kept until the section returns: its deinit deassigns and closes the eventfd the cycles use.
+        defer { withExtendedLifetime(floor) {} }
+        let efd = floor.eventfd, rawGsi = floor.gsi
 
         let blocks = 20
         let perBlock = max(1, options.maskCycles / blocks)

@@ -461,18 +461,12 @@ final class VhostUserBench {
 
         // The C floor's eventfd on the VM's last GSI, its MSI entry pushed next to the library's.
         let vm = disk.vm.vm, vmfd = vm.rawDescriptor
-        let rawGsi = UInt32(vm.checkExtension(.irqRouting) - 1)
-        let efd = bench_floor_eventfd()
-        guard efd >= 0 else { throw .floor("eventfd", efd) }
-        defer { bench_floor_close(efd) }
-        var entries = disk.vm.irqfd.pushedEntries.map { bench_floor_msi(gsi: $0.gsi, data: $0.msi.data, address: $0.msi.address) }
-        let m = MsiMessage(destination: 0, vector: 0x91)
-        entries.append(bench_floor_msi(gsi: rawGsi, data: m.data, address: m.address))
-        let pushed = bench_floor_push(vmfd, entries, UInt32(entries.count), nil)
-        guard pushed == 0 else { throw .floor("KVM_SET_GSI_ROUTING", pushed) }
-        let assigned = bench_floor_irqfd(vmfd, efd, rawGsi, 0)
-        guard assigned == 0 else { throw .floor("KVM_IRQFD", assigned) }
-        defer { _ = bench_floor_irqfd(vmfd, efd, rawGsi, 1) }
+        let floorRoute = try FloorIrqFd.arm(
+            vmfd: vmfd, gsi: UInt32(vm.checkExtension(.irqRouting) - 1), message: MsiMessage(destination: 0, vector: 0x91),
+            beside: disk.vm.irqfd.pushedEntries)
+        // Kept until the measurement returns: its deinit deassigns and closes the eventfd the cycles use.
+        defer { withExtendedLifetime(floorRoute) {} }
+        let efd = floorRoute.eventfd, rawGsi = floorRoute.gsi
 
         func oursCycle() {
             emulator.write(bar: 1, offset: control, size: 4, value: 1)
