@@ -27,27 +27,9 @@ public struct BenchReport: Codable, Equatable, Sendable {
     /// The first interrupt after each vector goes live, from the guest's unmask write to its handler.
     public var firstInterrupt: [FirstInterrupt]?
     /// The performance targets (the Benchmark article's "Targets"), checked against this run's ratios.
-    public var targets: [TargetCheck]
+    public var targets: [TargetCheck] = []
     /// What this run could not measure, and why.
-    public var gaps: [String]
-
-
-    /// A report.
-    public init(
-        machine: Machine, delivery: [Delivery], throughput: [Throughput], bursts: [Burst],
-        programming: [Programming], maskUnmask: MaskUnmask?, lifecycle: Lifecycle?,
-        targets: [TargetCheck] = [], gaps: [String] = []
-    ) {
-        self.machine = machine
-        self.delivery = delivery
-        self.throughput = throughput
-        self.bursts = bursts
-        self.programming = programming
-        self.maskUnmask = maskUnmask
-        self.lifecycle = lifecycle
-        self.targets = targets
-        self.gaps = gaps
-    }
+    public var gaps: [String] = []
 
     /// The machine and the run's settings.
     public struct Machine: Codable, Equatable, Sendable {
@@ -69,23 +51,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var seconds: Double
         /// When the run started (ISO 8601).
         public var date: String
-
-
-        /// Machine facts.
-        public init(
-            kernel: String, cpus: Int, kvmApiVersion: Int, gsiLimit: Int, gsiCapacity: Int,
-            samplesPerPath: Int, quick: Bool, seconds: Double, date: String
-        ) {
-            self.kernel = kernel
-            self.cpus = cpus
-            self.kvmApiVersion = kvmApiVersion
-            self.gsiLimit = gsiLimit
-            self.gsiCapacity = gsiCapacity
-            self.samplesPerPath = samplesPerPath
-            self.quick = quick
-            self.seconds = seconds
-            self.date = date
-        }
     }
 
     /// One path's delivery latency: device signal -> guest handler ran.
@@ -101,33 +66,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// its 95% bootstrap interval (nil for floors themselves).
         public var p50Ratio: PairedRatio?
 
-        /// A path's result.
-        public init(path: String, floor: String?, latency: LatencySummary, p50Ratio: PairedRatio? = nil) {
-            self.path = path
-            self.floor = floor
-            self.latency = latency
-            self.p50Ratio = p50Ratio
-        }
-
         enum CodingKeys: String, CodingKey {
             case path, floor, p50Ratio
-        }
-
-        // Flattened: {"path":..,"samples":..,"p50_us":..,...}, as the issue asks.
-        public init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            path = try container.decode(String.self, forKey: .path)
-            floor = try container.decodeIfPresent(String.self, forKey: .floor)
-            p50Ratio = try container.decodeIfPresent(PairedRatio.self, forKey: .p50Ratio)
-            latency = try LatencySummary(from: decoder)
-        }
-
-        public func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(path, forKey: .path)
-            try container.encodeIfPresent(floor, forKey: .floor)
-            try container.encodeIfPresent(p50Ratio, forKey: .p50Ratio)
-            try latency.encode(to: encoder)
         }
     }
 
@@ -143,16 +83,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var handled: Int
         /// The interval, seconds.
         public var seconds: Double
-
-
-        /// A throughput result.
-        public init(path: String, vectors: Int, perSecond: Double, handled: Int, seconds: Double) {
-            self.path = path
-            self.vectors = vectors
-            self.perSecond = perSecond
-            self.handled = handled
-            self.seconds = seconds
-        }
     }
 
     /// Signals sent back to back on one vector, and what the guest took.
@@ -167,7 +97,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var delivered: Int
         /// Signals that merged into another interrupt (signals - delivered).
         public var coalesced: Int
-
 
         /// A burst result.
         public init(path: String, bursts: Int, signalsPerBurst: Int, delivered: Int) {
@@ -253,16 +182,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// linux_order rows on the coalescing partition: the median of the per-round
         /// ratios to function_mask_batch (paired rounds), with its 95% interval.
         public var ratioToBatch: PairedRatio?
-
-
-        /// A bring-up result.
-        public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {
-            self.vectors = vectors
-            self.mode = mode
-            self.us = us
-            self.pushes = pushes
-            self.partition = partition
-        }
     }
 
     /// The first interrupt after a vector goes live (`first_interrupt[]`):
@@ -280,15 +199,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var p99Us: Double
         /// Vectors measured, one sample each.
         public var samples: Int
-
-
-        /// A result.
-        public init(path: String, p50Us: Double, p99Us: Double, samples: Int) {
-            self.path = path
-            self.p50Us = p50Us
-            self.p99Us = p99Us
-            self.samples = samples
-        }
     }
 
     /// Programming N routes (median of the repetitions).
@@ -360,32 +270,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
             case deferredArmRatio = "oneByOneDeferredArmRatio"
             case deferredServedRatio = "oneByOneDeferredServedRatio"
         }
-
-        /// A programming result.
-        public init(
-            routes: Int, batchedUs: Double, batchedPushes: Int, oneByOneUs: Double, oneByOnePushes: Int,
-            rawPushUs: Double, rawProgramUs: Double, retargetBatchedUs: Double, retargetPushes: Int,
-            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int,
-            dropFloorUs: Double? = nil, oneByOneDeferredUs: Double? = nil, oneByOneDeferredPushes: Int? = nil
-        ) {
-            self.dropFloorUs = dropFloorUs
-            self.oneByOneDeferredUs = oneByOneDeferredUs
-            self.oneByOneDeferredPushes = oneByOneDeferredPushes
-            self.routes = routes
-            self.batchedUs = batchedUs
-            self.batchedPushes = batchedPushes
-            self.oneByOneUs = oneByOneUs
-            self.oneByOnePushes = oneByOnePushes
-            self.rawPushUs = rawPushUs
-            self.rawProgramUs = rawProgramUs
-            self.retargetBatchedUs = retargetBatchedUs
-            self.retargetPushes = retargetPushes
-            self.dropBatchedUs = dropBatchedUs
-            self.dropPushes = dropPushes
-            self.retargetMinUs = retargetMinUs
-            self.rawPushMinUs = rawPushMinUs
-            self.repetitions = repetitions
-        }
     }
 
     /// Mask + unmask of an armed route.
@@ -402,16 +286,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var cycles: Int
         /// Library / raw per cycle, paired block by block (each library block followed by a raw one).
         public var ratio: PairedRatio?
-
-
-        /// A mask/unmask result.
-        public init(usPerCycle: Double, rawUsPerCycle: Double, pushes: Int, irqfdCallsPerCycle: Double, cycles: Int) {
-            self.usPerCycle = usPerCycle
-            self.rawUsPerCycle = rawUsPerCycle
-            self.pushes = pushes
-            self.irqfdCallsPerCycle = irqfdCallsPerCycle
-            self.cycles = cycles
-        }
     }
 
     /// Route lifecycle rates and memory.
@@ -429,20 +303,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Resident bytes per live programmed route (/proc/self/statm delta the
         /// first time that many routes exist; page-granular).
         public var rssBytesPerRoute: Double
-
-
-        /// A lifecycle result.
-        public init(
-            createsDropsPerSecond: Double, programmedPerSecond: Double, rawProgrammedPerSecond: Double,
-            liveRoutes: Int, heapBytesPerRoute: Double, rssBytesPerRoute: Double
-        ) {
-            self.createsDropsPerSecond = createsDropsPerSecond
-            self.programmedPerSecond = programmedPerSecond
-            self.rawProgrammedPerSecond = rawProgrammedPerSecond
-            self.liveRoutes = liveRoutes
-            self.heapBytesPerRoute = heapBytesPerRoute
-            self.rssBytesPerRoute = rssBytesPerRoute
-        }
     }
 
     /// One performance target: the ratio measured and whether it is met.
@@ -503,5 +363,28 @@ public struct BenchReport: Codable, Equatable, Sendable {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(BenchReport.self, from: data)
+    }
+}
+
+// Coding in an extension, so the struct keeps its memberwise initializer.
+extension BenchReport.Delivery {
+    // Flattened: {"path":..,"samples":..,"p50_us":..,...}: the percentiles sit beside the path.
+
+    /// Reads a path's result written by `encode(to:)`.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        path = try container.decode(String.self, forKey: .path)
+        floor = try container.decodeIfPresent(String.self, forKey: .floor)
+        p50Ratio = try container.decodeIfPresent(BenchReport.PairedRatio.self, forKey: .p50Ratio)
+        latency = try LatencySummary(from: decoder)
+    }
+
+    /// Writes the path, its floor and ratio, and the percentiles in one object.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(path, forKey: .path)
+        try container.encodeIfPresent(floor, forKey: .floor)
+        try container.encodeIfPresent(p50Ratio, forKey: .p50Ratio)
+        try latency.encode(to: encoder)
     }
 }
