@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import MSIX
 import SystemPackage
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM

@@ -8,6 +8,7 @@ import KVM
 import KVMFaultInjection
 import Synchronization
 import SystemPackage
+import KVMTestSupport
 import TestSupport
 import TinyVM
 

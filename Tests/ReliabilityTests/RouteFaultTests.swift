@@ -6,6 +6,7 @@ import IrqFdRelay
 import IrqFdRouting
 import KVM
 import SystemPackage
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
