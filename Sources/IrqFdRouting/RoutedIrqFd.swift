@@ -383,7 +383,7 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     }
 
     /// Routing-table pushes made so far.
-    public var pushCount: Int { pushCounter.load(ordering: .relaxed) }
+    package var pushCount: Int { pushCounter.load(ordering: .relaxed) }
     /// GSIs that can still be handed out.
     public var freeGsiCount: Int { table.withLock { $0.allocator.free } }
     /// How many routes can be live at once.
