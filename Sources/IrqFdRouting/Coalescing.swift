@@ -45,7 +45,8 @@ extension RoutedIrqFd {
 
         /// Coalescing over `interim`; by default a 2 ms bound and 512 entries.
         public init(
-            interim: any InterimDelivery, timer: any CommitTimer = TaskCommitTimer(), delay: Duration = .milliseconds(2),
+            interim: any InterimDelivery, timer: any CommitTimer = TaskCommitTimer(),
+            delay: Duration = .milliseconds(2),
             threshold: Int = 512, onCommitError: @escaping @Sendable (IrqFdError) -> Void = { _ in }
         ) {
             self.interim = interim
@@ -172,11 +173,10 @@ extension RoutedIrqFd {
     /// push made here carried.
     func setEntryDeferred(
         _ gsi: UInt32, to message: MsiMessage?, coalescing: Coalescing
-    ) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
+    ) -> EntryChange {
         var schedule = false
         var failure: IrqFdError?
-        let result = table.withLock {
-            (t: inout TableState) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
+        let result = table.withLock { (t: inout TableState) -> EntryChange in
             let previous = t.slots[Int(gsi)].desired
             var others: [WeakRouteReference] = []
             t.slots[Int(gsi)].steady = false

@@ -272,9 +272,8 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     /// `armed`: the caller's route is armed and not served (see `steady`).
     func setEntry(
         _ gsi: UInt32, to message: MsiMessage?, batch: UInt32, armed: Bool = false
-    ) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) {
-        try table.withLock {
-            (t: inout TableState) throws(IrqFdError) -> (previous: MsiMessage?, live: Bool, others: [WeakRouteReference]) in
+    ) throws(IrqFdError) -> EntryChange {
+        try table.withLock { (t: inout TableState) throws(IrqFdError) -> EntryChange in
             let g = Int(gsi)
             let previous = t.slots[g].desired
             var others: [WeakRouteReference] = []
@@ -303,6 +302,10 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
             return (previous, t.isLive(gsi), others)
         }
     }
+
+    /// What a change to a GSI's entry did: the entry before it, whether the new
+    /// one is live in the kernel, and the other routes a push made for it carried.
+    typealias EntryChange = (previous: MsiMessage?, live: Bool, others: [WeakRouteReference])
 
     /// Entries waiting for a commit (changes not yet in the kernel, outside any batch).
     public var waitingEntryCount: Int {

@@ -69,7 +69,8 @@ public final class RoutedIrqFdRoute<Kernel: RoutingKernel>: IrqFdRoute {
             let wantsArm = !s.masked && !s.armed
             let (previous, live, others): (MsiMessage?, Bool, [WeakRouteReference])
             do throws(IrqFdError) {
-                (previous, live, others) = try partition.setEntry(gsi, to: message, batch: batch, armed: s.armed && !s.serving)
+                (previous, live, others) = try partition.setEntry(
+                    gsi, to: message, batch: batch, armed: s.armed && !s.serving)
             } catch {
                 return ([], error)  // the entry is as it was, and so is any serving
             }

@@ -1,6 +1,6 @@
 #if os(Linux)
 /// A `struct kvm_irq_routing` kept from push to push, so that a push rewrites
-/// only the entries that changed (issue 11, item 3).
+/// only the entries that changed.
 ///
 /// KVM_SET_GSI_ROUTING always takes the whole table (the kernel builds a new
 /// one and swaps it in under SRCU), so the kernel's work per push is O(entries)
