@@ -71,10 +71,14 @@ let package = Package(
             name: "KVMFaultInjection",
             dependencies: ["IrqFdCore", "KVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
-        // The KVM backend: KVM's encoding of the shared routing core.
+        // The KVM backend: KVM's encoding of the shared routing core, and the glue a VMM puts around a
+        // coalescing partition (the interim relay, commit-error reporting to its MSI-X emulators).
         .target(
             name: "IrqFdKVM",
-            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM"],
+            dependencies: [
+                "IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", "IrqFdRelay", "MSIX",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         // The mshv backend: mshv's encoding of the shared routing core.
         .target(
@@ -195,6 +199,7 @@ let package = Package(
             name: "IrqFdKVMTests",
             dependencies: [
                 "TestSupport", "KVMTestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "TinyVM", "GuestPrograms",
+                "IrqFdRelay", "IrqFdRouting", "MSIX",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),

@@ -28,7 +28,7 @@ public struct IncrementalGSIRoutingTable: ~Copyable {
     public let fixedCount: Int
     /// Entries written into the buffer so far (appended, rewritten, moved by a
     /// removal, or rebuilt): the Swift encoding work pushes have cost.
-    public private(set) var entriesWritten = 0
+    package private(set) var entriesWritten = 0
 
     /// One applied change, with what undoes it.
     private enum Change {

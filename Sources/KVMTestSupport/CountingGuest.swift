@@ -1,7 +1,7 @@
 #if os(Linux)
 import Foundation
 public import IrqFdKVM
-public import KVM
+package import KVM
 public import Testing
 public import TinyVM
 
@@ -15,7 +15,7 @@ public final class CountingGuest {
     /// The VM's KVM irqfd partition.
     public var irqfd: KVMIrqFd { vm.irqfd }
     /// The VM's ioctl counters.
-    public var counters: IoctlCounters { vm.vm.counters }
+    package var counters: IoctlCounters { vm.vm.counters }
     /// vCPUs running the guest.
     public var cpus: Int { vm.configuration.cpus }
 
