@@ -122,16 +122,26 @@ let package = Package(
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
         .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
         // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
+        .target(name: "VhostUserBlkBackend", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
+        // The embedded back-end as a standalone executable (also `irqfd vhost-user-blk`).
         .executableTarget(
             name: "irqfd-vhost-user-blk",
-            dependencies: ["VhostUser", "CVhostUser", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VhostUserBlkBackend", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        // Test equipment, in no product: the embedded back-end breaking the protocol on purpose (`--misbehave`).
+        .executableTarget(
+            name: "irqfd-vhost-user-blk-hostile",
+            dependencies: [
+                "VhostUserBlkBackend", "VhostUser", "CVhostUser",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict),
         .executableTarget(
             name: "irqfd",
             dependencies: [
                 "Bench",
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
-                "IrqFdProbe", "Virtio",
+                "IrqFdProbe", "Virtio", "VhostUser", "VhostUserBlkBackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
