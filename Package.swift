@@ -122,7 +122,14 @@ let package = Package(
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.
         .executableTarget(name: "irqfd-device-helper", dependencies: ["IrqFdLinux"], swiftSettings: strict),
         // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
-        .target(name: "VhostUserBlkBackend", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
+        .target(
+            name: "VhostUserBlkBackend", dependencies: ["VhostUser", "CVhostUser", "CBlkBackend", "VirtqueueWalk"],
+            swiftSettings: strict),
+        // C for the embedded back-end: SIGBUS containment over guest mappings, eventfd and seal checks.
+        .target(name: "CBlkBackend"),
+        // The split-virtqueue descriptor-chain walker over a guest memory map: bounded, trusts nothing in the
+        // table. No platform code; a device on either side of vhost-user can use it.
+        .target(name: "VirtqueueWalk", swiftSettings: strict),
         // The embedded back-end as a standalone executable (also `irqfd vhost-user-blk`).
         .executableTarget(
             name: "irqfd-vhost-user-blk",

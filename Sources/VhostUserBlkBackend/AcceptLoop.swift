@@ -1,4 +1,5 @@
 #if os(Linux)
+import CBlkBackend
 import CVhostUser
 import Glibc
 import VhostUser
@@ -21,6 +22,9 @@ extension BlockServer {
             throw ServerFailure(description: "rename(\(temporary), \(socketPath)): \(String(cString: strerror(errno)))")
         }
         signal(SIGPIPE, SIG_IGN)
+        guard blk_guard_install() == 0 else {
+            throw ServerFailure(description: "sigaction(SIGBUS): \(String(cString: strerror(errno)))")
+        }
         while true {
             let fd = vhost_user_accept(listener)
             if fd < 0 {
@@ -33,7 +37,11 @@ extension BlockServer {
         }
     }
 
-    /// Serves one front-end until it disconnects or breaks the protocol.
+    /// Serves one front-end until it disconnects or breaks the protocol. Each
+    /// round polls the connection and every started, enabled queue's kick;
+    /// a queue serves at most `budget` requests per round and, with more
+    /// available, stays pending: the next poll does not block, and the
+    /// control socket is answered between rounds under any guest load.
     func serveConnection(_ connection: VhostUserChannel) {
         while true {
             var entries = [pollfd(fd: connection.fd, events: Int16(POLLIN), revents: 0)]
@@ -42,7 +50,7 @@ extension BlockServer {
                 entries.append(pollfd(fd: queue.kick, events: Int16(POLLIN), revents: 0))
                 polled.append(index)
             }
-            let nonBlocking = hooks?.pollsWithoutBlocking ?? false
+            let nonBlocking = hooks?.pollsWithoutBlocking ?? false || !pending.isEmpty
             let ready = poll(&entries, nfds_t(entries.count), nonBlocking ? 0 : -1)
             hooks?.afterPoll(self)
             if ready < 0 {
@@ -51,9 +59,26 @@ extension BlockServer {
                 return
             }
             for (slot, index) in polled.enumerated() where entries[slot + 1].revents != 0 {
+                let events = Int32(entries[slot + 1].revents)
+                if events & (POLLHUP | POLLERR | POLLNVAL) != 0 {
+                    // An eventfd never hangs up: the descriptor is not what it was. Stop the queue.
+                    guestLog.log(
+                        "queue \(index): kick descriptor reports 0x\(String(events, radix: 16)); queue stopped")
+                    queues[index].started = false
+                    if queues[index].kick >= 0 { close(queues[index].kick) }
+                    queues[index].kick = -1
+                    pending.remove(index)
+                    continue
+                }
                 var value: UInt64 = 0
+                // O_NONBLOCK: EAGAIN when another reader emptied it; the ring is read regardless.
                 _ = read(queues[index].kick, &value, 8)
-                process(queue: index)
+                pending.insert(index)
+            }
+            for index in pending.sorted() where !process(queue: index) { pending.remove(index) }
+            if blk_guard_faults() != faultsSeen {
+                log("guest memory shrank under its mapping (SIGBUS contained): front-end dropped")
+                return
             }
             if entries[0].revents != 0 {
                 do { try handleMessage(connection) } catch {

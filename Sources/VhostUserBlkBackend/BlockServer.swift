@@ -1,4 +1,5 @@
 #if os(Linux)
+import CBlkBackend
 import Glibc
 import VhostUser
 
@@ -56,6 +57,12 @@ package final class BlockServer {
     package var protocolFeatures: UInt64 = 0
     package var regions: [MappedRegion] = []
     package var queues: [QueueState]
+    /// Queues with requests left over from a round (their budget was spent) or newly started.
+    var pending: Set<Int> = []
+    /// SIGBUS faults contained when the current memory table was mapped.
+    var faultsSeen: UInt64 = 0
+    /// Lines a guest or front-end can trigger, rate-limited.
+    var guestLog = RateLimitedLog()
 
     /// Test equipment only: how this back-end breaks the protocol on purpose
     /// (nil: it does not). The shipped executables never set it.
@@ -115,6 +122,8 @@ package final class BlockServer {
         for index in queues.indices { queues[index].closeFiles() }
         queues = Array(repeating: QueueState(), count: queueCount)
         unmapRegions()
+        pending = []
+        faultsSeen = blk_guard_faults()
         features = 0
         protocolFeatures = 0
     }

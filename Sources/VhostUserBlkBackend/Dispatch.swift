@@ -1,177 +1,213 @@
 #if os(Linux)
+import CBlkBackend
 import CVhostUser
 import Glibc
 import VhostUser
 
-/// The front-end's messages (vhost-user.rst, "Front-end message types"): each
-/// is size-checked, refused (with a REPLY_ACK status of 1 when one was asked
-/// for) when it does not fit, and answered.
+/// The front-end's messages (vhost-user.rst, "Front-end message types"):
+/// decoded and shape-checked by `FrontendMessage`, then applied here against
+/// the connection's state. A refused message gets a REPLY_ACK status of 1
+/// when one was asked for; one that leaves the stream untrustworthy ends the
+/// connection. Descriptors attached to a message that takes none are closed.
 extension BlockServer {
     func handleMessage(_ connection: VhostUserChannel) throws(ChannelFailure) {
         let deadline = ContinuousClock.now + .seconds(5)
-        let head = try connection.receive(exactly: VhostUserHeader.byteCount, maximumDescriptors: Int(VHOST_USER_MAX_FDS), deadline: deadline)
+        let head = try connection.receive(
+            exactly: VhostUserHeader.byteCount, maximumDescriptors: Int(VHOST_USER_MAX_FDS), deadline: deadline)
         var descriptors = head.descriptors
         defer { for fd in descriptors { close(fd) } }
         let header = VhostUserHeader(head.bytes)!
-        guard header.flags & VhostUserFlags.versionMask == VhostUserFlags.version, header.flags & VhostUserFlags.reply == 0,
-              Int(header.size) <= VhostUserLimits.maxPayload, head.received <= Int(VHOST_USER_MAX_FDS)
-        else {
-            throw .system("message \(header.request) flags 0x\(String(header.flags, radix: 16)) size \(header.size) fds \(head.received)", .invalidArgument)
+        if case .fatal(let why)? = FrontendMessage.check(header, descriptors: head.received) {
+            throw .system(why, .invalidArgument)
         }
-        let body = try connection.receive(exactly: Int(header.size), maximumDescriptors: Int(VHOST_USER_MAX_FDS) - descriptors.count, deadline: deadline)
+        let body = try connection.receive(
+            exactly: Int(header.size), maximumDescriptors: Int(VHOST_USER_MAX_FDS) - descriptors.count,
+            deadline: deadline)
         descriptors += body.descriptors
-        let payload = body.bytes
-        let request = VhostUserRequest(rawValue: header.request)
 
         func reply(_ bytes: [UInt8]) throws(ChannelFailure) {
-            let message = VhostUserHeader(request: header.request, flags: VhostUserFlags.version | VhostUserFlags.reply, size: UInt32(bytes.count)).bytes + bytes
+            let message =
+                VhostUserHeader(
+                    request: header.request, flags: VhostUserFlags.version | VhostUserFlags.reply,
+                    size: UInt32(bytes.count)
+                ).bytes + bytes
             if let hooks {
                 try hooks.sendReply(message, request: header.request, on: connection, deadline: deadline, server: self)
             } else {
                 try connection.send(message, deadline: deadline)
             }
         }
-        func u64(_ value: UInt64) -> [UInt8] {
-            var bytes: [UInt8] = []
-            bytes.appendLE(value)
-            return bytes
-        }
-        let wantsAck = header.flags & VhostUserFlags.needReply != 0 && protocolFeatures & VhostUserProtocolFeature.replyAck != 0
+        let wantsAck =
+            header.flags & VhostUserFlags.needReply != 0
+            && protocolFeatures & VhostUserProtocolFeature.replyAck != 0
+        let decoded = FrontendMessage.decode(
+            header, payload: body.bytes, descriptors: descriptors.count, queues: queueCount, configSize: config.count)
         // The result of a message without a reply of its own: acknowledged when asked.
-        var ok = true
-        switch request {
-        case .getFeatures?: try reply(u64(offeredFeatures)); return
-        case .getProtocolFeatures?: try reply(u64(offeredProtocol)); return
-        case .getQueueNum?: try reply(u64(UInt64(queueCount))); return
-        case .setFeatures?:
-            ok = payload.count == 8 && payload.u64(at: 0) & ~offeredFeatures == 0
-            if ok {
-                features = payload.u64(at: 0)
-                // Without PROTOCOL_FEATURES a ring is enabled from the start (vhost-user.rst, "Ring states").
-                if features & VhostUserFeature.protocolFeatures == 0 { for index in queues.indices { queues[index].enabled = true } }
+        var refusal: String?
+        switch decoded {
+        case .failure(.fatal(let why)):
+            throw .system(why, .invalidArgument)
+        case .failure(.refused(let why)):
+            refusal = why
+        case .success(let message):
+            if let answer = answer(message) {
+                try reply(answer)
+                return
             }
-        case .setProtocolFeatures?:
-            ok = payload.count == 8 && payload.u64(at: 0) & ~offeredProtocol == 0
-            if ok { protocolFeatures = payload.u64(at: 0) }
-        case .setOwner?, .resetOwner?: ok = payload.isEmpty
-        case .setMemTable?: ok = setMemTable(payload, descriptors: &descriptors)
-        case .setVringNum?:
-            ok = withQueue(payload) { queue, num in
-                guard num > 0, num <= 32768, num & (num - 1) == 0 else { return false }
-                queue.size = num
-                return true
-            }
-        case .setVringAddr?: ok = setVringAddr(payload)
-        case .setVringBase?:
-            ok = withQueue(payload) { queue, num in
-                guard num <= 0xFFFF else { return false }
-                queue.lastAvailable = UInt16(num)
-                queue.used = UInt16(num)
-                return true
-            }
-        case .getVringBase?:
-            guard payload.count == 8, Int(payload.u32(at: 0)) < queueCount else { throw .system("GET_VRING_BASE for a queue that does not exist", .invalidArgument) }
-            let index = Int(payload.u32(at: 0))
+            refusal = apply(message, descriptors: &descriptors)
+        }
+        if let refusal { guestLog.log("refused \(refusal)") }
+        if wantsAck { try reply(u64(refusal == nil ? 0 : 1)) }
+    }
+
+    func u64(_ value: UInt64) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.appendLE(value)
+        return bytes
+    }
+
+    /// The reply of a message that has one of its own; nil for the others.
+    func answer(_ message: FrontendMessage) -> [UInt8]? {
+        switch message {
+        case .getFeatures: return u64(offeredFeatures)
+        case .getProtocolFeatures: return u64(offeredProtocol)
+        case .getQueueNum: return u64(UInt64(queueCount))
+        case .getVringBase(let index):
             // Stops the ring (vhost-user.rst, "Ring states"): kick and call are dropped.
             queues[index].started = false
             queues[index].closeFiles()
             var state: [UInt8] = []
             state.appendLE(UInt32(index))
             state.appendLE(UInt32(queues[index].lastAvailable))
-            try reply(state)
-            return
-        case .setVringKick?, .setVringCall?, .setVringErr?:
-            ok = setVringFile(request!, payload, descriptors: &descriptors)
-        case .setVringEnable?:
-            ok = withQueue(payload) { queue, num in
-                guard self.features & VhostUserFeature.protocolFeatures != 0, num <= 1 else { return false }
-                queue.enabled = num == 1
-                return true
-            }
-            if ok, queues[Int(payload.u32(at: 0))].enabled { process(queue: Int(payload.u32(at: 0))) }
-        case .getConfig?:
-            var answer: [UInt8] = []
-            if payload.count >= 12, protocolFeatures & VhostUserProtocolFeature.config != 0 {
-                let offset = Int(payload.u32(at: 0)), size = Int(payload.u32(at: 4))
-                if payload.count == 12 + size, size > 0, offset + size <= config.count {
-                    answer = Array(payload[0..<12]) + Array(config[offset..<(offset + size)])
-                }
-            }
+            return state
+        case .getConfig(let offset, let size, let head):
             // An empty payload is the protocol's "failed".
-            try reply(answer)
-            return
-        case .setConfig?, nil:
-            ok = false
+            guard size > 0, protocolFeatures & VhostUserProtocolFeature.config != 0 else { return [] }
+            return head + Array(config[offset..<(offset + size)])
+        default:
+            return nil
         }
-        if !ok { log("refused \(request?.name ?? "message \(header.request)") (\(payload.count) bytes)") }
-        if wantsAck { try reply(u64(ok ? 0 : 1)) }
     }
 
-    func withQueue(_ payload: [UInt8], _ body: (inout QueueState, UInt32) -> Bool) -> Bool {
-        guard payload.count == 8 else { return false }
-        let index = Int(payload.u32(at: 0))
-        guard index < queueCount else { return false }
-        return body(&queues[index], payload.u32(at: 4))
-    }
-
-    /// SET_MEM_TABLE: "Multiple memory regions description", one fd per region.
-    func setMemTable(_ payload: [UInt8], descriptors: inout [Int32]) -> Bool {
-        guard payload.count >= 8 else { return false }
-        let count = Int(payload.u32(at: 0))
-        guard (1...VhostUserLimits.maxRegions).contains(count), payload.count == 8 + 32 * count, descriptors.count == count else { return false }
-        var mapped: [MappedRegion] = []
-        for index in 0..<count {
-            let at = 8 + 32 * index
-            let gpa = payload.u64(at: at), size = payload.u64(at: at + 8), user = payload.u64(at: at + 16), offset = payload.u64(at: at + 24)
-            let (length, overflow) = size.addingReportingOverflow(offset)
-            guard size > 0, !overflow, length <= UInt64(Int.max), gpa.addingReportingOverflow(size).overflow == false,
-                  user.addingReportingOverflow(size).overflow == false,
-                  let mapping = vhost_user_mmap_shared(descriptors[index], Int(length))
-            else {
-                for region in mapped { munmap(region.mapping, region.mappingLength) }
-                return false
+    /// Applies a message without a reply of its own; returns why it was refused, or nil.
+    func apply(_ message: FrontendMessage, descriptors: inout [Int32]) -> String? {
+        switch message {
+        case .setFeatures(let wanted):
+            guard wanted & ~offeredFeatures == 0 else { return "SET_FEATURES 0x\(String(wanted, radix: 16))" }
+            features = wanted
+            // Without PROTOCOL_FEATURES a ring is enabled from the start (vhost-user.rst, "Ring states").
+            if features & VhostUserFeature.protocolFeatures == 0 {
+                for index in queues.indices { queues[index].enabled = true }
             }
-            mapped.append(MappedRegion(guestPhysical: gpa, user: user, size: size, host: mapping + Int(offset), mapping: mapping, mappingLength: Int(length)))
+        case .setProtocolFeatures(let wanted):
+            guard wanted & ~offeredProtocol == 0 else { return "SET_PROTOCOL_FEATURES 0x\(String(wanted, radix: 16))" }
+            protocolFeatures = wanted
+        case .setOwner, .resetOwner:
+            break
+        case .setMemTable(let table):
+            return setMemTable(table, descriptors: &descriptors)
+        case .setVringNum(let index, let size):
+            queues[index].size = size
+            // Rings addressed before must still fit in guest memory at the new size. A front-end
+            // that re-sizes a queue sends SET_VRING_ADDR next (vhost-user.rst, "Ring states"), so
+            // the size is taken; until new addresses arrive the queue is not served, and says so.
+            if queues[index].addressed, rings(of: queues[index]) == nil {
+                queues[index].addressed = false
+                log("SET_VRING_NUM: queue \(index)'s rings no longer fit in guest memory at size \(size): "
+                    + "not served until SET_VRING_ADDR")
+            }
+        case .setVringAddr(let index, let descriptor, let used, let available):
+            guard queues[index].size > 0 else { return "SET_VRING_ADDR: queue \(index) has no size" }
+            queues[index].descriptorUser = descriptor
+            queues[index].usedUser = used
+            queues[index].availableUser = available
+            queues[index].addressed = rings(of: queues[index]) != nil
+            if !queues[index].addressed { return "SET_VRING_ADDR: queue \(index)'s rings are not in guest memory" }
+        case .setVringBase(let index, let base):
+            queues[index].lastAvailable = base
+            queues[index].used = base
+        case .setVringFile(let file, let index, let hasFile):
+            return setVringFile(file, queue: index, fd: hasFile ? descriptors.removeFirst() : -1)
+        case .setVringEnable(let index, let enabled):
+            guard features & VhostUserFeature.protocolFeatures != 0 else {
+                return "SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES"
+            }
+            queues[index].enabled = enabled
+            if enabled { pending.insert(index) }
+        case .setConfig:
+            return "SET_CONFIG: the configuration is read-only"
+        case .getFeatures, .getProtocolFeatures, .getQueueNum, .getVringBase, .getConfig:
+            break
+        }
+        return nil
+    }
+
+    /// SET_MEM_TABLE: maps each region's descriptor, after checking with
+    /// fstat(2) that the file backs `mmap_offset + size` bytes (a mapping past
+    /// a file's end faults with SIGBUS at first touch). A memfd must be sealed
+    /// against shrinking (F_SEAL_SHRINK), or a truncation later faults: such a
+    /// fault is contained (`blk_guard_add`) and ends the connection.
+    func setMemTable(_ table: [RegionDescription], descriptors: inout [Int32]) -> String? {
+        var mapped: [MappedRegion] = []
+        func undo(_ why: String) -> String {
+            for region in mapped {
+                blk_guard_remove(region.mapping)
+                munmap(region.mapping, region.mappingLength)
+            }
+            return "SET_MEM_TABLE: \(why)"
+        }
+        for (index, region) in table.enumerated() {
+            let fd = descriptors[index]
+            let length = region.size + region.mmapOffset
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { return undo("fstat: \(String(cString: strerror(errno)))") }
+            guard info.st_size >= 0, UInt64(info.st_size) >= length else {
+                return undo("region \(index) needs \(length) bytes of its file, which has \(info.st_size)")
+            }
+            guard let mapping = vhost_user_mmap_shared(fd, Int(length)) else {
+                return undo("mmap: \(String(cString: strerror(errno)))")
+            }
+            mapped.append(
+                MappedRegion(
+                    guestPhysical: region.guestPhysical, user: region.user, size: region.size,
+                    host: mapping + Int(region.mmapOffset), mapping: mapping, mappingLength: Int(length)))
+            guard blk_guard_add(mapping, Int(length)) == 0 else { return undo("too many mappings guarded") }
         }
         unmapRegions()
         regions = mapped
-        return true
+        faultsSeen = blk_guard_faults()
+        return nil
     }
 
-    /// SET_VRING_ADDR: "Vring address description" (front-end user addresses).
-    func setVringAddr(_ payload: [UInt8]) -> Bool {
-        guard payload.count == 40 else { return false }
-        let index = Int(payload.u32(at: 0))
-        guard index < queueCount, queues[index].size > 0 else { return false }
-        queues[index].descriptorUser = payload.u64(at: 8)
-        queues[index].usedUser = payload.u64(at: 16)
-        queues[index].availableUser = payload.u64(at: 24)
-        queues[index].addressed = rings(of: queues[index]) != nil
-        return queues[index].addressed
-    }
-
-    func setVringFile(_ request: VhostUserRequest, _ payload: [UInt8], descriptors: inout [Int32]) -> Bool {
-        guard payload.count == 8 else { return false }
-        let value = payload.u64(at: 0)
-        let index = Int(value & 0xFF)
-        let noFile = value & VhostUserLimits.invalidFdFlag != 0
-        guard index < queueCount, descriptors.count == (noFile ? 0 : 1) else { return false }
-        let fd = noFile ? -1 : descriptors.removeFirst()
-        switch request {
-        case .setVringKick:
+    /// SET_VRING_KICK / SET_VRING_CALL / SET_VRING_ERR: takes `fd` (or none:
+    /// -1). Kick and call must be eventfds (a file, a pipe or a socket polls
+    /// readable or hung up for good, and the poll loop would spin); they are
+    /// made O_NONBLOCK, so a call eventfd at its maximum count cannot block
+    /// the back-end (eventfd(2)): a pending signal is already there.
+    func setVringFile(_ file: VringFile, queue index: Int, fd: Int32) -> String? {
+        if fd >= 0, file != .error {
+            guard blk_is_eventfd(fd) != 0 else {
+                close(fd)
+                return "SET_VRING_\(file == .kick ? "KICK" : "CALL"): queue \(index)'s descriptor is not an eventfd"
+            }
+            let flags = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        }
+        switch file {
+        case .kick:
             if queues[index].kick >= 0 { close(queues[index].kick) }
             queues[index].kick = fd
             // A kick fd starts the ring (vhost-user.rst, "Ring states"); serve what is already there.
             queues[index].started = true
-            process(queue: index)
-        case .setVringCall:
+            pending.insert(index)
+        case .call:
             if queues[index].call >= 0 { close(queues[index].call) }
             queues[index].call = fd
             if fd >= 0 { hooks?.callArrived(fd, queue: index, server: self) }
-        default:
+        case .error:
             if fd >= 0 { close(fd) }
         }
-        return true
+        return nil
     }
 }
 #endif

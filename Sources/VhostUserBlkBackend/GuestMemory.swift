@@ -1,4 +1,5 @@
 #if os(Linux)
+import CBlkBackend
 import Glibc
 
 /// One guest memory region mapped here (SET_MEM_TABLE): the fd mapped
@@ -14,7 +15,10 @@ package struct MappedRegion {
 
 extension BlockServer {
     func unmapRegions() {
-        for region in regions { munmap(region.mapping, region.mappingLength) }
+        for region in regions {
+            blk_guard_remove(region.mapping)
+            munmap(region.mapping, region.mappingLength)
+        }
         regions = []
     }
 
@@ -22,15 +26,6 @@ extension BlockServer {
     func host(user address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
         for region in regions where address >= region.user {
             let offset = address - region.user
-            if offset <= region.size, length <= region.size - offset { return region.host + Int(offset) }
-        }
-        return nil
-    }
-
-    /// The host address of guest-physical `address..<address+length`, inside one region.
-    func host(guest address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for region in regions where address >= region.guestPhysical {
-            let offset = address - region.guestPhysical
             if offset <= region.size, length <= region.size - offset { return region.host + Int(offset) }
         }
         return nil

@@ -1,43 +1,55 @@
 #if os(Linux)
 import CVhostUser
 import Glibc
-
-/// A run of guest memory one descriptor names, mapped here.
-struct Segment {
-    var pointer: UnsafeMutableRawPointer
-    var length: Int
-}
-
-/// A descriptor chain as the device sees it (virtio 1.2 section 2.7.5):
-/// the device-readable segments, then the device-writable ones.
-struct DescriptorChain {
-    var readable: [Segment] = []
-    var writable: [Segment] = []
-    /// Whether every descriptor was usable: inside guest RAM, not INDIRECT
-    /// (not offered), no readable one after a writable one, `next` in range.
-    var valid = true
-}
+import VirtqueueWalk
 
 extension BlockServer {
-    /// Serves every available request of `queue` from its last index, then
-    /// signals its call fd (virtio 1.2 section 2.7.13, "Receiving Used Buffers").
-    func process(queue index: Int) {
+    /// Requests one queue serves per poll round before the loop looks at the
+    /// control socket and the other queues again.
+    package static let budget = 64
+
+    /// What a virtio-blk request may carry (the config's seg_max and
+    /// size_max): data segments, plus the header and the status descriptor.
+    static let chainLimits = ChainLimits(maxDescriptors: Int(segMax) + 2, maxDescriptorLength: sizeMax)
+
+    /// The guest memory map of the mapped regions.
+    var memoryMap: GuestMemoryMap {
+        GuestMemoryMap(regions.map { .init(guestPhysical: $0.guestPhysical, size: $0.size, host: $0.host) })
+    }
+
+    /// Serves up to `budget` available requests of `queue` from its last
+    /// index, then signals its call fd (virtio 1.2 section 2.7.13, "Receiving
+    /// Used Buffers"). Returns whether more requests are available.
+    func process(queue index: Int) -> Bool {
         var queue = queues[index]
-        guard queue.started, queue.enabled, queue.addressed, let rings = rings(of: queue) else { return }
-        let size = UInt16(queue.size)
+        guard queue.started, queue.enabled, queue.addressed, let rings = rings(of: queue) else { return false }
+        let size = UInt16(truncatingIfNeeded: queue.size)
+        let memory = memoryMap
         var completed = 0
+        var more = false
         while true {
             let availableIndex = UInt16(littleEndian: rings.available.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
             vhost_user_fence()
             if availableIndex == queue.lastAvailable { break }
             // More outstanding than the ring holds: a broken driver; stop here rather than loop.
             if availableIndex &- queue.lastAvailable > size {
-                log("queue \(index): available index jumped by more than the ring size")
+                guestLog.log("queue \(index): available index jumped by more than the ring size")
+                break
+            }
+            if completed == Self.budget {
+                more = true
                 break
             }
             let slot = 4 + 2 * Int(queue.lastAvailable % size)
             let head = UInt16(littleEndian: rings.available.loadUnaligned(fromByteOffset: slot, as: UInt16.self))
-            let length = serve(head: head, descriptors: rings.descriptors, size: size)
+            let chain = DescriptorChain(
+                head: head, table: rings.descriptors, queueSize: size, memory: memory, limits: Self.chainLimits)
+            if case .headOutOfRange? = chain.fault {
+                // Virtio 1.2 section 2.7.13: the driver offers heads below the queue size. The
+                // element is still consumed (and completed with length 0), or the ring stalls.
+                guestLog.log("queue \(index): head \(head) is not below the queue size \(size)")
+            }
+            let length = execute(chain, queue: index)
             let element = 4 + 8 * Int(queue.used % size)
             let published =
                 hooks?.usedElement(head: head, usedIndex: queue.used &+ 1, size: size)
@@ -54,49 +66,10 @@ extension BlockServer {
         queues[index].used = queue.used
         if completed > 0, queue.call >= 0 {
             var one: UInt64 = 1
+            // O_NONBLOCK: EAGAIN means the count is at its maximum, a signal already pending.
             _ = write(queue.call, &one, 8)
         }
-    }
-
-    /// Serves the chain at `head`; returns the bytes written to device-writable descriptors.
-    func serve(head: UInt16, descriptors: UnsafeMutableRawPointer, size: UInt16) -> UInt32 {
-        // A head beyond the ring names no chain: nothing to complete but the element (length 0).
-        guard head < size, let chain = walk(head: head, descriptors: descriptors, size: size) else { return 0 }
-        return execute(chain)
-    }
-
-    /// The chain at `head` (virtio 1.2 section 2.7.5), or nil when it is longer
-    /// than the ring (it loops): then no status byte can be trusted.
-    func walk(head: UInt16, descriptors: UnsafeMutableRawPointer, size: UInt16) -> DescriptorChain? {
-        var chain = DescriptorChain()
-        var index = head
-        var steps = 0
-        while true {
-            steps += 1
-            let at = 16 * Int(index)
-            let address = UInt64(littleEndian: descriptors.loadUnaligned(fromByteOffset: at, as: UInt64.self))
-            let length = UInt32(littleEndian: descriptors.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self))
-            let flags = UInt16(littleEndian: descriptors.loadUnaligned(fromByteOffset: at + 12, as: UInt16.self))
-            let next = UInt16(littleEndian: descriptors.loadUnaligned(fromByteOffset: at + 14, as: UInt16.self))
-            guard steps <= Int(size) else { return nil }
-            // INDIRECT was not offered; memory outside RAM; readable after writable: the
-            // request fails, but the walk goes on to find the status descriptor.
-            if flags & 4 == 0, let pointer = host(guest: address, length: UInt64(length)),
-                flags & 2 != 0 || chain.writable.isEmpty
-            {
-                let segment = Segment(pointer: pointer, length: Int(length))
-                if flags & 2 != 0 { chain.writable.append(segment) } else { chain.readable.append(segment) }
-            } else {
-                chain.valid = false
-            }
-            if flags & 1 == 0 { break }
-            guard next < size else {
-                chain.valid = false
-                break
-            }
-            index = next
-        }
-        return chain
+        return more
     }
 }
 #endif
