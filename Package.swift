@@ -130,6 +130,11 @@ let package = Package(
         // The split-virtqueue descriptor-chain walker over a guest memory map: bounded, trusts nothing in the
         // table. No platform code; a device on either side of vhost-user can use it.
         .target(name: "VirtqueueWalk", swiftSettings: strict),
+        // Test equipment, in no product: libFuzzer target over the back-end's message decoder and the chain walker
+        // (Tools/fuzz-backend); built plainly it replays the kept corpus.
+        .executableTarget(
+            name: "irqfd-backend-fuzz", dependencies: ["VhostUserBlkBackend", "VirtqueueWalk", "VhostUser"],
+            swiftSettings: strict),
         // The embedded back-end as a standalone executable (also `irqfd vhost-user-blk`).
         .executableTarget(
             name: "irqfd-vhost-user-blk",
@@ -233,6 +238,8 @@ let package = Package(
             // The fuzz corpus is read by path (#filePath), not bundled.
             exclude: ["Corpus"],
             swiftSettings: strict),
+        // The descriptor-chain walker alone: hand-written tables over memory of this process.
+        .testTarget(name: "VirtqueueWalkTests", dependencies: ["VirtqueueWalk"], swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "CVhostUser"], swiftSettings: strict),
         .testTarget(
