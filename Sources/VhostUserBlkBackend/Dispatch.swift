@@ -144,9 +144,11 @@ extension BlockServer {
 
     /// SET_MEM_TABLE: maps each region's descriptor, after checking with
     /// fstat(2) that the file backs `mmap_offset + size` bytes (a mapping past
-    /// a file's end faults with SIGBUS at first touch). A memfd must be sealed
-    /// against shrinking (F_SEAL_SHRINK), or a truncation later faults: such a
-    /// fault is contained (`blk_guard_add`) and ends the connection.
+    /// a file's end faults with SIGBUS at first touch). A file can still shrink
+    /// afterwards unless it is a memfd sealed with F_SEAL_SHRINK (memfd_create(2)),
+    /// so seals are not required: every mapping is guarded instead
+    /// (`blk_guard_add`), a fault past the new end is contained, and the
+    /// connection ends at the next poll round.
     func setMemTable(_ table: [RegionDescription], descriptors: inout [Int32]) -> String? {
         var mapped: [MappedRegion] = []
         func undo(_ why: String) -> String {
