@@ -24,6 +24,7 @@ static _Atomic uintptr_t guard_start[BLK_GUARD_SLOTS];
 static _Atomic uintptr_t guard_end[BLK_GUARD_SLOTS];
 static _Atomic uint64_t guard_faults;
 static atomic_int guard_installed;
+static uintptr_t guard_page_size;  // set before the handler is installed (sysconf is not async-signal-safe)
 
 static void blk_guard_handler(int sig, siginfo_t *info, void *context) {
     (void)context;
@@ -31,8 +32,8 @@ static void blk_guard_handler(int sig, siginfo_t *info, void *context) {
     for (int i = 0; i < BLK_GUARD_SLOTS; i++) {
         uintptr_t start = atomic_load(&guard_start[i]);
         if (start != 0 && address >= start && address < atomic_load(&guard_end[i])) {
-            uintptr_t page = address & ~((uintptr_t)sysconf(_SC_PAGESIZE) - 1);
-            void *fixed = mmap((void *)page, (size_t)sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE,
+            uintptr_t page = address & ~(guard_page_size - 1);
+            void *fixed = mmap((void *)page, (size_t)guard_page_size, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
             if (fixed != MAP_FAILED) {
                 atomic_fetch_add(&guard_faults, 1);
@@ -45,6 +46,7 @@ static void blk_guard_handler(int sig, siginfo_t *info, void *context) {
 
 int blk_guard_install(void) {
     if (atomic_exchange(&guard_installed, 1)) return 0;
+    guard_page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_sigaction = blk_guard_handler;
@@ -85,7 +87,3 @@ int blk_is_eventfd(int fd) {
     target[length] = 0;
     return strcmp(target, "anon_inode:[eventfd]") == 0;
 }
-
-int blk_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
-
-const int blk_seal_shrink = F_SEAL_SHRINK;

@@ -514,3 +514,99 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
     }
 }
 #endif
+
+#if os(Linux)
+/// The embedded back-end with its standard error captured: what it logs for what a guest or front-end did.
+final class LoggingBackend {
+    let directory: String
+    let socketPath: String
+    let process = Process()
+    let errors = Pipe()
+
+    init() throws {
+        directory = NSTemporaryDirectory() + "irqfd-harden-log-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let image = directory + "/disk.img"
+        _ = FileManager.default.createFile(atPath: image, contents: Data(count: 2048 * 512))
+        socketPath = directory + "/blk.sock"
+        guard let executable = VhostUserBackendProcess.embeddedPath() else {
+            throw VhostUserError.unsupported("irqfd-vhost-user-blk was not built")
+        }
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = [image, "--socket", socketPath]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        try process.run()
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !FileManager.default.fileExists(atPath: socketPath) {
+            guard process.isRunning, ContinuousClock.now < deadline else {
+                throw VhostUserError.unsupported("irqfd-vhost-user-blk did not listen")
+            }
+            usleep(5_000)
+        }
+    }
+
+    /// Stops the back-end and returns every line it wrote to standard error.
+    /// SIGKILL: a child of a test thread inherits its blocked SIGTERM.
+    func lines() -> [String] {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return text.split(separator: "\n").map(String.init)
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+@Suite struct EmbeddedBackendLogTests {
+    /// 300 heads beyond the ring are each consumed (length 0, or the ring would stall) and
+    /// logged, but at most 5 lines a second: a guest cannot flood the back-end's log.
+    @Test func headsBeyondTheRingAreLoggedAtARateLimit() throws {
+        let backend = try LoggingBackend()
+        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
+        let offered = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
+        try frontend.setFeatures(VhostUserFeature.version1 | (offered & VhostUserFeature.protocolFeatures))
+        let memory = try MemfdGuestMemory(size: 4 << 20)
+        try frontend.setMemTable([memory.region])
+        var ring = try HandRing(memory: memory, size: 64, base: 0)
+        try ring.start(frontend)
+        let start = ContinuousClock.now
+        for round in 0..<5 {
+            for _ in 0..<60 { ring.offer(1000) }
+            ring.kick.signal()
+            #expect(ring.waitUsed(UInt16(60 * (round + 1))))
+        }
+        let seconds = Int((ContinuousClock.now - start).components.seconds)
+        #expect(ring.usedLength(0) == 0)
+        frontend.close()
+        let logged = backend.lines().filter { $0.contains("head 1000 is not below the queue size 64") }
+        // 5 lines a second: at most 5 per second begun while the guest was at it.
+        #expect(!logged.isEmpty && logged.count <= 5 * (seconds + 2), "\(logged.count) lines in \(seconds) s")
+    }
+
+    /// SET_VRING_NUM that leaves a queue's addressed rings outside guest memory says so.
+    @Test func aQueueResizedPastGuestMemorySaysItIsNotServed() throws {
+        let backend = try LoggingBackend()
+        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
+        let offered = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
+        try frontend.setFeatures(VhostUserFeature.version1 | (offered & VhostUserFeature.protocolFeatures))
+        let memory = try MemfdGuestMemory(size: 1 << 20)
+        try frontend.setMemTable([memory.region])
+        try frontend.setVringNum(queue: 0, size: 64)
+        // The used ring near the end of RAM: it fits 64 entries, not 32768.
+        try frontend.setVringAddr(queue: 0, descriptor: 0, available: 0x8000, used: (1 << 20) - 4096)
+        try frontend.setVringNum(queue: 0, size: 32768)
+        frontend.close()
+        let lines = backend.lines()
+        #expect(
+            lines.contains { $0.contains("queue 0's rings no longer fit in guest memory at size 32768") }, "\(lines)")
+    }
+}
+#endif

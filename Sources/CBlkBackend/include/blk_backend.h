@@ -22,10 +22,4 @@ uint64_t blk_guard_faults(void);
 /// Whether `fd` is an eventfd: its /proc/self/fd link reads "anon_inode:[eventfd]".
 int blk_is_eventfd(int fd);
 
-/// The seals on `fd` (fcntl(2) F_GET_SEALS), or -1 with errno (EINVAL: not a memfd).
-int blk_get_seals(int fd);
-
-/// F_SEAL_SHRINK, which the Swift importer does not see through the fcntl macros.
-extern const int blk_seal_shrink;
-
 #endif
