@@ -508,6 +508,9 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         let fixture = try HardeningFixture()
         fixture.frontend.close()
         let raw = try RawFrontend(fixture.backend.socketPath)
+        // Served first: the back-end has accepted this connection before the short message.
+        try raw.send(.getFeatures, payload: [])
+        _ = try raw.replyU64()
         try raw.send(.setFeatures, payload: [1, 2, 3, 4], size: 8)
         // The stalled front-end stays connected; the back-end gives up on it (5 s) and serves the next.
         try withExtendedLifetime(raw) { try fixture.recovered() }
