@@ -65,7 +65,7 @@ final class NetGuest {
         let guest = try NetGuest()
         guest.configure(frames: 100)
         let before = guest.vm.vm.counters.snapshot
-        let outcome = guest.vm.run(timeout: .seconds(120))
+        let outcome = guest.vm.run(timeout: .seconds(60))
         #expect(outcome == .exited(code: 0), "\(outcome); \(guest.diagnosis)")
         #expect(guest.sent == 100)
         #expect(guest.intact(pair: 0) == 100, "\(guest.diagnosis)")
@@ -81,7 +81,7 @@ final class NetGuest {
         let guest = try NetGuest(cpus: 2, queuePairs: 2)
         guest.configure(frames: 12, pairs: 2, destinations: [0, 1])
         let before = guest.vm.vm.counters.snapshot
-        let outcome = guest.vm.run(timeout: .seconds(120))
+        let outcome = guest.vm.run(timeout: .seconds(60))
         #expect(outcome == .exited(code: 0), "\(outcome); \(guest.diagnosis)")
         #expect(guest.vm.memory.read32(at: VirtioNetGuestLayout.controlAck) == UInt32(VirtioNet.Control.ok))
         #expect(guest.intact(pair: 0) == 12 && guest.intact(pair: 1) == 12, "\(guest.diagnosis)")
@@ -152,7 +152,7 @@ final class NetGuest {
     func run(_ delivery: InterruptDelivery) throws -> Seen {
         let guest = try NetGuest(cpus: 2, queuePairs: 2, delivery: delivery)
         guest.configure(frames: 8, pairs: 2, destinations: [0, 1])
-        let outcome = guest.vm.run(timeout: .seconds(120))
+        let outcome = guest.vm.run(timeout: .seconds(60))
         #expect(outcome == .exited(code: 0), "\(delivery): \(outcome); \(guest.diagnosis)")
         #expect(guest.device.counters.notifyExits == 0, "\(delivery)")
         return Seen(
