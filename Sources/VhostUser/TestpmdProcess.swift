@@ -144,6 +144,12 @@ public final class TestpmdProcess: @unchecked Sendable {
     /// Whether testpmd is still running.
     public var isRunning: Bool { process.isRunning }
 
+    /// Its exit status when it exited by itself (as it does at end of input);
+    /// nil while it runs or when a signal ended it.
+    public var exitStatus: Int32? {
+        process.isRunning || process.terminationReason != .exit ? nil : process.terminationStatus
+    }
+
     /// testpmd's process ID.
     public var processIdentifier: Int32 { process.processIdentifier }
 

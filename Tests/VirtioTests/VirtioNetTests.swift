@@ -161,6 +161,39 @@ final class NetGuest {
             controlInterrupts: guest.interrupts(cpu: 0, msix: 5))
     }
 
+    @Test func testpmdExitsAtEndOfItsInputAndLeavesNothingBehind() throws {
+        let backend = try NetBackend(queuePairs: 2)
+        let testpmd = backend.process
+        let pid = testpmd.processIdentifier
+        #expect(kill(pid, 0) == 0)
+        #expect(FileManager.default.fileExists(atPath: "/var/run/dpdk/\(testpmd.filePrefix)"))
+        backend.stop()
+        #expect(testpmd.exitStatus == 0, "it exited by itself at end of input, before any signal")
+        #expect(kill(pid, 0) == -1 && errno == ESRCH)
+        #expect(!FileManager.default.fileExists(atPath: "/var/run/dpdk/\(testpmd.filePrefix)"), "DPDK's run-time files")
+        #expect(!FileManager.default.fileExists(atPath: backend.socketPath))
+    }
+
+    /// `irqfd run GUEST.bin --testpmd --queues 2`: the parameters the guest
+    /// reads are below its load address, so it sends 0 frames: it walks the
+    /// capabilities, negotiates, sets up both pairs' queues and DRIVER_OK, and
+    /// exits 0 (2, 3 or 4 name the step that failed). testpmd is gone afterwards.
+    @Test func irqfdRunWithTestpmdStartsItInitialisesTheDeviceAndStopsItAtExit() throws {
+        let guestPath = NSTemporaryDirectory() + "irqfd-virtio-net-\(UUID().uuidString).bin"
+        guard FileManager.default.createFile(atPath: guestPath, contents: Data(GuestProgram.virtioNet.image)) else {
+            throw TestFailure("cannot create \(guestPath)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: guestPath) }
+        let (status, stdout, stderr) = try runProcess(
+            try builtExecutable("irqfd"), ["run", guestPath, "--testpmd", "--queues", "2", "--mac", "52:54:00:ab:cd:ef"])
+        #expect(status == 0, "exit \(status):\n\(stdout)\(stderr)")
+        let line = stderr.split(separator: "\n").first { $0.contains("virtio-net 00:02.0 served by dpdk-testpmd") }
+        #expect(line?.contains("2 queue pairs") == true, "\(stderr)")
+        let pid = line.flatMap { $0.split(separator: "pid ").last?.split(separator: ",").first }.flatMap { Int32($0) }
+        #expect(pid != nil, "\(stderr)")
+        if let pid { #expect(kill(pid, 0) == -1 && errno == ESRCH, "testpmd \(pid) outlived irqfd run") }
+    }
+
     @Test func everyDeliveryModeGivesTheGuestTheSameResults() throws {
         let irqfd = try run(.irqfd)
         let expected = Seen(exit: .exited(code: 0), sent: 16, intact: [8, 8], damaged: 0, ack: 0, controlInterrupts: 1)
