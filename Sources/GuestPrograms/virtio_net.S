@@ -20,11 +20,16 @@
  * Parameters (32-bit words the host writes before start):
  *   0x5C0 frames F per pair     0x5C4 pairs used (1 or 2)
  *   0x5C8 / 0x5CC APIC ID pair 0's / pair 1's vectors target
- *   0x5D0 gated: if nonzero, frame i is sent only once the word at 0x5F0 > i
+ *   0x5D0 gated: if nonzero, a batch starting at frame i is sent only once the word at 0x5F0 > i
+ *   0x5D4 batch B (0 or 1: one frame per pair at a time; up to 32 in flight)
+ *   0x5D8 stamp: if nonzero, pair 0's frame i leaves at 0x400000 + 4i (i < 16384)
+ *         the TSC ticks from its transmit notify to the receive handler's entry
+ *   0x5DC length: if nonzero, every frame has this length (60...1514)
  * Results: 0x5B0 the MAC (6 bytes), 0x5E0 phase (1 DRIVER_OK, 2 done),
  * 0x5E4 frames sent, 0x5E8 / 0x5EC frames received intact on pair 0 / 1,
  * 0x5F4 frames received damaged (length or content), 0x5F8 the control
- * request's ack. Rings of queue q (size 64) at 0x20000 + 0x10000*q:
+ * request's ack, 0x5A0 / 0x5A8 the TSC before the first frame and after the
+ * last came back (64-bit). Rings of queue q (size 64) at 0x20000 + 0x10000*q:
  * descriptors +0, driver area +0x1000, device area +0x2000. Receive buffer d
  * of pair p at 0x100000 + 0x100000*p + 0x800*d, transmit slot s at
  * 0x180000 + 0x100000*p + 0x800*s.
@@ -40,6 +45,13 @@
 #define P_PAIRS 0x5c4
 #define P_DEST 0x5c8
 #define P_GATED 0x5d0
+#define P_BATCH 0x5d4
+#define P_STAMP 0x5d8
+#define P_LENGTH 0x5dc
+#define R_TSC0 0x5a0
+#define R_TSC1 0x5a8
+#define SAMPLES 0x400000
+#define MAX_SAMPLES 16384
 #define R_MAC 0x5b0
 #define R_PHASE 0x5e0
 #define R_SENT 0x5e4
@@ -62,6 +74,10 @@
 #define V_RXAVAIL 0x460
 #define V_BROKEN 0x468
 #define V_P 0x46c
+#define V_BATCHN 0x470
+#define V_K 0x474
+#define V_STSC 0x478		/* TSC (low word) at pair 0's last transmit notify */
+#define V_HTSC 0x480		/* TSC (low word) at handler entry, per vCPU */
 #define QSIZE 64
 #define CTRL_REQ 0x90000
 #define CTRL_ACK 0x90010
@@ -255,8 +271,20 @@ driver:
 	mov	$6, %al
 	jnz	fail
 
-	/* Frames: frame i on every pair, then wait until each came back. */
+	/* Frames, a batch at a time: frames i..<i+B on every pair, then wait
+	 * until each came back. */
 frames:	movl	$0, V_I
+	mov	P_BATCH, %eax
+	cmp	$1, %eax
+	jae	1f
+	mov	$1, %eax
+1:	cmp	$32, %eax
+	jbe	2f
+	mov	$32, %eax
+2:	mov	%eax, V_BATCHN
+	rdtsc
+	mov	%eax, R_TSC0
+	mov	%edx, R_TSC0 + 4
 10:	mov	V_I, %eax
 	cmp	P_FRAMES, %eax
 	jae	done
@@ -267,21 +295,30 @@ frames:	movl	$0, V_I
 	jb	12f
 	pause
 	jmp	11b
-12:	movl	$0, V_P
+12:	movl	$0, V_K
+3:	movl	$0, V_P
 13:	call	send
 	incl	V_P
 	mov	V_P, %ecx
 	cmp	P_PAIRS, %ecx
 	jb	13b
-	/* Wait for frame i on each pair: HLT for a pair aimed at vCPU 0, PAUSE
+	incl	V_I
+	incl	V_K
+	mov	V_I, %eax
+	cmp	P_FRAMES, %eax
+	jae	4f
+	mov	V_K, %eax
+	cmp	V_BATCHN, %eax
+	jb	3b
+	/* Wait for the batch on each pair: HLT for a pair aimed at vCPU 0, PAUSE
 	 * for one aimed at vCPU 1 (whose interrupts cannot end vCPU 0's HLT). */
-	xor	%ecx, %ecx
+4:	xor	%ecx, %ecx
 14:	cli
 	cmpl	$0, V_BROKEN
 	jne	broken
 	mov	V_RXCOUNT(,%ecx,4), %eax
 	cmp	V_I, %eax
-	ja	16f
+	jae	16f
 	testl	$1, P_DEST(,%ecx,4)
 	jz	15f
 	sti
@@ -294,13 +331,15 @@ frames:	movl	$0, V_I
 	inc	%ecx
 	cmp	P_PAIRS, %ecx
 	jb	14b
-	incl	V_I
 	jmp	10b
 
 broken:	mov	$5, %al
 	jmp	fail
 
-done:	movl	$2, R_PHASE
+done:	rdtsc
+	mov	%eax, R_TSC1
+	mov	%edx, R_TSC1 + 4
+	movl	$2, R_PHASE
 	xor	%al, %al
 	cmpl	$0, R_BAD
 	je	17f
@@ -309,9 +348,14 @@ done:	movl	$2, R_PHASE
 	out	%al, %dx
 	hlt
 
-/* EAX = the length of frame EAX (60 + (i * 1454 / 99) % 1455). Clobbers EDX. */
+/* EAX = the length of frame EAX (P_LENGTH if set, else 60 + (i * 1454 / 99)
+ * % 1455). Clobbers EDX. */
 framelen:
-	push	%ecx
+	cmpl	$0, P_LENGTH
+	je	1f
+	mov	P_LENGTH, %eax
+	ret
+1:	push	%ecx
 	mov	$1454, %ecx
 	mul	%ecx
 	mov	$99, %ecx
@@ -371,7 +415,13 @@ send:	cli				/* EBX stays the vCPU index: 0 */
 	incl	R_SENT
 	lea	1(%ecx,%ecx), %eax	/* notify queue 2p + 1 */
 	mov	V_QNOTIFY(,%eax,4), %edi
-	movw	%ax, (%edi)
+	test	%ecx, %ecx		/* pair 0: the TSC just before its notify */
+	jnz	19f
+	push	%eax
+	rdtsc
+	mov	%eax, V_STSC
+	pop	%eax
+19:	movw	%ax, (%edi)
 	sti
 	ret
 
@@ -383,6 +433,8 @@ send:	cli				/* EBX stays the vCPU index: 0 */
 common:
 	pushal
 	movzx	%al, %esi
+	rdtsc
+	mov	%eax, V_HTSC(,%ebx,4)
 	mov	%esi, 0x700(,%ebx,4)
 	incl	0x600(,%ebx,4)
 	mov	%ebx, %eax
@@ -447,6 +499,17 @@ receive:
 	cmp	%edi, %edx
 	jb	21b
 	incl	R_GOOD(,%ecx,4)
+	/* Stamped: pair 0's sample i = handler entry - transmit notify. */
+	cmpl	$0, P_STAMP
+	je	22f
+	test	%ecx, %ecx
+	jnz	22f
+	mov	V_RXCOUNT, %eax
+	cmp	$MAX_SAMPLES, %eax
+	jae	22f
+	mov	V_HTSC(,%ebx,4), %edx
+	sub	V_STSC, %edx
+	mov	%edx, SAMPLES(,%eax,4)
 	jmp	22f
 23:	incl	R_BAD
 22:	incl	V_RXCOUNT(,%ecx,4)

@@ -7,8 +7,23 @@ public enum VirtioNetGuestLayout {
     public static let pairs: UInt64 = 0x5C4
     /// The APIC ID pair `p`'s receive and transmit vectors target.
     public static func destination(pair p: Int) -> UInt64 { 0x5C8 + 4 * UInt64(p) }
-    /// Nonzero: frame i is sent only once `gate` > i.
+    /// Nonzero: a batch starting at frame i is sent only once `gate` > i.
     public static let gated: UInt64 = 0x5D0
+    /// Frames in flight per pair (0 or 1: one at a time; at most 32).
+    public static let batch: UInt64 = 0x5D4
+    /// Nonzero: pair 0's frames are stamped (see `sample(_:)`).
+    public static let stamp: UInt64 = 0x5D8
+    /// Nonzero: every frame has this length (60...1514) instead of `frameLength(_:)`.
+    public static let length: UInt64 = 0x5DC
+    /// The TSC before the first frame was sent, and after the last came back (64-bit words).
+    public static let tscStart: UInt64 = 0x5A0
+    public static let tscEnd: UInt64 = 0x5A8
+    /// Stamped runs: TSC ticks from pair 0's frame `i` transmit notify to the
+    /// receive handler's entry that took it (i < `maxSamples`); with batch 1 (with more
+    /// in flight the notify is the batch's latest).
+    public static func sample(_ i: Int) -> UInt64 { 0x40_0000 + 4 * UInt64(i) }
+    /// The most samples a run keeps.
+    public static let maxSamples = 16384
     /// The MAC address the guest read from the device configuration (6 bytes).
     public static let mac: UInt64 = 0x5B0
     /// 1 once DRIVER_OK is set, 2 when every frame is back.

@@ -139,6 +139,21 @@ final class NetGuest {
         #expect(guest.device.frontend.messagesSent == messages, "no vhost-user message for mask/unmask")
     }
 
+    @Test func batchesOfThirtyTwoComeBackIntactAndStampedRunsRecordEveryFrame() throws {
+        let guest = try NetGuest()
+        guest.configure(frames: 96)
+        let L = VirtioNetGuestLayout.self
+        guest.vm.memory.write32(32, at: L.batch)
+        guest.vm.memory.write32(1, at: L.stamp)
+        guest.vm.memory.write32(60, at: L.length)
+        let outcome = guest.vm.run(timeout: .seconds(60))
+        #expect(outcome == .exited(code: 0), "\(outcome); \(guest.diagnosis)")
+        #expect(guest.intact(pair: 0) == 96 && guest.damaged == 0)
+        let samples = (0..<96).map { guest.vm.memory.read32(at: L.sample($0)) }
+        #expect(samples.allSatisfy { $0 > 0 }, "a notify -> handler time for every frame")
+        #expect(guest.vm.memory.read64(at: L.tscEnd) > guest.vm.memory.read64(at: L.tscStart))
+    }
+
     /// What a guest saw, for comparing delivery modes.
     struct Seen: Equatable {
         var exit: Outcome
