@@ -24,6 +24,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var msixBringUp: [MsixBringUp]?
     /// virtio-blk over vhost-user (issue 10; nil if not measured).
     public var vhostUser: VhostUser?
+    /// virtio-net over vhost-user on dpdk-testpmd (nil if not measured).
+    public var virtioNet: VirtioNet?
     /// The first interrupt after each vector goes live, from the guest's unmask write to its handler (issue 11).
     public var firstInterrupt: [FirstInterrupt]?
     /// DESIGN.md's performance targets, checked against this run's ratios.
@@ -37,6 +39,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         case lifecycle, targets, gaps
         case msixBringUp = "msix_bring_up"
         case vhostUser = "vhost_user"
+        case virtioNet = "virtio_net"
         case firstInterrupt = "first_interrupt"
     }
 

@@ -9,7 +9,7 @@ public struct NetBackendError: Error, CustomStringConvertible {
     public var description: String
 }
 
-/// A vhost-user-net backend the VMM started: `dpdk-testpmd` (``TestpmdProcess``)
+/// A vhost-user-net backend the VMM started: `dpdk-testpmd` (`TestpmdProcess`)
 /// with its socket and log in a private directory, stopped by `stop()` or
 /// deinit. testpmd busy-polls a core: keep one only while it is needed.
 public final class NetBackend: Sendable {
