@@ -92,7 +92,8 @@ extension ReportText {
         guard let n = report.virtioNet else { return [] }
         var sections: [String] = []
         if !n.latency.isEmpty {
-            var latency = TextTable(["mode", "samples", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "damaged"])
+            var latency = TextTable(
+                ["mode", "samples", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "damaged"])
             func row(_ name: String, _ l: LatencySummary, _ damaged: String) {
                 latency.add([
                     name, String(l.samples), us(l.p50Us), us(l.p90Us), us(l.p99Us), us(l.p999Us), us(l.maxUs), damaged,
@@ -110,13 +111,18 @@ extension ReportText {
             sections.append(ratios.render(title: "virtio-net latency ratios (per-round medians/p99s, paired by round)"))
             var throughput = TextTable(["mode", "batch", "frames/s", "frames", "/ userspace (paired, 95%)"])
             for t in n.throughput {
-                throughput.add([t.mode, String(t.batch), count(t.perSecond), String(t.frames), pairedText(t.overUserspace)])
+                throughput.add([
+                    t.mode, String(t.batch), count(t.perSecond), String(t.frames), pairedText(t.overUserspace),
+                ])
             }
             sections.append(
                 throughput.render(
-                    title: "virtio-net frames per second (60-byte frames, each built and checked by the emulated guest)"))
+                    title: "virtio-net frames per second (60-byte frames, each built and checked by the emulated guest)"
+                ))
         }
-        if !n.skipped.isEmpty { sections.append("virtio-net skipped:\n" + n.skipped.map { "  - " + $0 }.joined(separator: "\n")) }
+        if !n.skipped.isEmpty {
+            sections.append("virtio-net skipped:\n" + n.skipped.map { "  - " + $0 }.joined(separator: "\n"))
+        }
         return sections
     }
 }

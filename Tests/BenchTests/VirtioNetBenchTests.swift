@@ -17,7 +17,8 @@ private let testpmdInstalled: Bool = {
 /// Not how fast (that is the benchmark's job): no timing thresholds here.
 @Suite(needsKVM) struct VirtioNetBenchTests {
     @Test func quickSectionMeasuresEveryModeTheFloorAndBothBatches() throws {
-        let net = try VirtioNetBench(options: BenchOptions(quick: true, sections: [.vhostUser]), progress: { _ in }).run()
+        let net = try VirtioNetBench(options: BenchOptions(quick: true, sections: [.vhostUser]), progress: { _ in })
+            .run()
         guard testpmdInstalled else {
             #expect(net.skipped.contains { $0.contains("dpdk-testpmd is not installed") })
             #expect(net.latency.isEmpty)

@@ -39,8 +39,10 @@ final class NetHostDriver {
         w(0x14, 1, 0)
         w(0x14, 1, 1)
         w(0x14, 1, 3)
-        w(0x08, 4, 0); w(0x0C, 4, UInt64(features))
-        w(0x08, 4, 1); w(0x0C, 4, 1)
+        w(0x08, 4, 0)
+        w(0x0C, 4, UInt64(features))
+        w(0x08, 4, 1)
+        w(0x0C, 4, 1)
         w(0x14, 1, 0x0B)
         guard r(0x14, 1) & 8 != 0 else { return false }
         for q in 0..<device.queueCount {

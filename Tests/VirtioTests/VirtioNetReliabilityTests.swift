@@ -180,7 +180,8 @@ func netFrame(_ n: Int, length: Int) -> [UInt8] { (0..<length).map { UInt8(trunc
     /// the VMM's control queue walks whatever the rings hold. Nothing
     /// crashes, and afterwards the device still works.
     @Test func randomGuestAccessesLeaveAWorkingDevice() throws {
-        let seed = ProcessInfo.processInfo.environment["IRQFD_FUZZ_SEED"].flatMap { UInt64($0) }
+        let seed =
+            ProcessInfo.processInfo.environment["IRQFD_FUZZ_SEED"].flatMap { UInt64($0) }
             ?? UInt64.random(in: 1...UInt64.max)
         var rng = SplitMix(seed: seed)
         let backend = try NetBackend(queuePairs: 2)
@@ -232,7 +233,8 @@ func netFrame(_ n: Int, length: Int) -> [UInt8] { (0..<length).map { UInt8(trunc
                 device.write(address: VirtioNetDevice.msixBase + offset, size: size == 8 ? 4 : size, value: value)
             case 8:
                 let width = [1, 2, 4][Int(rng.next() % 3)]
-                device.configWrite(offset: Int(rng.next() % 0x100), size: width, value: UInt32(truncatingIfNeeded: value))
+                device.configWrite(
+                    offset: Int(rng.next() % 0x100), size: width, value: UInt32(truncatingIfNeeded: value))
             default:
                 _ = device.read(address: base + rng.next() % 0x38, size: size)
             }

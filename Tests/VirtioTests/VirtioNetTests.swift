@@ -200,7 +200,8 @@ final class NetGuest {
         }
         defer { try? FileManager.default.removeItem(atPath: guestPath) }
         let (status, stdout, stderr) = try runProcess(
-            try builtExecutable("irqfd"), ["run", guestPath, "--testpmd", "--queues", "2", "--mac", "52:54:00:ab:cd:ef"])
+            try builtExecutable("irqfd"),
+            ["run", guestPath, "--testpmd", "--queues", "2", "--mac", "52:54:00:ab:cd:ef"])
         #expect(status == 0, "exit \(status):\n\(stdout)\(stderr)")
         let line = stderr.split(separator: "\n").first { $0.contains("virtio-net 00:02.0 served by dpdk-testpmd") }
         #expect(line?.contains("2 queue pairs") == true, "\(stderr)")

@@ -44,7 +44,8 @@ final class NetFloor {
             memory = try MemfdGuestMemory(size: 1 << 20)
             try frontend.setMemTable([memory.region])
             receive = try HostVirtqueueDriver(memory: memory, queue: 0, size: Self.size, base: 0, maxData: 64)
-            transmit = try HostVirtqueueDriver(memory: memory, queue: 1, size: Self.size, base: 0x1_0000, maxData: 64)
+            transmit = try HostVirtqueueDriver(
+                memory: memory, queue: 1, size: Self.size, base: 0x1_0000, maxData: 64)
             for d in 0..<Int(Self.size) {
                 descriptor(receive, d, address: Self.receiveBuffers + 0x800 * UInt64(d), length: 0x800, flags: 2)
                 publish(receive, head: UInt16(d), index: &receiveAvailable)
@@ -162,10 +163,12 @@ package final class VirtioNetBench {
 
     package func run() throws(BenchError) -> BenchReport.VirtioNet {
         guard NetBackend.isTestpmdInstalled else {
-            let line = "virtio-net: dpdk-testpmd is not installed (apt-get install dpdk-dev): latency and frames/s skipped"
+            let line =
+                "virtio-net: dpdk-testpmd is not installed (apt-get install dpdk-dev): latency and frames/s skipped"
             progress(line)
             return .init(
-                backend: "dpdk-testpmd", latency: [], floor: LatencySummary(nanoseconds: []), throughput: [], ratios: [],
+                backend: "dpdk-testpmd", latency: [], floor: LatencySummary(nanoseconds: []), throughput: [],
+                ratios: [],
                 tscKHz: 0, rounds: 0, skipped: [line])
         }
         progress("virtio-net: starting dpdk-testpmd (it busy-polls a core until the section ends)")
@@ -176,13 +179,18 @@ package final class VirtioNetBench {
 
         // Warm-up, then interleaved rounds: each mode, then the floor, in a rotating order.
         var tscKHz = try guestRun(.irqfd, socketPath: socket, frames: 20, batch: 1, stamp: true).tscKHz
-        guard tscKHz > 0 else { throw .setup("KVM_GET_TSC_KHZ failed: the guest's RDTSC stamps cannot be converted") }
+        guard tscKHz > 0 else {
+            throw .setup("KVM_GET_TSC_KHZ failed: the guest's RDTSC stamps cannot be converted")
+        }
         let toNs = { (ticks: UInt32) in UInt64(Double(ticks) * 1e6 / tscKHz) }
         let perRound = options.netLatencyPerRound
         var modeAll = [[UInt64]](repeating: [], count: Self.modes.count)
         var damaged = [Int](repeating: 0, count: Self.modes.count)
-        var p50 = [[Double]](repeating: [], count: Self.modes.count), p99 = p50
-        var floorAll: [UInt64] = [], floorP50: [Double] = [], floorP99: [Double] = []
+        var p50 = [[Double]](repeating: [], count: Self.modes.count)
+        var p99 = p50
+        var floorAll: [UInt64] = []
+        var floorP50: [Double] = []
+        var floorP99: [Double] = []
         var order = Array(0...Self.modes.count)  // modes, then the floor
         for r in 0..<options.netRounds {
             progress("virtio-net: latency round \(r + 1)/\(options.netRounds), \(perRound) frames per side")
@@ -197,7 +205,8 @@ package final class VirtioNetBench {
                     floorP50.append(Self.median(us))
                     floorP99.append(Self.percentile(us, 99))
                 } else {
-                    let run = try guestRun(Self.modes[item], socketPath: socket, frames: perRound, batch: 1, stamp: true)
+                    let run = try guestRun(
+                        Self.modes[item], socketPath: socket, frames: perRound, batch: 1, stamp: true)
                     tscKHz = run.tscKHz
                     let ns = run.samples.map(toNs)
                     modeAll[item] += ns
@@ -220,7 +229,8 @@ package final class VirtioNetBench {
             for r in 0..<options.netThroughputRounds {
                 progress("virtio-net: frames/s at batch \(batch), round \(r + 1)/\(options.netThroughputRounds)")
                 for i in modeOrder {
-                    let run = try guestRun(Self.modes[i], socketPath: socket, frames: frames, batch: batch, stamp: false)
+                    let run = try guestRun(
+                        Self.modes[i], socketPath: socket, frames: frames, batch: batch, stamp: false)
                     damaged[i] += run.damaged
                     rates[i].append(Double(frames) / (Double(run.ticks) / (run.tscKHz * 1000)))
                     usleep(2000)
@@ -230,12 +240,15 @@ package final class VirtioNetBench {
             for (i, mode) in Self.modes.enumerated() {
                 throughput.append(
                     .init(
-                        mode: mode.rawValue, batch: batch, perSecond: Self.median(rates[i]), frames: frames * rates[i].count,
-                        overUserspace: mode == .userspace ? nil : BenchReport.PairedRatio(path: rates[i], floor: rates[userspace])))
+                        mode: mode.rawValue, batch: batch, perSecond: Self.median(rates[i]),
+                        frames: frames * rates[i].count,
+                        overUserspace: mode == .userspace
+                            ? nil : BenchReport.PairedRatio(path: rates[i], floor: rates[userspace])))
             }
         }
 
-        let irqfd = Self.modes.firstIndex(of: .irqfd)!, relay = Self.modes.firstIndex(of: .relay)!
+        let irqfd = Self.modes.firstIndex(of: .irqfd)!
+        let relay = Self.modes.firstIndex(of: .relay)!
         var ratios: [BenchReport.NamedRatio] = []
         func add(_ name: String, _ ratio: BenchReport.PairedRatio?) {
             if let ratio { ratios.append(.init(name: name, ratio: ratio)) }
