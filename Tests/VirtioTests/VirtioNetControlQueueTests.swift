@@ -103,100 +103,132 @@ final class NetHostDriver {
     }
 }
 
-@Suite(needsKVM, testpmdInstalled, .serialized) struct VirtioNetControlQueueTests {
-    static let ok = VirtioNet.Control.ok
-    static let err = VirtioNet.Control.error
-    /// MAC, CTRL_VQ, MQ.
-    static let features: UInt32 = (1 << 5) | (1 << 17) | (1 << 22)
+extension VirtioNetTests {
+    @Suite struct ControlQueueTests {
+        static let ok = VirtioNet.Control.ok
+        static let err = VirtioNet.Control.error
+        /// MAC, CTRL_VQ, MQ.
+        static let features: UInt32 = (1 << 5) | (1 << 17) | (1 << 22)
 
-    @Test func hostileControlRequestsAreAnsweredPerSpecAndTheDeviceKeepsWorking() throws {
-        let backend = try NetBackend(queuePairs: 2)
-        defer { backend.stop() }
-        let vm = try TinyVM(.init(cpus: 1))
-        let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-        defer { device.disconnect() }
-        let driver = NetHostDriver(device: device, memory: vm.memory)
-        #expect(driver.initialise(features: Self.features), "status \(device.status); \(backend.log.suffix(800))")
-        #expect(device.isRunning(queue: 4))
-        // Well-formed: both pairs, then one.
-        #expect(driver.request([4, 0, 2, 0]) == Self.ok, "\(backend.log.suffix(800))")
-        #expect(driver.request([4, 0, 1, 0]) == Self.ok)
-        // A class or command whose feature was not negotiated (or does not exist).
-        #expect(driver.request([0, 0, 1]) == Self.err, "VIRTIO_NET_CTRL_RX without CTRL_RX")
-        #expect(driver.request([1, 1, 0, 0, 0, 0, 0, 0]) == Self.err, "MAC_ADDR_SET without CTRL_MAC_ADDR")
-        #expect(driver.request([3, 0]) == Self.err, "ANNOUNCE_ACK without GUEST_ANNOUNCE")
-        #expect(driver.request([9, 0, 0, 0]) == Self.err, "no such class")
-        #expect(driver.request([4, 1, 0, 0]) == Self.err, "RSS_CONFIG without RSS")
-        #expect(driver.request([4, 7, 1, 0]) == Self.err, "no such MQ command")
-        // Too short to hold what it says.
-        #expect(driver.request([4]) == Self.err, "no command byte")
-        #expect(driver.request([4, 0]) == Self.err, "VQ_PAIRS_SET without its le16")
-        #expect(driver.request([4, 0, 2]) == Self.err, "half a le16")
-        // Pair counts out of range (virtio 1.2 section 5.1.6.5.5: 1...max_virtqueue_pairs).
-        #expect(driver.request([4, 0, 0, 0]) == Self.err, "0 pairs")
-        #expect(driver.request([4, 0, 3, 0]) == Self.err, "more than max_virtqueue_pairs")
-        #expect(driver.request([4, 0, 0xFF, 0xFF]) == Self.err, "65535 pairs")
-        #expect(device.counters.badServedRequests == 0, "each of those was a well-formed chain")
+        @Test func hostileControlRequestsAreAnsweredPerSpecAndTheDeviceKeepsWorking() throws {
+            let backend = try NetBackend(queuePairs: 2)
+            defer { backend.stop() }
+            let vm = try TinyVM(.init(cpus: 1))
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+            defer { device.disconnect() }
+            let driver = NetHostDriver(device: device, memory: vm.memory)
+            #expect(driver.initialise(features: Self.features), "status \(device.status); \(backend.log.suffix(800))")
+            #expect(device.isRunning(queue: 4))
+            // Well-formed: both pairs, then one.
+            #expect(driver.request([4, 0, 2, 0]) == Self.ok, "\(backend.log.suffix(800))")
+            #expect(driver.request([4, 0, 1, 0]) == Self.ok)
+            // A class or command whose feature was not negotiated (or does not exist).
+            #expect(driver.request([0, 0, 1]) == Self.err, "VIRTIO_NET_CTRL_RX without CTRL_RX")
+            #expect(driver.request([1, 1, 0, 0, 0, 0, 0, 0]) == Self.err, "MAC_ADDR_SET without CTRL_MAC_ADDR")
+            #expect(driver.request([3, 0]) == Self.err, "ANNOUNCE_ACK without GUEST_ANNOUNCE")
+            #expect(driver.request([9, 0, 0, 0]) == Self.err, "no such class")
+            #expect(driver.request([4, 1, 0, 0]) == Self.err, "RSS_CONFIG without RSS")
+            #expect(driver.request([4, 7, 1, 0]) == Self.err, "no such MQ command")
+            // Too short to hold what it says.
+            #expect(driver.request([4]) == Self.err, "no command byte")
+            #expect(driver.request([4, 0]) == Self.err, "VQ_PAIRS_SET without its le16")
+            #expect(driver.request([4, 0, 2]) == Self.err, "half a le16")
+            // Pair counts out of range (virtio 1.2 section 5.1.6.5.5: 1...max_virtqueue_pairs).
+            #expect(driver.request([4, 0, 0, 0]) == Self.err, "0 pairs")
+            #expect(driver.request([4, 0, 3, 0]) == Self.err, "more than max_virtqueue_pairs")
+            #expect(driver.request([4, 0, 0xFF, 0xFF]) == Self.err, "65535 pairs")
+            #expect(device.counters.badServedRequests == 0, "each of those was a well-formed chain")
 
-        // Chains that break the ring's rules: used with nothing written, counted.
-        let b = NetHostDriver.buffers
-        typealias D = NetHostDriver.Descriptor
-        vm.memory.load([4, 0, 2, 0, 0xFF], at: b)
-        var used = driver.submit([D(address: b, length: 4)])
-        #expect(used?.length == 0, "no writable byte: nowhere to put an ack")
-        used = driver.submit([D(address: b + 4, length: 1, flags: 3, next: 1), D(address: b, length: 4)])
-        #expect(used?.length == 0, "readable after writable")
-        used = driver.submit([D(address: b, length: 4, flags: 1, next: 0)])
-        #expect(used?.length == 0, "a chain that loops")
-        used = driver.submit([
-            D(address: 0xFFFF_0000_0000, length: 4, flags: 1, next: 1), D(address: b + 4, length: 1, flags: 2),
-        ])
-        #expect(used?.length == 0, "a buffer outside RAM")
-        used = driver.submit([D(address: b, length: 4, flags: 1, next: 99), D(address: b + 4, length: 1, flags: 2)])
-        #expect(used?.length == 0, "next beyond the table")
-        used = driver.submit([D(address: b, length: 4)], head: 200)
-        #expect(used?.id == 200 && used?.length == 0, "a head beyond the table")
-        used = driver.submit([D(address: b, length: 32, flags: 4)])
-        #expect(used?.length == 0, "an indirect table without VIRTIO_F_INDIRECT_DESC")
-        #expect(device.counters.badServedRequests == 6, "the chain with no writable byte broke no rule")
-        #expect(vm.memory.bytes(at: b + 4, count: 1) == [0xFF], "nothing written into a refused chain")
+            // Chains that break the ring's rules: used with nothing written, counted.
+            let b = NetHostDriver.buffers
+            typealias D = NetHostDriver.Descriptor
+            vm.memory.load([4, 0, 2, 0, 0xFF], at: b)
+            var used = driver.submit([D(address: b, length: 4)])
+            #expect(used?.length == 0, "no writable byte: nowhere to put an ack")
+            used = driver.submit([D(address: b + 4, length: 1, flags: 3, next: 1), D(address: b, length: 4)])
+            #expect(used?.length == 0, "readable after writable")
+            used = driver.submit([D(address: b, length: 4, flags: 1, next: 0)])
+            #expect(used?.length == 0, "a chain that loops")
+            used = driver.submit([
+                D(address: 0xFFFF_0000_0000, length: 4, flags: 1, next: 1), D(address: b + 4, length: 1, flags: 2),
+            ])
+            #expect(used?.length == 0, "a buffer outside RAM")
+            used = driver.submit([D(address: b, length: 4, flags: 1, next: 99), D(address: b + 4, length: 1, flags: 2)])
+            #expect(used?.length == 0, "next beyond the table")
+            used = driver.submit([D(address: b, length: 4)], head: 200)
+            #expect(used?.id == 200 && used?.length == 0, "a head beyond the table")
+            used = driver.submit([D(address: b, length: 32, flags: 4)])
+            #expect(used?.length == 0, "an indirect table without VIRTIO_F_INDIRECT_DESC")
+            #expect(device.counters.badServedRequests == 6, "the chain with no writable byte broke no rule")
+            #expect(vm.memory.bytes(at: b + 4, count: 1) == [0xFF], "nothing written into a refused chain")
 
-        // Still answering, still running, and every answer came through the control
-        // queue's vector (5): masked (MSI-X is off), it latched in the PBA.
-        #expect(driver.request([4, 0, 2, 0]) == Self.ok)
-        #expect(device.status & VirtioStatus.needsReset == 0)
-        #expect(device.isBackendConnected)
-        #expect(device.emulator.read(bar: 1, offset: 0x800, size: 8) & (1 << 5) != 0, "PBA bit 5")
-        #expect(backend.isRunning)
-    }
-
-    @Test func theControlQueueStartsAfreshAfterAReset() throws {
-        let backend = try NetBackend(queuePairs: 2)
-        defer { backend.stop() }
-        let vm = try TinyVM(.init(cpus: 1))
-        let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-        defer { device.disconnect() }
-        let driver = NetHostDriver(device: device, memory: vm.memory)
-        for round in 0..<3 {
-            #expect(driver.initialise(features: Self.features), "round \(round): status \(device.status)")
-            #expect(driver.request([4, 0, 2, 0]) == Self.ok, "round \(round)")
-            #expect(driver.request([4, 0, 1, 0]) == Self.ok, "round \(round)")
-            device.writeStatus(0)
-            #expect(device.status == 0)
-            #expect(!device.isRunning(queue: 4))
+            // Still answering, still running, and every answer came through the control
+            // queue's vector (5): masked (MSI-X is off), it latched in the PBA.
+            #expect(driver.request([4, 0, 2, 0]) == Self.ok)
+            #expect(device.status & VirtioStatus.needsReset == 0)
+            #expect(device.isBackendConnected)
+            #expect(device.emulator.read(bar: 1, offset: 0x800, size: 8) & (1 << 5) != 0, "PBA bit 5")
+            #expect(backend.isRunning)
         }
-    }
 
-    @Test func withoutMultiQueueNegotiatedPairsSetIsRefused() throws {
-        let backend = try NetBackend(queuePairs: 2)
-        defer { backend.stop() }
-        let vm = try TinyVM(.init(cpus: 1))
-        let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-        defer { device.disconnect() }
-        let driver = NetHostDriver(device: device, memory: vm.memory)
-        // MAC and CTRL_VQ only.
-        #expect(driver.initialise(features: (1 << 5) | (1 << 17)))
-        #expect(driver.request([4, 0, 1, 0]) == VirtioNet.Control.error)
+        /// With MQ the device starts on the first pair alone and the second
+        /// carries nothing until VQ_PAIRS_SET enables it (virtio 1.2 section
+        /// 5.1.6.5.5); VQ_PAIRS_SET 1 takes it away again.
+        @Test func theSecondPairCarriesFramesOnlyWhileVQPairsSetHasItEnabled() throws {
+            let backend = try NetBackend(queuePairs: 2)
+            defer { backend.stop() }
+            let vm = try TinyVM(.init(cpus: 1))
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+            defer { device.disconnect() }
+            let driver = NetHostDriver(device: device, memory: vm.memory)
+            #expect(driver.initialise(features: Self.features))
+            let first = NetFrameDriver(driver, pair: 0)
+            let second = NetFrameDriver(driver, pair: 1)
+            first.postReceiveBuffers()
+            second.postReceiveBuffers()
+            first.send(netFrame(1, length: 200))
+            #expect(first.receive() == netFrame(1, length: 200), "the first pair runs from DRIVER_OK")
+            second.send(netFrame(2, length: 300))
+            #expect(second.receive(timeout: .milliseconds(500)) == nil, "the second pair is not enabled yet")
+            #expect(driver.request([4, 0, 2, 0]) == Self.ok)
+            #expect(second.receive() == netFrame(2, length: 300), "enabled: testpmd takes the waiting frame")
+            second.send(netFrame(3, length: 1514))
+            #expect(second.receive() == netFrame(3, length: 1514))
+            #expect(driver.request([4, 0, 1, 0]) == Self.ok)
+            second.send(netFrame(4, length: 60))
+            #expect(second.receive(timeout: .milliseconds(500)) == nil, "disabled again")
+            first.send(netFrame(5, length: 61))
+            #expect(first.receive() == netFrame(5, length: 61))
+        }
+
+        @Test func theControlQueueStartsAfreshAfterAReset() throws {
+            let backend = try NetBackend(queuePairs: 2)
+            defer { backend.stop() }
+            let vm = try TinyVM(.init(cpus: 1))
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+            defer { device.disconnect() }
+            let driver = NetHostDriver(device: device, memory: vm.memory)
+            for round in 0..<3 {
+                #expect(driver.initialise(features: Self.features), "round \(round): status \(device.status)")
+                #expect(driver.request([4, 0, 2, 0]) == Self.ok, "round \(round)")
+                #expect(driver.request([4, 0, 1, 0]) == Self.ok, "round \(round)")
+                device.writeStatus(0)
+                #expect(device.status == 0)
+                #expect(!device.isRunning(queue: 4))
+            }
+        }
+
+        @Test func withoutMultiQueueNegotiatedPairsSetIsRefused() throws {
+            let backend = try NetBackend(queuePairs: 2)
+            defer { backend.stop() }
+            let vm = try TinyVM(.init(cpus: 1))
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+            defer { device.disconnect() }
+            let driver = NetHostDriver(device: device, memory: vm.memory)
+            // MAC and CTRL_VQ only.
+            #expect(driver.initialise(features: (1 << 5) | (1 << 17)))
+            #expect(driver.request([4, 0, 1, 0]) == VirtioNet.Control.error)
+        }
     }
 }
 #endif
