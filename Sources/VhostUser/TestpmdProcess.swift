@@ -167,7 +167,7 @@ public final class TestpmdProcess: @unchecked Sendable {
     /// SIGTERM to its pid after 2 s, SIGKILL after 5 more; removes the socket
     /// and DPDK's run-time files. Idempotent.
     public func stop() {
-        closeInput()
+        endInput()
         if process.isRunning {
             var deadline = ContinuousClock.now + .seconds(2)
             while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
@@ -180,8 +180,9 @@ public final class TestpmdProcess: @unchecked Sendable {
         cleanUp()
     }
 
-    /// End of input for testpmd, once.
-    private func closeInput() {
+    /// End of input: testpmd stops forwarding and exits by itself, as it does
+    /// when this process dies and the kernel closes the socket. Idempotent.
+    public func endInput() {
         let open = inputClosed.withLock { closed in
             defer { closed = true }
             return !closed
@@ -195,7 +196,7 @@ public final class TestpmdProcess: @unchecked Sendable {
             return !done
         }
         guard first else { return }
-        closeInput()
+        endInput()
         unlink(socketPath)
         try? FileManager.default.removeItem(atPath: "/var/run/dpdk/\(filePrefix)")
     }
