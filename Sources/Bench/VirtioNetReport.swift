@@ -64,9 +64,8 @@ extension BenchReport {
         public var skipped: [String]
 
         enum CodingKeys: String, CodingKey {
-            case backend, latency, floor, throughput, ratios
-            case tscKHz = "tsc_khz"
-            case rounds, skipped
+            case backend, latency, floor, throughput, ratios, rounds, skipped
+            case tscKHz = "tscKhz"
         }
 
         /// A section result.

@@ -191,7 +191,7 @@ extension VirtioNetTests {
             #expect(kill(pid, 0) == 0)
             #expect(FileManager.default.fileExists(atPath: "/var/run/dpdk/\(testpmd.filePrefix)"))
             testpmd.endInput()
-            #expect(eventually(.seconds(5)) { !testpmd.isRunning }, "end of input alone ends it: no signal")
+            #expect(eventually(.seconds(20)) { !testpmd.isRunning }, "end of input alone ends it: no signal")
             #expect(testpmd.exitStatus == 0)
             backend.stop()
             #expect(kill(pid, 0) == -1 && errno == ESRCH)
