@@ -201,6 +201,61 @@ extension VirtioNetTests {
             #expect(first.receive() == netFrame(5, length: 61))
         }
 
+        /// Offered: VERSION_1, MAC, STATUS, MQ and CTRL_VQ (the VMM's), and of
+        /// testpmd's features only those that need nothing from the VMM. The
+        /// backend hears of none of the VMM's own, and of nothing it did not offer.
+        @Test func featureNegotiationOffersOnlyWhatBothSidesHonourAndTellsTheBackendItsShare() throws {
+            let backend = try NetBackend(queuePairs: 2)
+            defer { backend.stop() }
+            let vm = try TinyVM(.init(cpus: 1))
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+            defer { device.disconnect() }
+            let f = VirtioNet.Feature.self
+            let testpmd = device.frontend.backendFeatures
+            let vmm = VirtioFeature.version1 | f.mac | f.status | f.multiQueue | f.controlQueue
+            #expect(device.offeredFeatures == vmm | (testpmd & f.safeBackendFeatures))
+            // testpmd offers these, and none of them may reach the guest: RING_PACKED 34,
+            // IN_ORDER 35, LOG_ALL 26, ANY_LAYOUT 27, PROTOCOL_FEATURES 30, MTU 3,
+            // legacy GSO 6, CTRL_RX 18, GUEST_ANNOUNCE 21.
+            for bit in [34, 35, 26, 27, 30, 3, 6, 18, 21] {
+                #expect(device.offeredFeatures & (1 << UInt64(bit)) == 0, "bit \(bit)")
+            }
+            #expect(device.offeredFeatures & (1 << 28) != 0 && device.offeredFeatures & (1 << 29) != 0)
+            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let accepted = device.offeredFeatures
+            #expect(driver.initialise(features: UInt32(truncatingIfNeeded: accepted)))
+            #expect(device.driverFeatures == accepted)
+            let told = device.frontend.acceptedFeatures
+            #expect(told & ~testpmd == 0, "SET_FEATURES: a subset of GET_FEATURES")
+            #expect(told & (f.mac | f.status | f.controlQueue) == 0, "the VMM's own features stay the VMM's")
+            #expect(
+                told & ~VirtioFeature.vhostProtocolFeatures == accepted & testpmd & ~(f.mac | f.status | f.controlQueue)
+            )
+            // With INDIRECT_DESC negotiated, a request through an indirect table is served.
+            let b = NetHostDriver.buffers
+            vm.memory.load([4, 0, 2, 0], at: b)
+            vm.memory.load([0xFF], at: b + 0x100)
+            vm.memory.write64(b, at: b + 0x200)
+            vm.memory.write64(4 | 1 << 32 | 1 << 48, at: b + 0x208)  // NEXT, next 1
+            vm.memory.write64(b + 0x100, at: b + 0x210)
+            vm.memory.write64(1 | 2 << 32, at: b + 0x218)  // WRITE
+            let used = driver.submit([NetHostDriver.Descriptor(address: b + 0x200, length: 32, flags: 4)])
+            #expect(used?.length == 1)
+            #expect(vm.memory.bytes(at: b + 0x100, count: 1) == [Self.ok])
+        }
+
+        @Test func aSinglePairOffersNeitherMQNorTheControlQueue() throws {
+            let backend = try NetBackend(queuePairs: 1)
+            defer { backend.stop() }
+            let vm = try TinyVM(.init(cpus: 1))
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath)
+            defer { device.disconnect() }
+            let f = VirtioNet.Feature.self
+            #expect(device.offeredFeatures & (f.multiQueue | f.controlQueue) == 0)
+            #expect(device.queueCount == 2)
+            #expect(device.deviceConfiguration == VirtioNet.defaultMAC + [1, 0, 1, 0], "mac, LINK_UP, 1 pair")
+        }
+
         @Test func theControlQueueStartsAfreshAfterAReset() throws {
             let backend = try NetBackend(queuePairs: 2)
             defer { backend.stop() }
