@@ -24,6 +24,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var msixBringUp: [MsixBringUp]?
     /// virtio-blk over vhost-user (nil if not measured).
     public var vhostUser: VhostUser?
+    /// virtio-net over vhost-user on dpdk-testpmd (nil if not measured).
+    public var virtioNet: VirtioNet?
     /// The first interrupt after each vector goes live, from the guest's unmask write to its handler.
     public var firstInterrupt: [FirstInterrupt]?
     /// The performance targets (the Benchmark article's "Targets"), checked against this run's ratios.

@@ -33,6 +33,10 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// reads in flight, each completion taken and checked in the interrupt
     /// handler; see `VirtioBlkStressLayout`.
     case virtioBlkStress = "virtio-blk-stress"
+    /// A virtio-net driver (virtio_net.S): frames sent on one or two pairs
+    /// and checked as they come back, each taken in the interrupt handler;
+    /// see `VirtioNetGuestLayout`.
+    case virtioNet = "virtio-net"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -50,6 +54,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .virtioBlkBench: guest_virtio_blk_bench(&length)
             case .msixBench: guest_msix_bench(&length)
             case .virtioBlkStress: guest_virtio_blk_stress(&length)
+            case .virtioNet: guest_virtio_net(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

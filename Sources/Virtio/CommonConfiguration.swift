@@ -105,7 +105,7 @@ extension VirtioPCIDevice {
                 return
             }
             s.queues[q].vector = chosen
-            if delivery != .userspace || s.queues[q].running {
+            if delivery != .userspace || s.queues[q].running, !deviceType.isServedByVMM(queue: q) {
                 do throws(VhostUserError) { try s.session.setCall(q, fd) } catch { backendFailed(error, &s) }
             }
         case 0x1C where size == 2:

@@ -96,10 +96,17 @@ extension VirtioPCIDevice {
             if !s.session.frontend.isConnected { try reconnect(&s) }
             let session = s.session
             let protocolBit = backendFeatures & VirtioFeature.vhostProtocolFeatures
-            try session.setUp(driverFeatures: s.driverFeatures, protocolBit: protocolBit, memory: memory)
+            // The backend hears only of features it offered and implements (vhost-user
+            // SET_FEATURES: a subset of GET_FEATURES; DPDK refuses anything else).
+            let backendShare = s.driverFeatures & backendFeatures & ~deviceType.featuresServedByVMM
+            try session.setUp(driverFeatures: backendShare, protocolBit: protocolBit, memory: memory)
             for q in s.queues.indices where s.queues[q].enabled {
                 let queue = s.queues[q]
                 _ = kicks[q].consume()
+                if deviceType.isServedByVMM(queue: q) {
+                    try startServedByVMM(q, &s)
+                    continue
+                }
                 try session.describeRing(
                     q, size: queue.size, descriptor: queue.descriptor, driver: queue.driver, device: queue.device)
                 guard let call = callFD(queue: q, vector: queue.vector) else {
@@ -113,7 +120,9 @@ extension VirtioPCIDevice {
                     throw VhostUserError.systemCall(call: error.call, errno: error.errno)
                 }
                 s.queues[q].running = true
-                if protocolBit != 0 { try session.enableRing(q) }
+                if protocolBit != 0, deviceType.isEnabledAtStart(queue: q, driverFeatures: s.driverFeatures) {
+                    try session.enableRing(q)
+                }
             }
         } catch {
             backendFailed(error, &s)
@@ -138,7 +147,7 @@ extension VirtioPCIDevice {
             stopped = true
             try? doorbells.unbind(
                 kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-            if failure == nil, s.session.frontend.isConnected {
+            if failure == nil, s.session.frontend.isConnected, !deviceType.isServedByVMM(queue: q) {
                 do throws(VhostUserError) { try s.session.stopRing(q) } catch { failure = error }
             }
             _ = kicks[q].consume()

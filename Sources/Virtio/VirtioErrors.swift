@@ -43,12 +43,16 @@ public struct VirtioCounters: Hashable, Sendable, CustomStringConvertible {
     public var refusedFeatures = 0
     /// Backend calls that failed (each set DEVICE_NEEDS_RESET).
     public var backendFailures = 0
+    /// Requests on a queue the VMM serves that broke the ring's rules (a bad
+    /// descriptor chain, an index too far ahead): refused, used with nothing written.
+    public var badServedRequests = 0
 
     public var description: String {
         "read-only writes \(readOnlyWrites), bad accesses \(badAccesses), bad queue sizes \(badQueueSizes), "
             + "bad ring addresses \(badRingAddresses), bad notifies \(badNotifies), notify exits \(notifyExits), "
             + "bad vectors \(badVectors), bad status writes \(badStatusWrites), "
-            + "refused features \(refusedFeatures), backend failures \(backendFailures)"
+            + "refused features \(refusedFeatures), backend failures \(backendFailures), "
+            + "bad served requests \(badServedRequests)"
     }
 }
 #endif

@@ -103,6 +103,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// queues with no vector (nobody waits: NO_VECTOR means no interrupt).
     let ownCalls: [EventFD]
     let watcher: CallPoller
+    /// Waits on the kicks of the queues the VMM serves (nil: the backend serves every queue).
+    let vmmQueues: VMMQueuePoller?
     /// Call signals seen by the `.userspace` watcher, and flood warnings (see ``CallFloodMonitor``).
     public let callMonitor: CallFloodMonitor
     let state: Mutex<DeviceState>
@@ -116,6 +118,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         var device: UInt64 = 0
         /// Started on the backend and bound to its doorbell.
         var running = false
+        /// A VMM-served queue: the next available-ring index to serve.
+        var nextAvailable: UInt16 = 0
     }
 
     struct DeviceState {
@@ -187,11 +191,18 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
             negotiated.frontend.close()
             throw .irqfd(error)
         }
+        let served = (0..<queues).filter { deviceType.isServedByVMM(queue: $0) }
+        do { vmmQueues = served.isEmpty ? nil : try VMMQueuePoller(queues: served, kicks: kicks) } catch {
+            negotiated.frontend.close()
+            throw .irqfd(error)
+        }
         watcher.start(device: self, name: deviceType.name)
         watcher.watch(socket: negotiated.frontend.socketDescriptor, connection: 0)
+        vmmQueues?.start(device: self, name: deviceType.name)
     }
 
     deinit {
+        vmmQueues?.stop()
         watcher.stop()
         state.withLock { $0.session.frontend }.close()
     }

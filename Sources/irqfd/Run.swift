@@ -37,13 +37,19 @@ struct Run: ParsableCommand {
     @Option(help: "The backend --disk starts: qemu-storage-daemon or embedded. (default: qemu-storage-daemon when installed, else embedded)", transform: parseDiskBackend)
     var diskBackend: DiskBackendKind?
 
-    @Option(help: "virtio-blk queues (1...8); more than 1 offers VIRTIO_BLK_F_MQ.")
+    @Option(help: "virtio-blk queues (1...8), or virtio-net queue pairs (1...3); more than 1 offers MQ.")
     var queues = 1
+
+    @OptionGroup(title: "virtio-net")
+    var net: NetRunOptions
 
     func validate() throws {
         if vhostUserBlk != nil, disk != nil { throw ValidationError("--vhost-user-blk and --disk are alternatives: give one") }
         if diskBackend != nil, disk == nil { throw ValidationError("--disk-backend needs --disk") }
-        guard (1...VirtioBlkDevice.maxQueues).contains(queues) else { throw ValidationError("--queues must be 1...\(VirtioBlkDevice.maxQueues), not \(queues)") }
+        try net.validate(queues: queues, blockRequested: vhostUserBlk != nil || disk != nil)
+        guard net.isRequested || (1...VirtioBlkDevice.maxQueues).contains(queues) else {
+            throw ValidationError("--queues must be 1...\(VirtioBlkDevice.maxQueues), not \(queues)")
+        }
     }
 
     mutating func run() throws {
@@ -75,6 +81,15 @@ struct Run: ParsableCommand {
                     FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
                     throw ExitCode(1)
                 }
+            }
+            var netBackend: NetBackend?
+            var netDevice: VirtioNetDevice?
+            defer {
+                netDevice?.disconnect()
+                netBackend?.stop()
+            }
+            if net.isRequested {
+                (netBackend, netDevice) = try net.attach(to: vm, queuePairs: queues, delivery: delivery)
             }
             let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
             if case .exited = outcome {} else {

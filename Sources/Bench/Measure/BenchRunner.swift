@@ -132,6 +132,7 @@ public final class BenchRunner {
             let vhostUser = try VhostUserBench(options: options, progress: progress).run()
             report.vhostUser = vhostUser
             report.targets += vhostUser.targets
+            report.virtioNet = try VirtioNetBench(options: options, progress: progress).run()
         }
         report.machine.seconds = Double(bench_floor_now_ns() - started) / 1e9
         return report

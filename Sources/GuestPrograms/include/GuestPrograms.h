@@ -34,4 +34,7 @@ const unsigned char *guest_msix_bench(size_t *length);
 /// The virtio-blk lossless-under-load driver: many reads in flight, every
 /// completion taken in the interrupt handler and checked (virtio_blk_stress.S).
 const unsigned char *guest_virtio_blk_stress(size_t *length);
+/// A virtio-net driver: frames sent and checked as they come back, each
+/// taken in the interrupt handler; two pairs through the control queue (virtio_net.S).
+const unsigned char *guest_virtio_net(size_t *length);
 #endif

@@ -1,5 +1,5 @@
-/* Assembler macros shared by the virtio-blk guest programs (virtio_blk.S,
- * virtio_blk_bench.S, virtio_blk_stress.S) for the tiny VMM's virtio-pci
+/* Assembler macros shared by the virtio guest programs (virtio_blk.S,
+ * virtio_blk_bench.S, virtio_blk_stress.S, virtio_net.S) for the tiny VMM's virtio-pci
  * device at 00:02.0 (virtio 1.2 sections 3.1.1, 4.1.4). They assemble to
  * exactly the instructions each guest had inline. Everything is inside
  * __ASSEMBLER__: C and Swift see nothing. */
@@ -125,6 +125,38 @@ cfg_read:
 	jz	\fail
 	movl	$0, 0x08(%edi)
 	movl	$0, 0x0c(%edi)
+	movl	$1, 0x08(%edi)
+	movl	$1, 0x0c(%edi)
+	movb	$0x0b, 0x14(%edi)
+	mov	0x14(%edi), %al
+	test	$8, %al
+	mov	$3, %al
+	jz	\fail
+.endm
+
+/* With EDI = the common configuration structure and ECX = the feature
+ * bits 0..31 to accept: reset, ACKNOWLEDGE, DRIVER; check that VIRTIO_F_VERSION_1
+ * (bit 32) and every bit of ECX are offered, accept exactly those,
+ * FEATURES_OK, and check the device kept it (virtio 1.2 section 3.1.1). Jumps
+ * to `fail` with AL = 3 if a bit is not offered or FEATURES_OK is refused.
+ * Clobbers EAX. */
+.macro VIRTIO_NEGOTIATE_FEATURES fail
+	movb	$0, 0x14(%edi)
+	movb	$1, 0x14(%edi)
+	movb	$3, 0x14(%edi)
+	movl	$1, 0x00(%edi)
+	mov	0x04(%edi), %eax
+	test	$1, %al
+	mov	$3, %al
+	jz	\fail
+	movl	$0, 0x00(%edi)
+	mov	0x04(%edi), %eax
+	and	%ecx, %eax
+	cmp	%ecx, %eax
+	mov	$3, %al
+	jne	\fail
+	movl	$0, 0x08(%edi)
+	movl	%ecx, 0x0c(%edi)
 	movl	$1, 0x08(%edi)
 	movl	$1, 0x0c(%edi)
 	movb	$0x0b, 0x14(%edi)

@@ -1,0 +1,61 @@
+#if os(Linux)
+import Foundation
+import Glibc
+public import VhostUser
+
+/// Why a network backend could not be started.
+public struct NetBackendError: Error, CustomStringConvertible {
+    /// What went wrong.
+    public var description: String
+}
+
+/// A vhost-user-net backend the VMM started: `dpdk-testpmd` (`TestpmdProcess`)
+/// with its socket and log in a private directory, stopped by `stop()` or
+/// deinit. testpmd busy-polls a core: keep one only while it is needed.
+public final class NetBackend: Sendable {
+    /// The socket the backend listens on.
+    public let socketPath: String
+    /// Queue pairs it serves.
+    public let queuePairs: Int
+    /// The running testpmd (its pid, a kill as a crash would do it).
+    public let process: TestpmdProcess
+    private let directory: String
+
+    /// Whether `dpdk-testpmd` is installed.
+    public static var isTestpmdInstalled: Bool { TestpmdProcess.executablePath() != nil }
+
+    /// Starts testpmd serving `queuePairs` pairs and waits (up to `timeout`) until it listens.
+    public init(queuePairs: Int = 1, timeout: Duration = .seconds(20)) throws(NetBackendError) {
+        var template = Array("/tmp/irqfd-vhost-net-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw NetBackendError(description: "mkdtemp: \(String(cString: strerror(errno)))")
+        }
+        directory = String(cString: made)
+        socketPath = directory + "/net.sock"
+        self.queuePairs = queuePairs
+        do {
+            process = try TestpmdProcess.start(
+                socketPath: socketPath, queuePairs: queuePairs, logPath: directory + "/testpmd.log", timeout: timeout)
+        } catch {
+            unlink(directory + "/testpmd.log")
+            rmdir(directory)
+            throw NetBackendError(description: "dpdk-testpmd could not start: \(error)")
+        }
+    }
+
+    deinit { stop() }
+
+    /// testpmd's output so far (EAL and vhost messages).
+    public var log: String { (try? String(contentsOfFile: process.logPath, encoding: .utf8)) ?? "" }
+
+    /// Stops testpmd and removes its directory. Idempotent.
+    public func stop() {
+        process.stop()
+        unlink(process.logPath)
+        rmdir(directory)
+    }
+
+    /// Whether testpmd is still running.
+    public var isRunning: Bool { process.isRunning }
+}
+#endif
