@@ -33,6 +33,10 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// reads in flight, each completion taken and checked in the interrupt
     /// handler; see `VirtioBlkStressLayout`.
     case virtioBlkStress = "virtio-blk-stress"
+    /// A virtio-fs driver for the device at 00:02.0 (virtio_fs.S): FUSE_INIT,
+    /// then LOOKUP, OPEN and READ of a host file, CREATE and WRITE of a new
+    /// one, and gated READ rounds; see `VirtioFsGuestLayout`.
+    case virtioFs = "virtio-fs"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -50,6 +54,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .virtioBlkBench: guest_virtio_blk_bench(&length)
             case .msixBench: guest_msix_bench(&length)
             case .virtioBlkStress: guest_virtio_blk_stress(&length)
+            case .virtioFs: guest_virtio_fs(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

@@ -37,12 +37,15 @@ struct Run: ParsableCommand {
     @Option(help: "The backend --disk starts: qemu-storage-daemon or embedded. (default: qemu-storage-daemon when installed, else embedded)", transform: parseDiskBackend)
     var diskBackend: DiskBackendKind?
 
-    @Option(help: "virtio-blk queues (1...8); more than 1 offers VIRTIO_BLK_F_MQ.")
+    @Option(help: "virtio-blk queues (1...8), or virtio-fs request queues (1...7); more than 1 offers VIRTIO_BLK_F_MQ.")
     var queues = 1
+
+    @OptionGroup var fileSystem: FileSystemOptions
 
     func validate() throws {
         if vhostUserBlk != nil, disk != nil { throw ValidationError("--vhost-user-blk and --disk are alternatives: give one") }
         if diskBackend != nil, disk == nil { throw ValidationError("--disk-backend needs --disk") }
+        if fileSystem.isRequested, vhostUserBlk != nil || disk != nil { throw ValidationError("one vhost-user device per VM: virtio-fs or virtio-blk") }
         guard (1...VirtioBlkDevice.maxQueues).contains(queues) else { throw ValidationError("--queues must be 1...\(VirtioBlkDevice.maxQueues), not \(queues)") }
     }
 
@@ -76,6 +79,8 @@ struct Run: ParsableCommand {
                     throw ExitCode(1)
                 }
             }
+            let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery)
+            defer { fs?.close() }
             let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
             if case .exited = outcome {} else {
                 FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))

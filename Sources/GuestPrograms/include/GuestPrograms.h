@@ -34,4 +34,7 @@ const unsigned char *guest_msix_bench(size_t *length);
 /// The virtio-blk lossless-under-load driver: many reads in flight, every
 /// completion taken in the interrupt handler and checked (virtio_blk_stress.S).
 const unsigned char *guest_virtio_blk_stress(size_t *length);
+/// A virtio-fs driver for the device at 00:02.0 speaking FUSE to the
+/// backend: init, lookup, open, read, create, write (virtio_fs.S).
+const unsigned char *guest_virtio_fs(size_t *length);
 #endif
