@@ -35,6 +35,14 @@
  * (the last READ's), 0x9010 bytes FUSE_WRITE wrote, 0x9014 rounds done, 0x9018 first mismatched
  * byte + 1 (0: none), 0x901C requests completed, 0x9020 the 40-byte device
  * configuration, 0x9050 / 0x9054 the backend's FUSE major / minor.
+ * Recovery (0x9150 nonzero; virtio 1.2 sections 2.1 and 4.1.4.5): while it
+ * waits (at the gate or for a reply), a config interrupt (MSI-X vector 0)
+ * makes the guest read device_status into 0x905C; with DEVICE_NEEDS_RESET
+ * (0x40) it counts the recovery at 0x9058, resets and re-initialises the
+ * device (fresh rings, FUSE_INIT, LOOKUP, OPEN; the file it created is not
+ * created again) and goes on with the round it was in. A reset the device
+ * could not bring back fails the next DRIVER_OK the same way, so the guest
+ * retries until the backend is back.
  * Exit status: 0 all OK, 2 capability walk failed, 3 VERSION_1 missing or
  * FEATURES_OK refused, 4 queue setup refused (or fewer than 2 queues),
  * 5 the device broke the used ring, 6 a FUSE reply with an error or the
@@ -57,6 +65,8 @@
 #define V_NEWFH 0x448
 #define V_NODE 0x450
 #define V_NEWNODE 0x458
+#define V_CFGSEEN 0x460
+#define V_CREATED 0x464
 #define R_PHASE 0x9000
 #define R_STEP 0x9004
 #define R_ERROR 0x9008
@@ -68,12 +78,16 @@
 #define R_CONFIG 0x9020
 #define R_MAJOR 0x9050
 #define R_MINOR 0x9054
+#define R_RECOVERIES 0x9058
+#define R_STATUS 0x905c
 #define P_READNAME 0x9100
 #define P_READSIZE 0x9140
 #define P_WRITESIZE 0x9144
 #define P_ROUNDS 0x9148
 #define GATE 0x914c
+#define P_RECOVER 0x9150
 #define P_CREATENAME 0x9180
+#define CFG_COUNT 0x8100	/* vCPU 0's interrupts on IDT vector 0x40 (MSI-X vector 0) */
 #define REQ_COUNT 0x8108	/* vCPU 0's interrupts on IDT vector 0x42 (MSI-X vector 2) */
 #define Q1 0x30000
 #define IN 0x40000
@@ -126,6 +140,13 @@ fail:	mov	$0xf4, %dx
 driver:
 	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
 	mov	%ebp, V_BAR4
+	movl	$0, V_UNIQUE
+	movl	$0, V_ROUND
+	movl	$0, V_CREATED
+	/* Config interrupts from here on (a failed DRIVER_OK raises one) are
+	 * looked at while waiting. */
+reinit:	mov	CFG_COUNT, %eax
+	mov	%eax, V_CFGSEEN
 	mov	V_COMMON, %edi
 	VIRTIO_NEGOTIATE_VERSION_1 fail
 	mov	$4, %al
@@ -192,8 +213,6 @@ driver:
 	cmp	$2, %ecx
 	jb	2b
 	movl	$0, V_AVAIL
-	movl	$0, V_UNIQUE
-	movl	$0, V_ROUND
 	movb	$0x0f, 0x14(%edi)	/* DRIVER_OK */
 	movl	$1, R_PHASE
 
@@ -260,6 +279,9 @@ driver:
 	/* FUSE_READ and compare. */
 	call	read_file
 
+	cmpl	$0, V_CREATED		/* a re-initialisation does not create it again */
+	jne	rounds
+
 	/* FUSE_CREATE in the root: O_RDWR | O_CREAT, S_IFREG | 0644. */
 	mov	$IN, %edi
 	movl	$1, 16(%edi)
@@ -315,6 +337,8 @@ driver:
 	mov	$V_NEWFH, %esi
 	call	release
 
+	movl	$1, V_CREATED
+
 	/* Gated rounds: READ again once the gate opens. */
 rounds:	mov	V_ROUND, %eax
 	cmp	P_ROUNDS, %eax
@@ -322,6 +346,8 @@ rounds:	mov	V_ROUND, %eax
 	mov	GATE, %edx
 	cmp	%edx, %eax
 	jb	7f
+	call	check_config
+	jnz	recover
 	pause
 	jmp	rounds
 7:	call	read_file
@@ -471,7 +497,9 @@ fuse_call:
 	mov	REQ_COUNT, %eax
 	cmp	V_SEEN, %eax
 	jne	15f
-14:	sti			/* STI's shadow makes "sti; hlt" atomic */
+14:	call	check_config
+	jnz	recover
+	sti			/* STI's shadow makes "sti; hlt" atomic */
 	hlt
 	jmp	13b
 15:	sti
@@ -495,6 +523,29 @@ fuse_call:
 
 broken:	mov	$5, %al
 	jmp	fail
+
+/* The device asked for a reset: do it, with a fresh stack, and start again
+ * from FUSE_INIT (a request in flight is sent again). */
+recover:
+	cli
+	incl	R_RECOVERIES
+	mov	$0x7000, %esp
+	jmp	reinit
+
+/* ZF clear when recovery is on, a config interrupt came since V_CFGSEEN and
+ * device_status (kept at R_STATUS) has DEVICE_NEEDS_RESET. Clobbers EAX, EDI. */
+check_config:
+	cmpl	$0, P_RECOVER
+	je	18f
+	mov	CFG_COUNT, %eax
+	cmp	V_CFGSEEN, %eax
+	je	18f
+	mov	%eax, V_CFGSEEN
+	mov	V_COMMON, %edi
+	movzbl	0x14(%edi), %eax
+	mov	%eax, R_STATUS
+	test	$0x40, %al
+18:	ret
 
 	VECTOR_STUBS
 	COUNTING_HANDLER

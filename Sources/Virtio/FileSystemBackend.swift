@@ -1,6 +1,7 @@
 #if os(Linux)
 public import Foundation
 import Glibc
+import Synchronization
 import VhostUser
 
 /// Why virtiofsd could not be started.
@@ -17,8 +18,9 @@ public final class FileSystemBackend: Sendable {
     public let socketPath: String
     /// The host directory it serves.
     public let sharedDirectory: String
-    private let process: VirtiofsdProcess
+    private let process: Mutex<VirtiofsdProcess>
     private let directory: String
+    private let log: FileHandle?
 
     /// Whether virtiofsd is installed.
     public static var isInstalled: Bool { VirtiofsdProcess.installedPath() != nil }
@@ -29,6 +31,7 @@ public final class FileSystemBackend: Sendable {
         sharedDirectory: String, log: FileHandle? = nil, timeout: Duration = .seconds(10)
     ) throws(FileSystemBackendError) {
         self.sharedDirectory = sharedDirectory
+        self.log = log
         var template = Array("/tmp/irqfd-vhost-fs-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw FileSystemBackendError(description: "mkdtemp: \(String(cString: strerror(errno)))")
@@ -36,8 +39,9 @@ public final class FileSystemBackend: Sendable {
         directory = String(cString: made)
         socketPath = directory + "/fs.sock"
         do {
-            process = try VirtiofsdProcess.start(
-                sharedDirectory: sharedDirectory, socketPath: socketPath, log: log, timeout: timeout)
+            process = Mutex(
+                try VirtiofsdProcess.start(
+                    sharedDirectory: sharedDirectory, socketPath: socketPath, log: log, timeout: timeout))
         } catch {
             rmdir(directory)
             throw FileSystemBackendError(description: "virtiofsd could not start: \(error)")
@@ -48,17 +52,32 @@ public final class FileSystemBackend: Sendable {
 
     /// Stops virtiofsd and removes its socket directory. Idempotent.
     public func stop() {
-        process.stop()
+        process.withLock { $0.stop() }
         rmdir(directory)
     }
 
     /// Kills virtiofsd with SIGKILL, as a crash would (the socket directory stays).
-    public func kill() { process.kill() }
+    public func kill() { process.withLock { $0.kill() } }
+
+    /// Ends the running virtiofsd (SIGKILL, if it has not exited) and starts a
+    /// new one on the same socket: virtiofsd serves one connection and exits
+    /// when it closes, so a front-end that reconnects needs a new process.
+    public func restart(timeout: Duration = .seconds(10)) throws(FileSystemBackendError) {
+        try process.withLock { (process: inout VirtiofsdProcess) throws(FileSystemBackendError) in
+            process.kill()
+            do {
+                process = try VirtiofsdProcess.start(
+                    sharedDirectory: sharedDirectory, socketPath: socketPath, log: log, timeout: timeout)
+            } catch {
+                throw FileSystemBackendError(description: "virtiofsd could not start again: \(error)")
+            }
+        }
+    }
 
     /// Whether virtiofsd is still running (it exits once its connection closes).
-    public var isRunning: Bool { process.isRunning }
+    public var isRunning: Bool { process.withLock { $0.isRunning } }
 
     /// virtiofsd's process ID.
-    public var processIdentifier: Int32 { process.processIdentifier }
+    public var processIdentifier: Int32 { process.withLock { $0.processIdentifier } }
 }
 #endif
