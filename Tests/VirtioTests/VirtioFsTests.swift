@@ -51,12 +51,18 @@ final class FsGuest {
         backend = try FileSystemBackend(sharedDirectory: share.path)
         vm = try TinyVM(.init(cpus: 1, coalescesCommits: coalescesCommits))
         device = try VirtioFsDevice.attach(to: vm, socketPath: backend.socketPath, tag: Self.tag, delivery: delivery)
+        try Self.load(vm, readData: readData, writeData: writeData, rounds: rounds)
+    }
+
+    /// Loads the driver guest into `vm` with its parameters: read `from-host.bin`
+    /// (which must hold `readData`), create `from-guest.bin` with `writeData`.
+    static func load(_ vm: TinyVM, readData: [UInt8], writeData: [UInt8], rounds: Int = 0) throws {
         try vm.load(GuestProgram.virtioFs.image)
         let m = vm.memory
         m.load(Array("from-host.bin".utf8) + [0], at: L.readName)
         m.load(Array("from-guest.bin".utf8) + [0], at: L.createName)
-        m.write32(UInt32(readSize), at: L.readSize)
-        m.write32(UInt32(writeSize), at: L.writeSize)
+        m.write32(UInt32(readData.count), at: L.readSize)
+        m.write32(UInt32(writeData.count), at: L.writeSize)
         m.write32(UInt32(rounds), at: L.rounds)
         m.load(readData, at: L.expected)
         m.load(writeData, at: L.writeData)
