@@ -28,6 +28,8 @@ extension BenchReport {
         /// (median; just under 1 when the guest's RDTSC runs at `tscKHz`: the
         /// host's span also holds the wake-up and its polling).
         public var tscCheck: Double
+        /// FUSE READ latency on virtiofsd (nil when virtiofsd is not installed: see `skipped`).
+        public var virtioFs: VirtioFs?
 
         enum CodingKeys: String, CodingKey {
             case backends
@@ -38,13 +40,16 @@ extension BenchReport {
             case rounds
             case targetRatios = "target_ratios"
             case tscCheck = "tsc_check"
+            case virtioFs = "virtio_fs"
         }
 
         /// A section result.
         public init(
             backends: [Backend], rawIrqfd: LatencySummary, maskUnmask: MaskUnmask?, targets: [TargetCheck],
-            skipped: [String], tscKHz: Double, rounds: Int, targetRatios: [NamedRatio] = [], tscCheck: Double = 0
+            skipped: [String], tscKHz: Double, rounds: Int, targetRatios: [NamedRatio] = [], tscCheck: Double = 0,
+            virtioFs: VirtioFs? = nil
         ) {
+            self.virtioFs = virtioFs
             self.tscCheck = tscCheck
             self.targetRatios = targetRatios
             self.backends = backends

@@ -34,6 +34,18 @@ public enum VirtioFsGuestLayout {
     public static let rounds: UInt64 = 0x9148
     /// The host's gate word.
     public static let gate: UInt64 = 0x914C
+    /// Nonzero: recover from DEVICE_NEEDS_RESET (reset, re-initialise, FUSE_INIT again).
+    public static let recover: UInt64 = 0x9150
+    /// Nonzero: the benchmark mode (READs stamped with RDTSC, not compared).
+    public static let bench: UInt64 = 0x9154
+    /// Recoveries the guest made.
+    public static let recoveries: UInt64 = 0x9058
+    /// Requests stamped so far (benchmark mode).
+    public static let samplesTaken: UInt64 = 0x9060
+    /// Request k's TSC ticks, notify to reply seen (benchmark mode; low 32 bits).
+    public static func sample(_ k: Int) -> UInt64 { 0x7_0000 + 4 * UInt64(k % maxSamples) }
+    /// Samples the ring holds.
+    public static let maxSamples = 16384
     /// The name of the file to create (NUL-terminated, at most 63 bytes).
     public static let createName: UInt64 = 0x9180
     /// The bytes READ must return.

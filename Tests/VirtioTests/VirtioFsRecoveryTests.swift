@@ -231,7 +231,7 @@ enum Fuse {
         let share = try SharedDirectory()
         let guest = try FsGuest(share: share, rounds: 30)
         let L = FsGuest.L.self
-        guest.vm.memory.write32(1, at: 0x9150)  // recovery on
+        guest.vm.memory.write32(1, at: L.recover)
         guest.vm.memory.write32(1000, at: L.gate)  // every round open
         guest.vm.start()
         defer {
@@ -247,7 +247,7 @@ enum Fuse {
         let outcome = guest.vm.wait(timeout: .seconds(120))
         #expect(outcome == .exited(code: 0), "trial \(trial): \(outcome); \(guest.report)")
         #expect(guest.word(L.roundsDone) == 30, "every round read and compared")
-        #expect(guest.word(0x9058) >= 1, "the guest recovered")
+        #expect(guest.word(L.recoveries) >= 1, "the guest recovered")
         #expect(guest.interrupts(msix: 0) >= 1, "the config interrupt")
         #expect(guest.device.reconnectCount >= 1)
         #expect(share.read("from-guest.bin") == guest.writeData, "the file written before the kill is intact")
