@@ -22,7 +22,9 @@ extension BenchReport {
         }
 
         /// A result.
-        public init(latency: [VhostUserLatency], floor: LatencySummary, ratios: [NamedRatio], rounds: Int, perRound: Int) {
+        public init(
+            latency: [VhostUserLatency], floor: LatencySummary, ratios: [NamedRatio], rounds: Int, perRound: Int
+        ) {
             self.latency = latency
             self.floor = floor
             self.ratios = ratios
@@ -42,15 +44,22 @@ extension ReportText {
         var latency = TextTable(["mode", "samples", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "failed"])
         for m in fs.latency {
             let l = m.latency
-            latency.add([m.mode, String(l.samples), us(l.p50Us), us(l.p90Us), us(l.p99Us), us(l.p999Us), us(l.maxUs), String(m.failed)])
+            latency.add([
+                m.mode, String(l.samples), us(l.p50Us), us(l.p90Us), us(l.p99Us), us(l.p999Us), us(l.maxUs),
+                String(m.failed),
+            ])
         }
         let f = fs.floor
-        latency.add(["floor (host kick -> call)", String(f.samples), us(f.p50Us), us(f.p90Us), us(f.p99Us), us(f.p999Us), us(f.maxUs), "0"])
+        latency.add([
+            "floor (host kick -> call)", String(f.samples), us(f.p50Us), us(f.p90Us), us(f.p99Us), us(f.p999Us),
+            us(f.maxUs), "0",
+        ])
         var ratios = TextTable(["paired ratio", "median [95%] rounds"])
         for n in fs.ratios { ratios.add([n.name, pairedText(n.ratio)]) }
         return [
             latency.render(
-                title: "vhost-user virtio-fs on virtiofsd: FUSE READ of 4 KiB, guest notify -> reply seen, one request in flight, \(fs.rounds) interleaved rounds of \(fs.perRound)"),
+                title: "vhost-user virtio-fs on virtiofsd: FUSE READ of 4 KiB, guest notify -> reply seen, "
+                    + "one request in flight, \(fs.rounds) interleaved rounds of \(fs.perRound)"),
             ratios.render(title: "virtio-fs latency ratios (per-round p50s/p99s, paired by round)"),
         ]
     }

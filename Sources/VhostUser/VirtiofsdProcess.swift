@@ -70,9 +70,7 @@ public final class VirtiofsdProcess: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             var info = stat()
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK,
-                VhostUserBackendProcess.isListening(socketPath)
-            {
+            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isServing(socketPath) {
                 return backend
             }
             guard process.isRunning else {
@@ -83,6 +81,31 @@ public final class VirtiofsdProcess: @unchecked Sendable {
             }
             usleep(10_000)
         }
+    }
+
+    /// Whether a socket bound at `path` listens, or has already been
+    /// connected: /proc/net/unix lists every socket bound to a path, a
+    /// listening one with __SO_ACCEPTCON (0x10000) in its flags, and the
+    /// server side of an accepted connection under the same path in state 3
+    /// (SS_CONNECTED; unix(7), "/proc/net/unix"). virtiofsd closes its
+    /// listening socket once it has accepted its one front-end, so a
+    /// front-end that connected before this looked (a VMM retrying a
+    /// reconnect) leaves only the connection to see. The file itself is not
+    /// enough: it appears at bind(2), before the kernel lists the address and
+    /// before listen(2), and a connect then is refused. Without /proc, the
+    /// file has to do.
+    static func isServing(_ path: String) -> Bool {
+        // Read to the end: Foundation's String(contentsOfFile:) stops after the
+        // first read of a /proc file (about 4 KiB), and a busy system lists more.
+        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }
+        defer { try? file.close() }
+        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        for line in table.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
+            if flags & 0x10000 != 0 || fields[5] == "03" { return true }
+        }
+        return false
     }
 
     /// Whether the process is still running.
@@ -115,10 +138,14 @@ public final class VirtiofsdProcess: @unchecked Sendable {
         removeSocket()
     }
 
+    /// Removes the socket, and the pid file virtiofsd leaves behind: it
+    /// locks /var/run/virtiofsd/<socket path, '/' as '.'>.pid and never
+    /// removes it (QEMU 7.2's tools/virtiofsd/fuse_virtio.c, fv_socket_lock).
     private func removeSocket() {
         guard !socketRemoved else { return }
         socketRemoved = true
         unlink(socketPath)
+        unlink("/var/run/virtiofsd/" + socketPath.replacingOccurrences(of: "/", with: ".") + ".pid")
     }
 }
 #endif

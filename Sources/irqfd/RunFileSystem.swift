@@ -28,7 +28,9 @@ struct FileSystemOptions: ParsableArguments {
     var isRequested: Bool { vhostUserFs != nil || share != nil }
 
     func validate() throws {
-        if vhostUserFs != nil, share != nil { throw ValidationError("--vhost-user-fs and --share are alternatives: give one") }
+        if vhostUserFs != nil, share != nil {
+            throw ValidationError("--vhost-user-fs and --share are alternatives: give one")
+        }
         if isRequested, tag == nil { throw ValidationError("--vhost-user-fs and --share need --tag") }
         if tag != nil, !isRequested { throw ValidationError("--tag needs --vhost-user-fs or --share") }
     }

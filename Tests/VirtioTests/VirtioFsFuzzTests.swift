@@ -98,10 +98,13 @@ private final class FsDeviceFuzzer {
                 device.write(address: address, size: width, value: Self.tame(address, width, r.next()))
             }
         case 3:  // configuration space, mostly keeping memory decoding and bus mastering on
-            let offset = r.next() % 3 == 0 ? VirtioFsDevice.msixCapabilityOffset + Int(r.next() % 12) : Int(r.next() % 260)
+            let offset =
+                r.next() % 3 == 0 ? VirtioFsDevice.msixCapabilityOffset + Int(r.next() % 12) : Int(r.next() % 260)
             let size = [1, 2, 4][Int(r.next() % 3)]
             var value = UInt32(truncatingIfNeeded: r.next())
-            if offset <= 0x04, offset + size > 0x04, r.next() % 8 != 0 { value |= UInt32(0x06) << (8 * UInt32(4 - offset)) }
+            if offset <= 0x04, offset + size > 0x04, r.next() % 8 != 0 {
+                value |= UInt32(0x06) << (8 * UInt32(4 - offset))
+            }
             if r.next() % 2 == 0 {
                 _ = device.configRead(offset: offset, size: size)
             } else {
@@ -160,7 +163,8 @@ private final class FsDeviceFuzzer {
             }
             if r.next() % 8 != 0 { common(0x14, 1, 0x0F) }
         default:  // ISR and common configuration reads
-            _ = device.read(address: base + (r.next() % 2 == 0 ? VirtioFsDevice.isrOffset : r.next() % 0x40), size: width)
+            _ = device.read(
+                address: base + (r.next() % 2 == 0 ? VirtioFsDevice.isrOffset : r.next() % 0x40), size: width)
         }
     }
 
@@ -170,7 +174,9 @@ private final class FsDeviceFuzzer {
         for q in 0..<2 where device.isRunning(queue: q) && status & VirtioStatus.driverOK == 0 {
             return "queue \(q) runs without DRIVER_OK (status 0x\(String(status, radix: 16)))"
         }
-        if status & VirtioStatus.driverOK != 0, status & VirtioStatus.featuresOK == 0 { return "DRIVER_OK without FEATURES_OK" }
+        if status & VirtioStatus.driverOK != 0, status & VirtioStatus.featuresOK == 0 {
+            return "DRIVER_OK without FEATURES_OK"
+        }
         if let error = device.lastBackendError { return "virtiofsd refused the device or went away: \(error)" }
         if !backend.isRunning { return "virtiofsd exited" }
         return nil
@@ -199,7 +205,8 @@ private final class FsDeviceFuzzer {
             "virtio-fs MMIO fuzz: \(steps) accesses, \(fuzzer.device.startCount) starts, "
                 + "\(fuzzer.device.resetCount) resets; \(fuzzer.device.counters)")
         // Still works: a host driver through the same entry points, then the guest.
-        let device = fuzzer.device, vm = fuzzer.vm
+        let device = fuzzer.device
+        let vm = fuzzer.vm
         device.configWrite(offset: 0x04, size: 2, value: 6)
         device.configWrite(offset: VirtioFsDevice.msixCapabilityOffset + 2, size: 2, value: 0)
         var driver = FsHostDriver(device: device, memory: vm.memory)

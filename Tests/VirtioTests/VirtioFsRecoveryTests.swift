@@ -164,11 +164,14 @@ enum Fuse {
             // FUSE_INIT and seven READs, all in flight (a READ before INIT's reply is an error reply: still a request).
             driver.submit(slot: 0, opcode: Fuse.initialise, nodeid: 0, arguments: Fuse.initArguments)
             for slot in 1..<8 {
-                driver.submit(slot: slot, opcode: Fuse.read, nodeid: 1, arguments: Fuse.readArguments(fh: 0, size: 4096))
+                driver.submit(
+                    slot: slot, opcode: Fuse.read, nodeid: 1, arguments: Fuse.readArguments(fh: 0, size: 4096))
             }
             driver.notify()
             device.writeStatus(0)
-            #expect(device.status == 0, "round \(round): reset, not NEEDS_RESET (\(String(describing: device.lastBackendError)))")
+            #expect(
+                device.status == 0,
+                "round \(round): reset, not NEEDS_RESET (\(String(describing: device.lastBackendError)))")
             #expect(!device.isRunning(queue: 1))
         }
         // A last initialisation: virtiofsd takes FUSE_INIT again (it drops the

@@ -26,7 +26,9 @@ final class SharedDirectory {
             throw TestFailure("cannot create \(path)/\(name)")
         }
     }
-    func read(_ name: String) -> [UInt8]? { FileManager.default.contents(atPath: path + "/" + name).map { [UInt8]($0) } }
+    func read(_ name: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: path + "/" + name).map { [UInt8]($0) }
+    }
 }
 
 /// A VM with the virtio-fs device served by a virtiofsd on `share`, running the driver guest.
@@ -113,7 +115,10 @@ final class FsGuest {
         let outcome = guest.vm.run(timeout: .seconds(60))
         #expect(outcome == .exited(code: 0), "\(outcome); \(guest.report)")
         let config = guest.vm.memory.bytes(at: FsGuest.L.configuration, count: 40)
-        #expect(config == Array(FsGuest.tag.utf8) + [UInt8](repeating: 0, count: 36 - FsGuest.tag.utf8.count) + [1, 0, 0, 0])
+        #expect(
+            config == Array(FsGuest.tag.utf8) + [UInt8](repeating: 0, count: 36 - FsGuest.tag.utf8.count) + [
+                1, 0, 0, 0,
+            ])
         #expect(guest.device.deviceConfiguration == config)
         // PCI identity: vendor 0x1AF4, device 0x105A; class 0x018000, revision 1.
         #expect(guest.device.configRead(offset: 0, size: 4) == 0x105A_1AF4)

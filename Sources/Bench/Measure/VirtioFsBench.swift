@@ -47,7 +47,8 @@ final class BenchFileSystem {
         guard vm.waitUntil(timeout: .seconds(60), { m.read32(at: L.requests) == 7 }) else {
             let why = vm.hasEnded ? "\(vm.wait())" : "timed out"
             close()
-            throw .setup("the virtio-fs guest (\(mode)) did not get through its setup: \(why); step \(m.read32(at: L.step))")
+            throw .setup(
+                "the virtio-fs guest (\(mode)) did not get through its setup: \(why); step \(m.read32(at: L.step))")
         }
     }
 
@@ -59,9 +60,10 @@ final class BenchFileSystem {
         target &+= UInt32(count)
         m.write32(target, at: L.gate)  // the guest polls the gate: no wake-up needed
         guard vm.waitUntil(timeout: .seconds(60), { m.read32(at: L.roundsDone) == target }) else {
+            let why = vm.hasEnded ? "guest ended: \(vm.wait())" : "timed out"
             throw .setup(
-                "virtio-fs \(mode): round to \(target) did not finish (\(vm.hasEnded ? "guest ended: \(vm.wait())" : "timed out")); "
-                    + "\(m.read32(at: L.roundsDone)) rounds, step \(m.read32(at: L.step)), error \(m.read32(at: L.error)); \(device.counters)")
+                "virtio-fs \(mode): round to \(target) did not finish (\(why)); \(m.read32(at: L.roundsDone)) rounds, "
+                    + "step \(m.read32(at: L.step)), error \(m.read32(at: L.error)); \(device.counters)")
         }
         return (first..<(first + count)).map { m.read32(at: L.sample($0)) }
     }
@@ -136,7 +138,9 @@ final class FuseFloor {
 
     /// One FUSE request (one readable and one writable descriptor), kicked and
     /// waited for: its reply and the nanoseconds from the kick to the call's wake-up.
-    private func call(_ opcode: UInt32, node: UInt64, _ arguments: [UInt8]) throws(BenchError) -> (payload: [UInt8], ns: UInt64) {
+    private func call(_ opcode: UInt32, node: UInt64, _ arguments: [UInt8]) throws(BenchError) -> (
+        payload: [UInt8], ns: UInt64
+    ) {
         unique += 1
         let header = Self.bytes(UInt32(40 + arguments.count), opcode) + Self.bytes(unique, node, 0, 0)
         memory.write(header + arguments, at: Self.request)
@@ -168,9 +172,12 @@ final class FuseFloor {
 
     /// One READ of 4 KiB: nanoseconds from the kick to the call's wake-up.
     func read() throws(BenchError) -> UInt64 {
-        let arguments = Self.bytes(handle, 0) + Self.bytes(UInt32(readSize), 0) + Self.bytes(UInt64(0)) + Self.bytes(UInt32(0), 0)
+        let arguments =
+            Self.bytes(handle, 0) + Self.bytes(UInt32(readSize), 0) + Self.bytes(UInt64(0)) + Self.bytes(UInt32(0), 0)
         let (payload, ns) = try call(15, node: node, arguments)
-        guard payload.count == readSize else { throw .setup("the floor's READ returned \(payload.count) bytes, not \(readSize)") }
+        guard payload.count == readSize else {
+            throw .setup("the floor's READ returned \(payload.count) bytes, not \(readSize)")
+        }
         return ns
     }
 
@@ -222,13 +229,16 @@ struct VirtioFsBench {
         for mode in Self.modes { guests.append(try BenchFileSystem(mode: mode, share: share)) }
         let toNs = { (ticks: UInt32) in UInt64(Double(ticks) * 1e6 / tscKHz) }
 
-        let rounds = options.vhostRounds, perRound = options.vhostLatencyPerRound
+        let rounds = options.vhostRounds
+        let perRound = options.vhostLatencyPerRound
         for guest in guests { _ = try guest.round(count: 10) }
         for _ in 0..<10 { _ = try floor.read() }
         var modeAll = [[UInt64]](repeating: [], count: guests.count)
         var floorAll: [UInt64] = []
-        var p50 = [[Double]](repeating: [], count: guests.count), p99 = p50
-        var floorP50: [Double] = [], floorP99: [Double] = []
+        var p50 = [[Double]](repeating: [], count: guests.count)
+        var p99 = p50
+        var floorP50: [Double] = []
+        var floorP99: [Double] = []
         var order = Array(0...guests.count)  // the modes, then the floor
         for r in 0..<rounds {
             progress("vhost-user virtio-fs: round \(r + 1)/\(rounds), \(perRound) READs per side")
@@ -255,7 +265,9 @@ struct VirtioFsBench {
             order.append(order.removeFirst())
         }
         var ratios: [BenchReport.NamedRatio] = []
-        func add(_ name: String, _ ratio: BenchReport.PairedRatio?) { if let ratio { ratios.append(.init(name: name, ratio: ratio)) } }
+        func add(_ name: String, _ ratio: BenchReport.PairedRatio?) {
+            if let ratio { ratios.append(.init(name: name, ratio: ratio)) }
+        }
         for (i, mode) in Self.modes.enumerated() {
             add("\(mode.rawValue)_p50_over_floor", .init(path: p50[i], floor: floorP50))
             add("\(mode.rawValue)_p99_over_floor", .init(path: p99[i], floor: floorP99))
