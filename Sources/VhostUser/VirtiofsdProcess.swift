@@ -94,7 +94,7 @@ public final class VirtiofsdProcess: @unchecked Sendable {
     /// enough: it appears at bind(2), before the kernel lists the address and
     /// before listen(2), and a connect then is refused. Without /proc, the
     /// file has to do.
-    static func isServing(_ path: String) -> Bool {
+    package static func isServing(_ path: String) -> Bool {
         // Read to the end: Foundation's String(contentsOfFile:) stops after the
         // first read of a /proc file (about 4 KiB), and a busy system lists more.
         guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }

@@ -279,3 +279,35 @@ final class FsGuest {
     }
 }
 #endif
+
+#if os(Linux)
+@Suite(virtiofsdInstalled) struct VirtiofsdLauncherTests {
+    @Test func theLauncherFindsVirtiofsdListeningPastTheFirst4KiBOfProcNetUnix() throws {
+        // 600 more sockets: /proc/net/unix grows to tens of KiB, most of it
+        // past what one read of the file returns.
+        var pairs: [Int32] = []
+        defer { for fd in pairs { close(fd) } }
+        for _ in 0..<300 {
+            var fds: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw TestFailure("socketpair") }
+            pairs += fds
+        }
+        let share = try SharedDirectory()
+        let backend = try FileSystemBackend(sharedDirectory: share.path, timeout: .seconds(5))
+        defer { backend.stop() }
+        #expect(VirtiofsdProcess.isServing(backend.socketPath))
+        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
+        frontend.close()
+    }
+
+    @Test func virtiofsdThatAcceptedItsOneFrontEndStillCountsAsServing() throws {
+        let share = try SharedDirectory()
+        let backend = try FileSystemBackend(sharedDirectory: share.path)
+        defer { backend.stop() }
+        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
+        defer { frontend.close() }
+        _ = try frontend.getFeatures()  // answered: virtiofsd has accepted, and closed its listener
+        #expect(VirtiofsdProcess.isServing(backend.socketPath))
+    }
+}
+#endif
