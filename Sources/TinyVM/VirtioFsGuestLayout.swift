@@ -36,7 +36,8 @@ public enum VirtioFsGuestLayout {
     public static let gate: UInt64 = 0x914C
     /// Nonzero: recover from DEVICE_NEEDS_RESET (reset, re-initialise, FUSE_INIT again).
     public static let recover: UInt64 = 0x9150
-    /// Nonzero: the benchmark mode (READs stamped with RDTSC, not compared).
+    /// Nonzero: the benchmark mode (READs stamped with RDTSC, not compared; the
+    /// guest sleeps at the gate until an interrupt).
     public static let bench: UInt64 = 0x9154
     /// Recoveries the guest made.
     public static let recoveries: UInt64 = 0x9058

@@ -22,6 +22,8 @@ final class BenchFileSystem {
     let vm: TinyVM
     let device: VirtioFsDevice
     private var target: UInt32 = 0
+    /// The IDT vector the host wakes the guest with (not one of the device's 0x40...0x42).
+    static let wakeVector: UInt32 = 0x50
     private var closed = false
 
     init(mode: InterruptDelivery, share: String) throws(BenchError) {
@@ -58,7 +60,10 @@ final class BenchFileSystem {
         let m = vm.memory
         let first = Int(m.read32(at: L.samplesTaken))
         target &+= UInt32(count)
-        m.write32(target, at: L.gate)  // the guest polls the gate: no wake-up needed
+        m.write32(target, at: L.gate)
+        // The guest sleeps at the gate (a spinning vCPU would take a core from
+        // the backend); any interrupt wakes it, and it then checks the gate.
+        _ = bench_floor_signal_msi(vm.vm.rawDescriptor, 0xFEE0_0000, Self.wakeVector)
         guard vm.waitUntil(timeout: .seconds(60), { m.read32(at: L.roundsDone) == target }) else {
             let why = vm.hasEnded ? "guest ended: \(vm.wait())" : "timed out"
             throw .setup(
@@ -212,7 +217,8 @@ struct VirtioFsBench {
 
     /// Measures; `tscKHz` converts the guests' stamps.
     func run(tscKHz: Double) throws(BenchError) -> BenchReport.VirtioFs {
-        let share = NSTemporaryDirectory() + "irqfd-bench-fs-\(getpid())"
+        // A directory of its own: two runs in one process (tests) must not share the written files.
+        let share = NSTemporaryDirectory() + "irqfd-bench-fs-\(getpid())-\(UUID().uuidString)"
         try? FileManager.default.createDirectory(atPath: share, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: share) }
         let data = Data((0..<readSize).map { UInt8(truncatingIfNeeded: $0 &* 7) })
