@@ -31,8 +31,8 @@
  *   0x914C the host's gate word
  *   0x9180 name of the file to create (NUL-terminated, at most 63 bytes)
  * Results: 0x9000 phase (1 DRIVER_OK, 2 done), 0x9004 the last opcode sent,
- * 0x9008 the error of a failed reply, 0x900C bytes READ returned
- * (the last READ's), 0x9010 bytes FUSE_WRITE wrote, 0x9014 rounds done, 0x9018 first mismatched
+ * 0x9008 the error of a failed reply, 0x900C bytes the last READ returned,
+ * 0x9010 bytes FUSE_WRITE wrote, 0x9014 rounds done, 0x9018 first mismatched
  * byte + 1 (0: none), 0x901C requests completed, 0x9020 the 40-byte device
  * configuration, 0x9050 / 0x9054 the backend's FUSE major / minor.
  * Recovery (0x9150 nonzero; virtio 1.2 sections 2.1 and 4.1.4.5): while it
@@ -45,9 +45,9 @@
  * retries until the backend is back.
  * Benchmark (0x9154 nonzero): the guest waits at the gate in HLT (the host
  * sends any interrupt once it has opened it) rather than spinning; READs are
- * not compared (their length is), and
- * every request is stamped with RDTSC, from just before the notify write to
- * the moment the guest has seen both the used element and the interrupt:
+ * not compared (their length is), and every request is stamped with RDTSC,
+ * from just before the notify write to the moment the guest has seen both
+ * the used element and the interrupt:
  * request k's TSC ticks (low 32 bits) at 0x70000 + 4 (k % 16384), k counted
  * at 0x9060.
  * Exit status: 0 all OK, 2 capability walk failed, 3 VERSION_1 missing or
