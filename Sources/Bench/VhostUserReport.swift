@@ -28,10 +28,12 @@ extension BenchReport {
         /// (median; just under 1 when the guest's RDTSC runs at `tscKHz`: the
         /// host's span also holds the wake-up and its polling).
         public var tscCheck: Double = 0
+        /// FUSE READ latency on virtiofsd (nil when virtiofsd is not installed: see `skipped`).
+        public var virtioFs: VirtioFs?
 
         // `tsc_khz`: snake case of `tscKHz` would be `tsc_k_hz`.
         enum CodingKeys: String, CodingKey {
-            case backends, rawIrqfd, maskUnmask, targets, skipped, rounds, targetRatios, tscCheck
+            case backends, rawIrqfd, maskUnmask, targets, skipped, rounds, targetRatios, tscCheck, virtioFs
             case tscKHz = "tscKhz"
         }
 

@@ -37,6 +37,10 @@ public enum GuestProgram: String, CaseIterable, Sendable {
     /// and checked as they come back, each taken in the interrupt handler;
     /// see `VirtioNetGuestLayout`.
     case virtioNet = "virtio-net"
+    /// A virtio-fs driver for the device at 00:02.0 (virtio_fs.S): FUSE_INIT,
+    /// then LOOKUP, OPEN and READ of a host file, CREATE and WRITE of a new
+    /// one, and gated READ rounds; see `VirtioFsGuestLayout`.
+    case virtioFs = "virtio-fs"
 
     /// The flat image, to load at 0x1000.
     public var image: [UInt8] {
@@ -55,6 +59,7 @@ public enum GuestProgram: String, CaseIterable, Sendable {
             case .msixBench: guest_msix_bench(&length)
             case .virtioBlkStress: guest_virtio_blk_stress(&length)
             case .virtioNet: guest_virtio_net(&length)
+            case .virtioFs: guest_virtio_fs(&length)
             }
         return Array(UnsafeBufferPointer(start: start, count: length))
     }

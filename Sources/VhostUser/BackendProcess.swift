@@ -156,8 +156,12 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// (unix(7), "/proc/net/unix"). A socket renamed into place after
     /// listen(2) (the embedded back-end) is listed under its old name, and
     /// without /proc the file's existence has to do: both count as listening.
-    static func isListening(_ path: String) -> Bool {
-        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return true }
+    package static func isListening(_ path: String) -> Bool {
+        // Read to the end: String(contentsOfFile:) stops after the first read
+        // of a /proc file (about 4 KiB), and a busy system lists more.
+        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }
+        defer { try? file.close() }
+        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
         var bound = false
         for line in table.split(separator: "\n").dropFirst() {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)

@@ -37,15 +37,20 @@ struct Run: ParsableCommand {
     @Option(help: "The backend --disk starts: qemu-storage-daemon or embedded. (default: qemu-storage-daemon when installed, else embedded)", transform: parseDiskBackend)
     var diskBackend: DiskBackendKind?
 
-    @Option(help: "virtio-blk queues (1...8), or virtio-net queue pairs (1...3); more than 1 offers MQ.")
+    @Option(help: "virtio-blk queues (1...8), virtio-net queue pairs (1...3), or virtio-fs request queues (1...7); more than 1 offers MQ.")
     var queues = 1
 
     @OptionGroup(title: "virtio-net")
     var net: NetRunOptions
 
+    @OptionGroup var fileSystem: FileSystemOptions
+
     func validate() throws {
         if vhostUserBlk != nil, disk != nil { throw ValidationError("--vhost-user-blk and --disk are alternatives: give one") }
         if diskBackend != nil, disk == nil { throw ValidationError("--disk-backend needs --disk") }
+        if fileSystem.isRequested, vhostUserBlk != nil || disk != nil || net.isRequested {
+            throw ValidationError("one vhost-user device per VM: virtio-fs, virtio-net or virtio-blk")
+        }
         try net.validate(queues: queues, blockRequested: vhostUserBlk != nil || disk != nil)
         guard net.isRequested || (1...VirtioBlkDevice.maxQueues).contains(queues) else {
             throw ValidationError("--queues must be 1...\(VirtioBlkDevice.maxQueues), not \(queues)")
@@ -91,6 +96,8 @@ struct Run: ParsableCommand {
             if net.isRequested {
                 (netBackend, netDevice) = try net.attach(to: vm, queuePairs: queues, delivery: delivery)
             }
+            let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery)
+            defer { fs?.close() }
             let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
             if case .exited = outcome {} else {
                 FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))

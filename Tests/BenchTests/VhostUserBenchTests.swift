@@ -95,6 +95,29 @@ private let qemuStorageDaemonInstalled: Bool = {
         #expect(text.contains("requests/s"))
         let svg = BenchSVG.render(report)
         for b in v.backends { #expect(svg.contains("vhost-user (\(b.backend))"), "a latency CDF per back-end") }
+
+        // virtio-fs: a FUSE READ of 4 KiB on virtiofsd per mode, against its host-driven floor.
+        guard FileManager.default.isExecutableFile(atPath: "/usr/lib/qemu/virtiofsd") else {
+            print("VhostUserBenchTests: virtiofsd is not installed: its part is checked as skipped")
+            #expect(v.virtioFs == nil)
+            #expect(v.skipped.contains { $0.contains("virtiofsd is not installed") })
+            return
+        }
+        let fs = try #require(v.virtioFs)
+        #expect(fs.latency.map(\.mode) == ["irqfd", "relay", "userspace"])
+        for m in fs.latency {
+            let l = m.latency
+            #expect(l.samples == fs.rounds * fs.perRound, "virtio-fs \(m.mode)")
+            #expect(l.minUs > 0 && l.p50Us <= l.p99Us && l.p99Us <= l.maxUs, "virtio-fs \(m.mode)")
+        }
+        #expect(fs.floor.samples == fs.rounds * fs.perRound && fs.floor.minUs > 0)
+        for name in ["irqfd_p50_over_floor", "relay_p99_over_floor", "irqfd_over_userspace_p50"] {
+            let ratio = try #require(fs.ratio(name), "\(name)")
+            #expect(ratio.rounds == fs.rounds && ratio.low <= ratio.median && ratio.median <= ratio.high, "\(name)")
+        }
+        let fsSection = try #require(section["virtio_fs"] as? [String: Any])
+        for key in ["latency", "floor", "ratios", "rounds", "per_round"] { #expect(fsSection[key] != nil, "virtio_fs.\(key)") }
+        #expect(text.contains("vhost-user virtio-fs on virtiofsd: FUSE READ of 4 KiB"))
     }
 }
 #endif

@@ -1,5 +1,6 @@
 import IrqFdCore
 import IrqFdRouting
+import TestSupport
 import Testing
 
 /// Random route operations on a coalescing partition, with calls failing at
@@ -9,22 +10,10 @@ import Testing
 /// call changes nothing), and once the failures stop every route that is
 /// live for its owner ends armed with its entry in the kernel.
 @Suite struct RoutingModelTests {
-    /// SplitMix64: reproducible from the seed in the test's arguments.
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test(arguments: [1, 2, 3, 4, 5, 6] as [UInt64])
     func randomOperationsWithRandomFailuresKeepTheInvariant(seed: UInt64) throws {
         let rig = CoalescingRig(threshold: 3, kernel: RecordingKernel(gsiLimit: 40, reserved: 0..<24))
-        var rng = SplitMix(state: seed)
+        var rng = SplitMix64(seed: seed)
         var routes: [RoutedIrqFdRoute<RecordingKernel>?] = Array(repeating: nil, count: 8)
         let calls = ["push", "assign", "deassign"]
         var refused: UInt32?

@@ -190,7 +190,7 @@ extension VirtioNetTests {
             let seed =
                 ProcessInfo.processInfo.environment["IRQFD_FUZZ_SEED"].flatMap { UInt64($0) }
                 ?? UInt64.random(in: 1...UInt64.max)
-            var rng = SplitMix(seed: seed)
+            var rng = SplitMix64(seed: seed)
             let backend = try NetBackend(queuePairs: 2)
             defer { backend.stop() }
             let vm = try TinyVM(.init(cpus: 1))
@@ -200,7 +200,7 @@ extension VirtioNetTests {
             vm.memory.load((0..<0x40000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: 0x20000)
             let base = VirtioNetDevice.virtioBase
             /// Queue `q` with a plausible size and vector and rings somewhere in (or past) RAM.
-            func randomQueue(_ q: Int, _ rng: inout SplitMix) {
+            func randomQueue(_ q: Int, _ rng: inout SplitMix64) {
                 device.write(address: base + 0x16, size: 2, value: UInt64(q))
                 device.write(address: base + 0x18, size: 2, value: 1 << (rng.next() % 10))
                 device.write(address: base + 0x1A, size: 2, value: rng.next() % 8)
@@ -267,16 +267,4 @@ extension VirtioNetTests {
     }
 }
 
-/// SplitMix64: a small seeded generator, so a failing seed repeats.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 #endif

@@ -399,10 +399,18 @@ final class VhostUserBench {
                 }
             }
         }
+        var virtioFs: BenchReport.VirtioFs?
+        if FileSystemBackend.isInstalled {
+            virtioFs = try VirtioFsBench(options: options, progress: progress).run(tscKHz: tscKHz)
+        } else {
+            let line = "vhost-user: virtiofsd is not installed: the virtio-fs READ latency is skipped"
+            progress(line)
+            skipped.append(line)
+        }
         return .init(
             backends: backends, rawIrqfd: LatencySummary(nanoseconds: rawAll), maskUnmask: mask, targets: targets,
             skipped: skipped, tscKHz: tscKHz, rounds: options.vhostRounds, targetRatios: targetRatios,
-            tscCheck: Self.median(tscChecks))
+            tscCheck: Self.median(tscChecks), virtioFs: virtioFs)
     }
 
     /// The mask + unmask targets: ours cheaper than QEMU's strategy, at both spacings.

@@ -37,4 +37,7 @@ const unsigned char *guest_virtio_blk_stress(size_t *length);
 /// A virtio-net driver: frames sent and checked as they come back, each
 /// taken in the interrupt handler; two pairs through the control queue (virtio_net.S).
 const unsigned char *guest_virtio_net(size_t *length);
+/// A virtio-fs driver for the device at 00:02.0 speaking FUSE to the
+/// backend: init, lookup, open, read, create, write (virtio_fs.S).
+const unsigned char *guest_virtio_fs(size_t *length);
 #endif
