@@ -1,6 +1,6 @@
 #if os(Linux)
-import CVhostUser
 import IrqFdCore
+import Synchronization
 public import IrqFdLinux
 public import SystemPackage
 
@@ -19,10 +19,11 @@ public final class MemfdGuestMemory: Sendable {
     public var fileDescriptor: FileDescriptor { memory.fileDescriptor }
 
     /// `size` bytes of zeroed guest RAM (memfd_create(2), ftruncate(2),
-    /// F_ADD_SEALS of `MemfdSeals.fixedSize`, mmap(2)).
-    public init(size: Int) throws(VhostUserError) {
+    /// F_ADD_SEALS of `seals`, mmap(2)). Without `MemfdSeals.fixedSize` the
+    /// memory can be truncated under a back-end's mapping (a test's attack).
+    public init(size: Int, seals: MemfdSeals = .fixedSize) throws(VhostUserError) {
         do throws(SystemCallError) {
-            memory = try MemfdMemory(size: size, name: "irqfd-guest-ram")
+            memory = try MemfdMemory(size: size, name: "irqfd-guest-ram", seals: seals)
         } catch {
             throw .systemCall(call: error.call, errno: error.errno)
         }
@@ -248,7 +249,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         memory.store(head, at: availableRing + 4 + UInt64(availableIndex % size) * 2)
         outstanding[UInt32(head), default: 0] += 1
         availableIndex &+= 1
-        vhost_user_fence()
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         memory.store(availableIndex, at: availableRing + 2)
     }
 
@@ -294,7 +295,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
                 return (out, .usedIndexAhead(queue: queue, advance: published &- usedIndex, inFlight: inFlight))
             }
             while usedIndex != published, out.count < count {
-                vhost_user_fence()  // the element after the index that published it
+                atomicMemoryFence(ordering: .sequentiallyConsistent)  // the element after the index that published it
                 let element = usedRing + 4 + UInt64(usedIndex % size) * 8
                 let id = memory.load(UInt32.self, at: element)
                 guard let times = outstanding[id] else {
