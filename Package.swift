@@ -142,6 +142,8 @@ let package = Package(
             dependencies: [
                 "VhostUser", "IrqFdLinux", "IrqFdCore", "CBlkBackend", "VirtqueueWalk",
                 .product(name: "SystemPackage", package: "swift-system"),
+                // The command line its executables share (Options.swift).
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
         // C for the embedded back-end, what Swift cannot write: the SIGBUS handler that contains a fault
