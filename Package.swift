@@ -105,12 +105,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        // C for vhost-user: the names the embedded backend calls, forwarding to CLinuxKVM's socket calls.
-        .target(name: "CVhostUser", dependencies: ["CLinuxKVM"]),
         // The vhost-user frontend (protocol, messages, validation, deadlines); no KVM code.
         .target(
             name: "VhostUser",
-            dependencies: ["CVhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // The virtio-pci transport and its device types (virtio-blk), served by a vhost-user
         // backend; any VMM that implements its protocols (guest memory, doorbells, interrupts, PCI).
@@ -140,9 +138,16 @@ let package = Package(
             swiftSettings: strict),
         // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
         .target(
-            name: "VhostUserBlkBackend", dependencies: ["VhostUser", "CVhostUser", "CBlkBackend", "VirtqueueWalk"],
+            name: "VhostUserBlkBackend",
+            dependencies: [
+                "VhostUser", "IrqFdLinux", "IrqFdCore", "CBlkBackend", "VirtqueueWalk",
+                .product(name: "SystemPackage", package: "swift-system"),
+                // The command line its executables share (Options.swift).
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict),
-        // C for the embedded back-end: SIGBUS containment over guest mappings, eventfd and seal checks.
+        // C for the embedded back-end, what Swift cannot write: the SIGBUS handler that contains a fault
+        // in guest memory truncated under its mapping.
         .target(name: "CBlkBackend"),
         // The split-virtqueue descriptor-chain walker over a guest memory map: bounded, trusts nothing in the
         // table. No platform code; a device on either side of vhost-user can use it.
@@ -161,7 +166,8 @@ let package = Package(
         .executableTarget(
             name: "irqfd-vhost-user-blk-hostile",
             dependencies: [
-                "VhostUserBlkBackend", "VhostUser", "CVhostUser",
+                "VhostUserBlkBackend", "VhostUser", "IrqFdLinux", "IrqFdCore",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -256,7 +262,7 @@ let package = Package(
             name: "ReliabilityTests",
             dependencies: [
                 "TestSupport", "KVMTestSupport", "IrqFdCore", "IrqFdRouting", "IrqFdKVM", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "CLinuxKVM", "MSIX",
-                "TinyVM", "GuestPrograms", "CReliability", "Virtio", "PCI", "VhostUser", "CVhostUser", .product(name: "SystemPackage", package: "swift-system"),
+                "TinyVM", "GuestPrograms", "CReliability", "Virtio", "PCI", "VhostUser", .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             // The fuzz corpus is read by path (#filePath), not bundled.

@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -78,12 +77,3 @@ void blk_guard_remove(void *start) {
 }
 
 uint64_t blk_guard_faults(void) { return atomic_load(&guard_faults); }
-
-int blk_is_eventfd(int fd) {
-    char path[64], target[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t length = readlink(path, target, sizeof target - 1);
-    if (length < 0) return 0;
-    target[length] = 0;
-    return strcmp(target, "anon_inode:[eventfd]") == 0;
-}

@@ -28,6 +28,67 @@ public final class EventFD: Event {
         fileDescriptor = descriptor
     }
 
+    /// Why a received descriptor was not adopted by ``adopting(checking:)``.
+    public enum AdoptionFailure: Error, Equatable, Sendable, CustomStringConvertible {
+        /// The descriptor is something else: what its /proc/self/fd link reads.
+        case notAnEventfd(String)
+        /// A system call failed (readlink(2) or fcntl(2)).
+        case systemCall(SystemCallError)
+
+        /// What the descriptor was, or what failed, after "the descriptor".
+        public var description: String {
+            switch self {
+            case .notAnEventfd(let what): "is not an eventfd (\(what))"
+            case .systemCall(let error): "could not be checked: \(error)"
+            }
+        }
+    }
+
+    /// Takes ownership of a descriptor from a peer that is not trusted (one
+    /// received by SCM_RIGHTS), after checking that it is an eventfd, and makes
+    /// it non-blocking. Anything else is closed and refused: a regular file, a
+    /// pipe or a socket polls readable (or hung up) for good, so a poll loop
+    /// waiting on it would spin; and another anonymous inode (a timerfd, an
+    /// epoll) reads and writes other things. An eventfd is an anonymous inode
+    /// that fstat(2) cannot tell from the others; its /proc/self/fd link reads
+    /// `anon_inode:[eventfd]` (readlink(2); fs/eventfd.c names it so).
+    ///
+    /// O_NONBLOCK (fcntl(2) F_SETFL, on the open file the peer shares) is what
+    /// lets ``signal()`` on a counter at its maximum and ``consume()`` of an
+    /// empty one return at once instead of blocking the caller (eventfd(2)).
+    public static func adopting(checking descriptor: FileDescriptor) throws(AdoptionFailure) -> EventFD {
+        do throws(AdoptionFailure) {
+            let link = try linkTarget(of: descriptor)
+            guard link == "anon_inode:[eventfd]" else { throw .notAnEventfd(link) }
+            do throws(SystemCallError) {
+                let flags = try retryingInterrupts("fcntl(F_GETFL)") { fcntl(descriptor.rawValue, F_GETFL) }
+                _ = try retryingInterrupts("fcntl(F_SETFL, O_NONBLOCK)") {
+                    fcntl(descriptor.rawValue, F_SETFL, flags | O_NONBLOCK)
+                }
+            } catch {
+                throw .systemCall(error)
+            }
+        } catch {
+            // Refused: nobody else owns it, and nothing useful follows from a failed close(2).
+            try? descriptor.close()
+            throw error
+        }
+        return EventFD(adopting: descriptor)
+    }
+
+    /// What `descriptor`'s /proc/self/fd link reads (readlink(2)).
+    private static func linkTarget(of descriptor: FileDescriptor) throws(AdoptionFailure) -> String {
+        let path = "/proc/self/fd/\(descriptor.rawValue)"
+        var target = [CChar](repeating: 0, count: 64)
+        let length: Int
+        do throws(SystemCallError) {
+            length = try retryingInterrupts("readlink(\(path))") { readlink(path, &target, target.count) }
+        } catch {
+            throw .systemCall(error)
+        }
+        return String(decoding: target[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     deinit { try? fileDescriptor.close() }
 
     /// The eventfd as a native handle.

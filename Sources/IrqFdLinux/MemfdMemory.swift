@@ -94,8 +94,9 @@ public final class MemfdMemory: @unchecked Sendable {
     /// Maps `size` bytes of a memfd made elsewhere (mmap(2), MAP_SHARED, at
     /// offset 0), taking ownership of `descriptor`, which is closed when this
     /// object is released or, if the mapping fails, before this throws. How
-    /// a backend maps the guest RAM it received; ``seals()`` then says whether
-    /// the sender fixed its size.
+    /// a backend maps the guest RAM it received (a memfd, or any file a peer
+    /// shares, such as one in /dev/shm); ``seals()`` then says whether the
+    /// sender fixed its size.
     public init(mapping descriptor: FileDescriptor, size: Int) throws(SystemCallError) {
         guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, descriptor.rawValue, 0),
             mapping != MAP_FAILED

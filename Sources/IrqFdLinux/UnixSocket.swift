@@ -77,19 +77,35 @@ public final class UnixSocket: Sendable {
 
     /// A socket listening at `path` (socket(2), bind(2), listen(2)); a stale
     /// socket file at `path` is replaced.
+    ///
+    /// The socket is bound and listening under a temporary name beside `path`
+    /// before rename(2) puts it into place, so a peer that waits for the path
+    /// to appear can connect at once: between bind(2) and listen(2) a connect
+    /// is refused (ECONNREFUSED). A `path` so long that the temporary name does
+    /// not fit a socket address (ENAMETOOLONG) is bound directly.
     public static func listen(at path: String, backlog: Int32 = 1) throws(IrqFdError) -> UnixSocket {
         do throws(SystemCallError) {
             let descriptor = try makeSocket(nonBlocking: false)
-            unlink(path)
+            var bound = path + ".\(getpid()).tmp"
             do throws(SystemCallError) {
-                _ = try retryingInterrupts("bind(\(path))") { irqfd_unix_bind(descriptor.rawValue, path) }
+                unlink(bound)
+                do throws(SystemCallError) {
+                    _ = try retryingInterrupts("bind(\(bound))") { irqfd_unix_bind(descriptor.rawValue, bound) }
+                } catch where error.errno == .fileNameTooLong {
+                    bound = path
+                    unlink(path)
+                    _ = try retryingInterrupts("bind(\(path))") { irqfd_unix_bind(descriptor.rawValue, path) }
+                }
+                _ = try retryingInterrupts("listen") { Glibc.listen(descriptor.rawValue, backlog) }
+                if bound != path {
+                    _ = try retryingInterrupts("rename(\(bound), \(path))") { rename(bound, path) }
+                }
             } catch {
+                unlink(bound)
                 try? descriptor.close()
                 throw error
             }
-            let socket = UnixSocket(descriptor, boundPath: path)
-            _ = try retryingInterrupts("listen") { Glibc.listen(descriptor.rawValue, backlog) }
-            return socket
+            return UnixSocket(descriptor, boundPath: path)
         } catch {
             throw .systemCall(error)
         }

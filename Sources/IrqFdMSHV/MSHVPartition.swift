@@ -3,6 +3,7 @@ public import SystemPackage
 #if os(Linux)
 import CLinuxKVM
 import Glibc
+import IrqFdLinux
 #endif
 
 /// The ioctls of an mshv partition descriptor that the irqfd backend makes,
@@ -20,18 +21,6 @@ public protocol MSHVPartitionIoctls: AnyObject, Sendable {
 }
 
 #if os(Linux)
-/// Runs `body` until it returns something other than -1/EINTR; -1 becomes an
-/// error naming `call`.
-private func retrying(_ call: String, _ body: () -> Int32) throws(SystemCallError) -> Int32 {
-    while true {
-        let result = body()
-        if result >= 0 { return result }
-        let error = irqfd_errno()
-        if error == EINTR { continue }
-        throw SystemCallError(call: call, errno: Errno(rawValue: error))
-    }
-}
-
 /// `/dev/mshv`: the Microsoft Hypervisor's root-partition driver, present only
 /// when Linux runs as the root partition of the Microsoft Hypervisor (for
 /// example a Linux host of Azure's or Cloud Hypervisor's mshv flavour).
@@ -76,7 +65,7 @@ public final class MSHVSystem: Sendable {
         let fd: Int32
         let result = bytes.withUnsafeMutableBytes { raw in
             Result { () throws(SystemCallError) -> Int32 in
-                try retrying(request.name) { irqfd_ioctl_ptr(descriptor, request.number, raw.baseAddress) }
+                try retryingInterrupts(request.name) { irqfd_ioctl_ptr(descriptor, request.number, raw.baseAddress) }
             }
         }
         do throws(SystemCallError) { fd = try result.get() } catch { throw .systemCall(error) }
@@ -99,13 +88,13 @@ public final class MSHVPartition: MSHVPartitionIoctls {
 
     /// ioctl(2) on the partition descriptor, retrying on EINTR.
     public func ioctl(_ request: IoctlRequest, argument: UnsafeMutableRawBufferPointer) throws(SystemCallError) {
-        _ = try retrying(request.name) { irqfd_ioctl_ptr(rawDescriptor, request.number, argument.baseAddress) }
+        _ = try retryingInterrupts(request.name) { irqfd_ioctl_ptr(rawDescriptor, request.number, argument.baseAddress) }
     }
 
     /// MSHV_INITIALIZE_PARTITION: makes the partition usable (vCPUs, memory, interrupts).
     public func initialize() throws(SystemCallError) {
         let request = MSHV.initializePartition
-        _ = try retrying(request.name) { irqfd_ioctl_val(rawDescriptor, request.number, 0) }
+        _ = try retryingInterrupts(request.name) { irqfd_ioctl_val(rawDescriptor, request.number, 0) }
     }
 }
 #endif

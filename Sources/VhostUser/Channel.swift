@@ -40,14 +40,8 @@ package final class VhostUserChannel: Sendable {
     /// The connected socket, closed when this channel is released.
     package let socket: UnixSocket
 
-    /// The socket's descriptor number, borrowed: the embedded backend polls it.
-    package var fd: Int32 { socket.fileDescriptor.rawValue }
-
     /// Takes ownership of a connected socket.
     package init(_ socket: UnixSocket) { self.socket = socket }
-
-    /// Takes ownership of a connected socket's descriptor (one the embedded backend accepted).
-    package convenience init(adopting fd: Int32) { self.init(UnixSocket(adopting: FileDescriptor(rawValue: fd))) }
 
     /// Connects to the socket listening at `path` (socket(2), connect(2),
     /// non-blocking): a back-end whose listen backlog is full (alive but not
@@ -66,21 +60,13 @@ package final class VhostUserChannel: Sendable {
     /// Sends all of `bytes`, `descriptors` (borrowed) with the first byte
     /// (sendmsg(2), SCM_RIGHTS), within `deadline`.
     package func send(
-        _ bytes: [UInt8], passing descriptors: [FileDescriptor], deadline: ContinuousClock.Instant
+        _ bytes: [UInt8], passing descriptors: [FileDescriptor] = [], deadline: ContinuousClock.Instant
     ) throws(ChannelFailure) {
         do throws(UnixSocket.Failure) {
             try socket.send(bytes, descriptors: descriptors, deadline: deadline)
         } catch {
             throw ChannelFailure(error)
         }
-    }
-
-    /// ``send(_:passing:deadline:)`` with descriptor numbers (borrowed), as the
-    /// embedded backend holds them.
-    package func send(
-        _ bytes: [UInt8], descriptors: [Int32] = [], deadline: ContinuousClock.Instant
-    ) throws(ChannelFailure) {
-        try send(bytes, passing: descriptors.map { FileDescriptor(rawValue: $0) }, deadline: deadline)
     }
 
     /// Receives exactly `count` bytes (recvmsg(2)) within `deadline`, and every
@@ -94,15 +80,6 @@ package final class VhostUserChannel: Sendable {
         } catch {
             throw ChannelFailure(error)
         }
-    }
-
-    /// ``receiveMessage(exactly:maximumDescriptors:deadline:)`` with the kept
-    /// descriptors as numbers (the caller's to close), as the embedded backend holds them.
-    package func receive(
-        exactly count: Int, maximumDescriptors: Int, deadline: ContinuousClock.Instant
-    ) throws(ChannelFailure) -> (bytes: [UInt8], descriptors: [Int32], received: Int) {
-        let message = try receiveMessage(exactly: count, maximumDescriptors: maximumDescriptors, deadline: deadline)
-        return (message.bytes, message.descriptors.map(\.rawValue), message.received)
     }
 }
 #endif

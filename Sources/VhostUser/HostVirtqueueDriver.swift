@@ -1,6 +1,6 @@
 #if os(Linux)
-import CVhostUser
 import IrqFdCore
+import Synchronization
 public import IrqFdLinux
 public import SystemPackage
 
@@ -249,7 +249,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         memory.store(head, at: availableRing + 4 + UInt64(availableIndex % size) * 2)
         outstanding[UInt32(head), default: 0] += 1
         availableIndex &+= 1
-        vhost_user_fence()
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         memory.store(availableIndex, at: availableRing + 2)
     }
 
@@ -295,7 +295,7 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
                 return (out, .usedIndexAhead(queue: queue, advance: published &- usedIndex, inFlight: inFlight))
             }
             while usedIndex != published, out.count < count {
-                vhost_user_fence()  // the element after the index that published it
+                atomicMemoryFence(ordering: .sequentiallyConsistent)  // the element after the index that published it
                 let element = usedRing + 4 + UInt64(usedIndex % size) * 8
                 let id = memory.load(UInt32.self, at: element)
                 guard let times = outstanding[id] else {

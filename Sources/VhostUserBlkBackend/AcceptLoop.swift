@@ -1,38 +1,34 @@
 #if os(Linux)
 import CBlkBackend
-import CVhostUser
 import Glibc
+import IrqFdCore
+import IrqFdLinux
+import SystemPackage
 import VhostUser
 
 extension BlockServer {
     /// Listens at `socketPath` and serves front-ends one after another, forever.
     package func serve(socketPath: String) throws(ServerFailure) -> Never {
-        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard listener >= 0 else { throw ServerFailure(description: "socket failed") }
-        // Bound and listening under a temporary name, then renamed into place: a
-        // frontend that sees the socket appear can connect at once (between
-        // bind(2) and listen(2) a connect is refused).
-        let temporary = socketPath + ".\(getpid()).tmp"
-        unlink(temporary)
-        guard vhost_user_bind(listener, temporary) == 0, listen(listener, 1) == 0 else {
-            throw ServerFailure(description: "bind/listen(\(temporary)): \(String(cString: strerror(errno)))")
-        }
-        guard rename(temporary, socketPath) == 0 else {
-            unlink(temporary)
-            throw ServerFailure(description: "rename(\(temporary), \(socketPath)): \(String(cString: strerror(errno)))")
+        // The socket appears at `socketPath` already listening (IrqFdLinux renames it into
+        // place), so a front-end that sees it appear can connect at once.
+        let listener: UnixSocket
+        do throws(IrqFdError) { listener = try UnixSocket.listen(at: socketPath, backlog: 1) } catch {
+            throw ServerFailure(description: error.description)
         }
         signal(SIGPIPE, SIG_IGN)
-        guard blk_guard_install() == 0 else {
-            throw ServerFailure(description: "sigaction(SIGBUS): \(String(cString: strerror(errno)))")
+        do throws(SystemCallError) {
+            _ = try retryingInterrupts("sigaction(SIGBUS)") { blk_guard_install() }
+        } catch {
+            throw ServerFailure(description: error.description)
         }
         while true {
-            let fd = vhost_user_accept(listener)
-            if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                throw ServerFailure(description: "accept: \(String(cString: strerror(errno)))")
+            let connection: UnixSocket
+            do throws(IrqFdError) { connection = try listener.accept() } catch {
+                // A front-end that gave up while queued: the next one is served.
+                if case .systemCall(let failure) = error, failure.errno == .connectionAbort { continue }
+                throw ServerFailure(description: error.description)
             }
-            let connection = VhostUserChannel(adopting: fd)
-            serveConnection(connection)
+            serveConnection(VhostUserChannel(connection))
             reset()
         }
     }
@@ -44,35 +40,39 @@ extension BlockServer {
     /// control socket is answered between rounds under any guest load.
     func serveConnection(_ connection: VhostUserChannel) {
         while true {
-            var entries = [pollfd(fd: connection.fd, events: Int16(POLLIN), revents: 0)]
+            // Rebuilt each round: queues start, stop and change their kick between rounds.
+            var watched: [(descriptor: FileDescriptor, events: Readiness)] = [
+                (connection.socket.fileDescriptor, .readable)
+            ]
             var polled: [Int] = []
-            for (index, queue) in queues.enumerated() where queue.kick >= 0 && queue.started && queue.enabled {
-                entries.append(pollfd(fd: queue.kick, events: Int16(POLLIN), revents: 0))
+            for (index, queue) in queues.enumerated() where queue.started && queue.enabled {
+                guard let kick = queue.kick else { continue }
+                watched.append((kick.fileDescriptor, .readable))
                 polled.append(index)
             }
             let nonBlocking = hooks?.pollsWithoutBlocking ?? false || !pending.isEmpty
-            let ready = poll(&entries, nfds_t(entries.count), nonBlocking ? 0 : -1)
+            let polling = Result { () throws(SystemCallError) -> [Readiness] in
+                try Readiness.wait(on: watched, timeout: nonBlocking ? .zero : nil)
+            }
             hooks?.afterPoll(self)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                log("poll: \(String(cString: strerror(errno)))")
+            let ready: [Readiness]
+            do throws(SystemCallError) { ready = try polling.get() } catch {
+                log("\(error)")
                 return
             }
-            for (slot, index) in polled.enumerated() where entries[slot + 1].revents != 0 {
-                let events = Int32(entries[slot + 1].revents)
-                if events & (POLLHUP | POLLERR | POLLNVAL) != 0 {
+            for (slot, index) in polled.enumerated() where !ready[slot + 1].isEmpty {
+                let events = ready[slot + 1]
+                if !events.isDisjoint(with: [.hangUp, .error, .invalid]) {
                     // An eventfd never hangs up: the descriptor is not what it was. Stop the queue.
                     guestLog.log(
-                        "queue \(index): kick descriptor reports 0x\(String(events, radix: 16)); queue stopped")
+                        "queue \(index): kick descriptor reports 0x\(String(events.rawValue, radix: 16)); queue stopped")
                     queues[index].started = false
-                    if queues[index].kick >= 0 { close(queues[index].kick) }
-                    queues[index].kick = -1
+                    queues[index].kick = nil
                     pending.remove(index)
                     continue
                 }
-                var value: UInt64 = 0
-                // O_NONBLOCK: EAGAIN when another reader emptied it; the ring is read regardless.
-                _ = read(queues[index].kick, &value, 8)
+                // Non-blocking: 0 when another reader emptied it; the ring is read regardless.
+                _ = queues[index].kick?.consume()
                 pending.insert(index)
             }
             for index in pending.sorted() where !process(queue: index) { pending.remove(index) }
@@ -80,7 +80,7 @@ extension BlockServer {
                 log("guest memory shrank under its mapping (SIGBUS contained): front-end dropped")
                 return
             }
-            if entries[0].revents != 0 {
+            if !ready[0].isEmpty {
                 do { try handleMessage(connection) } catch {
                     if case .closed = error {} else { log("front-end dropped: \(error)") }
                     return

@@ -1,5 +1,6 @@
 #if os(Linux)
 import Glibc
+import IrqFdLinux
 import VirtqueueWalk
 
 extension BlockServer {
@@ -51,16 +52,19 @@ extension BlockServer {
             if type == 1, readOnly { return finish(Self.ioError, written: 0) }
             var offset = off_t(sector * 512)
             for segment in segments {
-                let done =
+                // A failed or short transfer is the guest's IOERR.
+                let done = try? retryingInterrupts(type == 0 ? "pread" : "pwrite") {
                     type == 0
-                    ? pread(image, segment.pointer, segment.length, offset)
-                    : pwrite(image, segment.pointer, segment.length, offset)
+                        ? pread(image.rawValue, segment.pointer, segment.length, offset)
+                        : pwrite(image.rawValue, segment.pointer, segment.length, offset)
+                }
                 guard done == segment.length else { return finish(Self.ioError, written: 0) }
                 offset += off_t(segment.length)
             }
             return finish(0, written: type == 0 ? UInt64(total) : 0)
         case 4:  // FLUSH
-            return finish(fsync(image) == 0 ? 0 : Self.ioError, written: 0)
+            let flushed = (try? retryingInterrupts("fsync") { fsync(image.rawValue) }) != nil
+            return finish(flushed ? 0 : Self.ioError, written: 0)
         case 8:  // GET_ID: up to 20 bytes
             let id = Array("irqfd-vhost-user-blk".utf8)
             var written = 0

@@ -1,6 +1,9 @@
 #if os(Linux)
 import CBlkBackend
 import Glibc
+import IrqFdCore
+package import IrqFdLinux
+package import SystemPackage
 import VhostUser
 
 /// A failure that ends the back-end (not one connection).
@@ -17,16 +20,15 @@ package struct QueueState {
     package var addressed = false
     package var lastAvailable: UInt16 = 0
     package var used: UInt16 = 0
-    package var kick: Int32 = -1
-    package var call: Int32 = -1
+    /// The kick and call eventfds (SET_VRING_KICK, SET_VRING_CALL), owned: released, they are closed.
+    package var kick: EventFD?
+    package var call: EventFD?
     package var enabled = false
     package var started = false
 
     mutating func closeFiles() {
-        if kick >= 0 { close(kick) }
-        if call >= 0 { close(call) }
-        kick = -1
-        call = -1
+        kick = nil
+        call = nil
     }
 }
 
@@ -44,7 +46,8 @@ package struct QueueState {
 /// completes with IOERR/UNSUPP (or length 0 when no status byte can be
 /// found), never a crash.
 package final class BlockServer {
-    package let image: Int32
+    /// The image file, owned.
+    package let image: FileDescriptor
     package let sectors: UInt64
     package let readOnly: Bool
     package let queueCount: Int
@@ -69,12 +72,21 @@ package final class BlockServer {
     package var hooks: (any BlockServerHooks)?
 
     package init(image path: String, readOnly: Bool, queues: Int) throws(ServerFailure) {
-        image = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-        guard image >= 0 else {
-            throw ServerFailure(description: "open(\(path)): \(String(cString: strerror(errno)))")
-        }
+        let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         var info = stat()
-        guard fstat(image, &info) == 0 else { throw ServerFailure(description: "fstat(\(path)) failed") }
+        let descriptor: FileDescriptor
+        do throws(SystemCallError) {
+            descriptor = FileDescriptor(rawValue: try retryingInterrupts("open(\(path))") { open(path, flags) })
+            do throws(SystemCallError) {
+                _ = try retryingInterrupts("fstat(\(path))") { fstat(descriptor.rawValue, &info) }
+            } catch {
+                try? descriptor.close()
+                throw error
+            }
+        } catch {
+            throw ServerFailure(description: error.description)
+        }
+        image = descriptor
         sectors = UInt64(info.st_size) / 512
         self.readOnly = readOnly
         queueCount = queues
@@ -89,7 +101,9 @@ package final class BlockServer {
 
     deinit {
         reset()
-        close(image)
+        // A close(2) error would be a deferred write error: the guest learns of those from
+        // FLUSH (fsync(2)), and at this point there is nobody left to tell.
+        try? image.close()
     }
 
     /// The largest data segment a request may carry (size_max in the config).
@@ -112,16 +126,12 @@ package final class BlockServer {
     }
 
     /// One line on standard error.
-    package func log(_ message: String) {
-        let line = Array("irqfd-vhost-user-blk: \(message)\n".utf8)
-        _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
-    }
+    package func log(_ message: String) { writeLogLine(message) }
 
     /// Back to the state before any front-end: rings stopped, memory unmapped.
     func reset() {
-        for index in queues.indices { queues[index].closeFiles() }
         queues = Array(repeating: QueueState(), count: queueCount)
-        unmapRegions()
+        regions = []
         pending = []
         faultsSeen = blk_guard_faults()
         features = 0

@@ -1,7 +1,9 @@
 #if os(Linux)
 import CBlkBackend
-import CVhostUser
 import Glibc
+import IrqFdCore
+import IrqFdLinux
+import SystemPackage
 import VhostUser
 
 /// The front-end's messages (vhost-user.rst, "Front-end message types"):
@@ -12,16 +14,17 @@ import VhostUser
 extension BlockServer {
     func handleMessage(_ connection: VhostUserChannel) throws(ChannelFailure) {
         let deadline = ContinuousClock.now + .seconds(5)
-        let head = try connection.receive(
-            exactly: VhostUserHeader.byteCount, maximumDescriptors: Int(VHOST_USER_MAX_FDS), deadline: deadline)
+        let head = try connection.receiveMessage(
+            exactly: VhostUserHeader.byteCount, maximumDescriptors: FrontendMessage.maxDescriptors, deadline: deadline)
+        // Received descriptors no message took: closed (a close(2) failure leaves nothing to do).
         var descriptors = head.descriptors
-        defer { for fd in descriptors { close(fd) } }
+        defer { for descriptor in descriptors { try? descriptor.close() } }
         let header = VhostUserHeader(head.bytes)!
         if case .fatal(let why)? = FrontendMessage.check(header, descriptors: head.received) {
             throw .system(why, .invalidArgument)
         }
-        let body = try connection.receive(
-            exactly: Int(header.size), maximumDescriptors: Int(VHOST_USER_MAX_FDS) - descriptors.count,
+        let body = try connection.receiveMessage(
+            exactly: Int(header.size), maximumDescriptors: FrontendMessage.maxDescriptors - descriptors.count,
             deadline: deadline)
         descriptors += body.descriptors
 
@@ -90,7 +93,7 @@ extension BlockServer {
     }
 
     /// Applies a message without a reply of its own; returns why it was refused, or nil.
-    func apply(_ message: FrontendMessage, descriptors: inout [Int32]) -> String? {
+    func apply(_ message: FrontendMessage, descriptors: inout [FileDescriptor]) -> String? {
         switch message {
         case .setFeatures(let wanted):
             guard wanted & ~offeredFeatures == 0 else { return "SET_FEATURES 0x\(String(wanted, radix: 16))" }
@@ -127,7 +130,7 @@ extension BlockServer {
             queues[index].lastAvailable = base
             queues[index].used = base
         case .setVringFile(let file, let index, let hasFile):
-            return setVringFile(file, queue: index, fd: hasFile ? descriptors.removeFirst() : -1)
+            return setVringFile(file, queue: index, descriptor: hasFile ? descriptors.removeFirst() : nil)
         case .setVringEnable(let index, let enabled):
             guard features & VhostUserFeature.protocolFeatures != 0 else {
                 return "SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES"
@@ -147,67 +150,69 @@ extension BlockServer {
     /// a file's end faults with SIGBUS at first touch). A file can still shrink
     /// afterwards unless it is a memfd sealed with F_SEAL_SHRINK (memfd_create(2)),
     /// so seals are not required: every mapping is guarded instead
-    /// (`blk_guard_add`), a fault past the new end is contained, and the
-    /// connection ends at the next poll round.
-    func setMemTable(_ table: [RegionDescription], descriptors: inout [Int32]) -> String? {
+    /// (`MappedRegion`), a fault past the new end is contained, and the
+    /// connection ends at the next poll round. The table's descriptors are
+    /// taken from `descriptors`: each is mapped (its region owns it) or closed.
+    func setMemTable(_ table: [RegionDescription], descriptors: inout [FileDescriptor]) -> String? {
+        var files = descriptors.prefix(table.count)
+        descriptors.removeFirst(files.count)
+        // Those not reached when a region is refused (close(2) failing leaves nothing to do).
+        defer { for file in files { try? file.close() } }
+        // Released on a refusal, before the old table is touched: unguarded, unmapped, closed.
         var mapped: [MappedRegion] = []
-        func undo(_ why: String) -> String {
-            for region in mapped {
-                blk_guard_remove(region.mapping)
-                munmap(region.mapping, region.mappingLength)
-            }
-            return "SET_MEM_TABLE: \(why)"
-        }
-        for (index, region) in table.enumerated() {
-            let fd = descriptors[index]
+        for (index, (region, file)) in zip(table, files).enumerated() {
             let length = region.size + region.mmapOffset
             var info = stat()
-            guard fstat(fd, &info) == 0 else { return undo("fstat: \(String(cString: strerror(errno)))") }
+            do throws(SystemCallError) {
+                _ = try retryingInterrupts("fstat") { fstat(file.rawValue, &info) }
+            } catch {
+                return "SET_MEM_TABLE: \(error)"
+            }
             guard info.st_size >= 0, UInt64(info.st_size) >= length else {
-                return undo("region \(index) needs \(length) bytes of its file, which has \(info.st_size)")
+                return "SET_MEM_TABLE: region \(index) needs \(length) bytes of its file, which has \(info.st_size)"
             }
-            guard let mapping = vhost_user_mmap_shared(fd, Int(length)) else {
-                return undo("mmap: \(String(cString: strerror(errno)))")
+            // The region takes the file (and closes it if the mapping fails).
+            files.removeFirst()
+            do throws(SystemCallError) {
+                mapped.append(try MappedRegion(region, file: file, length: Int(length)))
+            } catch {
+                return "SET_MEM_TABLE: \(error)"
             }
-            mapped.append(
-                MappedRegion(
-                    guestPhysical: region.guestPhysical, user: region.user, size: region.size,
-                    host: mapping + Int(region.mmapOffset), mapping: mapping, mappingLength: Int(length)))
-            guard blk_guard_add(mapping, Int(length)) == 0 else { return undo("too many mappings guarded") }
         }
-        unmapRegions()
         regions = mapped
         faultsSeen = blk_guard_faults()
         return nil
     }
 
-    /// SET_VRING_KICK / SET_VRING_CALL / SET_VRING_ERR: takes `fd` (or none:
-    /// -1). Kick and call must be eventfds (a file, a pipe or a socket polls
-    /// readable or hung up for good, and the poll loop would spin); they are
-    /// made O_NONBLOCK, so a call eventfd at its maximum count cannot block
-    /// the back-end (eventfd(2)): a pending signal is already there.
-    func setVringFile(_ file: VringFile, queue index: Int, fd: Int32) -> String? {
-        if fd >= 0, file != .error {
-            guard blk_is_eventfd(fd) != 0 else {
-                close(fd)
-                return "SET_VRING_\(file == .kick ? "KICK" : "CALL"): queue \(index)'s descriptor is not an eventfd"
+    /// SET_VRING_KICK / SET_VRING_CALL / SET_VRING_ERR: takes `descriptor`
+    /// (or none). Kick and call must be eventfds (a file, a pipe or a socket
+    /// polls readable or hung up for good, and the poll loop would spin); they
+    /// are made O_NONBLOCK, so a call eventfd at its maximum count cannot block
+    /// the back-end (eventfd(2)): a pending signal is already there. IrqFdLinux's
+    /// `EventFD.adopting(checking:)` does both.
+    func setVringFile(_ file: VringFile, queue index: Int, descriptor: FileDescriptor?) -> String? {
+        var event: EventFD?
+        if let descriptor {
+            // The error eventfd is not used: closed (a close(2) failure leaves nothing to do).
+            guard file != .error else {
+                try? descriptor.close()
+                return nil
             }
-            let flags = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            do throws(EventFD.AdoptionFailure) { event = try EventFD.adopting(checking: descriptor) } catch {
+                return "SET_VRING_\(file == .kick ? "KICK" : "CALL"): queue \(index)'s descriptor \(error)"
+            }
         }
         switch file {
         case .kick:
-            if queues[index].kick >= 0 { close(queues[index].kick) }
-            queues[index].kick = fd
+            queues[index].kick = event
             // A kick fd starts the ring (vhost-user.rst, "Ring states"); serve what is already there.
             queues[index].started = true
             pending.insert(index)
         case .call:
-            if queues[index].call >= 0 { close(queues[index].call) }
-            queues[index].call = fd
-            if fd >= 0 { hooks?.callArrived(fd, queue: index, server: self) }
+            queues[index].call = event
+            if let event { hooks?.callArrived(event, queue: index, server: self) }
         case .error:
-            if fd >= 0 { close(fd) }
+            break
         }
         return nil
     }

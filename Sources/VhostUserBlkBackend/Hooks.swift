@@ -1,4 +1,5 @@
 #if os(Linux)
+package import IrqFdLinux
 package import VhostUser
 
 /// Where test equipment breaks the back-end on purpose (a hostile back-end
@@ -14,8 +15,8 @@ package protocol BlockServerHooks: AnyObject {
     var pollsWithoutBlocking: Bool { get }
     /// Called after each poll round.
     func afterPoll(_ server: BlockServer)
-    /// Called when SET_VRING_CALL hands over `fd` for `queue`.
-    func callArrived(_ fd: Int32, queue: Int, server: BlockServer)
+    /// Called when SET_VRING_CALL hands over `call` (checked, non-blocking) for `queue`.
+    func callArrived(_ call: EventFD, queue: Int, server: BlockServer)
     /// What the used ring receives for a completion of `head` that makes the used index `usedIndex`.
     func usedElement(head: UInt16, usedIndex: UInt16, size: UInt16) -> (id: UInt32, index: UInt16)
 }
@@ -29,7 +30,7 @@ extension BlockServerHooks {
     }
     package var pollsWithoutBlocking: Bool { false }
     package func afterPoll(_ server: BlockServer) {}
-    package func callArrived(_ fd: Int32, queue: Int, server: BlockServer) {}
+    package func callArrived(_ call: EventFD, queue: Int, server: BlockServer) {}
     package func usedElement(head: UInt16, usedIndex: UInt16, size: UInt16) -> (id: UInt32, index: UInt16) {
         (UInt32(head), usedIndex)
     }

@@ -1,5 +1,6 @@
 #if os(Linux)
 import Glibc
+import IrqFdLinux
 
 /// Lines a guest or front-end can trigger, at most `burst` per `interval`;
 /// the lines held back are counted and reported with the next line let through.
@@ -32,9 +33,24 @@ struct RateLimitedLog {
         inWindow += 1
         let held = suppressed > 0 ? " (\(suppressed) similar lines held back)" : ""
         suppressed = 0
-        let line = Array("irqfd-vhost-user-blk: \(message())\(held)\n".utf8)
-        _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        writeLogLine("\(message())\(held)")
         return true
+    }
+}
+
+/// Writes `irqfd-vhost-user-blk: message` and a newline to standard error,
+/// all of it (write(2), partial writes continued). A line standard error does
+/// not take (closed, or a full non-blocking pipe) has nowhere else to be
+/// reported: the rest of it is dropped and the back-end goes on serving.
+func writeLogLine(_ message: String) {
+    let line = Array("irqfd-vhost-user-blk: \(message)\n".utf8)
+    var offset = 0
+    while offset < line.count {
+        let written = try? retryingInterrupts("write(stderr)") {
+            line[offset...].withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        }
+        guard let written, written > 0 else { return }
+        offset += written
     }
 }
 #endif

@@ -1,6 +1,5 @@
 #if os(Linux)
-import CVhostUser
-import Glibc
+import Synchronization
 import VirtqueueWalk
 
 extension BlockServer {
@@ -29,7 +28,8 @@ extension BlockServer {
         var more = false
         while true {
             let availableIndex = UInt16(littleEndian: rings.available.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
-            vhost_user_fence()
+            // Ring entries are read after the index that published them (the driver's barrier's pair).
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
             if availableIndex == queue.lastAvailable { break }
             // More outstanding than the ring holds: a broken driver; stop here rather than loop.
             if availableIndex &- queue.lastAvailable > size {
@@ -58,17 +58,15 @@ extension BlockServer {
             rings.used.storeBytes(of: length.littleEndian, toByteOffset: element + 4, as: UInt32.self)
             queue.used &+= 1
             queue.lastAvailable &+= 1
-            vhost_user_fence()
+            // The used element is visible before the index that publishes it.
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
             rings.used.storeBytes(of: published.index.littleEndian, toByteOffset: 2, as: UInt16.self)
             completed += 1
         }
         queues[index].lastAvailable = queue.lastAvailable
         queues[index].used = queue.used
-        if completed > 0, queue.call >= 0 {
-            var one: UInt64 = 1
-            // O_NONBLOCK: EAGAIN means the count is at its maximum, a signal already pending.
-            _ = write(queue.call, &one, 8)
-        }
+        // Non-blocking (EventFD.adopting(checking:)): a count at its maximum is a signal already pending.
+        if completed > 0, let call = queue.call { call.signal() }
         return more
     }
 }

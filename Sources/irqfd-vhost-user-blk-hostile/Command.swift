@@ -16,17 +16,7 @@ struct HostileVhostUserBlk: ParsableCommand {
         commandName: "irqfd-vhost-user-blk-hostile",
         abstract: "Test equipment: the vhost-user-blk back-end, breaking the protocol on purpose.")
 
-    @Argument(help: "The raw image file.")
-    var image: String
-
-    @Option(help: "The Unix socket to listen on.")
-    var socket: String
-
-    @Option(help: "Queues served (1...8).")
-    var queues: Int = 1
-
-    @Flag(help: "Serve the image read-only (VIRTIO_BLK_F_RO).")
-    var readOnly = false
+    @OptionGroup var options: BlockServerOptions
 
     @Option(help: "How to break the protocol: \(Misbehaviour.allCases.map(\.rawValue).joined(separator: ", ")).")
     var misbehave: Misbehaviour
@@ -43,13 +33,12 @@ struct HostileVhostUserBlk: ParsableCommand {
         guard vhostUserRequest(named: misbehaveOn) != nil else {
             throw ValidationError("--misbehave-on: no message \(misbehaveOn)")
         }
-        guard (1...8).contains(queues) else { throw ValidationError("--queues must be in 1...8") }
     }
 
     func run() throws {
-        let server = try BlockServer(image: image, readOnly: readOnly, queues: queues)
+        let server = try BlockServer(image: options.image, readOnly: options.readOnly, queues: options.queues)
         server.hooks = MisbehavingHooks(mode: misbehave, target: vhostUserRequest(named: misbehaveOn)!)
-        try server.serve(socketPath: socket)
+        try server.serve(socketPath: options.socket)
     }
 }
 #endif

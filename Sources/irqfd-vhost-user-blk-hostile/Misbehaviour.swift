@@ -1,7 +1,9 @@
 #if os(Linux)
 import ArgumentParser
-import CVhostUser
 import Glibc
+import IrqFdCore
+import IrqFdLinux
+import SystemPackage
 import VhostUser
 import VhostUserBlkBackend
 
@@ -83,12 +85,13 @@ final class MisbehavingHooks: BlockServerHooks {
                 ? VhostUserRequest.getFeatures.rawValue : VhostUserRequest.getProtocolFeatures.rawValue
             try connection.send(header.bytes + payload, deadline: deadline)
         case .extraFds:
-            let first = open("/dev/null", O_RDONLY | O_CLOEXEC), second = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            let first = try Self.openNull(), second = try Self.openNull()
+            // Sent, the peer holds its own copies; these were only ever read-only /dev/null.
             defer {
-                close(first)
-                close(second)
+                try? first.close()
+                try? second.close()
             }
-            try connection.send(message, descriptors: [first, second], deadline: deadline)
+            try connection.send(message, passing: [first, second], deadline: deadline)
         case .noReply:
             return
         case .closeMidMessage:
@@ -99,24 +102,33 @@ final class MisbehavingHooks: BlockServerHooks {
         }
     }
 
+    /// /dev/null, read-only and close-on-exec (open(2)): a descriptor to attach where none belongs.
+    private static func openNull() throws(ChannelFailure) -> FileDescriptor {
+        do throws(SystemCallError) {
+            return FileDescriptor(
+                rawValue: try retryingInterrupts("open(/dev/null)") { open("/dev/null", O_RDONLY | O_CLOEXEC) })
+        } catch {
+            throw .system(error.call, error.errno)
+        }
+    }
+
     /// call-flood: the loop never blocks, and signals every call fd each round.
     var pollsWithoutBlocking: Bool { mode == .callFlood }
 
     /// call-flood: one round of signals on every call fd.
     func afterPoll(_ server: BlockServer) {
         guard mode == .callFlood else { return }
-        var one: UInt64 = 1
-        for queue in server.queues where queue.call >= 0 {
-            for _ in 0..<256 { _ = write(queue.call, &one, 8) }
+        for queue in server.queues {
+            guard let call = queue.call else { continue }
+            for _ in 0..<256 { call.signal() }
             floodSignals += 256
         }
     }
 
     /// call-before-setup: signals a call fd as soon as it arrives.
-    func callArrived(_ fd: Int32, queue index: Int, server: BlockServer) {
+    func callArrived(_ call: EventFD, queue index: Int, server: BlockServer) {
         guard mode == .callBeforeSetup else { return }
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
+        call.signal()
         server.log("misbehaving (call-before-setup): signalled queue \(index)'s call fd before the ring started")
     }
 

@@ -15,24 +15,11 @@ struct VhostUserBlk: ParsableCommand {
         commandName: "irqfd-vhost-user-blk",
         abstract: "A vhost-user-blk back-end serving a raw image file on a Unix socket.")
 
-    @Argument(help: "The raw image file.")
-    var image: String
-
-    @Option(help: "The Unix socket to listen on.")
-    var socket: String
-
-    @Option(help: "Queues served (1...8).")
-    var queues: Int = 1
-
-    @Flag(help: "Serve the image read-only (VIRTIO_BLK_F_RO).")
-    var readOnly = false
-
-    func validate() throws {
-        guard (1...8).contains(queues) else { throw ValidationError("--queues must be in 1...8") }
-    }
+    @OptionGroup var options: BlockServerOptions
 
     func run() throws {
-        try VhostUserBlkBackend.serve(image: image, socketPath: socket, queues: queues, readOnly: readOnly)
+        try VhostUserBlkBackend.serve(
+            image: options.image, socketPath: options.socket, queues: options.queues, readOnly: options.readOnly)
     }
 }
 #endif

@@ -1,7 +1,8 @@
 #if os(Linux)
-import CVhostUser
 import Foundation
 import Glibc
+import IrqFdLinux
+import SystemPackage
 import TestSupport
 import Testing
 import VhostUser
@@ -124,49 +125,38 @@ struct ReplyCase: CustomStringConvertible {
 final class ReplayingPeer: @unchecked Sendable {
     // @unchecked: the thread owns the accepted sockets; `path`, `listener` and `replies` are immutable.
     let path: String
-    let listener: Int32
+    let listener: UnixSocket
     let replies: [(bytes: [UInt8], descriptors: Int, hang: Bool)]
     let thread: Thread
     let finished = DispatchSemaphore(value: 0)
 
     init(_ replies: [(bytes: [UInt8], descriptors: Int, hang: Bool)]) throws {
         path = NSTemporaryDirectory() + "irqfd-replay-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard listener >= 0, vhost_user_bind(listener, path) == 0, listen(listener, 4) == 0 else { throw TestFailureReason("listen \(path)") }
+        listener = try UnixSocket.listen(at: path, backlog: 4)
         self.replies = replies
         let (listener, replies, finished) = (listener, replies, finished)
         thread = Thread {
             defer { finished.signal() }
             for reply in replies {
-                let connection = vhost_user_accept(listener)
-                guard connection >= 0 else { return }
-                defer { close(connection) }
-                var header = [UInt8](repeating: 0, count: 12)
-                guard recv(connection, &header, 12, Int32(MSG_WAITALL)) == 12 else { continue }
-                let size = Int(header[8]) | Int(header[9]) << 8
-                if size > 0 {
-                    var payload = [UInt8](repeating: 0, count: size)
-                    _ = recv(connection, &payload, size, Int32(MSG_WAITALL))
+                guard let connection = try? listener.accept() else { return }
+                let deadline = ContinuousClock.now + .seconds(60)
+                guard let header = try? connection.receive(exactly: 12, maximumDescriptors: 0, deadline: deadline) else {
+                    continue
                 }
-                let fds = (0..<reply.descriptors).map { _ in vhost_user_eventfd() }
-                defer { for fd in fds { close(fd) } }
-                if reply.bytes.isEmpty {
-                    if !fds.isEmpty { var byte: UInt8 = 0; _ = fds.withUnsafeBufferPointer { vhost_user_sendmsg(connection, &byte, 0, $0.baseAddress, Int32($0.count)) } }
-                } else {
-                    _ = reply.bytes.withUnsafeBytes { raw in fds.withUnsafeBufferPointer { vhost_user_sendmsg(connection, raw.baseAddress, raw.count, $0.baseAddress, Int32($0.count)) } }
-                }
+                let size = Int(header.bytes[8]) | Int(header.bytes[9]) << 8
+                if size > 0 { _ = try? connection.receive(exactly: size, maximumDescriptors: 0, deadline: deadline) }
+                let events = (0..<reply.descriptors).compactMap { _ in try? EventFD() }
+                // A stream carries descriptors only with bytes: an empty reply sends nothing. A frontend
+                // that gave up first fails the send, and nothing is waiting for it any more.
+                do throws(UnixSocket.Failure) {
+                    try connection.send(reply.bytes, descriptors: events.map(\.fileDescriptor), deadline: deadline)
+                } catch {}
                 if reply.hang {
-                    var byte: UInt8 = 0
-                    _ = recv(connection, &byte, 1, 0)  // until the frontend closes
+                    _ = try? connection.receive(maximum: 1)  // until the frontend closes
                 }
             }
         }
         thread.start()
-    }
-
-    deinit {
-        close(listener)
-        unlink(path)
     }
 }
 

@@ -1,8 +1,9 @@
 #if os(Linux)
-import CVhostUser
 import Foundation
 import Glibc
+import IrqFdLinux
 import Synchronization
+import SystemPackage
 import Testing
 import VhostUser
 
@@ -91,15 +92,15 @@ struct RawFrontend {
     init(_ path: String) throws { channel = try VhostUserChannel.connect(to: path) }
 
     func send(_ request: VhostUserRequest, flags: UInt32 = VhostUserFlags.version, payload: [UInt8],
-              size: UInt32? = nil, descriptors: [Int32] = []) throws {
+              size: UInt32? = nil, descriptors: [FileDescriptor] = []) throws {
         let header = VhostUserHeader(request: request.rawValue, flags: flags, size: size ?? UInt32(payload.count))
-        try channel.send(header.bytes + payload, descriptors: descriptors, deadline: .now + .seconds(2))
+        try channel.send(header.bytes + payload, passing: descriptors, deadline: .now + .seconds(2))
     }
 
     /// The u64 of a reply (or REPLY_ACK).
     func replyU64() throws -> UInt64 {
-        let head = try channel.receive(exactly: 12, maximumDescriptors: 0, deadline: .now + .seconds(2))
-        let body = try channel.receive(
+        let head = try channel.receiveMessage(exactly: 12, maximumDescriptors: 0, deadline: .now + .seconds(2))
+        let body = try channel.receiveMessage(
             exactly: Int(VhostUserHeader(head.bytes)!.size), maximumDescriptors: 0, deadline: .now + .seconds(2))
         return body.bytes.u64(at: 0)
     }
@@ -155,7 +156,7 @@ struct HandRing {
     mutating func offer(_ head: UInt16) {
         memory.store(head, at: availableRing + 4 + UInt64(availableIndex % size) * 2)
         availableIndex &+= 1
-        vhost_user_fence()
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         memory.store(availableIndex, at: availableRing + 2)
     }
 
@@ -400,16 +401,16 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 64, base: 0)
         // A blocking eventfd: the frontend's, with O_NONBLOCK cleared (write(2) then blocks at the maximum).
-        let call = vhost_user_eventfd()
-        defer { close(call) }
-        #expect(fcntl(call, F_SETFL, fcntl(call, F_GETFL) & ~O_NONBLOCK) == 0)
+        let call = try EventFD()
+        let fd = call.fileDescriptor.rawValue
+        #expect(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0)
         var maximum: UInt64 = 0xFFFF_FFFF_FFFF_FFFE
-        #expect(write(call, &maximum, 8) == 8)
+        #expect(write(fd, &maximum, 8) == 8)
         try fixture.frontend.setVringNum(queue: 0, size: 64)
         try fixture.frontend.setVringAddr(
             queue: 0, descriptor: ring.descriptorTable, available: ring.availableRing, used: ring.usedRing)
         try fixture.frontend.setVringBase(queue: 0, index: 0)
-        try fixture.frontend.setVringCall(queue: 0, fd: call)
+        try fixture.frontend.setVringCall(queue: 0, descriptor: call.fileDescriptor)
         try fixture.frontend.setVringKick(queue: 0, fd: ring.kick.fd)
         try fixture.frontend.setVringEnable(queue: 0, enabled: true)
         let header = ring.end + 64, status = header + 32
@@ -441,7 +442,7 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
             value.appendLE(UInt64(1) << 20)
             try raw.send(
                 .setVringKick, flags: VhostUserFlags.version | VhostUserFlags.needReply, payload: value,
-                descriptors: [kick.fd])
+                descriptors: [kick.fileDescriptor])
             #expect(try raw.replyU64() == 1)
         }
         try fixture.recovered()
@@ -474,7 +475,7 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         do {
             let raw = try RawFrontend(fixture.backend.socketPath)
             let spares = try (0..<3).map { _ in try HostEventFD() }
-            for _ in 0..<20 { try raw.send(.setOwner, payload: [], descriptors: spares.map(\.fd)) }
+            for _ in 0..<20 { try raw.send(.setOwner, payload: [], descriptors: spares.map(\.fileDescriptor)) }
             try raw.send(.getFeatures, payload: [])
             _ = try raw.replyU64()
             // The connection is the one descriptor more.

@@ -19,7 +19,4 @@ void blk_guard_remove(void *start);
 /// SIGBUS faults contained so far (a counter that only grows).
 uint64_t blk_guard_faults(void);
 
-/// Whether `fd` is an eventfd: its /proc/self/fd link reads "anon_inode:[eventfd]".
-int blk_is_eventfd(int fd);
-
 #endif
