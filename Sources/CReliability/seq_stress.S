@@ -25,10 +25,7 @@
 	.globl	guest_seq_stress_end
 	.code16
 guest_seq_stress_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
+	VCPU_START
 	sti
 idle:
 	hlt
@@ -55,16 +52,7 @@ common:
 	cmp	0xa000(,%ecx,4), %eax
 	jbe	2f
 	mov	%eax, 0xa000(,%ecx,4)
-2:	/* EOI: x2APIC EOI register (MSR 0x80B) <- 0. */
-	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
-	pop	%edx
-	pop	%ecx
-	pop	%esi
-	pop	%eax
-	iret
+2:	EOI_RETURN %edx, %ecx, %esi, %eax
 guest_seq_stress_end:
 
 	/* Not executable on the host: these bytes run only inside the guest. */

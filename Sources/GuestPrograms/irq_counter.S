@@ -21,10 +21,7 @@
 	.globl	guest_irq_counter_end
 	.code16
 guest_irq_counter_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
+	VCPU_START
 	sti
 idle:
 	hlt

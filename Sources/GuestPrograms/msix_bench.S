@@ -39,10 +39,7 @@ guest_msix_bench_start:
 	mov	$MARK, %dx
 	mov	$1, %al
 	out	%al, %dx
-	mov	$0xcf8, %dx
-	mov	$0x80000840, %eax
-	out	%eax, %dx
-	mov	$0xcfe, %dx
+	TEST_DEVICE_MSIX_CONTROL
 	mov	$0x8000, %ax
 	cmpl	$2, MODE
 	jne	1f
@@ -65,15 +62,9 @@ guest_msix_bench_start:
 
 first_interrupt:
 	X2APIC_ON
-	movw	$G(handler), 0x100
-	movw	$0, 0x102
+	IVT_ENTRY 0x40, handler
 	movl	$0, COUNT
-	mov	$0xcf8, %dx
-	mov	$0x80000840, %eax
-	out	%eax, %dx
-	mov	$0xcfe, %dx
-	mov	$0x8000, %ax
-	out	%ax, %dx
+	TEST_DEVICE_MSIX_ON
 	xor	%esi, %esi		/* v */
 4:	cmp	VECTORS, %esi
 	jae	exit
@@ -115,14 +106,7 @@ handler:
 	mov	$3, %al
 	out	%al, %dx
 	incl	COUNT
-	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
-	pop	%edx
-	pop	%ecx
-	pop	%eax
-	iret
+	EOI_RETURN %edx, %ecx, %eax
 guest_msix_bench_end:
 
 	/* Not executable on the host: these bytes run only inside the guest. */

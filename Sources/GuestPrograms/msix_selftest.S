@@ -28,17 +28,11 @@ guest_msix_selftest_start:
 	cli
 	X2APIC_ON
 	/* IVT[0x40] = 0000:handler. */
-	movw	$G(handler), 0x100
-	movw	$0, 0x102
+	IVT_ENTRY 0x40, handler
 	movl	$0, COUNT
 
 	/* 1. MSI-X on: CONFIG_ADDRESS = 00:01.0 register 0x40; Message Control is bytes 2-3. */
-	mov	$0xcf8, %dx
-	mov	$0x80000840, %eax
-	out	%eax, %dx
-	mov	$0xcfe, %dx
-	mov	$0x8000, %ax
-	out	%ax, %dx
+	TEST_DEVICE_MSIX_ON
 	mov	$TABLE, %edi
 	movl	$0xfee00000, (%edi)
 	movl	$0, 4(%edi)
@@ -93,14 +87,7 @@ handler:
 	push	%ecx
 	push	%edx
 	incl	COUNT
-	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
-	pop	%edx
-	pop	%ecx
-	pop	%eax
-	iret
+	EOI_RETURN %edx, %ecx, %eax
 guest_msix_selftest_end:
 
 	/* Not executable on the host: these bytes run only inside the guest. */

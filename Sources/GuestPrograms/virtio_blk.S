@@ -41,6 +41,7 @@
 #define G(x) ((x) - guest_virtio_blk_start + 0x1000)
 #include "guest_common.h"
 #include "virtio_common.h"
+#include "virtio_blk_common.h"
 #define P_BATCHES 0x5c0
 #define P_PER 0x5c4
 #define P_FIRST 0x5c8
@@ -76,23 +77,14 @@
 	.globl	guest_virtio_blk_end
 	.code16
 guest_virtio_blk_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
-	test	%ebx, %ebx
-	jz	driver
-idle:	sti
-	hlt
-	jmp	idle
+	VCPU_START
+	IDLE_UNLESS_VCPU0 driver, idle
 
 /* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
 	VIRTIO_CFG_READ
 
 /* Exit with status %al. */
-fail:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
+fail:	EXIT_AL
 
 driver:
 	/* BAR1, BAR4 and the capability walk (MSI-X, common, notify). */
@@ -107,17 +99,7 @@ reinit:	mov	CFG_COUNT, %eax
 	VIRTIO_NEGOTIATE_VERSION_1 fail
 
 	/* MSI-X on (Message Control bit 15) with every table entry programmed. */
-	mov	V_MSIXCAP, %eax
-	call	cfg_read
-	or	$0x80000000, %eax
-	mov	%eax, %ecx
-	mov	V_MSIXCAP, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	%ecx, %eax
-	mov	$0xcfc, %dx
-	out	%eax, %dx
+	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	mov	V_BAR1, %esi
 	/* vector 0: config changes, to vCPU 0 */
 	movl	$0xfee00000, 0(%esi)
@@ -296,9 +278,7 @@ done:	movl	$2, R_PHASE
 	cmpl	$0, R_BAD
 	je	13f
 	mov	$1, %al
-13:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
+13:	EXIT_AL
 
 /* Submits K requests of batch V_BATCH on queue %ecx and notifies. */
 submit:
@@ -330,9 +310,7 @@ submit:
 	push	%edx
 	shl	$4, %edx
 	add	%ebp, %edx
-	mov	%edi, 0(%edx)
-	movl	$0, 4(%edx)
-	movl	$16, 8(%edx)
+	DESC_ADDR_LEN 0, %edi, 16
 	pop	%eax
 	push	%eax
 	inc	%eax
@@ -346,9 +324,7 @@ submit:
 	mov	%ecx, %edi
 	shl	$20, %edi
 	add	%edi, %eax
-	mov	%eax, 16(%edx)
-	movl	$0, 20(%edx)
-	movl	$512, 24(%edx)
+	DESC_ADDR_LEN 16, %eax, 512
 	pop	%eax
 	push	%eax
 	add	$2, %eax
@@ -361,9 +337,7 @@ submit:
 	/* status byte at ring + 0x3800 + i, 0xFF until the device writes it */
 	lea	0x3800(%ebp,%esi), %eax
 	movb	$0xff, (%eax)
-	mov	%eax, 32(%edx)
-	movl	$0, 36(%edx)
-	movl	$1, 40(%edx)
+	DESC_ADDR_LEN 32, %eax, 1
 	movl	$2, 44(%edx)		/* WRITE, no next */
 	pop	%edx
 	/* avail ring[avail_idx % 32] = 3i */

@@ -28,6 +28,7 @@
 #define G(x) ((x) - guest_virtio_blk_bench_start + 0x1000)
 #include "guest_common.h"
 #include "virtio_common.h"
+#include "virtio_blk_common.h"
 #define P_DEPTH 0x5c0
 #define P_COUNT 0x5c4
 #define P_STAMP 0x5c8
@@ -77,9 +78,7 @@ guest_virtio_blk_bench_start:
 
 	VIRTIO_CFG_READ
 
-fail:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
+fail:	EXIT_AL
 
 driver:
 	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
@@ -88,17 +87,7 @@ driver:
 	VIRTIO_NEGOTIATE_VERSION_1 fail
 
 	/* MSI-X on; vector 0 -> IDT 0x40, vector 1 -> IDT 0x41, both APIC 0. */
-	mov	V_MSIXCAP, %eax
-	call	cfg_read
-	or	$0x80000000, %eax
-	mov	%eax, %ecx
-	mov	V_MSIXCAP, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	%ecx, %eax
-	mov	$0xcfc, %dx
-	out	%eax, %dx
+	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	mov	V_BAR1, %esi
 	VIRTIO_MSIX_TWO_ENTRIES
 	movw	$0, 0x10(%edi)
@@ -130,28 +119,17 @@ driver:
 	mov	%edx, %ecx		/* 3i */
 	shl	$4, %edx
 	add	$RING, %edx
-	mov	%edi, 0(%edx)
-	movl	$0, 4(%edx)
-	movl	$16, 8(%edx)
+	DESC_ADDR_LEN 0, %edi, 16
 	lea	1(%ecx), %eax
 	shl	$16, %eax
 	or	$1, %eax		/* NEXT -> 3i+1 */
 	mov	%eax, 12(%edx)
-	mov	%esi, %eax
-	shl	$9, %eax
-	add	$BUFFERS, %eax
-	mov	%eax, 16(%edx)
-	movl	$0, 20(%edx)
-	movl	$512, 24(%edx)
+	BLK_DATA_DESC BUFFERS
 	lea	2(%ecx), %eax
 	shl	$16, %eax
 	or	$3, %eax		/* NEXT | WRITE -> 3i+2 */
 	mov	%eax, 28(%edx)
-	lea	STATUS(%esi), %eax
-	mov	%eax, 32(%edx)
-	movl	$0, 36(%edx)
-	movl	$1, 40(%edx)
-	movl	$2, 44(%edx)		/* WRITE, no next */
+	BLK_STATUS_DESC STATUS
 	inc	%esi
 	cmp	$32, %esi
 	jb	3b
@@ -289,15 +267,7 @@ common:
 1:	mov	%esi, 0x700
 	incl	0x600
 	incl	COUNTS(,%esi,4)
-	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
-	pop	%ecx
-	pop	%esi
-	pop	%edx
-	pop	%eax
-	iret
+	EOI_RETURN %ecx, %esi, %edx, %eax
 guest_virtio_blk_bench_end:
 
 	.section .note.GNU-stack,"",@progbits

@@ -36,6 +36,7 @@
 #define G(x) ((x) - guest_virtio_blk_stress_start + 0x1000)
 #include "guest_common.h"
 #include "virtio_common.h"
+#include "virtio_blk_common.h"
 #define P_TOTAL 0x5c0
 #define P_INFLIGHT 0x5c4
 #define P_SECMASK 0x5c8
@@ -73,19 +74,10 @@
 	.globl	guest_virtio_blk_stress_end
 	.code16
 guest_virtio_blk_stress_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
-	test	%ebx, %ebx
-	jz	driver
-idle:	sti
-	hlt
-	jmp	idle
+	VCPU_START
+	IDLE_UNLESS_VCPU0 driver, idle
 
-fail:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
+fail:	EXIT_AL
 
 driver:
 	mov	$COMMON, %edi
@@ -121,30 +113,19 @@ driver:
 	mov	%esi, %eax
 	shl	$4, %eax
 	add	$HEADERS, %eax
-	mov	%eax, 0(%edx)
-	movl	$0, 4(%edx)
-	movl	$16, 8(%edx)
+	DESC_ADDR_LEN 0, %eax, 16
 	lea	(%esi,%esi,2), %eax
 	inc	%eax
 	shl	$16, %eax
 	or	$1, %eax
 	mov	%eax, 12(%edx)
-	mov	%esi, %eax
-	shl	$9, %eax
-	add	$BUFFERS, %eax
-	mov	%eax, 16(%edx)
-	movl	$0, 20(%edx)
-	movl	$512, 24(%edx)
+	BLK_DATA_DESC BUFFERS
 	lea	(%esi,%esi,2), %eax
 	add	$2, %eax
 	shl	$16, %eax
 	or	$3, %eax
 	mov	%eax, 28(%edx)
-	lea	STATUS(%esi), %eax
-	mov	%eax, 32(%edx)
-	movl	$0, 36(%edx)
-	movl	$1, 40(%edx)
-	movl	$2, 44(%edx)
+	BLK_STATUS_DESC STATUS
 	inc	%esi
 	cmp	P_INFLIGHT, %esi
 	jb	1b
@@ -227,10 +208,7 @@ common:
 5:	cmp	$1, %esi
 	jne	6f
 	call	drain
-6:	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
+6:	X2APIC_EOI
 	popal
 	pop	%eax
 	iret

@@ -72,17 +72,23 @@ import Testing
 }
 
 @Suite(needsKVM) struct IncrementalPushKVMTests {
-    @Test func aPushAfterOneChangeEncodesOneEntryOfTwoThousand() throws {
-        let guest = try CountingGuest(cpus: 1)
-        let irqfd = guest.irqfd
+    /// `count` routes made live in one batch (one push), route i to vCPU 0 with `vector(i)`.
+    static func liveRoutes(_ irqfd: KVMIrqFd, count: Int, vector: (Int) -> UInt8) throws -> [KVMIrqFdRoute] {
         var routes: [KVMIrqFdRoute] = []
         try irqfd.withBatch { () throws(IrqFdError) in
-            for i in 0..<2048 {
+            for i in 0..<count {
                 let route = try irqfd.newRoute()
-                try route.setMsi(MsiMessage(destination: 0, vector: UInt8(0x30 + i % 0x40)))
+                try route.setMsi(MsiMessage(destination: 0, vector: vector(i)))
                 routes.append(route)
             }
         }
+        return routes
+    }
+
+    @Test func aPushAfterOneChangeEncodesOneEntryOfTwoThousand() throws {
+        let guest = try CountingGuest(cpus: 1)
+        let irqfd = guest.irqfd
+        let routes = try Self.liveRoutes(irqfd, count: 2048) { i in UInt8(0x30 + i % 0x40) }
         let kernel = irqfd.kernel
         var written = kernel.entriesEncoded
         let pushes = irqfd.pushCount
@@ -103,14 +109,7 @@ import Testing
     @Test func aRefusedIncrementalPushRestoresTheKernelTableExactlyAndRoutesKeepDelivering() throws {
         let guest = try CountingGuest(cpus: 1)
         let irqfd = guest.irqfd
-        var routes: [KVMIrqFdRoute] = []
-        try irqfd.withBatch { () throws(IrqFdError) in
-            for i in 0..<64 {
-                let route = try irqfd.newRoute()
-                try route.setMsi(MsiMessage(destination: 0, vector: UInt8(0x40 + i % 8)))
-                routes.append(route)
-            }
-        }
+        var routes = try Self.liveRoutes(irqfd, count: 64) { i in UInt8(0x40 + i % 8) }
         let kernel = irqfd.kernel
         let before = kernel.kernelTableBytes, beforeEntries = irqfd.pushedEntries
         guest.vm.vm.faults.failCall("KVM_SET_GSI_ROUTING", errno: .ioError)

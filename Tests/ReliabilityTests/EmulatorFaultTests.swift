@@ -126,16 +126,10 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
 /// shows it in the PBA. The same write, repeated with nothing failing, then
 /// succeeds, and every vector behaves as the table says.
 @Suite(needsKVM, .serialized) struct EmulatorFaultTests {
-    @Test(arguments: EmulatorScenario.all)
-    func kvmEmulatorOperationFailedAtEachCall(_ scenario: EmulatorScenario) throws {
+    @Test(arguments: EmulatorScenario.all, FaultBackend.allCases)
+    func emulatorOperationFailedAtEachCall(_ scenario: EmulatorScenario, on backend: FaultBackend) throws {
         let guest = try CountingGuest()
-        try attack(scenario, on: KVMTarget(guest), guest: guest)
-    }
-
-    @Test(arguments: EmulatorScenario.all)
-    func relayEmulatorOperationFailedAtEachCall(_ scenario: EmulatorScenario) throws {
-        let guest = try CountingGuest()
-        try attack(scenario, on: RelayTarget(guest), guest: guest)
+        try attack(scenario, on: backend.target(guest), guest: guest)
     }
 
     func attack(_ scenario: EmulatorScenario, on target: any FaultTarget, guest: CountingGuest) throws {
@@ -152,30 +146,25 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
             f.emulator.reset()
         }
         if target is KVMTarget { #expect(!calls.isEmpty, "\(scenario.name) makes KVM calls") }
-        var attacks = 0
-        for (call, count) in calls.sorted(by: { $0.key < $1.key }) {
-            for index in 0..<count {
-                attacks += 1
-                let label = "\(target.name): \(scenario.name), \(call) #\(index + 1) of \(count) failed"
-                let f = Function(target)
-                let saved = scenario.prepare(f)
-                #expect(f.emulator.lastRouteError == nil, "\(label): prepared without errors")
-                target.fail(call, after: index, errno: RouteFaultTests.injected)
-                scenario.operation(f, saved)
-                target.clearFaults()
-                if scenario.reportsEveryCall || call == "KVM_SET_GSI_ROUTING" {
-                    #expect(f.emulator.lastRouteError == .call(call, RouteFaultTests.injected), "\(label): the error names the call")
-                } else {
-                    #expect(f.emulator.lastRouteError == nil, "\(label): a drop's failure is nobody's error")
-                }
-                verifyEmulator(f, guest, label)
-                #expect(target.invariantViolations(f.routes).isEmpty, "\(label): \(target.invariantViolations(f.routes))")
-                // The guest repeats the write; nothing fails now.
-                scenario.operation(f, saved)
-                verifyEmulator(f, guest, "\(label), then repeated")
-                #expect(target.invariantViolations(f.routes).isEmpty, "\(label), then repeated: \(target.invariantViolations(f.routes))")
-                f.emulator.reset()
+        let attacks = attackEachCall(calls, on: target, scenario.name) { call, index, label in
+            let f = Function(target)
+            let saved = scenario.prepare(f)
+            #expect(f.emulator.lastRouteError == nil, "\(label): prepared without errors")
+            target.fail(call, after: index, errno: RouteFaultTests.injected)
+            scenario.operation(f, saved)
+            target.clearFaults()
+            if scenario.reportsEveryCall || call == "KVM_SET_GSI_ROUTING" {
+                #expect(f.emulator.lastRouteError == .call(call, RouteFaultTests.injected), "\(label): the error names the call")
+            } else {
+                #expect(f.emulator.lastRouteError == nil, "\(label): a drop's failure is nobody's error")
             }
+            verifyEmulator(f, guest, label)
+            #expect(target.invariantViolations(f.routes).isEmpty, "\(label): \(target.invariantViolations(f.routes))")
+            // The guest repeats the write; nothing fails now.
+            scenario.operation(f, saved)
+            verifyEmulator(f, guest, "\(label), then repeated")
+            #expect(target.invariantViolations(f.routes).isEmpty, "\(label), then repeated: \(target.invariantViolations(f.routes))")
+            f.emulator.reset()
         }
         print("\(target.name): emulator: \(scenario.name): calls \(describe(calls)), \(attacks) attacks")
         #expect(target.freeGsis == freeBefore, "\(target.name): \(scenario.name): no GSI leaked")

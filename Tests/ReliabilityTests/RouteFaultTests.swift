@@ -92,10 +92,10 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
 @Suite(needsKVM, .serialized, inOwnProcess(OwnProcess.routeFaults)) struct RouteFaultTests {
     static let injected = Errno.ioError
 
-    @Test(arguments: RouteScenario.all)
-    func kvmRouteOperationFailedAtEachCall(_ scenario: RouteScenario) throws {
+    @Test(arguments: RouteScenario.all, FaultBackend.allCases)
+    func routeOperationFailedAtEachCall(_ scenario: RouteScenario, on backend: FaultBackend) throws {
         let guest = try CountingGuest()
-        try attack(scenario, on: KVMTarget(guest), guest: guest)
+        try attack(scenario, on: backend.target(guest), guest: guest)
     }
 
     /// The same attacks on a coalescing partition (TinyVM's): a failed arm
@@ -114,12 +114,6 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
         try attack(scenario, on: KVMTarget(guest), guest: guest)
     }
 
-    @Test(arguments: RouteScenario.all)
-    func relayRouteOperationFailedAtEachCall(_ scenario: RouteScenario) throws {
-        let guest = try CountingGuest()
-        try attack(scenario, on: RelayTarget(guest), guest: guest)
-    }
-
     /// Runs `scenario` once to learn its calls, then once per call with that
     /// call failed.
     func attack(_ scenario: RouteScenario, on target: any FaultTarget, guest: CountingGuest) throws {
@@ -134,26 +128,21 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
             calls = target.callCounts.merging(before) { $0 - $1 }.filter { $0.value > 0 }
             try verifyAgreement(routes, target, guest, "\(scenario.name), no fault")
         }
-        var attacks = 0
-        for (call, count) in calls.sorted(by: { $0.key < $1.key }) {
-            for index in 0..<count {
-                attacks += 1
-                let label = "\(target.name): \(scenario.name), \(call) #\(index + 1) of \(count) failed"
-                let routes = try fresh(scenario, target)
-                let before = routes.map(RouteSnapshot.init)
-                target.fail(call, after: index, errno: Self.injected)
-                var thrown: IrqFdError?
-                do throws(IrqFdError) { try scenario.operation(target, routes) } catch { thrown = error }
-                target.clearFaults()
-                #expect(thrown == .call(call, Self.injected), "\(label): the error names the call")
-                if scenario.rollsBack {
-                    #expect(routes.map(RouteSnapshot.init) == before, "\(label): the route is as it was")
-                }
-                try verifyAgreement(routes, target, guest, label)
-                // The same operation, with nothing failing, succeeds from here.
-                try scenario.operation(target, routes)
-                try verifyAgreement(routes, target, guest, "\(label), then retried")
+        let attacks = try attackEachCall(calls, on: target, scenario.name) { call, index, label in
+            let routes = try fresh(scenario, target)
+            let before = routes.map(RouteSnapshot.init)
+            target.fail(call, after: index, errno: Self.injected)
+            var thrown: IrqFdError?
+            do throws(IrqFdError) { try scenario.operation(target, routes) } catch { thrown = error }
+            target.clearFaults()
+            #expect(thrown == .call(call, Self.injected), "\(label): the error names the call")
+            if scenario.rollsBack {
+                #expect(routes.map(RouteSnapshot.init) == before, "\(label): the route is as it was")
             }
+            try verifyAgreement(routes, target, guest, label)
+            // The same operation, with nothing failing, succeeds from here.
+            try scenario.operation(target, routes)
+            try verifyAgreement(routes, target, guest, "\(label), then retried")
         }
         print("\(target.name): \(scenario.name): calls \(describe(calls)), \(attacks) attacks")
         #expect(target.freeGsis == freeBefore, "\(target.name): \(scenario.name): no GSI leaked")

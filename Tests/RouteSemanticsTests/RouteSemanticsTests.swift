@@ -72,7 +72,9 @@ final class Partition {
         guest.settle()
         #expect(guest.count(cpu: 0, vector: 0x41) == 1 && guest.count(cpu: 1, vector: 0x42) == 1)
         #expect(guest.count(cpu: 1, vector: 0x41) == 0 && guest.count(cpu: 0, vector: 0x42) == 0, "nothing landed elsewhere")
+        #expect(guest.total(cpu: 0) == 1 && guest.total(cpu: 1) == 1, "each interrupt landed once, where it was sent")
         #expect(route.event === event, "the event is the same object for the route's whole life")
+        guest.expectAlive()
     }
 
     @Test(arguments: Backend.all)

@@ -22,6 +22,20 @@ struct DeviceGuest {
         try guest.start()
     }
 
+    /// MSI-X on, and `entry` programmed unmasked with `vector` on vCPU `cpu`.
+    func enable(entry: Int, vector: UInt8, cpu: UInt32 = 0) throws {
+        try guest.setMsix(enabled: true)
+        try guest.program(entry, message(vector, cpu: cpu), masked: false)
+    }
+
+    /// `enable`, then the guest rings `entry` once: whether its first
+    /// interrupt arrived.
+    func ringLive(entry: Int, vector: UInt8, cpu: UInt32 = 0) throws -> Bool {
+        try enable(entry: entry, vector: vector, cpu: cpu)
+        try guest.ring(entry)
+        return guest.waitForCount(cpu: Int(cpu), vector: vector, atLeast: 1)
+    }
+
     /// Waits for the device thread, then long enough for a stray extra
     /// interrupt to show up if there were one.
     func settle() {
@@ -92,10 +106,7 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
     func aMaskedVectorPendsInThePBAAndDeliversOnceOnUnmask(delivery: InterruptDelivery) throws {
         let g = try DeviceGuest(delivery: delivery)
         let guest = g.guest
-        try guest.setMsix(enabled: true)
-        try guest.program(2, message(0x42), masked: false)
-        try guest.ring(2)
-        #expect(guest.waitForCount(vector: 0x42, atLeast: 1))
+        #expect(try g.ringLive(entry: 2, vector: 0x42))
         try guest.setMasked(2, true)
         #expect(try guest.readPBA() == 0)
         try guest.burst(2, count: 3)
@@ -136,10 +147,7 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
     func disablingMsixStopsDelivery(delivery: InterruptDelivery) throws {
         let g = try DeviceGuest(delivery: delivery)
         let guest = g.guest
-        try guest.setMsix(enabled: true)
-        try guest.program(0, message(0x60), masked: false)
-        try guest.ring(0)
-        #expect(guest.waitForCount(vector: 0x60, atLeast: 1))
+        #expect(try g.ringLive(entry: 0, vector: 0x60))
         try guest.setMsix(enabled: false)
         try guest.ring(0)
         try guest.ring(0)
@@ -209,10 +217,7 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
     func aLiveVectorRetargetsToTheOtherVCPU(delivery: InterruptDelivery) throws {
         let g = try DeviceGuest(cpus: 2, delivery: delivery)
         let guest = g.guest
-        try guest.setMsix(enabled: true)
-        try guest.program(5, message(0x70, cpu: 0), masked: false)
-        try guest.ring(5)
-        #expect(guest.waitForCount(cpu: 0, vector: 0x70, atLeast: 1))
+        #expect(try g.ringLive(entry: 5, vector: 0x70, cpu: 0))
         let pushes = g.vm.vm.counters.snapshot
         // A driver retargets by rewriting the address of a live entry.
         try guest.write32(MsixTestDevice.msixBase + 16 * 5, UInt32(message(0x70, cpu: 1).address))

@@ -15,32 +15,21 @@ import TinyVM
     /// process signals it and the guest takes the interrupt. The VMM's device
     /// thread never runs and the VMM makes no ioctl while it happens.
     @Test func aDeviceInAnotherProcessRaisesTheInterruptThroughTheRoutesEventfd() throws {
-        let helper = try builtExecutable("irqfd-device-helper")
         let g = try DeviceGuest(delivery: .irqfd)
         let guest = g.guest
-        try guest.setMsix(enabled: true)
-        try guest.program(3, message(0x45), masked: false)
+        try g.enable(entry: 3, vector: 0x45)
         // The VM's partition coalesces: until the commit lands (within its bound) the relay
         // serves the vector; the interrupt path below is the kernel's once the route is armed.
         #expect(g.vm.waitUntil { (g.device.emulator.route(3) as? KVMIrqFdRoute)?.isArmed == true })
 
         let event = try g.device.emulator.event(for: 3)
         let eventFD = try #require(event as? EventFD)
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("irqfd-device-\(getpid()).sock").path
-        let listener = try UnixSocket.listen(at: path)
-        let process = Process()
-        process.executableURL = helper
-        process.arguments = ["--socket", path]
-        try process.run()
-        let connection = try listener.accept()
-        try connection.send(Array("E".utf8), passing: eventFD.fileDescriptor)
-        #expect(try connection.receive(maximum: 1) == Array("R".utf8))
+        let holder = try EventHolderProcess(holding: eventFD, socketName: "irqfd-device")
 
         let before = g.vm.vm.counters.snapshot
         for n in 1...3 {
-            try connection.send(Array("s".utf8))
-            #expect(try connection.receive(maximum: 1) == Array("k".utf8))
-            #expect(guest.waitForCount(vector: 0x45, atLeast: UInt32(n)), "signal \(n) from pid \(process.processIdentifier)")
+            try holder.signal()
+            #expect(guest.waitForCount(vector: 0x45, atLeast: UInt32(n)), "signal \(n) from pid \(holder.process.processIdentifier)")
         }
         let made = g.vm.vm.counters.snapshot - before
         #expect(made.total == 0, "no VM ioctl on the interrupt path: \(made)")
@@ -48,8 +37,7 @@ import TinyVM
 
         // Masking still works across processes: the signal latches, the PBA shows it, unmask delivers it once.
         try guest.setMasked(3, true)
-        try connection.send(Array("s".utf8))
-        #expect(try connection.receive(maximum: 1) == Array("k".utf8))
+        try holder.signal()
         g.settle()
         #expect(guest.count(vector: 0x45) == 3)
         #expect(try guest.readPBA() == 1 << 3)
@@ -58,9 +46,7 @@ import TinyVM
         g.settle()
         #expect(guest.count(vector: 0x45) == 4)
 
-        try connection.send(Array("q".utf8))
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        try holder.quit()
         g.finish()
     }
 

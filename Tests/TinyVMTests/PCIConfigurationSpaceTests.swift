@@ -41,10 +41,7 @@ import TinyVM
     func busMasterEnableClearStopsMsixUntilItIsSetAgain(delivery: InterruptDelivery) throws {
         let g = try DeviceGuest(delivery: delivery)
         let guest = g.guest
-        try guest.setMsix(enabled: true)
-        try guest.program(2, message(0x42), masked: false)
-        try guest.ring(2)
-        #expect(guest.waitForCount(vector: 0x42, atLeast: 1))
+        #expect(try g.ringLive(entry: 2, vector: 0x42))
         try guest.configWrite(offset: 0x04, size: 2, 0x0002)  // memory space on, bus mastering off
         #expect(!g.device.emulator.isBusMasterEnabled)
         try guest.ring(2)

@@ -77,34 +77,19 @@ import TinyVM
     /// MSI-X function: it stays the vector's event, a signal from that process
     /// after the reset pends, and it delivers once the driver programs the vector again.
     @Test func anEventHeldByAnotherProcessOutlivesAReset() throws {
-        let helper = try builtExecutable("irqfd-device-helper")
         let g = try DeviceGuest(delivery: .irqfd)
         let guest = g.guest
-        try guest.setMsix(enabled: true)
-        try guest.program(3, message(0x45), masked: false)
+        try g.enable(entry: 3, vector: 0x45)
         let eventFD = try #require(try g.device.emulator.event(for: 3) as? EventFD)
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("irqfd-reset-\(getpid()).sock").path
-        let listener = try UnixSocket.listen(at: path)
-        defer { unlink(path) }
-        let process = Process()
-        process.executableURL = helper
-        process.arguments = ["--socket", path]
-        try process.run()
-        let connection = try listener.accept()
-        try connection.send(Array("E".utf8), passing: eventFD.fileDescriptor)
-        #expect(try connection.receive(maximum: 1) == Array("R".utf8))
-        func signalFromTheOtherProcess() throws {
-            try connection.send(Array("s".utf8))
-            #expect(try connection.receive(maximum: 1) == Array("k".utf8))
-        }
-        try signalFromTheOtherProcess()
+        let holder = try EventHolderProcess(holding: eventFD, socketName: "irqfd-reset")
+        try holder.signal()
         #expect(guest.waitForCount(vector: 0x45, atLeast: 1))
 
         g.device.emulator.reset()
         let after = try #require(try g.device.emulator.event(for: 3) as? EventFD)
         #expect(after === eventFD && after.fileDescriptor == eventFD.fileDescriptor, "the same event after the reset")
         #expect(fcntl(eventFD.fileDescriptor.rawValue, F_GETFD) >= 0, "still open")
-        try signalFromTheOtherProcess()  // the vector is masked after the reset: it pends
+        try holder.signal()  // the vector is masked after the reset: it pends
         g.settle()
         #expect(try guest.readPBA() == 1 << 3)
         #expect(guest.count(vector: 0x45) == 1)
@@ -112,14 +97,12 @@ import TinyVM
         try guest.setMsix(enabled: true)
         try guest.program(3, message(0x46), masked: false)
         #expect(guest.waitForCount(vector: 0x46, atLeast: 1), "the pending signal arrives on the new message")
-        try signalFromTheOtherProcess()
+        try holder.signal()
         #expect(guest.waitForCount(vector: 0x46, atLeast: 2), "the other process's event delivers after the reset")
         g.settle()
         #expect(guest.count(vector: 0x46) == 2 && guest.count(vector: 0x45) == 1)
 
-        try connection.send(Array("q".utf8))
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        try holder.quit()
         g.finish()
     }
 }

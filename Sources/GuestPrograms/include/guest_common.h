@@ -27,6 +27,78 @@
 	wrmsr
 .endm
 
+/* A vCPU's start (EBX = vCPU index): interrupts off, its x2APIC on
+ * (X2APIC_ON), IVT 0x20..0xFF at VECTOR_STUBS (VECTOR_IVT), then its ready
+ * flag at 0x500 + 4*cpu. Interrupts stay off. Clobbers EAX, ECX, EDX, ESI, EDI. */
+.macro VCPU_START
+	cli
+	X2APIC_ON
+	VECTOR_IVT
+	movl	$1, 0x500(,%ebx,4)
+.endm
+
+/* After VCPU_START: vCPU 0 (EBX = 0) jumps to `vcpu0`; every other vCPU
+ * idles at `idle` with interrupts on, for good. */
+.macro IDLE_UNLESS_VCPU0 vcpu0, idle
+	test	%ebx, %ebx
+	jz	\vcpu0
+\idle:	sti
+	hlt
+	jmp	\idle
+.endm
+
+/* Selects the PCI test device's Message Control (00:01.0, config offset
+ * 0x42: the high half of the DWORD at 0x40) through CONFIG_ADDRESS (port
+ * 0xCF8) and leaves DX = 0xCFE (CONFIG_DATA + 2: the lane of those bytes).
+ * Clobbers EAX, EDX. */
+.macro TEST_DEVICE_MSIX_CONTROL
+	mov	$0xcf8, %dx
+	mov	$0x80000840, %eax
+	out	%eax, %dx
+	mov	$0xcfe, %dx
+.endm
+
+/* MSI-X on for the PCI test device: Message Control <- 0x8000 (MSI-X
+ * Enable, PCI Local Bus 3.0 section 6.8.2.3). Clobbers EAX, EDX. */
+.macro TEST_DEVICE_MSIX_ON
+	TEST_DEVICE_MSIX_CONTROL
+	mov	$0x8000, %ax
+	out	%ax, %dx
+.endm
+
+/* Exits the guest with status AL through the tiny VMM's exit port (0xF4),
+ * then halts should the VMM run it on. Clobbers DX. */
+.macro EXIT_AL
+	mov	$0xf4, %dx
+	out	%al, %dx
+	hlt
+.endm
+
+/* End of interrupt: the x2APIC EOI register (MSR 0x80B) <- 0.
+ * Clobbers EAX, ECX, EDX. */
+.macro X2APIC_EOI
+	mov	$0x80b, %ecx
+	xor	%eax, %eax
+	xor	%edx, %edx
+	wrmsr
+.endm
+
+/* A handler's way out: X2APIC_EOI, then pop each of `regs` (the registers
+ * the handler and its stub pushed, last pushed first) and IRET. */
+.macro EOI_RETURN regs:vararg
+	X2APIC_EOI
+	.irp	reg, \regs
+	pop	\reg
+	.endr
+	iret
+.endm
+
+/* IVT[vector] = 0000:handler (a real-mode interrupt vector). */
+.macro IVT_ENTRY vector, handler
+	movw	$G(\handler), 4 * \vector
+	movw	$0, 4 * \vector + 2
+.endm
+
 /* IVT[v] = 0000:stub(v) for v = 0x20..0xFF (stubs from VECTOR_STUBS,
  * 8 bytes apart). Clobbers ESI, EDI. */
 .macro VECTOR_IVT
@@ -71,15 +143,7 @@ common:
 	incl	COUNTS(,%esi,4)
 	push	%ecx
 	push	%edx
-	mov	$0x80b, %ecx
-	xor	%eax, %eax
-	xor	%edx, %edx
-	wrmsr
-	pop	%edx
-	pop	%ecx
-	pop	%esi
-	pop	%eax
-	iret
+	EOI_RETURN %edx, %ecx, %esi, %eax
 .endm
 
 #endif /* __ASSEMBLER__ */
