@@ -22,7 +22,7 @@ public struct LatencySummary: Codable, Equatable, Sendable {
     public var meanUs: Double
     /// The distribution as (latency in µs, fraction of samples at or below it)
     /// points, in ascending order: enough to draw the CDF down to the tail.
-    public var cdf: [CDFPoint]
+    public var cdf: [CDFPoint] = []
 
     /// One point of a cumulative distribution.
     public struct CDFPoint: Codable, Equatable, Sendable {
@@ -30,41 +30,10 @@ public struct LatencySummary: Codable, Equatable, Sendable {
         public var us: Double
         /// Fraction of samples at or below `us` (0...1).
         public var fraction: Double
-        /// A point.
-        public init(us: Double, fraction: Double) {
-            self.us = us
-            self.fraction = fraction
-        }
     }
+}
 
-    enum CodingKeys: String, CodingKey {
-        case samples
-        case minUs = "min_us"
-        case p50Us = "p50_us"
-        case p90Us = "p90_us"
-        case p99Us = "p99_us"
-        case p999Us = "p999_us"
-        case maxUs = "max_us"
-        case meanUs = "mean_us"
-        case cdf
-    }
-
-    /// A summary with explicit values (for reports read back, and tests).
-    public init(
-        samples: Int, minUs: Double, p50Us: Double, p90Us: Double, p99Us: Double, p999Us: Double,
-        maxUs: Double, meanUs: Double, cdf: [CDFPoint] = []
-    ) {
-        self.samples = samples
-        self.minUs = minUs
-        self.p50Us = p50Us
-        self.p90Us = p90Us
-        self.p99Us = p99Us
-        self.p999Us = p999Us
-        self.maxUs = maxUs
-        self.meanUs = meanUs
-        self.cdf = cdf
-    }
-
+extension LatencySummary {
     /// The summary of a histogram of nanosecond samples.
     public init(nanoseconds histogram: Histogram<UInt64>) {
         let us = { (ns: UInt64) in Double(ns) / 1000 }

@@ -20,42 +20,16 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var maskUnmask: MaskUnmask?
     /// Route creation and release rates and memory per live route (nil if not measured).
     public var lifecycle: Lifecycle?
-    /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch (issue 11).
+    /// Bringing an MSI-X function's vectors live, Linux's order against one function-mask batch.
     public var msixBringUp: [MsixBringUp]?
-    /// virtio-blk over vhost-user (issue 10; nil if not measured).
+    /// virtio-blk over vhost-user (nil if not measured).
     public var vhostUser: VhostUser?
-    /// The first interrupt after each vector goes live, from the guest's unmask write to its handler (issue 11).
+    /// The first interrupt after each vector goes live, from the guest's unmask write to its handler.
     public var firstInterrupt: [FirstInterrupt]?
-    /// DESIGN.md's performance targets, checked against this run's ratios.
-    public var targets: [TargetCheck]
+    /// The performance targets (the Benchmark article's "Targets"), checked against this run's ratios.
+    public var targets: [TargetCheck] = []
     /// What this run could not measure, and why.
-    public var gaps: [String]
-
-    enum CodingKeys: String, CodingKey {
-        case machine, delivery, throughput, bursts, programming
-        case maskUnmask = "mask_unmask"
-        case lifecycle, targets, gaps
-        case msixBringUp = "msix_bring_up"
-        case vhostUser = "vhost_user"
-        case firstInterrupt = "first_interrupt"
-    }
-
-    /// A report.
-    public init(
-        machine: Machine, delivery: [Delivery], throughput: [Throughput], bursts: [Burst],
-        programming: [Programming], maskUnmask: MaskUnmask?, lifecycle: Lifecycle?,
-        targets: [TargetCheck] = [], gaps: [String] = []
-    ) {
-        self.machine = machine
-        self.delivery = delivery
-        self.throughput = throughput
-        self.bursts = bursts
-        self.programming = programming
-        self.maskUnmask = maskUnmask
-        self.lifecycle = lifecycle
-        self.targets = targets
-        self.gaps = gaps
-    }
+    public var gaps: [String] = []
 
     /// The machine and the run's settings.
     public struct Machine: Codable, Equatable, Sendable {
@@ -77,31 +51,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var seconds: Double
         /// When the run started (ISO 8601).
         public var date: String
-
-        enum CodingKeys: String, CodingKey {
-            case kernel, cpus
-            case kvmApiVersion = "kvm_api_version"
-            case gsiLimit = "gsi_limit"
-            case gsiCapacity = "gsi_capacity"
-            case samplesPerPath = "samples_per_path"
-            case quick, seconds, date
-        }
-
-        /// Machine facts.
-        public init(
-            kernel: String, cpus: Int, kvmApiVersion: Int, gsiLimit: Int, gsiCapacity: Int,
-            samplesPerPath: Int, quick: Bool, seconds: Double, date: String
-        ) {
-            self.kernel = kernel
-            self.cpus = cpus
-            self.kvmApiVersion = kvmApiVersion
-            self.gsiLimit = gsiLimit
-            self.gsiCapacity = gsiCapacity
-            self.samplesPerPath = samplesPerPath
-            self.quick = quick
-            self.seconds = seconds
-            self.date = date
-        }
     }
 
     /// One path's delivery latency: device signal -> guest handler ran.
@@ -117,34 +66,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// its 95% bootstrap interval (nil for floors themselves).
         public var p50Ratio: PairedRatio?
 
-        /// A path's result.
-        public init(path: String, floor: String?, latency: LatencySummary, p50Ratio: PairedRatio? = nil) {
-            self.path = path
-            self.floor = floor
-            self.latency = latency
-            self.p50Ratio = p50Ratio
-        }
-
         enum CodingKeys: String, CodingKey {
-            case path, floor
-            case p50Ratio = "p50_ratio"
-        }
-
-        // Flattened: {"path":..,"samples":..,"p50_us":..,...}, as the issue asks.
-        public init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            path = try container.decode(String.self, forKey: .path)
-            floor = try container.decodeIfPresent(String.self, forKey: .floor)
-            p50Ratio = try container.decodeIfPresent(PairedRatio.self, forKey: .p50Ratio)
-            latency = try LatencySummary(from: decoder)
-        }
-
-        public func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(path, forKey: .path)
-            try container.encodeIfPresent(floor, forKey: .floor)
-            try container.encodeIfPresent(p50Ratio, forKey: .p50Ratio)
-            try latency.encode(to: encoder)
+            case path, floor, p50Ratio
         }
     }
 
@@ -160,21 +83,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var handled: Int
         /// The interval, seconds.
         public var seconds: Double
-
-        enum CodingKeys: String, CodingKey {
-            case path, vectors
-            case perSecond = "per_second"
-            case handled, seconds
-        }
-
-        /// A throughput result.
-        public init(path: String, vectors: Int, perSecond: Double, handled: Int, seconds: Double) {
-            self.path = path
-            self.vectors = vectors
-            self.perSecond = perSecond
-            self.handled = handled
-            self.seconds = seconds
-        }
     }
 
     /// Signals sent back to back on one vector, and what the guest took.
@@ -189,12 +97,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var delivered: Int
         /// Signals that merged into another interrupt (signals - delivered).
         public var coalesced: Int
-
-        enum CodingKeys: String, CodingKey {
-            case path, bursts
-            case signalsPerBurst = "signals_per_burst"
-            case delivered, coalesced
-        }
 
         /// A burst result.
         public init(path: String, bursts: Int, signalsPerBurst: Int, delivered: Int) {
@@ -252,7 +154,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
         }
     }
 
-    /// Bringing `vectors` MSI-X vectors live through the emulator (issue 11).
+    /// Bringing `vectors` MSI-X vectors live through the emulator.
     ///
     /// Driven by a real guest (msix_bench.S) on a TinyVM of its own with the
     /// PCI test device: every entry programmed masked (by the host, untimed),
@@ -280,20 +182,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// linux_order rows on the coalescing partition: the median of the per-round
         /// ratios to function_mask_batch (paired rounds), with its 95% interval.
         public var ratioToBatch: PairedRatio?
-
-        enum CodingKeys: String, CodingKey {
-            case vectors, mode, us, pushes, partition, rounds
-            case ratioToBatch = "ratio_to_batch"
-        }
-
-        /// A bring-up result.
-        public init(vectors: Int, mode: String, us: Double, pushes: Int, partition: String) {
-            self.vectors = vectors
-            self.mode = mode
-            self.us = us
-            self.pushes = pushes
-            self.partition = partition
-        }
     }
 
     /// The first interrupt after a vector goes live (`first_interrupt[]`):
@@ -311,21 +199,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var p99Us: Double
         /// Vectors measured, one sample each.
         public var samples: Int
-
-        enum CodingKeys: String, CodingKey {
-            case path
-            case p50Us = "p50_us"
-            case p99Us = "p99_us"
-            case samples
-        }
-
-        /// A result.
-        public init(path: String, p50Us: Double, p99Us: Double, samples: Int) {
-            self.path = path
-            self.p50Us = p50Us
-            self.p99Us = p99Us
-            self.samples = samples
-        }
     }
 
     /// Programming N routes (median of the repetitions).
@@ -358,18 +231,18 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var rawPushMinUs: Double
         /// Repetitions behind each median (one-by-one runs once for N >= 1024).
         public var repetitions: Int
-        /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push (issue 11).
+        /// The drop's C floor: N KVM_IRQFD deassigns, N closes, one push.
         public var dropFloorUs: Double?
         /// Retarget / raw push, paired round by round (each retarget followed by a raw push).
         public var retargetRatio: PairedRatio?
         /// Batched drop / its C floor, paired round by round.
         public var dropRatio: PairedRatio?
         /// N `setMsiDeferred` calls outside a batch on a coalescing partition, until
-        /// every entry is pushed and every route armed (issue 11).
+        /// every entry is pushed and every route armed.
         public var oneByOneDeferredUs: Double?
         /// Table pushes the deferred one-by-one made.
         public var oneByOneDeferredPushes: Int?
-        /// Deferred one-by-one / one raw push of N, paired round by round (issue 11).
+        /// Deferred one-by-one / one raw push of N, paired round by round.
         public var deferredRatio: PairedRatio?
         /// That raw push (median): made with no irqfd armed on the VM, so it is
         /// cheaper than `rawPushUs`, which the retargets' 2048 armed irqfds slow.
@@ -386,58 +259,16 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Deferred one-by-one / that served floor, paired round by round.
         public var deferredServedRatio: PairedRatio?
 
+        // The deferred ratios' keys carry a `one_by_one_` prefix their names do not
+        // (the raw values are written before the encoder's snake-case conversion).
         enum CodingKeys: String, CodingKey {
-            case routes
-            case batchedUs = "batched_us"
-            case batchedPushes = "batched_pushes"
-            case oneByOneUs = "one_by_one_us"
-            case oneByOnePushes = "one_by_one_pushes"
-            case rawPushUs = "raw_push_us"
-            case rawProgramUs = "raw_program_us"
-            case retargetBatchedUs = "retarget_batched_us"
-            case retargetPushes = "retarget_pushes"
-            case dropBatchedUs = "drop_batched_us"
-            case dropPushes = "drop_pushes"
-            case retargetMinUs = "retarget_min_us"
-            case rawPushMinUs = "raw_push_min_us"
-            case repetitions
-            case dropFloorUs = "drop_floor_us"
-            case retargetRatio = "retarget_ratio"
-            case dropRatio = "drop_ratio"
-            case oneByOneDeferredUs = "one_by_one_deferred_us"
-            case oneByOneDeferredPushes = "one_by_one_deferred_pushes"
-            case deferredRatio = "one_by_one_deferred_ratio"
-            case deferredRawPushUs = "deferred_raw_push_us"
-            case deferredArmFloorUs = "deferred_arm_floor_us"
-            case deferredArmRatio = "one_by_one_deferred_arm_ratio"
-            case deferredServedFloorUs = "deferred_served_floor_us"
-            case deferredServedRatio = "one_by_one_deferred_served_ratio"
-        }
-
-        /// A programming result.
-        public init(
-            routes: Int, batchedUs: Double, batchedPushes: Int, oneByOneUs: Double, oneByOnePushes: Int,
-            rawPushUs: Double, rawProgramUs: Double, retargetBatchedUs: Double, retargetPushes: Int,
-            dropBatchedUs: Double, dropPushes: Int, retargetMinUs: Double, rawPushMinUs: Double, repetitions: Int,
-            dropFloorUs: Double? = nil, oneByOneDeferredUs: Double? = nil, oneByOneDeferredPushes: Int? = nil
-        ) {
-            self.dropFloorUs = dropFloorUs
-            self.oneByOneDeferredUs = oneByOneDeferredUs
-            self.oneByOneDeferredPushes = oneByOneDeferredPushes
-            self.routes = routes
-            self.batchedUs = batchedUs
-            self.batchedPushes = batchedPushes
-            self.oneByOneUs = oneByOneUs
-            self.oneByOnePushes = oneByOnePushes
-            self.rawPushUs = rawPushUs
-            self.rawProgramUs = rawProgramUs
-            self.retargetBatchedUs = retargetBatchedUs
-            self.retargetPushes = retargetPushes
-            self.dropBatchedUs = dropBatchedUs
-            self.dropPushes = dropPushes
-            self.retargetMinUs = retargetMinUs
-            self.rawPushMinUs = rawPushMinUs
-            self.repetitions = repetitions
+            case routes, batchedUs, batchedPushes, oneByOneUs, oneByOnePushes, rawPushUs, rawProgramUs
+            case retargetBatchedUs, retargetPushes, dropBatchedUs, dropPushes, retargetMinUs, rawPushMinUs
+            case repetitions, dropFloorUs, retargetRatio, dropRatio, oneByOneDeferredUs, oneByOneDeferredPushes
+            case deferredRawPushUs, deferredArmFloorUs, deferredServedFloorUs
+            case deferredRatio = "oneByOneDeferredRatio"
+            case deferredArmRatio = "oneByOneDeferredArmRatio"
+            case deferredServedRatio = "oneByOneDeferredServedRatio"
         }
     }
 
@@ -455,23 +286,6 @@ public struct BenchReport: Codable, Equatable, Sendable {
         public var cycles: Int
         /// Library / raw per cycle, paired block by block (each library block followed by a raw one).
         public var ratio: PairedRatio?
-
-        enum CodingKeys: String, CodingKey {
-            case usPerCycle = "us_per_cycle"
-            case rawUsPerCycle = "raw_us_per_cycle"
-            case pushes
-            case irqfdCallsPerCycle = "irqfd_calls_per_cycle"
-            case cycles, ratio
-        }
-
-        /// A mask/unmask result.
-        public init(usPerCycle: Double, rawUsPerCycle: Double, pushes: Int, irqfdCallsPerCycle: Double, cycles: Int) {
-            self.usPerCycle = usPerCycle
-            self.rawUsPerCycle = rawUsPerCycle
-            self.pushes = pushes
-            self.irqfdCallsPerCycle = irqfdCallsPerCycle
-            self.cycles = cycles
-        }
     }
 
     /// Route lifecycle rates and memory.
@@ -489,31 +303,9 @@ public struct BenchReport: Codable, Equatable, Sendable {
         /// Resident bytes per live programmed route (/proc/self/statm delta the
         /// first time that many routes exist; page-granular).
         public var rssBytesPerRoute: Double
-
-        enum CodingKeys: String, CodingKey {
-            case createsDropsPerSecond = "creates_drops_per_second"
-            case programmedPerSecond = "programmed_per_second"
-            case rawProgrammedPerSecond = "raw_programmed_per_second"
-            case liveRoutes = "live_routes"
-            case heapBytesPerRoute = "heap_bytes_per_route"
-            case rssBytesPerRoute = "rss_bytes_per_route"
-        }
-
-        /// A lifecycle result.
-        public init(
-            createsDropsPerSecond: Double, programmedPerSecond: Double, rawProgrammedPerSecond: Double,
-            liveRoutes: Int, heapBytesPerRoute: Double, rssBytesPerRoute: Double
-        ) {
-            self.createsDropsPerSecond = createsDropsPerSecond
-            self.programmedPerSecond = programmedPerSecond
-            self.rawProgrammedPerSecond = rawProgrammedPerSecond
-            self.liveRoutes = liveRoutes
-            self.heapBytesPerRoute = heapBytesPerRoute
-            self.rssBytesPerRoute = rssBytesPerRoute
-        }
     }
 
-    /// One DESIGN.md target: the ratio measured and whether it is met.
+    /// One performance target: the ratio measured and whether it is met.
     public struct TargetCheck: Codable, Equatable, Sendable {
         /// What is compared with what.
         public var name: String
@@ -540,7 +332,7 @@ public struct BenchReport: Codable, Equatable, Sendable {
             self.note = note
         }
 
-        /// A check of a paired ratio (issue 11, item 4): met only when the
+        /// A check of a paired ratio: met only when the
         /// interval's upper end is under the limit.
         public init(name: String, paired: PairedRatio?, limit: Double, note: String) {
             self.name = name
@@ -556,15 +348,43 @@ public struct BenchReport: Codable, Equatable, Sendable {
     /// The delivery result of `path`, if measured.
     public func delivery(_ path: String) -> Delivery? { delivery.first { $0.path == path } }
 
-    /// The report as pretty-printed JSON with sorted keys.
+    /// The report as pretty-printed JSON with sorted keys. Keys are the
+    /// properties' names in snake case (`p50Us` is `p50_us`); the few
+    /// `CodingKeys` that remain name the exceptions.
     public func jsonData() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
         return try encoder.encode(self)
     }
 
     /// Reads a report written by `jsonData()`.
     public static func decode(_ data: Data) throws -> BenchReport {
-        try JSONDecoder().decode(BenchReport.self, from: data)
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(BenchReport.self, from: data)
+    }
+}
+
+// Coding in an extension, so the struct keeps its memberwise initializer.
+extension BenchReport.Delivery {
+    // Flattened: {"path":..,"samples":..,"p50_us":..,...}: the percentiles sit beside the path.
+
+    /// Reads a path's result written by `encode(to:)`.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        path = try container.decode(String.self, forKey: .path)
+        floor = try container.decodeIfPresent(String.self, forKey: .floor)
+        p50Ratio = try container.decodeIfPresent(BenchReport.PairedRatio.self, forKey: .p50Ratio)
+        latency = try LatencySummary(from: decoder)
+    }
+
+    /// Writes the path, its floor and ratio, and the percentiles in one object.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(path, forKey: .path)
+        try container.encodeIfPresent(floor, forKey: .floor)
+        try container.encodeIfPresent(p50Ratio, forKey: .p50Ratio)
+        try latency.encode(to: encoder)
     }
 }

@@ -190,7 +190,7 @@ public enum ReportText {
 
         sections += renderVhostUser(report)
 
-        var targets = TextTable(["DESIGN.md target", "ratio", "95% interval", "limit", "met"])
+        var targets = TextTable(["target", "ratio", "95% interval", "limit", "met"])
         for t in report.targets {
             let interval = t.low.flatMap { low in t.high.map { "[\(ratio(low)), \(ratio($0))]" } } ?? "-"
             targets.add([t.name, ratio(t.ratio), interval, ratio(t.limit), t.met.map { $0 ? "yes" : "NO" } ?? "not measured"])

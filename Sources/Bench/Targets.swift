@@ -1,5 +1,5 @@
-/// DESIGN.md's "Performance, measured against the kernel floor", as ratios
-/// of one run's numbers.
+/// The performance targets, each a ratio of a library path to its kernel
+/// floor measured in the same run (the Benchmark article, "Targets").
 public enum Targets {
     /// Path names, shared by the runner, the table and the picture.
     public enum Path {
@@ -25,9 +25,8 @@ public enum Targets {
     /// The N at which programming is held to its target.
     public static let programmingN = 2048
 
-    /// The checks, in DESIGN.md's order. Every ratio is paired (issue 11,
-    /// item 4: path and floor measured in alternating rounds; the median of
-    /// the per-round ratios), and a target is met only when its 95% bootstrap
+    /// The checks. Every ratio is paired (path and floor measured in
+    /// alternating rounds; the median of the per-round ratios), and a target is met only when its 95% bootstrap
     /// interval's upper end is under the limit.
     public static func check(_ report: BenchReport) -> [BenchReport.TargetCheck] {
         var checks: [BenchReport.TargetCheck] = []
@@ -59,27 +58,34 @@ public enum Targets {
                 note: "against C: \(programmingN) KVM_IRQFD deassigns, \(programmingN) closes, one push"))
         checks.append(
             .init(
-                name: "\(programmingN) setMsiDeferred outside a batch / one raw push", paired: program?.deferredRatio, limit: 2.0,
-                note: program?.oneByOneDeferredPushes.map { pushes in
-                    var note = "until every route is armed; \(pushes) pushes"
-                    if let arm = program?.deferredArmRatio {
-                        note += "; \(ReportText.paired(arm)) of a C push + \(programmingN) KVM_IRQFD assigns"
-                    }
-                    if let arm = program?.deferredArmFloorUs, let raw = program?.deferredRawPushUs, raw > 0 {
-                        // The target is below what the kernel allows when that floor alone is over it.
-                        note += String(format: "; that C floor alone is %.1fx the raw push", arm / raw)
-                    }
-                    if let served = program?.deferredServedRatio {
-                        note += "; \(ReportText.paired(served)) of that floor with each route also served (epoll_ctl ADD + DEL)"
-                    }
-                    return note
-                } ?? "not measured"))
+                name: "\(programmingN) setMsiDeferred outside a batch / C served floor",
+                paired: program?.deferredServedRatio, limit: 1.3,
+                note: program.flatMap(deferredNote) ?? "not measured"))
         let mask = report.maskUnmask
         checks.append(
             .init(
                 name: "mask+unmask / raw KVM_IRQFD deassign+assign", paired: mask?.ratio, limit: 1.2,
                 note: mask.map { "\($0.pushes) table pushes in \($0.cycles) library cycles" } ?? "not measured"))
         return checks
+    }
+
+    /// What the deferred target's floor is, and the other floors it was held
+    /// to before: any path must make one push and N `KVM_IRQFD` assigns (the
+    /// C push + arms floor), and the routing core also serves each waiting
+    /// route meanwhile (an `epoll_ctl` ADD and DEL each: the served floor).
+    /// One raw push alone is below what any path can do on this kernel.
+    static func deferredNote(_ program: BenchReport.Programming) -> String? {
+        program.oneByOneDeferredPushes.map { pushes in
+            var note = "until every route is armed; \(pushes) pushes"
+            note += "; the served floor: one C push + \(programmingN) KVM_IRQFD assigns, each route watched by epoll until armed"
+            if let arm = program.deferredArmRatio {
+                note += "; \(ReportText.paired(arm)) of the C push + assigns alone"
+            }
+            if let raw = program.deferredRatio {
+                note += "; \(ReportText.paired(raw)) of one raw push"
+            }
+            return note
+        }
     }
 
     /// a / b, or nil when either is missing or b is not positive.

@@ -1,4 +1,4 @@
-/// `irqfd bench --only vhost-user` (issue 10): a virtio-blk request's path
+/// `irqfd bench --only vhost-user`: a virtio-blk request's path
 /// through a vhost-user back-end, against its floor, in one run.
 extension BenchReport {
     /// The vhost-user section: per back-end, request latency per delivery
@@ -23,37 +23,16 @@ extension BenchReport {
         /// Interleaved rounds behind each paired ratio.
         public var rounds: Int
         /// The paired ratio behind each target of `targets`, by target name.
-        public var targetRatios: [NamedRatio]
+        public var targetRatios: [NamedRatio] = []
         /// Guest TSC time / host CLOCK_MONOTONIC time of the throughput rounds
         /// (median; just under 1 when the guest's RDTSC runs at `tscKHz`: the
         /// host's span also holds the wake-up and its polling).
-        public var tscCheck: Double
+        public var tscCheck: Double = 0
 
+        // `tsc_khz`: snake case of `tscKHz` would be `tsc_k_hz`.
         enum CodingKeys: String, CodingKey {
-            case backends
-            case rawIrqfd = "raw_irqfd"
-            case maskUnmask = "mask_unmask"
-            case targets, skipped
-            case tscKHz = "tsc_khz"
-            case rounds
-            case targetRatios = "target_ratios"
-            case tscCheck = "tsc_check"
-        }
-
-        /// A section result.
-        public init(
-            backends: [Backend], rawIrqfd: LatencySummary, maskUnmask: MaskUnmask?, targets: [TargetCheck],
-            skipped: [String], tscKHz: Double, rounds: Int, targetRatios: [NamedRatio] = [], tscCheck: Double = 0
-        ) {
-            self.tscCheck = tscCheck
-            self.targetRatios = targetRatios
-            self.backends = backends
-            self.rawIrqfd = rawIrqfd
-            self.maskUnmask = maskUnmask
-            self.targets = targets
-            self.skipped = skipped
-            self.tscKHz = tscKHz
-            self.rounds = rounds
+            case backends, rawIrqfd, maskUnmask, targets, skipped, rounds, targetRatios, tscCheck
+            case tscKHz = "tscKhz"
         }
 
         /// The result for back-end `kind`, if measured.
@@ -71,18 +50,11 @@ extension BenchReport {
         public var floor: LatencySummary
         /// Requests per second per delivery mode and queue depth.
         public var throughput: [VhostUserThroughput]
-        /// Paired ratios: `irqfd_p50_over_budget` (irqfd p50 / (floor p50 +
-        /// 1.2 × raw irqfd p50)), `irqfd_over_userspace_p50`, `irqfd_over_userspace_p99`.
+        /// Paired ratios: `irqfd_over_userspace_p50`, `irqfd_over_userspace_p99`,
+        /// `relay_over_userspace_p50`, and `irqfd_p50_over_budget` (irqfd p50 /
+        /// (floor p50 + 1.2 × raw irqfd p50)), a figure only: the floor leaves
+        /// out the guest's own instructions and notify write, so it is no target.
         public var ratios: [NamedRatio]
-
-        /// A back-end's results.
-        public init(backend: String, latency: [VhostUserLatency], floor: LatencySummary, throughput: [VhostUserThroughput], ratios: [NamedRatio]) {
-            self.backend = backend
-            self.latency = latency
-            self.floor = floor
-            self.throughput = throughput
-            self.ratios = ratios
-        }
 
         /// The latency of delivery mode `mode`, if measured.
         public func latency(_ mode: String) -> VhostUserLatency? { latency.first { $0.mode == mode } }
@@ -96,11 +68,6 @@ extension BenchReport {
         public var name: String
         /// The ratio.
         public var ratio: PairedRatio
-        /// A named ratio.
-        public init(name: String, ratio: PairedRatio) {
-            self.name = name
-            self.ratio = ratio
-        }
     }
 
     /// One delivery mode's request latency.
@@ -111,13 +78,6 @@ extension BenchReport {
         public var latency: LatencySummary
         /// Requests whose status byte was not 0 (expected 0).
         public var failed: Int
-
-        /// A result.
-        public init(mode: String, latency: LatencySummary, failed: Int) {
-            self.mode = mode
-            self.latency = latency
-            self.failed = failed
-        }
     }
 
     /// Requests per second at one queue depth.
@@ -132,22 +92,6 @@ extension BenchReport {
         public var requests: Int
         /// This mode's rate over userspace's, paired by round (nil for userspace).
         public var overUserspace: PairedRatio?
-
-        enum CodingKeys: String, CodingKey {
-            case mode, depth
-            case perSecond = "per_second"
-            case requests
-            case overUserspace = "over_userspace"
-        }
-
-        /// A result.
-        public init(mode: String, depth: Int, perSecond: Double, requests: Int, overUserspace: PairedRatio?) {
-            self.mode = mode
-            self.depth = depth
-            self.perSecond = perSecond
-            self.requests = requests
-            self.overUserspace = overUserspace
-        }
     }
 
     /// Mask + unmask cycles run back to back, a block per side per round:
@@ -165,28 +109,6 @@ extension BenchReport {
         public var qemuOverOurs: PairedRatio?
         /// Ours / the C floor.
         public var oursOverRaw: PairedRatio?
-
-        enum CodingKeys: String, CodingKey {
-            case oursUs = "ours_us"
-            case qemuStrategyUs = "qemu_strategy_us"
-            case rawUs = "raw_us"
-            case oursOverQemu = "ours_over_qemu"
-            case qemuOverOurs = "qemu_over_ours"
-            case oursOverRaw = "ours_over_raw"
-        }
-
-        /// A result.
-        public init(
-            oursUs: Double, qemuStrategyUs: Double, rawUs: Double, oursOverQemu: PairedRatio?, qemuOverOurs: PairedRatio?,
-            oursOverRaw: PairedRatio?
-        ) {
-            self.oursUs = oursUs
-            self.qemuStrategyUs = qemuStrategyUs
-            self.rawUs = rawUs
-            self.oursOverQemu = oursOverQemu
-            self.qemuOverOurs = qemuOverOurs
-            self.oursOverRaw = oursOverRaw
-        }
     }
 
     /// Mask + unmask of queue 0's MSI-X vector, against qemu-storage-daemon.
@@ -223,38 +145,6 @@ extension BenchReport {
         public var replyAck: Bool
         /// Cycles measured, each side.
         public var cycles: Int
-
-        enum CodingKeys: String, CodingKey {
-            case oursUs = "ours_us"
-            case qemuStrategyUs = "qemu_strategy_us"
-            case qemuOverOurs = "qemu_over_ours"
-            case oursOverQemu = "ours_over_qemu"
-            case oursMeanUs = "ours_mean_us"
-            case qemuStrategyMeanUs = "qemu_strategy_mean_us"
-            case rawUs = "raw_us"
-            case oursOverRaw = "ours_over_raw"
-            case backToBack = "back_to_back"
-            case oursMessagesPerCycle = "ours_messages_per_cycle"
-            case oursIrqfdCallsPerCycle = "ours_irqfd_calls_per_cycle"
-            case qemuMessagesPerCycle = "qemu_messages_per_cycle"
-            case replyAck = "reply_ack"
-            case cycles
-        }
-
-        /// A result.
-        public init(
-            oursUs: Double, qemuStrategyUs: Double, qemuOverOurs: PairedRatio, oursMessagesPerCycle: Double,
-            oursIrqfdCallsPerCycle: Double, qemuMessagesPerCycle: Double, replyAck: Bool, cycles: Int
-        ) {
-            self.oursUs = oursUs
-            self.qemuStrategyUs = qemuStrategyUs
-            self.qemuOverOurs = qemuOverOurs
-            self.oursMessagesPerCycle = oursMessagesPerCycle
-            self.oursIrqfdCallsPerCycle = oursIrqfdCallsPerCycle
-            self.qemuMessagesPerCycle = qemuMessagesPerCycle
-            self.replyAck = replyAck
-            self.cycles = cycles
-        }
     }
 }
 

@@ -57,7 +57,7 @@ extension ReportText {
                 title: "vhost-user mask + unmask of queue 0's vector against qemu-storage-daemon (\(m.cycles) cycles per side and spacing; per cycle)"))
         }
 
-        var targets = TextTable(["issue 10 target", "ratio [95%]", "limit", "met", "note"])
+        var targets = TextTable(["target", "ratio [95%]", "limit", "met", "note"])
         for t in v.targets {
             let paired = v.targetRatios.first { $0.name == t.name }?.ratio
             targets.add([

@@ -81,6 +81,25 @@ static int set_routing(int vmfd, struct kvm_irq_routing *table) {
     return ioctl(vmfd, KVM_SET_GSI_ROUTING, table) < 0 ? -errno : 0;
 }
 
+/// Pushes the irqchip routes and `count` MSI routes (GSIs first_gsi...,
+/// all with `address` and `data`) with one KVM_SET_GSI_ROUTING.
+static int push_msis(int vmfd, struct kvm_irq_routing *table, uint32_t first_gsi, uint32_t count, uint64_t address,
+                     uint32_t data) {
+    uint32_t n = fill_irqchip(table->entries);
+    for (uint32_t i = 0; i < count; i++) fill_msi(&table->entries[n++], first_gsi + i, address, data);
+    table->nr = n;
+    return set_routing(vmfd, table);
+}
+
+/// Makes eventfds until `*made` reaches `count`; 0 or -errno of the one that failed.
+static int make_eventfds(int *fds, uint32_t count, uint32_t *made) {
+    for (; *made < count; (*made)++) {
+        fds[*made] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fds[*made] < 0) return -errno;
+    }
+    return 0;
+}
+
 int bench_floor_push(int vmfd, const bench_floor_msi *entries, uint32_t count, uint64_t *elapsed_ns) {
     struct kvm_irq_routing *table = alloc_table(count);
     if (!table) return -ENOMEM;
@@ -99,10 +118,7 @@ int bench_floor_push_n(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t ad
     struct kvm_irq_routing *table = alloc_table(count);
     if (!table) return -ENOMEM;
     uint64_t start = bench_floor_now_ns();
-    uint32_t n = fill_irqchip(table->entries);
-    for (uint32_t i = 0; i < count; i++) fill_msi(&table->entries[n++], first_gsi + i, address, data);
-    table->nr = n;
-    int result = set_routing(vmfd, table);
+    int result = push_msis(vmfd, table, first_gsi, count, address, data);
     if (elapsed_ns) *elapsed_ns = bench_floor_now_ns() - start;
     free(table);
     return result;
@@ -127,6 +143,19 @@ int bench_floor_mask_cycles(int vmfd, int efd, uint32_t gsi, uint32_t cycles, ui
 
 static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                    uint64_t *elapsed_ns, int time_eventfds, int serve);
+
+/// Undoes what program() and bench_floor_drop() made, untimed: deassigns the
+/// `armed` first eventfds, closes the `made` first, pushes the irqchip routes
+/// alone, and frees `fds` and `table`.
+static void release_routes(int vmfd, uint32_t first_gsi, int *fds, uint32_t armed, uint32_t made,
+                           struct kvm_irq_routing *table) {
+    for (uint32_t i = 0; i < armed; i++) bench_floor_irqfd(vmfd, fds[i], first_gsi + i, 1);
+    for (uint32_t i = 0; i < made; i++) close(fds[i]);
+    table->nr = fill_irqchip(table->entries);
+    set_routing(vmfd, table);
+    free(fds);
+    free(table);
+}
 
 int bench_floor_program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                         uint64_t *elapsed_ns) {
@@ -157,13 +186,7 @@ static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addres
     int result = 0;
     uint32_t made = 0, armed = 0, watched = 0;
     uint64_t start = bench_floor_now_ns();
-    for (; made < count; made++) {
-        fds[made] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (fds[made] < 0) {
-            result = -errno;
-            goto undo;
-        }
-    }
+    if ((result = make_eventfds(fds, count, &made)) != 0) goto undo;
     if (!time_eventfds) start = bench_floor_now_ns();
     // Served: each event is watched (the interim relay's epoll_ctl ADD) while
     // its entry waits, and unwatched just before its irqfd is armed.
@@ -174,10 +197,7 @@ static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addres
             goto undo;
         }
     }
-    uint32_t n = fill_irqchip(table->entries);
-    for (uint32_t i = 0; i < count; i++) fill_msi(&table->entries[n++], first_gsi + i, address, data);
-    table->nr = n;
-    if ((result = set_routing(vmfd, table)) != 0) goto undo;
+    if ((result = push_msis(vmfd, table, first_gsi, count, address, data)) != 0) goto undo;
     for (; armed < count; armed++) {
         if (serve && epoll_ctl(epoll, EPOLL_CTL_DEL, fds[armed], NULL) != 0) {
             result = -errno;
@@ -188,12 +208,7 @@ static int program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addres
     if (elapsed_ns) *elapsed_ns = bench_floor_now_ns() - start;
 undo:
     if (epoll >= 0) close(epoll);
-    for (uint32_t i = 0; i < armed; i++) bench_floor_irqfd(vmfd, fds[i], first_gsi + i, 1);
-    for (uint32_t i = 0; i < made; i++) close(fds[i]);
-    table->nr = fill_irqchip(table->entries);
-    set_routing(vmfd, table);
-    free(fds);
-    free(table);
+    release_routes(vmfd, first_gsi, fds, armed, made, table);
     return result;
 }
 
@@ -208,17 +223,8 @@ int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addr
     }
     int result = 0;
     uint32_t made = 0, armed = 0;
-    for (; made < count; made++) {
-        fds[made] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (fds[made] < 0) {
-            result = -errno;
-            goto undo;
-        }
-    }
-    uint32_t n = fill_irqchip(table->entries);
-    for (uint32_t i = 0; i < count; i++) fill_msi(&table->entries[n++], first_gsi + i, address, data);
-    table->nr = n;
-    if ((result = set_routing(vmfd, table)) != 0) goto undo;
+    if ((result = make_eventfds(fds, count, &made)) != 0) goto undo;
+    if ((result = push_msis(vmfd, table, first_gsi, count, address, data)) != 0) goto undo;
     for (; armed < count; armed++) {
         if ((result = bench_floor_irqfd(vmfd, fds[armed], first_gsi + armed, 0)) != 0) goto undo;
     }
@@ -240,12 +246,7 @@ int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addr
     if (result == 0) result = pushed;
     if (elapsed_ns) *elapsed_ns = bench_floor_now_ns() - start;
 undo:
-    for (uint32_t i = 0; i < armed; i++) bench_floor_irqfd(vmfd, fds[i], first_gsi + i, 1);
-    for (uint32_t i = 0; i < made; i++) close(fds[i]);
-    table->nr = fill_irqchip(table->entries);
-    set_routing(vmfd, table);
-    free(fds);
-    free(table);
+    release_routes(vmfd, first_gsi, fds, armed, made, table);
     return result;
 }
 

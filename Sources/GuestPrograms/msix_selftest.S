@@ -1,5 +1,6 @@
 /* A self-contained guest for `irqfd run`: it finds the PCI test device's
- * MSI-X function where DESIGN.md puts it and checks the interrupt story on
+ * MSI-X function where the tiny VMM contract puts it (TinyVM's
+ * TinyVMContract article: 00:01.0, table in BAR1) and checks the interrupt story on
  * its own, so that `irqfd run --delivery irqfd|relay|userspace` can be
  * compared by exit status alone:
  *   1. enable MSI-X (Message Control, config 00:01.0 offset 0x42) and program

@@ -43,7 +43,7 @@ public protocol IrqFdRoute: AnyObject, Sendable {
     func setMsi(address: UInt64, data: UInt32) throws(IrqFdError)
 
     /// Like `setMsi`, but the routing entry may join the partition's next
-    /// coalesced commit instead of being pushed now (DESIGN.md rule 8): until
+    /// coalesced commit instead of being pushed now (<doc:TheTwelveRules>, rule 8): until
     /// that push lands the route's signals are delivered in userspace, with
     /// the same masking and pending semantics. Many routes programmed one at
     /// a time then cost one push, not one each. Backends without coalescing

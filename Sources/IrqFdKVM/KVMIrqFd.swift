@@ -95,10 +95,10 @@ public final class KVMRoutingKernel: RoutingKernel {
     /// Entries the pushes so far have written into the kept table (see
     /// `IncrementalGSIRoutingTable.entriesWritten`): a push that changes one
     /// entry adds at most one, whatever the table's size.
-    public var entriesEncoded: Int { buffer.withLock { $0.entriesWritten } }
+    package var entriesEncoded: Int { buffer.withLock { $0.entriesWritten } }
 
     /// The MSI entries of the table the kernel holds (the last successful push), by GSI.
-    public var kernelMsiEntries: [UInt32: MsiMessage] {
+    package var kernelMsiEntries: [UInt32: MsiMessage] {
         buffer.withLock { table in
             var result: [UInt32: MsiMessage] = [:]
             for entry in table.msiEntries { result[entry.gsi] = MsiMessage(address: entry.address, data: entry.data) }
@@ -107,7 +107,7 @@ public final class KVMRoutingKernel: RoutingKernel {
     }
 
     /// The bytes of the table the kernel holds, exactly as last pushed (slot order included).
-    public var kernelTableBytes: [UInt8] { buffer.withLock { $0.table.bytes } }
+    package var kernelTableBytes: [UInt8] { buffer.withLock { $0.table.bytes } }
 
     /// KVM_IRQFD (assign).
     ///

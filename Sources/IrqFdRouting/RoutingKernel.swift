@@ -30,8 +30,8 @@ public protocol RoutingKernel: Sendable {
     /// successful push (of either kind) changed by `changes` (each GSI at most
     /// once; in no particular order). `table` gives the whole resulting table,
     /// sorted by GSI, for a kernel that only encodes whole tables; building it
-    /// costs O(GSIs), which a kernel that keeps its encoded table avoids (KVM:
-    /// issue 11, item 3). If the call fails, the kernel's table and whatever
+    /// costs O(GSIs), which a kernel that keeps its encoded table avoids (KVM's
+    /// `IncrementalGSIRoutingTable`). If the call fails, the kernel's table and whatever
     /// the kernel adapter keeps must be as they were before it.
     func pushRoutingChanges(_ changes: [RoutingChange], table: () -> [RoutingEntry]) throws(IrqFdError)
     /// Arms `event` on `gsi`: signals now inject the GSI's MSI.
@@ -73,7 +73,7 @@ public enum RoutingChange: Hashable, Sendable {
 }
 
 /// Delivers a route's signals in userspace while its routing entry is not in
-/// the kernel yet (coalesced commits, DESIGN.md rule 8). IrqFdRouting has no
+/// the kernel yet (coalesced commits, rule 8 of IrqFdCore's `TheTwelveRules` article). IrqFdRouting has no
 /// platform code: a backend fills this with its relay (on KVM, an epoll
 /// thread injecting with KVM_SIGNAL_MSI).
 public protocol InterimDelivery: Sendable {
@@ -95,7 +95,8 @@ public protocol CommitTimer: Sendable {
     /// of the caller's (by default `after(.zero, work)`). The partition hands
     /// it the arming that follows a push made at once in a caller's thread,
     /// so that a guest's MMIO write that crossed the threshold does not also
-    /// pay a KVM_IRQFD per carried route (issue 11).
+    /// pay a KVM_IRQFD per carried route. A partition also reports commit
+    /// errors here, so that no report runs under a caller's lock.
     func soon(_ work: @escaping @Sendable () -> Void)
 }
 

@@ -1,6 +1,6 @@
 #if os(Linux)
 /// A `struct kvm_irq_routing` kept from push to push, so that a push rewrites
-/// only the entries that changed (issue 11, item 3).
+/// only the entries that changed.
 ///
 /// KVM_SET_GSI_ROUTING always takes the whole table (the kernel builds a new
 /// one and swaps it in under SRCU), so the kernel's work per push is O(entries)
@@ -28,7 +28,7 @@ public struct IncrementalGSIRoutingTable: ~Copyable {
     public let fixedCount: Int
     /// Entries written into the buffer so far (appended, rewritten, moved by a
     /// removal, or rebuilt): the Swift encoding work pushes have cost.
-    public private(set) var entriesWritten = 0
+    package private(set) var entriesWritten = 0
 
     /// One applied change, with what undoes it.
     private enum Change {

@@ -1,8 +1,9 @@
 import Synchronization
 
 /// How many of each interrupt-related ioctl a VM has made; tests use these to
-/// prove which operations make system calls and which do not.
-public final class IoctlCounters: Sendable {
+/// prove which operations make system calls and which do not. A test and
+/// measurement seam (`package`), not API.
+package final class IoctlCounters: Sendable {
     let routingPushes = Atomic<Int>(0)
     let irqfdAssigns = Atomic<Int>(0)
     let irqfdDeassigns = Atomic<Int>(0)
@@ -12,10 +13,10 @@ public final class IoctlCounters: Sendable {
     let total = Atomic<Int>(0)
 
     /// All zero.
-    public init() {}
+    package init() {}
 
     /// A snapshot of the counters.
-    public var snapshot: Snapshot {
+    package var snapshot: Snapshot {
         Snapshot(
             routingPushes: routingPushes.load(ordering: .relaxed),
             irqfdAssigns: irqfdAssigns.load(ordering: .relaxed),
@@ -27,24 +28,24 @@ public final class IoctlCounters: Sendable {
     }
 
     /// Counter values at one moment; subtract two to see what happened between.
-    public struct Snapshot: Equatable, Sendable, CustomStringConvertible {
+    package struct Snapshot: Equatable, Sendable, CustomStringConvertible {
         /// KVM_SET_GSI_ROUTING calls.
-        public var routingPushes: Int
+        package var routingPushes: Int
         /// KVM_IRQFD calls that assigned.
-        public var irqfdAssigns: Int
+        package var irqfdAssigns: Int
         /// KVM_IRQFD calls that deassigned.
-        public var irqfdDeassigns: Int
+        package var irqfdDeassigns: Int
         /// KVM_SIGNAL_MSI calls.
-        public var signalMsis: Int
+        package var signalMsis: Int
         /// KVM_IOEVENTFD calls that assigned.
-        public var ioeventfdAssigns: Int = 0
+        package var ioeventfdAssigns: Int = 0
         /// KVM_IOEVENTFD calls that deassigned.
-        public var ioeventfdDeassigns: Int = 0
+        package var ioeventfdDeassigns: Int = 0
         /// Every VM ioctl.
-        public var total: Int
+        package var total: Int
 
         /// The calls made between `earlier` and this snapshot.
-        public static func - (later: Snapshot, earlier: Snapshot) -> Snapshot {
+        package static func - (later: Snapshot, earlier: Snapshot) -> Snapshot {
             Snapshot(
                 routingPushes: later.routingPushes - earlier.routingPushes,
                 irqfdAssigns: later.irqfdAssigns - earlier.irqfdAssigns,
@@ -55,7 +56,7 @@ public final class IoctlCounters: Sendable {
                 total: later.total - earlier.total)
         }
 
-        public var description: String {
+        package var description: String {
             "pushes \(routingPushes), assigns \(irqfdAssigns), deassigns \(irqfdDeassigns), signal-MSIs \(signalMsis), ioeventfd assigns \(ioeventfdAssigns), deassigns \(ioeventfdDeassigns), total \(total)"
         }
     }

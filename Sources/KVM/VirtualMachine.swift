@@ -14,7 +14,7 @@ public final class VirtualMachine: Sendable {
     /// The /dev/kvm handle this VM was created from.
     public let system: KVMSystem
     /// Interrupt-related ioctls made on this VM.
-    public let counters = IoctlCounters()
+    package let counters = IoctlCounters()
     /// Whether a fault hook is installed: the only cost to a VM without one.
     private let hooked = Atomic<Bool>(false)
     private let faultHook = Mutex<(any IoctlFaultHook)?>(nil)

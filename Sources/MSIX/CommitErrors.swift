@@ -2,7 +2,7 @@ public import IrqFdCore
 
 extension MsixEmulator {
     /// A coalesced (deferred) routing commit that may have carried this
-    /// function's entries failed, and no caller waits for it (issue 11): the
+    /// function's entries failed, and no caller waits for it: the
     /// VMM's partition reports it here, and it takes the emulator's error path
     /// for failed route calls (`counters.routeErrors`, `lastRouteError`).
     ///

@@ -454,7 +454,7 @@ public final class MsixEmulator: Sendable {
     /// Whether the partition coalesces deferred changes (see `IrqFd.coalescesDeferredChanges`).
     private var coalescing: Bool { partition?.coalescesDeferredChanges ?? false }
 
-    /// Routes masked vector `v` as soon as its entry is programmed (issue 11):
+    /// Routes masked vector `v` as soon as its entry is programmed:
     /// the route is made masked (disarmed, rule 4) and given the message
     /// deferred, so the entry joins the partition's next coalesced commit and
     /// no interim serves it (nothing is armed). When the guest unmasks the

@@ -1,7 +1,7 @@
 import Bench
 import Testing
 
-/// The paired ratio (issue 11): per-round ratios, their median and a bootstrap interval around it.
+/// The paired ratio: per-round ratios, their median and a bootstrap interval around it.
 @Suite struct PairedRatioTests {
     @Test func constantRatiosGiveAPointInterval() throws {
         let r = try #require(BenchReport.PairedRatio(path: [2, 4, 6], floor: [1, 2, 3]))

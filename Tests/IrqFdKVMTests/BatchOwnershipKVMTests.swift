@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdKVM
 import KVM
 import Synchronization
+import KVMTestSupport
 import TestSupport
 import Testing
 

@@ -6,6 +6,7 @@ import IrqFdLinux
 import IrqFdRelay
 import KVM
 import Synchronization
+import KVMTestSupport
 import TestSupport
 import Testing
 

@@ -3,6 +3,7 @@ import IrqFdCore
 import IrqFdKVM
 import KVM
 import KVMFaultInjection
+import KVMTestSupport
 import TestSupport
 import IrqFdRelay
 import IrqFdRouting

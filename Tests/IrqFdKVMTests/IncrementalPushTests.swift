@@ -5,6 +5,7 @@ import IrqFdKVM
 import IrqFdRouting
 import KVM
 import KVMFaultInjection
+import KVMTestSupport
 import TestSupport
 import Testing
 

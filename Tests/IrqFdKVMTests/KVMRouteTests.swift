@@ -5,6 +5,7 @@ import IrqFdKVM
 import IrqFdLinux
 import KVM
 import KVMFaultInjection
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM

@@ -166,14 +166,8 @@ let everyOperationScript: [RouteOp] = {
 
 /// A seeded random script (SplitMix64), so a failure names a seed that replays it.
 func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
-    var state = seed
-    func next(_ bound: Int) -> Int {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Int((z ^ (z >> 31)) % UInt64(bound))
-    }
+    var generator = SplitMix64(seed: seed)
+    func next(_ bound: Int) -> Int { Int(generator.next() % UInt64(bound)) }
     let messages = (0..<4).map { MsiMessage(destination: UInt32($0 % 2), vector: UInt8(0x40 + $0)) }
         + [MsiMessage(address: 0xFED0_0000, data: 0x40)]
     func single() -> RouteOp {

@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdRelay
 import KVM
 import Synchronization
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -26,17 +27,6 @@ final class WatchingInjector: MsiInjector {
     }
 }
 
-/// A tiny seeded generator (SplitMix64), so a failing run can be replayed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Busy-waits about `micros` microseconds (sleeping would hide the races).
 func spin(micros: Int) {
@@ -70,7 +60,7 @@ func spin(micros: Int) {
         let failures = Mutex<[String]>([])
 
         let masker = Thread {
-            var random = SplitMix64(state: seed)
+            var random = SplitMix64(seed: seed)
             while !stopMasker.load(ordering: .acquiring) {
                 do {
                     try route.mask()

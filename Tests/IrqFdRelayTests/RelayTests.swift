@@ -6,6 +6,7 @@ import IrqFdRelay
 import KVM
 import KVMFaultInjection
 import Synchronization
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM

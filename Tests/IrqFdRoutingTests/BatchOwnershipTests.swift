@@ -3,6 +3,7 @@ import IrqFdCore
 import IrqFdLinux
 import IrqFdRouting
 import Synchronization
+import TestSupport
 import Testing
 
 /// A RoutingKernel whose pushes can be held (the pushing thread waits inside
@@ -82,15 +83,6 @@ final class TestThread: Sendable {
     }
 }
 
-/// Waits (up to 10 s) until `condition` holds.
-func waitUntil(_ condition: () -> Bool) -> Bool {
-    let deadline = ContinuousClock.now + .seconds(10)
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        usleep(1000)
-    }
-    return false
-}
 
 /// Issue 13, items 1-3: a batch belongs to its caller, a failed batch push
 /// restores exactly, and no route's deinit runs under the table lock.
@@ -113,7 +105,7 @@ func waitUntil(_ condition: () -> Bool) -> Bool {
                 while !end.load(ordering: .acquiring) { usleep(1000) }
             }
         }
-        #expect(waitUntil { opened.load(ordering: .acquiring) })
+        #expect(eventually { opened.load(ordering: .acquiring) })
         try body()
         beforeEnding()
         end.store(true, ordering: .releasing)
@@ -204,7 +196,7 @@ func waitUntil(_ condition: () -> Bool) -> Bool {
                 try box.withLock { (r: inout RoutedIrqFdRoute<HoldablePushKernel>?) throws(IrqFdError) in try r!.setMsi(Self.msiA) }
             }
         }
-        #expect(waitUntil { kernel.pushEntered.load(ordering: .acquiring) })
+        #expect(eventually { kernel.pushEntered.load(ordering: .acquiring) })
         // Another thread drops the last reference while the push is inside the kernel.
         let dropping = Atomic<Bool>(false)
         let dropper = TestThread { () throws(IrqFdError) in
@@ -215,7 +207,7 @@ func waitUntil(_ condition: () -> Bool) -> Bool {
             }
             _ = consume route
         }
-        #expect(waitUntil { dropping.load(ordering: .acquiring) })
+        #expect(eventually { dropping.load(ordering: .acquiring) })
         usleep(20_000)
         kernel.releasePush.store(true, ordering: .releasing)
         #expect(batch.join() == .call("push", .ioError))

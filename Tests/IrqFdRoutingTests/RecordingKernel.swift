@@ -24,7 +24,19 @@ final class RecordingKernel: RoutingKernel {
     let gsiLimit: UInt32
     let reservedGsis: Range<UInt32>
     let msiEntryCapacity: Int
-    private let state = Mutex<(calls: [Call], failNext: String?, table: [UInt32: MsiMessage], armed: Set<UInt32>)>(([], nil, [:], []))
+    private struct State {
+        var calls: [Call] = []
+        var failNext: String?
+        var table: [UInt32: MsiMessage] = [:]
+        var armed: Set<UInt32> = []
+        /// Calls refused every time, by name, until allowed again.
+        var refused: Set<String> = []
+        /// GSIs whose assign is refused every time.
+        var refusedAssigns: Set<UInt32> = []
+        /// Calls attempted, refused or not, by name.
+        var attempts: [String: Int] = [:]
+    }
+    private let state = Mutex(State())
 
     init(gsiLimit: UInt32 = 64, reserved: Range<UInt32> = 0..<24, capacity: Int? = nil) {
         self.gsiLimit = gsiLimit
@@ -38,13 +50,26 @@ final class RecordingKernel: RoutingKernel {
     func reset() { state.withLock { $0.calls = [] } }
     /// The next call named `name` ("push", "assign", "deassign") fails with EIO.
     func failNext(_ name: String) { state.withLock { $0.failNext = name } }
+    /// Every call named `name` fails with EIO until `allow(name)`.
+    func refuse(_ name: String) { _ = state.withLock { $0.refused.insert(name) } }
+    /// Calls named `name` succeed again.
+    func allow(_ name: String) { _ = state.withLock { $0.refused.remove(name) } }
+    /// Every assign of `gsi` fails with EIO until `allowAssign(gsi)`.
+    func refuseAssign(_ gsi: UInt32) { _ = state.withLock { $0.refusedAssigns.insert(gsi) } }
+    /// Assigns of `gsi` succeed again.
+    func allowAssign(_ gsi: UInt32) { _ = state.withLock { $0.refusedAssigns.remove(gsi) } }
+    /// Calls named `name` attempted so far, refused or not.
+    func attempts(_ name: String) -> Int { state.withLock { $0.attempts[name, default: 0] } }
 
     private func record(_ call: Call, name: String) throws(IrqFdError) {
         try state.withLock { (s) throws(IrqFdError) in
+            s.attempts[name, default: 0] += 1
             if s.failNext == name {
                 s.failNext = nil
                 throw .call(name, .ioError)
             }
+            if s.refused.contains(name) { throw .call(name, .ioError) }
+            if case .assign(let gsi) = call, s.refusedAssigns.contains(gsi) { throw .call(name, .ioError) }
             s.calls.append(call)
             switch call {
             case .push(let t): s.table = t

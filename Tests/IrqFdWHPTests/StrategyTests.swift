@@ -4,6 +4,7 @@ import IrqFdCore
 import IrqFdKVM
 import IrqFdWHP
 import KVM
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM

@@ -11,12 +11,13 @@ import TinyVM
 import VhostUser
 import Virtio
 
-// The vhost-user backend dies (SIGKILL, as a
-// crash) during setup, with requests in flight, while a vector is masked, and
-// while idle. The device notices (at once when idle: its watcher polls the
-// socket for a hang-up), sets DEVICE_NEEDS_RESET, sets ISR bit 1 and raises
-// msix_config through the MSI-X emulator; a reset reconnects to the restarted
-// backend and the re-initialised device serves requests with the right data.
+// The vhost-user backend dies (SIGKILL, as a crash) during setup, with
+// requests in flight, while a vector is masked, and while idle. The device
+// notices (at once when idle: its watcher polls the socket for a hang-up),
+// sets DEVICE_NEEDS_RESET, sets ISR bit 1 and raises msix_config through the
+// MSI-X emulator (virtio 1.2 §2.1.2, §4.1.4.5); a reset reconnects to the
+// restarted backend and the re-initialised device serves requests with the
+// right data.
 
 /// The backends these tests kill: the embedded one when built, and
 /// qemu-storage-daemon when installed (else its cases are not generated and
@@ -28,36 +29,21 @@ let deathQSDInstalled = Testing.ConditionTrait.enabled(
     if: VhostUserBackendProcess.qemuStorageDaemonPath() != nil,
     "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)")
 
-/// A raw image whose byte i is `DeathImage.byte(i)`, in a private directory
-/// that also holds the backend's socket; removed at deinit.
-final class DeathImage {
-    let directory: String
-    let path: String
-    let sectors: Int
-    static func byte(_ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: i / 512 &* 29 &+ i % 253 &+ 3) }
-
-    init(sectors: Int = 64) throws {
-        var template = Array((NSTemporaryDirectory() + "irqfd-death-XXXXXX").utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else { throw TestFailure("mkdtemp failed") }
-        directory = String(cString: made)
-        path = directory + "/disk.img"
-        self.sectors = sectors
-        let bytes = (0..<(sectors * 512)).map(Self.byte)
-        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else { throw TestFailure("cannot create \(path)") }
-    }
-    deinit { try? FileManager.default.removeItem(atPath: directory) }
-    func sector(_ s: Int) -> [UInt8] { (s * 512..<(s * 512 + 512)).map(Self.byte) }
+/// The death tests' image: byte i is `deathPattern(i)`, a pattern with no
+/// two equal sectors, so a reply with the wrong sector's data shows.
+func deathImage(sectors: Int = 64) throws -> TestImage {
+    try TestImage(sectors: sectors) { i in UInt8(truncatingIfNeeded: i / 512 &* 29 &+ i % 253 &+ 3) }
 }
 
 /// A backend that can be killed and started again on the same socket path.
 final class KillableBackend {
     let kind: VhostUserBackendProcess.Kind
-    let image: DeathImage
+    let image: TestImage
     var socketPath: String { image.directory + "/blk.sock" }
     private(set) var process: VhostUserBackendProcess
     private(set) var starts = 0
 
-    init(_ kind: VhostUserBackendProcess.Kind, image: DeathImage) throws {
+    init(_ kind: VhostUserBackendProcess.Kind, image: TestImage) throws {
         self.kind = kind
         self.image = image
         process = try VhostUserBackendProcess.start(kind, image: image.path, socketPath: image.directory + "/blk.sock")
@@ -218,7 +204,7 @@ struct DeathDriver {
     /// waits on the call fds with `.userspace`).
     @Test(arguments: deathBackends, InterruptDelivery.allCases)
     func anIdleDeviceNoticesItsBackendDieAndRaisesTheConfigVector(kind: VhostUserBackendProcess.Kind, delivery: InterruptDelivery) throws {
-        let image = try DeathImage()
+        let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
         let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath, delivery: delivery)
@@ -268,7 +254,7 @@ struct DeathDriver {
         #expect(eventually { driver.used == 4 })
         for i in 0..<4 {
             #expect(driver.statusByte(i) == 0)
-            let right = vm.memory.bytes(at: DeathDriver.buffer(i), count: 512) == image.sector(8 + i)
+            let right = vm.memory.bytes(at: DeathDriver.buffer(i), count: 512) == image.filled(sector: 8 + i)
             #expect(right, "request \(i): the image's bytes")
         }
         #expect(device.reconnectCount == 1)
@@ -299,8 +285,8 @@ struct DeathDriver {
     func aHundredKillsAtRandomPointsThenReconnectsLeakNothing(kind: VhostUserBackendProcess.Kind) throws {
         let cycles = environmentCount("IRQFD_DEATH_CYCLES", default: 100)
         let seed = announcedSeed("IRQFD_DEATH_SEED", for: "backend death (\(kind.rawValue))")
-        var random = SeededGenerator(seed: seed)
-        let image = try DeathImage()
+        var random = SplitMix64(seed: seed)
+        let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
         let freeBefore = vm.irqfd.freeGsiCount
@@ -360,7 +346,7 @@ struct DeathDriver {
                 #expect(eventually { driver.used == 4 }, "cycle \(cycle): requests after reconnect")
                 for i in 0..<4 {
                     #expect(driver.statusByte(i) == 0, "cycle \(cycle) request \(i)")
-                    let right = vm.memory.bytes(at: DeathDriver.buffer(i), count: 512) == image.sector(first + i)
+                    let right = vm.memory.bytes(at: DeathDriver.buffer(i), count: 512) == image.filled(sector: first + i)
                     #expect(right, "cycle \(cycle) request \(i): the image's bytes")
                 }
                 // The dead connection's socket and the watcher's copy (closed by its thread) are gone.
@@ -399,7 +385,7 @@ struct DeathDriver {
     /// completes with status 0 and the image's bytes, and the guest exits 0.
     @Test(arguments: deathBackends)
     func theGuestTakesTheConfigInterruptSeesNeedsResetAndReinitialisesAgainstARestartedBackend(kind: VhostUserBackendProcess.Kind) throws {
-        let image = try DeathImage()
+        let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
         let device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath)
@@ -464,7 +450,7 @@ struct DeathDriver {
         #expect(m.read32(at: L.completed) == 16)
         #expect(m.read32(at: L.failed) == 0)
         for j in 0..<16 {
-            let right = m.bytes(at: L.buffer(queue: 0, request: j), count: 512) == image.sector(j)
+            let right = m.bytes(at: L.buffer(queue: 0, request: j), count: 512) == image.filled(sector: j)
             #expect(right, "request \(j): the image's bytes")
         }
         #expect(recoveries() >= 3)
@@ -505,7 +491,7 @@ final class GatedLog: Sendable {
     /// device's descriptors close at once, not after the 5 s wait.
     @Test(arguments: deathBackends)
     func aDeviceWhoseLastReferenceGoesOnItsWatcherThreadClosesItsDescriptorsAtOnce(_ kind: VhostUserBackendProcess.Kind) throws {
-        let image = try DeathImage()
+        let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
         let log = GatedLog()

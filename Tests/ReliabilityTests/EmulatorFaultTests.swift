@@ -3,6 +3,7 @@ import Foundation
 import IrqFdCore
 import MSIX
 import SystemPackage
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -32,6 +33,8 @@ struct Function {
     }
     /// The message the table holds for `v`.
     func message(_ v: Int) -> MsiMessage { emulator.entry(v).message }
+    /// The vectors' routes made so far.
+    var routes: [any InspectableRoute] { (0..<Self.vectors).compactMap { emulator.route($0) as? any InspectableRoute } }
 }
 
 /// One emulator operation under attack (a guest write that makes route calls).
@@ -166,9 +169,11 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
                     #expect(f.emulator.lastRouteError == nil, "\(label): a drop's failure is nobody's error")
                 }
                 verifyEmulator(f, guest, label)
+                #expect(target.invariantViolations(f.routes).isEmpty, "\(label): \(target.invariantViolations(f.routes))")
                 // The guest repeats the write; nothing fails now.
                 scenario.operation(f, saved)
                 verifyEmulator(f, guest, "\(label), then repeated")
+                #expect(target.invariantViolations(f.routes).isEmpty, "\(label), then repeated: \(target.invariantViolations(f.routes))")
                 f.emulator.reset()
             }
         }

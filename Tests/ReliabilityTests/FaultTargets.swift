@@ -8,6 +8,7 @@ import KVM
 import KVMFaultInjection
 import Synchronization
 import SystemPackage
+import KVMTestSupport
 import TestSupport
 import TinyVM
 
@@ -17,10 +18,15 @@ protocol InspectableRoute: IrqFdRoute {
     var msi: MsiMessage? { get }
     var isArmed: Bool { get }
     var isMasked: Bool { get }
+    /// Whether an interim relay delivers the route's signals (a coalescing partition).
+    var isServed: Bool { get }
 }
 
 extension RoutedIrqFdRoute: InspectableRoute {}
-extension RelayIrqFdRoute: InspectableRoute {}
+extension RelayIrqFdRoute: InspectableRoute {
+    /// A relay route is the relay: it is armed, never served by another.
+    var isServed: Bool { false }
+}
 
 /// A route's observable state.
 struct RouteSnapshot: Equatable, CustomStringConvertible {
@@ -63,6 +69,10 @@ protocol FaultTarget: AnyObject {
     func wantedTable(_ routes: [any InspectableRoute]) -> [RoutingEntry]?
     /// GSIs still free (nil: the backend has none).
     var freeGsis: Int? { get }
+    /// The routes of the partition that break the invariant every route
+    /// operation keeps (live for its owner: armed or served, never both;
+    /// otherwise neither), described; empty when all hold.
+    func invariantViolations(_ routes: [any InspectableRoute]) -> [String]
 }
 
 /// The KVM backend, failed through `VirtualMachine.faults` (by ioctl name).
@@ -73,7 +83,8 @@ final class KVMTarget: FaultTarget {
         irqfd = guest.vm.irqfd
         vm = guest.vm.vm
     }
-    var name: String { "KVM irqfd" }
+    var name: String { irqfd.coalescesDeferredChanges ? "KVM irqfd, coalescing" : "KVM irqfd" }
+    func invariantViolations(_ routes: [any InspectableRoute]) -> [String] { irqfd.invariantViolations() }
     var partition: any IrqFd { irqfd }
     func newRoute() throws(IrqFdError) -> any InspectableRoute { try irqfd.newRoute() }
     func batch(_ body: () throws(IrqFdError) -> Void) throws(IrqFdError) { try irqfd.withBatch(body) }
@@ -83,7 +94,12 @@ final class KVMTarget: FaultTarget {
         let c = vm.counters.snapshot
         return ["KVM_SET_GSI_ROUTING": c.routingPushes, "KVM_IRQFD": c.irqfdAssigns + c.irqfdDeassigns]
     }
-    var pushedTable: [RoutingEntry]? { irqfd.pushedEntries }
+    /// On a coalescing partition, once the drops still waiting (a dropped route's removal joins the next
+    /// coalesced commit) are committed.
+    var pushedTable: [RoutingEntry]? {
+        if irqfd.coalescesDeferredChanges { irqfd.commitNow() }
+        return irqfd.pushedEntries
+    }
     func wantedTable(_ routes: [any InspectableRoute]) -> [RoutingEntry]? {
         routes.compactMap { route -> RoutingEntry? in
             guard let kvm = route as? KVMIrqFdRoute, let msi = kvm.msi else { return nil }
@@ -147,6 +163,10 @@ final class RelayTarget: FaultTarget {
             makeEvent: { () throws(IrqFdError) -> any Event in try EventFD() })
     }
     var name: String { "relay" }
+    /// A relay route has no table to wait for: it must be armed (watched) only when unmasked with an MSI.
+    func invariantViolations(_ routes: [any InspectableRoute]) -> [String] {
+        routes.filter { $0.isArmed && ($0.msi == nil || $0.isMasked) }.map { "\(RouteSnapshot($0)) is armed" }
+    }
     var partition: any IrqFd { relay }
     func newRoute() throws(IrqFdError) -> any InspectableRoute { try relay.newRoute() }
     func batch(_ body: () throws(IrqFdError) -> Void) throws(IrqFdError) { try relay.withBatch(body) }

@@ -2,6 +2,7 @@
 import Foundation
 import IrqFdCore
 import MSIX
+import KVMTestSupport
 import PCI
 import TestSupport
 import Testing
@@ -112,7 +113,7 @@ final class FuzzRig {
     /// `steps` random accesses from `seed`; returns `steps`. Checks the
     /// emulator's invariants after each.
     func fuzz(seed: UInt64, steps: Int) -> Int {
-        var random = SeededGenerator(seed: seed)
+        var random = SplitMix64(seed: seed)
         for step in 0..<steps {
             let what = Int.random(in: 0..<100, using: &random)
             switch what {
@@ -152,7 +153,7 @@ final class FuzzRig {
     }
 
     /// An MMIO access of 1 to 8 bytes at any address in or around the BARs.
-    private func mmio(_ random: inout SeededGenerator) {
+    private func mmio(_ random: inout SplitMix64) {
         let base = Bool.random(using: &random) ? MsixTestDevice.registersBase : MsixTestDevice.msixBase
         let span = base == MsixTestDevice.registersBase ? MsixTestDevice.registersSize : MsixTestDevice.msixSize
         var address = base &+ UInt64.random(in: 0..<span + 64, using: &random) &- 32
@@ -175,7 +176,7 @@ final class FuzzRig {
     }
 
     /// A configuration access through 0xCF8/0xCFC as a guest makes it.
-    private func configThroughPorts(_ random: inout SeededGenerator) {
+    private func configThroughPorts(_ random: inout SplitMix64) {
         let bus = vm.pci
         let port = UInt16.random(in: PCIBus.ports, using: &random)
         let size = [1, 2, 4, 3][Int.random(in: 0..<4, using: &random)]
@@ -194,7 +195,7 @@ final class FuzzRig {
     }
 
     /// A configuration access handed straight to the device, any offset and size.
-    private func configDirect(_ random: inout SeededGenerator) {
+    private func configDirect(_ random: inout SplitMix64) {
         let offset = Int.random(in: -8...300, using: &random)
         let size = Int.random(in: 0...8, using: &random)
         if Bool.random(using: &random) {
@@ -205,7 +206,7 @@ final class FuzzRig {
     }
 
     /// The emulator's entry points with any offset, size and BAR.
-    private func emulatorDirect(_ random: inout SeededGenerator) {
+    private func emulatorDirect(_ random: inout SplitMix64) {
         let emulator = device.emulator
         let offset = Bool.random(using: &random) ? UInt64.random(in: 0..<0x200, using: &random) : random.next()
         let size = Int.random(in: 0...16, using: &random)
@@ -288,7 +289,7 @@ final class FuzzRig {
     }
 }
 
-extension SeededGenerator {
+extension SplitMix64 {
     mutating func next32() -> UInt32 { UInt32(truncatingIfNeeded: next()) }
 }
 #endif

@@ -7,6 +7,7 @@ import IrqFdCore
 import IrqFdKVM
 import IrqFdRelay
 import Synchronization
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -120,7 +121,7 @@ struct Holdings: CustomStringConvertible {
         let failures = Mutex<[IrqFdError]>([])
         let perThread = operations / threads
         DispatchQueue.concurrentPerform(iterations: threads) { index in
-            var random = SeededGenerator(seed: seed &+ UInt64(index) &* 0x9E37_79B9)
+            var random = SplitMix64(seed: seed &+ UInt64(index) &* 0x9E37_79B9)
             for _ in 0..<perThread {
                 let slot = Int.random(in: 0..<Self.slots, using: &random)
                 let choice = Int.random(in: 0..<100, using: &random)

@@ -8,6 +8,7 @@ import IrqFdRouting
 import KVM
 import KVMFaultInjection
 import SystemPackage
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM

@@ -5,6 +5,7 @@ import IrqFdCore
 import MSIX
 import PCI
 import Synchronization
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -170,7 +171,7 @@ final class SequenceDevice: Sendable {
         let memory = rig.vm.memory
         let emulator = rig.device.emulator
         let thread = Thread { [self] in
-            var random = SeededGenerator(seed: seed)
+            var random = SplitMix64(seed: seed)
             var sequence = from
             for _ in 0..<signals {
                 let i = Int.random(in: 0..<StressRig.vectors, using: &random)
@@ -203,7 +204,7 @@ final class SequenceDevice: Sendable {
     @Test(arguments: InterruptDelivery.allCases)
     func noInterruptIsLostAndNoneArrivesWhileMasked(_ delivery: InterruptDelivery) throws {
         let seed = announcedSeed("IRQFD_STRESS_SEED", for: "lossless stress (\(delivery))")
-        var random = SeededGenerator(seed: seed)
+        var random = SplitMix64(seed: seed)
         let rig = try StressRig(delivery: delivery)
         let start = ContinuousClock.now
         var operations = [String: Int]()

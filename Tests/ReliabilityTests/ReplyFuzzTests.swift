@@ -2,10 +2,11 @@
 import CVhostUser
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 import VhostUser
 
-// Reliability item 4 (issue 10), the backend side: the frontend's reply
+// Fuzzing, the backend side (TinyVM's Reliability article): the frontend's reply
 // parser against a kept corpus (Corpus/vhost-user-replies.txt: each entry
 // must be accepted or refused exactly as it says), then seeded mutations of
 // it (bit flips, byte and size rewrites, truncations, extensions, splices,
@@ -84,7 +85,7 @@ struct ReplyCase: CustomStringConvertible {
     }
 
     /// A seeded mutation of this case (and sometimes of `other`).
-    func mutated(_ r: inout SeededGenerator, other: ReplyCase) -> ReplyCase {
+    func mutated(_ r: inout SplitMix64, other: ReplyCase) -> ReplyCase {
         var next = self
         next.note = "mutated"
         for _ in 0..<(1 + r.next() % 3) {
@@ -148,7 +149,7 @@ final class ReplayingPeer: @unchecked Sendable {
                     _ = recv(connection, &payload, size, Int32(MSG_WAITALL))
                 }
                 let fds = (0..<reply.descriptors).map { _ in vhost_user_eventfd() }
-                defer { fds.forEach { close($0) } }
+                defer { for fd in fds { close(fd) } }
                 if reply.bytes.isEmpty {
                     if !fds.isEmpty { var byte: UInt8 = 0; _ = fds.withUnsafeBufferPointer { vhost_user_sendmsg(connection, &byte, 0, $0.baseAddress, Int32($0.count)) } }
                 } else {
@@ -184,7 +185,7 @@ final class ReplayingPeer: @unchecked Sendable {
         let corpus = try ReplyCase.load()
         let seed = announcedSeed("IRQFD_FUZZ_SEED", for: "vhost-user reply fuzz")
         let count = environmentCount("IRQFD_FUZZ_REPLIES", default: 100_000)
-        var r = SeededGenerator(seed: seed)
+        var r = SplitMix64(seed: seed)
         var accepted = 0
         let start = ContinuousClock.now
         for index in 0..<count {
@@ -204,7 +205,7 @@ final class ReplayingPeer: @unchecked Sendable {
         let corpus = try ReplyCase.load().filter { $0.request == .getFeatures }
         let seed = announcedSeed("IRQFD_FUZZ_SEED", for: "vhost-user frontend reply fuzz")
         let count = environmentCount("IRQFD_FUZZ_SOCKET_REPLIES", default: 400)
-        var r = SeededGenerator(seed: seed)
+        var r = SplitMix64(seed: seed)
         var inputs: [ReplyCase] = []
         var replies: [(bytes: [UInt8], descriptors: Int, hang: Bool)] = []
         for _ in 0..<count {

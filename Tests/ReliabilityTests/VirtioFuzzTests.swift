@@ -7,7 +7,7 @@ import TinyVM
 import VhostUser
 import Virtio
 
-// Reliability item 4 (issue 10), the guest side: seeded random MMIO and
+// Fuzzing, the guest side (TinyVM's Reliability article): seeded random MMIO and
 // configuration accesses of every width at random offsets into the
 // virtio-blk device's entry points (BAR4 common/ISR/device/notify, BAR1
 // MSI-X table and PBA, PCI configuration with the MSI-X capability), driving
@@ -136,7 +136,7 @@ final class VirtioDeviceFuzzer {
     }
 
     /// A ring address: usually aligned inside RAM, sometimes anything.
-    func ringAddress(_ r: inout SeededGenerator) -> UInt64 {
+    func ringAddress(_ r: inout SplitMix64) -> UInt64 {
         switch r.next() % 4 {
         case 0: r.next()
         case 1: UInt64(vm.memory.size) - UInt64(r.next() % 64) * 16
@@ -144,7 +144,7 @@ final class VirtioDeviceFuzzer {
         }
     }
 
-    func step(_ r: inout SeededGenerator) {
+    func step(_ r: inout SplitMix64) {
         let width = Self.widths[Int(r.next() % 4)]
         let common = VirtioBlkDevice.virtioBase
         func commonWrite(_ offset: UInt64, _ size: Int, _ value: UInt64) { device.write(address: common + offset, size: size, value: value) }
@@ -226,7 +226,7 @@ final class VirtioDeviceFuzzer {
 
     /// Runs `steps` accesses from `seed`; returns the first incoherence, if any.
     func fuzz(seed: UInt64, steps: Int) -> String? {
-        var r = SeededGenerator(seed: seed)
+        var r = SplitMix64(seed: seed)
         for index in 0..<steps {
             step(&r)
             if index % 64 == 0, let why = incoherence() { return "step \(index): \(why)" }

@@ -19,7 +19,8 @@ import Virtio
 ///
 /// The "masked" word and the masking are ordered so that a handler run the
 /// guest counts as "while masked" is exactly a run that started after the
-/// host took the vector dead:
+/// host took the vector dead (PCI Local Bus 3.0 §6.8.2: a masked vector sends
+/// no message, so none may run after the mask is in place):
 /// - Taking vector v dead (entry mask, function mask, bus master off, when v
 ///   was live): the write first (after it returns no route injects v: KVM
 ///   irqfd deassigned, the relay's route masked, the userspace path checks
@@ -151,7 +152,7 @@ final class VirtioStressRig {
     }
 
     /// Lowers the flags of the vectors `change` brings live, then `write`s.
-    private func goLive(_ change: () -> Void, _ write: () -> Void) {
+    private func goLive(_ change: () -> Void, then write: () -> Void) {
         let dead = (0..<Self.vectors).filter { !isLive($0) }
         change()
         let coming = dead.filter(isLive)
@@ -169,7 +170,7 @@ final class VirtioStressRig {
 
     func unmask(_ v: Int) {
         guard entryMasked[v] else { return }
-        goLive({ entryMasked[v] = false }) { writeEntry(v, 3, 0) }
+        goLive({ entryMasked[v] = false }, then: { writeEntry(v, 3, 0) })
     }
 
     private var control: UInt32 { 0x8000 | (functionMasked ? 0x4000 : 0) }
@@ -183,7 +184,7 @@ final class VirtioStressRig {
 
     func unmaskFunction() {
         guard functionMasked else { return }
-        goLive({ functionMasked = false }) { device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: control) }
+        goLive({ functionMasked = false }, then: { device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: control) })
     }
 
     /// PCI command register: memory space (bit 1) always, bus master (bit 2) as asked.
@@ -191,7 +192,7 @@ final class VirtioStressRig {
         guard busMasterOff == on else { return }
         let command: UInt32 = on ? 0x0006 : 0x0002
         if on {
-            goLive({ busMasterOff = false }) { device.configWrite(offset: 0x04, size: 2, value: command) }
+            goLive({ busMasterOff = false }, then: { device.configWrite(offset: 0x04, size: 2, value: command) })
         } else {
             let live = (0..<Self.vectors).filter(isLive)
             busMasterOff = true
@@ -247,7 +248,7 @@ final class VirtioStressRig {
     }
 }
 
-/// Many virtio-blk requests in flight against a real
+/// Lossless under load: many virtio-blk requests in flight against a real
 /// vhost-user backend while the host masks, unmasks, function-masks, clears
 /// bus mastering, retargets and re-vectors the queue's vector at random
 /// (seeded): the guest accounts for every completion exactly once (each
@@ -287,7 +288,7 @@ final class VirtioStressRig {
     func stress(_ kind: DiskBackendKind, _ delivery: InterruptDelivery, requests: Int) throws {
         let what = "virtio-blk lossless under load (\(kind), \(delivery))"
         let seed = announcedSeed("IRQFD_VHOST_LOSSLESS_SEED", for: what)
-        var random = SeededGenerator(seed: seed)
+        var random = SplitMix64(seed: seed)
         let rig = try VirtioStressRig(kind: kind, delivery: delivery, total: requests, inFlight: Self.inFlight)
         let start = ContinuousClock.now
         var operations = [String: Int]()

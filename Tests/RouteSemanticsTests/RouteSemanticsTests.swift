@@ -5,6 +5,7 @@ import IrqFdKVM
 import IrqFdRelay
 import IrqFdWHP
 import KVM
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -53,7 +54,7 @@ final class Partition {
     }
 }
 
-/// The route semantics of DESIGN.md's twelve rules, written once and run
+/// The route semantics of the twelve rules (IrqFdCore's TheTwelveRules article), written once and run
 /// against every backend that runs here, each ending in a real guest's
 /// interrupt handler (or its absence).
 @Suite(needsKVM) struct RouteSemanticsTests {

@@ -2,6 +2,7 @@
 import Foundation
 import IrqFdCore
 import IrqFdLinux
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM

@@ -2,6 +2,7 @@
 import Foundation
 import IrqFdCore
 import IrqFdLinux
+import KVMTestSupport
 import KVM
 import KVMFaultInjection
 import MSIX

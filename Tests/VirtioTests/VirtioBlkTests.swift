@@ -17,22 +17,6 @@ let qsdInstalled = Testing.ConditionTrait.enabled(
     if: DiskBackendKind.qemuStorageDaemonPath != nil,
     "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)")
 
-/// A raw image in a private temporary file, removed at deinit.
-final class TestImage {
-    let path: String
-    init(sectors: Int, fill: (Int) -> UInt8 = { _ in 0 }) throws {
-        path = NSTemporaryDirectory() + "irqfd-virtio-\(UUID().uuidString).img"
-        var bytes = [UInt8](repeating: 0, count: sectors * 512)
-        for i in bytes.indices { bytes[i] = fill(i) }
-        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else { throw TestFailure("cannot create \(path)") }
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func sector(_ s: Int) throws -> [UInt8] {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        return [UInt8](data[(s * 512)..<(s * 512 + 512)])
-    }
-}
-
 /// A VM with the virtio-blk device served by `backend`, running the driver guest.
 final class BlkGuest {
     let image: TestImage

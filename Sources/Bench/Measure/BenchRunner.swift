@@ -35,7 +35,7 @@ public struct BenchOptions: Sendable {
         case mask
         /// Route creation/release rates and memory per route.
         case lifecycle
-        /// virtio-blk requests through a vhost-user back-end (issue 10): latency, throughput, mask + unmask.
+        /// virtio-blk requests through a vhost-user back-end: latency, throughput, mask + unmask.
         case vhostUser = "vhost-user"
         /// MSI-X bring-up and first interrupts, driven by a real guest (`msix_bring_up`, `first_interrupt`).
         case msix
@@ -174,12 +174,12 @@ public final class BenchRunner {
         return bench_floor_now_ns() - start
     }
 
-    private func pause(_ nanoseconds: UInt64) {
+    func pause(_ nanoseconds: UInt64) {
         let until = bench_floor_now_ns() + nanoseconds
         while bench_floor_now_ns() < until {}
     }
 
-    /// Latency per path, paired with its floor (issue 11, item 4): each round
+    /// Latency per path, paired with its floor: each round
     /// takes `roundSamples` samples of every path, interleaved sample by sample
     /// (path order rotating from round to round), so a slow spell of the
     /// machine lands on a path and its floor alike. A path's ratio to its floor
@@ -300,9 +300,9 @@ public final class BenchRunner {
         return results
     }
 
-    // MARK: - Route programming
+    // MARK: - Helpers shared by the sections
 
-    private static func median(_ values: [Double]) -> Double {
+    static func median(_ values: [Double]) -> Double {
         guard !values.isEmpty else { return 0 }
         let sorted = values.sorted()
         return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
@@ -315,183 +315,12 @@ public final class BenchRunner {
     /// its clock right after the sleep pays the wake-up: the C floors allocate
     /// their table before starting theirs, so the library paid it alone (a
     /// constant 40 µs, 1.7x at N = 1, in an earlier run).
-    private func settle() {
+    func settle() {
         usleep(5000)
         pause(200_000)
     }
 
-    private func elapsedUs(since start: UInt64) -> Double { Double(bench_floor_now_ns() - start) / 1000 }
-
-    private static func programMessage(_ i: Int, generation: Int) -> MsiMessage {
-        MsiMessage(destination: 0, vector: UInt8(0x80 + (i + generation) % 64))
-    }
-
-    private func measureProgramming(_ guest: TinyVM) throws(BenchError) -> [BenchReport.Programming] {
-        let irqfd = guest.irqfd
-        let counters = guest.vm.counters
-        let vmfd = guest.vm.rawDescriptor
-        let sizes = options.programmingSizes + [irqfd.gsiCapacity]
-        var results: [BenchReport.Programming] = []
-        for n in sizes {
-            // Library and C alternate within each repetition, so a slow spell of
-            // the machine (KVM_SET_GSI_ROUTING waits for an SRCU grace period,
-            // which here sometimes takes a 4 ms tick) lands on both alike.
-            // The target's N gets at least 3 rounds even in a quick run, so its
-            // paired ratios (retarget, drop, deferred) have an interval.
-            let reps = n >= 1024 ? (n == Targets.programmingN ? max(3, options.programmingRepetitions) : options.programmingRepetitions) : options.programmingRepetitions * 3
-            var batched: [Double] = [], retarget: [Double] = [], drop: [Double] = []
-            var oneByOne: [Double] = [], rawPush: [Double] = [], rawProgram: [Double] = []
-            var dropFloor: [Double] = [], deferred: [Double] = [], deferredFloor: [Double] = [], deferredArmFloor: [Double] = []
-            var deferredServedFloor: [Double] = []
-            var deferredFloorFailure: Int32 = 0
-            var deferredPushes = 0
-            var batchedPushes = 0, retargetPushes = 0, dropPushes = 0, oneByOnePushes = 0
-            var routes: [KVMIrqFdRoute] = []
-            routes.reserveCapacity(n)
-            let m = Self.programMessage(0, generation: 0)
-            for rep in 0..<reps {
-                progress("route programming: N = \(n), repetition \(rep + 1)/\(reps)")
-                var ns: UInt64 = 0
-                settle()
-                let p = bench_floor_program(vmfd, 24, UInt32(n), m.address, m.data, &ns)
-                guard p == 0 else { throw .floor("programming \(n) routes", p) }
-                rawProgram.append(Double(ns) / 1000)
-                var rawFailure: Int32 = 0
-                do throws(IrqFdError) {
-                    settle()
-                    var before = counters.snapshot
-                    var start = bench_floor_now_ns()
-                    try irqfd.withBatch { () throws(IrqFdError) in
-                        for i in 0..<n {
-                            let route = try irqfd.newRoute()
-                            try route.setMsi(Self.programMessage(i, generation: 0))
-                            routes.append(route)
-                        }
-                    }
-                    batched.append(elapsedUs(since: start))
-                    batchedPushes = (counters.snapshot - before).routingPushes
-
-                    for generation in 1...2 {
-                        // Paired: a retarget and a raw push each round, the first going
-                        // first in one round and second in the next, so neither side
-                        // always inherits the other's deferred kernel work.
-                        // The floor's push replaces the table with entries the library does
-                        // not know; the library's next push puts its whole kept table back.
-                        func raw() {
-                            settle()
-                            let r = bench_floor_push_n(vmfd, 24, UInt32(n), m.address, m.data, &ns)
-                            if r != 0 { rawFailure = r }
-                            rawPush.append(Double(ns) / 1000)
-                        }
-                        if (rep + generation) % 2 == 0 { raw() }
-                        settle()
-                        before = counters.snapshot
-                        start = bench_floor_now_ns()
-                        try irqfd.withBatch { () throws(IrqFdError) in
-                            for (i, route) in routes.enumerated() { try route.setMsi(Self.programMessage(i, generation: generation)) }
-                        }
-                        retarget.append(elapsedUs(since: start))
-                        retargetPushes = (counters.snapshot - before).routingPushes
-                        if (rep + generation) % 2 == 1 { raw() }
-                    }
-
-                    settle()
-                    before = counters.snapshot
-                    start = bench_floor_now_ns()
-                    try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll(keepingCapacity: true) }
-                    drop.append(elapsedUs(since: start))
-                    dropPushes = (counters.snapshot - before).routingPushes
-                    // Its floor, right after (paired): the same drop in C.
-                    settle()
-                    let d = bench_floor_drop(vmfd, 24, UInt32(n), m.address, m.data, &ns)
-                    if d != 0 { rawFailure = d }
-                    dropFloor.append(Double(ns) / 1000)
-                } catch { throw .library("programming \(n) routes", error) }
-                guard rawFailure == 0 else { throw .floor("KVM_SET_GSI_ROUTING of \(n) entries", rawFailure) }
-            }
-            // One by one: N pushes of a growing table, so once is enough for big N.
-            let oneByOneReps = n >= 1024 ? 1 : options.programmingRepetitions
-            for rep in 0..<oneByOneReps {
-                progress("route programming: N = \(n), one by one, repetition \(rep + 1)/\(oneByOneReps)")
-                do throws(IrqFdError) {
-                    let before = counters.snapshot
-                    let start = bench_floor_now_ns()
-                    for i in 0..<n {
-                        let route = try irqfd.newRoute()
-                        try route.setMsi(Self.programMessage(i, generation: 0))
-                        routes.append(route)
-                    }
-                    oneByOne.append(elapsedUs(since: start))
-                    oneByOnePushes = (counters.snapshot - before).routingPushes
-                    try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll(keepingCapacity: true) }
-                } catch { throw .library("programming \(n) routes one by one", error) }
-            }
-            // Deferred one by one: a coalescing partition on the same VM (its pushes
-            // replace the table while it works; the main partition holds no routes now
-            // and its next push restores its own entries).
-            do throws(IrqFdError) {
-                let relay = try RelayIrqFd(vm: guest.vm)
-                let coalescing = KVMIrqFd(
-                    kernel: try KVMRoutingKernel(vm: guest.vm),
-                    coalescing: .init(interim: relay, timer: ThreadCommitTimer(), delay: .milliseconds(2)))
-                var deferredRoutes: [KVMIrqFdRoute] = []
-                for _ in 0..<n { deferredRoutes.append(try coalescing.newRoute()) }
-                for rep in 0..<max(n == Targets.programmingN ? 3 : 1, options.programmingRepetitions / 2) {
-                    progress("route programming: N = \(n), deferred one by one, repetition \(rep + 1)")
-                    // Its floor, paired: one raw push of N before each round.
-                    settle()
-                    var ns: UInt64 = 0
-                    let r = bench_floor_push_n(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
-                    if r != 0 { deferredFloorFailure = r }
-                    deferredFloor.append(Double(ns) / 1000)
-                    // And the least a C VMM does here: one push and N KVM_IRQFD assigns.
-                    settle()
-                    let a = bench_floor_arm(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
-                    if a != 0 { deferredFloorFailure = a }
-                    deferredArmFloor.append(Double(ns) / 1000)
-                    // And the same served as the routing core serves it (epoll ADD while waiting, DEL before the arm).
-                    settle()
-                    let sv = bench_floor_arm_served(guest.vm.rawDescriptor, 24, UInt32(n), m.address, m.data, &ns)
-                    if sv != 0 { deferredFloorFailure = sv }
-                    deferredServedFloor.append(Double(ns) / 1000)
-                    settle()
-                    let before = counters.snapshot
-                    let start = bench_floor_now_ns()
-                    for (i, route) in deferredRoutes.enumerated() {
-                        try route.setMsiDeferred(Self.programMessage(i, generation: rep + 1))
-                    }
-                    coalescing.commitNow()
-                    // Every route armed (carried routes are armed on the timer's thread), checked
-                    // from the last back so that waiting costs few route locks.
-                    while coalescing.waitingEntryCount > 0 || !deferredRoutes.reversed().allSatisfy(\.isArmed) { usleep(50) }
-                    deferred.append(elapsedUs(since: start))
-                    deferredPushes = (counters.snapshot - before).routingPushes
-                    try coalescing.withBatch { () throws(IrqFdError) in for route in deferredRoutes { try route.clearMsi() } }
-                }
-                deferredRoutes.removeAll()
-            } catch { throw .library("programming \(n) routes deferred one by one", error) }
-            guard deferredFloorFailure == 0 else { throw .floor("KVM_SET_GSI_ROUTING of \(n) entries", deferredFloorFailure) }
-            results.append(
-                .init(
-                    routes: n, batchedUs: Self.median(batched), batchedPushes: batchedPushes,
-                    oneByOneUs: Self.median(oneByOne), oneByOnePushes: oneByOnePushes,
-                    rawPushUs: Self.median(rawPush), rawProgramUs: Self.median(rawProgram),
-                    retargetBatchedUs: Self.median(retarget), retargetPushes: retargetPushes,
-                    dropBatchedUs: Self.median(drop), dropPushes: dropPushes,
-                    retargetMinUs: retarget.min() ?? 0, rawPushMinUs: rawPush.min() ?? 0,
-                    repetitions: reps, dropFloorUs: Self.median(dropFloor), oneByOneDeferredUs: Self.median(deferred),
-                    oneByOneDeferredPushes: deferredPushes))
-            results[results.count - 1].retargetRatio = BenchReport.PairedRatio(path: retarget, floor: rawPush)
-            results[results.count - 1].dropRatio = BenchReport.PairedRatio(path: drop, floor: dropFloor)
-            results[results.count - 1].deferredRatio = BenchReport.PairedRatio(path: deferred, floor: deferredFloor)
-            results[results.count - 1].deferredRawPushUs = Self.median(deferredFloor)
-            results[results.count - 1].deferredArmFloorUs = Self.median(deferredArmFloor)
-            results[results.count - 1].deferredArmRatio = BenchReport.PairedRatio(path: deferred, floor: deferredArmFloor)
-            results[results.count - 1].deferredServedFloorUs = Self.median(deferredServedFloor)
-            results[results.count - 1].deferredServedRatio = BenchReport.PairedRatio(path: deferred, floor: deferredServedFloor)
-        }
-        return results
-    }
+    func elapsedUs(since start: UInt64) -> Double { Double(bench_floor_now_ns() - start) / 1000 }
 
     // MARK: - Mask + unmask
 
@@ -505,18 +334,12 @@ public final class BenchRunner {
             try route.setMsi(MsiMessage(destination: 0, vector: 0x90))
         } catch { throw .library("mask/unmask route", error) }
         // The floor's eventfd on its own GSI, its entry pushed next to the library's.
-        let rawGsi = UInt32(gsiLimit - 1)
-        let efd = bench_floor_eventfd()
-        guard efd >= 0 else { throw .floor("eventfd", efd) }
-        defer { bench_floor_close(efd) }
-        let m = MsiMessage(destination: 0, vector: 0x91)
-        var entries = irqfd.pushedEntries.map { bench_floor_msi(gsi: $0.gsi, data: $0.msi.data, address: $0.msi.address) }
-        entries.append(bench_floor_msi(gsi: rawGsi, data: m.data, address: m.address))
-        let pushed = bench_floor_push(vmfd, entries, UInt32(entries.count), nil)
-        guard pushed == 0 else { throw .floor("KVM_SET_GSI_ROUTING", pushed) }
-        let assigned = bench_floor_irqfd(vmfd, efd, rawGsi, 0)
-        guard assigned == 0 else { throw .floor("KVM_IRQFD", assigned) }
-        defer { _ = bench_floor_irqfd(vmfd, efd, rawGsi, 1) }
+        let floor = try FloorIrqFd.arm(
+            vmfd: vmfd, gsi: UInt32(gsiLimit - 1), message: MsiMessage(destination: 0, vector: 0x91),
+            beside: irqfd.pushedEntries)
+        // Kept until the section returns: its deinit deassigns and closes the eventfd the cycles use.
+        defer { withExtendedLifetime(floor) {} }
+        let efd = floor.eventfd, rawGsi = floor.gsi
 
         let blocks = 20
         let perBlock = max(1, options.maskCycles / blocks)

@@ -9,7 +9,7 @@ import MSIX
 import Synchronization
 import TinyVM
 
-/// The MSI-X sections driven by a real guest (msix_bench.S, issue 11): the
+/// The MSI-X sections driven by a real guest (msix_bench.S): the
 /// guest's own configuration cycles and MMIO writes reach the PCI test
 /// device, one exit each, exactly as a driver's would.
 ///
@@ -124,7 +124,7 @@ extension BenchRunner {
         return results
     }
 
-    /// The targets issue 11 sets for the guest-driven bring-up: the paired
+    /// The targets of the guest-driven bring-up: the paired
     /// ratio's 95% upper end under 1.2x, and at most 8 pushes.
     static func msixTargets(_ report: BenchReport) -> [BenchReport.TargetCheck] {
         let linux = (report.msixBringUp ?? []).first { $0.partition == "coalescing" && $0.mode == "linux_order" }

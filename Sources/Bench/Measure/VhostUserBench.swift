@@ -371,7 +371,7 @@ final class VhostUserBench {
                 },
                 floor: LatencySummary(nanoseconds: floorAll), throughput: throughput, ratios: ratios)
             backends.append(result)
-            targets += Self.targets(result, raw: LatencySummary(nanoseconds: rawAll))
+            targets += Self.targets(result)
 
             if kind == .qemuStorageDaemon {
                 mask = try measureMask(disk: disks[irqfd], floor: floor)
@@ -385,8 +385,7 @@ final class VhostUserBench {
         var targetRatios: [BenchReport.NamedRatio] = []
         for b in backends {
             for (key, prefix) in [
-                ("irqfd_p50_over_budget", "irqfd p50 / (floor"), ("irqfd_over_userspace_p50", "irqfd p50 / userspace"),
-                ("irqfd_over_userspace_p99", "irqfd p99 / userspace"),
+                ("irqfd_over_userspace_p50", "irqfd p50 / userspace"), ("irqfd_over_userspace_p99", "irqfd p99 / userspace"),
             ] {
                 if let ratio = b.ratio(key), let target = targets.first(where: { $0.name.hasPrefix("vhost-user \(b.backend): \(prefix)") }) {
                     targetRatios.append(.init(name: target.name, ratio: ratio))
@@ -427,16 +426,13 @@ final class VhostUserBench {
         return checks
     }
 
-    /// The targets for one back-end.
-    static func targets(_ b: BenchReport.VhostUserBackend, raw: LatencySummary) -> [BenchReport.TargetCheck] {
+    /// The targets for one back-end: irqfd delivery beats userspace delivery
+    /// of the same requests, paired round by round. There is no absolute
+    /// latency target: a request's time is mostly the guest's own emulated
+    /// instructions and its notify write, which no floor here measures.
+    static func targets(_ b: BenchReport.VhostUserBackend) -> [BenchReport.TargetCheck] {
         var checks: [BenchReport.TargetCheck] = []
         let irqfd = b.latency(InterruptDelivery.irqfd.rawValue)?.latency, userspace = b.latency(InterruptDelivery.userspace.rawValue)?.latency
-        let budget = b.floor.p50Us + 1.2 * raw.p50Us
-        checks.append(.init(
-            name: "vhost-user \(b.backend): irqfd p50 / (floor p50 + 1.2 x raw irqfd p50)",
-            paired: b.ratio("irqfd_p50_over_budget"), limit: 1.0,
-            note: String(
-                format: "irqfd p50 %.1f µs against %.1f + 1.2 x %.1f = %.1f µs", irqfd?.p50Us ?? 0, b.floor.p50Us, raw.p50Us, budget)))
         for (name, key, value) in [("p50", "irqfd_over_userspace_p50", \LatencySummary.p50Us), ("p99", "irqfd_over_userspace_p99", \LatencySummary.p99Us)] {
             let a = irqfd?[keyPath: value] ?? 0, u = userspace?[keyPath: value] ?? 0
             checks.append(.init(
@@ -466,18 +462,12 @@ final class VhostUserBench {
 
         // The C floor's eventfd on the VM's last GSI, its MSI entry pushed next to the library's.
         let vm = disk.vm.vm, vmfd = vm.rawDescriptor
-        let rawGsi = UInt32(vm.checkExtension(.irqRouting) - 1)
-        let efd = bench_floor_eventfd()
-        guard efd >= 0 else { throw .floor("eventfd", efd) }
-        defer { bench_floor_close(efd) }
-        var entries = disk.vm.irqfd.pushedEntries.map { bench_floor_msi(gsi: $0.gsi, data: $0.msi.data, address: $0.msi.address) }
-        let m = MsiMessage(destination: 0, vector: 0x91)
-        entries.append(bench_floor_msi(gsi: rawGsi, data: m.data, address: m.address))
-        let pushed = bench_floor_push(vmfd, entries, UInt32(entries.count), nil)
-        guard pushed == 0 else { throw .floor("KVM_SET_GSI_ROUTING", pushed) }
-        let assigned = bench_floor_irqfd(vmfd, efd, rawGsi, 0)
-        guard assigned == 0 else { throw .floor("KVM_IRQFD", assigned) }
-        defer { _ = bench_floor_irqfd(vmfd, efd, rawGsi, 1) }
+        let floorRoute = try FloorIrqFd.arm(
+            vmfd: vmfd, gsi: UInt32(vm.checkExtension(.irqRouting) - 1), message: MsiMessage(destination: 0, vector: 0x91),
+            beside: disk.vm.irqfd.pushedEntries)
+        // Kept until the measurement returns: its deinit deassigns and closes the eventfd the cycles use.
+        defer { withExtendedLifetime(floorRoute) {} }
+        let efd = floorRoute.eventfd, rawGsi = floorRoute.gsi
 
         func oursCycle() {
             emulator.write(bar: 1, offset: control, size: 4, value: 1)

@@ -53,7 +53,7 @@ int bench_floor_irqfd(int vmfd, int efd, uint32_t gsi, int deassign);
 /// floor of mask + unmask). The eventfd must be assigned on entry; it is on return.
 int bench_floor_mask_cycles(int vmfd, int efd, uint32_t gsi, uint32_t cycles, uint64_t *elapsed_ns);
 
-/// The drop floor (issue 11): `count` routes made and armed as by
+/// The drop floor: `count` routes made and armed as by
 /// bench_floor_program (not timed; then 5 ms asleep and 200 µs spinning, as
 /// the bench settles before the library's drop), then timed: `count` KVM_IRQFD deassigns,
 /// `count` close(2)s and one KVM_SET_GSI_ROUTING of the irqchip routes alone.
@@ -68,14 +68,14 @@ int bench_floor_drop(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t addr
 int bench_floor_program(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                         uint64_t *elapsed_ns);
 
-/// The floor of bringing `count` routes live whose eventfds exist (issue 11:
-/// what N deferred `setMsi` calls must at least do): `count` eventfds made
+/// The floor of bringing `count` routes live whose eventfds exist (what N
+/// deferred `setMsi` calls must at least do): `count` eventfds made
 /// untimed, then timed: one KVM_SET_GSI_ROUTING with their entries and one
 /// KVM_IRQFD assign each. Undone as bench_floor_program does, untimed.
 int bench_floor_arm(int vmfd, uint32_t first_gsi, uint32_t count, uint64_t address, uint32_t data,
                     uint64_t *elapsed_ns);
 
-/// The floor of the deferred path as the routing core serves it (issue 11):
+/// The floor of the deferred path as the routing core serves it:
 /// as bench_floor_arm, but each event is first watched by an epoll
 /// (EPOLL_CTL_ADD, the interim relay's watch while its entry waits), and
 /// unwatched (EPOLL_CTL_DEL) just before its KVM_IRQFD assign, as the

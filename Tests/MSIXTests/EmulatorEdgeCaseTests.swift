@@ -2,18 +2,20 @@ import IrqFdCore
 import MSIX
 import Testing
 
-/// Issue 13, items 5 to 12: the MSI-X emulator's edge cases found in review,
+/// The MSI-X emulator's edge cases: what a failed route call leaves recorded,
+/// a saved pending bit across a restore, host calls with absurd arguments,
+/// Bus Master Enable, byte enables within a DWORD, and routes across a reset;
 /// each checked against the recording partition (the emulator's bookkeeping
-/// and every route call it makes). The same items are checked on real KVM
-/// guests in TinyVMTests/PCIReviewTests.swift.
-@Suite struct MsixReviewFixTests {
+/// and every route call it makes). The same cases are checked on real KVM
+/// guests in TinyVMTests.
+@Suite struct MsixEdgeCaseTests {
     let irqfd = RecordingIrqFd()
     let injector = RecordingInjector()
 
-    /// Item 5: a failed `setMsi` in `event(for:)` must not leave its message
-    /// recorded as programmed. Before the fix the next route inherited the
-    /// record, going live skipped `setMsi`, and every signal on the vector was
-    /// counted as undeliverable.
+    /// A failed `setMsi` in `event(for:)` must not leave its message
+    /// recorded as programmed: the next route would inherit the record, going
+    /// live would skip `setMsi`, and every signal on the vector would count as
+    /// undeliverable.
     @Test func eventForAfterAFailedSetMsiStillDelivers() throws {
         let emulator = MsixEmulator.make(8, .irqfd(irqfd, fallback: injector))
         emulator.control(enable: true)
@@ -32,7 +34,7 @@ import Testing
         #expect(emulator.counters.undeliverable == 0)
     }
 
-    /// Item 7: a saved pending bit on a vector that is live before and after
+    /// A saved pending bit on a vector that is live before and after
     /// the restore is delivered once, not left stuck in the PBA of an unmasked vector.
     @Test(arguments: [false, true])
     func restoreDeliversAPendingBitOfAVectorLiveBeforeAndAfter(userspace: Bool) throws {
@@ -49,7 +51,7 @@ import Testing
         #expect(emulator.isLive(2))
     }
 
-    /// Item 8: no host call traps, whatever its offset, size or vector.
+    /// No host call traps, whatever its offset, size or vector.
     @Test func hostAccessesWithAbsurdArgumentsAreCountedNeverATrap() throws {
         let emulator = MsixEmulator.make(8, .irqfd(irqfd))
         for offset in [Int.max, Int.max - 1, Int.max - 3, Int.min, -1, 11, 12] {
@@ -80,7 +82,7 @@ import Testing
         #expect(irqfd.calls.isEmpty)
     }
 
-    /// Item 9: with Bus Master Enable clear a vector is not live: its
+    /// With Bus Master Enable clear a vector is not live: its
     /// interrupts are held as pending (one `mask` per live vector, in one
     /// batch) and delivered once when bus mastering is back.
     @Test(arguments: [false, true])
@@ -106,7 +108,7 @@ import Testing
         #expect(emulator.pba() == 0)
     }
 
-    /// Item 11: any byte enables within a DWORD are legal, in the capability too.
+    /// Any byte enables within a DWORD are legal, in the capability too.
     @Test func capabilityReadsAndWritesAnyBytesWithinADword() {
         let emulator = MsixEmulator.make(8, .irqfd(irqfd))
         #expect(emulator.readCapability(offset: 1, size: 2) == 0x0700, "next pointer 0, table size 7")
@@ -123,7 +125,7 @@ import Testing
         #expect(emulator.counters.misaligned == 1 && emulator.counters.badAccesses == 1)
     }
 
-    /// Item 12: a reset keeps each route and its event (masked, drained and
+    /// A reset keeps each route and its event (masked, drained and
     /// cleared, in one batch), so an event handed out stays the vector's.
     @Test func resetKeepsEveryRouteAndItsEvent() throws {
         let emulator = MsixEmulator.make(8, .irqfd(irqfd))
