@@ -99,7 +99,8 @@ let package = Package(
         .target(
             name: "TinyVM",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX", "PCI",
+                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "IrqFdRouting", "KVM", "CLinuxKVM", "GuestPrograms",
+                "MSIX", "PCI",
                 "Virtio",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -266,7 +267,7 @@ let package = Package(
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI"],
+            dependencies: ["TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI", "IrqFdRouting"],
             swiftSettings: strict),
     ]
 )

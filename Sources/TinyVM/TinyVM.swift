@@ -144,6 +144,11 @@ public final class TinyVM: Sendable {
     private let pauseRequested = Atomic<Bool>(false)
     /// vCPU threads parked by a pause.
     private let parkedCount = Atomic<Int>(0)
+    /// CLOCK_MONOTONIC nanoseconds when the last vCPU parked, in the last pause.
+    private let lastParkedAt = Atomic<UInt64>(0)
+    /// CLOCK_MONOTONIC nanoseconds when the first vCPU thread was about to
+    /// enter KVM_RUN for the first time (0 before `start()`).
+    private let firstRunAt = Atomic<UInt64>(0)
 
     /// Builds the VM: RAM, in-kernel irqchip, vCPUs in the entry state, and the
     /// default IVT (every vector reports itself through port 0xF5).
@@ -403,9 +408,27 @@ public final class TinyVM: Sendable {
     /// Lets paused vCPUs run on.
     public func resume() { pauseRequested.store(false, ordering: .releasing) }
 
+    /// CLOCK_MONOTONIC nanoseconds when the last vCPU parked in the last
+    /// `pause(timeout:)`: where a live update's pause starts.
+    public var pausedAtNanoseconds: UInt64 { lastParkedAt.load(ordering: .acquiring) }
+
+    /// CLOCK_MONOTONIC nanoseconds when the first vCPU thread was about to
+    /// enter KVM_RUN for the first time (0 before `start()`): where a
+    /// successor's pause ends.
+    public var firstRunNanoseconds: UInt64 { firstRunAt.load(ordering: .acquiring) }
+
+    /// CLOCK_MONOTONIC, in nanoseconds.
+    static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
     /// Parks the calling vCPU thread for `pause(timeout:)`.
     private func park(_ vcpu: VCPU) {
-        parkedCount.add(1, ordering: .acquiringAndReleasing)
+        if parkedCount.add(1, ordering: .acquiringAndReleasing).newValue == vcpus.count {
+            lastParkedAt.store(Self.monotonicNanoseconds(), ordering: .releasing)
+        }
         while pauseRequested.load(ordering: .acquiring), !stopping.load(ordering: .acquiring) { usleep(20) }
         parkedCount.subtract(1, ordering: .acquiringAndReleasing)
         vcpu.clearExitRequest()
@@ -448,6 +471,8 @@ public final class TinyVM: Sendable {
 
     private func runLoop(_ vcpu: VCPU) {
         var exitPending = false
+        _ = firstRunAt.compareExchange(
+            expected: 0, desired: Self.monotonicNanoseconds(), ordering: .acquiringAndReleasing)
         while !stopping.load(ordering: .acquiring) {
             // An MMIO or port I/O exit is complete (a read's value in its
             // register, a string instruction's count advanced) only once
