@@ -130,7 +130,7 @@ let package = Package(
             name: "Bench",
             dependencies: [
                 "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
-                "VhostUser", "Virtio", "PCI",
+                "VhostUser", "Virtio", "PCI", "IrqFdLinux",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),

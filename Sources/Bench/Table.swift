@@ -189,6 +189,7 @@ public enum ReportText {
         }
 
         sections += renderVhostUser(report)
+        sections += renderLiveUpdate(report)
 
         var targets = TextTable(["target", "ratio", "95% interval", "limit", "met"])
         for t in report.targets {

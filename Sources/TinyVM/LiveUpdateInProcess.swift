@@ -30,7 +30,9 @@ extension TinyVM {
     ) throws(TinyVMError) -> InProcessHandOff {
         let requested = Self.monotonicNanoseconds()
         let states = routes.map(\.handOffState)
-        guard pause(timeout: pauseTimeout) else { throw .configuration("the vCPUs did not stop within \(pauseTimeout)") }
+        guard pause(timeout: pauseTimeout) else {
+            throw .configuration("the vCPUs did not stop within \(pauseTimeout)")
+        }
         var disarmed: [KVMIrqFdRoute] = []
         func rollBack() {
             for route in disarmed { try? route.unmask() }
