@@ -146,7 +146,10 @@ public struct VCPUState: Sendable {
     /// The MSRs a guest of this package's kind uses and a successor must get
     /// back: the TSC and its adjustment, the APIC base, the TSC deadline,
     /// MISC_ENABLE, PAT, SYSENTER and the long-mode syscall MSRs. Of these,
-    /// only those in `supported` (KVMSystem's `msrIndexList()`) are saved.
+    /// only those in `supported` (KVMSystem's `msrIndexList()`) are saved,
+    /// and the APIC base always: KVM serves it for every vCPU (arch/x86/kvm/
+    /// x86.c, kvm_get_msr_common) but leaves it out of the list, as it also
+    /// travels in the special registers.
     public static func msrsInUse(supported: [UInt32]) -> [UInt32] {
         let wanted: [UInt32] = [
             tsc, 0x3B /* TSC_ADJUST */, apicBase, 0x1A0 /* MISC_ENABLE */, 0x277 /* PAT */,
@@ -155,7 +158,7 @@ public struct VCPUState: Sendable {
             0xC000_0102 /* KERNEL_GS_BASE */, tscDeadline,
         ]
         let available = Set(supported)
-        return wanted.filter { available.contains($0) }
+        return wanted.filter { $0 == apicBase || available.contains($0) }
     }
 }
 
