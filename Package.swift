@@ -140,16 +140,38 @@ let package = Package(
             dependencies: ["IrqFdLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // The embedded vhost-user-blk back-end: serves a raw image, signals the call fds.
+        .target(
+            name: "VhostUserBlkBackend", dependencies: ["VhostUser", "CVhostUser", "CBlkBackend", "VirtqueueWalk"],
+            swiftSettings: strict),
+        // C for the embedded back-end: SIGBUS containment over guest mappings, eventfd and seal checks.
+        .target(name: "CBlkBackend"),
+        // The split-virtqueue descriptor-chain walker over a guest memory map: bounded, trusts nothing in the
+        // table. No platform code; a device on either side of vhost-user can use it.
+        .target(name: "VirtqueueWalk", swiftSettings: strict),
+        // Test equipment, in no product: libFuzzer target over the back-end's message decoder and the chain walker
+        // (Tools/fuzz-backend); built plainly it replays the kept corpus.
+        .executableTarget(
+            name: "irqfd-backend-fuzz", dependencies: ["VhostUserBlkBackend", "VirtqueueWalk", "VhostUser"],
+            swiftSettings: strict),
+        // The embedded back-end as a standalone executable (also `irqfd vhost-user-blk`).
         .executableTarget(
             name: "irqfd-vhost-user-blk",
-            dependencies: ["VhostUser", "CVhostUser", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VhostUserBlkBackend", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        // Test equipment, in no product: the embedded back-end breaking the protocol on purpose (`--misbehave`).
+        .executableTarget(
+            name: "irqfd-vhost-user-blk-hostile",
+            dependencies: [
+                "VhostUserBlkBackend", "VhostUser", "CVhostUser",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict),
         .executableTarget(
             name: "irqfd",
             dependencies: [
                 "Bench",
                 "IrqFdCore", "IrqFdKVM", "KVM", "TinyVM", "GuestPrograms",
-                "IrqFdProbe", "Virtio", "PCI",
+                "IrqFdProbe", "Virtio", "PCI", "VhostUser", "VhostUserBlkBackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -241,6 +263,8 @@ let package = Package(
             // The fuzz corpus is read by path (#filePath), not bundled.
             exclude: ["Corpus"],
             swiftSettings: strict),
+        // The descriptor-chain walker alone: hand-written tables over memory of this process.
+        .testTarget(name: "VirtqueueWalkTests", dependencies: ["VirtqueueWalk"], swiftSettings: strict),
         // The vhost-user frontend against real back-ends and hostile peers, with no guest.
         .testTarget(
             name: "VhostUserTests",

@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import Glibc
+import Synchronization
 
 /// A vhost-user-blk back-end in another process, started by this package:
 /// qemu-storage-daemon (third-party) or `irqfd-vhost-user-blk` (embedded).
@@ -34,18 +35,20 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
 
     deinit { stop() }
 
-    /// The path of `qemu-storage-daemon` on PATH, or nil when it is not installed.
+    /// The path of `qemu-storage-daemon` on PATH (/usr/bin:/bin when PATH is
+    /// unset), or nil when it is not there: a PATH without it hides it.
     public static func qemuStorageDaemonPath() -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") + ["/usr/bin"] {
+        for directory in path.split(separator: ":") {
             let candidate = "\(directory)/qemu-storage-daemon"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
         return nil
     }
 
-    /// The path of the built `irqfd-vhost-user-blk`: next to this process's
-    /// executable or in a directory above it (swift test runs from the bundle), or nil.
+    /// The path of the standalone `irqfd-vhost-user-blk` built next to this
+    /// process's executable or in a directory above it (swift test runs from
+    /// the bundle), or nil. It takes `IMAGE --socket PATH [--queues N] [--read-only]`.
     public static func embeddedPath() -> String? {
         guard let me = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
         var directory = URL(fileURLWithPath: me).deletingLastPathComponent()
@@ -55,6 +58,29 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
             directory.deleteLastPathComponent()
         }
         return nil
+    }
+
+    /// The running executable and its subcommand, when it declared that it
+    /// serves the embedded back-end (`servesEmbeddedBackend(asSubcommand:)`).
+    private static let hostedEmbedded = Mutex<(executable: String, subcommand: [String])?>(nil)
+
+    /// Declares that the running executable serves the embedded back-end when
+    /// started with `subcommand` followed by the standalone command line
+    /// (`IMAGE --socket PATH [--queues N] [--read-only]`). The embedded kind
+    /// is then started from this very executable (/proc/self/exe), so a VMM
+    /// runs no program it did not build itself: `swift run irqfd demo` builds
+    /// the `irqfd` product only, not the standalone `irqfd-vhost-user-blk`.
+    public static func servesEmbeddedBackend(asSubcommand subcommand: [String]) {
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
+        hostedEmbedded.withLock { $0 = (executable, subcommand) }
+    }
+
+    /// How the embedded back-end starts here: the running executable with its
+    /// subcommand when it declared one, else the standalone executable
+    /// (`embeddedPath()`) with no leading arguments; nil when neither exists.
+    public static func embeddedCommand() -> (executable: String, leadingArguments: [String])? {
+        if let hosted = hostedEmbedded.withLock({ $0 }) { return (hosted.executable, hosted.subcommand) }
+        return embeddedPath().map { ($0, []) }
     }
 
     /// The default back-end: qemu-storage-daemon when installed, else the embedded one.
@@ -78,9 +104,13 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=\(readOnly ? "off" : "on"),num-queues=\(queues),addr.type=unix,addr.path=\(socketPath)",
             ]
         case .embedded:
-            guard let path = embeddedPath() else { throw .unsupported("irqfd-vhost-user-blk was not built (swift build)") }
-            executable = path
-            arguments = [image, "--socket", socketPath, "--queues", String(queues)] + (readOnly ? ["--read-only"] : [])
+            guard let command = embeddedCommand() else {
+                throw .unsupported("irqfd-vhost-user-blk was not built (swift build)")
+            }
+            executable = command.executable
+            arguments =
+                command.leadingArguments + [image, "--socket", socketPath, "--queues", String(queues)]
+                + (readOnly ? ["--read-only"] : [])
         }
         unlink(socketPath)
         let process = Process()

@@ -19,10 +19,11 @@ public final class MemfdGuestMemory: Sendable {
     public var fileDescriptor: FileDescriptor { memory.fileDescriptor }
 
     /// `size` bytes of zeroed guest RAM (memfd_create(2), ftruncate(2),
-    /// F_ADD_SEALS of `MemfdSeals.fixedSize`, mmap(2)).
-    public init(size: Int) throws(VhostUserError) {
+    /// F_ADD_SEALS of `seals`, mmap(2)). A test that plays a hostile frontend
+    /// passes no seals, to send a backend memory that can shrink under it.
+    public init(size: Int, seals: MemfdSeals = .fixedSize) throws(VhostUserError) {
         do throws(SystemCallError) {
-            memory = try MemfdMemory(size: size, name: "irqfd-guest-ram")
+            memory = try MemfdMemory(size: size, name: "irqfd-guest-ram", seals: seals)
         } catch {
             throw .systemCall(call: error.call, errno: error.errno)
         }

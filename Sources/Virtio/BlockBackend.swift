@@ -7,7 +7,8 @@ import VhostUser
 public enum DiskBackendKind: String, CaseIterable, Sendable, CustomStringConvertible {
     /// QEMU's qemu-storage-daemon with a vhost-user-blk export (third party).
     case qemuStorageDaemon = "qemu-storage-daemon"
-    /// This package's `irqfd-vhost-user-blk` executable.
+    /// This package's embedded backend: `irqfd vhost-user-blk` from the running
+    /// executable when it serves it, else the standalone `irqfd-vhost-user-blk`.
     case embedded
 
     public var description: String { rawValue }
@@ -75,10 +76,13 @@ public final class BlockBackend: Sendable {
     /// Whether the backend is still running.
     public var isRunning: Bool { process.isRunning }
 
-    /// The embedded backend executable, if `swift build` made one (next to the
-    /// running executable or in a directory above it, as for a test bundle).
+    /// The executable that runs the embedded backend, if there is one: the
+    /// running executable when it serves it as a subcommand
+    /// (`VhostUserBackendProcess.servesEmbeddedBackend(asSubcommand:)`, as
+    /// `irqfd` does), else the standalone one if `swift build` made it (next
+    /// to the running executable or in a directory above it, as for a test bundle).
     public static func embeddedExecutable() -> URL? {
-        VhostUserBackendProcess.embeddedPath().map { URL(fileURLWithPath: $0) }
+        VhostUserBackendProcess.embeddedCommand().map { URL(fileURLWithPath: $0.executable) }
     }
 }
 #endif

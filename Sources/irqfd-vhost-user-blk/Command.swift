@@ -1,13 +1,13 @@
 // irqfd-vhost-user-blk IMAGE --socket PATH [--queues N] [--read-only]
-//                      [--misbehave MODE [--misbehave-on MESSAGE]]
 //
 // A vhost-user-blk back-end serving a raw image file (vhost-user.rst; virtio
 // 1.2 section 5.2): the device side of irqfd, written in Swift. It receives
-// each queue's call eventfd and signals it when requests complete.
+// each queue's call eventfd and signals it when requests complete. The same
+// back-end runs as `irqfd vhost-user-blk`; this standalone executable keeps
+// the command line tools outside this package start it with.
 #if os(Linux)
 import ArgumentParser
-import Glibc
-import VhostUser
+import VhostUserBlkBackend
 
 @main
 struct VhostUserBlk: ParsableCommand {
@@ -27,22 +27,12 @@ struct VhostUserBlk: ParsableCommand {
     @Flag(help: "Serve the image read-only (VIRTIO_BLK_F_RO).")
     var readOnly = false
 
-    @Option(help: "Break the protocol on purpose, for tests: \(Misbehaviour.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var misbehave: Misbehaviour?
-
-    @Option(help: "The message whose reply wrong-size, wrong-request, extra-fds, no-reply and close-mid-message break (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_CONFIG, GET_VRING_BASE, or any message's REPLY_ACK).")
-    var misbehaveOn = "GET_FEATURES"
-
     func validate() throws {
-        guard vhostUserRequest(named: misbehaveOn) != nil else { throw ValidationError("--misbehave-on: no message \(misbehaveOn)") }
         guard (1...8).contains(queues) else { throw ValidationError("--queues must be in 1...8") }
     }
 
     func run() throws {
-        let server = try BlockServer(image: image, readOnly: readOnly, queues: queues)
-        server.misbehaviour = misbehave
-        server.misbehaveOn = vhostUserRequest(named: misbehaveOn)!
-        try server.serve(socketPath: socket)
+        try VhostUserBlkBackend.serve(image: image, socketPath: socket, queues: queues, readOnly: readOnly)
     }
 }
 #endif

@@ -4,13 +4,15 @@ import Glibc
 import Testing
 import VhostUser
 
-/// Whether `swift build` made the embedded back-end (the hostile tests run it).
+/// Whether `swift build` made the embedded back-end and its misbehaving twin (the hostile tests run them).
 let embeddedBuilt = Testing.ConditionTrait.enabled(
-    if: VhostUserBackendProcess.embeddedPath() != nil, "skipped: irqfd-vhost-user-blk was not built (swift build)")
+    if: VhostUserBackendProcess.embeddedPath() != nil && HostileBackend.hostileExecutable() != nil,
+    "skipped: irqfd-vhost-user-blk or irqfd-vhost-user-blk-hostile was not built (swift build)")
 
-/// A raw image, and the embedded back-end (`irqfd-vhost-user-blk`, the built
-/// executable) serving it with `--misbehave MODE --misbehave-on MESSAGE`, or
-/// well-behaved with no mode. Both live in a private directory removed at deinit.
+/// A raw image, and the embedded back-end serving it: with a mode, the test
+/// equipment `irqfd-vhost-user-blk-hostile --misbehave MODE --misbehave-on MESSAGE`
+/// (the embedded back-end with a misbehaviour installed); with none, the shipped
+/// `irqfd-vhost-user-blk`. Both live in a private directory removed at deinit.
 final class HostileBackend {
     static let sectors = 2048
     let directory: String
@@ -32,7 +34,9 @@ final class HostileBackend {
             guard FileManager.default.createFile(atPath: image, contents: Data(bytes)) else { throw TestFailureReason("cannot create \(image)") }
         }
         socketPath = directory + "/blk.sock"
-        guard let executable = VhostUserBackendProcess.embeddedPath() else { throw TestFailureReason("irqfd-vhost-user-blk is not built") }
+        guard let executable = mode == nil ? VhostUserBackendProcess.embeddedPath() : Self.hostileExecutable() else {
+            throw TestFailureReason("irqfd-vhost-user-blk or irqfd-vhost-user-blk-hostile is not built")
+        }
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = [image, "--socket", socketPath] + (mode.map { ["--misbehave", $0, "--misbehave-on", message.name] } ?? [])
@@ -48,6 +52,13 @@ final class HostileBackend {
             guard ContinuousClock.now < deadline else { throw TestFailureReason("irqfd-vhost-user-blk did not listen within 20 s") }
             usleep(10_000)
         }
+    }
+
+    /// The test-only `irqfd-vhost-user-blk-hostile`, built beside the standalone back-end.
+    static func hostileExecutable() -> String? {
+        guard let standalone = VhostUserBackendProcess.embeddedPath() else { return nil }
+        let candidate = standalone + "-hostile"
+        return FileManager.default.isExecutableFile(atPath: candidate) ? candidate : nil
     }
 
     /// Whether the back-end process still runs (a misbehaving one is not meant to die).

@@ -8,10 +8,11 @@ import TinyVM
 import VhostUser
 import Virtio
 
-// The embedded back-end, built, run with each
-// `--misbehave MODE`. The VMM refuses each with a typed error that names the
-// message (or the driver refuses the ring garbage) and stays up: a good
-// back-end then serves the same guest memory, or the same VM, correctly.
+// The embedded back-end broken on purpose (the test-only
+// `irqfd-vhost-user-blk-hostile --misbehave MODE`). The VMM refuses each with a
+// typed error that names the message (or the driver refuses the ring garbage)
+// and stays up: a good back-end then serves the same guest memory, or the same
+// VM, correctly (TinyVM's Reliability article).
 
 /// The modes that break one reply.
 let replyModes = ["wrong-size", "wrong-request", "extra-fds", "no-reply", "close-mid-message"]

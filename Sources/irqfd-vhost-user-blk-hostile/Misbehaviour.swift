@@ -3,6 +3,7 @@ import ArgumentParser
 import CVhostUser
 import Glibc
 import VhostUser
+import VhostUserBlkBackend
 
 /// `--misbehave MODE`: the back-end breaks the vhost-user protocol or the
 /// split-ring rules (vhost-user.rst; virtio 1.2 section 2.7) on purpose, so
@@ -45,15 +46,30 @@ func vhostUserRequest(named name: String) -> VhostUserRequest? {
     VhostUserRequest.allCases.first { $0.name == name.uppercased().replacingOccurrences(of: "-", with: "_") }
 }
 
-extension BlockServer {
+/// The hooks a misbehaving back-end installs in the embedded back-end's server.
+final class MisbehavingHooks: BlockServerHooks {
+    let mode: Misbehaviour
+    /// The message whose reply a reply-corrupting mode breaks.
+    let target: VhostUserRequest
+    /// call-flood: signals written so far.
+    var floodSignals = 0
+
+    init(mode: Misbehaviour, target: VhostUserRequest) {
+        self.mode = mode
+        self.target = target
+    }
+
     /// Sends `message` (a reply to `request`) as the misbehaviour says;
     /// close-mid-message throws `.closed` after half of it, which ends the connection.
-    func sendReply(_ message: [UInt8], request: UInt32, on connection: VhostUserChannel, deadline: ContinuousClock.Instant) throws(ChannelFailure) {
-        guard let mode = misbehaviour, mode.corruptsReply, request == misbehaveOn.rawValue else {
+    func sendReply(
+        _ message: [UInt8], request: UInt32, on connection: VhostUserChannel, deadline: ContinuousClock.Instant,
+        server: BlockServer
+    ) throws(ChannelFailure) {
+        guard mode.corruptsReply, request == target.rawValue else {
             try connection.send(message, deadline: deadline)
             return
         }
-        log("misbehaving (\(mode.rawValue)) on the reply to \(misbehaveOn.name)")
+        server.log("misbehaving (\(mode.rawValue)) on the reply to \(target.name)")
         var header = VhostUserHeader(message)!
         let payload = Array(message.dropFirst(VhostUserHeader.byteCount))
         switch mode {
@@ -62,11 +78,16 @@ extension BlockServer {
             try connection.send(header.bytes + payload + [0, 0, 0, 0], deadline: deadline)
         case .wrongRequest:
             // Another message's number: GET_PROTOCOL_FEATURES's, or GET_FEATURES's when that was asked.
-            header.request = request == VhostUserRequest.getProtocolFeatures.rawValue ? VhostUserRequest.getFeatures.rawValue : VhostUserRequest.getProtocolFeatures.rawValue
+            header.request =
+                request == VhostUserRequest.getProtocolFeatures.rawValue
+                ? VhostUserRequest.getFeatures.rawValue : VhostUserRequest.getProtocolFeatures.rawValue
             try connection.send(header.bytes + payload, deadline: deadline)
         case .extraFds:
             let first = open("/dev/null", O_RDONLY | O_CLOEXEC), second = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            defer { close(first); close(second) }
+            defer {
+                close(first)
+                close(second)
+            }
             try connection.send(message, descriptors: [first, second], deadline: deadline)
         case .noReply:
             return
@@ -78,28 +99,32 @@ extension BlockServer {
         }
     }
 
-    /// call-flood: one round of signals on every call fd (from the poll loop, which then does not block).
-    func floodCalls() {
+    /// call-flood: the loop never blocks, and signals every call fd each round.
+    var pollsWithoutBlocking: Bool { mode == .callFlood }
+
+    /// call-flood: one round of signals on every call fd.
+    func afterPoll(_ server: BlockServer) {
+        guard mode == .callFlood else { return }
         var one: UInt64 = 1
-        for queue in queues where queue.call >= 0 {
+        for queue in server.queues where queue.call >= 0 {
             for _ in 0..<256 { _ = write(queue.call, &one, 8) }
             floodSignals += 256
         }
     }
 
     /// call-before-setup: signals a call fd as soon as it arrives.
-    func callArrived(_ fd: Int32, queue index: Int) {
-        guard misbehaviour == .callBeforeSetup, fd >= 0 else { return }
+    func callArrived(_ fd: Int32, queue index: Int, server: BlockServer) {
+        guard mode == .callBeforeSetup else { return }
         var one: UInt64 = 1
         _ = write(fd, &one, 8)
-        log("misbehaving (call-before-setup): signalled queue \(index)'s call fd before the ring started")
+        server.log("misbehaving (call-before-setup): signalled queue \(index)'s call fd before the ring started")
     }
 
     /// used-ahead / used-bad-id: what the used ring receives instead of the truth.
-    func usedGarbage(head: UInt16, usedIndex: UInt16, size: UInt16) -> (id: UInt32, index: UInt16) {
-        switch misbehaviour {
-        case .usedBadID?: (UInt32(head) + UInt32(size), usedIndex)
-        case .usedAhead?: (UInt32(head), usedIndex &+ size &+ 3)
+    func usedElement(head: UInt16, usedIndex: UInt16, size: UInt16) -> (id: UInt32, index: UInt16) {
+        switch mode {
+        case .usedBadID: (UInt32(head) + UInt32(size), usedIndex)
+        case .usedAhead: (UInt32(head), usedIndex &+ size &+ 3)
         default: (UInt32(head), usedIndex)
         }
     }
