@@ -99,7 +99,8 @@ let package = Package(
         .target(
             name: "TinyVM",
             dependencies: [
-                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "KVM", "CLinuxKVM", "GuestPrograms", "MSIX", "PCI",
+                "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "IrqFdRelay", "IrqFdRouting", "KVM", "CLinuxKVM", "GuestPrograms",
+                "MSIX", "PCI",
                 "Virtio",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -127,7 +128,7 @@ let package = Package(
             name: "Bench",
             dependencies: [
                 "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
-                "VhostUser", "Virtio", "PCI",
+                "VhostUser", "Virtio", "PCI", "IrqFdLinux",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
@@ -296,7 +297,7 @@ let package = Package(
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI"],
+            dependencies: ["TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI", "IrqFdRouting"],
             swiftSettings: strict),
     ]
 )

@@ -28,6 +28,8 @@ public struct BenchReport: Codable, Equatable, Sendable {
     public var virtioNet: VirtioNet?
     /// The first interrupt after each vector goes live, from the guest's unmask write to its handler.
     public var firstInterrupt: [FirstInterrupt]?
+    /// A running guest handed to a new VM, against the C floor (nil if not measured).
+    public var liveUpdate: LiveUpdate?
     /// The performance targets (the Benchmark article's "Targets"), checked against this run's ratios.
     public var targets: [TargetCheck] = []
     /// What this run could not measure, and why.

@@ -190,6 +190,7 @@ public enum ReportText {
 
         sections += renderVhostUser(report)
         sections += renderVirtioNet(report)
+        sections += renderLiveUpdate(report)
 
         var targets = TextTable(["target", "ratio", "95% interval", "limit", "met"])
         for t in report.targets {

@@ -6,6 +6,13 @@ public protocol IrqFd: Sendable {
     /// frees its GSI.
     func newIrqFdRoute() throws(IrqFdError) -> any IrqFdRoute
 
+    /// Makes a route over `event`, an event made elsewhere (by another
+    /// process, or by the VMM this one took a guest over from), instead of a
+    /// fresh one: no MSI, unarmed. Signals latched in `event` stay there and
+    /// are injected once the route is armed. A backend that cannot adopt
+    /// throws `unsupported`.
+    func newIrqFdRoute(adopting event: any Event) throws(IrqFdError) -> any IrqFdRoute
+
     /// Runs `body` with routing-table pushes deferred: every change made inside
     /// is pushed to the hypervisor once, when the outermost batch ends, and
     /// routes are armed after that push. Batches nest.
@@ -22,6 +29,12 @@ public protocol IrqFd: Sendable {
 extension IrqFd {
     /// Backends without coalesced commits push (or need nothing) per change.
     public var coalescesDeferredChanges: Bool { false }
+
+    /// Backends whose events are not file descriptors another process can
+    /// pass cannot adopt one.
+    public func newIrqFdRoute(adopting event: any Event) throws(IrqFdError) -> any IrqFdRoute {
+        throw .unsupported("this backend cannot adopt an event made elsewhere")
+    }
 
     /// Backends without a routing table to push have nothing to defer.
     public func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result {

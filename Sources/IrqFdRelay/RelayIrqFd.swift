@@ -67,6 +67,11 @@ public final class RelayIrqFd: IrqFd {
     /// See `IrqFd.newIrqFdRoute()`.
     public func newIrqFdRoute() throws(IrqFdError) -> any IrqFdRoute { try newRoute() }
 
+    /// See `IrqFd.newIrqFdRoute(adopting:)`.
+    public func newIrqFdRoute(adopting event: any Event) throws(IrqFdError) -> any IrqFdRoute {
+        newRoute(adopting: event)
+    }
+
     /// What the relay thread has done so far.
     public var statistics: Statistics { registry.statistics }
 

@@ -48,14 +48,25 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
     }
 
     /// Makes a route on the lowest free GSI with a fresh event; no MSI, unarmed.
-    public func newRoute() throws(IrqFdError) -> RoutedIrqFdRoute<Kernel> {
+    public func newRoute() throws(IrqFdError) -> RoutedIrqFdRoute<Kernel> { try newRoute(event: nil) }
+
+    /// Makes a route on the lowest free GSI over `event`, an event made
+    /// elsewhere (another process's, passed over a Unix socket; a VMM
+    /// handing its guest over passes its routes' events so): no MSI, unarmed.
+    /// Signals already latched in `event` are kept: the route injects them
+    /// once it is armed. The route keeps `event` alive as long as it lives.
+    public func newRoute(adopting event: any Event) throws(IrqFdError) -> RoutedIrqFdRoute<Kernel> {
+        try newRoute(event: event)
+    }
+
+    private func newRoute(event adopted: (any Event)?) throws(IrqFdError) -> RoutedIrqFdRoute<Kernel> {
         let gsi = try table.withLock { (t: inout TableState) throws(IrqFdError) -> UInt32 in
             guard let gsi = t.allocator.allocate() else { throw .gsiExhausted(capacity: t.allocator.capacity) }
             return gsi
         }
         let event: any Event
         do throws(IrqFdError) {
-            event = try kernel.makeEvent()
+            if let adopted { event = adopted } else { event = try kernel.makeEvent() }
         } catch {
             table.withLock { $0.allocator.release(gsi) }
             throw error
@@ -67,6 +78,11 @@ public final class RoutedIrqFd<Kernel: RoutingKernel>: IrqFd {
 
     /// See `IrqFd.newIrqFdRoute()`.
     public func newIrqFdRoute() throws(IrqFdError) -> any IrqFdRoute { try newRoute() }
+
+    /// See `IrqFd.newIrqFdRoute(adopting:)`.
+    public func newIrqFdRoute(adopting event: any Event) throws(IrqFdError) -> any IrqFdRoute {
+        try newRoute(adopting: event)
+    }
 
     /// The caller's open batch on this partition (0: none).
     var currentBatch: UInt32 { OpenBatches.current(ObjectIdentifier(self)) }

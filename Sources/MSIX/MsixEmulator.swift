@@ -115,7 +115,7 @@ public final class MsixEmulator: Sendable {
         try? partition.withBatch { () throws(IrqFdError) in routes.removeAll() }
     }
 
-    private var partition: (any IrqFd)? {
+    var partition: (any IrqFd)? {
         if case .irqfd(let partition, _) = delivery { partition } else { nil }
     }
 
@@ -565,7 +565,7 @@ public final class MsixEmulator: Sendable {
     /// its bit: through its route's event (the route is unmasked, or armed at
     /// the end of the batch, so the hypervisor injects this one signal, in
     /// order with the route's own), or the userspace path when it has none.
-    private func releasePending(_ v: Int, _ s: inout State) {
+    func releasePending(_ v: Int, _ s: inout State) {
         guard s.vectors[v].pending else { return }
         guard let route = s.vectors[v].route else {
             deliverInUserspace(v, &s)
@@ -651,7 +651,7 @@ public final class MsixEmulator: Sendable {
 
     /// Reconciles every vector, in one routing batch: a control change that
     /// brings 2048 vectors live pushes the table once, not 2048 times.
-    private func reconcileAll(_ s: inout State) -> IrqFdError? {
+    func reconcileAll(_ s: inout State) -> IrqFdError? {
         let coalescing = self.coalescing
         let changing = s.vectors.indices.filter { v in
             let vector = s.vectors[v]

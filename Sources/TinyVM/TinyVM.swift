@@ -140,10 +140,23 @@ public final class TinyVM: Sendable {
     private let finished: EventFD
     private let unhandledAccesses = Atomic<Int>(0)
     private let mmioExitCount = Atomic<Int>(0)
+    /// Set by `pause(timeout:)`: every vCPU thread completes its last exit and parks.
+    private let pauseRequested = Atomic<Bool>(false)
+    /// vCPU threads parked by a pause.
+    private let parkedCount = Atomic<Int>(0)
+    /// CLOCK_MONOTONIC nanoseconds when the last vCPU parked, in the last pause.
+    private let lastParkedAt = Atomic<UInt64>(0)
+    /// CLOCK_MONOTONIC nanoseconds when the first vCPU thread was about to
+    /// enter KVM_RUN for the first time (0 before `start()`).
+    private let firstRunAt = Atomic<UInt64>(0)
 
     /// Builds the VM: RAM, in-kernel irqchip, vCPUs in the entry state, and the
     /// default IVT (every vector reports itself through port 0xF5).
-    public init(_ configuration: Configuration = Configuration()) throws(TinyVMError) {
+    ///
+    /// With `incoming`, the VM runs over that RAM instead (a guest that ran
+    /// in another VM, whose memfd came over): nothing is written into it, and
+    /// the vCPUs wait for the state `restoreVCPUStates(_:)` writes.
+    public init(_ configuration: Configuration = Configuration(), incoming: GuestMemory? = nil) throws(TinyVMError) {
         guard (1...Self.maxCPUs).contains(configuration.cpus) else {
             throw .configuration("--cpus must be 1...\(Self.maxCPUs), not \(configuration.cpus)")
         }
@@ -157,7 +170,15 @@ public final class TinyVM: Sendable {
             // VMX needs three pages for real mode's TSS outside RAM and MMIO.
             try vm.setTSSAddress(0xFFFB_D000)
             try vm.createIrqchip()
-            memory = try GuestMemory(size: configuration.memorySize)
+            if let incoming {
+                guard incoming.size == configuration.memorySize else {
+                    throw TinyVMError.configuration(
+                        "the incoming RAM is \(incoming.size) bytes, not \(configuration.memorySize)")
+                }
+                memory = incoming
+            } else {
+                memory = try GuestMemory(size: configuration.memorySize)
+            }
             try vm.setUserMemoryRegion(slot: 0, guestPhysical: 0, size: UInt64(configuration.memorySize), host: memory.base)
             let cpuid = try kvm.supportedCPUID()
             var vcpus: [VCPU] = []
@@ -173,6 +194,8 @@ public final class TinyVM: Sendable {
             throw .kvm(error)
         } catch let error as IrqFdError {
             throw .irqfd(error)
+        } catch let error as TinyVMError {
+            throw error
         } catch {
             throw .configuration("\(error)")
         }
@@ -184,9 +207,11 @@ public final class TinyVM: Sendable {
                     ? Self.coalescing(vm: vm, timer: commitTimer, reporter: commitErrors) : nil)
         } catch { throw .irqfd(error) }
         commitTimer.watch(self)
-        installDefaultVectorTable()
         attach(ports: PCIBus.ports, pci)
-        memory.write32(UInt32(configuration.cpus), at: Self.cpuCountAddress)
+        if incoming == nil {
+            installDefaultVectorTable()
+            memory.write32(UInt32(configuration.cpus), at: Self.cpuCountAddress)
+        }
     }
 
     /// CPUID for vCPU `apicID`: what KVM supports, with x2APIC offered and the
@@ -357,6 +382,58 @@ public final class TinyVM: Sendable {
     /// Whether the run has ended.
     public var hasEnded: Bool { outcome.withLock { $0 } != nil }
 
+    /// Stops every vCPU outside KVM_RUN without ending the run: each thread
+    /// completes the MMIO or port I/O exit it was serving, then parks until `resume()`
+    /// or `stop()`. Returns false, with the vCPUs resumed, if they did not all
+    /// park within `timeout` or the run has ended. While paused no vCPU
+    /// thread touches a device or KVM: the vCPUs' state can be read.
+    public func pause(timeout: Duration = .seconds(2)) -> Bool {
+        guard started.load(ordering: .acquiring), !hasEnded else { return false }
+        pauseRequested.store(true, ordering: .releasing)
+        for vcpu in vcpus { vcpu.requestExit() }
+        threads.withLock { running in
+            for thread in running.values { _ = irqfd_pthread_kick(thread, SIGUSR1) }
+        }
+        let deadline = ContinuousClock.now + timeout
+        while parkedCount.load(ordering: .acquiring) < vcpus.count {
+            if hasEnded || ContinuousClock.now > deadline {
+                resume()
+                return false
+            }
+            sched_yield()
+        }
+        return true
+    }
+
+    /// Lets paused vCPUs run on.
+    public func resume() { pauseRequested.store(false, ordering: .releasing) }
+
+    /// CLOCK_MONOTONIC nanoseconds when the last vCPU parked in the last
+    /// `pause(timeout:)`: where a live update's pause starts.
+    public var pausedAtNanoseconds: UInt64 { lastParkedAt.load(ordering: .acquiring) }
+
+    /// CLOCK_MONOTONIC nanoseconds when the first vCPU thread was about to
+    /// enter KVM_RUN for the first time (0 before `start()`): where a
+    /// successor's pause ends.
+    public var firstRunNanoseconds: UInt64 { firstRunAt.load(ordering: .acquiring) }
+
+    /// CLOCK_MONOTONIC, in nanoseconds.
+    static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
+    /// Parks the calling vCPU thread for `pause(timeout:)`.
+    private func park(_ vcpu: VCPU) {
+        if parkedCount.add(1, ordering: .acquiringAndReleasing).newValue == vcpus.count {
+            lastParkedAt.store(Self.monotonicNanoseconds(), ordering: .releasing)
+        }
+        while pauseRequested.load(ordering: .acquiring), !stopping.load(ordering: .acquiring) { usleep(20) }
+        parkedCount.subtract(1, ordering: .acquiringAndReleasing)
+        vcpu.clearExitRequest()
+    }
+
     private func finish(_ result: Outcome) {
         outcome.withLock { if $0 == nil { $0 = result } }
         stopping.store(true, ordering: .releasing)
@@ -393,11 +470,29 @@ public final class TinyVM: Sendable {
     private static let installKickHandler: Void = { _ = irqfd_install_kick_handler(SIGUSR1) }()
 
     private func runLoop(_ vcpu: VCPU) {
+        var exitPending = false
+        _ = firstRunAt.compareExchange(
+            expected: 0, desired: Self.monotonicNanoseconds(), ordering: .acquiringAndReleasing)
         while !stopping.load(ordering: .acquiring) {
+            // An MMIO or port I/O exit is complete (a read's value in its
+            // register, a string instruction's count advanced) only once
+            // KVM_RUN is entered again; until then the vCPU's state must not
+            // be read (Documentation/virt/kvm/api.rst, KVM_RUN). With
+            // `immediate_exit` set by `pause`, that entry finishes the
+            // instruction and returns EINTR (or the next exit of a string
+            // instruction, served as usual) without running the guest on.
+            if pauseRequested.load(ordering: .acquiring), !exitPending {
+                park(vcpu)
+                continue
+            }
             let exit: VCPU.Exit
             do { exit = try vcpu.run() } catch {
                 finish(.fault("vCPU \(vcpu.id): \(error)"))
                 return
+            }
+            switch exit {
+            case .io, .mmio: exitPending = true
+            default: exitPending = false
             }
             switch exit {
             case .io(let port, let isWrite, let size, let count, let data):

@@ -39,6 +39,8 @@ public struct BenchOptions: Sendable {
         case vhostUser = "vhost-user"
         /// MSI-X bring-up and first interrupts, driven by a real guest (`msix_bring_up`, `first_interrupt`).
         case msix
+        /// A running guest handed to a new VM: its pause and whole hand-off against a C floor.
+        case liveUpdate = "live-update"
     }
 
     /// The default run: 5,000 samples per path, every section.
@@ -133,6 +135,11 @@ public final class BenchRunner {
             report.vhostUser = vhostUser
             report.targets += vhostUser.targets
             report.virtioNet = try VirtioNetBench(options: options, progress: progress).run()
+        }
+        if sections.contains(.liveUpdate) {
+            let liveUpdate = try LiveUpdateBench(options: options, progress: progress).run()
+            report.liveUpdate = liveUpdate
+            report.targets += liveUpdate.targets
         }
         report.machine.seconds = Double(bench_floor_now_ns() - started) / 1e9
         return report

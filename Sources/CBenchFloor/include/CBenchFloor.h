@@ -104,5 +104,29 @@ void bench_floor_relay_stop(bench_floor_relay *relay);
 /// MSIs the relay has injected so far.
 uint64_t bench_floor_relay_injected(const bench_floor_relay *relay);
 
+/// A one-vCPU guest run by a C thread (KVM_RUN until stopped, serving no
+/// exit: the interrupt-counting guest needs none), for the live-update floor.
+typedef struct bench_floor_guest bench_floor_guest;
+
+/// Maps `vcpufd`'s kvm_run and starts a thread running it from the state it
+/// is in. Installs a no-op SIGUSR1 handler (the stop's kick). NULL on failure (errno set).
+bench_floor_guest *bench_floor_guest_start(int vcpufd);
+
+/// Stops (immediate_exit and SIGUSR1) and joins the thread, unmaps, frees.
+/// Returns -1 if the guest ran until stopped, else the exit reason that ended it.
+int bench_floor_guest_stop(bench_floor_guest *guest);
+
+/// The floor of a live update: the KVM part alone, for the guest `*guest`
+/// runs on `vm_old` with `count` MSI routes armed (events `efds`, entries
+/// `messages`): stop the vCPU, disarm every route (KVM_IRQFD deassign),
+/// read KVM_GET_REGS, SREGS, LAPIC, VCPU_EVENTS and the APIC base MSR,
+/// write them into `vcpu_new` of `vm_new` (made beforehand), push the
+/// routes in one KVM_SET_GSI_ROUTING, arm the same eventfds on `vm_new`,
+/// and start a thread running `vcpu_new`. `*pause_ns`: from the old vCPU's
+/// last KVM_RUN return to the new thread entering KVM_RUN; `*total_ns`:
+/// from the stop request to then. On success `*guest` is the new guest.
+int bench_floor_live_update(bench_floor_guest **guest, int vm_old, int vm_new, int vcpu_new, const int *efds,
+                            const bench_floor_msi *messages, uint32_t count, uint64_t *pause_ns, uint64_t *total_ns);
+
 #endif // __linux__
 #endif // CBENCHFLOOR_H

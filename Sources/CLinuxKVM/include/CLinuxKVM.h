@@ -84,6 +84,16 @@ static const unsigned long IRQFD_KVM_GET_MSRS = KVM_GET_MSRS;
 static const unsigned long IRQFD_KVM_SET_MSRS = KVM_SET_MSRS;
 static const unsigned long IRQFD_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long IRQFD_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long IRQFD_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long IRQFD_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long IRQFD_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long IRQFD_KVM_SET_FPU = KVM_SET_FPU;
+
+// MARK: State a VM hands to its successor (vCPU state above, the clock here)
+
+static const unsigned long IRQFD_KVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long IRQFD_KVM_SET_CLOCK = KVM_SET_CLOCK;
+static const unsigned long IRQFD_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
 
 // MARK: Flags, capabilities, exit reasons
 
