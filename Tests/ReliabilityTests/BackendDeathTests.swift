@@ -140,7 +140,9 @@ struct DeathDriver {
     static let stepCount = 8
     mutating func step(_ k: Int) {
         switch k {
-        case 0: w(0x14, 1, 0)
+        case 0:
+            w(0x14, 1, 0)
+            waitForReset()
         case 1: w(0x14, 1, 1)
         case 2: w(0x14, 1, 3)
         case 3: w(0x08, 4, 0); w(0x0C, 4, 0); w(0x08, 4, 1); w(0x0C, 4, 1)
@@ -156,8 +158,18 @@ struct DeathDriver {
             memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring)  // fresh rings
             avail = 0
             w(0x1C, 2, 1)
-        default: w(0x14, 1, 0x0F)
+        default:
+            w(0x14, 1, 0x0F)
+            // The write returned at once; the worker starts the queue (or fails, with NEEDS_RESET).
+            device.waitUntilIdle()
         }
+    }
+
+    /// As a driver does after writing 0 (virtio 1.2 section 4.1.4.3.1): reads
+    /// device_status until it is 0 (the device's worker has stopped the rings).
+    func waitForReset() {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while r(0x14, 1) != 0, ContinuousClock.now < deadline { usleep(1000) }
     }
 
     mutating func initialise() -> Bool {
@@ -319,7 +331,7 @@ struct DeathDriver {
             for cycle in 0..<cycles {
                 let point = KillPoint.allCases.randomElement(using: &random)!
                 killed[point, default: 0] += 1
-                let connection = device.connectionDescriptors.map(OwnedDescriptor.init)
+                let connection = device.connectionDescriptors.map { OwnedDescriptor($0.rawValue) }
                 #expect(connection.count == 2 && connection.allSatisfy(\.isOpen), "cycle \(cycle): socket and the watcher's copy")
                 switch point {
                 case .setup:
@@ -371,7 +383,7 @@ struct DeathDriver {
             }
             #expect(device.reconnectCount == cycles)
             device.writeStatus(0)
-            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDescriptor.init)
+            owned = (device.connectionDescriptors + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
         }
         let elapsed = ContinuousClock.now - began
         idleNotice.sort()
@@ -514,7 +526,7 @@ final class GatedLog: Sendable {
             // Not plugged into the VM (its buses would keep it).
             let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath)
             device.logger = log.logger
-            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDescriptor.init)
+            owned = (device.connectionDescriptors + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
             try #require(owned.count == 4 && owned.allSatisfy(\.isOpen))
             backend.kill()
             try #require(log.waitEntered(.seconds(10)), "the watcher reports the hang-up")

@@ -1,0 +1,229 @@
+#if os(Linux)
+import Foundation
+import IrqFdCore
+import IrqFdLinux
+import SystemPackage
+import VhostUser
+
+/// What the device's worker does with the backend, off the vCPUs' path.
+enum BackendOperation: Sendable {
+    /// DRIVER_OK: start the enabled queues (reconnecting first if the connection is gone).
+    case start
+    /// A reset: stop the started rings, then status reads 0; then reconnect if the connection is gone.
+    case reset
+    /// After a reset with nothing to stop: reconnect if the connection is gone.
+    case reconnect
+    /// A queue's vector changed while it runs: SET_VRING_CALL with the new call fd.
+    case setCall(queue: Int)
+}
+
+/// The device's worker: one operation at a time, in the order the guest
+/// asked for them, each under one deadline. An operation reads what it needs
+/// under the device lock, sends its messages without it, and records the
+/// outcome under it again, where an outcome from before a later reset
+/// (another epoch) changes nothing the guest sees.
+extension VirtioPCIDevice {
+    /// Queues `operation` on the worker, tagged with the current epoch.
+    func enqueue(_ operation: BackendOperation, _ s: inout DeviceState) {
+        s.operations += 1
+        let epoch = s.epoch
+        worker.async(group: pending) { [self] in
+            perform(operation, epoch: epoch)
+            state.withLock { $0.operations -= 1 }
+        }
+    }
+
+    private func perform(_ operation: BackendOperation, epoch: Int) {
+        switch operation {
+        case .start: performStart(epoch: epoch)
+        case .reset: performReset(epoch: epoch)
+        case .reconnect: reconnectIfClosed(epoch: epoch, failureNeedsReset: false)
+        case .setCall(let q): performSetCall(q, epoch: epoch)
+        }
+    }
+
+    /// Runs `body` (the messages of one operation on `frontend`) under one
+    /// deadline: when ``operationTimeout`` passes, the watcher shuts the
+    /// socket down and the message under way fails at once, reported as a timeout.
+    private func withDeadline(
+        _ frontend: VhostUserFrontend, _ body: () throws(VhostUserError) -> Void
+    ) throws(VhostUserError) {
+        let deadline = ContinuousClock.now + state.withLock { $0.operationTimeout }
+        watcher.arm(deadline: deadline, socket: frontend.socket)
+        defer { watcher.disarm() }
+        do throws(VhostUserError) {
+            try body()
+        } catch {
+            throw Self.timedOut(error, deadline: deadline)
+        }
+    }
+
+    /// A message that failed because the deadline shut the socket down failed on the deadline.
+    private static func timedOut(_ error: VhostUserError, deadline: ContinuousClock.Instant) -> VhostUserError {
+        guard ContinuousClock.now >= deadline else { return error }
+        switch error {
+        case .disconnected(let request?): return .timeout(request)
+        case .systemCall(let call, _): return .unsupported("\(call) failed after the operation's deadline")
+        default: return error
+        }
+    }
+
+    /// Replaces a closed connection with a new one to ``socketPath``,
+    /// negotiated as at creation, under one deadline of its own; the watcher
+    /// watches the new socket. Returns whether there is a connection.
+    /// `failureNeedsReset`: a failure is the device's (DRIVER_OK's) and sets
+    /// DEVICE_NEEDS_RESET; otherwise it is logged and DRIVER_OK tries again
+    /// (`keepCause`: ``lastBackendError`` keeps the failure that closed the connection).
+    @discardableResult
+    private func reconnectIfClosed(epoch: Int, failureNeedsReset: Bool, keepCause: Bool = false) -> Bool {
+        let (session, timeout) = state.withLock { ($0.session, $0.operationTimeout) }
+        if session.frontend.isConnected { return true }
+        let deadline = ContinuousClock.now + timeout
+        let required = deviceType.requiredOfRestartedBackend(offered: offeredFeatures)
+        do throws(VhostUserError) {
+            defer { watcher.disarm() }
+            let frontend = try session.dial(deviceType: deviceType, required: required, timeout: timeout) {
+                watcher.arm(deadline: deadline, socket: $0.socket)
+            }
+            state.withLock { s in
+                s.session.adopt(frontend)
+                s.started = []
+                watcher.watch(socket: frontend.socket, connection: s.session.connection)
+                s.log.reconnected(socketPath: socketPath, connection: s.session.connection)
+            }
+            return true
+        } catch {
+            let error = Self.timedOut(error, deadline: deadline)
+            state.withLock { s in
+                if failureNeedsReset, s.epoch == epoch {
+                    backendFailed(error, closed: true, &s)
+                } else {
+                    if !keepCause { s.lastBackendError = error }
+                    s.log.report(error, socketPath: socketPath, needsReset: false)
+                }
+            }
+            return false
+        }
+    }
+
+    private struct StartPlan {
+        var session: VhostUserSession
+        var driverFeatures: UInt64
+        var queues: [(index: Int, queue: Queue, call: FileDescriptor?)]
+    }
+
+    /// DRIVER_OK on the backend: SET_FEATURES, SET_MEM_TABLE, then per
+    /// enabled queue NUM/ADDR/BASE/CALL/KICK and ENABLE, under one deadline.
+    /// A failure sets DEVICE_NEEDS_RESET and raises the config interrupt.
+    private func performStart(epoch: Int) {
+        func current(_ s: DeviceState) -> Bool {
+            s.epoch == epoch && !s.resetting && s.status & Status.driverOK != 0 && s.status & Status.needsReset == 0
+        }
+        guard state.withLock({ current($0) }) else { return }
+        // A backend that died since the last reset, and was not back then, gets another chance here.
+        guard reconnectIfClosed(epoch: epoch, failureNeedsReset: true) else { return }
+        guard
+            let plan = state.withLock({ s -> StartPlan? in
+                guard current(s) else { return nil }
+                let queues = s.queues.indices.filter { s.queues[$0].bound }.map {
+                    q -> (index: Int, queue: Queue, call: FileDescriptor?) in
+                    (index: q, queue: s.queues[q], call: callFD(queue: q, vector: s.queues[q].vector))
+                }
+                s.callsHandedOut = true
+                return StartPlan(session: s.session, driverFeatures: s.driverFeatures, queues: queues)
+            })
+        else { return }
+        let session = plan.session
+        do throws(VhostUserError) {
+            try withDeadline(session.frontend) { () throws(VhostUserError) in
+                let protocolBit = backendFeatures & VirtioFeature.vhostProtocolFeatures
+                try session.setUp(driverFeatures: plan.driverFeatures, protocolBit: protocolBit, memory: memory)
+                for (q, queue, call) in plan.queues {
+                    try session.describeRing(
+                        q, size: queue.size, descriptor: queue.descriptor, driver: queue.driver, device: queue.device)
+                    guard let call else { throw VhostUserError.unsupported("no event for vector \(queue.vector)") }
+                    try session.connectRing(q, call: call, kick: kicks[q].fileDescriptor)
+                    state.withLock { s in
+                        s.started.insert(q)
+                        if s.epoch == epoch { s.queues[q].running = true }
+                    }
+                    if protocolBit != 0 { try session.enableRing(q) }
+                }
+            }
+        } catch {
+            let closed = !session.frontend.isConnected
+            state.withLock { s in
+                guard s.epoch == epoch else {
+                    // A reset came meanwhile: it stops what started, and says nothing to the guest.
+                    s.counters.backendFailures += 1
+                    s.lastBackendError = error
+                    if closed { s.started = [] }
+                    return
+                }
+                // The watcher saw the hang-up first and reported it: one failure, not two.
+                guard !(closed && s.status & Status.needsReset != 0) else { return }
+                backendFailed(error, closed: closed, &s)
+            }
+            if closed { retireEventsIfHandedOut() }
+        }
+    }
+
+    /// The reset's backend half: GET_VRING_BASE for every started ring under
+    /// one deadline (a ring the backend does not stop, or answers for
+    /// another ring, costs it its connection: a backend that did not stop
+    /// its ring may still write guest memory), then device_status reads 0;
+    /// then, if the connection is gone, a reconnection under its own deadline.
+    private func performReset(epoch: Int) {
+        let (session, started) = state.withLock { ($0.session, $0.started.sorted()) }
+        var failure: VhostUserError?
+        if !started.isEmpty, session.frontend.isConnected {
+            do throws(VhostUserError) {
+                try withDeadline(session.frontend) { () throws(VhostUserError) in
+                    for q in started { try session.stopRing(q) }
+                }
+            } catch {
+                failure = error
+                session.frontend.close()
+            }
+        }
+        // The rings are stopped (or their connection is gone): no signal of theirs reaches the guest.
+        retireEventsIfHandedOut()
+        state.withLock { s in
+            if !started.isEmpty { s.resets += 1 }
+            s.started = []
+            if let failure {
+                s.counters.backendFailures += 1
+                s.lastBackendError = failure
+                s.log.report(failure, socketPath: socketPath, needsReset: false)
+                watcher.watch(socket: nil, connection: s.session.connection)
+            }
+            // A later reset (another epoch) finishes the job and sets 0 itself.
+            guard s.epoch == epoch else { return }
+            s.resetting = false
+            s.status = 0
+        }
+        reconnectIfClosed(epoch: epoch, failureNeedsReset: false, keepCause: failure != nil)
+    }
+
+    /// queue_msix_vector changed while the queue runs: SET_VRING_CALL with the new call fd.
+    private func performSetCall(_ q: Int, epoch: Int) {
+        guard
+            let (session, call) = state.withLock({ s -> (VhostUserSession, FileDescriptor?)? in
+                guard s.epoch == epoch, s.started.contains(q), s.status & Status.needsReset == 0 else { return nil }
+                s.callsHandedOut = true
+                return (s.session, callFD(queue: q, vector: s.queues[q].vector))
+            }), let call
+        else { return }
+        do throws(VhostUserError) {
+            try withDeadline(session.frontend) { () throws(VhostUserError) in try session.setCall(q, call) }
+        } catch {
+            let closed = !session.frontend.isConnected
+            state.withLock { s in
+                guard s.epoch == epoch else { return }
+                backendFailed(error, closed: closed, &s)
+            }
+            if closed { retireEventsIfHandedOut() }
+        }
+    }
+}
+#endif
