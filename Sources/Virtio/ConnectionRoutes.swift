@@ -14,8 +14,10 @@ import Synchronization
 /// KVM_IRQFD bound to the new event) and releases the old route, whose event
 /// then reaches nobody. The device does that when a connection stops
 /// serving the queues (a reset, a dropped connection); the next DRIVER_OK
-/// sends the new events. Signals latched in a retired event are the old
-/// connection's and go with it; the emulator's pending bits stay.
+/// sends the new events. A signal latched in a retired event while its
+/// vector was masked is a pending interrupt and moves to the new event (one
+/// pending bit, one interrupt on unmask); every later signal of the old
+/// event is lost.
 ///
 /// The emulator sees one route per vector for its whole life (its
 /// ``ConnectionScopedRoute/event`` forwards to the current one), as
@@ -135,8 +137,11 @@ final class ConnectionScopedRoute: IrqFdRoute {
                 }
             }
             if s.unmasked { try fresh.unmask() } else { try fresh.mask() }
-            // From here on the old event reaches nobody.
+            // From here on the old event reaches nobody. What latched in it while
+            // the vector was masked is a pending interrupt (the PBA shows it, unmask
+            // delivers it once): it moves to the new event, as one signal.
             try? s.route.mask()
+            if s.route.consumePending() { fresh.event.signal() }
             let old = s.route
             s.route = fresh
             s.replacements += 1

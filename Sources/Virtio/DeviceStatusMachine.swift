@@ -102,7 +102,16 @@ extension VirtioPCIDevice {
             }
         }
         s.status = (s.status & Status.needsReset) | value
-        if added & Status.driverOK != 0, s.status & Status.needsReset == 0 { start(&s) }
+        guard added & Status.driverOK != 0 else { return }
+        guard s.status & Status.needsReset == 0 else {
+            // The device cannot start until it is reset: DRIVER_OK fails the way a
+            // failed start does, with the configuration-change interrupt (the
+            // driver may have set msix_config only after NEEDS_RESET was set).
+            s.isr |= 2
+            if s.configVector != Self.noVector { emulator.signal(vector: Int(s.configVector)) }
+            return
+        }
+        start(&s)
     }
 
     /// DRIVER_OK: checks the rings, binds every enabled queue's doorbell at
