@@ -82,7 +82,7 @@ final class ScriptedBlkBackend: Sendable {
     /// Connections accepted so far.
     var connectionCount: Int { state.withLock { $0.connections.count } }
     /// Whether connection `c` was closed (by either side).
-    func isClosed(_ c: Int) -> Bool { state.withLock { $0.connections[c].closed } }
+    func isClosed(_ c: Int) -> Bool { state.withLock { $0.connections.indices.contains(c) && $0.connections[c].closed } }
     /// Replies sent so far.
     var replies: Int { state.withLock { $0.replies } }
     /// Requests connection `c` received, by number.
@@ -90,12 +90,14 @@ final class ScriptedBlkBackend: Sendable {
         state.withLock { s in s.requests.filter { $0.connection == c }.map(\.request) }
     }
     /// Call fds connection `c` holds.
-    func callCount(connection c: Int) -> Int { state.withLock { $0.connections[c].allCalls.count } }
+    func callCount(connection c: Int) -> Int {
+        state.withLock { $0.connections.indices.contains(c) ? $0.connections[c].allCalls.count : 0 }
+    }
 
     /// Signals every call fd connection `c` was ever sent, as a backend that
     /// completes requests (or floods) would.
     func signalCalls(connection c: Int) {
-        let calls = state.withLock { $0.connections[c].allCalls }
+        let calls = state.withLock { $0.connections.indices.contains(c) ? $0.connections[c].allCalls : [] }
         for call in calls { call.signal() }
     }
 

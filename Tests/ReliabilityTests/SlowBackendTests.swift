@@ -190,7 +190,8 @@ final class CountingVM {
     /// issue's measurement), the longest guest access over a whole
     /// initialisation, DRIVER_OK, reset and re-initialisation, and how long
     /// the start and the reset took on the worker. Printed for the
-    /// Reliability table; no timing is asserted (timings here are noisy).
+    /// Reliability table; no timing is asserted (timings here are noisy):
+    /// `aGuestAccessDoesNotWaitForTheBackend` checks the behaviour.
     @Test(arguments: [1, 8])
     func theLongestAccessWithEveryReplyDelayed(queues: Int) throws {
         let backend = try ScriptedBlkBackend()
@@ -217,7 +218,6 @@ final class CountingVM {
             "reply delay \(stallDelay), \(queues) queue(s): longest of \(driver.accesses) guest accesses "
                 + "\(driver.longest); DRIVER_OK done after \(startTime) (status \(device.status)), reset after "
                 + "\(resetTime); deadlines expired \(device.expiredDeadlines)")
-        #expect(driver.longest < .seconds(1), "a guest access waited on the backend: \(driver.longest)")
     }
 
     enum ResetFault: String, CaseIterable, CustomStringConvertible {
@@ -252,6 +252,10 @@ final class CountingVM {
         }
         let reset = driver.reset()
         #expect(reset.done, "device_status still \(device.status) after the reset")
+        if fault == .silent {
+            // The write returned before the backend answered: the reset was under way, then done.
+            #expect(reset.sawNonZero, "device_status read non-zero until the reset was done")
+        }
         #expect(device.status == 0)
         #expect(eventually { backend.isClosed(0) }, "the connection that broke the reset is closed")
         #expect(device.counters.backendFailures == 1)
