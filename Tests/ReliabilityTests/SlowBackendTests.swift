@@ -25,6 +25,8 @@ struct PolledDriver {
     static let common = VirtioBlkDevice.virtioBase + VirtioBlkDevice.commonOffset
     /// The longest access so far (every access is timed).
     var longest: Duration = .zero
+    /// Which access was the longest (offset, and the value written).
+    var longestAccess = ""
     var accesses = 0
 
     init(_ device: VirtioBlkDevice) { self.device = device }
@@ -32,18 +34,21 @@ struct PolledDriver {
     mutating func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
         let start = ContinuousClock.now
         device.write(address: Self.common + offset, size: size, value: value)
-        note(ContinuousClock.now - start)
+        note(ContinuousClock.now - start, "write 0x\(String(offset, radix: 16)) = 0x\(String(value, radix: 16))")
     }
 
     mutating func r(_ offset: UInt64, _ size: Int) -> UInt64 {
         let start = ContinuousClock.now
         let value = device.read(address: Self.common + offset, size: size)
-        note(ContinuousClock.now - start)
+        note(ContinuousClock.now - start, "read 0x\(String(offset, radix: 16))")
         return value
     }
 
-    private mutating func note(_ d: Duration) {
-        longest = max(longest, d)
+    private mutating func note(_ d: Duration, _ what: @autoclosure () -> String) {
+        if d > longest {
+            longest = d
+            longestAccess = what()
+        }
         accesses += 1
     }
 
@@ -183,7 +188,7 @@ final class CountingVM {
         #expect(reset.done)
         #expect(device.reconnectCount == 0, "the backend stopped its rings: the connection stays")
         #expect(device.lastBackendError == nil)
-        print("held replies, \(queues) queue(s): longest of \(driver.accesses) accesses \(driver.longest), PBA/table \(pbaTime)")
+        print("held replies, \(queues) queue(s): longest of \(driver.accesses) accesses \(driver.longest) (\(driver.longestAccess)), PBA/table \(pbaTime)")
     }
 
     /// The stall figure: every reply delayed by `stallDelay` (4.9 s in the
@@ -216,7 +221,7 @@ final class CountingVM {
         _ = driver.started(timeout: .seconds(120))
         print(
             "reply delay \(stallDelay), \(queues) queue(s): longest of \(driver.accesses) guest accesses "
-                + "\(driver.longest); DRIVER_OK done after \(startTime) (status \(device.status)), reset after "
+                + "\(driver.longest) (\(driver.longestAccess)); DRIVER_OK done after \(startTime) (status \(device.status)), reset after "
                 + "\(resetTime); deadlines expired \(device.expiredDeadlines)")
     }
 
