@@ -87,6 +87,7 @@ extension VirtioPCIDevice {
             }
             state.withLock { s in
                 s.session.adopt(frontend)
+                s.disconnectedOnPurpose = false
                 s.started = []
                 watcher.watch(socket: frontend.socket, connection: s.session.connection)
                 s.log.reconnected(socketPath: socketPath, connection: s.session.connection)
@@ -125,7 +126,7 @@ extension VirtioPCIDevice {
         guard
             let plan = state.withLock({ s -> StartPlan? in
                 guard current(s) else { return nil }
-                let queues = s.queues.indices.filter { s.queues[$0].bound }.map {
+                let queues = s.queues.indices.filter { s.queues[$0].notifiable }.map {
                     q -> (index: Int, queue: Queue, call: FileDescriptor?) in
                     (index: q, queue: s.queues[q], call: callFD(queue: q, vector: s.queues[q].vector))
                 }
@@ -135,6 +136,8 @@ extension VirtioPCIDevice {
         else { return }
         let session = plan.session
         do throws(VhostUserError) {
+            // The doorbells first: from here on a notify costs no exit.
+            for (q, _, _) in plan.queues { try bindDoorbell(q) }
             try withDeadline(session.frontend) { () throws(VhostUserError) in
                 let protocolBit = backendFeatures & VirtioFeature.vhostProtocolFeatures
                 try session.setUp(driverFeatures: plan.driverFeatures, protocolBit: protocolBit, memory: memory)
@@ -155,6 +158,7 @@ extension VirtioPCIDevice {
             state.withLock { s in
                 guard s.epoch == epoch else {
                     // A reset came meanwhile: it stops what started, and says nothing to the guest.
+                    guard !s.disconnectedOnPurpose else { return }
                     s.counters.backendFailures += 1
                     s.lastBackendError = error
                     if closed { s.started = [] }
@@ -168,12 +172,38 @@ extension VirtioPCIDevice {
         }
     }
 
-    /// The reset's backend half: GET_VRING_BASE for every started ring under
+    /// Binds queue `q`'s doorbell (KVM_IOEVENTFD: a 2-byte write of q at its
+    /// notify address signals its kick eventfd) and records it for the reset.
+    private func bindDoorbell(_ q: Int) throws(VhostUserError) {
+        do throws(SystemCallError) {
+            try doorbells.bind(
+                kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
+        } catch {
+            throw .systemCall(call: error.call, errno: error.errno)
+        }
+        state.withLock { _ = $0.doorbells.insert(q) }
+    }
+
+    /// Unbinds every doorbell bound so far; a notify exits to the VMM again.
+    private func unbindDoorbells() {
+        let bound = state.withLock { s in
+            defer { s.doorbells = [] }
+            return s.doorbells
+        }
+        for q in bound {
+            try? doorbells.unbind(
+                kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
+            _ = kicks[q].consume()
+        }
+    }
+
+    /// The reset's backend half: the doorbells unbound, GET_VRING_BASE for every started ring under
     /// one deadline (a ring the backend does not stop, or answers for
     /// another ring, costs it its connection: a backend that did not stop
     /// its ring may still write guest memory), then device_status reads 0;
     /// then, if the connection is gone, a reconnection under its own deadline.
     private func performReset(epoch: Int) {
+        unbindDoorbells()
         let (session, started) = state.withLock { ($0.session, $0.started.sorted()) }
         var failure: VhostUserError?
         if !started.isEmpty, session.frontend.isConnected {
@@ -191,7 +221,7 @@ extension VirtioPCIDevice {
         state.withLock { s in
             if !started.isEmpty { s.resets += 1 }
             s.started = []
-            if let failure {
+            if let failure, !s.disconnectedOnPurpose {
                 s.counters.backendFailures += 1
                 s.lastBackendError = failure
                 s.log.report(failure, socketPath: socketPath, needsReset: false)

@@ -107,7 +107,7 @@ extension VirtioPCIDevice {
             s.queues[q].vector = chosen
             // Before DRIVER_OK the backend has no call fd (it gets one when the
             // queue starts); a running queue gets the new one from the worker.
-            if s.queues[q].bound, delivery != .userspace { enqueue(.setCall(queue: q), &s) }
+            if s.queues[q].notifiable, delivery != .userspace { enqueue(.setCall(queue: q), &s) }
         case 0x1C where size == 2:
             guard queueWritable else { s.counters.readOnlyWrites += 1; return }
             // Only 1 may be written (section 4.1.4.3.2); disabling is a reset.

@@ -114,11 +114,13 @@ extension VirtioPCIDevice {
         start(&s)
     }
 
-    /// DRIVER_OK: checks the rings, binds every enabled queue's doorbell at
-    /// once (a notify written before the backend has the queue latches in
-    /// its kick eventfd and is served when it has), and queues the start on
-    /// the worker (SET_FEATURES, SET_MEM_TABLE, then per queue
-    /// NUM/ADDR/BASE/CALL/KICK and ENABLE).
+    /// DRIVER_OK: checks the rings, and queues the start on the worker: it
+    /// binds every enabled queue's doorbell, then sends SET_FEATURES,
+    /// SET_MEM_TABLE, and per queue NUM/ADDR/BASE/CALL/KICK and ENABLE. A
+    /// notify written before the backend has the queue latches in its kick
+    /// eventfd (through the exit until the doorbell is bound) and is served
+    /// when it has. No KVM_IOEVENTFD here: binding one waits for the
+    /// kernel's SRCU grace period, which a vCPU should not.
     func start(_ s: inout DeviceState) {
         // Rings outside RAM never reach the backend (checked first, all of them).
         for q in s.queues.indices where s.queues[q].enabled {
@@ -138,32 +140,15 @@ extension VirtioPCIDevice {
         for q in s.queues.indices where s.queues[q].enabled {
             // A kick left from before the reset is not this start's.
             _ = kicks[q].consume()
-            do throws(SystemCallError) {
-                try doorbells.bind(
-                    kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-            } catch {
-                unbindDoorbells(&s)
-                backendFailed(.systemCall(call: error.call, errno: error.errno), closed: false, &s)
-                return
-            }
-            s.queues[q].bound = true
+            s.queues[q].notifiable = true
         }
         enqueue(.start, &s)
     }
 
-    /// Removes every bound doorbell; a notify exits to the VMM again, and is dropped.
-    func unbindDoorbells(_ s: inout DeviceState) {
-        for q in s.queues.indices where s.queues[q].bound {
-            try? doorbells.unbind(
-                kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-            s.queues[q].bound = false
-            _ = kicks[q].consume()
-        }
-    }
-
-    /// Device reset (virtio 1.2 section 2.4): doorbells unbound and every
-    /// register back to its reset value now; the running rings are stopped
-    /// (GET_VRING_BASE) on the worker, and until they are, device_status
+    /// Device reset (virtio 1.2 section 2.4): every register back to its
+    /// reset value now (a notify exits and is dropped); the doorbells are
+    /// unbound and the running rings stopped (GET_VRING_BASE) on the worker,
+    /// and until they are, device_status
     /// keeps reading its old, non-zero value. The reset completes within its
     /// deadline whatever the backend does: a backend that does not stop its
     /// rings in time, or answers for another ring, loses its connection.
@@ -176,10 +161,12 @@ extension VirtioPCIDevice {
     /// DEVICE_NEEDS_RESET and the config interrupt: a driver retries by
     /// resetting again.
     func reset(_ s: inout DeviceState) {
-        unbindDoorbells(&s)
         let previous = s.status
-        // Rings to stop: those started on the backend, or a start still queued or under way.
-        let stopping = previous != 0 && (!s.started.isEmpty || s.operations > 0 || s.callsHandedOut)
+        // Doorbells to unbind, rings to stop (those started on the backend, or a
+        // start still queued or under way), events to retire: the worker's job.
+        let stopping =
+            previous != 0
+            && (!s.started.isEmpty || !s.doorbells.isEmpty || s.operations > 0 || s.callsHandedOut)
         var fresh = DeviceState(
             session: s.session, log: s.log, queues: Array(repeating: Queue(), count: queueCount), pci: s.pci)
         fresh.counters = s.counters
@@ -189,8 +176,10 @@ extension VirtioPCIDevice {
         fresh.epoch = s.epoch &+ 1
         fresh.operations = s.operations
         fresh.started = s.started
+        fresh.doorbells = s.doorbells
         fresh.operationTimeout = s.operationTimeout
         fresh.callsHandedOut = s.callsHandedOut
+        fresh.disconnectedOnPurpose = s.disconnectedOnPurpose
         s = fresh
         if stopping {
             s.status = previous
@@ -209,6 +198,9 @@ extension VirtioPCIDevice {
         let frontend = state.withLock { s in
             watcher.watch(socket: nil, connection: s.session.connection)
             s.started = []
+            // An operation under way fails when the socket shuts down: stale, not reported.
+            s.epoch &+= 1
+            s.disconnectedOnPurpose = true
             return s.session.frontend
         }
         watcher.shutDownConnection()

@@ -136,7 +136,7 @@ extension VirtioPCIDevice {
                     return
                 }
                 // Exited because of its size (a doorbell matches 2 bytes): pass it on.
-                if s.queues[q].bound { kicks[q].signal() }
+                if s.queues[q].notifiable { kicks[q].signal() }
             }
         }
     }

@@ -140,8 +140,9 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         var descriptor: UInt64 = 0
         var driver: UInt64 = 0
         var device: UInt64 = 0
-        /// Its doorbell is bound (from DRIVER_OK until reset): a notify latches in its kick eventfd.
-        var bound = false
+        /// From DRIVER_OK until reset a notify latches in its kick eventfd:
+        /// through the doorbell once the worker has bound it, else through the exit.
+        var notifiable = false
         /// Started on the backend (the worker sent its kick fd).
         var running = false
     }
@@ -175,10 +176,14 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         var operations = 0
         /// Queues the worker started on the current connection and no reset stopped yet.
         var started: Set<Int> = []
+        /// Queues whose doorbell the worker bound (KVM_IOEVENTFD) and no reset unbound yet.
+        var doorbells: Set<Int> = []
         /// The deadline of one backend operation.
         var operationTimeout: Duration = .seconds(5)
         /// The backend was sent the route events since they were last retired.
         var callsHandedOut = false
+        /// ``disconnect()`` closed the connection (until a reconnection): failures it causes are not reported.
+        var disconnectedOnPurpose = false
     }
 
     /// Connects to the vhost-user backend at `socketPath`, negotiates as
