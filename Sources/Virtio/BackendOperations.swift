@@ -148,6 +148,7 @@ extension VirtioPCIDevice {
                     try session.connectRing(q, call: call, kick: kicks[q].fileDescriptor)
                     state.withLock { s in
                         s.started.insert(q)
+                        s.startedRings[q] = (queue.driver, queue.device)
                         if s.epoch == epoch { s.queues[q].running = true }
                     }
                     if protocolBit != 0 { try session.enableRing(q) }
@@ -185,6 +186,9 @@ extension VirtioPCIDevice {
     }
 
     /// Unbinds every doorbell bound so far; a notify exits to the VMM again.
+    /// The kick eventfds are not drained here: the backend may be about to
+    /// read one (qemu-storage-daemon panics on a kick it finds empty), so
+    /// they are drained once the rings are stopped.
     private func unbindDoorbells() {
         let bound = state.withLock { s in
             defer { s.doorbells = [] }
@@ -193,7 +197,6 @@ extension VirtioPCIDevice {
         for q in bound {
             try? doorbells.unbind(
                 kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-            _ = kicks[q].consume()
         }
     }
 
@@ -204,9 +207,10 @@ extension VirtioPCIDevice {
     /// then, if the connection is gone, a reconnection under its own deadline.
     private func performReset(epoch: Int) {
         unbindDoorbells()
-        let (session, started) = state.withLock { ($0.session, $0.started.sorted()) }
+        let (session, started, rings) = state.withLock { ($0.session, $0.started.sorted(), $0.startedRings) }
         var failure: VhostUserError?
         if !started.isEmpty, session.frontend.isConnected {
+            awaitInFlight(rings.filter { started.contains($0.key) }.map(\.value))
             do throws(VhostUserError) {
                 try withDeadline(session.frontend) { () throws(VhostUserError) in
                     for q in started { try session.stopRing(q) }
@@ -216,7 +220,9 @@ extension VirtioPCIDevice {
                 session.frontend.close()
             }
         }
-        // The rings are stopped (or their connection is gone): no signal of theirs reaches the guest.
+        // The rings are stopped (or their connection is gone): a kick left is stale.
+        for kick in kicks { _ = kick.consume() }
+        // No signal of theirs reaches the guest.
         retireEventsIfHandedOut()
         state.withLock { s in
             if !started.isEmpty { s.resets += 1 }
@@ -234,6 +240,34 @@ extension VirtioPCIDevice {
         }
         reconnectIfClosed(epoch: epoch, failureNeedsReset: false, keepCause: failure != nil)
     }
+
+    /// Gives the requests the backend has taken a moment to complete before
+    /// GET_VRING_BASE: until each ring's used index reaches its available
+    /// index, for at most ``inFlightGrace``. qemu-storage-daemon 7.2 closes
+    /// the call fd at GET_VRING_BASE but still completes the requests it had
+    /// in flight, and then panics writing the closed call fd ("Error writing
+    /// eventfd") and drops the connection. Reads guest RAM only (the indices,
+    /// virtio 1.2 sections 2.7.6 and 2.7.8); a guest or backend that never
+    /// catches up costs the grace period, no more.
+    private func awaitInFlight(_ rings: [(driver: UInt64, device: UInt64)]) {
+        let until = ContinuousClock.now + Self.inFlightGrace
+        func index(_ address: UInt64) -> UInt16? {
+            guard let region = memory.regions.first(where: { $0.contains(address, length: 2) }) else { return nil }
+            let host = UInt(region.hostAddress) + UInt(address - region.guestPhysicalAddress)
+            return UnsafeRawPointer(bitPattern: host)?.loadUnaligned(as: UInt16.self)
+        }
+        while ContinuousClock.now < until {
+            let busy = rings.contains { ring in
+                guard let available = index(ring.driver + 2), let used = index(ring.device + 2) else { return false }
+                return available != used
+            }
+            guard busy else { return }
+            usleep(500)
+        }
+    }
+
+    /// The longest a reset waits for requests in flight (``awaitInFlight(_:)``).
+    static var inFlightGrace: Duration { .milliseconds(200) }
 
     /// queue_msix_vector changed while the queue runs: SET_VRING_CALL with the new call fd.
     private func performSetCall(_ q: Int, epoch: Int) {

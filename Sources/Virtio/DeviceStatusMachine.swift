@@ -176,6 +176,7 @@ extension VirtioPCIDevice {
         fresh.epoch = s.epoch &+ 1
         fresh.operations = s.operations
         fresh.started = s.started
+        fresh.startedRings = s.startedRings
         fresh.doorbells = s.doorbells
         fresh.operationTimeout = s.operationTimeout
         fresh.callsHandedOut = s.callsHandedOut

@@ -43,10 +43,11 @@ import Synchronization
 /// (``reconnectCount``). No wait on the socket is without a deadline.
 ///
 /// Thread safety: guest accesses (any vCPU), host calls, the worker and the
-/// watcher share one lock, which is never held across a backend message, so
-/// a vCPU waits for it at most as long as another register access takes.
-/// The MSI-X emulator's lock and the watcher's lock are taken inside it,
-/// never around it; MSI-X table and PBA accesses do not take it at all.
+/// watcher share one lock, which is never held across a backend message,
+/// a doorbell binding or the retirement of route events, so a vCPU waits for
+/// it at most as long as another register access takes. The MSI-X
+/// emulator's lock and the watcher's lock are taken inside it, never around
+/// it; an MSI-X table or PBA access holds it only to decode the address.
 public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, BackendWatcherClient {
     /// device_status bits.
     public typealias Status = VirtioStatus
@@ -176,6 +177,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         var operations = 0
         /// Queues the worker started on the current connection and no reset stopped yet.
         var started: Set<Int> = []
+        /// The driver and device areas of the rings in `started` (the reset reads their indices).
+        var startedRings: [Int: (driver: UInt64, device: UInt64)] = [:]
         /// Queues whose doorbell the worker bound (KVM_IOEVENTFD) and no reset unbound yet.
         var doorbells: Set<Int> = []
         /// The deadline of one backend operation.
