@@ -453,7 +453,9 @@ struct DeathDriver {
         #expect(eventually { device.status & needsReset != 0 || recoveries() > before2 })
         #expect(vm.waitUntil(timeout: .seconds(30)) { recoveries() > before2 })
         try backend.restart()
-        #expect(vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 }, "batch 3, run again after the second reconnect")
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 },
+            "batch 3, run again after the second reconnect: status 0x\(String(device.status, radix: 16)), resetting \(device.isResetting), connected \(device.isBackendConnected), reconnects \(device.reconnectCount), running \(device.isRunning(queue: 0)), recoveries \(recoveries()), guest status 0x\(String(m.read32(at: L.lastStatus), radix: 16)), \(device.counters), \(String(describing: device.lastBackendError))")
         #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
 
         // 3. The config vector masked: NEEDS_RESET, but the interrupt waits in the PBA.
