@@ -136,8 +136,6 @@ extension VirtioPCIDevice {
         else { return }
         let session = plan.session
         do throws(VhostUserError) {
-            // The doorbells first: from here on a notify costs no exit.
-            for (q, _, _) in plan.queues { try bindDoorbell(q) }
             try withDeadline(session.frontend) { () throws(VhostUserError) in
                 let protocolBit = backendFeatures & VirtioFeature.vhostProtocolFeatures
                 try session.setUp(driverFeatures: plan.driverFeatures, protocolBit: protocolBit, memory: memory)
@@ -173,19 +171,9 @@ extension VirtioPCIDevice {
         }
     }
 
-    /// Binds queue `q`'s doorbell (KVM_IOEVENTFD: a 2-byte write of q at its
-    /// notify address signals its kick eventfd) and records it for the reset.
-    private func bindDoorbell(_ q: Int) throws(VhostUserError) {
-        do throws(SystemCallError) {
-            try doorbells.bind(
-                kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-        } catch {
-            throw .systemCall(call: error.call, errno: error.errno)
-        }
-        state.withLock { _ = $0.doorbells.insert(q) }
-    }
-
-    /// Unbinds every doorbell bound so far; a notify exits to the VMM again.
+    /// Unbinds every doorbell DRIVER_OK bound; a notify exits to the VMM
+    /// again. Here, not on the vCPU: KVM_IOEVENTFD's removal waits for the
+    /// kernel's SRCU grace period, and a reset may remove several.
     /// The kick eventfds are not drained here: the backend may be about to
     /// read one (qemu-storage-daemon panics on a kick it finds empty), so
     /// they are drained once the rings are stopped.

@@ -114,13 +114,11 @@ extension VirtioPCIDevice {
         start(&s)
     }
 
-    /// DRIVER_OK: checks the rings, and queues the start on the worker: it
-    /// binds every enabled queue's doorbell, then sends SET_FEATURES,
-    /// SET_MEM_TABLE, and per queue NUM/ADDR/BASE/CALL/KICK and ENABLE. A
-    /// notify written before the backend has the queue latches in its kick
-    /// eventfd (through the exit until the doorbell is bound) and is served
-    /// when it has. No KVM_IOEVENTFD here: binding one waits for the
-    /// kernel's SRCU grace period, which a vCPU should not.
+    /// DRIVER_OK: checks the rings, binds every enabled queue's doorbell at
+    /// once (a notify written before the backend has the queue latches in
+    /// its kick eventfd and is served when it has; from DRIVER_OK no notify
+    /// exits), and queues the start on the worker (SET_FEATURES,
+    /// SET_MEM_TABLE, then per queue NUM/ADDR/BASE/CALL/KICK and ENABLE).
     func start(_ s: inout DeviceState) {
         // Rings outside RAM never reach the backend (checked first, all of them).
         for q in s.queues.indices where s.queues[q].enabled {
@@ -141,6 +139,15 @@ extension VirtioPCIDevice {
             // A kick left from before the reset is not this start's.
             _ = kicks[q].consume()
             s.queues[q].notifiable = true
+            do throws(SystemCallError) {
+                try doorbells.bind(
+                    kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
+                s.doorbells.insert(q)
+            } catch {
+                // The reset unbinds those bound so far.
+                backendFailed(.systemCall(call: error.call, errno: error.errno), closed: false, &s)
+                return
+            }
         }
         enqueue(.start, &s)
     }
