@@ -82,7 +82,9 @@ final class ScriptedBlkBackend: Sendable {
     /// Connections accepted so far.
     var connectionCount: Int { state.withLock { $0.connections.count } }
     /// Whether connection `c` was closed (by either side).
-    func isClosed(_ c: Int) -> Bool { state.withLock { $0.connections.indices.contains(c) && $0.connections[c].closed } }
+    func isClosed(_ c: Int) -> Bool {
+        state.withLock { $0.connections.indices.contains(c) && $0.connections[c].closed }
+    }
     /// Replies sent so far.
     var replies: Int { state.withLock { $0.replies } }
     /// Requests connection `c` received, by number.

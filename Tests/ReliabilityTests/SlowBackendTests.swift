@@ -188,7 +188,9 @@ final class CountingVM {
         #expect(reset.done)
         #expect(device.reconnectCount == 0, "the backend stopped its rings: the connection stays")
         #expect(device.lastBackendError == nil)
-        print("held replies, \(queues) queue(s): longest of \(driver.accesses) accesses \(driver.longest) (\(driver.longestAccess)), PBA/table \(pbaTime)")
+        print(
+            "held replies, \(queues) queue(s): longest of \(driver.accesses) accesses \(driver.longest) "
+                + "(\(driver.longestAccess)), PBA/table \(pbaTime)")
     }
 
     /// The stall figure: every reply delayed by `stallDelay` (4.9 s in the
@@ -221,7 +223,8 @@ final class CountingVM {
         _ = driver.started(timeout: .seconds(120))
         print(
             "reply delay \(stallDelay), \(queues) queue(s): longest of \(driver.accesses) guest accesses "
-                + "\(driver.longest) (\(driver.longestAccess)); DRIVER_OK done after \(startTime) (status \(device.status)), reset after "
+                + "\(driver.longest) (\(driver.longestAccess)); DRIVER_OK done after \(startTime) "
+                + "(status \(device.status)), reset after "
                 + "\(resetTime); deadlines expired \(device.expiredDeadlines)")
     }
 
