@@ -99,15 +99,15 @@ extension VirtioPCIDevice {
                 chosen = Self.noVector
             }
             guard chosen != s.queues[q].vector else { return }
-            // The backend learns the new call fd now: one SET_VRING_CALL.
-            guard let fd = callFD(queue: q, vector: chosen) else {
+            // The route is made now, so that the vector's event exists by DRIVER_OK.
+            guard callFD(queue: q, vector: chosen) != nil else {
                 s.queues[q].vector = Self.noVector
                 return
             }
             s.queues[q].vector = chosen
-            if delivery != .userspace || s.queues[q].running, !deviceType.isServedByVMM(queue: q) {
-                do throws(VhostUserError) { try s.session.setCall(q, fd) } catch { backendFailed(error, &s) }
-            }
+            // Before DRIVER_OK the backend has no call fd (it gets one when the
+            // queue starts); a running queue gets the new one from the worker.
+            if s.queues[q].notifiable, delivery != .userspace, !deviceType.isServedByVMM(queue: q) { enqueue(.setCall(queue: q), &s) }
         case 0x1C where size == 2:
             guard queueWritable else { s.counters.readOnlyWrites += 1; return }
             // Only 1 may be written (section 4.1.4.3.2); disabling is a reset.

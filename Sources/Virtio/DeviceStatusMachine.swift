@@ -1,18 +1,23 @@
 #if os(Linux)
 import IrqFdCore
 import IrqFdLinux
+import Logging
 import MSIX
+import SystemPackage
 import VhostUser
 
-/// The device_status state machine (virtio 1.2 sections 2.1, 2.4 and 3.1.1):
-/// feature negotiation, DRIVER_OK starting the queues on the backend, reset
-/// stopping them, and a backend that fails or goes away.
+/// The device_status state machine (virtio 1.2 sections 2.1, 2.4 and 3.1.1)
+/// as the guest drives it: feature negotiation, DRIVER_OK, reset, and a
+/// backend that fails or goes away. Everything here runs under the device
+/// lock and sends no backend message: what needs the backend is queued on
+/// the worker (``BackendOperation``).
 extension VirtioPCIDevice {
-    /// The call fd queue `q` hands the backend for vector `vector`.
-    func callFD(queue q: Int, vector: UInt16) -> Int32? {
-        if vector == Self.noVector || delivery == .userspace { return ownCalls[q].fileDescriptor.rawValue }
+    /// The call fd queue `q` hands the backend for vector `vector` (borrowed:
+    /// the emulator's route event, or the device's own eventfd).
+    func callFD(queue q: Int, vector: UInt16) -> FileDescriptor? {
+        if vector == Self.noVector || delivery == .userspace { return ownCalls[q].fileDescriptor }
         guard let event = try? emulator.event(for: Int(vector)) else { return nil }
-        return Int32(truncatingIfNeeded: event.nativeHandle.rawValue)
+        return FileDescriptor(rawValue: Int32(truncatingIfNeeded: event.nativeHandle.rawValue))
     }
 
     /// Userspace delivery: queue `q`'s backend signalled its call fd.
@@ -25,22 +30,50 @@ extension VirtioPCIDevice {
     /// The backend failed or went away: DEVICE_NEEDS_RESET (virtio 1.2
     /// section 2.1), ISR bit 1 and the configuration-change interrupt on
     /// msix_config (section 4.1.4.5), through the MSI-X emulator like any
-    /// other vector (masked, it latches in the PBA), and one rate-limited log line.
-    func backendFailed(_ error: VhostUserError, _ s: inout DeviceState) {
+    /// other vector (masked, it latches in the PBA), and one rate-limited log
+    /// line. During a reset only the log line and the count: the reset
+    /// itself completes (status 0) and the next connection is a new one.
+    /// `closed`: the connection is gone (the watcher stops watching it).
+    func backendFailed(_ error: VhostUserError, closed: Bool, _ s: inout DeviceState) {
         s.counters.backendFailures += 1
         s.lastBackendError = error
+        if closed {
+            s.started = []
+            watcher.watch(socket: nil, connection: s.session.connection)
+        }
+        guard !s.resetting else {
+            s.log.report(error, socketPath: socketPath, needsReset: false)
+            return
+        }
         s.status |= Status.needsReset
         s.configGeneration &+= 1
         s.isr |= 2
-        // A closed connection keeps no socket open through the watcher's copy.
-        if !s.session.frontend.isConnected { watcher.watch(socket: nil, connection: s.session.connection) }
         s.log.report(error, socketPath: socketPath, needsReset: true)
         if s.configVector != Self.noVector { emulator.signal(vector: Int(s.configVector)) }
+    }
+
+    /// The backend connection that was sent the call fds stops serving the
+    /// queues (a reset stopped them, or the connection is gone): their events
+    /// are retired (``ConnectionScopedPartition``), so whatever it signals
+    /// from now on reaches no guest. Outside the device lock: retiring makes
+    /// routes, so a vCPU's access does not wait for it.
+    func retireEventsIfHandedOut() {
+        let handedOut = state.withLock { s in
+            defer { s.callsHandedOut = false }
+            return s.callsHandedOut
+        }
+        guard handedOut, let error = routes?.retireEvents() else { return }
+        state.withLock { $0.log.logger.warning("\(deviceType.name): a route event could not be retired: \(error)") }
     }
 
     func writeStatus(_ value: UInt8, _ s: inout DeviceState) {
         if value == 0 {
             reset(&s)
+            return
+        }
+        // The driver waits for 0 after a reset (virtio 1.2 section 4.1.4.3.1).
+        guard !s.resetting else {
+            s.counters.badStatusWrites += 1
             return
         }
         let old = s.status & ~Status.needsReset
@@ -69,11 +102,23 @@ extension VirtioPCIDevice {
             }
         }
         s.status = (s.status & Status.needsReset) | value
-        if added & Status.driverOK != 0, s.status & Status.needsReset == 0 { start(&s) }
+        guard added & Status.driverOK != 0 else { return }
+        guard s.status & Status.needsReset == 0 else {
+            // The device cannot start until it is reset: DRIVER_OK fails the way a
+            // failed start does, with the configuration-change interrupt (the
+            // driver may have set msix_config only after NEEDS_RESET was set).
+            s.isr |= 2
+            if s.configVector != Self.noVector { emulator.signal(vector: Int(s.configVector)) }
+            return
+        }
+        start(&s)
     }
 
-    /// DRIVER_OK: SET_FEATURES, SET_MEM_TABLE, then per enabled queue
-    /// NUM/ADDR/BASE/CALL/KICK, its doorbell, and ENABLE.
+    /// DRIVER_OK: checks the rings, binds every enabled queue's doorbell at
+    /// once (a notify written before the backend has the queue latches in
+    /// its kick eventfd and is served when it has; from DRIVER_OK no notify
+    /// exits), and queues the start on the worker (SET_FEATURES,
+    /// SET_MEM_TABLE, then per queue NUM/ADDR/BASE/CALL/KICK and ENABLE).
     func start(_ s: inout DeviceState) {
         // Rings outside RAM never reach the backend (checked first, all of them).
         for q in s.queues.indices where s.queues[q].enabled {
@@ -90,128 +135,99 @@ extension VirtioPCIDevice {
             }
         }
         s.starts += 1
-        do throws(VhostUserError) {
-            // A backend that died since the last reset, and was not back
-            // then, gets another chance here.
-            if !s.session.frontend.isConnected { try reconnect(&s) }
-            let session = s.session
-            let protocolBit = backendFeatures & VirtioFeature.vhostProtocolFeatures
-            // The backend hears only of features it offered and implements (vhost-user
-            // SET_FEATURES: a subset of GET_FEATURES; DPDK refuses anything else).
-            let backendShare = s.driverFeatures & backendFeatures & ~deviceType.featuresServedByVMM
-            try session.setUp(driverFeatures: backendShare, protocolBit: protocolBit, memory: memory)
-            for q in s.queues.indices where s.queues[q].enabled {
-                let queue = s.queues[q]
-                _ = kicks[q].consume()
-                if deviceType.isServedByVMM(queue: q) {
-                    try startServedByVMM(q, &s)
-                    continue
-                }
-                try session.describeRing(
-                    q, size: queue.size, descriptor: queue.descriptor, driver: queue.driver, device: queue.device)
-                guard let call = callFD(queue: q, vector: queue.vector) else {
-                    throw VhostUserError.unsupported("no event for vector \(queue.vector)")
-                }
-                try session.connectRing(q, call: call, kick: kicks[q].fileDescriptor.rawValue)
-                do {
-                    try doorbells.bind(
-                        kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-                } catch {
-                    throw VhostUserError.systemCall(call: error.call, errno: error.errno)
-                }
-                s.queues[q].running = true
-                if protocolBit != 0, deviceType.isEnabledAtStart(queue: q, driverFeatures: s.driverFeatures) {
-                    try session.enableRing(q)
-                }
+        for q in s.queues.indices where s.queues[q].enabled {
+            // A kick left from before the reset is not this start's.
+            _ = kicks[q].consume()
+            s.queues[q].notifiable = true
+            do throws(SystemCallError) {
+                try doorbells.bind(
+                    kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
+                s.doorbells.insert(q)
+            } catch {
+                // The reset unbinds those bound so far.
+                backendFailed(.systemCall(call: error.call, errno: error.errno), closed: false, &s)
+                return
             }
-        } catch {
-            backendFailed(error, &s)
         }
+        enqueue(.start, &s)
     }
 
-    /// Device reset (virtio 1.2 section 2.4): stop every running ring with
-    /// GET_VRING_BASE, unbind its doorbell, and return every register to its
-    /// reset value, all before the status write returns.
+    /// Device reset (virtio 1.2 section 2.4): every register back to its
+    /// reset value now (a notify exits and is dropped); the doorbells are
+    /// unbound and the running rings stopped (GET_VRING_BASE) on the worker,
+    /// and until they are, device_status
+    /// keeps reading its old, non-zero value. The reset completes within its
+    /// deadline whatever the backend does: a backend that does not stop its
+    /// rings in time, or answers for another ring, loses its connection.
     ///
     /// A backend that is gone (its connection closed: it hung up, or broke
     /// the protocol) has no rings to stop; the reset instead reconnects to
-    /// ``socketPath`` and negotiates again, so that the driver's
-    /// re-initialisation runs against the restarted backend. If nobody
-    /// listens yet, the reset still completes (status 0) and DRIVER_OK tries
-    /// again, failing with DEVICE_NEEDS_RESET and the config interrupt: a
-    /// driver retries by resetting again.
+    /// ``socketPath`` and negotiates again, after status reads 0, so that the
+    /// driver's re-initialisation runs against the restarted backend. If
+    /// nobody listens yet, DRIVER_OK tries again, failing with
+    /// DEVICE_NEEDS_RESET and the config interrupt: a driver retries by
+    /// resetting again.
     func reset(_ s: inout DeviceState) {
-        var failure: VhostUserError?
-        var stopped = false
-        for q in s.queues.indices where s.queues[q].running {
-            stopped = true
-            try? doorbells.unbind(
-                kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-            if failure == nil, s.session.frontend.isConnected, !deviceType.isServedByVMM(queue: q) {
-                do throws(VhostUserError) { try s.session.stopRing(q) } catch { failure = error }
-            }
-            _ = kicks[q].consume()
-        }
-        if stopped { s.resets += 1 }
+        let previous = s.status
+        // Doorbells to unbind, rings to stop (those started on the backend, or a
+        // start still queued or under way), events to retire: the worker's job.
+        let stopping =
+            previous != 0
+            && (!s.started.isEmpty || !s.doorbells.isEmpty || s.operations > 0 || s.callsHandedOut)
         var fresh = DeviceState(
             session: s.session, log: s.log, queues: Array(repeating: Queue(), count: queueCount), pci: s.pci)
         fresh.counters = s.counters
+        fresh.lastBackendError = s.lastBackendError
         fresh.resets = s.resets
         fresh.starts = s.starts
+        fresh.epoch = s.epoch &+ 1
+        fresh.operations = s.operations
+        fresh.started = s.started
+        fresh.startedRings = s.startedRings
+        fresh.doorbells = s.doorbells
+        fresh.operationTimeout = s.operationTimeout
+        fresh.callsHandedOut = s.callsHandedOut
+        fresh.disconnectedOnPurpose = s.disconnectedOnPurpose
         s = fresh
-        // A backend that refused (a nonzero REPLY_ACK) but is still connected:
-        // DEVICE_NEEDS_RESET, as for any failed call.
-        if let failure, s.session.frontend.isConnected {
-            backendFailed(failure, &s)
-            return
+        if stopping {
+            s.status = previous
+            s.resetting = true
+            enqueue(.reset, &s)
+        } else {
+            // Nothing to stop: 0 at once; a closed connection is replaced on the worker.
+            enqueue(.reconnect, &s)
         }
-        guard !s.session.frontend.isConnected else { return }
-        do throws(VhostUserError) { try reconnect(&s) } catch {
-            if let failure {
-                // It went away under this reset and is not back: needs a reset, as before.
-                backendFailed(failure, &s)
-            } else {
-                // It was already gone (and reported): DRIVER_OK will try again.
-                s.lastBackendError = error
-                s.log.report(error, socketPath: socketPath, needsReset: false)
-            }
-            return
-        }
-        if let failure {
-            // It went away under this reset and a new one listened: the reset is clean.
-            s.counters.backendFailures += 1
-            s.lastBackendError = failure
-        }
-    }
-
-    /// Replaces the closed connection with a new one to ``socketPath``,
-    /// negotiated as at creation; the watcher watches the new socket.
-    func reconnect(_ s: inout DeviceState) throws(VhostUserError) {
-        try s.session.reconnect(
-            deviceType: deviceType, required: deviceType.requiredOfRestartedBackend(offered: offeredFeatures))
-        watcher.watch(socket: s.session.frontend.socketDescriptor, connection: s.session.connection)
-        s.log.reconnected(socketPath: socketPath, connection: s.session.connection)
     }
 
     /// Closes the backend connection on purpose, before the VMM stops the
     /// backend at exit: nothing is reported (no NEEDS_RESET, no log line), and
-    /// a later reset would reconnect. Idempotent.
+    /// a later reset would reconnect. Idempotent; an exchange under way fails at once.
     public func disconnect() {
-        state.withLock { s in
+        let frontend = state.withLock { s in
             watcher.watch(socket: nil, connection: s.session.connection)
-            s.session.frontend.close()
+            s.started = []
+            // An operation under way fails when the socket shuts down: stale, not reported.
+            s.epoch &+= 1
+            s.disconnectedOnPurpose = true
+            return s.session.frontend
         }
+        watcher.shutDownConnection()
+        frontend.close()
     }
 
     /// The watcher saw connection `connection`'s socket hang up (POLLHUP or
-    /// POLLRDHUP: the backend exited or closed it), whether or not a message
-    /// was under way: the device closes it and needs a reset.
+    /// POLLRDHUP: the backend exited or closed it) and shut it down, whether
+    /// or not a message was under way: the device closes it and needs a reset.
     func backendHungUp(connection: Int) {
+        let frontend = state.withLock { s in s.session.connection == connection ? s.session.frontend : nil }
+        guard let frontend, frontend.isConnected else { return }
+        // Outside the device lock: an exchange under way holds the front-end's own.
+        frontend.close()
         state.withLock { s in
-            guard s.session.connection == connection, s.session.frontend.isConnected else { return }
-            s.session.frontend.close()
-            backendFailed(.disconnected(nil), &s)
+            guard s.session.connection == connection else { return }
+            backendFailed(.disconnected(nil), closed: true, &s)
         }
+        retireEventsIfHandedOut()
     }
 }
 #endif

@@ -1,4 +1,5 @@
 #if os(Linux)
+import Dispatch
 import MSIX
 import PCI
 
@@ -116,7 +117,14 @@ extension VirtioPCIDevice {
         switch region {
         case nil: return
         case .msix(let offset): emulator.write(bar: 1, offset: offset, size: size, value: value)
-        case .common(let offset): state.withLock { writeCommon(offset, size, value, &$0) }
+        case .common(let offset):
+            let queued = state.withLock { s in
+                let before = s.operations
+                writeCommon(offset, size, value, &s)
+                return s.operations > before
+            }
+            // Outside the lock, and briefly (`briefWaitMilliseconds`): never for the backend's sake.
+            if queued { _ = pending.wait(timeout: .now() + .milliseconds(Self.briefWaitMilliseconds)) }
         case .isr, .device: state.withLock { $0.counters.readOnlyWrites += 1 }
         case .notify(let offset):
             state.withLock { s in
@@ -128,7 +136,7 @@ extension VirtioPCIDevice {
                     return
                 }
                 // Exited because of its size (a doorbell matches 2 bytes): pass it on.
-                if s.queues[q].running { kicks[q].signal() }
+                if s.queues[q].notifiable { kicks[q].signal() }
             }
         }
     }

@@ -104,16 +104,22 @@ extension VirtioPCIDevice: VMMQueueClient {
     /// The most device-readable bytes a served request may carry.
     static var servedRequestLimit: Int { 4096 }
 
-    /// DRIVER_OK for a queue the VMM serves: its doorbell, nothing on the backend.
-    func startServedByVMM(_ q: Int, _ s: inout DeviceState) throws(VhostUserError) {
-        do {
-            try doorbells.bind(
-                kicks[q].fileDescriptor, address: Self.notifyAddress(queue: q), length: 2, datamatch: UInt64(q))
-        } catch {
-            throw VhostUserError.systemCall(call: error.call, errno: error.errno)
+    /// DRIVER_OK for the queues the VMM serves, once the backend's rings
+    /// have started (a request on them may enable the backend's rings): their
+    /// doorbells were bound with the others at the DRIVER_OK write; they now
+    /// run, and a request the driver published meanwhile is served at once
+    /// (its kick may have been read while the queue was not running yet).
+    func startVMMServedQueues(epoch: Int) {
+        let served = state.withLock { s -> [Int] in
+            guard s.epoch == epoch else { return [] }
+            let served = s.queues.indices.filter { s.queues[$0].notifiable && deviceType.isServedByVMM(queue: $0) }
+            for q in served {
+                s.queues[q].nextAvailable = 0
+                s.queues[q].running = true
+            }
+            return served
         }
-        s.queues[q].nextAvailable = 0
-        s.queues[q].running = true
+        for q in served { serveVMMQueue(q) }
     }
 
     func serveVMMQueue(_ q: Int) {
@@ -174,7 +180,7 @@ extension VirtioPCIDevice: VMMQueueClient {
         if usedAfter != usedBefore, wantsInterrupt(queue, old: usedBefore, new: usedAfter, eventIndex, ram) {
             signalCall(queue: q, vector: queue.vector)
         }
-        if let failure { backendFailed(failure, &s) }
+        if let failure { backendFailed(failure, closed: !s.session.frontend.isConnected, &s) }
     }
 
     /// Whether the driver asked for an interrupt (section 2.7.10): used_event

@@ -1,4 +1,5 @@
 #if os(Linux)
+import SystemPackage
 import VhostUser
 
 /// The vhost-user side of a virtio device: the connection to the backend
@@ -6,7 +7,9 @@ import VhostUser
 /// stop a ring. The transport decides when (DRIVER_OK, reset, a backend
 /// that went away); this says how, in the order backends need.
 ///
-/// Not thread-safe: the transport keeps it under its device lock.
+/// A value the transport keeps under its device lock; the messages go out
+/// on the device's worker (``VirtioPCIDevice``), never under that lock: the
+/// front-end is thread-safe and one operation runs at a time.
 struct VhostUserSession {
     /// The socket the backend listens on; a reconnect dials it again.
     let socketPath: String
@@ -33,9 +36,15 @@ struct VhostUserSession {
 
     /// Connects to the backend at `socketPath` and negotiates: the handshake
     /// with the type's protocol features, then the type's own checks and
-    /// configuration. Closes the connection on failure.
-    static func connect(socketPath: String, deviceType: some VirtioDeviceType) throws(VhostUserError) -> Negotiated {
-        let connection = try VhostUserFrontend(socketPath: socketPath)
+    /// configuration. `connected` sees the connection before its first
+    /// message (the transport arms the operation's deadline on its socket).
+    /// Closes the connection on failure.
+    static func connect(
+        socketPath: String, deviceType: some VirtioDeviceType, timeout: Duration = .seconds(5),
+        connected: (VhostUserFrontend) -> Void = { _ in }
+    ) throws(VhostUserError) -> Negotiated {
+        let connection = try VhostUserFrontend(socketPath: socketPath, timeout: timeout)
+        connected(connection)
         do throws(VhostUserError) {
             let features = try connection.handshake(wantedProtocolFeatures: deviceType.wantedProtocolFeatures)
             let configuration = try deviceType.negotiate(connection)
@@ -46,12 +55,16 @@ struct VhostUserSession {
         }
     }
 
-    /// Replaces the closed connection with a new one, negotiated as at
-    /// creation. The backend must still offer `required` (the features the
-    /// device offered the guest that the backend implements); the device
-    /// configuration stays the one read at creation.
-    mutating func reconnect(deviceType: some VirtioDeviceType, required: UInt64) throws(VhostUserError) {
-        let negotiated = try Self.connect(socketPath: socketPath, deviceType: deviceType)
+    /// A new connection to replace the closed one, negotiated as at creation
+    /// (``adopt(_:)`` makes it current). The backend must still offer
+    /// `required` (the features the device offered the guest that the
+    /// backend implements); the device configuration stays the one read at creation.
+    func dial(
+        deviceType: some VirtioDeviceType, required: UInt64, timeout: Duration,
+        connected: (VhostUserFrontend) -> Void
+    ) throws(VhostUserError) -> VhostUserFrontend {
+        let negotiated = try Self.connect(
+            socketPath: socketPath, deviceType: deviceType, timeout: timeout, connected: connected)
         guard negotiated.features & required == required else {
             negotiated.frontend.close()
             let offered = String(negotiated.features, radix: 16)
@@ -59,7 +72,12 @@ struct VhostUserSession {
             throw .unsupported(
                 "the restarted backend offers features 0x\(offered), without 0x\(missing) that the device offered")
         }
-        frontend = negotiated.frontend
+        return negotiated.frontend
+    }
+
+    /// Makes `frontend` (from ``dial(deviceType:required:timeout:connected:)``) the current connection.
+    mutating func adopt(_ frontend: VhostUserFrontend) {
+        self.frontend = frontend
         connection += 1
         reconnects += 1
     }
@@ -89,20 +107,30 @@ struct VhostUserSession {
     /// backend may start processing the moment it has the kick fd, and
     /// qemu-storage-daemon 7.2 then signals a call fd it does not have yet
     /// ("vu_panic: Error writing eventfd") and drops the connection.
-    func connectRing(_ q: Int, call: Int32, kick: Int32) throws(VhostUserError) {
-        try frontend.setVringCall(queue: UInt32(q), fd: call)
-        try frontend.setVringKick(queue: UInt32(q), fd: kick)
+    func connectRing(_ q: Int, call: FileDescriptor, kick: FileDescriptor) throws(VhostUserError) {
+        try frontend.setVringCall(queue: UInt32(q), descriptor: call)
+        try frontend.setVringKick(queue: UInt32(q), descriptor: kick)
     }
 
     /// SET_VRING_ENABLE (only with protocol features: otherwise a ring runs once it has its kick).
     func enableRing(_ q: Int) throws(VhostUserError) { try frontend.setVringEnable(queue: UInt32(q), enabled: true) }
 
     /// SET_VRING_CALL: ring `q` signals `call` from now on.
-    func setCall(_ q: Int, _ call: Int32) throws(VhostUserError) {
-        try frontend.setVringCall(queue: UInt32(q), fd: call)
+    func setCall(_ q: Int, _ call: FileDescriptor) throws(VhostUserError) {
+        try frontend.setVringCall(queue: UInt32(q), descriptor: call)
     }
 
-    /// GET_VRING_BASE: the backend stops ring `q`.
-    func stopRing(_ q: Int) throws(VhostUserError) { _ = try frontend.getVringBase(queue: UInt32(q)) }
+    /// GET_VRING_BASE: the backend stops ring `q`. A reply that is not
+    /// ring `q`'s state (another index, a malformed payload) means the stream
+    /// is out of step with the backend: the connection is closed, so no later
+    /// message believes it.
+    func stopRing(_ q: Int) throws(VhostUserError) {
+        do throws(VhostUserError) {
+            _ = try frontend.getVringBase(queue: UInt32(q))
+        } catch {
+            if case .badReply = error { frontend.close() }
+            throw error
+        }
+    }
 }
 #endif

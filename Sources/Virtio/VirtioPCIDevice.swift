@@ -1,11 +1,13 @@
 #if os(Linux)
 import Foundation
+import Dispatch
 import IrqFdCore
 import IrqFdLinux
 public import IrqFdRelay
 public import Logging
 public import MSIX
 public import PCI
+public import SystemPackage
 public import VhostUser
 import Synchronization
 
@@ -23,6 +25,16 @@ import Synchronization
 /// eventfd, and a completion is the backend signalling the queue's call fd,
 /// which is the MSI-X vector's irqfd route event (`MsixEmulator.event(for:)`).
 ///
+/// A guest access never waits on the backend. What needs the backend
+/// (DRIVER_OK starting the queues, a reset stopping them, reconnecting, a new
+/// call fd) runs on the device's worker, one operation at a time, each with
+/// one deadline (``operationTimeout``) however many messages it takes: when
+/// it passes, the watcher thread shuts the socket down and the operation
+/// fails at once. The write that asked for it returns at once. After a reset
+/// write, device_status reads non-zero until the rings are stopped and 0
+/// afterwards (virtio 1.2 section 4.1.4.3.1: the driver waits for 0), within
+/// the deadline whatever the backend does.
+///
 /// A backend that dies is noticed at once, even while idle: the device's
 /// watcher thread watches the socket for a hang-up. The device then closes the
 /// connection, sets DEVICE_NEEDS_RESET and ISR bit 1, raises msix_config and
@@ -30,10 +42,12 @@ import Synchronization
 /// ``socketPath`` and its re-initialisation runs against the new backend
 /// (``reconnectCount``). No wait on the socket is without a deadline.
 ///
-/// Thread safety: guest accesses (any vCPU), host calls and the watcher's
-/// hang-up report are serialised by one lock, held across backend messages
-/// so that a reset and a start never interleave. The MSI-X emulator's lock
-/// and the watcher's lock are taken inside it, never around it.
+/// Thread safety: guest accesses (any vCPU), host calls, the worker and the
+/// watcher share one lock, which is never held across a backend message,
+/// a doorbell binding or the retirement of route events, so a vCPU waits for
+/// it at most as long as another register access takes. The MSI-X
+/// emulator's lock and the watcher's lock are taken inside it, never around
+/// it; an MSI-X table or PBA access holds it only to decode the address.
 public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, BackendWatcherClient {
     /// device_status bits.
     public typealias Status = VirtioStatus
@@ -86,6 +100,9 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     public let delivery: InterruptDelivery
     /// The relay partition, when `delivery` is `.relay`.
     public let relay: RelayIrqFd?
+    /// The emulator's partition (irqfd and relay delivery): its routes'
+    /// events are retired when a backend connection stops serving the queues.
+    let routes: ConnectionScopedPartition?
     /// Queues the device has.
     public var queueCount: Int { deviceType.queueCount }
     /// Features offered to the guest.
@@ -105,6 +122,16 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     let watcher: CallPoller
     /// Waits on the kicks of the queues the VMM serves (nil: the backend serves every queue).
     let vmmQueues: VMMQueuePoller?
+    /// Runs the backend operations, one at a time, off the vCPUs' path.
+    let worker: DispatchQueue
+    /// The operations queued on ``worker`` and not yet done.
+    let pending = DispatchGroup()
+    /// How long a guest write that queued an operation waits for it before
+    /// returning: a backend that answers at once (as qemu-storage-daemon
+    /// does) has stopped or started the rings by then, so device_status
+    /// reads 0 (or DRIVER_OK) at the next access; a slow one costs the vCPU
+    /// no more than this.
+    static var briefWaitMilliseconds: Int { 3 }
     /// Call signals seen by the `.userspace` watcher, and flood warnings (see ``CallFloodMonitor``).
     public let callMonitor: CallFloodMonitor
     let state: Mutex<DeviceState>
@@ -116,7 +143,10 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         var descriptor: UInt64 = 0
         var driver: UInt64 = 0
         var device: UInt64 = 0
-        /// Started on the backend and bound to its doorbell.
+        /// From DRIVER_OK until reset a notify latches in its kick eventfd:
+        /// through the doorbell once the worker has bound it, else through the exit.
+        var notifiable = false
+        /// Started on the backend (the worker sent its kick fd).
         var running = false
         /// A VMM-served queue: the next available-ring index to serve.
         var nextAvailable: UInt16 = 0
@@ -142,6 +172,25 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         var lastBackendError: VhostUserError?
         var resets = 0
         var starts = 0
+        /// A reset is under way on the worker: device_status reads `status`
+        /// (the value before the reset, not 0) until it is done.
+        var resetting = false
+        /// Bumped by every reset: the outcome of an operation queued before it is stale.
+        var epoch = 0
+        /// Operations queued on the worker and not yet finished.
+        var operations = 0
+        /// Queues the worker started on the current connection and no reset stopped yet.
+        var started: Set<Int> = []
+        /// The driver and device areas of the rings in `started` (the reset reads their indices).
+        var startedRings: [Int: (driver: UInt64, device: UInt64)] = [:]
+        /// Queues whose doorbell the worker bound (KVM_IOEVENTFD) and no reset unbound yet.
+        var doorbells: Set<Int> = []
+        /// The deadline of one backend operation.
+        var operationTimeout: Duration = .seconds(5)
+        /// The backend was sent the route events since they were last retired.
+        var callsHandedOut = false
+        /// ``disconnect()`` closed the connection (until a reconnection): failures it causes are not reported.
+        var disconnectedOnPurpose = false
     }
 
     /// Connects to the vhost-user backend at `socketPath`, negotiates as
@@ -164,13 +213,16 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         memory = host.guestMemory
         doorbells = host.doorbells
         self.delivery = delivery
-        do { (emulator, relay) = try delivery.makeEmulator(layout: layout, host: host) } catch { throw .irqfd(error) }
+        do { (emulator, relay, routes) = try Self.makeEmulator(delivery, layout: layout, host: host) } catch {
+            throw .irqfd(error)
+        }
         do {
             kicks = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
             ownCalls = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
         } catch { throw .irqfd(error) }
 
         self.socketPath = socketPath
+        worker = DispatchQueue(label: "\(deviceType.name) worker")
         let negotiated: VhostUserSession.Negotiated
         do { negotiated = try VhostUserSession.connect(socketPath: socketPath, deviceType: deviceType) } catch {
             throw .backend(error)
@@ -197,14 +249,45 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
             throw .irqfd(error)
         }
         watcher.start(device: self, name: deviceType.name)
-        watcher.watch(socket: negotiated.frontend.socketDescriptor, connection: 0)
+        watcher.watch(socket: negotiated.frontend.socket, connection: 0)
         vmmQueues?.start(device: self, name: deviceType.name)
     }
 
     deinit {
         vmmQueues?.stop()
+        let frontend = state.withLock { $0.session.frontend }
+        // An exchange still waiting on the backend fails at once.
+        watcher.shutDownConnection()
         watcher.stop()
-        state.withLock { $0.session.frontend }.close()
+        frontend.close()
+    }
+
+    /// An MSI-X emulator delivering as `delivery` says (as
+    /// `InterruptDelivery.makeEmulator` makes it), over a partition whose
+    /// route events the device can retire (``ConnectionScopedPartition``).
+    static func makeEmulator(
+        _ delivery: InterruptDelivery, layout: MsixLayout, host: any VirtioHost
+    ) throws(IrqFdError) -> (MsixEmulator, RelayIrqFd?, ConnectionScopedPartition?) {
+        let injector = host.msiInjector
+        let msix: MsixDelivery
+        var relay: RelayIrqFd?
+        var routes: ConnectionScopedPartition?
+        switch delivery {
+        case .irqfd:
+            let scoped = ConnectionScopedPartition(host.irqfdPartition)
+            routes = scoped
+            msix = .irqfd(scoped, fallback: injector)
+        case .relay:
+            let partition = try RelayIrqFd(injector: injector)
+            let scoped = ConnectionScopedPartition(partition)
+            relay = partition
+            routes = scoped
+            msix = .irqfd(scoped)
+        case .userspace: msix = .userspace(injector)
+        }
+        let emulator = MsixEmulator(layout: layout, delivery: msix)
+        host.addCommitErrorListener(owner: emulator) { [weak emulator] in emulator?.reportCommitError($0) }
+        return (emulator, relay, routes)
     }
 
     /// Makes a device of `deviceType` and plugs it into `host` at 00:02.0
@@ -234,7 +317,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     public var reconnectCount: Int { state.withLock { $0.session.reconnects } }
     /// Whether the device has a live backend connection (false from the
     /// moment a hang-up or failure is noticed until a reset reconnects).
-    public var isBackendConnected: Bool { state.withLock { $0.session.frontend.isConnected } }
+    public var isBackendConnected: Bool { state.withLock { $0.session.frontend }.isConnected }
     /// Where the device logs backend failures and reconnections (swift-log;
     /// label `irqfd.` and the type's name, such as `irqfd.virtio-blk`): one
     /// line per event, at most one a second, the lines left out counted in the next.
@@ -247,10 +330,20 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// The descriptors the device holds for its current backend connection:
     /// the front-end's socket and the watcher's copy of it (a test checks
     /// that these very descriptors are closed once the connection is gone).
-    public var connectionDescriptors: [Int32] {
-        let socket = state.withLock { $0.session.frontend.socketDescriptor }
+    public var connectionDescriptors: [FileDescriptor] {
+        let socket = state.withLock { $0.session.frontend }.socket
         return [socket, watcher.watchedDescriptor].compactMap { $0 }
     }
+    /// The deadline of one backend operation (a start, a reset, a
+    /// reconnection), however many messages it takes; 5 s unless set.
+    public var operationTimeout: Duration {
+        get { state.withLock { $0.operationTimeout } }
+        set { state.withLock { $0.operationTimeout = newValue } }
+    }
+    /// Operation deadlines that passed (the watcher shut the socket down).
+    public var expiredDeadlines: Int { watcher.expiredDeadlines }
+    /// Whether a reset is still under way (device_status reads non-zero until it is done).
+    public var isResetting: Bool { state.withLock { $0.resetting } }
     /// Whether queue `q` runs on the backend.
     public func isRunning(queue q: Int) -> Bool { state.withLock { $0.queues[q].running } }
     /// Features the driver accepted.
@@ -258,10 +351,20 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// The eventfds this device owns (each queue's kick, and the call fd it
     /// keeps for NO_VECTOR and `.userspace`), closed in its deinit: a test
     /// checks that these very descriptors are closed after release.
-    public var ownedDescriptors: [Int32] { (kicks + ownCalls).map(\.fileDescriptor.rawValue) }
+    public var ownedDescriptors: [FileDescriptor] { (kicks + ownCalls).map(\.fileDescriptor) }
 
-    /// Writes device_status from the host, exactly as a guest write would do
-    /// (a reset stops the rings before it returns).
-    public func writeStatus(_ value: UInt8) { state.withLock { writeStatus(value, &$0) } }
+    /// Writes device_status from the host as a guest write would do, then
+    /// waits until the backend operations it started are done (a reset has
+    /// stopped the rings, DRIVER_OK has started them or failed). Not on a vCPU:
+    /// a guest write returns at once.
+    public func writeStatus(_ value: UInt8) {
+        state.withLock { writeStatus(value, &$0) }
+        waitUntilIdle()
+    }
+
+    /// Waits until every backend operation queued so far has finished (each
+    /// is bounded by ``operationTimeout``). For hosts and tests, never on a
+    /// vCPU's path nor on the device's own threads.
+    public func waitUntilIdle() { worker.sync {} }
 }
 #endif

@@ -126,7 +126,9 @@ struct DeathDriver {
     static let stepCount = 8
     mutating func step(_ k: Int) {
         switch k {
-        case 0: w(0x14, 1, 0)
+        case 0:
+            w(0x14, 1, 0)
+            waitForReset()
         case 1: w(0x14, 1, 1)
         case 2: w(0x14, 1, 3)
         case 3: w(0x08, 4, 0); w(0x0C, 4, 0); w(0x08, 4, 1); w(0x0C, 4, 1)
@@ -142,8 +144,18 @@ struct DeathDriver {
             memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring)  // fresh rings
             avail = 0
             w(0x1C, 2, 1)
-        default: w(0x14, 1, 0x0F)
+        default:
+            w(0x14, 1, 0x0F)
+            // The write returned at once; the worker starts the queue (or fails, with NEEDS_RESET).
+            device.waitUntilIdle()
         }
+    }
+
+    /// As a driver does after writing 0 (virtio 1.2 section 4.1.4.3.1): reads
+    /// device_status until it is 0 (the device's worker has stopped the rings).
+    func waitForReset() {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while r(0x14, 1) != 0, ContinuousClock.now < deadline { usleep(1000) }
     }
 
     mutating func initialise() -> Bool {
@@ -305,7 +317,7 @@ struct DeathDriver {
             for cycle in 0..<cycles {
                 let point = KillPoint.allCases.randomElement(using: &random)!
                 killed[point, default: 0] += 1
-                let connection = device.connectionDescriptors.map(OwnedDescriptor.init)
+                let connection = device.connectionDescriptors.map { OwnedDescriptor($0.rawValue) }
                 #expect(connection.count == 2 && connection.allSatisfy(\.isOpen), "cycle \(cycle): socket and the watcher's copy")
                 switch point {
                 case .setup:
@@ -357,7 +369,7 @@ struct DeathDriver {
             }
             #expect(device.reconnectCount == cycles)
             device.writeStatus(0)
-            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDescriptor.init)
+            owned = (device.connectionDescriptors + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
         }
         let elapsed = ContinuousClock.now - began
         idleNotice.sort()
@@ -427,7 +439,9 @@ struct DeathDriver {
         #expect(eventually { device.status & needsReset != 0 || recoveries() > before2 })
         #expect(vm.waitUntil(timeout: .seconds(30)) { recoveries() > before2 })
         try backend.restart()
-        #expect(vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 }, "batch 3, run again after the second reconnect")
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 },
+            "batch 3, run again after the second reconnect: status 0x\(String(device.status, radix: 16)), resetting \(device.isResetting), connected \(device.isBackendConnected), reconnects \(device.reconnectCount), running \(device.isRunning(queue: 0)), recoveries \(recoveries()), guest status 0x\(String(m.read32(at: L.lastStatus), radix: 16)), \(device.counters), \(String(describing: device.lastBackendError))")
         #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
 
         // 3. The config vector masked: NEEDS_RESET, but the interrupt waits in the PBA.
@@ -500,7 +514,7 @@ final class GatedLog: Sendable {
             // Not plugged into the VM (its buses would keep it).
             let device = try VirtioBlkDevice(vm: vm, socketPath: backend.socketPath)
             device.logger = log.logger
-            owned = (device.connectionDescriptors + device.ownedDescriptors).map(OwnedDescriptor.init)
+            owned = (device.connectionDescriptors + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
             try #require(owned.count == 4 && owned.allSatisfy(\.isOpen))
             backend.kill()
             try #require(log.waitEntered(.seconds(10)), "the watcher reports the hang-up")

@@ -49,6 +49,8 @@ struct MMIOBlkDriver {
         device.configWrite(offset: 0x04, size: 2, value: 0x0006)
         device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: 0)
         write(0x14, 1, 0)
+        // The reset is done when device_status reads 0 (virtio 1.2 section 4.1.4.3.1).
+        _ = eventually { read(0x14, 1) == 0 }
         guard read(0x14, 1) == 0 else { throw TestFailureReason("status \(read(0x14, 1)) after reset") }
         write(0x14, 1, 1)
         write(0x14, 1, 3)
@@ -69,6 +71,8 @@ struct MMIOBlkDriver {
         write(0x30, 8, Self.used)
         write(0x1C, 2, 1)
         write(0x14, 1, 0x0F)
+        // The write returned at once; the device's worker starts the queue.
+        device.waitUntilIdle()
         guard device.isRunning(queue: 0) else {
             throw TestFailureReason("queue 0 did not start: \(device.counters); \(String(describing: device.lastBackendError))")
         }

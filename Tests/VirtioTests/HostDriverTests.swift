@@ -24,6 +24,8 @@ struct HostDriver {
     /// Virtio 1.2 section 3.1.1, VERSION_1 only, queue 0 of size 32 with no vector.
     mutating func initialise() -> Bool {
         w(0x14, 1, 0)
+        // The reset is done when device_status reads 0 (virtio 1.2 section 4.1.4.3.1).
+        guard eventually(.seconds(10), { r(0x14, 1) == 0 }) else { return false }
         w(0x14, 1, 1)
         w(0x14, 1, 3)
         w(0x08, 4, 0); w(0x0C, 4, 0)
@@ -41,6 +43,8 @@ struct HostDriver {
         avail = 0
         w(0x1C, 2, 1)
         w(0x14, 1, 0x0F)
+        // The write returned at once; the device's worker starts the queue.
+        device.waitUntilIdle()
         return r(0x14, 1) == 0x0F
     }
 

@@ -62,6 +62,7 @@ import Virtio
         w(0x1C, 2, 1)
         let messages = device.frontend.messagesSent
         w(0x14, 1, 0x0F)
+        device.waitUntilIdle()  // the start on the worker: what it sent is counted below
         #expect(device.counters.badRingAddresses == before.badRingAddresses + 1)
         #expect(!device.isRunning(queue: 0), "rings outside RAM never reach the backend")
         // What a start with queue 0 would send beyond SET_FEATURES and

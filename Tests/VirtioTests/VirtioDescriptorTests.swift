@@ -19,8 +19,8 @@ import Virtio
             var owned: [OwnedDescriptor] = []
             do {
                 let device = try hostLifecycle(vm: vm, socketPath: backend.socketPath, round: round)
-                let socket = try #require(device.frontend.socketDescriptor)
-                owned = ([socket] + device.ownedDescriptors).map(OwnedDescriptor.init)
+                let socket = try #require(device.frontend.socket)
+                owned = ([socket] + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
                 #expect(owned.count == 3)
                 let allOpen = owned.allSatisfy { $0.identity != "closed" && $0.isOpen }
                 #expect(allOpen, "round \(round): open while the device lives")

@@ -209,8 +209,8 @@ enum Fuse {
                 let read = Fuse.readFile(&driver, name: "file", size: 4)
                 #expect(read == [1, 2, 3, 4], "round \(round)")
                 device.writeStatus(0)
-                let socket = try #require(device.frontend.socketDescriptor)
-                owned = ([socket] + device.ownedDescriptors).map(OwnedDescriptor.init)
+                let socket = try #require(device.frontend.socket)
+                owned = ([socket] + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
                 #expect(owned.count == 5, "the socket, and a kick and a call eventfd per queue")
             }
             _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }

@@ -1,0 +1,389 @@
+#if os(Linux)
+import Foundation
+import IrqFdCore
+import MSIX
+import PCI
+import Synchronization
+import TestSupport
+import Testing
+import TinyVM
+import VhostUser
+import Virtio
+
+// A vhost-user backend that is slow or hostile must not stall the guest,
+// keep a reset from completing, or raise interrupts for queues it no longer
+// serves. The device is driven through its own MMIO and configuration entry
+// points (the code a vCPU's exit reaches) while a real VM on /dev/kvm takes
+// its interrupts (the interrupt-counting guest); the backend is scripted in
+// the test (`ScriptedBlkBackend`).
+
+/// A driver of the device through its MMIO entry points that, unlike a
+/// host call, never waits for the device's worker: it reads device_status
+/// as a guest does. Queue q's rings at 0x20000 + 0x4000 q, size 32.
+struct PolledDriver {
+    let device: VirtioBlkDevice
+    static let common = VirtioBlkDevice.virtioBase + VirtioBlkDevice.commonOffset
+    /// The longest access so far (every access is timed).
+    var longest: Duration = .zero
+    /// Which access was the longest (offset, and the value written).
+    var longestAccess = ""
+    var accesses = 0
+
+    init(_ device: VirtioBlkDevice) { self.device = device }
+
+    mutating func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
+        let start = ContinuousClock.now
+        device.write(address: Self.common + offset, size: size, value: value)
+        note(ContinuousClock.now - start, "write 0x\(String(offset, radix: 16)) = 0x\(String(value, radix: 16))")
+    }
+
+    mutating func r(_ offset: UInt64, _ size: Int) -> UInt64 {
+        let start = ContinuousClock.now
+        let value = device.read(address: Self.common + offset, size: size)
+        note(ContinuousClock.now - start, "read 0x\(String(offset, radix: 16))")
+        return value
+    }
+
+    private mutating func note(_ d: Duration, _ what: @autoclosure () -> String) {
+        if d > longest {
+            longest = d
+            longestAccess = what()
+        }
+        accesses += 1
+    }
+
+    /// MSI-X on, vector 0 (config) and 1...n (queues) to IDT vector 0x40 + v on APIC 0, unmasked.
+    func enableMSIX() {
+        let control = VirtioBlkDevice.msixCapabilityOffset + 2
+        device.configWrite(offset: control, size: 2, value: UInt32(device.emulator.messageControl | 0x8000))
+        for v in 0..<device.emulator.layout.vectorCount {
+            let entry = VirtioBlkDevice.msixBase + 16 * UInt64(v)
+            device.write(address: entry, size: 4, value: 0xFEE0_0000)
+            device.write(address: entry + 4, size: 4, value: 0)
+            device.write(address: entry + 8, size: 4, value: 0x40 + UInt64(v))
+            device.write(address: entry + 12, size: 4, value: 0)
+        }
+    }
+
+    func mask(_ v: Int, _ masked: Bool) {
+        device.write(address: VirtioBlkDevice.msixBase + 16 * UInt64(v) + 12, size: 4, value: masked ? 1 : 0)
+    }
+
+    /// Writes 0 and reads device_status until it is 0 (virtio 1.2 section
+    /// 4.1.4.3.1); returns whether it did within `timeout`, and whether it
+    /// read non-zero at least once first.
+    mutating func reset(timeout: Duration = .seconds(20)) -> (done: Bool, sawNonZero: Bool) {
+        w(0x14, 1, 0)
+        var sawNonZero = false
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if r(0x14, 1) == 0 { return (true, sawNonZero) }
+            sawNonZero = true
+            usleep(1000)
+        }
+        return (false, sawNonZero)
+    }
+
+    /// ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK, msix_config = 0, and
+    /// every queue set up with vector q + 1 and enabled; not DRIVER_OK.
+    mutating func configure() {
+        w(0x14, 1, 1)
+        w(0x14, 1, 3)
+        w(0x08, 4, 0)
+        w(0x0C, 4, 0)
+        w(0x08, 4, 1)
+        w(0x0C, 4, 1)
+        w(0x14, 1, 0x0B)
+        w(0x10, 2, 0)
+        for q in 0..<device.queueCount {
+            let ring = 0x20000 + 0x4000 * UInt64(q)
+            w(0x16, 2, UInt64(q))
+            w(0x18, 2, 32)
+            w(0x1A, 2, UInt64(q + 1))
+            w(0x20, 8, ring)
+            w(0x28, 8, ring + 0x1000)
+            w(0x30, 8, ring + 0x2000)
+            w(0x1C, 2, 1)
+        }
+    }
+
+    mutating func driverOK() { w(0x14, 1, 0x0F) }
+
+    /// Waits (reading as a guest would) until the start is done: every queue
+    /// running, or DEVICE_NEEDS_RESET.
+    func started(timeout: Duration = .seconds(60)) -> Bool {
+        eventually(timeout) {
+            (0..<device.queueCount).allSatisfy { device.isRunning(queue: $0) }
+                || device.status & VirtioBlkDevice.Status.needsReset != 0
+        }
+    }
+}
+
+/// The reply delay of the stall measurement: IRQFD_STALL_DELAY_MS, else
+/// 100 ms (the issue's 4.9 s makes a run take minutes; run it once by hand).
+let stallDelay: Duration = .milliseconds(
+    Int(ProcessInfo.processInfo.environment["IRQFD_STALL_DELAY_MS"] ?? "") ?? 100)
+
+/// A VM running the interrupt-counting guest on one vCPU.
+final class CountingVM {
+    let vm: TinyVM
+    init() throws {
+        vm = try TinyVM()
+        try vm.load(GuestProgram.interruptCounter.image)
+        vm.start()
+        guard vm.waitUntil({ vm.memory.read32(at: InterruptCounterLayout.ready(cpu: 0)) == 1 }) else {
+            throw TestFailureReason("the interrupt-counting guest did not start")
+        }
+    }
+    deinit {
+        vm.stop()
+        _ = vm.wait()
+    }
+    /// Interrupts of MSI-X vector `v` (IDT vector 0x40 + v) the guest took.
+    func interrupts(_ v: Int) -> UInt32 {
+        vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: UInt8(0x40 + v)))
+    }
+    /// Waits for signals in flight to land (interrupt injection is asynchronous).
+    func settle() { usleep(100_000) }
+}
+
+@Suite(needsKVM, .serialized) struct SlowBackendTests {
+    /// DRIVER_OK and the reset return at once while the backend holds every
+    /// reply: the write does not wait on it. device_status reads DRIVER_OK
+    /// (no NEEDS_RESET) while the start is under way, and after the reset
+    /// write it reads non-zero until the backend has stopped the rings,
+    /// then 0. MSI-X table and PBA accesses from another thread go through
+    /// meanwhile.
+    @Test(arguments: [1, 8])
+    func aGuestAccessDoesNotWaitForTheBackend(queues: Int) throws {
+        let backend = try ScriptedBlkBackend()
+        let host = try CountingVM()
+        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        driver.configure()
+
+        backend.script.holdReplies = true
+        driver.driverOK()
+        // Returned with the backend holding its replies: nothing failed, nothing started yet.
+        let during = driver.r(0x14, 1)
+        #expect(during == 0x0F, "DRIVER_OK returned without waiting; no NEEDS_RESET")
+        #expect(!device.isRunning(queue: 0))
+        // The MSI-X PBA and table from another thread, while the start waits on the backend.
+        let pba = ContinuousClock.now
+        _ = device.read(address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8)
+        device.write(address: VirtioBlkDevice.msixBase + 12, size: 4, value: 0)
+        let pbaTime = ContinuousClock.now - pba
+        backend.script.holdReplies = false
+        #expect(driver.started())
+        #expect(device.status == 0x0F, "\(String(describing: device.lastBackendError))")
+
+        backend.script.holdReplies = true
+        driver.w(0x14, 1, 0)
+        let resetting = driver.r(0x14, 1)
+        #expect(resetting != 0, "the reset is under way: device_status is not 0 yet")
+        backend.script.holdReplies = false
+        let reset = driver.reset()
+        #expect(reset.done)
+        #expect(device.reconnectCount == 0, "the backend stopped its rings: the connection stays")
+        #expect(device.lastBackendError == nil)
+        print(
+            "held replies, \(queues) queue(s): longest of \(driver.accesses) accesses \(driver.longest) "
+                + "(\(driver.longestAccess)), PBA/table \(pbaTime)")
+    }
+
+    /// The stall figure: every reply delayed by `stallDelay` (4.9 s in the
+    /// issue's measurement), the longest guest access over a whole
+    /// initialisation, DRIVER_OK, reset and re-initialisation, and how long
+    /// the start and the reset took on the worker. Printed for the
+    /// Reliability table; no timing is asserted (timings here are noisy):
+    /// `aGuestAccessDoesNotWaitForTheBackend` checks the behaviour.
+    @Test(arguments: [1, 8])
+    func theLongestAccessWithEveryReplyDelayed(queues: Int) throws {
+        let backend = try ScriptedBlkBackend()
+        let host = try CountingVM()
+        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        backend.script.replyDelay = stallDelay
+        driver.configure()
+        let start = ContinuousClock.now
+        driver.driverOK()
+        let outcome = driver.started(timeout: .seconds(120))
+        let startTime = ContinuousClock.now - start
+        #expect(outcome)
+        let resetStart = ContinuousClock.now
+        let reset = driver.reset(timeout: .seconds(120))
+        let resetTime = ContinuousClock.now - resetStart
+        #expect(reset.done)
+        driver.configure()
+        driver.driverOK()
+        _ = driver.started(timeout: .seconds(120))
+        print(
+            "reply delay \(stallDelay), \(queues) queue(s): longest of \(driver.accesses) guest accesses "
+                + "\(driver.longest) (\(driver.longestAccess)); DRIVER_OK done after \(startTime) "
+                + "(status \(device.status)), reset after "
+                + "\(resetTime); deadlines expired \(device.expiredDeadlines)")
+    }
+
+    enum ResetFault: String, CaseIterable, CustomStringConvertible {
+        /// GET_VRING_BASE answered for another ring.
+        case otherRing
+        /// GET_VRING_BASE never answered.
+        case silent
+        /// The backend goes away at GET_VRING_BASE (and nobody listens any more).
+        case gone
+        var description: String { rawValue }
+    }
+
+    /// device_status reads 0 after the reset whatever the backend does, and
+    /// a backend that answered for another ring or did not answer loses its
+    /// connection (the next reset or DRIVER_OK makes a new one).
+    @Test(arguments: ResetFault.allCases)
+    func aResetAlwaysCompletes(fault: ResetFault) throws {
+        let backend = try ScriptedBlkBackend()
+        let host = try CountingVM()
+        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath)
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        driver.configure()
+        driver.driverOK()
+        #expect(driver.started())
+        #expect(device.isRunning(queue: 0))
+        switch fault {
+        case .otherRing: backend.script.wrongVringBaseIndex = true
+        case .silent: backend.script.silentOnGetVringBase = true
+        case .gone: backend.script.goneOnGetVringBase = true
+        }
+        let reset = driver.reset()
+        #expect(reset.done, "device_status still \(device.status) after the reset")
+        if fault == .silent {
+            // The write returned before the backend answered: the reset was under way, then done.
+            #expect(reset.sawNonZero, "device_status read non-zero until the reset was done")
+        }
+        #expect(device.status == 0)
+        #expect(eventually { backend.isClosed(0) }, "the connection that broke the reset is closed")
+        #expect(device.counters.backendFailures == 1)
+        if fault == .otherRing {
+            guard case .badReply(let request, _) = device.lastBackendError else {
+                Issue.record("\(String(describing: device.lastBackendError))")
+                return
+            }
+            #expect(request == .getVringBase)
+        }
+        // The device is usable again: against the same backend (reconnected) or, once gone, none.
+        backend.script = .init()
+        driver.configure()
+        driver.driverOK()
+        #expect(driver.started())
+        if fault == .gone {
+            #expect(device.status & VirtioBlkDevice.Status.needsReset != 0, "nobody listens: DRIVER_OK fails")
+        } else {
+            #expect(device.status == 0x0F, "\(String(describing: device.lastBackendError))")
+            #expect(backend.connectionCount == 2)
+        }
+    }
+
+    /// Only the connection serving the queues, while DRIVER_OK stands, can
+    /// raise their interrupt: a backend signalling its call fd before
+    /// DRIVER_OK, after a reset, or after its connection was dropped and
+    /// replaced delivers nothing. The current connection's signals arrive,
+    /// and masking keeps its meaning: masked, a signal is pending (PBA) and
+    /// unmask delivers exactly one.
+    @Test(arguments: [InterruptDelivery.irqfd, .relay])
+    func onlyTheCurrentConnectionRaisesAQueueInterrupt(delivery: InterruptDelivery) throws {
+        let backend = try ScriptedBlkBackend()
+        let host = try CountingVM()
+        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, delivery: delivery)
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        driver.configure()
+        host.settle()
+        // Before DRIVER_OK: whatever it holds, nothing reaches the guest.
+        backend.signalCalls(connection: 0)
+        host.settle()
+        #expect(host.interrupts(1) == 0, "a signal before DRIVER_OK")
+
+        driver.driverOK()
+        #expect(driver.started())
+        #expect(device.isRunning(queue: 0))
+        backend.signalCalls(connection: 0)
+        #expect(eventually { host.interrupts(1) == 1 }, "the current connection's signal: \(host.interrupts(1))")
+
+        // Masked: pending, then exactly one on unmask.
+        driver.mask(1, true)
+        backend.signalCalls(connection: 0)
+        backend.signalCalls(connection: 0)
+        host.settle()
+        #expect(host.interrupts(1) == 1)
+        #expect(device.emulator.isPending(1) || device.read(
+            address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8) & 2 != 0)
+        driver.mask(1, false)
+        host.settle()
+        #expect(host.interrupts(1) == 2, "one interrupt per pending bit on unmask")
+
+        // After a reset, the same connection's old call fd reaches nobody.
+        let reset1 = driver.reset()
+        #expect(reset1.done)
+        backend.signalCalls(connection: 0)
+        host.settle()
+        #expect(host.interrupts(1) == 2, "a signal after the reset")
+
+        // Dropped (it answers a reset for another ring) and replaced: the old connection reaches nobody.
+        driver.configure()
+        driver.driverOK()
+        #expect(driver.started())
+        backend.script.wrongVringBaseIndex = true
+        let reset2 = driver.reset()
+        #expect(reset2.done)
+        backend.script = .init()
+        #expect(eventually { backend.connectionCount == 2 })
+        driver.configure()
+        driver.driverOK()
+        #expect(driver.started())
+        #expect(device.status == 0x0F)
+        backend.signalCalls(connection: 0)
+        host.settle()
+        #expect(host.interrupts(1) == 2, "a signal from the replaced connection")
+        backend.signalCalls(connection: 1)
+        #expect(eventually { host.interrupts(1) == 3 }, "the new connection's signal: \(host.interrupts(1))")
+        let reset3 = driver.reset()
+        #expect(reset3.done)
+    }
+
+    /// After a reset whose reconnection failed (nobody listens), a
+    /// queue_msix_vector write sends nothing and sets nothing: DRIVER_OK
+    /// tries again, and succeeds once a backend listens.
+    @Test func aVectorWriteAfterAFailedReconnectionLeavesItToDriverOK() throws {
+        let first = try ScriptedBlkBackend()
+        let path = first.socketPath
+        let host = try CountingVM()
+        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: path)
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        driver.configure()
+        driver.driverOK()
+        #expect(driver.started())
+        first.stop()
+        #expect(eventually { device.status & VirtioBlkDevice.Status.needsReset != 0 }, "the hang-up is noticed")
+        let reset4 = driver.reset()
+        #expect(reset4.done)
+        #expect(eventually { device.lastBackendError != nil && !device.isBackendConnected })
+        driver.configure()
+        #expect(device.status == 0x0B, "the vector writes set no NEEDS_RESET: \(device.status)")
+        let second = try ScriptedBlkBackend(at: path)
+        driver.driverOK()
+        #expect(driver.started())
+        #expect(device.status == 0x0F, "DRIVER_OK reconnected: \(String(describing: device.lastBackendError))")
+        #expect(device.isRunning(queue: 0))
+        #expect(second.connectionCount == 1)
+        let reset5 = driver.reset()
+        #expect(reset5.done)
+    }
+}
+#endif
