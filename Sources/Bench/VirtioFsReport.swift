@@ -16,11 +16,6 @@ extension BenchReport {
         /// READs per round and side.
         public var perRound: Int
 
-        enum CodingKeys: String, CodingKey {
-            case latency, floor, ratios, rounds
-            case perRound = "per_round"
-        }
-
         /// A result.
         public init(
             latency: [VhostUserLatency], floor: LatencySummary, ratios: [NamedRatio], rounds: Int, perRound: Int

@@ -39,6 +39,8 @@ struct FsHostDriver {
     /// size 16, request queue 1 on MSI-X vector `vector` (0xFFFF: none).
     mutating func initialise(vector: UInt16 = 0xFFFF) -> Bool {
         w(0x14, 1, 0)
+        // The reset is done when device_status reads 0 (virtio 1.2 section 4.1.4.3.1).
+        guard eventually(.seconds(10), { r(0x14, 1) == 0 }) else { return false }
         w(0x14, 1, 1)
         w(0x14, 1, 3)
         w(0x08, 4, 0)
@@ -60,6 +62,8 @@ struct FsHostDriver {
         }
         avail = 0
         w(0x14, 1, 0x0F)
+        // The write returned at once; the device's worker starts the queues.
+        device.waitUntilIdle()
         return r(0x14, 1) == 0x0F
     }
 

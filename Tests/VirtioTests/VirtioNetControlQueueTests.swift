@@ -37,6 +37,8 @@ final class NetHostDriver {
     /// every queue of size 16 with vector q + 1, DRIVER_OK.
     func initialise(features: UInt32) -> Bool {
         w(0x14, 1, 0)
+        // The reset is done when device_status reads 0 (virtio 1.2 section 4.1.4.3.1).
+        guard eventually(.seconds(10), { r(0x14, 1) == 0 }) else { return false }
         w(0x14, 1, 1)
         w(0x14, 1, 3)
         w(0x08, 4, 0)
@@ -57,6 +59,8 @@ final class NetHostDriver {
         }
         avail = 0
         w(0x14, 1, 0x0F)
+        // The write returned at once; the device's worker starts the queues.
+        device.waitUntilIdle()
         return r(0x14, 1) == 0x0F
     }
 

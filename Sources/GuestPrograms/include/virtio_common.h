@@ -146,6 +146,10 @@ cfg_read:
  * Clobbers EAX. */
 .macro VIRTIO_NEGOTIATE_FEATURES fail
 	movb	$0, 0x14(%edi)
+	/* The reset is done when device_status reads 0 (virtio 1.2 4.1.4.3.1). */
+.Lreset_wait\@:
+	cmpb	$0, 0x14(%edi)
+	jne	.Lreset_wait\@
 	movb	$1, 0x14(%edi)
 	movb	$3, 0x14(%edi)
 	movl	$1, 0x00(%edi)
