@@ -41,7 +41,8 @@ extension LatencySummary {
             self.init(samples: 0, minUs: 0, p50Us: 0, p90Us: 0, p99Us: 0, p999Us: 0, maxUs: 0, meanUs: 0)
             return
         }
-        let minUs = us(histogram.min), maxUs = us(histogram.max)
+        let minUs = us(histogram.min)
+        let maxUs = us(histogram.max)
         // HdrHistogram's percentile iteration: ticks that halve the distance to
         // 100% each step, so the tail gets as many points as the body.
         var points: [CDFPoint] = [CDFPoint(us: minUs, fraction: 0)]
@@ -71,7 +72,8 @@ extension LatencySummary {
     /// An empty histogram for nanosecond samples from 1 ns to 100 s, three
     /// significant digits; it grows if a sample is larger.
     public static func histogram() -> Histogram<UInt64> {
-        var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 100_000_000_000, numberOfSignificantValueDigits: .three)
+        var histogram = Histogram<UInt64>(
+            lowestDiscernibleValue: 1, highestTrackableValue: 100_000_000_000, numberOfSignificantValueDigits: .three)
         histogram.autoResize = true
         return histogram
     }

@@ -17,7 +17,9 @@ public struct SVGChart: Sendable {
         public var markers: Bool
 
         /// A series.
-        public init(name: String, color: String, points: [(x: Double, y: Double)], dashed: Bool = false, markers: Bool = false) {
+        public init(
+            name: String, color: String, points: [(x: Double, y: Double)], dashed: Bool = false, markers: Bool = false
+        ) {
             self.name = name
             self.color = color
             self.points = points
@@ -57,7 +59,10 @@ public struct SVGChart: Sendable {
 
     /// The chart as an SVG `<g>` element occupying `width` x `height` at (`x`, `y`).
     public func render(x originX: Double, y originY: Double, width: Double, height: Double) -> String {
-        let left = originX + 70, right = originX + width - 240, top = originY + 36, bottom = originY + height - 46
+        let left = originX + 70
+        let right = originX + width - 240
+        let top = originY + 36
+        let bottom = originY + height - 46
         let usable = series.filter { !$0.points.isEmpty }
         let xs = usable.flatMap { $0.points.map(\.x) }.filter { !xLog || $0 > 0 }
         let ys = usable.flatMap { $0.points.map(\.y) }.filter { !yLog || $0 > 0 }
@@ -68,7 +73,8 @@ public struct SVGChart: Sendable {
 
         var out = "<g>\n"
         out += text(originX + width / 2, originY + 20, title, anchor: "middle", size: 15, weight: "bold")
-        out += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(right - left))\" height=\"\(f(bottom - top))\" fill=\"none\" stroke=\"#444\"/>\n"
+        out +=
+            "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(right - left))\" height=\"\(f(bottom - top))\" fill=\"none\" stroke=\"#444\"/>\n"
         for tick in xAxis.ticks {
             let p = px(tick.value)
             out += "<line x1=\"\(f(p))\" y1=\"\(f(top))\" x2=\"\(f(p))\" y2=\"\(f(bottom))\" stroke=\"#ddd\"/>\n"
@@ -81,27 +87,35 @@ public struct SVGChart: Sendable {
         }
         out += text((left + right) / 2, bottom + 36, xLabel, anchor: "middle", size: 12)
         let yMid = (top + bottom) / 2
-        out += "<text x=\"\(f(originX + 16))\" y=\"\(f(yMid))\" text-anchor=\"middle\" font-size=\"12\" font-family=\"sans-serif\" transform=\"rotate(-90 \(f(originX + 16)) \(f(yMid)))\">\(Self.escape(yLabel))</text>\n"
+        out +=
+            "<text x=\"\(f(originX + 16))\" y=\"\(f(yMid))\" text-anchor=\"middle\" font-size=\"12\" font-family=\"sans-serif\" transform=\"rotate(-90 \(f(originX + 16)) \(f(yMid)))\">\(Self.escape(yLabel))</text>\n"
         for s in usable {
             let points = s.points.filter { (!xLog || $0.x > 0) && (!yLog || $0.y > 0) }
             guard !points.isEmpty else { continue }
             let list = points.map { "\(f(px($0.x))),\(f(py($0.y)))" }.joined(separator: " ")
             let dash = s.dashed ? " stroke-dasharray=\"6 4\"" : ""
-            out += "<polyline fill=\"none\" stroke=\"\(Self.escape(s.color))\" stroke-width=\"2\"\(dash) points=\"\(list)\"/>\n"
+            out +=
+                "<polyline fill=\"none\" stroke=\"\(Self.escape(s.color))\" stroke-width=\"2\"\(dash) points=\"\(list)\"/>\n"
             if s.markers {
-                for p in points { out += "<circle cx=\"\(f(px(p.x)))\" cy=\"\(f(py(p.y)))\" r=\"3\" fill=\"\(Self.escape(s.color))\"/>\n" }
+                for p in points {
+                    out +=
+                        "<circle cx=\"\(f(px(p.x)))\" cy=\"\(f(py(p.y)))\" r=\"3\" fill=\"\(Self.escape(s.color))\"/>\n"
+                }
             }
         }
         for (i, s) in usable.enumerated() {
             let ly = top + 10 + Double(i) * 20
             let dash = s.dashed ? " stroke-dasharray=\"6 4\"" : ""
-            out += "<line x1=\"\(f(right + 14))\" y1=\"\(f(ly))\" x2=\"\(f(right + 40))\" y2=\"\(f(ly))\" stroke=\"\(Self.escape(s.color))\" stroke-width=\"2\"\(dash)/>\n"
+            out +=
+                "<line x1=\"\(f(right + 14))\" y1=\"\(f(ly))\" x2=\"\(f(right + 40))\" y2=\"\(f(ly))\" stroke=\"\(Self.escape(s.color))\" stroke-width=\"2\"\(dash)/>\n"
             out += text(right + 46, ly + 4, s.name, anchor: "start", size: 12)
         }
         return out + "</g>\n"
     }
 
-    private func text(_ x: Double, _ y: Double, _ content: String, anchor: String, size: Int, weight: String = "normal") -> String {
+    private func text(_ x: Double, _ y: Double, _ content: String, anchor: String, size: Int, weight: String = "normal")
+        -> String
+    {
         "<text x=\"\(f(x))\" y=\"\(f(y))\" text-anchor=\"\(anchor)\" font-size=\"\(size)\" font-weight=\"\(weight)\" font-family=\"sans-serif\">\(Self.escape(content))</text>\n"
     }
 
@@ -145,7 +159,10 @@ public struct SVGChart: Sendable {
         }
 
         func position(_ v: Double) -> Double {
-            let p = log ? (Self.log10(max(v, low)) - Self.log10(low)) / (Self.log10(high) - Self.log10(low)) : (v - low) / (high - low)
+            let p =
+                log
+                ? (Self.log10(max(v, low)) - Self.log10(low)) / (Self.log10(high) - Self.log10(low))
+                : (v - low) / (high - low)
             return min(1, max(0, p))
         }
 
@@ -190,7 +207,8 @@ public enum BenchSVG {
 
     /// The whole picture, a standalone SVG document.
     public static func render(_ report: BenchReport) -> String {
-        let width = 960.0, panel = 420.0
+        let width = 960.0
+        let panel = 420.0
         let latency = SVGChart(
             title: "Delivery latency (device signal -> guest handler ran), CDF",
             xLabel: "latency, µs (log scale)", yLabel: "fraction of samples at or below",
@@ -228,13 +246,17 @@ public enum BenchSVG {
         let extra = vhostUserCharts(report)
         let panels = Double(2 + extra.count)
         var svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-        svg += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(panel * panels + 30))\" viewBox=\"0 0 \(Int(width)) \(Int(panel * panels + 30))\">\n"
+        svg +=
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(panel * panels + 30))\" viewBox=\"0 0 \(Int(width)) \(Int(panel * panels + 30))\">\n"
         svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         svg += latency.render(x: 0, y: 0, width: width, height: panel)
         svg += program.render(x: 0, y: panel, width: width, height: panel)
-        for (i, chart) in extra.enumerated() { svg += chart.render(x: 0, y: panel * Double(2 + i), width: width, height: panel) }
+        for (i, chart) in extra.enumerated() {
+            svg += chart.render(x: 0, y: panel * Double(2 + i), width: width, height: panel)
+        }
         let m = report.machine
-        svg += "<text x=\"10\" y=\"\(Int(panel * panels + 20))\" font-size=\"11\" font-family=\"sans-serif\" fill=\"#555\">"
+        svg +=
+            "<text x=\"10\" y=\"\(Int(panel * panels + 20))\" font-size=\"11\" font-family=\"sans-serif\" fill=\"#555\">"
         svg += SVGChart.escape("irqfd bench, kernel \(m.kernel), \(m.cpus) CPUs, \(m.date); dashed lines: the C floors")
         svg += "</text>\n</svg>\n"
         return svg

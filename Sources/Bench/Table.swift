@@ -100,7 +100,9 @@ public enum ReportText {
             } else {
                 vsFloor = floor.map { "\(ratio(l.p50Us / $0.latency.p50Us)) \($0.path)" } ?? "(floor)"
             }
-            delivery.add([d.path, String(l.samples), us(l.p50Us), us(l.p90Us), us(l.p99Us), us(l.p999Us), us(l.maxUs), vsFloor])
+            delivery.add([
+                d.path, String(l.samples), us(l.p50Us), us(l.p90Us), us(l.p99Us), us(l.p999Us), us(l.maxUs), vsFloor,
+            ])
         }
         sections.append(delivery.render(title: "Delivery latency: device signal -> guest handler ran"))
 
@@ -149,25 +151,37 @@ public enum ReportText {
                 p.deferredServedFloorUs.map(us) ?? "-", paired(p.deferredServedRatio),
             ])
         }
-        sections.append(coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor"))
+        sections.append(
+            coalesced.render(title: "Coalesced commits: setMsiDeferred one at a time; dropping N routes vs its C floor")
+        )
 
         if let bringUps = report.msixBringUp, !bringUps.isEmpty {
-            var bringUp = TextTable(["vectors", "partition", "mode", "runs", "median µs", "pushes", "/function-mask batch", "paired (95%)"])
+            var bringUp = TextTable([
+                "vectors", "partition", "mode", "runs", "median µs", "pushes", "/function-mask batch", "paired (95%)",
+            ])
             for b in bringUps {
                 let batch = bringUps.first { $0.partition == b.partition && $0.mode == "function_mask_batch" }
-                let paired = b.ratioToBatch.map { "\(ratio($0.median)) [\(ratio($0.low)), \(ratio($0.high))] n=\($0.rounds)" } ?? "-"
+                let paired =
+                    b.ratioToBatch.map { "\(ratio($0.median)) [\(ratio($0.low)), \(ratio($0.high))] n=\($0.rounds)" }
+                    ?? "-"
                 bringUp.add([
-                    String(b.vectors), b.partition, b.mode, b.rounds.map(String.init) ?? "1", us(b.us), String(b.pushes),
+                    String(b.vectors), b.partition, b.mode, b.rounds.map(String.init) ?? "1", us(b.us),
+                    String(b.pushes),
                     batch.map { ratio(b.us / $0.us) } ?? "-", paired,
                 ])
             }
-            sections.append(bringUp.render(title: "MSI-X bring-up by a guest: Linux's one-at-a-time unmasks vs one function-mask batch (guest's first write until all live in the kernel)"))
+            sections.append(
+                bringUp.render(
+                    title:
+                        "MSI-X bring-up by a guest: Linux's one-at-a-time unmasks vs one function-mask batch (guest's first write until all live in the kernel)"
+                ))
         }
 
         if let firsts = report.firstInterrupt, !firsts.isEmpty {
             var first = TextTable(["path", "p50 µs", "p99 µs", "samples"])
             for f in firsts { first.add([f.path, us(f.p50Us), us(f.p99Us), String(f.samples)]) }
-            sections.append(first.render(title: "First interrupt after a vector goes live: guest's unmask write to its handler"))
+            sections.append(
+                first.render(title: "First interrupt after a vector goes live: guest's unmask write to its handler"))
         }
 
         if let m = report.maskUnmask {
@@ -195,16 +209,22 @@ public enum ReportText {
         var targets = TextTable(["target", "ratio", "95% interval", "limit", "met"])
         for t in report.targets {
             let interval = t.low.flatMap { low in t.high.map { "[\(ratio(low)), \(ratio($0))]" } } ?? "-"
-            targets.add([t.name, ratio(t.ratio), interval, ratio(t.limit), t.met.map { $0 ? "yes" : "NO" } ?? "not measured"])
+            targets.add([
+                t.name, ratio(t.ratio), interval, ratio(t.limit), t.met.map { $0 ? "yes" : "NO" } ?? "not measured",
+            ])
         }
-        sections.append(targets.render(title: "Targets (paired ratios from this run; met only when the interval's upper end is under the limit)"))
+        sections.append(
+            targets.render(
+                title:
+                    "Targets (paired ratios from this run; met only when the interval's upper end is under the limit)"))
 
         if !report.gaps.isEmpty {
             sections.append("Not measured:\n" + report.gaps.map { "  - " + $0 }.joined(separator: "\n"))
         }
         let machine = report.machine
         sections.append(
-            "Kernel \(machine.kernel), \(machine.cpus) CPUs, KVM API \(machine.kvmApiVersion), GSI limit \(machine.gsiLimit) (capacity \(machine.gsiCapacity) MSI routes); run took \(format(machine.seconds, 1)) s\(machine.quick ? " (--quick)" : "").")
+            "Kernel \(machine.kernel), \(machine.cpus) CPUs, KVM API \(machine.kvmApiVersion), GSI limit \(machine.gsiLimit) (capacity \(machine.gsiCapacity) MSI routes); run took \(format(machine.seconds, 1)) s\(machine.quick ? " (--quick)" : "")."
+        )
         return sections.joined(separator: "\n\n")
     }
 }

@@ -43,15 +43,19 @@ public enum Targets {
         let relay = report.delivery(Path.relay)
         var relayNote = "against a C relay (epoll thread + KVM_SIGNAL_MSI)"
         if let relay, let irqfd {
-            relayNote += String(format: "; relay costs %+.1f µs at p50 over irqfd", relay.latency.p50Us - irqfd.latency.p50Us)
+            relayNote += String(
+                format: "; relay costs %+.1f µs at p50 over irqfd", relay.latency.p50Us - irqfd.latency.p50Us)
         }
-        checks.append(.init(name: "relay delivery p50 / C relay p50", paired: paired(Path.relay), limit: 1.10, note: relayNote))
+        checks.append(
+            .init(name: "relay delivery p50 / C relay p50", paired: paired(Path.relay), limit: 1.10, note: relayNote))
         let program = report.programming.first { $0.routes == programmingN }
         checks.append(
             .init(
                 name: "retarget \(programmingN) in one batch / one raw push of \(programmingN)",
                 paired: program?.retargetRatio, limit: 1.2,
-                note: "new MSIs for \(programmingN) live routes in one batch (one push, nothing else) against one C push of \(programmingN) entries"))
+                note:
+                    "new MSIs for \(programmingN) live routes in one batch (one push, nothing else) against one C push of \(programmingN) entries"
+            ))
         checks.append(
             .init(
                 name: "drop \(programmingN) in one batch / C drop", paired: program?.dropRatio, limit: 1.3,
@@ -77,7 +81,8 @@ public enum Targets {
     static func deferredNote(_ program: BenchReport.Programming) -> String? {
         program.oneByOneDeferredPushes.map { pushes in
             var note = "until every route is armed; \(pushes) pushes"
-            note += "; the served floor: one C push + \(programmingN) KVM_IRQFD assigns, each route watched by epoll until armed"
+            note +=
+                "; the served floor: one C push + \(programmingN) KVM_IRQFD assigns, each route watched by epoll until armed"
             if let arm = program.deferredArmRatio {
                 note += "; \(ReportText.paired(arm)) of the C push + assigns alone"
             }

@@ -80,7 +80,7 @@ public struct MsiMessage: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Whether the destination is an APIC ID or a logical set.
-    public enum DestinationMode: Sendable { 
+    public enum DestinationMode: Sendable {
         /// Destination is one APIC ID.
         case physical
         /// Destination is a logical APIC ID set.

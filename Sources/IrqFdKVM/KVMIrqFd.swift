@@ -48,7 +48,8 @@ public final class KVMRoutingKernel: RoutingKernel {
             keepsIrqchipRoutes = false
             msiEntryCapacity = maxRoutes
         }
-        buffer = Mutex(IncrementalGSIRoutingTable(capacity: maxRoutes, gsiLimit: maxRoutes, irqchipRoutes: keepsIrqchipRoutes))
+        buffer = Mutex(
+            IncrementalGSIRoutingTable(capacity: maxRoutes, gsiLimit: maxRoutes, irqchipRoutes: keepsIrqchipRoutes))
     }
 
     private func liveVM() throws(IrqFdError) -> VirtualMachine {
@@ -132,7 +133,8 @@ public final class KVMRoutingKernel: RoutingKernel {
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN.
     public func deassign(event: any Event, gsi: UInt32) throws(IrqFdError) {
         let vm = try liveVM()
-        do throws(SystemCallError) { try vm.deassignIrqfd(eventFD: Int32(event.nativeHandle.rawValue), gsi: gsi) } catch { throw .systemCall(error) }
+        do throws(SystemCallError) { try vm.deassignIrqfd(eventFD: Int32(event.nativeHandle.rawValue), gsi: gsi) } catch
+        { throw .systemCall(error) }
     }
 
     /// A fresh eventfd (EFD_NONBLOCK | EFD_CLOEXEC).

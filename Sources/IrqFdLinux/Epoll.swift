@@ -79,8 +79,9 @@ public final class Epoll: Sendable {
         var events = [epoll_event](repeating: epoll_event(), count: maximum)
         let count = try retryingInterrupts("epoll_wait") {
             events.withUnsafeMutableBufferPointer {
-                epoll_wait(fileDescriptor.rawValue, $0.baseAddress, Int32($0.count),
-                           Readiness.milliseconds(deadline.map { $0 - .now }))
+                epoll_wait(
+                    fileDescriptor.rawValue, $0.baseAddress, Int32($0.count),
+                    Readiness.milliseconds(deadline.map { $0 - .now }))
             }
         }
         return events[..<Int(count)].map {

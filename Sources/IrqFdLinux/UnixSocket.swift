@@ -70,7 +70,8 @@ public final class UnixSocket: Sendable {
     }
 
     private static func makeSocket(nonBlocking: Bool) throws(SystemCallError) -> FileDescriptor {
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        let type =
+            Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
             | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
         return FileDescriptor(rawValue: try retryingInterrupts("socket(AF_UNIX)") { socket(AF_UNIX, type, 0) })
     }
@@ -91,7 +92,7 @@ public final class UnixSocket: Sendable {
                 unlink(bound)
                 do throws(SystemCallError) {
                     _ = try retryingInterrupts("bind(\(bound))") { irqfd_unix_bind(descriptor.rawValue, bound) }
-                } catch where error.errno == .fileNameTooLong {
+                } catch  where error.errno == .fileNameTooLong {
                     bound = path
                     unlink(path)
                     _ = try retryingInterrupts("bind(\(path))") { irqfd_unix_bind(descriptor.rawValue, path) }
@@ -131,9 +132,12 @@ public final class UnixSocket: Sendable {
         to path: String, deadline: ContinuousClock.Instant
     ) throws(SystemCallError) -> UnixSocket {
         let socket = UnixSocket(adopting: try makeSocket(nonBlocking: true))
-        while try retryingInterruptsUnlessWouldBlock("connect(\(path))", {
-            irqfd_unix_connect(socket.fileDescriptor.rawValue, path)
-        }) == nil {
+        while try retryingInterruptsUnlessWouldBlock(
+            "connect(\(path))",
+            {
+                irqfd_unix_connect(socket.fileDescriptor.rawValue, path)
+            }) == nil
+        {
             guard ContinuousClock.now < deadline else {
                 throw SystemCallError(call: "connect(\(path))", errno: .timedOut)
             }
@@ -145,8 +149,9 @@ public final class UnixSocket: Sendable {
     /// The next connection to a listening socket (accept4(2), SOCK_CLOEXEC).
     public func accept() throws(IrqFdError) -> UnixSocket {
         do throws(SystemCallError) {
-            return UnixSocket(adopting: FileDescriptor(
-                rawValue: try retryingInterrupts("accept4") { irqfd_accept_cloexec(fileDescriptor.rawValue) }))
+            return UnixSocket(
+                adopting: FileDescriptor(
+                    rawValue: try retryingInterrupts("accept4") { irqfd_accept_cloexec(fileDescriptor.rawValue) }))
         } catch {
             throw .systemCall(error)
         }

@@ -81,7 +81,8 @@ public enum MSHV {
     public static let createPartition = IoctlRequest.write(
         "MSHV_CREATE_PARTITION", type: ioctlType, number: 0x00, size: CreatePartition.size)
     /// `MSHV_INITIALIZE_PARTITION` = `_IO(0xB8, 0x00)`, on a partition fd.
-    public static let initializePartition = IoctlRequest.none("MSHV_INITIALIZE_PARTITION", type: ioctlType, number: 0x00)
+    public static let initializePartition = IoctlRequest.none(
+        "MSHV_INITIALIZE_PARTITION", type: ioctlType, number: 0x00)
     /// `MSHV_IRQFD` = `_IOW(0xB8, 0x03, struct mshv_user_irqfd)`, on a partition fd.
     public static let irqfd = IoctlRequest.write("MSHV_IRQFD", type: ioctlType, number: 0x03, size: UserIrqfd.size)
     /// `MSHV_SET_MSI_ROUTING` = `_IOW(0xB8, 0x05, struct mshv_user_irq_table)`, on a partition fd.
@@ -129,7 +130,9 @@ public enum MSHV {
         /// Arms eventfd `fd` on `gsi` (flags 0).
         public static func assign(fd: Int32, gsi: UInt32) -> UserIrqfd { UserIrqfd(fd: fd, gsi: gsi, flags: 0) }
         /// Disarms eventfd `fd` from `gsi` (`flagDeassign`).
-        public static func deassign(fd: Int32, gsi: UInt32) -> UserIrqfd { UserIrqfd(fd: fd, gsi: gsi, flags: flagDeassign) }
+        public static func deassign(fd: Int32, gsi: UInt32) -> UserIrqfd {
+            UserIrqfd(fd: fd, gsi: gsi, flags: flagDeassign)
+        }
 
         /// The 16 bytes the kernel copies in (little-endian, as on x86-64 and arm64).
         public var bytes: [UInt8] {
@@ -180,8 +183,10 @@ public enum MSHV {
             for (index, entry) in entries.enumerated() {
                 let base = headerSize + index * entrySize
                 buffer.storeLittleEndian(entry.gsi, at: base + entryOffsets.gsi)
-                buffer.storeLittleEndian(UInt32(truncatingIfNeeded: entry.msi.address), at: base + entryOffsets.addressLow)
-                buffer.storeLittleEndian(UInt32(truncatingIfNeeded: entry.msi.address >> 32), at: base + entryOffsets.addressHigh)
+                buffer.storeLittleEndian(
+                    UInt32(truncatingIfNeeded: entry.msi.address), at: base + entryOffsets.addressLow)
+                buffer.storeLittleEndian(
+                    UInt32(truncatingIfNeeded: entry.msi.address >> 32), at: base + entryOffsets.addressHigh)
                 buffer.storeLittleEndian(entry.msi.data, at: base + entryOffsets.data)
             }
         }
@@ -198,14 +203,17 @@ public enum MSHV {
         public static func decode(_ bytes: UnsafeRawBufferPointer) -> (reserved: UInt32, entries: [RoutingEntry]) {
             precondition(bytes.count >= headerSize, "a routing table has an 8-byte header")
             let count = Int(bytes.littleEndianUInt32(at: 0))
-            precondition(bytes.count >= size(entries: count), "a routing table of \(count) entries needs \(size(entries: count)) bytes")
+            precondition(
+                bytes.count >= size(entries: count),
+                "a routing table of \(count) entries needs \(size(entries: count)) bytes")
             let entries = (0..<count).map { index -> RoutingEntry in
                 let base = headerSize + index * entrySize
                 let low = UInt64(bytes.littleEndianUInt32(at: base + entryOffsets.addressLow))
                 let high = UInt64(bytes.littleEndianUInt32(at: base + entryOffsets.addressHigh))
                 return RoutingEntry(
                     gsi: bytes.littleEndianUInt32(at: base + entryOffsets.gsi),
-                    msi: MsiMessage(address: high << 32 | low, data: bytes.littleEndianUInt32(at: base + entryOffsets.data)))
+                    msi: MsiMessage(
+                        address: high << 32 | low, data: bytes.littleEndianUInt32(at: base + entryOffsets.data)))
             }
             return (bytes.littleEndianUInt32(at: 4), entries)
         }

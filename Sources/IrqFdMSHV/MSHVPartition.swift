@@ -1,5 +1,6 @@
 public import IrqFdCore
 public import SystemPackage
+
 #if os(Linux)
 import CLinuxKVM
 import Glibc
@@ -38,7 +39,9 @@ public final class MSHVSystem: Sendable {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else {
             let error = Errno(rawValue: errno)
-            if error == .noSuchFileOrDirectory || error == .operationNotSupportedByDevice || error == .noSuchAddressOrDevice {
+            if error == .noSuchFileOrDirectory || error == .operationNotSupportedByDevice
+                || error == .noSuchAddressOrDevice
+            {
                 throw .unsupported(Self.absenceMessage(path: path, errno: error))
             }
             throw .call("open(\(path))", error)
@@ -59,7 +62,9 @@ public final class MSHVSystem: Sendable {
 
     /// MSHV_CREATE_PARTITION: a new partition, not yet initialized. Early
     /// partition properties are set before `MSHVPartition.initialize()`.
-    public func createPartition(_ description: MSHV.CreatePartition = MSHV.CreatePartition()) throws(IrqFdError) -> MSHVPartition {
+    public func createPartition(_ description: MSHV.CreatePartition = MSHV.CreatePartition()) throws(IrqFdError)
+        -> MSHVPartition
+    {
         var bytes = description.bytes
         let request = MSHV.createPartition
         let fd: Int32
@@ -88,7 +93,9 @@ public final class MSHVPartition: MSHVPartitionIoctls {
 
     /// ioctl(2) on the partition descriptor, retrying on EINTR.
     public func ioctl(_ request: IoctlRequest, argument: UnsafeMutableRawBufferPointer) throws(SystemCallError) {
-        _ = try retryingInterrupts(request.name) { irqfd_ioctl_ptr(rawDescriptor, request.number, argument.baseAddress) }
+        _ = try retryingInterrupts(request.name) {
+            irqfd_ioctl_ptr(rawDescriptor, request.number, argument.baseAddress)
+        }
     }
 
     /// MSHV_INITIALIZE_PARTITION: makes the partition usable (vCPUs, memory, interrupts).

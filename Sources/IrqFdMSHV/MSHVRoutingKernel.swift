@@ -1,6 +1,7 @@
 public import IrqFdCore
 public import IrqFdRouting
 import Synchronization
+
 #if os(Linux)
 import IrqFdLinux
 #endif

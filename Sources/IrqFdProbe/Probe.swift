@@ -1,5 +1,6 @@
 import Foundation
 import IrqFdCore
+
 #if os(Linux)
 import Glibc
 import IrqFdKVM
@@ -72,7 +73,8 @@ public struct ProbeReport: Codable, Sendable, Equatable {
         static func absent(path: String, error: String) -> KVMCapabilities {
             KVMCapabilities(
                 path: path, present: false, error: error, apiVersion: nil, irqfd: false, gsiRoutingSize: 0,
-                signalMsi: false, splitIrqchip: false, x2apicAPI: X2APIC(flags: 0), vcpus: VCPUs(recommended: 0, max: 0))
+                signalMsi: false, splitIrqchip: false, x2apicAPI: X2APIC(flags: 0), vcpus: VCPUs(recommended: 0, max: 0)
+            )
         }
     }
 
@@ -111,7 +113,8 @@ public struct ProbeReport: Codable, Sendable, Equatable {
         var lines = ["irqfd probe: \(platform)", ""]
         lines.append("KVM (\(kvm.path))")
         if kvm.present {
-            let x2apic = kvm.x2apicAPI.supported
+            let x2apic =
+                kvm.x2apicAPI.supported
                 ? "yes (32-bit IDs: \(yes(kvm.x2apicAPI.use32BitIds)), broadcast quirk off: \(yes(kvm.x2apicAPI.disableBroadcastQuirk)))"
                 : "no"
             let rows: [(String, String)] = [
@@ -123,7 +126,9 @@ public struct ProbeReport: Codable, Sendable, Equatable {
                 ("x2APIC API", x2apic),
                 ("vCPUs", "recommended \(kvm.vcpus.recommended), max \(kvm.vcpus.max)"),
             ]
-            for (name, value) in rows { lines.append("  " + name.padding(toLength: 21, withPad: " ", startingAt: 0) + value) }
+            for (name, value) in rows {
+                lines.append("  " + name.padding(toLength: 21, withPad: " ", startingAt: 0) + value)
+            }
         } else {
             lines.append("  not usable: \(kvm.error ?? "unknown")")
         }
@@ -131,8 +136,9 @@ public struct ProbeReport: Codable, Sendable, Equatable {
         lines.append("Backends")
         for backend in backends {
             let state = backend.available ? "available" : "not available"
-            lines.append("  " + backend.name.padding(toLength: 7, withPad: " ", startingAt: 0)
-                + state.padding(toLength: 15, withPad: " ", startingAt: 0) + backend.detail)
+            lines.append(
+                "  " + backend.name.padding(toLength: 7, withPad: " ", startingAt: 0)
+                    + state.padding(toLength: 15, withPad: " ", startingAt: 0) + backend.detail)
         }
         return lines.joined(separator: "\n")
     }
@@ -146,14 +152,17 @@ public enum Probe {
     public static func run(kvmPath: String = "/dev/kvm", mshvPath: String = "/dev/mshv") -> ProbeReport {
         #if os(Linux)
         let (kvm, kvmBackend, relay) = probeKVM(path: kvmPath)
-        return ProbeReport(platform: platform(), kvm: kvm, backends: [kvmBackend, relay, probeMSHV(path: mshvPath), probeWHP()])
+        return ProbeReport(
+            platform: platform(), kvm: kvm, backends: [kvmBackend, relay, probeMSHV(path: mshvPath), probeWHP()])
         #else
         let why = "KVM is Linux only"
         return ProbeReport(
             platform: platform(), kvm: .absent(path: kvmPath, error: why),
             backends: [
                 .init(name: "kvm", available: false, detail: why),
-                .init(name: "relay", available: false, detail: "this build's relay injects through KVM_SIGNAL_MSI: Linux only"),
+                .init(
+                    name: "relay", available: false,
+                    detail: "this build's relay injects through KVM_SIGNAL_MSI: Linux only"),
                 .init(name: "mshv", available: false, detail: "mshv is Linux only"),
                 probeWHP(),
             ])
@@ -202,9 +211,13 @@ public enum Probe {
 
     static func probeKVM(path: String) -> (ProbeReport.KVMCapabilities, ProbeReport.Backend, ProbeReport.Backend) {
         func unavailable(_ why: String) -> (ProbeReport.KVMCapabilities, ProbeReport.Backend, ProbeReport.Backend) {
-            (.absent(path: path, error: why),
-             .init(name: "kvm", available: false, detail: why),
-             .init(name: "relay", available: false, detail: "injects through KVM_SIGNAL_MSI, and KVM is not usable: \(why)"))
+            (
+                .absent(path: path, error: why),
+                .init(name: "kvm", available: false, detail: why),
+                .init(
+                    name: "relay", available: false,
+                    detail: "injects through KVM_SIGNAL_MSI, and KVM is not usable: \(why)")
+            )
         }
         guard access(path, F_OK) == 0 else { return unavailable("\(path): not present") }
         let system: KVMSystem
@@ -229,7 +242,10 @@ public enum Probe {
             try vm.createIrqchip()
         } catch {
             let why = "KVM_CREATE_IRQCHIP failed on a scratch VM: \(error)"
-            return (capabilities, .init(name: "kvm", available: false, detail: why), .init(name: "relay", available: false, detail: why))
+            return (
+                capabilities, .init(name: "kvm", available: false, detail: why),
+                .init(name: "relay", available: false, detail: why)
+            )
         }
         return (capabilities, checkIrqfd(vm: vm), checkSignalMsi(vm: vm, capable: capabilities.signalMsi))
     }
@@ -241,10 +257,14 @@ public enum Probe {
             let irqfd = try KVMIrqFd(vm: vm)
             let route = try irqfd.newRoute()
             try route.setMsi(MsiMessage(destination: 0, vector: 0x40))
-            guard route.isArmed else { return .init(name: "kvm", available: false, detail: "a route with an MSI did not arm") }
+            guard route.isArmed else {
+                return .init(name: "kvm", available: false, detail: "a route with an MSI did not arm")
+            }
             return .init(
                 name: "kvm", available: true,
-                detail: "KVM_SET_GSI_ROUTING + KVM_IRQFD armed a route on a scratch VM; \(irqfd.gsiCapacity) GSIs for MSI routes")
+                detail:
+                    "KVM_SET_GSI_ROUTING + KVM_IRQFD armed a route on a scratch VM; \(irqfd.gsiCapacity) GSIs for MSI routes"
+            )
         } catch {
             return .init(name: "kvm", available: false, detail: "\(error)")
         }
@@ -258,7 +278,9 @@ public enum Probe {
             let vcpu = try vm.createVCPU(id: 0)
             try vm.signalMsi(address: MsiMessage.addressBase, data: 0x40)
             _ = vcpu
-            return .init(name: "relay", available: true, detail: "KVM_SIGNAL_MSI injected an MSI on a scratch VM (the relay's injector here)")
+            return .init(
+                name: "relay", available: true,
+                detail: "KVM_SIGNAL_MSI injected an MSI on a scratch VM (the relay's injector here)")
         } catch {
             return .init(name: "relay", available: false, detail: "\(error)")
         }

@@ -52,11 +52,13 @@ public final class EpollPoller: RelayPoller {
     public func start(_ ready: @escaping @Sendable (UInt64) -> Void) throws(IrqFdError) {
         let context = Unmanaged.passRetained(ThreadContext(epoll: epoll, ready: ready))
         var id = pthread_t()
-        let result = pthread_create(&id, nil, { raw in
-            let context = Unmanaged<ThreadContext>.fromOpaque(raw!).takeRetainedValue()
-            context.run()
-            return nil
-        }, context.toOpaque())
+        let result = pthread_create(
+            &id, nil,
+            { raw in
+                let context = Unmanaged<ThreadContext>.fromOpaque(raw!).takeRetainedValue()
+                context.run()
+                return nil
+            }, context.toOpaque())
         guard result == 0 else {
             context.release()
             throw .call("pthread_create", Errno(rawValue: result))

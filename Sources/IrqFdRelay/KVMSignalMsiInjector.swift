@@ -28,7 +28,9 @@ public struct KVMSignalMsiInjector: MsiInjector {
 extension RelayIrqFd {
     /// A Linux relay: an epoll thread, eventfd route events, `injector`.
     public convenience init(injector: any MsiInjector) throws(IrqFdError) {
-        try self.init(injector: injector, poller: try EpollPoller(), makeEvent: { () throws(IrqFdError) -> any Event in try EventFD() })
+        try self.init(
+            injector: injector, poller: try EpollPoller(),
+            makeEvent: { () throws(IrqFdError) -> any Event in try EventFD() })
     }
 
     /// A Linux relay injecting into `vm` with KVM_SIGNAL_MSI.

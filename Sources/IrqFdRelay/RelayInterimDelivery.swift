@@ -31,23 +31,25 @@ public struct ThreadCommitTimer: CommitTimer {
         pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
         defer { pthread_attr_destroy(&attributes) }
         var id = pthread_t()
-        let result = pthread_create(&id, &attributes, { raw in
-            let job = Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue()
-            let (seconds, attoseconds) = job.delay.components
-            var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
-            var remaining = timespec()
-            // A signal ends nanosleep(2) early with the time left in `remaining`; the retry sleeps that.
-            do throws(SystemCallError) {
-                _ = try retryingInterrupts("nanosleep") {
-                    defer { request = remaining }
-                    return nanosleep(&request, &remaining)
+        let result = pthread_create(
+            &id, &attributes,
+            { raw in
+                let job = Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue()
+                let (seconds, attoseconds) = job.delay.components
+                var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+                var remaining = timespec()
+                // A signal ends nanosleep(2) early with the time left in `remaining`; the retry sleeps that.
+                do throws(SystemCallError) {
+                    _ = try retryingInterrupts("nanosleep") {
+                        defer { request = remaining }
+                        return nanosleep(&request, &remaining)
+                    }
+                } catch {
+                    preconditionFailure("\(error)")  // EINVAL or EFAULT: the timespec is this function's own
                 }
-            } catch {
-                preconditionFailure("\(error)")  // EINVAL or EFAULT: the timespec is this function's own
-            }
-            job.work()
-            return nil
-        }, job.toOpaque())
+                job.work()
+                return nil
+            }, job.toOpaque())
         if result != 0 {
             job.release()
             work()

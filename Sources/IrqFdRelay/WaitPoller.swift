@@ -41,11 +41,13 @@ public final class WaitPoller: RelayPoller {
     /// Starts the relay thread (CreateThread).
     public func start(_ ready: @escaping @Sendable (UInt64) -> Void) throws(IrqFdError) {
         let context = Unmanaged.passRetained(Context(poller: self, ready: ready))
-        let handle = CreateThread(nil, 0, { raw in
-            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.poller.run(context.ready)
-            return 0
-        }, context.toOpaque(), 0, nil)
+        let handle = CreateThread(
+            nil, 0,
+            { raw in
+                let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
+                context.poller.run(context.ready)
+                return 0
+            }, context.toOpaque(), 0, nil)
         guard let handle else {
             context.release()
             throw .systemCall(SystemCallError(call: "CreateThread (error \(GetLastError()))", errno: .ioError))

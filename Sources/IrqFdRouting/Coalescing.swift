@@ -57,7 +57,6 @@ extension RoutedIrqFd {
         }
     }
 
-
     /// The routes a push made at once in a caller's thread carried (the
     /// threshold was crossed, see `Coalescing`), or that a push made for one
     /// caller carried for others: on a coalescing partition they are armed

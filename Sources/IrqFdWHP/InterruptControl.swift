@@ -53,7 +53,10 @@ public struct WHPInterruptControl: Hashable, Sendable, CustomStringConvertible {
     public var vector: UInt32
 
     /// Makes a control from its fields.
-    public init(type: InterruptType, destinationMode: DestinationMode, triggerMode: TriggerMode, destination: UInt32, vector: UInt32) {
+    public init(
+        type: InterruptType, destinationMode: DestinationMode, triggerMode: TriggerMode, destination: UInt32,
+        vector: UInt32
+    ) {
         self.type = type
         self.destinationMode = destinationMode
         self.triggerMode = triggerMode

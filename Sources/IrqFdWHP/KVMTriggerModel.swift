@@ -63,7 +63,9 @@ public final class KVMTriggerModel: TriggerProvider {
     public var statistics: Statistics { counts.withLock { $0 } }
 
     /// A live trigger: new KVM route, entry pushed, irqfd armed.
-    public func createTrigger(_ interrupt: WHPInterruptControl) throws(IrqFdError) -> (trigger: Trigger, event: any Event) {
+    public func createTrigger(_ interrupt: WHPInterruptControl) throws(IrqFdError) -> (
+        trigger: Trigger, event: any Event
+    ) {
         let route = try partition.newRoute()
         try route.setMsi(interrupt.msiMessage)
         counts.withLock { $0.created += 1 }

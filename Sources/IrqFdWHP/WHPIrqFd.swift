@@ -77,7 +77,8 @@ public final class WHPIrqFd<Provider: TriggerProvider>: IrqFd {
     /// the event is handed out, so it starts relayed.
     public func newRoute() throws(IrqFdError) -> WHPIrqFdRoute<Provider> {
         // Any valid interrupt will do: the trigger dies before anyone can signal its event.
-        let placeholder = WHPInterruptControl(type: .fixed, destinationMode: .physical, triggerMode: .edge, destination: 0, vector: 0x20)
+        let placeholder = WHPInterruptControl(
+            type: .fixed, destinationMode: .physical, triggerMode: .edge, destination: 0, vector: 0x20)
         let (trigger, event) = try provider.createTrigger(placeholder)
         try provider.deleteTrigger(trigger)
         return WHPIrqFdRoute(event: event, mode: .relayed(relay.newRoute(adopting: event)), partition: self)
@@ -141,7 +142,8 @@ public final class WHPIrqFdRoute<Provider: TriggerProvider>: IrqFdRoute {
     /// Deletes the trigger and hands the event to the relay, masked or not,
     /// with `msi` (nil: no MSI). The relay route is set up without arming
     /// before it can be unmasked, so nothing is injected out of turn.
-    private func fallBack(_ m: inout Mode, trigger: Provider.Trigger, msi: MsiMessage?, masked: Bool) throws(IrqFdError) {
+    private func fallBack(_ m: inout Mode, trigger: Provider.Trigger, msi: MsiMessage?, masked: Bool) throws(IrqFdError)
+    {
         try partition.provider.deleteTrigger(trigger)
         let route = partition.relay.newRoute(adopting: event)
         m = .relayed(route)

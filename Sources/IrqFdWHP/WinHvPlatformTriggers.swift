@@ -90,7 +90,8 @@ public final class WinHvPlatformTriggers: TriggerProvider {
     /// Runs `body` with `bytes` as the SDK structure `T` (the same size:
     /// checked here, and against the header by Tools/whp-abi-check).
     private static func withStructure<T, R>(_ bytes: [UInt8], as type: T.Type, _ body: (UnsafePointer<T>) -> R) -> R {
-        precondition(bytes.count == MemoryLayout<T>.size, "\(T.self) is \(MemoryLayout<T>.size) bytes, not \(bytes.count)")
+        precondition(
+            bytes.count == MemoryLayout<T>.size, "\(T.self) is \(MemoryLayout<T>.size) bytes, not \(bytes.count)")
         return withUnsafeTemporaryAllocation(of: T.self, capacity: 1) { buffer in
             UnsafeMutableRawBufferPointer(buffer).copyBytes(from: bytes)
             return body(UnsafePointer(buffer.baseAddress!))
@@ -98,7 +99,9 @@ public final class WinHvPlatformTriggers: TriggerProvider {
     }
 
     /// WHvCreateTrigger(partition, &parameters, &trigger, &event).
-    public func createTrigger(_ interrupt: WHPInterruptControl) throws(IrqFdError) -> (trigger: Trigger, event: any Event) {
+    public func createTrigger(_ interrupt: WHPInterruptControl) throws(IrqFdError) -> (
+        trigger: Trigger, event: any Event
+    ) {
         var trigger: WHV_TRIGGER_HANDLE? = nil
         var event: HANDLE? = nil
         let bytes = WHPTriggerParameters(interrupt: interrupt).bytes
@@ -124,7 +127,8 @@ public final class WinHvPlatformTriggers: TriggerProvider {
     /// WHvDeleteTrigger(partition, trigger). The event stays open: its
     /// `Win32Event` closes it.
     public func deleteTrigger(_ trigger: Trigger) throws(IrqFdError) {
-        try Self.check(WHvDeleteTrigger(partitionHandle, UnsafeMutableRawPointer(bitPattern: trigger.raw)), "WHvDeleteTrigger")
+        try Self.check(
+            WHvDeleteTrigger(partitionHandle, UnsafeMutableRawPointer(bitPattern: trigger.raw)), "WHvDeleteTrigger")
     }
 
     /// WHvRequestInterrupt(partition, &control, sizeof(WHV_INTERRUPT_CONTROL)).

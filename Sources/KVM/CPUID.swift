@@ -10,7 +10,9 @@ public struct CPUIDEntry: Hashable, Sendable {
     public var eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
 
     /// Makes an entry.
-    public init(function: UInt32, index: UInt32 = 0, flags: UInt32 = 0, eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+    public init(
+        function: UInt32, index: UInt32 = 0, flags: UInt32 = 0, eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
+    ) {
         self.function = function
         self.index = index
         self.flags = flags
@@ -51,7 +53,9 @@ struct CPUIDBuffer {
             return (0..<count).map { i in
                 let base = Self.headerSize + i * Self.entrySize
                 func word(_ k: Int) -> UInt32 { raw.loadUnaligned(fromByteOffset: base + 4 * k, as: UInt32.self) }
-                return CPUIDEntry(function: word(0), index: word(1), flags: word(2), eax: word(3), ebx: word(4), ecx: word(5), edx: word(6))
+                return CPUIDEntry(
+                    function: word(0), index: word(1), flags: word(2), eax: word(3), ebx: word(4), ecx: word(5),
+                    edx: word(6))
             }
         }
     }

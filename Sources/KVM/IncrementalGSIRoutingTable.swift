@@ -149,7 +149,8 @@ public struct IncrementalGSIRoutingTable: ~Copyable {
     private func write(slot: Int, address: UInt64, data: UInt32) {
         let base = offset(slot)
         table.storage.storeBytes(of: UInt32(truncatingIfNeeded: address), toByteOffset: base + 16, as: UInt32.self)
-        table.storage.storeBytes(of: UInt32(truncatingIfNeeded: address >> 32), toByteOffset: base + 20, as: UInt32.self)
+        table.storage.storeBytes(
+            of: UInt32(truncatingIfNeeded: address >> 32), toByteOffset: base + 20, as: UInt32.self)
         table.storage.storeBytes(of: data, toByteOffset: base + 24, as: UInt32.self)
     }
 

@@ -32,7 +32,10 @@ public final class KVMSystem: Sendable {
 
     /// KVM_GET_VCPU_MMAP_SIZE: bytes to mmap for a vCPU's `struct kvm_run`.
     public func vcpuMmapSize() throws(SystemCallError) -> Int {
-        Int(try retryingIoctl("KVM_GET_VCPU_MMAP_SIZE") { irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_GET_VCPU_MMAP_SIZE, 0) })
+        Int(
+            try retryingIoctl("KVM_GET_VCPU_MMAP_SIZE") {
+                irqfd_ioctl_val(descriptor.raw, IRQFD_KVM_GET_VCPU_MMAP_SIZE, 0)
+            })
     }
 
     /// KVM_GET_SUPPORTED_CPUID: the CPUID leaves KVM can offer a guest.
@@ -71,13 +74,18 @@ public final class KVMSystem: Sendable {
     /// nothing is closed when it throws.
     public func adoptVM(_ descriptor: FileDescriptor) throws(SystemCallError) -> VirtualMachine {
         let fd = descriptor.rawValue
-        guard fcntl(fd, F_GETFD) != -1 else { throw SystemCallError(call: "fcntl(\(fd), F_GETFD)", errno: Errno(rawValue: errno)) }
+        guard fcntl(fd, F_GETFD) != -1 else {
+            throw SystemCallError(call: "fcntl(\(fd), F_GETFD)", errno: Errno(rawValue: errno))
+        }
         var link = [CChar](repeating: 0, count: 256)
         let count = readlink("/proc/self/fd/\(fd)", &link, link.count - 1)
-        guard count >= 0 else { throw SystemCallError(call: "readlink(/proc/self/fd/\(fd))", errno: Errno(rawValue: errno)) }
+        guard count >= 0 else {
+            throw SystemCallError(call: "readlink(/proc/self/fd/\(fd))", errno: Errno(rawValue: errno))
+        }
         let target = String(decoding: link[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         guard target == Self.vmDescriptorLink else {
-            throw SystemCallError(call: "adoptVM(descriptor \(fd): \(target), not \(Self.vmDescriptorLink))", errno: .invalidArgument)
+            throw SystemCallError(
+                call: "adoptVM(descriptor \(fd): \(target), not \(Self.vmDescriptorLink))", errno: .invalidArgument)
         }
         return VirtualMachine(descriptor: OwnedDescriptor(fd), system: self)
     }

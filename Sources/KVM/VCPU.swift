@@ -72,12 +72,14 @@ public final class VCPU: @unchecked Sendable {
         case IRQFD_KVM_EXIT_IO:
             let data = runPointer + Int(irqfd_run_io_data_offset(runStruct))
             return .io(
-                port: irqfd_run_io_port(runStruct), isWrite: irqfd_run_io_direction(runStruct) == UInt8(IRQFD_KVM_EXIT_IO_OUT),
+                port: irqfd_run_io_port(runStruct),
+                isWrite: irqfd_run_io_direction(runStruct) == UInt8(IRQFD_KVM_EXIT_IO_OUT),
                 size: Int(irqfd_run_io_size(runStruct)), count: Int(irqfd_run_io_count(runStruct)), data: data)
         case IRQFD_KVM_EXIT_MMIO:
             return .mmio(
                 address: irqfd_run_mmio_phys_addr(runStruct), length: Int(irqfd_run_mmio_len(runStruct)),
-                isWrite: irqfd_run_mmio_is_write(runStruct) != 0, data: UnsafeMutableRawPointer(irqfd_run_mmio_data(runStruct)))
+                isWrite: irqfd_run_mmio_is_write(runStruct) != 0,
+                data: UnsafeMutableRawPointer(irqfd_run_mmio_data(runStruct)))
         case IRQFD_KVM_EXIT_HLT: return .halt
         case IRQFD_KVM_EXIT_SHUTDOWN: return .shutdown
         case IRQFD_KVM_EXIT_FAIL_ENTRY: return .failEntry(reason: irqfd_run_fail_entry_reason(runStruct))
@@ -134,7 +136,9 @@ public final class VCPU: @unchecked Sendable {
     /// KVM_SET_CPUID2: the CPUID leaves the guest sees.
     public func setCPUID(_ entries: [CPUIDEntry]) throws(SystemCallError) {
         var buffer = CPUIDBuffer(entries: entries)
-        try vcpuIoctl("KVM_SET_CPUID2") { buffer.withUnsafeMutableBytes { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_CPUID2, $0) } }
+        try vcpuIoctl("KVM_SET_CPUID2") {
+            buffer.withUnsafeMutableBytes { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_CPUID2, $0) }
+        }
     }
 
     /// KVM_GET_LAPIC: the local APIC's 1 KiB register page.
@@ -155,7 +159,9 @@ public final class VCPU: @unchecked Sendable {
     /// KVM_GET_MSRS: the values of `indices`, in order.
     public func msrs(_ indices: [UInt32]) throws(SystemCallError) -> [UInt64] {
         var buffer = MSRBuffer(entries: indices.map { ($0, 0) })
-        let read = try retryingIoctl("KVM_GET_MSRS") { buffer.withPointer { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_MSRS, $0) } }
+        let read = try retryingIoctl("KVM_GET_MSRS") {
+            buffer.withPointer { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_MSRS, $0) }
+        }
         guard read == indices.count else { throw SystemCallError(call: "KVM_GET_MSRS", errno: .invalidArgument) }
         return buffer.values
     }
@@ -163,7 +169,9 @@ public final class VCPU: @unchecked Sendable {
     /// KVM_SET_MSRS: writes each (index, value).
     public func setMSRs(_ entries: [(index: UInt32, value: UInt64)]) throws(SystemCallError) {
         var buffer = MSRBuffer(entries: entries)
-        let written = try retryingIoctl("KVM_SET_MSRS") { buffer.withPointer { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_MSRS, $0) } }
+        let written = try retryingIoctl("KVM_SET_MSRS") {
+            buffer.withPointer { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_MSRS, $0) }
+        }
         guard written == entries.count else { throw SystemCallError(call: "KVM_SET_MSRS", errno: .invalidArgument) }
     }
 

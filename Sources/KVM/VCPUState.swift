@@ -152,10 +152,15 @@ public struct VCPUState: Sendable {
     /// travels in the special registers.
     public static func msrsInUse(supported: [UInt32]) -> [UInt32] {
         let wanted: [UInt32] = [
-            tsc, 0x3B /* TSC_ADJUST */, apicBase, 0x1A0 /* MISC_ENABLE */, 0x277 /* PAT */,
-            0x174, 0x175, 0x176 /* SYSENTER_CS/ESP/EIP */,
-            0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084 /* STAR, LSTAR, CSTAR, FMASK */,
-            0xC000_0102 /* KERNEL_GS_BASE */, tscDeadline,
+            tsc,
+            0x3B,  // TSC_ADJUST
+            apicBase,
+            0x1A0,  // MISC_ENABLE
+            0x277,  // PAT
+            0x174, 0x175, 0x176,  // SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP
+            0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,  // STAR, LSTAR, CSTAR, FMASK
+            0xC000_0102,  // KERNEL_GS_BASE
+            tscDeadline,
         ]
         let available = Set(supported)
         return wanted.filter { $0 == apicBase || available.contains($0) }

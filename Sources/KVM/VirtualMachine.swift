@@ -61,7 +61,9 @@ public final class VirtualMachine: Sendable {
     /// KVM_SET_IDENTITY_MAP_ADDR: one page for VMX's real-mode identity map.
     public func setIdentityMapAddress(_ address: UInt64) throws(SystemCallError) {
         var value = address
-        _ = try ioctl("KVM_SET_IDENTITY_MAP_ADDR") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_IDENTITY_MAP_ADDR, &value) }
+        _ = try ioctl("KVM_SET_IDENTITY_MAP_ADDR") {
+            irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_IDENTITY_MAP_ADDR, &value)
+        }
     }
 
     /// KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and local APICs. Also installs
@@ -72,11 +74,15 @@ public final class VirtualMachine: Sendable {
 
     /// KVM_SET_USER_MEMORY_REGION: maps `size` bytes of host memory at `host`
     /// into the guest at `guestPhysical`, as memory slot `slot`.
-    public func setUserMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws(SystemCallError) {
+    public func setUserMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, host: UnsafeMutableRawPointer)
+        throws(SystemCallError)
+    {
         var region = kvm_userspace_memory_region(
             slot: slot, flags: 0, guest_phys_addr: guestPhysical, memory_size: size,
             userspace_addr: UInt64(UInt(bitPattern: host)))
-        _ = try ioctl("KVM_SET_USER_MEMORY_REGION") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_USER_MEMORY_REGION, &region) }
+        _ = try ioctl("KVM_SET_USER_MEMORY_REGION") {
+            irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_USER_MEMORY_REGION, &region)
+        }
     }
 
     /// KVM_SET_GSI_ROUTING: replaces the whole GSI routing table with `table`.
@@ -90,14 +96,18 @@ public final class VirtualMachine: Sendable {
     /// KVM_IRQFD: arms eventfd `eventFD` on `gsi`; a signal then injects the GSI's route.
     public func assignIrqfd(eventFD: Int32, gsi: UInt32) throws(SystemCallError) {
         counters.irqfdAssigns.add(1, ordering: .relaxed)
-        var request = kvm_irqfd(fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: 0, resamplefd: 0, pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        var request = kvm_irqfd(
+            fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: 0, resamplefd: 0,
+            pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
     }
 
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: disarms; later signals stay in the eventfd.
     public func deassignIrqfd(eventFD: Int32, gsi: UInt32) throws(SystemCallError) {
         counters.irqfdDeassigns.add(1, ordering: .relaxed)
-        var request = kvm_irqfd(fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: IRQFD_KVM_IRQFD_FLAG_DEASSIGN, resamplefd: 0, pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        var request = kvm_irqfd(
+            fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: IRQFD_KVM_IRQFD_FLAG_DEASSIGN, resamplefd: 0,
+            pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
     }
 

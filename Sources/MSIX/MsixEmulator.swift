@@ -71,7 +71,8 @@ public final class MsixEmulator: Sendable {
 
         var message: MsiMessage { MsiMessage(address: UInt64(addressHigh) << 32 | UInt64(addressLow), data: data) }
         var entry: MsixSavedState.Entry {
-            MsixSavedState.Entry(addressLow: addressLow, addressHigh: addressHigh, data: data, vectorControl: masked ? 1 : 0)
+            MsixSavedState.Entry(
+                addressLow: addressLow, addressHigh: addressHigh, data: data, vectorControl: masked ? 1 : 0)
         }
     }
 
@@ -348,7 +349,11 @@ public final class MsixEmulator: Sendable {
         }
     }
 
-    private enum Place { case table(UInt64), pba(UInt64), neither }
+    private enum Place {
+        case table(UInt64)
+        case pba(UInt64)
+        case neither
+    }
 
     private func locate(bar: Int, offset: UInt64) -> Place {
         if bar == Int(layout.tableBIR), offset >= UInt64(layout.tableOffset),
@@ -655,7 +660,8 @@ public final class MsixEmulator: Sendable {
         let coalescing = self.coalescing
         let changing = s.vectors.indices.filter { v in
             let vector = s.vectors[v]
-            return s.wantsLive(v) != vector.live || (vector.live && vector.route != nil && vector.programmed != vector.message)
+            return s.wantsLive(v) != vector.live
+                || (vector.live && vector.route != nil && vector.programmed != vector.message)
                 || (!s.wantsLive(v) && s.wantsPreRoute(v, coalescing: coalescing))
         }
         guard !changing.isEmpty else { return nil }

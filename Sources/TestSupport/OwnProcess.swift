@@ -38,7 +38,9 @@ public func runInOwnProcess(_ filter: String, sourceLocation: SourceLocation = #
         me, ["--testing-library", "swift-testing", "--no-parallel", "--filter", filter],
         environment: [ownProcessVariable: filter])
     print("own process for \(filter): exit status \(run.status)\n\(run.stdout)\(run.stderr)")
-    #expect(run.status == 0, "the tests matching \(filter) failed in their own process (output above)", sourceLocation: sourceLocation)
+    #expect(
+        run.status == 0, "the tests matching \(filter) failed in their own process (output above)",
+        sourceLocation: sourceLocation)
     // "Test run with 0 tests" would be a filter that matches nothing: a runner that cannot fail.
     // (Swift Testing reports on standard error.)
     let report = run.stdout + run.stderr

@@ -12,9 +12,10 @@ public func openDescriptorCount() -> Int {
 public func openDescriptors() -> Set<String> {
     let directory = "/proc/self/fd"
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-    return Set(entries.compactMap { fd in
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(fd)")).map { "\(fd) -> \($0)" }
-    })
+    return Set(
+        entries.compactMap { fd in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(fd)")).map { "\(fd) -> \($0)" }
+        })
 }
 
 /// The descriptors open now that were not open in `before`, after waiting up

@@ -34,7 +34,8 @@ public func runProcess(
     if !environment.isEmpty {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
     }
-    let output = Pipe(), errors = Pipe()
+    let output = Pipe()
+    let errors = Pipe()
     process.standardOutput = output
     process.standardError = errors
     process.standardInput = FileHandle.nullDevice
@@ -46,7 +47,10 @@ public func runProcess(
     let errorData = errors.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     while !stdoutData.isSet { usleep(1_000) }
-    return (process.terminationStatus, String(decoding: stdoutData.value, as: UTF8.self), String(decoding: errorData, as: UTF8.self))
+    return (
+        process.terminationStatus, String(decoding: stdoutData.value, as: UTF8.self),
+        String(decoding: errorData, as: UTF8.self)
+    )
 }
 
 /// Data written once by a reader thread and read after it is set.

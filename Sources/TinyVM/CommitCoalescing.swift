@@ -25,7 +25,9 @@ extension TinyVM {
     /// guest that had finished, and made 14).
     /// The relay delivers meanwhile, so a wait costs an interrupt no latency
     /// beyond the relay's.
-    static func coalescing(vm: VirtualMachine, timer: QuietCommitTimer, reporter: CommitErrorReporter) -> KVMIrqFd.Coalescing {
+    static func coalescing(vm: VirtualMachine, timer: QuietCommitTimer, reporter: CommitErrorReporter)
+        -> KVMIrqFd.Coalescing
+    {
         .init(
             interim: LazyRelayInterim(vm: vm), timer: timer, delay: .milliseconds(50), threshold: 1024,
             onCommitError: { reporter.report($0) })

@@ -3,7 +3,6 @@ import Foundation
 import PCI
 public import IrqFdCore
 
-
 /// The host's side of the device-driver guest (`GuestProgram.msixDriver`):
 /// each call writes a command into the guest's mailbox, wakes vCPU 0 and waits
 /// for it to finish, so every configuration cycle and MMIO access the PCI
@@ -29,7 +28,8 @@ public final class DeviceDriverGuest: Sendable {
 
     /// The guest's commands.
     enum Op: UInt32 {
-        case mmioWrite = 1, mmioRead, configWrite, configRead, programTable, exit, stridedWrite
+        case mmioWrite = 1
+        case mmioRead, configWrite, configRead, programTable, exit, stridedWrite
     }
 
     /// Why a command did not complete.
@@ -52,7 +52,10 @@ public final class DeviceDriverGuest: Sendable {
     public func start() throws(Timeout) {
         vm.start()
         let cpus = vm.vcpus.count
-        guard vm.waitUntil(timeout: commandTimeout, { (0..<cpus).allSatisfy { vm.memory.read32(at: InterruptCounterLayout.ready(cpu: $0)) == 1 } })
+        guard
+            vm.waitUntil(
+                timeout: commandTimeout,
+                { (0..<cpus).allSatisfy { vm.memory.read32(at: InterruptCounterLayout.ready(cpu: $0)) == 1 } })
         else { throw Timeout(command: "start-up", outcome: vm.hasEnded ? "\(vm.wait())" : "still running") }
     }
 
@@ -83,13 +86,17 @@ public final class DeviceDriverGuest: Sendable {
     public func read32(_ address: UInt64) throws(Timeout) -> UInt32 { try run(.mmioRead, [UInt32(address)]) }
 
     /// The guest writes `size` bytes of configuration space of 00:`device`.0 through 0xCF8/0xCFC.
-    public func configWrite(device: Int = MsixTestDevice.slot, offset: Int, size: Int, _ value: UInt32) throws(Timeout) {
-        try run(.configWrite, [PCIBus.configAddress(device: device, offset: offset), value, UInt32(offset & 3), UInt32(size)])
+    public func configWrite(device: Int = MsixTestDevice.slot, offset: Int, size: Int, _ value: UInt32) throws(Timeout)
+    {
+        try run(
+            .configWrite,
+            [PCIBus.configAddress(device: device, offset: offset), value, UInt32(offset & 3), UInt32(size)])
     }
 
     /// The guest reads `size` bytes of configuration space of 00:`device`.0.
     public func configRead(device: Int = MsixTestDevice.slot, offset: Int, size: Int) throws(Timeout) -> UInt32 {
-        try run(.configRead, [PCIBus.configAddress(device: device, offset: offset), 0, UInt32(offset & 3), UInt32(size)])
+        try run(
+            .configRead, [PCIBus.configAddress(device: device, offset: offset), 0, UInt32(offset & 3), UInt32(size)])
     }
 
     /// The guest writes `value` at `count` addresses `stride` bytes apart from `address`.
@@ -110,7 +117,9 @@ public final class DeviceDriverGuest: Sendable {
     /// Writes Message Control (a 16-bit configuration write at 0x42): MSI-X
     /// enable and function mask.
     public func setMsix(enabled: Bool, functionMasked: Bool = false) throws(Timeout) {
-        try configWrite(offset: MsixTestDevice.capabilityOffset + 2, size: 2, (enabled ? 0x8000 : 0) | (functionMasked ? 0x4000 : 0))
+        try configWrite(
+            offset: MsixTestDevice.capabilityOffset + 2, size: 2, (enabled ? 0x8000 : 0) | (functionMasked ? 0x4000 : 0)
+        )
     }
 
     /// Programs table entry `v` with four DWORD writes (address low, high, data, vector control).
@@ -124,9 +133,13 @@ public final class DeviceDriverGuest: Sendable {
 
     /// Programs entries 0..<count in one guest loop: destination APIC
     /// `destination`, vector `firstVector + (v & vectorMask)`.
-    public func programTable(count: Int, destination: UInt32 = 0, firstVector: UInt8, vectorMask: UInt32, masked: Bool) throws(Timeout) {
+    public func programTable(count: Int, destination: UInt32 = 0, firstVector: UInt8, vectorMask: UInt32, masked: Bool)
+        throws(Timeout)
+    {
         let address = MsiMessage(destination: destination, vector: 0).address
-        try run(.programTable, [UInt32(Self.table), UInt32(count), UInt32(address), UInt32(firstVector), vectorMask, masked ? 1 : 0])
+        try run(
+            .programTable,
+            [UInt32(Self.table), UInt32(count), UInt32(address), UInt32(firstVector), vectorMask, masked ? 1 : 0])
     }
 
     /// Sets or clears entry `v`'s mask bit.
@@ -156,7 +169,8 @@ public final class DeviceDriverGuest: Sendable {
 
     /// Writes BURST: the device signals `v` `count` times.
     public func burst(_ v: Int, count: Int) throws(Timeout) {
-        try write32(MsixTestDevice.registersBase + MsixTestDevice.Register.burst.rawValue, UInt32(count) << 16 | UInt32(v))
+        try write32(
+            MsixTestDevice.registersBase + MsixTestDevice.Register.burst.rawValue, UInt32(count) << 16 | UInt32(v))
     }
 
     /// Reads SIGNALED.

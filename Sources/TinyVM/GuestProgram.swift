@@ -109,7 +109,9 @@ public enum VirtioBlkGuestLayout {
     /// The host's gate word.
     public static let gate: UInt64 = 0x5F0
     /// Request j's 512-byte buffer on queue q.
-    public static func buffer(queue q: Int, request j: Int) -> UInt64 { 0x10_0000 + 0x10_0000 * UInt64(q) + 512 * UInt64(j) }
+    public static func buffer(queue q: Int, request j: Int) -> UInt64 {
+        0x10_0000 + 0x10_0000 * UInt64(q) + 512 * UInt64(j)
+    }
     /// Request j's sector on queue q.
     public static func sector(first: Int, queue q: Int, request j: Int) -> Int { first + j + 0x800 * q }
     /// The IDT vector of MSI-X vector v (0 config, q + 1 queue q).

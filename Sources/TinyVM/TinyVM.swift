@@ -82,7 +82,8 @@ public final class TinyVM: Sendable {
         public var coalescesCommits: Bool
 
         /// The defaults of `irqfd run`: one vCPU, 16 MiB, console captured only, coalescing.
-        public init(cpus: Int = 1, memorySize: Int = 16 << 20, echoConsole: Bool = false, coalescesCommits: Bool = true) {
+        public init(cpus: Int = 1, memorySize: Int = 16 << 20, echoConsole: Bool = false, coalescesCommits: Bool = true)
+        {
             self.cpus = cpus
             self.memorySize = memorySize
             self.echoConsole = echoConsole
@@ -179,7 +180,8 @@ public final class TinyVM: Sendable {
             } else {
                 memory = try GuestMemory(size: configuration.memorySize)
             }
-            try vm.setUserMemoryRegion(slot: 0, guestPhysical: 0, size: UInt64(configuration.memorySize), host: memory.base)
+            try vm.setUserMemoryRegion(
+                slot: 0, guestPhysical: 0, size: UInt64(configuration.memorySize), host: memory.base)
             let cpuid = try kvm.supportedCPUID()
             var vcpus: [VCPU] = []
             for index in 0..<configuration.cpus {
@@ -350,7 +352,10 @@ public final class TinyVM: Sendable {
         finished.signal()  // later waits return at once
         // Joined, the vCPU threads have released everything they held (the VM,
         // its descriptors): nothing of the run outlives this call.
-        for thread in joinable.withLock({ running in defer { running = [] }; return running }) {
+        for thread in joinable.withLock({ running in
+            defer { running = [] }
+            return running
+        }) {
             pthread_join(thread, nil)
         }
         return outcome.withLock { $0 } ?? .stopped
@@ -459,10 +464,12 @@ public final class TinyVM: Sendable {
         pthread_attr_setstacksize(&attributes, 1 << 20)
         var thread = pthread_t()
         let context = Unmanaged.passRetained(Box(body)).toOpaque()
-        let result = pthread_create(&thread, &attributes, { context in
-            Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
-            return nil
-        }, context)
+        let result = pthread_create(
+            &thread, &attributes,
+            { context in
+                Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+                return nil
+            }, context)
         precondition(result == 0, "pthread_create failed: \(result)")
         return thread
     }
@@ -518,7 +525,10 @@ public final class TinyVM: Sendable {
             case .failEntry(let reason):
                 finish(.fault("vCPU \(vcpu.id): VM entry failed (hardware reason 0x\(String(reason, radix: 16)))"))
             case .internalError(let suberror):
-                finish(.fault("vCPU \(vcpu.id): KVM could not emulate the instruction at \(Self.location(vcpu)) (internal error, suberror \(suberror))"))
+                finish(
+                    .fault(
+                        "vCPU \(vcpu.id): KVM could not emulate the instruction at \(Self.location(vcpu)) (internal error, suberror \(suberror))"
+                    ))
             case .halt:
                 finish(.fault("vCPU \(vcpu.id): HLT reached userspace at \(Self.location(vcpu))"))
             case .systemEvent(let type):
@@ -532,7 +542,9 @@ public final class TinyVM: Sendable {
     }
 
     private static func location(_ vcpu: VCPU) -> String {
-        guard let regs = try? vcpu.registers(), let sregs = try? vcpu.specialRegisters() else { return "an unknown address" }
+        guard let regs = try? vcpu.registers(), let sregs = try? vcpu.specialRegisters() else {
+            return "an unknown address"
+        }
         return String(format: "%04x:%04x", sregs.cs.selector, regs.rip)
     }
 
@@ -546,7 +558,10 @@ public final class TinyVM: Sendable {
             finish(.exited(code: UInt8(truncatingIfNeeded: value)))
         case Self.unexpectedVectorPort:
             let vector = UInt8(truncatingIfNeeded: value)
-            finish(.fault("vCPU \(vcpu.id): unhandled \(vector < 32 ? "exception" : "interrupt") vector \(vector) (0x\(String(vector, radix: 16))) — the IVT entry still points at the VMM's default stub"))
+            finish(
+                .fault(
+                    "vCPU \(vcpu.id): unhandled \(vector < 32 ? "exception" : "interrupt") vector \(vector) (0x\(String(vector, radix: 16))) — the IVT entry still points at the VMM's default stub"
+                ))
         default:
             if let device = ports.withLock({ $0.first { $0.range.contains(port) }?.device }) {
                 device.write(port: port, size: size, value: UInt32(truncatingIfNeeded: value))
@@ -592,7 +607,9 @@ public final class TinyVM: Sendable {
     }
 
     private static func storeLittleEndian(_ value: UInt64, _ p: UnsafeMutableRawPointer, _ size: Int) {
-        for i in 0..<min(size, 8) { p.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self) }
+        for i in 0..<min(size, 8) {
+            p.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self)
+        }
     }
 }
 #endif

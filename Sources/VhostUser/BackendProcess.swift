@@ -71,7 +71,8 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// runs no program it did not build itself: `swift run irqfd demo` builds
     /// the `irqfd` product only, not the standalone `irqfd-vhost-user-blk`.
     public static func servesEmbeddedBackend(asSubcommand subcommand: [String]) {
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
+        let executable =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
         hostedEmbedded.withLock { $0 = (executable, subcommand) }
     }
 
@@ -89,7 +90,8 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// Starts `kind` serving the raw `image` with `queues` queues on
     /// `socketPath` and waits (up to `timeout`) for its socket to appear.
     public static func start(
-        _ kind: Kind, image: String, socketPath: String, queues: Int = 1, readOnly: Bool = false, timeout: Duration = .seconds(10)
+        _ kind: Kind, image: String, socketPath: String, queues: Int = 1, readOnly: Bool = false,
+        timeout: Duration = .seconds(10)
     ) throws(VhostUserError) -> VhostUserBackendProcess {
         let executable: String
         let arguments: [String]
@@ -101,7 +103,8 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
                 // QEMU's option syntax doubles a comma inside a value.
                 "--blockdev", "driver=file,node-name=file0,filename=\(image.replacingOccurrences(of: ",", with: ",,"))",
                 "--blockdev", "driver=raw,node-name=disk0,file=file0",
-                "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=\(readOnly ? "off" : "on"),num-queues=\(queues),addr.type=unix,addr.path=\(socketPath)",
+                "--export",
+                "type=vhost-user-blk,id=exp0,node-name=disk0,writable=\(readOnly ? "off" : "on"),num-queues=\(queues),addr.type=unix,addr.path=\(socketPath)",
             ]
         case .embedded:
             guard let command = embeddedCommand() else {
@@ -131,7 +134,11 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
         pthread_sigmask(SIG_UNBLOCK, &terminate, &mask)
         defer { pthread_sigmask(SIG_SETMASK, &mask, nil) }
         do { try process.run() } catch {
-            throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: (error as NSError).code == 0 ? ENOENT : Int32(truncatingIfNeeded: (error as NSError).code)))
+            throw .systemCall(
+                call: "posix_spawn(\(executable))",
+                errno: .init(
+                    rawValue: (error as NSError).code == 0 ? ENOENT : Int32(truncatingIfNeeded: (error as NSError).code)
+                ))
         }
         let backend = VhostUserBackendProcess(kind: kind, socketPath: socketPath, process: process)
         let deadline = ContinuousClock.now + timeout
@@ -139,9 +146,12 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
             var info = stat()
             // The file appears at bind(2), before listen(2): until then a
             // connect is refused (qemu-storage-daemon binds in place).
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isListening(socketPath) { return backend }
+            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isListening(socketPath) {
+                return backend
+            }
             guard process.isRunning else {
-                throw .unsupported("\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
+                throw .unsupported(
+                    "\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
             }
             guard ContinuousClock.now < deadline else {
                 throw .unsupported("\(kind.rawValue) did not create \(socketPath) within \(timeout)")

@@ -80,7 +80,8 @@ public final class VhostUserFrontend: Sendable {
     /// the reply of `shape` (or a REPLY_ACK when `ack` and REPLY_ACK was
     /// negotiated, for a message that has no reply of its own).
     private func exchange(
-        _ request: VhostUserRequest, payload: [UInt8], descriptors: [FileDescriptor] = [], reply shape: VhostUserReplyShape? = nil,
+        _ request: VhostUserRequest, payload: [UInt8], descriptors: [FileDescriptor] = [],
+        reply shape: VhostUserReplyShape? = nil,
         update: (inout State) -> Void = { _ in }
     ) throws(VhostUserError) -> [UInt8] {
         let deadline = ContinuousClock.now + timeout
@@ -88,7 +89,8 @@ public final class VhostUserFrontend: Sendable {
             guard let channel = state.channel else { throw .disconnected(request) }
             let ack = shape == nil && state.protocolFeatures & VhostUserProtocolFeature.replyAck != 0
             let flags = VhostUserFlags.version | (ack ? VhostUserFlags.needReply : 0)
-            let message = VhostUserHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)).bytes + payload
+            let message =
+                VhostUserHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)).bytes + payload
             do throws(ChannelFailure) {
                 try channel.send(message, passing: descriptors, deadline: deadline)
             } catch {
@@ -118,14 +120,20 @@ public final class VhostUserFrontend: Sendable {
 
     /// Reads one reply: the header first (validated before any payload is read,
     /// so a hostile size cannot make this read more), then exactly its payload.
-    private static func readReply(_ channel: VhostUserChannel, for request: VhostUserRequest, shape: VhostUserReplyShape, deadline: ContinuousClock.Instant) throws(VhostUserError) -> [UInt8] {
+    private static func readReply(
+        _ channel: VhostUserChannel, for request: VhostUserRequest, shape: VhostUserReplyShape,
+        deadline: ContinuousClock.Instant
+    ) throws(VhostUserError) -> [UInt8] {
         let head: UnixSocket.Message
         do throws(ChannelFailure) {
-            head = try channel.receiveMessage(exactly: VhostUserHeader.byteCount, maximumDescriptors: 0, deadline: deadline)
+            head = try channel.receiveMessage(
+                exactly: VhostUserHeader.byteCount, maximumDescriptors: 0, deadline: deadline)
         } catch {
             throw error.error(for: request)
         }
-        guard head.received == 0 else { throw .badReply(request, "\(head.received) descriptors attached, expected none") }
+        guard head.received == 0 else {
+            throw .badReply(request, "\(head.received) descriptors attached, expected none")
+        }
         let header = VhostUserHeader(head.bytes)!
         try VhostUserReplyParser.validateHeader(header, for: request, shape: shape)
         let body: UnixSocket.Message
@@ -134,7 +142,8 @@ public final class VhostUserFrontend: Sendable {
         } catch {
             throw error.error(for: request)
         }
-        return try VhostUserReplyParser.parse(head.bytes + body.bytes, descriptorCount: body.received, for: request, shape: shape)
+        return try VhostUserReplyParser.parse(
+            head.bytes + body.bytes, descriptorCount: body.received, for: request, shape: shape)
     }
 
     private static func u64Payload(_ value: UInt64) -> [UInt8] {
@@ -150,7 +159,9 @@ public final class VhostUserFrontend: Sendable {
         return bytes
     }
 
-    private func requireProtocolFeature(_ bit: UInt64, _ name: String, for request: VhostUserRequest) throws(VhostUserError) {
+    private func requireProtocolFeature(_ bit: UInt64, _ name: String, for request: VhostUserRequest)
+        throws(VhostUserError)
+    {
         guard protocolFeatures & bit != 0 else {
             throw .unsupported("\(request.name) needs protocol feature \(name), which was not negotiated")
         }
@@ -171,7 +182,9 @@ public final class VhostUserFrontend: Sendable {
     public func setFeatures(_ features: UInt64) throws(VhostUserError) {
         let offered = backendFeatures
         guard features & ~offered == 0 else {
-            throw .unsupported("SET_FEATURES 0x\(String(features, radix: 16)) has bits the back-end did not offer (0x\(String(offered, radix: 16)))")
+            throw .unsupported(
+                "SET_FEATURES 0x\(String(features, radix: 16)) has bits the back-end did not offer (0x\(String(offered, radix: 16)))"
+            )
         }
         _ = try exchange(.setFeatures, payload: Self.u64Payload(features)) { $0.acceptedFeatures = features }
     }
@@ -179,7 +192,9 @@ public final class VhostUserFrontend: Sendable {
     /// VHOST_USER_GET_PROTOCOL_FEATURES: needs VHOST_USER_F_PROTOCOL_FEATURES offered.
     public func getProtocolFeatures() throws(VhostUserError) -> UInt64 {
         guard backendFeatures & VhostUserFeature.protocolFeatures != 0 else {
-            throw .unsupported("GET_PROTOCOL_FEATURES: the back-end did not offer VHOST_USER_F_PROTOCOL_FEATURES (or GET_FEATURES was not sent)")
+            throw .unsupported(
+                "GET_PROTOCOL_FEATURES: the back-end did not offer VHOST_USER_F_PROTOCOL_FEATURES (or GET_FEATURES was not sent)"
+            )
         }
         let payload = try exchange(.getProtocolFeatures, payload: [], reply: .u64)
         let features = try VhostUserReplyParser.u64(payload, for: .getProtocolFeatures)
@@ -192,7 +207,9 @@ public final class VhostUserFrontend: Sendable {
     public func setProtocolFeatures(_ features: UInt64) throws(VhostUserError) {
         let offered = state.withLock { $0.offeredProtocolFeatures }
         guard features & ~offered == 0 else {
-            throw .unsupported("SET_PROTOCOL_FEATURES 0x\(String(features, radix: 16)) has bits the back-end did not offer (0x\(String(offered, radix: 16)))")
+            throw .unsupported(
+                "SET_PROTOCOL_FEATURES 0x\(String(features, radix: 16)) has bits the back-end did not offer (0x\(String(offered, radix: 16)))"
+            )
         }
         _ = try exchange(.setProtocolFeatures, payload: Self.u64Payload(features)) { $0.protocolFeatures = features }
     }
@@ -213,8 +230,12 @@ public final class VhostUserFrontend: Sendable {
     /// feature CONFIG): `size` bytes of device config space from `offset`.
     public func getConfig(offset: UInt32, size: UInt32) throws(VhostUserError) -> [UInt8] {
         try requireProtocolFeature(VhostUserProtocolFeature.config, "CONFIG", for: .getConfig)
-        guard size > 0, size <= VhostUserLimits.maxConfigSize, UInt64(offset) + UInt64(size) <= UInt64(VhostUserLimits.maxConfigSize) else {
-            throw .unsupported("GET_CONFIG offset \(offset) size \(size) is outside the \(VhostUserLimits.maxConfigSize)-byte config space")
+        guard size > 0, size <= VhostUserLimits.maxConfigSize,
+            UInt64(offset) + UInt64(size) <= UInt64(VhostUserLimits.maxConfigSize)
+        else {
+            throw .unsupported(
+                "GET_CONFIG offset \(offset) size \(size) is outside the \(VhostUserLimits.maxConfigSize)-byte config space"
+            )
         }
         var payload: [UInt8] = []
         payload.appendLE(offset)
@@ -234,10 +255,12 @@ public final class VhostUserFrontend: Sendable {
         }
         for region in regions {
             guard region.size > 0, region.fd.rawValue >= 0,
-                  region.guestPhysicalAddress.addingReportingOverflow(region.size).overflow == false,
-                  region.userAddress.addingReportingOverflow(region.size).overflow == false
+                region.guestPhysicalAddress.addingReportingOverflow(region.size).overflow == false,
+                region.userAddress.addingReportingOverflow(region.size).overflow == false
             else {
-                throw .unsupported("SET_MEM_TABLE region at 0x\(String(region.guestPhysicalAddress, radix: 16)) size \(region.size) fd \(region.fd.rawValue) is invalid")
+                throw .unsupported(
+                    "SET_MEM_TABLE region at 0x\(String(region.guestPhysicalAddress, radix: 16)) size \(region.size) fd \(region.fd.rawValue) is invalid"
+                )
             }
         }
         var payload: [UInt8] = []
@@ -265,7 +288,8 @@ public final class VhostUserFrontend: Sendable {
     /// are GUEST-PHYSICAL: each ring (at the size SET_VRING_NUM gave) must lie
     /// inside one region of the last SET_MEM_TABLE, and is sent as that
     /// region's user address, as the protocol wants.
-    public func setVringAddr(queue: UInt32, descriptor: UInt64, available: UInt64, used: UInt64) throws(VhostUserError) {
+    public func setVringAddr(queue: UInt32, descriptor: UInt64, available: UInt64, used: UInt64) throws(VhostUserError)
+    {
         let (regions, size) = state.withLock { ($0.regions, $0.ringSizes[queue]) }
         guard let size else { throw .unsupported("SET_VRING_ADDR queue \(queue) before SET_VRING_NUM") }
         guard !regions.isEmpty else { throw .unsupported("SET_VRING_ADDR queue \(queue) before SET_MEM_TABLE") }
@@ -273,7 +297,9 @@ public final class VhostUserFrontend: Sendable {
             for region in regions {
                 if let user = region.userAddress(of: address, length: length) { return user }
             }
-            throw .unsupported("SET_VRING_ADDR queue \(queue): the \(what) ring at 0x\(String(address, radix: 16)) (\(length) bytes) is not inside a memory region")
+            throw .unsupported(
+                "SET_VRING_ADDR queue \(queue): the \(what) ring at 0x\(String(address, radix: 16)) (\(length) bytes) is not inside a memory region"
+            )
         }
         let n = UInt64(size)
         let descriptorUser = try translate(descriptor, 16 * n, "descriptor")
@@ -302,7 +328,9 @@ public final class VhostUserFrontend: Sendable {
         return try VhostUserReplyParser.vringState(payload, queue: queue, for: .getVringBase)
     }
 
-    private func vringFile(_ request: VhostUserRequest, queue: UInt32, descriptor: FileDescriptor?) throws(VhostUserError) {
+    private func vringFile(_ request: VhostUserRequest, queue: UInt32, descriptor: FileDescriptor?)
+        throws(VhostUserError)
+    {
         guard queue < 256 else { throw .unsupported("\(request.name) queue \(queue): the index field has 8 bits") }
         let value = UInt64(queue) | (descriptor == nil ? VhostUserLimits.invalidFdFlag : 0)
         _ = try exchange(request, payload: Self.u64Payload(value), descriptors: descriptor.map { [$0] } ?? [])

@@ -168,7 +168,9 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     }
 
     /// A queue at guest-physical `base` (which must leave ``footprint(size:maxData:)`` bytes).
-    public init(memory: MemfdGuestMemory, queue: UInt32, size: UInt16, base: UInt64, maxData: Int = 4096) throws(VhostUserError) {
+    public init(memory: MemfdGuestMemory, queue: UInt32, size: UInt16, base: UInt64, maxData: Int = 4096)
+        throws(VhostUserError)
+    {
         precondition(size >= 4 && size & (size - 1) == 0)
         precondition(base + Self.footprint(size: size, maxData: maxData) <= UInt64(memory.size))
         self.memory = memory
@@ -235,7 +237,9 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
         let writable: UInt16 = 2  // VIRTQ_DESC_F_WRITE
         descriptor(head, address: headerAddress(slot: slot), length: 16, flags: next, next: UInt16(head + 1))
         if length > 0 {
-            descriptor(head + 1, address: dataAddress(slot: slot), length: UInt32(length), flags: next | (type == .write ? 0 : writable), next: UInt16(head + 2))
+            descriptor(
+                head + 1, address: dataAddress(slot: slot), length: UInt32(length),
+                flags: next | (type == .write ? 0 : writable), next: UInt16(head + 2))
             descriptor(head + 2, address: statusAddress(slot: slot), length: 1, flags: writable, next: 0)
         } else {
             descriptor(head + 1, address: statusAddress(slot: slot), length: 1, flags: writable, next: 0)
@@ -279,13 +283,17 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
     /// is not a head this driver made available and has not seen used (an id
     /// not below the queue size never is, unless the driver itself published
     /// one). Nothing past the garbage is consumed.
-    public func collectValidated(_ count: Int, timeout: Duration = .seconds(5)) throws(VirtqueueError) -> [(head: UInt32, length: UInt32)] {
+    public func collectValidated(_ count: Int, timeout: Duration = .seconds(5)) throws(VirtqueueError) -> [(
+        head: UInt32, length: UInt32
+    )] {
         let result = gather(count, timeout: timeout)
         if let garbage = result.garbage { throw garbage }
         return result.elements
     }
 
-    private func gather(_ count: Int, timeout: Duration) -> (elements: [(head: UInt32, length: UInt32)], garbage: VirtqueueError?) {
+    private func gather(_ count: Int, timeout: Duration) -> (
+        elements: [(head: UInt32, length: UInt32)], garbage: VirtqueueError?
+    ) {
         let deadline = ContinuousClock.now + timeout
         var out: [(UInt32, UInt32)] = []
         while out.count < count {
@@ -299,7 +307,12 @@ public final class HostVirtqueueDriver: @unchecked Sendable {
                 let element = usedRing + 4 + UInt64(usedIndex % size) * 8
                 let id = memory.load(UInt32.self, at: element)
                 guard let times = outstanding[id] else {
-                    return (out, id < UInt32(size) ? .usedIDNotInFlight(queue: queue, id: id) : .usedIDOutOfRange(queue: queue, id: id, size: size))
+                    return (
+                        out,
+                        id < UInt32(size)
+                            ? .usedIDNotInFlight(queue: queue, id: id)
+                            : .usedIDOutOfRange(queue: queue, id: id, size: size)
+                    )
                 }
                 outstanding[id] = times > 1 ? times - 1 : nil
                 out.append((id, memory.load(UInt32.self, at: element + 4)))

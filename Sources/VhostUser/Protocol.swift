@@ -216,7 +216,8 @@ public struct VhostUserMemoryRegion: Sendable, Equatable {
     public var fd: FileDescriptor
 
     /// A region; `fd` stays the caller's.
-    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64, fd: FileDescriptor) {
+    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64, fd: FileDescriptor)
+    {
         self.guestPhysicalAddress = guestPhysicalAddress
         self.size = size
         self.userAddress = userAddress
@@ -268,7 +269,9 @@ public enum VhostUserReplyShape: Equatable, Sendable {
 public enum VhostUserReplyParser {
     /// Validates a reply header for `request`: type, version, REPLY bit, and
     /// the exact payload size `shape` needs (checked before any payload is read).
-    public static func validateHeader(_ header: VhostUserHeader, for request: VhostUserRequest, shape: VhostUserReplyShape) throws(VhostUserError) {
+    public static func validateHeader(
+        _ header: VhostUserHeader, for request: VhostUserRequest, shape: VhostUserReplyShape
+    ) throws(VhostUserError) {
         guard header.request == request.rawValue else {
             throw .badReply(request, "reply type \(header.request), expected \(request.rawValue)")
         }
@@ -293,7 +296,9 @@ public enum VhostUserReplyParser {
 
     /// Parses a whole reply (header and payload) that came with
     /// `descriptorCount` descriptors, and returns its payload.
-    public static func parse(_ bytes: [UInt8], descriptorCount: Int, for request: VhostUserRequest, shape: VhostUserReplyShape) throws(VhostUserError) -> [UInt8] {
+    public static func parse(
+        _ bytes: [UInt8], descriptorCount: Int, for request: VhostUserRequest, shape: VhostUserReplyShape
+    ) throws(VhostUserError) -> [UInt8] {
         guard let header = VhostUserHeader(bytes) else {
             throw .badReply(request, "\(bytes.count) bytes, shorter than a header")
         }
@@ -315,7 +320,9 @@ public enum VhostUserReplyParser {
     }
 
     /// The (index, num) of a validated `.vringState` payload; the index must be `queue`.
-    public static func vringState(_ payload: [UInt8], queue: UInt32, for request: VhostUserRequest) throws(VhostUserError) -> UInt32 {
+    public static func vringState(_ payload: [UInt8], queue: UInt32, for request: VhostUserRequest)
+        throws(VhostUserError) -> UInt32
+    {
         guard payload.count == 8 else { throw .badReply(request, "payload size \(payload.count), expected 8") }
         let index = payload.u32(at: 0)
         guard index == queue else { throw .badReply(request, "state for queue \(index), expected \(queue)") }
@@ -323,12 +330,16 @@ public enum VhostUserReplyParser {
     }
 
     /// The config bytes of a validated `.config` payload, which must echo `offset` and `size`.
-    public static func config(_ payload: [UInt8], offset: UInt32, size: UInt32, for request: VhostUserRequest) throws(VhostUserError) -> [UInt8] {
+    public static func config(_ payload: [UInt8], offset: UInt32, size: UInt32, for request: VhostUserRequest)
+        throws(VhostUserError) -> [UInt8]
+    {
         guard payload.count == 12 + Int(size) else {
             throw .badReply(request, "payload size \(payload.count), expected \(12 + Int(size))")
         }
         guard payload.u32(at: 0) == offset, payload.u32(at: 4) == size else {
-            throw .badReply(request, "config for offset \(payload.u32(at: 0)) size \(payload.u32(at: 4)), expected \(offset) and \(size)")
+            throw .badReply(
+                request,
+                "config for offset \(payload.u32(at: 0)) size \(payload.u32(at: 4)), expected \(offset) and \(size)")
         }
         return Array(payload[12...])
     }

@@ -74,7 +74,8 @@ public final class VirtiofsdProcess: @unchecked Sendable {
                 return backend
             }
             guard process.isRunning else {
-                throw .unsupported("virtiofsd exited with status \(process.terminationStatus) before its socket appeared")
+                throw .unsupported(
+                    "virtiofsd exited with status \(process.terminationStatus) before its socket appeared")
             }
             guard ContinuousClock.now < deadline else {
                 throw .unsupported("virtiofsd did not create \(socketPath) within \(timeout)")

@@ -65,7 +65,8 @@ extension BlockServer {
                 if !events.isDisjoint(with: [.hangUp, .error, .invalid]) {
                     // An eventfd never hangs up: the descriptor is not what it was. Stop the queue.
                     guestLog.log(
-                        "queue \(index): kick descriptor reports 0x\(String(events.rawValue, radix: 16)); queue stopped")
+                        "queue \(index): kick descriptor reports 0x\(String(events.rawValue, radix: 16)); queue stopped"
+                    )
                     queues[index].started = false
                     queues[index].kick = nil
                     pending.remove(index)

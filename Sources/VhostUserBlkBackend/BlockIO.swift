@@ -39,7 +39,8 @@ extension BlockServer {
             }
         }
         guard header.count == 16 else { return finish(Self.ioError, written: 0) }
-        let type = header.u32(at: 0), sector = header.u64(at: 8)
+        let type = header.u32(at: 0)
+        let sector = header.u64(at: 8)
         switch type {
         case 0, 1:  // IN, OUT
             let segments = type == 0 ? writable : data

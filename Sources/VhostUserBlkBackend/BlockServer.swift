@@ -90,7 +90,8 @@ package final class BlockServer {
         sectors = UInt64(info.st_size) / 512
         self.readOnly = readOnly
         queueCount = queues
-        var offered = VhostUserFeature.version1 | VhostUserFeature.protocolFeatures
+        var offered =
+            VhostUserFeature.version1 | VhostUserFeature.protocolFeatures
             | VhostUserFeature.blkSizeMax | VhostUserFeature.blkSegMax | VhostUserFeature.blkBlockSize
             | VhostUserFeature.blkFlush
         if readOnly { offered |= VhostUserFeature.blkReadOnly }

@@ -134,7 +134,8 @@ package enum FrontendMessage: Equatable, Sendable {
         case .getConfig:
             // "Device config space": offset, size, flags, then size bytes.
             guard payload.count >= 12 else { return .success(.getConfig(offset: 0, size: 0, head: [])) }
-            let offset = Int(payload.u32(at: 0)), size = Int(payload.u32(at: 4))
+            let offset = Int(payload.u32(at: 0))
+            let size = Int(payload.u32(at: 4))
             guard payload.count == 12 + size, size > 0, offset <= configSize, size <= configSize - offset else {
                 return .success(.getConfig(offset: 0, size: 0, head: []))
             }

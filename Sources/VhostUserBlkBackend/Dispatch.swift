@@ -116,8 +116,9 @@ extension BlockServer {
             // the size is taken; until new addresses arrive the queue is not served, and says so.
             if queues[index].addressed, rings(of: queues[index]) == nil {
                 queues[index].addressed = false
-                log("SET_VRING_NUM: queue \(index)'s rings no longer fit in guest memory at size \(size): "
-                    + "not served until SET_VRING_ADDR")
+                log(
+                    "SET_VRING_NUM: queue \(index)'s rings no longer fit in guest memory at size \(size): "
+                        + "not served until SET_VRING_ADDR")
             }
         case .setVringAddr(let index, let descriptor, let used, let available):
             guard queues[index].size > 0 else { return "SET_VRING_ADDR: queue \(index) has no size" }

@@ -44,7 +44,8 @@ struct FailureLog {
 
     /// The backend at `socketPath` failed or went away with `error`.
     mutating func report(_ error: VhostUserError, socketPath: String, needsReset: Bool) {
-        let outcome = needsReset
+        let outcome =
+            needsReset
             ? "DEVICE_NEEDS_RESET set and the config interrupt raised; the driver must reset the device"
             : "the reset reconnects when the backend listens again"
         let device = device

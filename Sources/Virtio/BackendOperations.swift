@@ -127,10 +127,11 @@ extension VirtioPCIDevice {
             let plan = state.withLock({ s -> StartPlan? in
                 guard current(s) else { return nil }
                 // The queues the VMM serves itself (a virtio-net control queue) are not the backend's.
-                let queues = s.queues.indices.filter { s.queues[$0].notifiable && !deviceType.isServedByVMM(queue: $0) }.map {
-                    q -> (index: Int, queue: Queue, call: FileDescriptor?) in
-                    (index: q, queue: s.queues[q], call: callFD(queue: q, vector: s.queues[q].vector))
-                }
+                let queues = s.queues.indices.filter { s.queues[$0].notifiable && !deviceType.isServedByVMM(queue: $0) }
+                    .map {
+                        q -> (index: Int, queue: Queue, call: FileDescriptor?) in
+                        (index: q, queue: s.queues[q], call: callFD(queue: q, vector: s.queues[q].vector))
+                    }
                 s.callsHandedOut = true
                 return StartPlan(session: s.session, driverFeatures: s.driverFeatures, queues: queues)
             })

@@ -48,7 +48,9 @@ public final class BlockBackend: Sendable {
 
     /// Starts `kind` serving `image` with `queues` queues and waits (up to
     /// `timeout`) for its socket.
-    public init(kind: DiskBackendKind, image: String, queues: Int = 1, timeout: Duration = .seconds(10)) throws(BlockBackendError) {
+    public init(kind: DiskBackendKind, image: String, queues: Int = 1, timeout: Duration = .seconds(10))
+        throws(BlockBackendError)
+    {
         self.kind = kind
         var template = Array("/tmp/irqfd-vhost-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {

@@ -83,7 +83,10 @@ extension VirtioPCIDevice {
         case 0x14 where size == 1: writeStatus(UInt8(truncatingIfNeeded: value), &s)
         case 0x16 where size == 2: s.queueSelect = UInt16(truncatingIfNeeded: value)
         case 0x18 where size == 2:
-            guard queueWritable, !s.queues[q].enabled else { s.counters.readOnlyWrites += 1; return }
+            guard queueWritable, !s.queues[q].enabled else {
+                s.counters.readOnlyWrites += 1
+                return
+            }
             let n = UInt16(truncatingIfNeeded: value)
             guard n != 0, n <= Self.maxQueueSize, n & (n - 1) == 0 else {
                 s.counters.badQueueSizes += 1  // ignored: the size keeps its value
@@ -91,7 +94,10 @@ extension VirtioPCIDevice {
             }
             s.queues[q].size = n
         case 0x1A where size == 2:
-            guard exists else { s.counters.readOnlyWrites += 1; return }
+            guard exists else {
+                s.counters.readOnlyWrites += 1
+                return
+            }
             let v = UInt16(truncatingIfNeeded: value)
             var chosen = v
             if v != Self.noVector, Int(v) >= emulator.layout.vectorCount {
@@ -107,14 +113,25 @@ extension VirtioPCIDevice {
             s.queues[q].vector = chosen
             // Before DRIVER_OK the backend has no call fd (it gets one when the
             // queue starts); a running queue gets the new one from the worker.
-            if s.queues[q].notifiable, delivery != .userspace, !deviceType.isServedByVMM(queue: q) { enqueue(.setCall(queue: q), &s) }
+            if s.queues[q].notifiable, delivery != .userspace, !deviceType.isServedByVMM(queue: q) {
+                enqueue(.setCall(queue: q), &s)
+            }
         case 0x1C where size == 2:
-            guard queueWritable else { s.counters.readOnlyWrites += 1; return }
+            guard queueWritable else {
+                s.counters.readOnlyWrites += 1
+                return
+            }
             // Only 1 may be written (section 4.1.4.3.2); disabling is a reset.
-            guard value & 0xFFFF == 1 else { s.counters.readOnlyWrites += 1; return }
+            guard value & 0xFFFF == 1 else {
+                s.counters.readOnlyWrites += 1
+                return
+            }
             s.queues[q].enabled = true
         case 0x20..<0x38:
-            guard queueWritable, !s.queues[q].enabled else { s.counters.readOnlyWrites += 1; return }
+            guard queueWritable, !s.queues[q].enabled else {
+                s.counters.readOnlyWrites += 1
+                return
+            }
             let ok: Bool
             switch offset {
             case 0x20..<0x28: ok = setHalf(&s.queues[q].descriptor, 0x20)

@@ -60,7 +60,13 @@ extension VirtioPCIDevice {
 
     // MARK: - Memory space
 
-    private enum Region { case msix(UInt64), common(UInt64), isr, device(UInt64), notify(UInt64) }
+    private enum Region {
+        case msix(UInt64)
+        case common(UInt64)
+        case isr
+        case device(UInt64)
+        case notify(UInt64)
+    }
 
     private func decode(_ address: UInt64, _ s: DeviceState) -> Region? {
         guard let (bar, offset) = s.pci.decode(address) else { return nil }

@@ -85,7 +85,8 @@ final class MisbehavingHooks: BlockServerHooks {
                 ? VhostUserRequest.getFeatures.rawValue : VhostUserRequest.getProtocolFeatures.rawValue
             try connection.send(header.bytes + payload, deadline: deadline)
         case .extraFds:
-            let first = try Self.openNull(), second = try Self.openNull()
+            let first = try Self.openNull()
+            let second = try Self.openNull()
             // Sent, the peer holds its own copies; these were only ever read-only /dev/null.
             defer {
                 try? first.close()

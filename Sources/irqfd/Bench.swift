@@ -36,16 +36,21 @@ struct BenchCommand: ParsableCommand {
 
     mutating func validate() throws {
         for name in only where BenchOptions.Section(rawValue: name) == nil {
-            throw ValidationError("unknown section '\(name)'; sections: \(BenchOptions.Section.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "unknown section '\(name)'; sections: \(BenchOptions.Section.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         if let samples, samples < 1 { throw ValidationError("--samples must be at least 1") }
     }
 
     mutating func run() throws {
         let status = StatusLine()
-        let runner = BenchRunner(options: BenchOptions(
+        let runner = BenchRunner(
+            options: BenchOptions(
                 samples: samples, quick: quick,
-                sections: only.isEmpty ? Set(BenchOptions.Section.allCases) : Set(only.compactMap(BenchOptions.Section.init(rawValue:))))) { status.show($0) }
+                sections: only.isEmpty
+                    ? Set(BenchOptions.Section.allCases) : Set(only.compactMap(BenchOptions.Section.init(rawValue:))))
+        ) { status.show($0) }
         let report: BenchReport
         do {
             report = try runner.run()

@@ -11,7 +11,9 @@ struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A guest programs an MSI-X device and takes its interrupts through irqfd on 2 vCPUs.")
 
-    @Option(help: "How the device's interrupts reach the guest: irqfd, relay or userspace. (default: irqfd)", transform: parseDelivery)
+    @Option(
+        help: "How the device's interrupts reach the guest: irqfd, relay or userspace. (default: irqfd)",
+        transform: parseDelivery)
     var delivery: InterruptDelivery = .irqfd
 
     mutating func run() throws {
@@ -56,16 +58,21 @@ struct DemoScript {
             vm.wait()
         }
         let out = Printer(vm: vm, device: device, guest: guest)
-        print("""
+        print(
+            """
             A KVM guest on 2 vCPUs drives PCI device 00:01.0 (8 MSI-X vectors) through config space and MMIO.
             Delivery: \(delivery) — \(Self.explain(delivery))
 
             """)
         do {
             try out.step("guest enables MSI-X (Message Control bit 15)") { try guest.setMsix(enabled: true) }
-            let plan: [(vector: Int, cpu: UInt32, idt: UInt8)] = [(0, 0, 0x30), (1, 0, 0x31), (2, 1, 0x32), (3, 1, 0x33)]
+            let plan: [(vector: Int, cpu: UInt32, idt: UInt8)] = [
+                (0, 0, 0x30), (1, 0, 0x31), (2, 1, 0x32), (3, 1, 0x33),
+            ]
             for p in plan {
-                try out.step("guest programs vector \(p.vector) -> vCPU \(p.cpu), IDT vector 0x\(String(p.idt, radix: 16))") {
+                try out.step(
+                    "guest programs vector \(p.vector) -> vCPU \(p.cpu), IDT vector 0x\(String(p.idt, radix: 16))"
+                ) {
                     try guest.program(p.vector, MsiMessage(destination: p.cpu, vector: p.idt), masked: false)
                 }
             }
@@ -74,7 +81,9 @@ struct DemoScript {
             print("")
             try out.step("guest masks vector 1 (vector control bit 0)") { try guest.setMasked(1, true) }
             try out.ringMasked(1, idt: 0x31)
-            out.line("guest reads the PBA", "0b\(String(try guest.readPBA(), radix: 2)): vector 1 is pending, nothing arrived")
+            out.line(
+                "guest reads the PBA",
+                "0b\(String(try guest.readPBA(), radix: 2)): vector 1 is pending, nothing arrived")
             try out.step("guest unmasks vector 1") { try guest.setMasked(1, false) }
             out.arrival(cpu: 0, idt: 0x31, count: 2, what: "the pending interrupt")
             out.line("guest reads the PBA again", "0b\(String(try guest.readPBA(), radix: 2))")
@@ -120,7 +129,8 @@ struct DemoScript {
             let before = guest.count(cpu: expect.cpu, vector: expect.idt)
             let start = ContinuousClock.now
             try guest.ring(vector)
-            let arrived = guest.waitForCount(cpu: expect.cpu, vector: expect.idt, atLeast: before + 1, timeout: .seconds(5))
+            let arrived = guest.waitForCount(
+                cpu: expect.cpu, vector: expect.idt, atLeast: before + 1, timeout: .seconds(5))
             let took = ContinuousClock.now - start
             line(
                 "  guest rings DOORBELL for vector \(vector)",
@@ -135,7 +145,9 @@ struct DemoScript {
             _ = device.waitUntilIdle()
             usleep(50_000)
             let now = guest.count(cpu: 0, vector: idt)
-            line("  guest rings DOORBELL for vector \(vector)", now == before ? "held: masked, latched in the route's event" : "DELIVERED WHILE MASKED (bug)")
+            line(
+                "  guest rings DOORBELL for vector \(vector)",
+                now == before ? "held: masked, latched in the route's event" : "DELIVERED WHILE MASKED (bug)")
         }
 
         func arrival(cpu: Int, idt: UInt8, count: UInt32, what: String) {
@@ -145,7 +157,10 @@ struct DemoScript {
             }
             usleep(50_000)
             let taken = guest.count(cpu: cpu, vector: idt)
-            note(taken == count ? "\(what) arrived on vCPU \(cpu), IDT 0x\(String(idt, radix: 16)), exactly once" : "\(what) arrived \(taken - count + 1) times (bug)")
+            note(
+                taken == count
+                    ? "\(what) arrived on vCPU \(cpu), IDT 0x\(String(idt, radix: 16)), exactly once"
+                    : "\(what) arrived \(taken - count + 1) times (bug)")
         }
 
         func summary() {

@@ -20,12 +20,15 @@ struct VirtioDemo {
         let path = NSTemporaryDirectory() + "irqfd-demo-\(getpid()).img"
         var image = [UInt8](repeating: 0, count: 64 * 512)
         for i in image.indices { image[i] = UInt8(truncatingIfNeeded: i / 512 &* 17 &+ i % 256) }
-        guard FileManager.default.createFile(atPath: path, contents: Data(image)) else { throw Failure(message: "cannot create \(path)") }
+        guard FileManager.default.createFile(atPath: path, contents: Data(image)) else {
+            throw Failure(message: "cannot create \(path)")
+        }
         defer { try? FileManager.default.removeItem(atPath: path) }
         let backend: BlockBackend
         do { backend = try BlockBackend(kind: kind, image: path) } catch { throw Failure(message: "\(error)") }
         defer { backend.stop() }
-        print("""
+        print(
+            """
 
             virtio-blk: PCI 00:02.0 (modern virtio 1.x), a 32 KiB image served by \(kind) over vhost-user.
             Notifies are KVM_IOEVENTFDs on the queue's kick eventfd; completions signal the MSI-X vector's route event.
@@ -39,7 +42,9 @@ struct VirtioDemo {
             vm.memory.write32(8, at: L.firstSector)
             vm.memory.write32(1, at: L.type)
             vm.memory.write32(1, at: L.queues)
-            for j in 0..<4 { vm.memory.load([UInt8](repeating: UInt8(0xA0 + j), count: 512), at: L.buffer(queue: 0, request: j)) }
+            for j in 0..<4 {
+                vm.memory.load([UInt8](repeating: UInt8(0xA0 + j), count: 512), at: L.buffer(queue: 0, request: j))
+            }
             let outcome = vm.run(timeout: .seconds(60))
             device.writeStatus(0)
             let file = [UInt8](FileManager.default.contents(atPath: path) ?? Data())
@@ -48,7 +53,9 @@ struct VirtioDemo {
                 let sector = file[((8 + j) * 512)..<((9 + j) * 512)]
                 written = sector.allSatisfy { $0 == UInt8(0xA0 + j) }
             }
-            line("guest writes sectors 8-11 (4 requests in flight)", "\(outcome); the image on the host has them: \(written ? "yes" : "NO")")
+            line(
+                "guest writes sectors 8-11 (4 requests in flight)",
+                "\(outcome); the image on the host has them: \(written ? "yes" : "NO")")
         }
         // 2. The guest reads: batch 1 live, batch 2 while the vector is masked.
         let (vm, device) = try machine(backend)
@@ -65,30 +72,46 @@ struct VirtioDemo {
             vm.wait()
             device.disconnect()  // the backend stops next: not a backend lost
         }
-        let interrupts = { Int(vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: L.idtVector(msix: 1)))) }
+        let interrupts = {
+            Int(vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: L.idtVector(msix: 1))))
+        }
         vm.memory.write32(1, at: L.gate)
         guard vm.waitUntil(timeout: .seconds(30), { vm.memory.read32(at: L.batchesDone) == 1 }) else {
             throw Failure(message: "the guest did not finish its first batch: \(device.counters)")
         }
         usleep(50_000)
         let read = vm.memory.bytes(at: L.buffer(queue: 0, request: 0), count: 4 * 512)
-        line("guest reads sectors 0-3 (4 requests in flight)", "data matches the image: \(read == Array(image[0..<2048]) ? "yes" : "NO"); \(interrupts()) interrupt(s) on vector 1 (IDT 0x41)")
+        line(
+            "guest reads sectors 0-3 (4 requests in flight)",
+            "data matches the image: \(read == Array(image[0..<2048]) ? "yes" : "NO"); \(interrupts()) interrupt(s) on vector 1 (IDT 0x41)"
+        )
         let messages = device.frontend.messagesSent
         let before = interrupts()
         device.emulator.write(bar: 1, offset: 16 + 12, size: 4, value: 1)
-        line("VMM masks vector 1 (vector control bit 0)", "vhost-user messages: \(device.frontend.messagesSent - messages)")
+        line(
+            "VMM masks vector 1 (vector control bit 0)",
+            "vhost-user messages: \(device.frontend.messagesSent - messages)")
         vm.memory.write32(2, at: L.gate)
         _ = vm.waitUntil(timeout: .seconds(30)) { vm.memory.read32(at: 0x22000) >> 16 == 8 }
         usleep(50_000)
         let pba = device.emulator.read(bar: 1, offset: 0x800, size: 8)
-        line("backend completes batch 2 (4 reads)", "held: \(interrupts() - before) interrupts; PBA 0b\(String(pba, radix: 2)): vector 1 is pending")
+        line(
+            "backend completes batch 2 (4 reads)",
+            "held: \(interrupts() - before) interrupts; PBA 0b\(String(pba, radix: 2)): vector 1 is pending")
         device.emulator.write(bar: 1, offset: 16 + 12, size: 4, value: 0)
         _ = vm.waitUntil(timeout: .seconds(10)) { vm.memory.read32(at: L.completed) == 8 }
         usleep(50_000)
-        line("VMM unmasks vector 1", "the held completions arrived as \(interrupts() - before) interrupt; vhost-user messages for mask+unmask: \(device.frontend.messagesSent - messages)")
+        line(
+            "VMM unmasks vector 1",
+            "the held completions arrived as \(interrupts() - before) interrupt; vhost-user messages for mask+unmask: \(device.frontend.messagesSent - messages)"
+        )
         let spent = vm.vm.counters.snapshot - counters
-        line("VMM work on the I/O path", "\(device.counters.notifyExits) notify exits, \(spent.signalMsis) injections (KVM_SIGNAL_MSI)")
-        print("Backend: \(kind); requests completed by the guest: \(vm.memory.read32(at: L.completed)), failed: \(vm.memory.read32(at: L.failed)).")
+        line(
+            "VMM work on the I/O path",
+            "\(device.counters.notifyExits) notify exits, \(spent.signalMsis) injections (KVM_SIGNAL_MSI)")
+        print(
+            "Backend: \(kind); requests completed by the guest: \(vm.memory.read32(at: L.completed)), failed: \(vm.memory.read32(at: L.failed))."
+        )
     }
 
     private func machine(_ backend: BlockBackend) throws -> (TinyVM, VirtioBlkDevice) {

@@ -22,22 +22,35 @@ struct Run: ParsableCommand {
     @Option(help: "Stop the guest after this many seconds.")
     var timeout: Double = 10
 
-    @Option(help: "How the PCI test device's interrupts reach the guest: irqfd, relay or userspace. (default: irqfd)", transform: parseDelivery)
+    @Option(
+        help: "How the PCI test device's interrupts reach the guest: irqfd, relay or userspace. (default: irqfd)",
+        transform: parseDelivery)
     var delivery: InterruptDelivery = .irqfd
 
     @Option(help: "MSI-X vectors of the PCI test device at 00:01.0 (1...2048).")
     var vectors = 8
 
-    @Option(name: .customLong("vhost-user-blk"), help: "Add a virtio-blk device (00:02.0) served by the vhost-user backend listening on this Unix socket.")
+    @Option(
+        name: .customLong("vhost-user-blk"),
+        help: "Add a virtio-blk device (00:02.0) served by the vhost-user backend listening on this Unix socket.")
     var vhostUserBlk: String?
 
-    @Option(help: "Add a virtio-blk device (00:02.0) serving this raw image; the VMM starts the backend and stops it at exit.")
+    @Option(
+        help:
+            "Add a virtio-blk device (00:02.0) serving this raw image; the VMM starts the backend and stops it at exit."
+    )
     var disk: String?
 
-    @Option(help: "The backend --disk starts: qemu-storage-daemon or embedded. (default: qemu-storage-daemon when installed, else embedded)", transform: parseDiskBackend)
+    @Option(
+        help:
+            "The backend --disk starts: qemu-storage-daemon or embedded. (default: qemu-storage-daemon when installed, else embedded)",
+        transform: parseDiskBackend)
     var diskBackend: DiskBackendKind?
 
-    @Option(help: "virtio-blk queues (1...8), virtio-net queue pairs (1...3), or virtio-fs request queues (1...7); more than 1 offers MQ.")
+    @Option(
+        help:
+            "virtio-blk queues (1...8), virtio-net queue pairs (1...3), or virtio-fs request queues (1...7); more than 1 offers MQ."
+    )
     var queues = 1
 
     @OptionGroup(title: "virtio-net")
@@ -46,7 +59,9 @@ struct Run: ParsableCommand {
     @OptionGroup var fileSystem: FileSystemOptions
 
     func validate() throws {
-        if vhostUserBlk != nil, disk != nil { throw ValidationError("--vhost-user-blk and --disk are alternatives: give one") }
+        if vhostUserBlk != nil, disk != nil {
+            throw ValidationError("--vhost-user-blk and --disk are alternatives: give one")
+        }
         if diskBackend != nil, disk == nil { throw ValidationError("--disk-backend needs --disk") }
         if fileSystem.isRequested, vhostUserBlk != nil || disk != nil || net.isRequested {
             throw ValidationError("one vhost-user device per VM: virtio-fs, virtio-net or virtio-blk")
@@ -79,10 +94,15 @@ struct Run: ParsableCommand {
                     FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
                     throw ExitCode(1)
                 }
-                FileHandle.standardError.write(Data("irqfd run: virtio-blk 00:02.0 served by \(kind) (\(disk), \(queues) queue\(queues == 1 ? "" : "s"))\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "irqfd run: virtio-blk 00:02.0 served by \(kind) (\(disk), \(queues) queue\(queues == 1 ? "" : "s"))\n"
+                            .utf8))
             }
             if let socket = vhostUserBlk ?? backend?.socketPath {
-                do { blk = try VirtioBlkDevice.attach(to: vm, socketPath: socket, queues: queues, delivery: delivery) } catch {
+                do {
+                    blk = try VirtioBlkDevice.attach(to: vm, socketPath: socket, queues: queues, delivery: delivery)
+                } catch {
                     FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
                     throw ExitCode(1)
                 }
@@ -99,7 +119,8 @@ struct Run: ParsableCommand {
             let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery)
             defer { fs?.close() }
             let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
-            if case .exited = outcome {} else {
+            if case .exited = outcome {
+            } else {
                 FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))
             }
             throw ExitCode(outcome.exitStatus)
@@ -121,7 +142,9 @@ func readImage(_ path: String) throws -> [UInt8] {
         throw ImageError(message: "\(path): no such file")
     }
     guard !isDirectory.boolValue else { throw ImageError(message: "\(path) is a directory, not a guest image") }
-    guard let data = FileManager.default.contents(atPath: path) else { throw ImageError(message: "\(path): cannot be read") }
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw ImageError(message: "\(path): cannot be read")
+    }
     guard !data.isEmpty else { throw ImageError(message: "\(path) is empty") }
     return [UInt8](data)
 }
@@ -129,7 +152,9 @@ func readImage(_ path: String) throws -> [UInt8] {
 /// Parses `--delivery`, naming the choices when the value is not one of them.
 func parseDelivery(_ text: String) throws -> InterruptDelivery {
     guard let delivery = InterruptDelivery(rawValue: text) else {
-        throw ValidationError("--delivery must be one of \(InterruptDelivery.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
+        throw ValidationError(
+            "--delivery must be one of \(InterruptDelivery.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'"
+        )
     }
     return delivery
 }
@@ -137,7 +162,9 @@ func parseDelivery(_ text: String) throws -> InterruptDelivery {
 /// Parses `--disk-backend`, naming the choices when the value is not one of them.
 func parseDiskBackend(_ text: String) throws -> DiskBackendKind {
     guard let kind = DiskBackendKind(rawValue: text) else {
-        throw ValidationError("--disk-backend must be one of \(DiskBackendKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
+        throw ValidationError(
+            "--disk-backend must be one of \(DiskBackendKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'"
+        )
     }
     return kind
 }

@@ -1,7 +1,8 @@
-@testable import Bench
 import Foundation
 import Histogram
 import Testing
+
+@testable import Bench
 
 #if canImport(FoundationXML)
 import FoundationXML
@@ -41,7 +42,8 @@ import FoundationXML
     /// The CDF climbs from 0 to 1, never backwards, along rising latencies.
     @Test func cdfIsMonotonicFromZeroToOne() throws {
         let s = LatencySummary(nanoseconds: (0..<5000).map { UInt64(10_000 + ($0 * 7919) % 40_000) })
-        let first = try #require(s.cdf.first), last = try #require(s.cdf.last)
+        let first = try #require(s.cdf.first)
+        let last = try #require(s.cdf.last)
         #expect(first.fraction == 0)
         #expect(last.fraction == 1)
         for (a, b) in zip(s.cdf, s.cdf.dropFirst()) {
@@ -64,7 +66,9 @@ func sampleReport() -> BenchReport {
     }
     // Per-round p50s, as the runner's interleaved rounds give them.
     let rounds = 40
-    func perRound(_ p50: Double, _ wobble: Double) -> [Double] { (0..<rounds).map { p50 * (1 + wobble * Double($0 % 5 - 2)) } }
+    func perRound(_ p50: Double, _ wobble: Double) -> [Double] {
+        (0..<rounds).map { p50 * (1 + wobble * Double($0 % 5 - 2)) }
+    }
     let delivery = [
         BenchReport.Delivery(
             path: "irqfd", floor: "raw", latency: latency(14),
@@ -83,7 +87,9 @@ func sampleReport() -> BenchReport {
             retargetPushes: 1, dropBatchedUs: size * 20, dropPushes: 1,
             retargetMinUs: 55 + size / 9, rawPushMinUs: 45 + size / 10, repetitions: 3,
             dropFloorUs: size * 18, oneByOneDeferredUs: 80 + size / 8, oneByOneDeferredPushes: 1)
-        p.retargetRatio = .init(path: [60 + size / 9, 62 + size / 9, 61 + size / 9], floor: [50 + size / 10, 50 + size / 10, 50 + size / 10])
+        p.retargetRatio = .init(
+            path: [60 + size / 9, 62 + size / 9, 61 + size / 9],
+            floor: [50 + size / 10, 50 + size / 10, 50 + size / 10])
         p.dropRatio = .init(path: [size * 20, size * 21, size * 19], floor: [size * 18, size * 18, size * 18])
         p.deferredRatio = .init(path: [80 + size / 8, 81 + size / 8], floor: [50 + size / 10, 50 + size / 10])
         p.deferredServedRatio = .init(path: [80 + size / 8, 81 + size / 8], floor: [70 + size / 9, 70 + size / 9])
@@ -98,7 +104,8 @@ func sampleReport() -> BenchReport {
         bursts: [.init(path: "irqfd", bursts: 4, signalsPerBurst: 64, delivered: 10)],
         programming: programming,
         maskUnmask: {
-            var m = BenchReport.MaskUnmask(usPerCycle: 31, rawUsPerCycle: 30, pushes: 0, irqfdCallsPerCycle: 2, cycles: 2000)
+            var m = BenchReport.MaskUnmask(
+                usPerCycle: 31, rawUsPerCycle: 30, pushes: 0, irqfdCallsPerCycle: 2, cycles: 2000)
             m.ratio = .init(path: [31, 31, 31.5, 30.5], floor: [30, 30, 30, 30])
             return m
         }(),
@@ -117,7 +124,9 @@ func sampleReport() -> BenchReport {
         let report = sampleReport()
         let data = try report.jsonData()
         let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        for key in ["delivery", "programming", "mask_unmask", "throughput"] { #expect(object[key] != nil, "missing \(key)") }
+        for key in ["delivery", "programming", "mask_unmask", "throughput"] {
+            #expect(object[key] != nil, "missing \(key)")
+        }
         let delivery = try #require(object["delivery"] as? [[String: Any]])
         #expect(delivery.count == 4)
         for key in ["path", "samples", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
@@ -131,16 +140,21 @@ func sampleReport() -> BenchReport {
         let programming = try #require(object["programming"] as? [[String: Any]])
         for key in [
             "routes", "batched_us", "one_by_one_us", "raw_push_us", "batched_pushes", "one_by_one_pushes",
-            "retarget_batched_us", "drop_batched_us", "drop_floor_us", "retarget_ratio", "drop_ratio", "one_by_one_deferred_ratio",
+            "retarget_batched_us", "drop_batched_us", "drop_floor_us", "retarget_ratio", "drop_ratio",
+            "one_by_one_deferred_ratio",
         ] {
             #expect(programming.allSatisfy { $0[key] != nil }, "programming lacks \(key)")
         }
         #expect(programming.last?["routes"] as? Int == 2048)
         #expect(programming.last?["batched_pushes"] as? Int == 1)
         let mask = try #require(object["mask_unmask"] as? [String: Any])
-        for key in ["us_per_cycle", "raw_us_per_cycle", "pushes"] { #expect(mask[key] != nil, "mask_unmask lacks \(key)") }
+        for key in ["us_per_cycle", "raw_us_per_cycle", "pushes"] {
+            #expect(mask[key] != nil, "mask_unmask lacks \(key)")
+        }
         let throughput = try #require(object["throughput"] as? [[String: Any]])
-        for key in ["path", "vectors", "per_second"] { #expect(throughput.allSatisfy { $0[key] != nil }, "throughput lacks \(key)") }
+        for key in ["path", "vectors", "per_second"] {
+            #expect(throughput.allSatisfy { $0[key] != nil }, "throughput lacks \(key)")
+        }
 
         #expect(try BenchReport.decode(data) == report)
     }
@@ -179,10 +193,18 @@ func sampleReport() -> BenchReport {
         let index = try #require(report.delivery.firstIndex { $0.path == "relay" })
         report.delivery[index].p50Ratio = .init(path: path, floor: floor)
         let relay = try #require(Targets.check(report).first { $0.name.hasPrefix("relay") })
-        let ratio = try #require(relay.ratio), high = try #require(relay.high)
+        let ratio = try #require(relay.ratio)
+        let high = try #require(relay.high)
         #expect(ratio < 1.10 && high >= 1.10)
         #expect(relay.met == false)
-        #expect(ReportText.render({ var r = report; r.targets = Targets.check(r); return r }()).contains("NO"))
+        #expect(
+            ReportText.render(
+                {
+                    var r = report
+                    r.targets = Targets.check(r)
+                    return r
+                }()
+            ).contains("NO"))
     }
 
     @Test func aTargetWithAMissingSideIsNotMeasuredRatherThanMet() {

@@ -4,21 +4,24 @@ import Foundation
 import TestSupport
 import Testing
 
-
 /// The measurements themselves, run small on the real /dev/kvm: they must
 /// measure what they say (every path delivers, counts add up, the rules the
 /// numbers rest on hold). Not how fast: that is the benchmark's job.
 @Suite(needsKVM, .serialized) struct RunnerTests {
     @Test func everyPathDeliversEverySampleAndMaskMakesNoPush() throws {
         var progress: [String] = []
-        let runner = BenchRunner(options: BenchOptions(samples: 40, quick: true, sections: [.delivery, .bursts, .mask])) {
+        let runner = BenchRunner(
+            options: BenchOptions(samples: 40, quick: true, sections: [.delivery, .bursts, .mask])
+        ) {
             progress.append($0)
         }
         let report = try runner.run()
         #expect(report.delivery.map(\.path) == ["irqfd", "raw", "relay", "raw_relay", "userspace", "raw_signal_msi"])
         for d in report.delivery {
             #expect(d.latency.samples == 40, "\(d.path)")
-            #expect(d.latency.minUs > 0 && d.latency.p50Us <= d.latency.p99Us && d.latency.p99Us <= d.latency.maxUs, "\(d.path)")
+            #expect(
+                d.latency.minUs > 0 && d.latency.p50Us <= d.latency.p99Us && d.latency.p99Us <= d.latency.maxUs,
+                "\(d.path)")
         }
         #expect(report.delivery("irqfd")?.floor == "raw")
         #expect(report.delivery("raw")?.floor == nil)

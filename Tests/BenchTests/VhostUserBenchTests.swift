@@ -34,7 +34,9 @@ private let qemuStorageDaemonInstalled: Bool = {
             for m in b.latency {
                 let l = m.latency
                 #expect(l.samples == v.rounds * 60, "\(b.backend) \(m.mode)")
-                #expect(l.minUs > 0 && l.p50Us <= l.p99Us && l.p99Us <= l.p999Us && l.p999Us <= l.maxUs, "\(b.backend) \(m.mode)")
+                #expect(
+                    l.minUs > 0 && l.p50Us <= l.p99Us && l.p99Us <= l.p999Us && l.p999Us <= l.maxUs,
+                    "\(b.backend) \(m.mode)")
                 #expect(m.failed == 0, "\(b.backend) \(m.mode): every read completes with status 0")
             }
             #expect(b.floor.samples == v.rounds * 60 && b.floor.minUs > 0, "\(b.backend) floor")
@@ -44,9 +46,14 @@ private let qemuStorageDaemonInstalled: Bool = {
                 #expect(t.perSecond > 0 && t.requests == 2 * 200, "\(b.backend) \(t.mode) depth \(t.depth)")
                 #expect((t.overUserspace == nil) == (t.mode == "userspace"))
             }
-            #expect(Set(b.ratios.map(\.name)).isSuperset(of: ["irqfd_p50_over_budget", "irqfd_over_userspace_p50", "irqfd_over_userspace_p99"]))
+            #expect(
+                Set(b.ratios.map(\.name)).isSuperset(of: [
+                    "irqfd_p50_over_budget", "irqfd_over_userspace_p50", "irqfd_over_userspace_p99",
+                ]))
             for r in b.ratios {
-                #expect(r.ratio.rounds == v.rounds && r.ratio.low <= r.ratio.median && r.ratio.median <= r.ratio.high, "\(r.name)")
+                #expect(
+                    r.ratio.rounds == v.rounds && r.ratio.low <= r.ratio.median && r.ratio.median <= r.ratio.high,
+                    "\(r.name)")
             }
         }
         #expect(v.rawIrqfd.samples == v.backends.count * v.rounds * 60)
@@ -64,8 +71,12 @@ private let qemuStorageDaemonInstalled: Bool = {
             #expect(back.oursUs > 0 && back.qemuStrategyUs > 0 && back.rawUs > 0 && back.oursOverQemu != nil)
         }
         // Every target is checked in this run, and lands in the report's targets too.
-        #expect(v.targets.count == 2 * v.backends.count + (v.maskUnmask == nil ? 0 : 2), "2 per back-end (irqfd / userspace at p50, p99), 2 for mask + unmask (isolated, back to back)")
-        #expect(!v.targets.contains { $0.name.contains("budget") || $0.name.contains("floor p50 +") }, "no latency budget target")
+        #expect(
+            v.targets.count == 2 * v.backends.count + (v.maskUnmask == nil ? 0 : 2),
+            "2 per back-end (irqfd / userspace at p50, p99), 2 for mask + unmask (isolated, back to back)")
+        #expect(
+            !v.targets.contains { $0.name.contains("budget") || $0.name.contains("floor p50 +") },
+            "no latency budget target")
         for t in v.targets {
             #expect(t.met != nil, "\(t.name)")
             #expect(report.targets.contains(t))
@@ -82,10 +93,15 @@ private let qemuStorageDaemonInstalled: Bool = {
         }
         if v.maskUnmask != nil {
             let mask = try #require(section["mask_unmask"] as? [String: Any])
-            for key in ["ours_us", "qemu_strategy_us", "qemu_over_ours", "ours_over_qemu", "reply_ack", "raw_us", "back_to_back"] { #expect(mask[key] != nil, "mask_unmask.\(key)") }
+            for key in [
+                "ours_us", "qemu_strategy_us", "qemu_over_ours", "ours_over_qemu", "reply_ack", "raw_us",
+                "back_to_back",
+            ] { #expect(mask[key] != nil, "mask_unmask.\(key)") }
         }
         let backend = try #require((section["backends"] as? [[String: Any]])?.first)
-        for key in ["backend", "latency", "floor", "throughput", "ratios"] { #expect(backend[key] != nil, "backends[0].\(key)") }
+        for key in ["backend", "latency", "floor", "throughput", "ratios"] {
+            #expect(backend[key] != nil, "backends[0].\(key)")
+        }
         let latency = try #require((backend["latency"] as? [[String: Any]])?.first?["latency"] as? [String: Any])
         for key in ["p50_us", "p99_us", "p999_us", "cdf"] { #expect(latency[key] != nil, "latency.\(key)") }
 
@@ -116,7 +132,9 @@ private let qemuStorageDaemonInstalled: Bool = {
             #expect(ratio.rounds == fs.rounds && ratio.low <= ratio.median && ratio.median <= ratio.high, "\(name)")
         }
         let fsSection = try #require(section["virtio_fs"] as? [String: Any])
-        for key in ["latency", "floor", "ratios", "rounds", "per_round"] { #expect(fsSection[key] != nil, "virtio_fs.\(key)") }
+        for key in ["latency", "floor", "ratios", "rounds", "per_round"] {
+            #expect(fsSection[key] != nil, "virtio_fs.\(key)")
+        }
         #expect(text.contains("vhost-user virtio-fs on virtiofsd: FUSE READ of 4 KiB"))
     }
 }

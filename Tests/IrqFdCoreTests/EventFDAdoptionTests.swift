@@ -73,7 +73,8 @@ import Testing
 @Suite struct ReadinessOverSeveralTests {
     /// Each entry gets its own report, in order; the ones not ready report nothing.
     @Test func eachEntryIsReportedInOrder() throws {
-        let quiet = try EventFD(), signalled = try EventFD()
+        let quiet = try EventFD()
+        let signalled = try EventFD()
         signalled.signal()
         let ready = try Readiness.wait(
             on: [(quiet.fileDescriptor, .readable), (signalled.fileDescriptor, .readable)], timeout: .seconds(5))

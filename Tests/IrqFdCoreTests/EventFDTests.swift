@@ -8,7 +8,9 @@ import Testing
     @Test func signalsLatchUntilConsumedOnce() throws {
         let e = try EventFD()
         #expect(!e.tryWait())
-        e.signal(); e.signal(); e.signal()
+        e.signal()
+        e.signal()
+        e.signal()
         #expect(e.consume() == 3)
         #expect(!e.tryWait())
         e.signal()
@@ -28,7 +30,10 @@ import Testing
         let start = ContinuousClock.now
         #expect(!e.wait(timeout: .milliseconds(30)))
         #expect(ContinuousClock.now - start >= .milliseconds(25))
-        let t = Thread { usleep(20_000); e.signal() }
+        let t = Thread {
+            usleep(20_000)
+            e.signal()
+        }
         t.start()
         #expect(e.wait(timeout: .seconds(5)))
     }

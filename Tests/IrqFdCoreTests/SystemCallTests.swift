@@ -44,7 +44,8 @@ import Testing
         _ = irqfd_install_kick_handler(SIGUSR1)
         var ends: [Int32] = [0, 0]
         #expect(pipe(&ends) == 0)
-        let reader = FileDescriptor(rawValue: ends[0]), writer = FileDescriptor(rawValue: ends[1])
+        let reader = FileDescriptor(rawValue: ends[0])
+        let writer = FileDescriptor(rawValue: ends[1])
         defer {
             try? reader.close()
             try? writer.close()

@@ -82,7 +82,8 @@ import Testing
     /// (level-triggered), and no longer once removed.
     @Test func readyDescriptorsAreReportedByTokenUntilRemoved() throws {
         let epoll = try Epoll()
-        let first = try EventFD(), second = try EventFD()
+        let first = try EventFD()
+        let second = try EventFD()
         try epoll.add(first.fileDescriptor, token: 11)
         try epoll.add(second.fileDescriptor, token: 22)
         #expect(try epoll.wait(timeout: .milliseconds(10)).isEmpty)

@@ -18,13 +18,20 @@ private final class ForeignVM {
         kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard kvm >= 0 else { throw TestFailure("open(/dev/kvm): errno \(errno)") }
         vm = irqfd_ioctl_val(kvm, IRQFD_KVM_CREATE_VM, 0)
-        guard vm >= 0 else { close(kvm); throw TestFailure("KVM_CREATE_VM: errno \(irqfd_errno())") }
+        guard vm >= 0 else {
+            close(kvm)
+            throw TestFailure("KVM_CREATE_VM: errno \(irqfd_errno())")
+        }
         guard irqfd_ioctl_val(vm, IRQFD_KVM_CREATE_IRQCHIP, 0) == 0 else {
-            close(vm); close(kvm)
+            close(vm)
+            close(kvm)
             throw TestFailure("KVM_CREATE_IRQCHIP: errno \(irqfd_errno())")
         }
     }
-    deinit { close(vm); close(kvm) }
+    deinit {
+        close(vm)
+        close(kvm)
+    }
 
     /// KVM_IRQFD (assign, or deassign) of `event` for `gsi` on this VM's own
     /// descriptor: 0, or the errno.
@@ -66,7 +73,9 @@ private final class ForeignVM {
         }
         #expect(!record.isOpen, "the adopted duplicate is closed with the VM")
         #expect(fcntl(foreign.vm, F_GETFD) != -1, "the VMM's own descriptor is its own")
-        #expect(irqfd_ioctl_val(foreign.vm, IRQFD_KVM_CHECK_EXTENSION, UInt(Capability.irqfd.rawValue)) > 0, "and still works")
+        #expect(
+            irqfd_ioctl_val(foreign.vm, IRQFD_KVM_CHECK_EXTENSION, UInt(Capability.irqfd.rawValue)) > 0,
+            "and still works")
     }
 
     /// Anything but a VM descriptor is refused, naming what it is, and left open.
@@ -77,12 +86,16 @@ private final class ForeignVM {
         let vcpu = irqfd_ioctl_val(foreign.vm, IRQFD_KVM_CREATE_VCPU, 0)
         try #require(vcpu >= 0)
         defer { close(vcpu) }
-        for (fd, what) in [(foreign.kvm, "/dev/kvm"), (vcpu, "anon_inode:kvm-vcpu:0"), (event.fileDescriptor.rawValue, "anon_inode:[eventfd]")] {
+        for (fd, what) in [
+            (foreign.kvm, "/dev/kvm"), (vcpu, "anon_inode:kvm-vcpu:0"),
+            (event.fileDescriptor.rawValue, "anon_inode:[eventfd]"),
+        ] {
             #expect {
                 _ = try system.adoptVM(FileDescriptor(rawValue: fd))
             } throws: { error in
                 guard let error = error as? SystemCallError else { return false }
-                return error.errno == .invalidArgument && error.call.contains(what) && error.call.contains("anon_inode:kvm-vm")
+                return error.errno == .invalidArgument && error.call.contains(what)
+                    && error.call.contains("anon_inode:kvm-vm")
             }
             #expect(fcntl(fd, F_GETFD) != -1, "\(what) left open")
         }

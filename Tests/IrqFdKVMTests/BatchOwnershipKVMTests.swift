@@ -18,7 +18,9 @@ import Testing
     func withBatchOpenElsewhere(
         _ guest: CountingGuest, theirs: KVMIrqFdRoute, fault: String?, _ body: () throws -> Void
     ) throws -> IrqFdError? {
-        let opened = Atomic<Bool>(false), end = Atomic<Bool>(false), done = Atomic<Bool>(false)
+        let opened = Atomic<Bool>(false)
+        let end = Atomic<Bool>(false)
+        let done = Atomic<Bool>(false)
         let outcome = Mutex<IrqFdError?>(nil)
         let irqfd = guest.irqfd
         let thread = Thread {
@@ -45,11 +47,14 @@ import Testing
 
     @Test func aRouteProgrammedWhileAnotherThreadHoldsABatchDeliversAtOnceAndSurvivesThatBatchsFailedPush() throws {
         let guest = try CountingGuest(cpus: 1)
-        let mine = try guest.irqfd.newRoute(), theirs = try guest.irqfd.newRoute()
+        let mine = try guest.irqfd.newRoute()
+        let theirs = try guest.irqfd.newRoute()
         let error = try withBatchOpenElsewhere(guest, theirs: theirs, fault: "KVM_SET_GSI_ROUTING") {
             try mine.setMsi(MsiMessage(destination: 0, vector: 0x44))
             mine.event.signal()
-            #expect(guest.waitFor(cpu: 0, vector: 0x44, count: 1, timeout: .seconds(5)), "delivered while the other batch is open")
+            #expect(
+                guest.waitFor(cpu: 0, vector: 0x44, count: 1, timeout: .seconds(5)),
+                "delivered while the other batch is open")
         }
         #expect(error != nil, "the other batch's push failed and it was told")
         mine.event.signal()
@@ -57,7 +62,9 @@ import Testing
         #expect(mine.isArmed && mine.msi == MsiMessage(destination: 0, vector: 0x44))
         theirs.event.signal()
         guest.settle()
-        #expect(guest.count(cpu: 0, vector: 0x48) == 0 && !theirs.isArmed && theirs.msi == nil, "the failed batch's route is rolled back")
+        #expect(
+            guest.count(cpu: 0, vector: 0x48) == 0 && !theirs.isArmed && theirs.msi == nil,
+            "the failed batch's route is rolled back")
         guest.expectAlive()
     }
 
@@ -82,7 +89,8 @@ import Testing
         guest.settle()
         #expect(guest.count(cpu: 0, vector: 0x45) == 0, "the new route's signal ran the dropped route's vector")
         try route.setMsi(MsiMessage(destination: 0, vector: 0x46))
-        #expect(guest.waitFor(cpu: 0, vector: 0x46, count: 1), "the latched signal arrives on the new route's own vector")
+        #expect(
+            guest.waitFor(cpu: 0, vector: 0x46, count: 1), "the latched signal arrives on the new route's own vector")
         guest.expectAlive()
     }
 
@@ -96,7 +104,9 @@ import Testing
         }
         guest.vm.vm.faults.clear()
         route.event.signal()
-        #expect(guest.waitFor(cpu: 0, vector: 0x47, count: 1, timeout: .seconds(5)), "the route is armed on its restored entry")
+        #expect(
+            guest.waitFor(cpu: 0, vector: 0x47, count: 1, timeout: .seconds(5)),
+            "the route is armed on its restored entry")
         guest.expectAlive()
     }
 }

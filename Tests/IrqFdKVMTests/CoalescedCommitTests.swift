@@ -23,7 +23,9 @@ import Testing
         let sink = errors
         return KVMIrqFd(
             kernel: kernel,
-            coalescing: .init(interim: relay, timer: ThreadCommitTimer(), delay: delay, threshold: threshold, onCommitError: { e in sink?.errors.withLock { $0.append(e) } }))
+            coalescing: .init(
+                interim: relay, timer: ThreadCommitTimer(), delay: delay, threshold: threshold,
+                onCommitError: { e in sink?.errors.withLock { $0.append(e) } }))
     }
 
     /// Commit errors reported to `onCommitError`.
@@ -88,7 +90,9 @@ import Testing
         let count = 96
         let routes = try (0..<count).map { _ in try irqfd.newRoute() }
         for route in routes { try route.mask() }
-        for (i, route) in routes.enumerated() { try route.setMsiDeferred(MsiMessage(destination: 0, vector: Self.vector(i))) }
+        for (i, route) in routes.enumerated() {
+            try route.setMsiDeferred(MsiMessage(destination: 0, vector: Self.vector(i)))
+        }
         var flood = Flood(routes.map(\.event))
         var servedSeen = 0
         for route in routes {
@@ -119,7 +123,9 @@ import Testing
         // What latched while masked arrives once on unmask (one interrupt per pending bit).
         for route in routes { try route.unmask() }
         for i in 0..<count {
-            #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: counts[i] + 1), "vector \(i) lost what latched while masked")
+            #expect(
+                guest.waitFor(cpu: 0, vector: Self.vector(i), count: counts[i] + 1),
+                "vector \(i) lost what latched while masked")
         }
         let after = Self.quietCounts(guest, count)
         for i in 0..<count { #expect(after[i] == counts[i] + 1) }
@@ -144,24 +150,35 @@ import Testing
     /// reported, and it is retried until every route is armed. A failed arm
     /// retries the arm, not the push.
     @Test(arguments: ["KVM_SET_GSI_ROUTING", "KVM_IRQFD"])
-    func aCommitWhosePushOrArmFailsOnPurposeLeavesEveryVectorServedAndIsReportedAndRetried(failing call: String) throws {
+    func aCommitWhosePushOrArmFailsOnPurposeLeavesEveryVectorServedAndIsReportedAndRetried(failing call: String) throws
+    {
         let guest = try CountingGuest(cpus: 1)
         let errors = ErrorLog()
         // 100 ms: the 16 changes share one commit even under ThreadSanitizer.
         let irqfd = try Self.coalescingPartition(guest, delay: .milliseconds(100), errors: errors)
         let routes = try (0..<16).map { _ in try irqfd.newRoute() }
         guest.vm.vm.faults.failCall(call, count: 3, errno: .ioError)
-        for (i, route) in routes.enumerated() { try route.setMsiDeferred(MsiMessage(destination: 0, vector: Self.vector(i))) }
+        for (i, route) in routes.enumerated() {
+            try route.setMsiDeferred(MsiMessage(destination: 0, vector: Self.vector(i)))
+        }
         #expect(routes.allSatisfy { $0.isServed })
         for route in routes { route.event.signal() }
-        for i in 0..<16 { #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: 1), "served while the entry waits") }
-        #expect(guest.vm.waitUntil(timeout: .seconds(10)) { errors.errors.withLock { $0.count } >= 1 }, "the failure is reported")
+        for i in 0..<16 {
+            #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: 1), "served while the entry waits")
+        }
+        #expect(
+            guest.vm.waitUntil(timeout: .seconds(10)) { errors.errors.withLock { $0.count } >= 1 },
+            "the failure is reported")
         let reported = errors.errors.withLock { $0 }
         #expect(reported.allSatisfy { "\($0)".contains(call) }, "\(reported)")
         for route in routes { route.event.signal() }
-        for i in 0..<16 { #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: 2), "served or armed after the failure") }
+        for i in 0..<16 {
+            #expect(guest.waitFor(cpu: 0, vector: Self.vector(i), count: 2), "served or armed after the failure")
+        }
         // The retries land once the faults are spent.
-        #expect(guest.vm.waitUntil(timeout: .seconds(10)) { routes.allSatisfy { $0.isArmed && !$0.isServed } }, "the retries arm every route")
+        #expect(
+            guest.vm.waitUntil(timeout: .seconds(10)) { routes.allSatisfy { $0.isArmed && !$0.isServed } },
+            "the retries arm every route")
         #expect(irqfd.pushedEntries.count == 16 && irqfd.lastCommitError == nil)
         if call == "KVM_IRQFD" { #expect(irqfd.pushCount == 1, "the arms were retried, not the push") }
         for route in routes { route.event.signal() }
@@ -178,7 +195,9 @@ import Testing
         let free = irqfd.freeGsiCount
         var routes = try (0..<1024).map { _ in try irqfd.newRoute() }
         try irqfd.withBatch { () throws(IrqFdError) in
-            for (i, route) in routes.enumerated() { try route.setMsi(MsiMessage(destination: 0, vector: Self.vector(i))) }
+            for (i, route) in routes.enumerated() {
+                try route.setMsi(MsiMessage(destination: 0, vector: Self.vector(i)))
+            }
         }
         let before = guest.counters.snapshot
         while !routes.isEmpty { routes.removeLast() }

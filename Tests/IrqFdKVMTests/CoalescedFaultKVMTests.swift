@@ -29,7 +29,8 @@ import Testing
         KVMIrqFd(
             kernel: try KVMRoutingKernel(vm: guest.vm.vm),
             coalescing: .init(
-                interim: LazyRelayInterim(vm: guest.vm.vm), timer: timer, delay: .milliseconds(50), threshold: threshold,
+                interim: LazyRelayInterim(vm: guest.vm.vm), timer: timer, delay: .milliseconds(50),
+                threshold: threshold,
                 onCommitError: onCommitError))
     }
 
@@ -69,7 +70,9 @@ import Testing
     ) {
         let before = guest.count(cpu: 0, vector: idt)
         f.emulator.signal(vector: v)
-        #expect(guest.waitFor(cpu: 0, vector: idt, count: before + 1, timeout: .seconds(3)), "\(label)", sourceLocation: sourceLocation)
+        #expect(
+            guest.waitFor(cpu: 0, vector: idt, count: before + 1, timeout: .seconds(3)), "\(label)",
+            sourceLocation: sourceLocation)
     }
 
     /// Runs the held timer's work until `done` holds (at most `rounds` times).
@@ -101,9 +104,13 @@ import Testing
         guest.vm.vm.faults.failCall("KVM_SET_GSI_ROUTING", count: 2)
         f.control(enabled: true, functionMasked: false)
         #expect((0..<2).allSatisfy { f.emulator.isLive($0) })
-        for v in 0..<2 { Self.expectDelivered(guest, f, v, UInt8(0x50 + v), "vector \(v) delivers while its entry waits") }
+        for v in 0..<2 {
+            Self.expectDelivered(guest, f, v, UInt8(0x50 + v), "vector \(v) delivers while its entry waits")
+        }
         #expect(irqfd.invariantViolations().isEmpty, "\(irqfd.invariantViolations())")
-        #expect(Self.runUntil(timer) { (0..<2).allSatisfy { f.route($0)?.isArmed == true } }, "the retried commit armed both")
+        #expect(
+            Self.runUntil(timer) { (0..<2).allSatisfy { f.route($0)?.isArmed == true } },
+            "the retried commit armed both")
         for v in 0..<2 { Self.expectDelivered(guest, f, v, UInt8(0x50 + v), "vector \(v) delivers once armed") }
         #expect(irqfd.invariantViolations().isEmpty)
         guest.vm.vm.faults.clear()
@@ -138,7 +145,9 @@ import Testing
     static let reportUnderLockFilter =
         #"IrqFdKVMTests.CoalescedFaultKVMTests/aFailedArmCarriedByAGuestWriteIsReportedToEveryDeviceOutsideItsLock"#
 
-    @Test(notInOwnProcess) func aFailedArmCarriedByAGuestWriteIsReportedToEveryDeviceOutsideItsLockInItsOwnProcess() throws {
+    @Test(notInOwnProcess) func aFailedArmCarriedByAGuestWriteIsReportedToEveryDeviceOutsideItsLockInItsOwnProcess()
+        throws
+    {
         try runInOwnProcess(Self.reportUnderLockFilter)
     }
 
@@ -161,7 +170,8 @@ import Testing
             reports.report(error)
             reporter.report(error)
         }
-        let d1 = Function(irqfd), d2 = Function(irqfd)
+        let d1 = Function(irqfd)
+        let d2 = Function(irqfd)
         reporter.add(d1.emulator)
         reporter.add(d2.emulator)
         d1.control(enabled: true, functionMasked: false)
@@ -204,7 +214,8 @@ import Testing
         let timer = HeldTimer()
         let reports = Reports()
         let irqfd = try Self.partition(guest, timer: timer) { reports.report($0) }
-        let d1 = Function(irqfd, vectors: 1), d2 = Function(irqfd, vectors: 1)
+        let d1 = Function(irqfd, vectors: 1)
+        let d2 = Function(irqfd, vectors: 1)
         d2.control(enabled: true, functionMasked: false)
         d2.program(0, Self.message(0x52))
         d2.setMasked(0, false)
@@ -218,7 +229,9 @@ import Testing
         var saved = d1.emulator.save()
         saved = MsixSavedState(
             enabled: true, functionMasked: false,
-            entries: [.init(addressLow: UInt32(Self.message(0x54).address), data: Self.message(0x54).data, vectorControl: 0)],
+            entries: [
+                .init(addressLow: UInt32(Self.message(0x54).address), data: Self.message(0x54).data, vectorControl: 0)
+            ],
             pendingBits: saved.pendingBits)
         guest.vm.vm.faults.failCall("KVM_IRQFD", count: 1)
         try d1.emulator.restore(saved)

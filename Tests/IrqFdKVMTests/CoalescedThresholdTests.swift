@@ -63,7 +63,10 @@ import Testing
         #expect(pushedAt == [64, 127, 253, 505, 1009], "\(pushedAt)")
         #expect(irqfd.waitingEntryCount == 16)
         #expect(irqfd.commitNow() == nil && irqfd.waitingEntryCount == 0)
-        #expect(routes.enumerated().allSatisfy { i, r in r.msi == MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)) })
+        #expect(
+            routes.enumerated().allSatisfy { i, r in
+                r.msi == MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i))
+            })
         #expect(irqfd.pushedEntries.count == 1024)
     }
 
@@ -73,7 +76,10 @@ import Testing
         func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void) { held.withLock { $0.append(work) } }
         /// Runs (and forgets) everything held so far.
         func runHeld() {
-            let work = held.withLock { h in defer { h = [] }; return h }
+            let work = held.withLock { h in
+                defer { h = [] }
+                return h
+            }
             for w in work { w() }
         }
         var heldCount: Int { held.withLock { $0.count } }
@@ -85,7 +91,8 @@ import Testing
         let timer = HeldTimer()
         let irqfd = KVMIrqFd(
             kernel: try KVMRoutingKernel(vm: guest.vm.vm),
-            coalescing: .init(interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
+            coalescing: .init(
+                interim: try RelayIrqFd(vm: guest.vm.vm), timer: timer, delay: .seconds(30), threshold: 64))
         let routes = try (0..<64).map { _ in try irqfd.newRoute() }
         for (i, route) in routes.enumerated() {
             try route.setMsiDeferred(MsiMessage(destination: 0, vector: CoalescedCommitTests.vector(i)))
@@ -105,7 +112,9 @@ import Testing
         let (irqfd, timer, routes) = try Self.thresholdCrossed(guest)
         #expect(irqfd.pushCount == 1 && irqfd.waitingEntryCount == 0, "the 64th change pushed at once")
         // The caller arms only its own route (its entry is live now).
-        #expect(routes.dropLast().allSatisfy { !$0.isArmed && $0.isServed }, "no other route was armed in the caller's thread")
+        #expect(
+            routes.dropLast().allSatisfy { !$0.isArmed && $0.isServed },
+            "no other route was armed in the caller's thread")
         #expect(routes[63].isArmed && !routes[63].isServed)
         // Served meanwhile: a signal is delivered by the interim.
         let v0 = CoalescedCommitTests.vector(0)
@@ -116,7 +125,9 @@ import Testing
         try routes[5].mask()
         #expect(timer.heldCount >= 1)
         timer.runHeld()
-        #expect(routes.enumerated().allSatisfy { i, r in i == 5 ? (!r.isArmed && !r.isServed) : (r.isArmed && !r.isServed) })
+        #expect(
+            routes.enumerated().allSatisfy { i, r in i == 5 ? (!r.isArmed && !r.isServed) : (r.isArmed && !r.isServed) }
+        )
         let v1 = CoalescedCommitTests.vector(1)
         let before1 = guest.count(cpu: 0, vector: v1)
         routes[1].event.signal()

@@ -23,7 +23,8 @@ import Testing
 /// the same, was a lock-order deadlock. In its own process: an abort, or the
 /// watchdog ending a deadlocked run, fails this test and not the whole run.
 @Suite(needsKVM) struct CommitReportLockTests {
-    static let filter = #"IrqFdKVMTests.CommitReportLockTests/twoDevicesWritingAtOnceWhileArmsFailNeitherAbortNorDeadlock"#
+    static let filter =
+        #"IrqFdKVMTests.CommitReportLockTests/twoDevicesWritingAtOnceWhileArmsFailNeitherAbortNorDeadlock"#
 
     @Test(notInOwnProcess) func twoDevicesWritingAtOnceWhileArmsFailNeitherAbortNorDeadlockInItsOwnProcess() throws {
         try runInOwnProcess(Self.filter)
@@ -37,7 +38,9 @@ import Testing
             coalescing: .init(
                 interim: LazyRelayInterim(vm: guest.vm.vm), timer: ThreadCommitTimer(), delay: .milliseconds(5),
                 threshold: 2, onCommitError: { reporter.report($0) }))
-        let devices = [CoalescedFaultKVMTests.Function(irqfd, vectors: 4), CoalescedFaultKVMTests.Function(irqfd, vectors: 4)]
+        let devices = [
+            CoalescedFaultKVMTests.Function(irqfd, vectors: 4), CoalescedFaultKVMTests.Function(irqfd, vectors: 4),
+        ]
         for device in devices {
             reporter.add(device.emulator)
             device.control(enabled: true, functionMasked: false)
@@ -52,7 +55,9 @@ import Testing
                     let v = round % 4
                     device.program(v, CoalescedFaultKVMTests.message(UInt8(0x50 + 16 * d + round % 16)))
                     // An undeliverable address on a live vector: its clearMsi pushes at once.
-                    if round % 5 == 0 { device.emulator.writeTable(offset: UInt64(16 * v), size: 4, value: 0xFED0_0000) }
+                    if round % 5 == 0 {
+                        device.emulator.writeTable(offset: UInt64(16 * v), size: 4, value: 0xFED0_0000)
+                    }
                 }
                 finished.leave()
             }

@@ -27,7 +27,8 @@ import Testing
         var model: [UInt32: UInt64] = [:]
         var rng = SystemRandomNumberGenerator()
         for round in 0..<200 {
-            let before = table.table.bytes, beforeModel = model
+            let before = table.table.bytes
+            let beforeModel = model
             var next = model
             for _ in 0..<Int.random(in: 1...20, using: &rng) {
                 let gsi = UInt32.random(in: 24..<200, using: &rng)
@@ -111,7 +112,8 @@ import Testing
         let irqfd = guest.irqfd
         var routes = try Self.liveRoutes(irqfd, count: 64) { i in UInt8(0x40 + i % 8) }
         let kernel = irqfd.kernel
-        let before = kernel.kernelTableBytes, beforeEntries = irqfd.pushedEntries
+        let before = kernel.kernelTableBytes
+        let beforeEntries = irqfd.pushedEntries
         guest.vm.vm.faults.failCall("KVM_SET_GSI_ROUTING", errno: .ioError)
         var added: KVMIrqFdRoute?
         #expect(throws: IrqFdError.self) {

@@ -77,12 +77,15 @@ import TinyVM
 
     /// `tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis` counts this process's descriptors:
     /// it runs in a process of its own.
-    static let createDropCyclesFilter = #"IrqFdKVMTests.KVMRouteTests/tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis"#
+    static let createDropCyclesFilter =
+        #"IrqFdKVMTests.KVMRouteTests/tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis"#
     @Test(notInOwnProcess) func tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsisInItsOwnProcess() throws {
         try runInOwnProcess(Self.createDropCyclesFilter)
     }
 
-    @Test(inOwnProcess(Self.createDropCyclesFilter)) func tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis() throws {
+    @Test(inOwnProcess(Self.createDropCyclesFilter)) func tenThousandCreateDropCyclesLeakNeitherDescriptorsNorGsis()
+        throws
+    {
         let guest = try CountingGuest(cpus: 1)
         let freeBefore = guest.irqfd.freeGsiCount
         let descriptors = openDescriptors()
@@ -100,7 +103,8 @@ import TinyVM
     @Test func exhaustingTheGsiSpaceIsATypedErrorAndEarlierRoutesStillDeliver() throws {
         let guest = try CountingGuest(cpus: 1)
         let capacity = guest.irqfd.gsiCapacity
-        #expect(capacity == guest.vm.vm.checkExtension(.irqRouting) - 40, "KVM_CAP_IRQ_ROUTING less the 40 irqchip routes")
+        #expect(
+            capacity == guest.vm.vm.checkExtension(.irqRouting) - 40, "KVM_CAP_IRQ_ROUTING less the 40 irqchip routes")
         var routes: [KVMIrqFdRoute] = []
         routes.reserveCapacity(capacity)
         for _ in 0..<capacity { routes.append(try guest.irqfd.newRoute()) }
@@ -124,7 +128,9 @@ import TinyVM
         let guest = try CountingGuest(cpus: 1)
         let route = try guest.irqfd.newRoute()
         try route.setMsi(MsiMessage(destination: 0, vector: 0x90))
-        #expect(throws: IrqFdError.undeliverableAddress(0xFEC0_0000)) { try route.setMsi(address: 0xFEC0_0000, data: 0x91) }
+        #expect(throws: IrqFdError.undeliverableAddress(0xFEC0_0000)) {
+            try route.setMsi(address: 0xFEC0_0000, data: 0x91)
+        }
         #expect(!route.isArmed && route.msi == nil)
         route.event.signal()
         guest.settle()
@@ -165,7 +171,9 @@ import TinyVM
 
         let fresh = try guest.irqfd.newRoute()
         guest.vm.vm.faults.failCall("KVM_IRQFD", errno: .resourceBusy)
-        #expect(throws: IrqFdError.call("KVM_IRQFD", .resourceBusy)) { try fresh.setMsi(MsiMessage(destination: 0, vector: 0xA2)) }
+        #expect(throws: IrqFdError.call("KVM_IRQFD", .resourceBusy)) {
+            try fresh.setMsi(MsiMessage(destination: 0, vector: 0xA2))
+        }
         #expect(fresh.msi == nil && !fresh.isArmed && guest.irqfd.pushedEntries == table, "the entry is rolled back")
     }
 

@@ -9,7 +9,6 @@ import KVMFaultInjection
 import TestSupport
 import Testing
 
-
 /// One route operation of a script, on a slot that holds a route or nothing.
 indirect enum RouteOp: CustomStringConvertible {
     case create(Int)
@@ -135,17 +134,19 @@ func perform<K: RoutingKernel>(
 /// The error with each backend's request name replaced by what it does.
 func normalized(_ error: IrqFdError) -> String {
     guard case .systemCall(let failure) = error else { return "\(error)" }
-    let call = switch failure.call {
-    case "KVM_IRQFD", "MSHV_IRQFD": "irqfd"
-    case "KVM_SET_GSI_ROUTING", "MSHV_SET_MSI_ROUTING": "routing"
-    default: failure.call
-    }
+    let call =
+        switch failure.call {
+        case "KVM_IRQFD", "MSHV_IRQFD": "irqfd"
+        case "KVM_SET_GSI_ROUTING", "MSHV_SET_MSI_ROUTING": "routing"
+        default: failure.call
+        }
     return "\(call) failed: \(failure.errno)"
 }
 
 /// A readable script that uses every route operation, including failures.
 let everyOperationScript: [RouteOp] = {
-    let a = MsiMessage(destination: 0, vector: 0x40), b = MsiMessage(destination: 1, vector: 0x41)
+    let a = MsiMessage(destination: 0, vector: 0x40)
+    let b = MsiMessage(destination: 1, vector: 0x41)
     let c = MsiMessage(destination: 1, vector: 0x42, deliveryMode: .lowestPriority, destinationMode: .logical)
     return [
         .create(0), .create(1), .create(2),
@@ -168,7 +169,8 @@ let everyOperationScript: [RouteOp] = {
 func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
     var generator = SplitMix64(seed: seed)
     func next(_ bound: Int) -> Int { Int(generator.next() % UInt64(bound)) }
-    let messages = (0..<4).map { MsiMessage(destination: UInt32($0 % 2), vector: UInt8(0x40 + $0)) }
+    let messages =
+        (0..<4).map { MsiMessage(destination: UInt32($0 % 2), vector: UInt8(0x40 + $0)) }
         + [MsiMessage(address: 0xFED0_0000, data: 0x40)]
     func single() -> RouteOp {
         let s = next(slots)
@@ -200,7 +202,9 @@ func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
     }
 
     /// mshv's steps: calls decoded from the recording partition's ioctl bytes.
-    static func mshvSteps(_ script: [RouteOp], slots: Int = 6) -> (steps: [Step<[KernelCall]>], device: RecordingPartition) {
+    static func mshvSteps(_ script: [RouteOp], slots: Int = 6) -> (
+        steps: [Step<[KernelCall]>], device: RecordingPartition
+    ) {
         let device = RecordingPartition()
         let irqfd = MSHVIrqFd(partition: device)
         let steps = run(
@@ -211,7 +215,9 @@ func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
     }
 
     /// KVM's steps: the real KVM routing kernel behind a recorder, on a real VM.
-    static func kvmSteps(_ script: [RouteOp], vm: VirtualMachine, slots: Int = 6) throws -> (steps: [Step<[KernelCall]>], partition: RoutedIrqFd<ForwardingRecorder<KVMRoutingKernel>>) {
+    static func kvmSteps(_ script: [RouteOp], vm: VirtualMachine, slots: Int = 6) throws -> (
+        steps: [Step<[KernelCall]>], partition: RoutedIrqFd<ForwardingRecorder<KVMRoutingKernel>>
+    ) {
         let recorder = ForwardingRecorder(try KVMRoutingKernel(vm: vm))
         let irqfd = RoutedIrqFd(kernel: recorder)
         let steps = run(
@@ -222,11 +228,14 @@ func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
         return (steps, irqfd)
     }
 
-    static func expectSameSteps<O>(_ kvm: [Step<O>], _ mshv: [Step<O>], seed: UInt64? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectSameSteps<O>(
+        _ kvm: [Step<O>], _ mshv: [Step<O>], seed: UInt64? = nil, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         #expect(kvm.count == mshv.count, sourceLocation: sourceLocation)
         for (index, (k, m)) in zip(kvm, mshv).enumerated() where k != m {
             Issue.record(
-                "step \(index)\(seed.map { " (seed \($0))" } ?? ""): KVM \(k) but mshv \(m)", sourceLocation: sourceLocation)
+                "step \(index)\(seed.map { " (seed \($0))" } ?? ""): KVM \(k) but mshv \(m)",
+                sourceLocation: sourceLocation)
             return
         }
     }
@@ -241,7 +250,9 @@ func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
         #expect(all.contains { if case .push = $0 { true } else { false } })
         #expect(all.contains { if case .assign = $0 { true } else { false } })
         #expect(all.contains { if case .deassign = $0 { true } else { false } })
-        #expect(kvm.steps.contains { $0.outcome.contains("irqfd failed") } && kvm.steps.contains { $0.outcome.contains("routing failed") })
+        #expect(
+            kvm.steps.contains { $0.outcome.contains("irqfd failed") }
+                && kvm.steps.contains { $0.outcome.contains("routing failed") })
         #expect(kvm.steps.contains { $0.outcome.contains("not deliverable") })
         // Both end with the table the last push carried and nothing armed.
         #expect(mshv.device.table.isEmpty && mshv.device.armed.isEmpty && kvm.partition.pushedEntries.isEmpty)
@@ -279,7 +290,9 @@ func randomScript(seed: UInt64, length: Int, slots: Int) -> [RouteOp] {
         let kvm = try Self.kvmSteps(script, vm: vm)
         let mshv = Self.mshvSteps(script)
         Self.expectSameSteps(kvm.steps, mshv.steps, seed: seed)
-        #expect(kvm.partition.pushedEntries == mshv.device.table.map { RoutingEntry(gsi: $0.key, msi: $0.value) }.sorted { $0.gsi < $1.gsi })
+        #expect(
+            kvm.partition.pushedEntries
+                == mshv.device.table.map { RoutingEntry(gsi: $0.key, msi: $0.value) }.sorted { $0.gsi < $1.gsi })
     }
 }
 #endif

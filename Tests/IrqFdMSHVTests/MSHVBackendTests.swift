@@ -24,10 +24,13 @@ import Testing
         let route = try irqfd.newRoute()
         #expect(route.gsi == 24, "GSIs 0..<24 stay with the IOAPIC's pins by default")
         try route.setMsi(Self.msiA)
-        #expect(device.rawCalls == [
-            .init(request: 0x4008_B805, bytes: [1, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0, 0, 0x00, 0x00, 0xE0, 0xFE, 0, 0, 0, 0, 0x40, 0, 0, 0]),
-            .init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0]),
-        ])
+        #expect(
+            device.rawCalls == [
+                .init(
+                    request: 0x4008_B805,
+                    bytes: [1, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0, 0, 0x00, 0x00, 0xE0, 0xFE, 0, 0, 0, 0, 0x40, 0, 0, 0]),
+                .init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0]),
+            ])
         #expect(route.isArmed && device.armed == [Int32(route.event.nativeHandle.rawValue): 24])
         device.reset()
         try route.setMsi(Self.msiA)
@@ -40,11 +43,13 @@ import Testing
         device.reset()
         try route.mask()
         try route.mask()
-        #expect(device.rawCalls == [.init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 1, 0, 0, 0])])
+        #expect(
+            device.rawCalls == [.init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 1, 0, 0, 0])])
         device.reset()
         try route.unmask()
         try route.unmask()
-        #expect(device.rawCalls == [.init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0])])
+        #expect(
+            device.rawCalls == [.init(request: 0x4010_B803, bytes: fd(route) + [0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0])])
     }
 
     /// The driver injects what is latched at assign without consuming it; the
@@ -111,7 +116,9 @@ import Testing
         #expect(device.table.count == 4072 && device.armed.count == 4072)
         device.reset()
         try irqfd.withBatch { () throws(IrqFdError) in routes.removeAll() }
-        #expect(device.calls.filter { if case .push = $0 { true } else { false } }.count == 1, "dropping in a batch pushes once")
+        #expect(
+            device.calls.filter { if case .push = $0 { true } else { false } }.count == 1,
+            "dropping in a batch pushes once")
         #expect(device.table.isEmpty && device.armed.isEmpty)
     }
 
@@ -119,7 +126,9 @@ import Testing
         let route = try MSHVIrqFd(partition: device).newRoute()
         let far = MsiMessage(destination: 300, vector: 0x40)
         #expect(throws: IrqFdError.undeliverableAddress(far.address)) { try route.setMsi(far) }
-        #expect(throws: IrqFdError.undeliverableAddress(0xFED0_0000)) { try route.setMsi(address: 0xFED0_0000, data: 0x40) }
+        #expect(throws: IrqFdError.undeliverableAddress(0xFED0_0000)) {
+            try route.setMsi(address: 0xFED0_0000, data: 0x40)
+        }
         #expect(device.rawCalls.isEmpty && !route.isArmed && route.msi == nil)
         try route.setMsi(MsiMessage(destination: 255, vector: 0x40))
         #expect(route.isArmed, "APIC ID 255 fits the 8 bits")
@@ -170,14 +179,20 @@ import Testing
     /// mshv request, through the same code that would talk to /dev/mshv.
     @Test func realIoctlsReachTheKernelAndFailuresNameTheRequest() throws {
         let system = try MSHVSystem(path: "/dev/null")
-        #expect(throws: IrqFdError.call("MSHV_CREATE_PARTITION", .inappropriateIOCTLForDevice)) { try system.createPartition() }
+        #expect(throws: IrqFdError.call("MSHV_CREATE_PARTITION", .inappropriateIOCTLForDevice)) {
+            try system.createPartition()
+        }
         let fd = open("/dev/null", O_RDWR | O_CLOEXEC)
         try #require(fd >= 0)
         let partition = MSHVPartition(adopting: fd)
-        #expect(throws: SystemCallError(call: "MSHV_INITIALIZE_PARTITION", errno: .inappropriateIOCTLForDevice)) { try partition.initialize() }
+        #expect(throws: SystemCallError(call: "MSHV_INITIALIZE_PARTITION", errno: .inappropriateIOCTLForDevice)) {
+            try partition.initialize()
+        }
         let irqfd = MSHVIrqFd(partition: partition)
         let route = try irqfd.newRoute()
-        #expect(throws: IrqFdError.call("MSHV_SET_MSI_ROUTING", .inappropriateIOCTLForDevice)) { try route.setMsi(Self.msiA) }
+        #expect(throws: IrqFdError.call("MSHV_SET_MSI_ROUTING", .inappropriateIOCTLForDevice)) {
+            try route.setMsi(Self.msiA)
+        }
         #expect(!route.isArmed && route.msi == nil && irqfd.pushCount == 0)
     }
 }

@@ -2,8 +2,8 @@ import Foundation
 import IrqFdCore
 import IrqFdMSHV
 import IrqFdRouting
-import SystemPackage
 import Synchronization
+import SystemPackage
 
 /// A routing-kernel call, as both backends' recorders write it down: the GSIs
 /// and messages each call carried. mshv's recorder decodes it from the bytes of
@@ -15,7 +15,8 @@ enum KernelCall: Equatable, CustomStringConvertible {
 
     var description: String {
         switch self {
-        case .push(let entries): "push(\(entries.map { "\($0.gsi):\(String($0.msi.address, radix: 16))/\(String($0.msi.data, radix: 16))" }.joined(separator: ",")))"
+        case .push(let entries):
+            "push(\(entries.map { "\($0.gsi):\(String($0.msi.address, radix: 16))/\(String($0.msi.data, radix: 16))" }.joined(separator: ",")))"
         case .assign(let gsi): "assign(\(gsi))"
         case .deassign(let gsi): "deassign(\(gsi))"
         }
@@ -58,16 +59,23 @@ final class RecordingPartition: MSHVPartitionIoctls {
     /// line in /proc/self/fdinfo (hexadecimal).
     static func eventfdCount(_ fd: Int32) -> UInt64? {
         guard let info = try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8),
-              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("eventfd-count:") })
+            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("eventfd-count:") })
         else { return nil }
         return UInt64(line.dropFirst("eventfd-count:".count).trimmingCharacters(in: .whitespaces), radix: 16)
     }
     var rawCalls: [Raw] { state.withLock { $0.raw } }
     var table: [UInt32: MsiMessage] { state.withLock { $0.table } }
     var armed: [Int32: UInt32] { state.withLock { $0.irqfds } }
-    func reset() { state.withLock { $0.calls = []; $0.raw = [] } }
+    func reset() {
+        state.withLock {
+            $0.calls = []
+            $0.raw = []
+        }
+    }
     /// The next call of `request` fails with `errno`, changing nothing.
-    func failNext(_ request: IoctlRequest, errno: Errno = .ioError) { state.withLock { $0.failNext = (request.number, errno) } }
+    func failNext(_ request: IoctlRequest, errno: Errno = .ioError) {
+        state.withLock { $0.failNext = (request.number, errno) }
+    }
 
     func ioctl(_ request: IoctlRequest, argument: UnsafeMutableRawBufferPointer) throws(SystemCallError) {
         let bytes = UnsafeRawBufferPointer(argument)
@@ -114,8 +122,10 @@ final class RecordingPartition: MSHVPartitionIoctls {
                 var entries: [RoutingEntry] = []
                 for index in 0..<count {
                     let base = 8 + 16 * index
-                    let gsi = Self.u32(bytes, base), low = Self.u32(bytes, base + 4)
-                    let high = Self.u32(bytes, base + 8), data = Self.u32(bytes, base + 12)
+                    let gsi = Self.u32(bytes, base)
+                    let low = Self.u32(bytes, base + 4)
+                    let high = Self.u32(bytes, base + 8)
+                    let data = Self.u32(bytes, base + 12)
                     guard gsi < 4096, high == 0, table[gsi] == nil else { throw fail(.invalidArgument) }
                     let msi = MsiMessage(address: UInt64(low), data: data)
                     table[gsi] = msi
@@ -131,7 +141,8 @@ final class RecordingPartition: MSHVPartitionIoctls {
     }
 
     private static func u32(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt32 {
-        UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(bytes[offset + 3]) << 24
+        UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(
+            bytes[offset + 3]) << 24
     }
 }
 

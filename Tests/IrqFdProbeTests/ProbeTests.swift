@@ -48,7 +48,9 @@ let mshvPresent = FileManager.default.fileExists(atPath: "/dev/mshv")
     @Test(.enabled(if: !mshvPresent, "/dev/mshv exists here"))
     func mshvAndWhpSayWhyNot() throws {
         let report = Probe.run()
-        #expect(report.backend("mshv") == ProbeReport.Backend(name: "mshv", available: false, detail: "/dev/mshv: not present"))
+        #expect(
+            report.backend("mshv")
+                == ProbeReport.Backend(name: "mshv", available: false, detail: "/dev/mshv: not present"))
         #if !os(Windows)
         #expect(report.backend("whp")?.available == false)
         #expect(report.backend("whp")?.detail.hasPrefix("WHP: Windows only") == true)
@@ -58,7 +60,9 @@ let mshvPresent = FileManager.default.fileExists(atPath: "/dev/mshv")
     @Test func anAbsentKVMSaysSoForKVMAndTheRelay() throws {
         let report = Probe.run(kvmPath: "/nonexistent/kvm")
         #expect(!report.kvm.present && report.kvm.error == "/nonexistent/kvm: not present")
-        #expect(report.backend("kvm") == ProbeReport.Backend(name: "kvm", available: false, detail: "/nonexistent/kvm: not present"))
+        #expect(
+            report.backend("kvm")
+                == ProbeReport.Backend(name: "kvm", available: false, detail: "/nonexistent/kvm: not present"))
         #expect(report.backend("relay")?.available == false)
         #expect(report.table().contains("not usable: /nonexistent/kvm: not present"))
     }
@@ -66,7 +70,9 @@ let mshvPresent = FileManager.default.fileExists(atPath: "/dev/mshv")
     @Test(needsKVM)
     func theTableListsEveryCapabilityAndBackend() {
         let table = Probe.run().table()
-        for label in ["API version", "irqfd", "GSI routing entries", "signal MSI", "split irqchip", "x2APIC API", "vCPUs"] {
+        for label in [
+            "API version", "irqfd", "GSI routing entries", "signal MSI", "split irqchip", "x2APIC API", "vCPUs",
+        ] {
             #expect(table.contains("  \(label)"), "\(label)")
         }
         for backend in ["kvm", "relay", "mshv", "whp"] { #expect(table.contains("\n  \(backend) ")) }

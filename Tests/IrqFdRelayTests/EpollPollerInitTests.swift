@@ -28,7 +28,10 @@ import Testing
         let fl = fcntl(wakeCopy, F_GETFL)
         _ = fcntl(wakeCopy, F_SETFL, fl | O_NONBLOCK)
         let got = read(wakeCopy, &count, 8)
-        #expect(got == -1 && errno == EAGAIN, "stop() ran on the failed poller (signalled its wake, closed the epoll descriptor again): read \(got), count \(count)")
+        #expect(
+            got == -1 && errno == EAGAIN,
+            "stop() ran on the failed poller (signalled its wake, closed the epoll descriptor again): read \(got), count \(count)"
+        )
     }
 }
 #endif

@@ -27,7 +27,6 @@ final class WatchingInjector: MsiInjector {
     }
 }
 
-
 /// Busy-waits about `micros` microseconds (sleeping would hide the races).
 func spin(micros: Int) {
     let end = ContinuousClock.now + .microseconds(micros)
@@ -120,12 +119,17 @@ func spin(micros: Int) {
         usleep(20_000)
         let stats = relay.statistics
         let injections = injector.injections.load(ordering: .relaxed)
-        print("relay race stress: \(signals.load(ordering: .relaxed)) signals, \(maskCycles.load(ordering: .relaxed)) mask cycles, \(injections) injections, \(pendingReports.load(ordering: .relaxed)) pending reports, guest took \(guest.count(cpu: 0, vector: vector)); relay \(stats)")
+        print(
+            "relay race stress: \(signals.load(ordering: .relaxed)) signals, \(maskCycles.load(ordering: .relaxed)) mask cycles, \(injections) injections, \(pendingReports.load(ordering: .relaxed)) pending reports, guest took \(guest.count(cpu: 0, vector: vector)); relay \(stats)"
+        )
 
-        #expect(injector.injectedWhileMasked.load(ordering: .relaxed) == 0, "an injection started after mask() returned")
-        #expect(quiet && stats.consumed == injections && stats.failed == 0, "every signal the relay consumed was injected")
+        #expect(
+            injector.injectedWhileMasked.load(ordering: .relaxed) == 0, "an injection started after mask() returned")
+        #expect(
+            quiet && stats.consumed == injections && stats.failed == 0, "every signal the relay consumed was injected")
         #expect(!route.consumePending(), "nothing is left latched once unmasked and quiet")
-        #expect(unaccounted == 0, "\(unaccounted) of \(rounds) single signals were neither injected nor reported pending")
+        #expect(
+            unaccounted == 0, "\(unaccounted) of \(rounds) single signals were neither injected nor reported pending")
         #expect(maskCycles.load(ordering: .relaxed) > 100, "the masker really raced the signaller")
         // Every injection was real: the guest took interrupts (the APIC merges
         // an injection into one still pending in IRR, so it may take fewer).

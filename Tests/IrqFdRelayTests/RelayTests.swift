@@ -102,19 +102,23 @@ final class CountingPoller: RelayPoller {
 
     /// `droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen` counts this process's descriptors and threads:
     /// it runs in a process of its own.
-    static let droppingPartitionThreadsFilter = #"IrqFdRelayTests.RelayTests/droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen"#
+    static let droppingPartitionThreadsFilter =
+        #"IrqFdRelayTests.RelayTests/droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen"#
     @Test(notInOwnProcess) func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpenInItsOwnProcess() throws {
         try runInOwnProcess(Self.droppingPartitionThreadsFilter)
     }
 
-    @Test(inOwnProcess(Self.droppingPartitionThreadsFilter)) func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen() throws {
+    @Test(inOwnProcess(Self.droppingPartitionThreadsFilter))
+    func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen() throws {
         let guest = try CountingGuest(cpus: 1)
         let descriptors = openDescriptors()
         let threads = threadCount()
         for cycle in 0..<200 {
             let relay = try RelayIrqFd(vm: guest.vm.vm)
             var routes = try (0..<4).map { _ in try relay.newRoute() }
-            for (i, route) in routes.enumerated() { try route.setMsi(MsiMessage(destination: 0, vector: UInt8(0x70 + i))) }
+            for (i, route) in routes.enumerated() {
+                try route.setMsi(MsiMessage(destination: 0, vector: UInt8(0x70 + i)))
+            }
             if cycle % 2 == 0 { try routes[1].mask() }
             routes[0].event.signal()
             routes[1].event.signal()  // latched if masked, and dropped with the route

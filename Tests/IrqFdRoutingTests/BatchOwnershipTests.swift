@@ -83,7 +83,6 @@ final class TestThread: Sendable {
     }
 }
 
-
 /// Issue 13, items 1-3: a batch belongs to its caller, a failed batch push
 /// restores exactly, and no route's deinit runs under the table lock.
 @Suite struct BatchOwnershipTests {
@@ -95,9 +94,11 @@ final class TestThread: Sendable {
     /// Holds a batch open on another thread around `body` (run after that
     /// thread's batch made its own change on `theirs`), then lets it end.
     func withBatchOpenElsewhere(
-        _ p: Partition, theirs: RoutedIrqFdRoute<RecordingKernel>, beforeEnding: () -> Void = {}, _ body: () throws -> Void
+        _ p: Partition, theirs: RoutedIrqFdRoute<RecordingKernel>, beforeEnding: () -> Void = {},
+        _ body: () throws -> Void
     ) rethrows -> IrqFdError? {
-        let opened = Atomic<Bool>(false), end = Atomic<Bool>(false)
+        let opened = Atomic<Bool>(false)
+        let end = Atomic<Bool>(false)
         let other = TestThread { () throws(IrqFdError) in
             try p.withBatch { () throws(IrqFdError) in
                 try theirs.setMsi(Self.msiB)
@@ -115,13 +116,17 @@ final class TestThread: Sendable {
     @Test func anotherThreadsOpenBatchDefersNeitherThisThreadsBatchNorItsUnbatchedCalls() throws {
         let kernel = RecordingKernel()
         let p = Partition(kernel: kernel)
-        let mine = try p.newRoute(), alsoMine = try p.newRoute(), theirs = try p.newRoute()
+        let mine = try p.newRoute()
+        let alsoMine = try p.newRoute()
+        let theirs = try p.newRoute()
         let error = try withBatchOpenElsewhere(p, theirs: theirs) {
             try mine.setMsi(Self.msiA)
             #expect(mine.isArmed && kernel.table[mine.gsi] == Self.msiA, "an unbatched setMsi pushes and arms at once")
             try p.withBatch { () throws(IrqFdError) in try alsoMine.setMsi(Self.msiC) }
-            #expect(alsoMine.isArmed && kernel.table[alsoMine.gsi] == Self.msiC, "this thread's batch pushed when it ended")
-            #expect(kernel.table[theirs.gsi] == nil && !theirs.isArmed, "the other batch's change waits for its own end")
+            #expect(
+                alsoMine.isArmed && kernel.table[alsoMine.gsi] == Self.msiC, "this thread's batch pushed when it ended")
+            #expect(
+                kernel.table[theirs.gsi] == nil && !theirs.isArmed, "the other batch's change waits for its own end")
         }
         #expect(error == nil)
         #expect(theirs.isArmed && kernel.table[theirs.gsi] == Self.msiB)
@@ -131,10 +136,10 @@ final class TestThread: Sendable {
     @Test func aFailedPushRollsBackOnlyTheBatchThatMadeIt() throws {
         let kernel = RecordingKernel()
         let p = Partition(kernel: kernel)
-        let mine = try p.newRoute(), theirs = try p.newRoute()
-        let error = try withBatchOpenElsewhere(p, theirs: theirs, beforeEnding: { kernel.failNext("push") }) {
-            try mine.setMsi(Self.msiA)
-        }
+        let mine = try p.newRoute()
+        let theirs = try p.newRoute()
+        let error = try withBatchOpenElsewhere(
+            p, theirs: theirs, beforeEnding: { kernel.failNext("push") }, { try mine.setMsi(Self.msiA) })
         #expect(error == .call("push", .ioError), "the batch whose push failed is told")
         #expect(mine.msi == Self.msiA && mine.isArmed, "the other thread's successful change stands")
         #expect(kernel.table == [mine.gsi: Self.msiA] && kernel.armed == [mine.gsi])
@@ -170,7 +175,8 @@ final class TestThread: Sendable {
     @Test func aRouteThatClearedItsMsiInAFailedBatchIsArmedAgain() throws {
         let kernel = RecordingKernel()
         let p = Partition(kernel: kernel)
-        let r = try p.newRoute(), fresh = try p.newRoute()
+        let r = try p.newRoute()
+        let fresh = try p.newRoute()
         try r.setMsi(Self.msiA)
         kernel.failNext("push")
         #expect(throws: IrqFdError.call("push", .ioError)) {
@@ -193,7 +199,9 @@ final class TestThread: Sendable {
         kernel.failPushes()
         let batch = TestThread { () throws(IrqFdError) in
             try p.withBatch { () throws(IrqFdError) in
-                try box.withLock { (r: inout RoutedIrqFdRoute<HoldablePushKernel>?) throws(IrqFdError) in try r!.setMsi(Self.msiA) }
+                try box.withLock { (r: inout RoutedIrqFdRoute<HoldablePushKernel>?) throws(IrqFdError) in
+                    try r!.setMsi(Self.msiA)
+                }
             }
         }
         #expect(eventually { kernel.pushEntered.load(ordering: .acquiring) })

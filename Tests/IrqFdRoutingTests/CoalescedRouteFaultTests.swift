@@ -56,7 +56,8 @@ import Testing
     /// never inside the caller's call (which may hold its own lock).
     @Test func noErrorIsReportedInsideTheCallWhosePushCarriedTheFailingRoute() throws {
         let rig = CoalescingRig()
-        let waiting = try rig.partition.newRoute(), caller = try rig.partition.newRoute()
+        let waiting = try rig.partition.newRoute()
+        let caller = try rig.partition.newRoute()
         try waiting.setMsiDeferred(Self.msiA)
         rig.kernel.refuseAssign(waiting.gsi)
         try rig.log.inCall { () throws(IrqFdError) in try caller.setMsi(Self.msiB) }
@@ -75,7 +76,8 @@ import Testing
     /// error; the other route's failure is reported and retried.
     @Test func aBatchDoesNotThrowTheArmErrorOfARouteItCarriedForOthers() throws {
         let rig = CoalescingRig()
-        let waiting = try rig.partition.newRoute(), caller = try rig.partition.newRoute()
+        let waiting = try rig.partition.newRoute()
+        let caller = try rig.partition.newRoute()
         try waiting.setMsiDeferred(Self.msiA)
         rig.kernel.refuseAssign(waiting.gsi)
         try rig.partition.withBatch { () throws(IrqFdError) in try caller.setMsi(Self.msiB) }
@@ -137,7 +139,8 @@ import Testing
     /// that failure is reported like a timer commit's.
     @Test func writesAlternatingWhilePushesFailKeepTheWaitingListBoundedAndAreReported() throws {
         let rig = CoalescingRig(threshold: 2)
-        let a = try rig.partition.newRoute(), b = try rig.partition.newRoute()
+        let a = try rig.partition.newRoute()
+        let b = try rig.partition.newRoute()
         rig.kernel.refuse("push")
         var longest = 0
         for i in 0..<6000 {

@@ -44,7 +44,8 @@ import Testing
         func open(_ depth: Int) throws(IrqFdError) {
             if depth == 5 {
                 try routes[5].setMsi(Self.msi)
-                #expect(kernels[5].calls == [.push([24: Self.msi]), .assign(24)], "no batch of its own: pushed at once")
+                #expect(
+                    kernels[5].calls == [.push([24: Self.msi]), .assign(24)], "no batch of its own: pushed at once")
                 return
             }
             try partitions[depth].withBatch { () throws(IrqFdError) in try open(depth + 1) }

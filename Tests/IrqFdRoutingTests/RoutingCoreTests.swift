@@ -12,7 +12,9 @@ import Testing
 
     @Test func newRoutesTakeTheLowestFreeGsiAboveTheReservedOnes() throws {
         let p = partition
-        let a = try p.newRoute(), b = try p.newRoute(), c = try p.newRoute()
+        let a = try p.newRoute()
+        let b = try p.newRoute()
+        let c = try p.newRoute()
         #expect([a.gsi, b.gsi, c.gsi] == [24, 25, 26])
         _ = consume b
         let d = try p.newRoute()
@@ -66,7 +68,9 @@ import Testing
         #expect(throws: IrqFdError.undeliverableAddress(0xFED0_0000)) { try r.setMsi(address: 0xFED0_0000, data: 0x40) }
         #expect(!r.isArmed && r.msi == nil)
         #expect(kernel.armed.isEmpty && kernel.table.isEmpty)
-        #expect(throws: IrqFdError.undeliverableAddress(0x1_FEE0_0000)) { try r.setMsi(address: 0x1_FEE0_0000, data: 0x40) }
+        #expect(throws: IrqFdError.undeliverableAddress(0x1_FEE0_0000)) {
+            try r.setMsi(address: 0x1_FEE0_0000, data: 0x40)
+        }
     }
 
     @Test func aBatchPushesOnceAndArmsAfterThePush() throws {
@@ -74,7 +78,9 @@ import Testing
         let p = RoutedIrqFd(kernel: k)
         var routes = try (0..<2048).map { _ in try p.newRoute() }
         try p.withBatch { () throws(IrqFdError) in
-            for (i, r) in routes.enumerated() { try r.setMsi(MsiMessage(destination: UInt32(i % 2), vector: UInt8(0x30 + i % 200))) }
+            for (i, r) in routes.enumerated() {
+                try r.setMsi(MsiMessage(destination: UInt32(i % 2), vector: UInt8(0x30 + i % 200)))
+            }
             #expect(k.calls.isEmpty, "nothing reaches the kernel inside the batch")
         }
         #expect(k.calls.filter(\.isPush).count == 1)
@@ -83,13 +89,16 @@ import Testing
         #expect(p.pushCount == 1)
         k.reset()
         try p.withBatch { () throws(IrqFdError) in routes.removeAll() }
-        #expect(k.calls.filter(\.isPush).count == 1 && k.calls.last == .push([:]), "dropping all in a batch: 2048 disarms, then one push")
+        #expect(
+            k.calls.filter(\.isPush).count == 1 && k.calls.last == .push([:]),
+            "dropping all in a batch: 2048 disarms, then one push")
         #expect(k.armed.isEmpty && p.freeGsiCount == 4056)
     }
 
     @Test func nestedBatchesPushAtTheOutermostEnd() throws {
         let p = partition
-        let a = try p.newRoute(), b = try p.newRoute()
+        let a = try p.newRoute()
+        let b = try p.newRoute()
         try p.withBatch { () throws(IrqFdError) in
             try a.setMsi(Self.msiA)
             try p.withBatch { () throws(IrqFdError) in try b.setMsi(Self.msiB) }
@@ -97,7 +106,9 @@ import Testing
             try a.mask()
             try a.unmask()
         }
-        #expect(kernel.calls == [.push([24: Self.msiA, 25: Self.msiB]), .assign(24), .assign(25)] || kernel.calls == [.push([24: Self.msiA, 25: Self.msiB]), .assign(25), .assign(24)])
+        #expect(
+            kernel.calls == [.push([24: Self.msiA, 25: Self.msiB]), .assign(24), .assign(25)]
+                || kernel.calls == [.push([24: Self.msiA, 25: Self.msiB]), .assign(25), .assign(24)])
     }
 
     @Test func exhaustingTheGsiSpaceIsATypedError() throws {

@@ -29,7 +29,8 @@ import Testing
                     refused = gsi
                 }
             }
-            let message = MsiMessage(destination: UInt32.random(in: 0..<2, using: &rng), vector: UInt8.random(in: 0x30...0x33, using: &rng))
+            let message = MsiMessage(
+                destination: UInt32.random(in: 0..<2, using: &rng), vector: UInt8.random(in: 0x30...0x33, using: &rng))
             let op = Int.random(in: 0..<11, using: &rng)
             let before = routes[i]?.msi
             var expected: MsiMessage??

@@ -23,7 +23,8 @@ import Testing
     @Test func aRetargetedRouteMaskedAndUnmaskedInTheBatchIsArmedWhenItsPushLands() throws {
         let kernel = RecordingKernel()
         let p = RoutedIrqFd(kernel: kernel)
-        let r = try p.newRoute(), other = try p.newRoute()
+        let r = try p.newRoute()
+        let other = try p.newRoute()
         try p.withBatch { () throws(IrqFdError) in
             try r.setMsi(Self.msiA)
             try other.setMsi(Self.msiA)
@@ -65,6 +66,10 @@ import Testing
         #expect(routes.allSatisfy { $0.isArmed && $0.msi == Self.msiA && kernel.table[$0.gsi] == Self.msiA })
         kernel.reset()
         try routes[0].setMsi(Self.msiB)
-        #expect(kernel.calls == [.push(Dictionary(uniqueKeysWithValues: routes.map { ($0.gsi, $0 === routes[0] ? Self.msiB : Self.msiA) }))])
+        #expect(
+            kernel.calls == [
+                .push(
+                    Dictionary(uniqueKeysWithValues: routes.map { ($0.gsi, $0 === routes[0] ? Self.msiB : Self.msiA) }))
+            ])
     }
 }

@@ -29,7 +29,9 @@ import TinyVM
         route.event.signal()
         #expect(guest.waitFor(cpu: 1, vector: 0x42, count: 1))
         let calls = whp.provider.statistics
-        #expect(calls == .init(created: 1, updated: 1, deleted: 0, requested: 0), "the hypervisor delivered both; the relay never ran")
+        #expect(
+            calls == .init(created: 1, updated: 1, deleted: 0, requested: 0),
+            "the hypervisor delivered both; the relay never ran")
         #expect(whp.relay.statistics.injected == 0)
     }
 
@@ -70,32 +72,41 @@ import TinyVM
         let guest = try CountingGuest()
         let whp = try partition(guest)
         let route = try whp.newRoute(msi: MsiMessage(destination: 0, vector: 0x53))
-        #expect(throws: IrqFdError.undeliverableAddress(0xFEF0_0000)) { try route.setMsi(address: 0xFEF0_0000, data: 0x53) }
+        #expect(throws: IrqFdError.undeliverableAddress(0xFEF0_0000)) {
+            try route.setMsi(address: 0xFEF0_0000, data: 0x53)
+        }
         #expect(!route.isDirect && route.msi == nil)
         route.event.signal()
         guest.settle()
         #expect(guest.count(cpu: 0, vector: 0x53) == 0)
-        #expect(throws: IrqFdError.self) { try route.setMsi(MsiMessage(destination: 0, vector: 0x53, deliveryMode: .smi)) }
+        #expect(throws: IrqFdError.self) {
+            try route.setMsi(MsiMessage(destination: 0, vector: 0x53, deliveryMode: .smi))
+        }
         #expect(route.msi == nil)
         try route.setMsi(MsiMessage(destination: 0, vector: 0x53))
-        #expect(guest.waitFor(cpu: 0, vector: 0x53, count: 1), "the latched signal is delivered once the route is armed")
+        #expect(
+            guest.waitFor(cpu: 0, vector: 0x53, count: 1), "the latched signal is delivered once the route is armed")
         #expect(throws: IrqFdError.self) { try whp.newRoute(msi: MsiMessage(address: 0xFEF0_0000, data: 0)) }
     }
 
     /// `droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors` counts this process's descriptors:
     /// it runs in a process of its own.
-    static let droppingRoutesFilter = #"IrqFdWHPTests.WHPStrategyTests/droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors"#
+    static let droppingRoutesFilter =
+        #"IrqFdWHPTests.WHPStrategyTests/droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors"#
     @Test(notInOwnProcess) func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptorsInItsOwnProcess() throws {
         try runInOwnProcess(Self.droppingRoutesFilter)
     }
 
-    @Test(inOwnProcess(Self.droppingRoutesFilter)) func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors() throws {
+    @Test(inOwnProcess(Self.droppingRoutesFilter)) func droppingRoutesInEitherModeFreesTriggersGsisAndDescriptors()
+        throws
+    {
         let guest = try CountingGuest()
         let whp = try partition(guest)
         let freeGsis = guest.vm.irqfd.freeGsiCount
         let descriptors = openDescriptors()
         for i in 0..<1_000 {
-            let route = i % 2 == 0 ? try whp.newRoute(msi: MsiMessage(destination: 0, vector: 0x60)) : try whp.newRoute()
+            let route =
+                i % 2 == 0 ? try whp.newRoute(msi: MsiMessage(destination: 0, vector: 0x60)) : try whp.newRoute()
             if i % 3 == 0 { try route.mask() }
             if i % 4 == 0 { try route.setMsi(MsiMessage(destination: 1, vector: 0x61)) }
         }

@@ -96,7 +96,9 @@ import Testing
         #expect(!emulator.isBusMasterEnabled && !emulator.isLive(0) && !emulator.isLive(1))
         if !userspace {
             let calls = irqfd.take().calls
-            #expect(calls.first == .beginBatch && calls.last == .endBatch && Set(calls.dropFirst().dropLast()) == [.mask(0), .mask(1)])
+            #expect(
+                calls.first == .beginBatch && calls.last == .endBatch
+                    && Set(calls.dropFirst().dropLast()) == [.mask(0), .mask(1)])
         }
         emulator.signal(vector: 0)
         emulator.signal(vector: 0)
@@ -138,8 +140,11 @@ import Testing
         emulator.reset()
         let calls = irqfd.take().calls
         #expect(calls.first == .beginBatch && calls.last == .endBatch && calls.filter { $0 == .beginBatch }.count == 1)
-        #expect(Set(calls.filter { if case .mask = $0 { true } else { false } }) == [.mask(0), .mask(2)], "live ones masked")
-        #expect(Set(calls.filter { if case .clearMsi = $0 { true } else { false } }) == Set((0..<4).map { .clearMsi($0) }))
+        #expect(
+            Set(calls.filter { if case .mask = $0 { true } else { false } }) == [.mask(0), .mask(2)], "live ones masked"
+        )
+        #expect(
+            Set(calls.filter { if case .clearMsi = $0 { true } else { false } }) == Set((0..<4).map { .clearMsi($0) }))
         #expect(!calls.contains { if case .drop = $0 { true } else { false } }, "no route dropped: \(calls)")
         #expect(emulator.routeCount == 4 && !emulator.isEnabled)
         #expect((0..<8).allSatisfy { emulator.entry($0) == MsixSavedState.Entry() })

@@ -60,7 +60,8 @@ struct SpecModel {
 
     /// Table and PBA: DWORD or QWORD, naturally aligned, inside the structure.
     mutating func memoryAccessOK(_ offset: UInt64, _ size: Int, _ length: UInt64) -> Bool {
-        let ok = (size == 4 || size == 8) && offset % UInt64(size) == 0 && offset < length && length - offset >= UInt64(size)
+        let ok =
+            (size == 4 || size == 8) && offset % UInt64(size) == 0 && offset < length && length - offset >= UInt64(size)
         if !ok { badAccesses += 1 }
         return ok
     }
@@ -176,7 +177,8 @@ enum Step: CustomStringConvertible {
             if pick >> 5 & 31 == 0 { offset += 1 + pick >> 10 % 3 }  // now and then misaligned
             if pick >> 5 & 31 == 1 { offset = UInt64(16 * n) + UInt64(4 * field) }  // beyond the table
             let destination = UInt64(pick >> 7 % 3)
-            let address: UInt64 = pick >> 9 & 7 == 0 ? 0xDEAD_0000 : 0xFEE0_0000 | destination << 12 | (pick >> 12 & 1 == 0 ? 0 : 3)
+            let address: UInt64 =
+                pick >> 9 & 7 == 0 ? 0xDEAD_0000 : 0xFEE0_0000 | destination << 12 | (pick >> 12 & 1 == 0 ? 0 : 3)
             let data = UInt64(0x30 + (pick >> 7) % 4)
             let control: UInt64 = pick >> 10 & 15 == 0 ? 0xFFFF_FFFF : pick >> 9 & 1
             let value: UInt64 =
@@ -200,7 +202,9 @@ enum Step: CustomStringConvertible {
         case 14:
             self = .readCapability(offset: Int(pick % 13), size: [1, 2, 4, 3][Int(pick >> 4 % 4)])
         case 15, 16, 17:
-            self = .readPBA(offset: UInt64(8 * (pick % UInt64((n + 63) / 64 + 1))) + (pick >> 8 & 7 == 0 ? 4 : 0), size: [8, 4][Int(pick >> 4 % 2)])
+            self = .readPBA(
+                offset: UInt64(8 * (pick % UInt64((n + 63) / 64 + 1))) + (pick >> 8 & 7 == 0 ? 4 : 0),
+                size: [8, 4][Int(pick >> 4 % 2)])
         case 18:
             self = .writePBA(offset: 0, size: [8, 4, 2][Int(pick % 3)])
         case 19..<26:
@@ -243,7 +247,8 @@ final class EmulatorUnderTest {
     init(vectorCount: Int, useIrqfd: Bool) {
         self.vectorCount = vectorCount
         self.useIrqfd = useIrqfd
-        emulator = MsixEmulator(layout: MsixLayout(vectorCount: vectorCount)!, delivery: useIrqfd ? .irqfd(irqfd) : .userspace(injector))
+        emulator = MsixEmulator(
+            layout: MsixLayout(vectorCount: vectorCount)!, delivery: useIrqfd ? .irqfd(irqfd) : .userspace(injector))
     }
 
     func takeDelivered() -> [MsiMessage] { useIrqfd ? irqfd.take().delivered : injector.take() }
@@ -288,7 +293,9 @@ final class EmulatorUnderTest {
             let delivered = takeDelivered()
             retiredBadAccesses += emulator.counters.badAccesses
             irqfd = RecordingIrqFd()
-            emulator = MsixEmulator(layout: MsixLayout(vectorCount: vectorCount)!, delivery: useIrqfd ? .irqfd(irqfd) : .userspace(injector))
+            emulator = MsixEmulator(
+                layout: MsixLayout(vectorCount: vectorCount)!, delivery: useIrqfd ? .irqfd(irqfd) : .userspace(injector)
+            )
             do { try emulator.restore(saved) } catch { return "restore threw \(error)" }
             if !delivered.isEmpty { return "save delivered \(delivered)" }
         case .reset:
@@ -325,7 +332,8 @@ func disagreement(_ words: [UInt64], vectorCount: Int, useIrqfd: Bool) -> String
     for v in 0..<vectorCount {
         let e = underTest.emulator.entry(v)
         let m = model.entries[v]
-        if e.addressLow != m.addressLow || e.addressHigh != m.addressHigh || e.data != m.data || e.isMasked != m.masked {
+        if e.addressLow != m.addressLow || e.addressHigh != m.addressHigh || e.data != m.data || e.isMasked != m.masked
+        {
             return "entry \(v) is \(e), the spec says \(m)"
         }
     }
@@ -355,4 +363,3 @@ func disagreement(_ words: [UInt64], vectorCount: Int, useIrqfd: Bool) -> String
         }
     }
 }
-

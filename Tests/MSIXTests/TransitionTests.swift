@@ -241,7 +241,8 @@ extension MsixEmulator {
         #expect(emulator.readCapability(offset: 2, size: 2) == 0x8007)
 
         let c = emulator.counters
-        #expect(c.wrongSize == 4 && c.misaligned == 4 && c.outOfRange == 7 && c.pbaWrites == 2 && c.reservedBits == 3,
+        #expect(
+            c.wrongSize == 4 && c.misaligned == 4 && c.outOfRange == 7 && c.pbaWrites == 2 && c.reservedBits == 3,
             "\(c)")
         #expect((1..<8).allSatisfy { emulator.entry($0) == before[$0] || $0 == 1 })
         #expect(emulator.entry(0) == before[0])
@@ -260,7 +261,9 @@ extension MsixEmulator {
         emulator.setMasked(0, false)
         #expect(irqfd.take().calls.isEmpty, "the same bad message is not offered twice")
         emulator.program(0, msi(0x30), masked: false)
-        #expect(irqfd.take().calls == [.consumePending(0), .setMsi(0, msi(0x30))], "what latched meanwhile had nowhere to go")
+        #expect(
+            irqfd.take().calls == [.consumePending(0), .setMsi(0, msi(0x30))],
+            "what latched meanwhile had nowhere to go")
         emulator.signal(vector: 0)
         #expect(irqfd.take().delivered == [msi(0x30)])
     }
@@ -342,7 +345,9 @@ extension MsixEmulator {
         emulator.reset()
         let calls = irqfd.take().calls
         #expect(calls.first == .beginBatch && calls.last == .endBatch && calls.count == 2 + 3 * 3)
-        #expect(Set(calls.dropFirst().dropLast()) == Set((0..<3).flatMap { [.mask($0), .consumePending($0), .clearMsi($0)] }))
+        #expect(
+            Set(calls.dropFirst().dropLast())
+                == Set((0..<3).flatMap { [.mask($0), .consumePending($0), .clearMsi($0)] }))
         #expect(emulator.routeCount == 3 && !emulator.isEnabled && !emulator.isLive(0))
         #expect((0..<8).allSatisfy { emulator.entry($0) == MsixSavedState.Entry() })
         #expect(emulator.pba() == 0)
@@ -425,12 +430,15 @@ extension MsixEmulator {
         let saved = emulator.save()
         #expect(saved.isPending(1) && !saved.isPending(0))
         #expect(saved.enabled && !saved.functionMasked)
-        #expect(saved.entries[1] == MsixSavedState.Entry(addressLow: UInt32(msi(0x31, cpu: 1).address), data: 0x31, vectorControl: 1))
+        #expect(
+            saved.entries[1]
+                == MsixSavedState.Entry(addressLow: UInt32(msi(0x31, cpu: 1).address), data: 0x31, vectorControl: 1))
 
         let target = RecordingIrqFd()
         let restored = MsixEmulator.make(8, .irqfd(target))
         try restored.restore(saved)
-        #expect(target.take().calls == [.beginBatch, .newRoute(0), .setMsi(0, msi(0x30)), .unmask(0), .endBatch],
+        #expect(
+            target.take().calls == [.beginBatch, .newRoute(0), .setMsi(0, msi(0x30)), .unmask(0), .endBatch],
             "only the live vector gets a route")
         #expect(restored.pba() == 0b10)
         #expect(restored.save() == saved)

@@ -100,7 +100,9 @@ struct DeathDriver {
     static let size = 32
     var avail: UInt16 = 0
 
-    func w(_ offset: UInt64, _ size: Int, _ value: UInt64) { device.write(address: Self.common + offset, size: size, value: value) }
+    func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
+        device.write(address: Self.common + offset, size: size, value: value)
+    }
     func r(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: Self.common + offset, size: size) }
     var isr: UInt64 { device.read(address: VirtioBlkDevice.virtioBase + VirtioBlkDevice.isrOffset, size: 1) }
 
@@ -131,7 +133,11 @@ struct DeathDriver {
             waitForReset()
         case 1: w(0x14, 1, 1)
         case 2: w(0x14, 1, 3)
-        case 3: w(0x08, 4, 0); w(0x0C, 4, 0); w(0x08, 4, 1); w(0x0C, 4, 1)
+        case 3:
+            w(0x08, 4, 0)
+            w(0x0C, 4, 0)
+            w(0x08, 4, 1)
+            w(0x0C, 4, 1)
         case 4: w(0x14, 1, 0x0B)
         case 5: w(0x10, 2, 0)  // msix_config = vector 0
         case 6:
@@ -215,7 +221,9 @@ struct DeathDriver {
     /// backend. In every delivery mode (the watcher is the same thread that
     /// waits on the call fds with `.userspace`).
     @Test(arguments: deathBackends, InterruptDelivery.allCases)
-    func anIdleDeviceNoticesItsBackendDieAndRaisesTheConfigVector(kind: VhostUserBackendProcess.Kind, delivery: InterruptDelivery) throws {
+    func anIdleDeviceNoticesItsBackendDieAndRaisesTheConfigVector(
+        kind: VhostUserBackendProcess.Kind, delivery: InterruptDelivery
+    ) throws {
         let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
@@ -232,7 +240,8 @@ struct DeathDriver {
         let messages = device.frontend.messagesSent
 
         backend.kill()
-        #expect(eventually { device.status & VirtioBlkDevice.Status.needsReset != 0 }, "NEEDS_RESET without any message")
+        #expect(
+            eventually { device.status & VirtioBlkDevice.Status.needsReset != 0 }, "NEEDS_RESET without any message")
         #expect(device.frontend.messagesSent == messages, "noticed by the watcher, not by a message")
         #expect(!device.isBackendConnected)
         #expect(driver.isr == 2, "ISR bit 1: configuration change")
@@ -243,7 +252,8 @@ struct DeathDriver {
         let lines = log.all
         #expect(lines.count == 1, "\(lines)")
         #expect(lines.first?.0 == .error)
-        #expect(lines.first?.1.contains("lost") == true && lines.first?.1.contains(backend.socketPath) == true, "\(lines)")
+        #expect(
+            lines.first?.1.contains("lost") == true && lines.first?.1.contains(backend.socketPath) == true, "\(lines)")
         #expect(lines.first?.1.contains("DEVICE_NEEDS_RESET") == true)
 
         // Resets and DRIVER_OKs against no backend, in a burst: each fails
@@ -318,7 +328,9 @@ struct DeathDriver {
                 let point = KillPoint.allCases.randomElement(using: &random)!
                 killed[point, default: 0] += 1
                 let connection = device.connectionDescriptors.map { OwnedDescriptor($0.rawValue) }
-                #expect(connection.count == 2 && connection.allSatisfy(\.isOpen), "cycle \(cycle): socket and the watcher's copy")
+                #expect(
+                    connection.count == 2 && connection.allSatisfy(\.isOpen),
+                    "cycle \(cycle): socket and the watcher's copy")
                 switch point {
                 case .setup:
                     let at = Int.random(in: 0..<DeathDriver.stepCount, using: &random)
@@ -342,9 +354,13 @@ struct DeathDriver {
                 let gone = ContinuousClock.now
                 let noticed = eventually { device.status & VirtioBlkDevice.Status.needsReset != 0 }
                 if point == .idle { idleNotice.append(ContinuousClock.now - gone) }
-                #expect(noticed, "cycle \(cycle), killed \(point): NEEDS_RESET (status 0x\(String(device.status, radix: 16)))")
+                #expect(
+                    noticed,
+                    "cycle \(cycle), killed \(point): NEEDS_RESET (status 0x\(String(device.status, radix: 16)))")
                 #expect(driver.isr & 2 != 0, "cycle \(cycle): ISR bit 1")
-                #expect(device.emulator.isPending(0), "cycle \(cycle), killed \(point): msix_config raised (held by its mask)")
+                #expect(
+                    device.emulator.isPending(0),
+                    "cycle \(cycle), killed \(point): msix_config raised (held by its mask)")
                 driver.mask(0, false)
                 driver.mask(0, true)
                 if point == .queueVectorMasked { driver.mask(1, false) }
@@ -358,11 +374,14 @@ struct DeathDriver {
                 #expect(eventually { driver.used == 4 }, "cycle \(cycle): requests after reconnect")
                 for i in 0..<4 {
                     #expect(driver.statusByte(i) == 0, "cycle \(cycle) request \(i)")
-                    let right = vm.memory.bytes(at: DeathDriver.buffer(i), count: 512) == image.filled(sector: first + i)
+                    let right =
+                        vm.memory.bytes(at: DeathDriver.buffer(i), count: 512) == image.filled(sector: first + i)
                     #expect(right, "cycle \(cycle) request \(i): the image's bytes")
                 }
                 // The dead connection's socket and the watcher's copy (closed by its thread) are gone.
-                #expect(eventually(.seconds(5)) { connection.allSatisfy { !$0.isOpen } }, "cycle \(cycle): old connection's descriptors closed")
+                #expect(
+                    eventually(.seconds(5)) { connection.allSatisfy { !$0.isOpen } },
+                    "cycle \(cycle): old connection's descriptors closed")
                 // The first delivery of msix_config may make its route (kept for the emulator's life).
                 if cycle == 0 { freeWithRoute = vm.irqfd.freeGsiCount }
                 #expect(vm.irqfd.freeGsiCount == freeWithRoute, "cycle \(cycle): no GSI made or lost")
@@ -374,8 +393,11 @@ struct DeathDriver {
         let elapsed = ContinuousClock.now - began
         idleNotice.sort()
         let median = idleNotice.isEmpty ? "-" : "\(idleNotice[idleNotice.count / 2])"
-        print("backend death (\(kind.rawValue)): \(cycles) kill/reconnect cycles in \(elapsed) (\(killed.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))); idle kill noticed in median \(median), max \(idleNotice.last.map { "\($0)" } ?? "-")")
-        #expect(eventually(.seconds(5)) { owned.allSatisfy { !$0.isOpen } }, "the device's descriptors closed at release")
+        print(
+            "backend death (\(kind.rawValue)): \(cycles) kill/reconnect cycles in \(elapsed) (\(killed.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))); idle kill noticed in median \(median), max \(idleNotice.last.map { "\($0)" } ?? "-")"
+        )
+        #expect(
+            eventually(.seconds(5)) { owned.allSatisfy { !$0.isOpen } }, "the device's descriptors closed at release")
         #expect(vm.irqfd.freeGsiCount == freeBefore)
     }
 }
@@ -396,7 +418,9 @@ struct DeathDriver {
     /// interrupted batch again against the restarted backend: every request
     /// completes with status 0 and the image's bytes, and the guest exits 0.
     @Test(arguments: deathBackends)
-    func theGuestTakesTheConfigInterruptSeesNeedsResetAndReinitialisesAgainstARestartedBackend(kind: VhostUserBackendProcess.Kind) throws {
+    func theGuestTakesTheConfigInterruptSeesNeedsResetAndReinitialisesAgainstARestartedBackend(
+        kind: VhostUserBackendProcess.Kind
+    ) throws {
         let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()
@@ -416,7 +440,10 @@ struct DeathDriver {
         let recoveries = { Int(m.read32(at: L.recoveries)) }
         let needsReset = VirtioBlkDevice.Status.needsReset
         vm.start()
-        defer { vm.stop(); _ = vm.wait() }
+        defer {
+            vm.stop()
+            _ = vm.wait()
+        }
         m.write32(1, at: L.gate)
         #expect(vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 1 })
 
@@ -427,9 +454,13 @@ struct DeathDriver {
         #expect(m.read32(at: L.lastStatus) & UInt32(needsReset) != 0, "device_status as the guest read it")
         #expect(configInterrupts() >= 1)
         try backend.restart()
-        #expect(vm.waitUntil(timeout: .seconds(30)) { device.reconnectCount == 1 && device.status == 0x0F }, "the guest re-initialised against the new backend")
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) { device.reconnectCount == 1 && device.status == 0x0F },
+            "the guest re-initialised against the new backend")
         m.write32(2, at: L.gate)
-        #expect(vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 2 }, "batch 2 after the first reconnect")
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 2 },
+            "batch 2 after the first reconnect")
 
         // 2. In flight: batch 3 submitted, then the kill.
         let before2 = recoveries()
@@ -441,7 +472,8 @@ struct DeathDriver {
         try backend.restart()
         #expect(
             vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 },
-            "batch 3, run again after the second reconnect: status 0x\(String(device.status, radix: 16)), resetting \(device.isResetting), connected \(device.isBackendConnected), reconnects \(device.reconnectCount), running \(device.isRunning(queue: 0)), recoveries \(recoveries()), guest status 0x\(String(m.read32(at: L.lastStatus), radix: 16)), \(device.counters), \(String(describing: device.lastBackendError))")
+            "batch 3, run again after the second reconnect: status 0x\(String(device.status, radix: 16)), resetting \(device.isResetting), connected \(device.isBackendConnected), reconnects \(device.reconnectCount), running \(device.isRunning(queue: 0)), recoveries \(recoveries()), guest status 0x\(String(m.read32(at: L.lastStatus), radix: 16)), \(device.counters), \(String(describing: device.lastBackendError))"
+        )
         #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
 
         // 3. The config vector masked: NEEDS_RESET, but the interrupt waits in the PBA.
@@ -460,7 +492,9 @@ struct DeathDriver {
         #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
         m.write32(4, at: L.gate)
         let outcome = vm.wait(timeout: .seconds(60))
-        #expect(outcome == .exited(code: 0), "\(outcome); device \(device.counters); \(String(describing: device.lastBackendError))")
+        #expect(
+            outcome == .exited(code: 0),
+            "\(outcome); device \(device.counters); \(String(describing: device.lastBackendError))")
         #expect(m.read32(at: L.completed) == 16)
         #expect(m.read32(at: L.failed) == 0)
         for j in 0..<16 {
@@ -469,7 +503,9 @@ struct DeathDriver {
         }
         #expect(recoveries() >= 3)
         #expect(device.reconnectCount >= 3)
-        print("backend death, guest (\(kind.rawValue)): \(recoveries()) guest recoveries, \(configInterrupts()) config interrupts, \(device.reconnectCount) reconnects")
+        print(
+            "backend death, guest (\(kind.rawValue)): \(recoveries()) guest recoveries, \(configInterrupts()) config interrupts, \(device.reconnectCount) reconnects"
+        )
     }
 }
 
@@ -504,7 +540,9 @@ final class GatedLog: Sendable {
     /// runs on that thread, which must not wait for itself to end: the
     /// device's descriptors close at once, not after the 5 s wait.
     @Test(arguments: deathBackends)
-    func aDeviceWhoseLastReferenceGoesOnItsWatcherThreadClosesItsDescriptorsAtOnce(_ kind: VhostUserBackendProcess.Kind) throws {
+    func aDeviceWhoseLastReferenceGoesOnItsWatcherThreadClosesItsDescriptorsAtOnce(_ kind: VhostUserBackendProcess.Kind)
+        throws
+    {
         let image = try deathImage()
         let backend = try KillableBackend(kind, image: image)
         let vm = try TinyVM()

@@ -19,7 +19,8 @@ struct Function {
 
     /// The message vector `v` is programmed with: alternating vCPUs, vector 0x60 + v (+ 0x10 once retargeted).
     static func message(_ v: Int, retargeted: Bool = false) -> MsiMessage {
-        MsiMessage(destination: UInt32((v + (retargeted ? 1 : 0)) % 2), vector: UInt8(0x60 + v + (retargeted ? 0x10 : 0)))
+        MsiMessage(
+            destination: UInt32((v + (retargeted ? 1 : 0)) % 2), vector: UInt8(0x60 + v + (retargeted ? 0x10 : 0)))
     }
 
     func program(_ v: Int, _ message: MsiMessage) {
@@ -27,7 +28,9 @@ struct Function {
         emulator.writeTable(offset: UInt64(16 * v + 4), size: 4, value: message.address >> 32)
         emulator.writeTable(offset: UInt64(16 * v + 8), size: 4, value: UInt64(message.data))
     }
-    func setMasked(_ v: Int, _ masked: Bool) { emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: masked ? 1 : 0) }
+    func setMasked(_ v: Int, _ masked: Bool) {
+        emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: masked ? 1 : 0)
+    }
     func control(enabled: Bool, functionMasked: Bool) {
         emulator.writeCapability(offset: 2, size: 2, value: (enabled ? 0x8000 : 0) | (functionMasked ? 0x4000 : 0))
     }
@@ -57,64 +60,85 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
     }
 
     static let all: [EmulatorScenario] = [
-        EmulatorScenario(name: "enable MSI-X with every vector unmasked (one batch)", prepare: { f in
-            programAll(f, masked: false)
-            return nil
-        }, operation: { f, _ in f.control(enabled: true, functionMasked: false) }),
-        EmulatorScenario(name: "unmask an entry for the first time (route made)", prepare: { f in
-            programAll(f, masked: true)
-            f.control(enabled: true, functionMasked: false)
-            return nil
-        }, operation: { f, _ in f.setMasked(1, false) }),
-        EmulatorScenario(name: "mask a live entry", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            return nil
-        }, operation: { f, _ in f.setMasked(2, true) }),
-        EmulatorScenario(name: "unmask an entry that has a route", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            f.setMasked(3, true)
-            return nil
-        }, operation: { f, _ in f.setMasked(3, false) }),
-        EmulatorScenario(name: "retarget a live entry (new data)", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            return nil
-        }, operation: { f, _ in f.program(0, Function.message(0, retargeted: true)) }),
-        EmulatorScenario(name: "function mask", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            return nil
-        }, operation: { f, _ in f.control(enabled: true, functionMasked: true) }),
-        EmulatorScenario(name: "function unmask", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            f.control(enabled: true, functionMasked: true)
-            return nil
-        }, operation: { f, _ in f.control(enabled: true, functionMasked: false) }),
-        EmulatorScenario(name: "disable MSI-X", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            return nil
-        }, operation: { f, _ in f.control(enabled: false, functionMasked: false) }),
+        EmulatorScenario(
+            name: "enable MSI-X with every vector unmasked (one batch)",
+            prepare: { f in
+                programAll(f, masked: false)
+                return nil
+            }, operation: { f, _ in f.control(enabled: true, functionMasked: false) }),
+        EmulatorScenario(
+            name: "unmask an entry for the first time (route made)",
+            prepare: { f in
+                programAll(f, masked: true)
+                f.control(enabled: true, functionMasked: false)
+                return nil
+            }, operation: { f, _ in f.setMasked(1, false) }),
+        EmulatorScenario(
+            name: "mask a live entry",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                return nil
+            }, operation: { f, _ in f.setMasked(2, true) }),
+        EmulatorScenario(
+            name: "unmask an entry that has a route",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                f.setMasked(3, true)
+                return nil
+            }, operation: { f, _ in f.setMasked(3, false) }),
+        EmulatorScenario(
+            name: "retarget a live entry (new data)",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                return nil
+            }, operation: { f, _ in f.program(0, Function.message(0, retargeted: true)) }),
+        EmulatorScenario(
+            name: "function mask",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                return nil
+            }, operation: { f, _ in f.control(enabled: true, functionMasked: true) }),
+        EmulatorScenario(
+            name: "function unmask",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                f.control(enabled: true, functionMasked: true)
+                return nil
+            }, operation: { f, _ in f.control(enabled: true, functionMasked: false) }),
+        EmulatorScenario(
+            name: "disable MSI-X",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                return nil
+            }, operation: { f, _ in f.control(enabled: false, functionMasked: false) }),
         // Routes are kept (masked and cleared), so every failed call is reported;
         // a route whose mask fails is released instead.
-        EmulatorScenario(name: "reset a live function (routes masked and cleared in one batch)", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            return nil
-        }, operation: { f, _ in f.emulator.reset() }),
-        EmulatorScenario(name: "restore a live state", prepare: { f in
-            programAll(f, masked: false)
-            f.control(enabled: true, functionMasked: false)
-            let saved = f.emulator.save()
-            f.control(enabled: false, functionMasked: false)
-            for v in 0..<Function.vectors { f.setMasked(v, true) }
-            return saved
-        }, operation: { f, saved in
-            if let saved { try? f.emulator.restore(saved) }
-        }),
+        EmulatorScenario(
+            name: "reset a live function (routes masked and cleared in one batch)",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                return nil
+            }, operation: { f, _ in f.emulator.reset() }),
+        EmulatorScenario(
+            name: "restore a live state",
+            prepare: { f in
+                programAll(f, masked: false)
+                f.control(enabled: true, functionMasked: false)
+                let saved = f.emulator.save()
+                f.control(enabled: false, functionMasked: false)
+                for v in 0..<Function.vectors { f.setMasked(v, true) }
+                return saved
+            },
+            operation: { f, saved in
+                if let saved { try? f.emulator.restore(saved) }
+            }),
     ]
 }
 
@@ -154,7 +178,9 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
             scenario.operation(f, saved)
             target.clearFaults()
             if scenario.reportsEveryCall || call == "KVM_SET_GSI_ROUTING" {
-                #expect(f.emulator.lastRouteError == .call(call, RouteFaultTests.injected), "\(label): the error names the call")
+                #expect(
+                    f.emulator.lastRouteError == .call(call, RouteFaultTests.injected),
+                    "\(label): the error names the call")
             } else {
                 #expect(f.emulator.lastRouteError == nil, "\(label): a drop's failure is nobody's error")
             }
@@ -163,7 +189,9 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
             // The guest repeats the write; nothing fails now.
             scenario.operation(f, saved)
             verifyEmulator(f, guest, "\(label), then repeated")
-            #expect(target.invariantViolations(f.routes).isEmpty, "\(label), then repeated: \(target.invariantViolations(f.routes))")
+            #expect(
+                target.invariantViolations(f.routes).isEmpty,
+                "\(label), then repeated: \(target.invariantViolations(f.routes))")
             f.emulator.reset()
         }
         print("\(target.name): emulator: \(scenario.name): calls \(describe(calls)), \(attacks) attacks")
@@ -175,7 +203,9 @@ struct EmulatorScenario: Sendable, CustomTestStringConvertible {
 /// delivers its table message to the right vCPU and vector; a vector that is
 /// not live delivers nothing and shows the signal as its pending bit. Then
 /// every live vector's table message agrees with what was delivered.
-func verifyEmulator(_ f: Function, _ guest: CountingGuest, _ label: String, sourceLocation: SourceLocation = #_sourceLocation) {
+func verifyEmulator(
+    _ f: Function, _ guest: CountingGuest, _ label: String, sourceLocation: SourceLocation = #_sourceLocation
+) {
     // Let deliveries that a repeated write released (pending bits) land first.
     guest.settle()
     var expectedTotal = guest.total
@@ -189,14 +219,20 @@ func verifyEmulator(_ f: Function, _ guest: CountingGuest, _ label: String, sour
         let cpu = Int(msi.destinationID)
         let count = guest.count(cpu: cpu, vector: msi.vector)
         f.emulator.signal(vector: v)
-        #expect(guest.waitFor(cpu: cpu, vector: msi.vector, count: count + 1), "\(label): live vector \(v) delivers", sourceLocation: sourceLocation)
+        #expect(
+            guest.waitFor(cpu: cpu, vector: msi.vector, count: count + 1), "\(label): live vector \(v) delivers",
+            sourceLocation: sourceLocation)
         expectedTotal += 1
     }
     for v in dead { f.emulator.signal(vector: v) }
     guest.settle()
-    #expect(guest.total == expectedTotal, "\(label): only live vectors delivered, once each", sourceLocation: sourceLocation)
+    #expect(
+        guest.total == expectedTotal, "\(label): only live vectors delivered, once each", sourceLocation: sourceLocation
+    )
     for v in dead {
-        #expect(f.emulator.isPending(v), "\(label): vector \(v), not live, shows its signal as pending", sourceLocation: sourceLocation)
+        #expect(
+            f.emulator.isPending(v), "\(label): vector \(v), not live, shows its signal as pending",
+            sourceLocation: sourceLocation)
     }
 }
 #endif

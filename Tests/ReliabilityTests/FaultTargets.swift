@@ -40,7 +40,9 @@ struct RouteSnapshot: Equatable, CustomStringConvertible {
         masked = route.isMasked
     }
 
-    var description: String { "msi \(msi.map { "\($0)" } ?? "none"), \(armed ? "armed" : "unarmed"), \(masked ? "masked" : "unmasked")" }
+    var description: String {
+        "msi \(msi.map { "\($0)" } ?? "none"), \(armed ? "armed" : "unarmed"), \(masked ? "masked" : "unmasked")"
+    }
 }
 
 /// "KVM_IRQFD x2, KVM_SET_GSI_ROUTING x1", or "none".

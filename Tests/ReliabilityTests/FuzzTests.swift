@@ -47,7 +47,9 @@ import TinyVM
             seeds += 1
         }
         let counters = guest.device.emulator.counters
-        print("MSI-X/PCI fuzz (\(delivery)): \(steps) accesses from \(seeds) seeds; emulator: \(counters); device ignored \(guest.device.ignoredAccesses)")
+        print(
+            "MSI-X/PCI fuzz (\(delivery)): \(steps) accesses from \(seeds) seeds; emulator: \(counters); device ignored \(guest.device.ignoredAccesses)"
+        )
         #expect(counters.badAccesses > 0, "the fuzzer reached the emulator's checks")
         try guest.expectStillDelivers()
     }
@@ -104,9 +106,11 @@ final class FuzzRig {
     static let vectors = 16
 
     init(delivery: InterruptDelivery) throws {
-        guest = try CountingGuest(cpus: 2, plugging: { vm in
-            _ = try MsixTestDevice.attach(to: vm, vectors: Self.vectors, delivery: delivery)
-        })
+        guest = try CountingGuest(
+            cpus: 2,
+            plugging: { vm in
+                _ = try MsixTestDevice.attach(to: vm, vectors: Self.vectors, delivery: delivery)
+            })
         device = try #require(guest.vm.pci.function(device: MsixTestDevice.slot) as? MsixTestDevice)
     }
 
@@ -159,7 +163,8 @@ final class FuzzRig {
         var address = base &+ UInt64.random(in: 0..<span + 64, using: &random) &- 32
         if Int.random(in: 0..<4, using: &random) == 0 {
             // Near the interesting places: table entries, the PBA, the registers.
-            address = base + UInt64.random(in: 0..<0x40, using: &random)
+            address =
+                base + UInt64.random(in: 0..<0x40, using: &random)
                 + (Bool.random(using: &random) ? UInt64(MsixTestDevice.pbaOffset) : 0)
         }
         let size = Int.random(in: 1...8, using: &random)
@@ -167,7 +172,9 @@ final class FuzzRig {
             _ = device.read(address: address, size: size)
         } else {
             var value = random.next()
-            if base == MsixTestDevice.msixBase { value = tameTableWrite(address: address &- base, size: size, value: value) }
+            if base == MsixTestDevice.msixBase {
+                value = tameTableWrite(address: address &- base, size: size, value: value)
+            }
             if base == MsixTestDevice.registersBase, address == base + 0x0C {
                 value &= 0x000F_FFFF  // BURST: at most 15 signals, not 65535
             }
@@ -212,11 +219,15 @@ final class FuzzRig {
         let size = Int.random(in: 0...16, using: &random)
         switch Int.random(in: 0..<8, using: &random) {
         case 0: _ = emulator.readTable(offset: offset, size: size)
-        case 1: emulator.writeTable(offset: offset, size: size, value: tameTableWrite(address: offset, size: size, value: random.next()))
+        case 1:
+            emulator.writeTable(
+                offset: offset, size: size, value: tameTableWrite(address: offset, size: size, value: random.next()))
         case 2: _ = emulator.readPBA(offset: offset, size: size)
         case 3: emulator.writePBA(offset: offset, size: size, value: random.next())
         case 4: _ = emulator.readCapability(offset: Int.random(in: -4...16, using: &random), size: size)
-        case 5: emulator.writeCapability(offset: Int.random(in: -4...16, using: &random), size: size, value: random.next32())
+        case 5:
+            emulator.writeCapability(
+                offset: Int.random(in: -4...16, using: &random), size: size, value: random.next32())
         case 6: _ = emulator.read(bar: Int.random(in: -1...6, using: &random), offset: offset, size: size)
         default:
             emulator.write(
@@ -257,7 +268,9 @@ final class FuzzRig {
         }
         if emulator.counters.routeErrors == 0 {
             for v in 0..<Self.vectors {
-                let wants = emulator.isBusMasterEnabled && emulator.isEnabled && !emulator.isFunctionMasked && !emulator.entry(v).isMasked
+                let wants =
+                    emulator.isBusMasterEnabled && emulator.isEnabled && !emulator.isFunctionMasked
+                    && !emulator.entry(v).isMasked
                 if emulator.isLive(v) != wants { return "vector \(v) live \(emulator.isLive(v)), should be \(wants)" }
             }
         }
@@ -270,7 +283,9 @@ final class FuzzRig {
 
     /// The VMM survived: reset, program vector 3 to vCPU 1, ring it, and the guest takes it.
     func expectStillDelivers(sourceLocation: SourceLocation = #_sourceLocation) throws {
-        #expect(!vm.hasEnded, "the guest survived the fuzzing: \(vm.hasEnded ? "\(vm.wait())" : "")", sourceLocation: sourceLocation)
+        #expect(
+            !vm.hasEnded, "the guest survived the fuzzing: \(vm.hasEnded ? "\(vm.wait())" : "")",
+            sourceLocation: sourceLocation)
         device.waitUntilIdle()
         device.configWrite(offset: 0x04, size: 2, value: 0x0006)
         device.configWrite(offset: 0x10, size: 4, value: UInt32(MsixTestDevice.registersBase))
@@ -285,7 +300,9 @@ final class FuzzRig {
         device.configWrite(offset: MsixTestDevice.capabilityOffset + 2, size: 2, value: 0x8000)
         let before = guest.count(cpu: 1, vector: 0xE3)
         device.write(address: MsixTestDevice.registersBase + 0x08, size: 4, value: 3)
-        #expect(guest.waitFor(cpu: 1, vector: 0xE3, count: before + 1), "the device still delivers", sourceLocation: sourceLocation)
+        #expect(
+            guest.waitFor(cpu: 1, vector: 0xE3, count: before + 1), "the device still delivers",
+            sourceLocation: sourceLocation)
     }
 }
 

@@ -31,7 +31,9 @@ final class HostileBackend {
         } else {
             image = directory + "/disk.img"
             let bytes = (0..<Self.sectors).flatMap { Self.sector($0) }
-            guard FileManager.default.createFile(atPath: image, contents: Data(bytes)) else { throw TestFailureReason("cannot create \(image)") }
+            guard FileManager.default.createFile(atPath: image, contents: Data(bytes)) else {
+                throw TestFailureReason("cannot create \(image)")
+            }
         }
         socketPath = directory + "/blk.sock"
         guard let executable = mode == nil ? VhostUserBackendProcess.embeddedPath() : Self.hostileExecutable() else {
@@ -39,7 +41,8 @@ final class HostileBackend {
         }
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [image, "--socket", socketPath] + (mode.map { ["--misbehave", $0, "--misbehave-on", message.name] } ?? [])
+        process.arguments =
+            [image, "--socket", socketPath] + (mode.map { ["--misbehave", $0, "--misbehave-on", message.name] } ?? [])
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -48,8 +51,12 @@ final class HostileBackend {
         while true {
             var info = stat()
             if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK { return }
-            guard process.isRunning else { throw TestFailureReason("irqfd-vhost-user-blk exited (\(process.terminationStatus)) before listening") }
-            guard ContinuousClock.now < deadline else { throw TestFailureReason("irqfd-vhost-user-blk did not listen within 20 s") }
+            guard process.isRunning else {
+                throw TestFailureReason("irqfd-vhost-user-blk exited (\(process.terminationStatus)) before listening")
+            }
+            guard ContinuousClock.now < deadline else {
+                throw TestFailureReason("irqfd-vhost-user-blk did not listen within 20 s")
+            }
             usleep(10_000)
         }
     }
@@ -90,30 +97,33 @@ struct HostSession {
     let frontend: VhostUserFrontend
     let memory: MemfdGuestMemory
 
-    static let wantedProtocol = VhostUserProtocolFeature.multiQueue | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
+    static let wantedProtocol =
+        VhostUserProtocolFeature.multiQueue | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
 
     /// Runs the whole session; returns the driver whose one read (sector 5) was served.
     @discardableResult
     func run() throws -> HostVirtqueueDriver {
-        let features = try frontend.getFeatures()                       // GET_FEATURES
-        let offered = try frontend.getProtocolFeatures()                // GET_PROTOCOL_FEATURES
-        try frontend.setProtocolFeatures(Self.wantedProtocol & offered) // SET_PROTOCOL_FEATURES (no ack yet)
-        try frontend.setOwner()                                         // SET_OWNER, acknowledged from here on
-        _ = try frontend.getQueueNum()                                  // GET_QUEUE_NUM
-        _ = try frontend.getConfig(offset: 0, size: 60)                 // GET_CONFIG
+        let features = try frontend.getFeatures()  // GET_FEATURES
+        let offered = try frontend.getProtocolFeatures()  // GET_PROTOCOL_FEATURES
+        try frontend.setProtocolFeatures(Self.wantedProtocol & offered)  // SET_PROTOCOL_FEATURES (no ack yet)
+        try frontend.setOwner()  // SET_OWNER, acknowledged from here on
+        _ = try frontend.getQueueNum()  // GET_QUEUE_NUM
+        _ = try frontend.getConfig(offset: 0, size: 60)  // GET_CONFIG
         try frontend.setFeatures(VhostUserFeature.version1 | (features & VhostUserFeature.protocolFeatures))
-        try frontend.setMemTable([memory.region])                       // SET_MEM_TABLE
+        try frontend.setMemTable([memory.region])  // SET_MEM_TABLE
         // A driver zeroes its rings: the memory may hold an earlier session's (or a back-end's garbage).
         memory.write([UInt8](repeating: 0, count: Int(HostVirtqueueDriver.footprint(size: 64, maxData: 4096))), at: 0)
         let queue = try HostVirtqueueDriver(memory: memory, queue: 0, size: 64, base: 0)
-        try queue.start(frontend)                                       // NUM, ADDR, BASE, CALL, KICK, ENABLE
+        try queue.start(frontend)  // NUM, ADDR, BASE, CALL, KICK, ENABLE
         queue.submit(.read, sector: 5, length: 512, slot: 0)
         queue.kick.signal()
         let done = try queue.collectValidated(1)
-        guard done.count == 1, queue.status(slot: 0) == 0, memory.read(512, at: queue.dataAddress(slot: 0)) == HostileBackend.sector(5) else {
+        guard done.count == 1, queue.status(slot: 0) == 0,
+            memory.read(512, at: queue.dataAddress(slot: 0)) == HostileBackend.sector(5)
+        else {
             throw TestFailureReason("the read of sector 5 was not served: \(done), status \(queue.status(slot: 0))")
         }
-        _ = try frontend.getVringBase(queue: 0)                         // GET_VRING_BASE
+        _ = try frontend.getVringBase(queue: 0)  // GET_VRING_BASE
         return queue
     }
 }

@@ -30,18 +30,26 @@ func mismatch(_ error: VhostUserError, mode: String, message: VhostUserRequest) 
 
 @Suite(embeddedBuilt) struct HostileBackendProtocolTests {
     /// Every message of a session that has a reply (or a REPLY_ACK).
-    static let messages: [VhostUserRequest] = [.getFeatures, .getProtocolFeatures, .setOwner, .getQueueNum, .getConfig, .setMemTable, .setVringKick, .getVringBase]
+    static let messages: [VhostUserRequest] = [
+        .getFeatures, .getProtocolFeatures, .setOwner, .getQueueNum, .getConfig, .setMemTable, .setVringKick,
+        .getVringBase,
+    ]
 
     @Test(arguments: replyModes, messages)
-    func theFrontendRefusesTheBrokenReplyNamingItsMessageThenAGoodBackendServes(mode: String, message: VhostUserRequest) throws {
+    func theFrontendRefusesTheBrokenReplyNamingItsMessageThenAGoodBackendServes(mode: String, message: VhostUserRequest)
+        throws
+    {
         let hostile = try HostileBackend(mode, on: message)
         let memory = try MemfdGuestMemory(size: 4 << 20)
         let frontend = try VhostUserFrontend(socketPath: hostile.socketPath, timeout: .seconds(1))
         var caught: (any Error)?
         let start = ContinuousClock.now
         do { try HostSession(frontend: frontend, memory: memory).run() } catch { caught = error }
-        let error = try #require(caught as? VhostUserError, "\(mode) on \(message.name): no VhostUserError (\(String(describing: caught)))")
-        #expect(mismatch(error, mode: mode, message: message) == nil, "\(mismatch(error, mode: mode, message: message) ?? "")")
+        let error = try #require(
+            caught as? VhostUserError, "\(mode) on \(message.name): no VhostUserError (\(String(describing: caught)))")
+        #expect(
+            mismatch(error, mode: mode, message: message) == nil,
+            "\(mismatch(error, mode: mode, message: message) ?? "")")
         // A deadline, not a hang: the 1 s exchange timeout bounds even no-reply (generous bound for a loaded machine).
         #expect(ContinuousClock.now - start < .seconds(30))
         // Out of step once: the connection is closed and stays so.
@@ -53,7 +61,10 @@ func mismatch(_ error: VhostUserError, mode: String, message: VhostUserRequest) 
         try HostSession(frontend: VhostUserFrontend(socketPath: good.socketPath), memory: memory).run()
     }
 
-    @Test(arguments: [("used-ahead", VirtqueueError.usedIndexAhead(queue: 0, advance: 68, inFlight: 1)), ("used-bad-id", .usedIDOutOfRange(queue: 0, id: 64, size: 64))])
+    @Test(arguments: [
+        ("used-ahead", VirtqueueError.usedIndexAhead(queue: 0, advance: 68, inFlight: 1)),
+        ("used-bad-id", .usedIDOutOfRange(queue: 0, id: 64, size: 64)),
+    ])
     func theHostDriverRefusesUsedRingGarbage(mode: String, expected: VirtqueueError) throws {
         let hostile = try HostileBackend(mode)
         let memory = try MemfdGuestMemory(size: 4 << 20)
@@ -82,21 +93,30 @@ func configureBlkGuest(_ vm: TinyVM, batches: Int, perBatch: Int, first: Int, wr
 }
 
 /// Runs the driver guest reading `batches` × 4 sectors from `first` and checks every one.
-func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+func expectGuestReads(
+    _ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first: Int, sourceLocation: SourceLocation = #_sourceLocation
+) {
     typealias L = VirtioBlkGuestLayout
     configureBlkGuest(vm, batches: batches, perBatch: 4, first: first, write: false)
     let outcome = vm.run(timeout: .seconds(120))
-    #expect(outcome == .exited(code: 0), "\(outcome); device \(device.counters); backend error \(String(describing: device.lastBackendError))", sourceLocation: sourceLocation)
+    #expect(
+        outcome == .exited(code: 0),
+        "\(outcome); device \(device.counters); backend error \(String(describing: device.lastBackendError))",
+        sourceLocation: sourceLocation)
     #expect(vm.memory.read32(at: L.completed) == UInt32(4 * batches), sourceLocation: sourceLocation)
     #expect(vm.memory.read32(at: L.failed) == 0, sourceLocation: sourceLocation)
     for j in 0..<(4 * batches) {
-        #expect(vm.memory.bytes(at: L.buffer(queue: 0, request: j), count: 512) == HostileBackend.sector(first + j), "request \(j)", sourceLocation: sourceLocation)
+        #expect(
+            vm.memory.bytes(at: L.buffer(queue: 0, request: j), count: 512) == HostileBackend.sector(first + j),
+            "request \(j)", sourceLocation: sourceLocation)
     }
 }
 
 @Suite(needsKVM, embeddedBuilt) struct HostileBackendDeviceTests {
     @Test(arguments: replyModes, [VhostUserRequest.getFeatures, .getConfig])
-    func attachRefusesTheBackendNamingTheMessageThenTheSameVMRunsOnAGoodOne(mode: String, message: VhostUserRequest) throws {
+    func attachRefusesTheBackendNamingTheMessageThenTheSameVMRunsOnAGoodOne(mode: String, message: VhostUserRequest)
+        throws
+    {
         let hostile = try HostileBackend(mode, on: message)
         let vm = try TinyVM(.init(cpus: 1))
         do {
@@ -104,7 +124,9 @@ func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first
             Issue.record("\(mode) on \(message.name): the device attached")
         } catch {
             if case .backend(let cause) = error {
-                #expect(mismatch(cause, mode: mode, message: message) == nil, "\(mismatch(cause, mode: mode, message: message) ?? "")")
+                #expect(
+                    mismatch(cause, mode: mode, message: message) == nil,
+                    "\(mismatch(cause, mode: mode, message: message) ?? "")")
             } else {
                 Issue.record("not a backend error: \(error)")
             }
@@ -126,7 +148,9 @@ func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first
         // The reset's GET_VRING_BASE gets the broken reply: refused, named, within the deadline.
         device.writeStatus(0)
         let cause = try #require(device.lastBackendError)
-        #expect(mismatch(cause, mode: mode, message: .getVringBase) == nil, "\(mismatch(cause, mode: mode, message: .getVringBase) ?? "")")
+        #expect(
+            mismatch(cause, mode: mode, message: .getVringBase) == nil,
+            "\(mismatch(cause, mode: mode, message: .getVringBase) ?? "")")
         // The broken reply closes the connection. The reset then reconnects
         // to the socket: when the backend takes the new connection the reset
         // is clean (status 0, one reconnection); when it does not, the device
@@ -147,7 +171,8 @@ func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first
         let device = try VirtioBlkDevice.attach(to: vm, socketPath: hostile.socketPath, delivery: delivery)
         try vm.load(GuestProgram.virtioBlk.image)
         expectGuestReads(vm, device: device, batches: 8, first: 40)
-        let taken = vm.memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: VirtioBlkGuestLayout.idtVector(msix: 1)))
+        let taken = vm.memory.read32(
+            at: InterruptCounterLayout.count(cpu: 0, vector: VirtioBlkGuestLayout.idtVector(msix: 1)))
         print("\(mode) \(delivery): the guest took \(taken) queue interrupts for 32 requests in 8 batches")
         device.writeStatus(0)
         #expect(device.lastBackendError == nil)
@@ -158,8 +183,12 @@ func expectGuestReads(_ vm: TinyVM, device: VirtioBlkDevice, batches: Int, first
             #expect(monitor.wakeups >= 1)
             #expect(monitor.signals >= monitor.wakeups)
             #expect(monitor.warnings <= monitor.floods)
-            if mode == "call-flood" { #expect(monitor.signals > monitor.wakeups, "a flood reads many signals per wake-up") }
-            print("\(mode) \(delivery): \(monitor.signals) call signals, \(monitor.wakeups) wake-ups, \(monitor.floods) flood windows, \(monitor.warnings) warnings")
+            if mode == "call-flood" {
+                #expect(monitor.signals > monitor.wakeups, "a flood reads many signals per wake-up")
+            }
+            print(
+                "\(mode) \(delivery): \(monitor.signals) call signals, \(monitor.wakeups) wake-ups, \(monitor.floods) flood windows, \(monitor.warnings) warnings"
+            )
         }
         #expect(hostile.isRunning)
     }

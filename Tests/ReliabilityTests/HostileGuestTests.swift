@@ -80,7 +80,9 @@ struct HostileGuest: Sendable, CustomTestStringConvertible {
     func irqfdRunEndsAHostileGuestWithTheRightStatusAndOneLine(_ guest: HostileGuest) throws {
         let image = try TemporaryFile(contents: guest.image())
         let result = try runIrqfd(["run", image.path, "--timeout", "3", "--cpus", "\(guest.cpus)"])
-        #expect(guest.statuses.contains(result.status), "\(guest.name): exit status \(result.status), stderr: \(result.standardError)")
+        #expect(
+            guest.statuses.contains(result.status),
+            "\(guest.name): exit status \(result.status), stderr: \(result.standardError)")
         if result.status != 7 {
             let lines = result.standardError.split(separator: "\n")
             #expect(lines.count == 1 && lines[0].hasPrefix("irqfd run: "), "one clear line: \(result.standardError)")
@@ -107,7 +109,8 @@ struct HostileGuest: Sendable, CustomTestStringConvertible {
     }
 
     @Test func aMissingPathIsRefusedInOneLine() throws {
-        try expectRefusal(["run", "/nonexistent/irqfd-guest-\(UInt32.random(in: 0...UInt32.max)).bin"], mentioning: "no such file")
+        try expectRefusal(
+            ["run", "/nonexistent/irqfd-guest-\(UInt32.random(in: 0...UInt32.max)).bin"], mentioning: "no such file")
     }
 
     @Test func anUnreadableFileIsRefusedInOneLine() throws {
@@ -119,12 +122,16 @@ struct HostileGuest: Sendable, CustomTestStringConvertible {
         try expectRefusal(["run", file.path], mentioning: "read")
     }
 
-    func expectRefusal(_ arguments: [String], mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func expectRefusal(
+        _ arguments: [String], mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let result = try runIrqfd(arguments)
         #expect(result.status == 1, "exit status \(result.status)", sourceLocation: sourceLocation)
         let lines = result.standardError.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.isEmpty }
         #expect(lines.count == 1, "one line, not: \(result.standardError)", sourceLocation: sourceLocation)
-        #expect(result.standardError.hasPrefix("irqfd run: ") && result.standardError.contains(text), "\(result.standardError)", sourceLocation: sourceLocation)
+        #expect(
+            result.standardError.hasPrefix("irqfd run: ") && result.standardError.contains(text),
+            "\(result.standardError)", sourceLocation: sourceLocation)
         #expect(result.standardOutput.isEmpty, "no guest ran", sourceLocation: sourceLocation)
     }
 }
@@ -134,7 +141,9 @@ final class TemporaryFile {
     let path: String
     init(contents: [UInt8]) throws {
         path = NSTemporaryDirectory() + "irqfd-reliability-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).bin"
-        guard FileManager.default.createFile(atPath: path, contents: Data(contents)) else { throw CocoaError(.fileWriteUnknown) }
+        guard FileManager.default.createFile(atPath: path, contents: Data(contents)) else {
+            throw CocoaError(.fileWriteUnknown)
+        }
     }
     /// A sparse file of `size` bytes.
     convenience init(size: Int) throws {

@@ -90,8 +90,11 @@ struct Holdings: CustomStringConvertible {
         _ = settledDescriptorCount()
         let after = Holdings.now(guest.vm.irqfd)
         #expect(failures.isEmpty, "operations failed: \(failures.prefix(5))")
-        let rate = Double(operations) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
-        print("leak soak (\(backend.name)): \(operations) operations on \(Self.threads) threads in \(elapsed) (\(Int(rate)) per second)")
+        let rate =
+            Double(operations) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        print(
+            "leak soak (\(backend.name)): \(operations) operations on \(Self.threads) threads in \(elapsed) (\(Int(rate)) per second)"
+        )
         print("  before: \(before)")
         print("  after:  \(after)")
         #expect(after.descriptors == before.descriptors, "every event closed")
@@ -108,7 +111,8 @@ struct Holdings: CustomStringConvertible {
         let threadsWithPartition = threadCount()
         partition = nil
         if backend.name == "relay" {
-            #expect(settledDescriptorCount() == descriptorsWithPartition - 2, "the relay's epoll and wake eventfd closed")
+            #expect(
+                settledDescriptorCount() == descriptorsWithPartition - 2, "the relay's epoll and wake eventfd closed")
             #expect(threadCount() == threadsWithPartition - 1, "the relay thread was joined")
         }
         #expect(!guest.vm.hasEnded, "the guest survived the soak")
@@ -125,7 +129,9 @@ struct Holdings: CustomStringConvertible {
             for _ in 0..<perThread {
                 let slot = Int.random(in: 0..<Self.slots, using: &random)
                 let choice = Int.random(in: 0..<100, using: &random)
-                let msi = MsiMessage(destination: UInt32.random(in: 0...1, using: &random), vector: UInt8.random(in: 0x30...0x3F, using: &random))
+                let msi = MsiMessage(
+                    destination: UInt32.random(in: 0...1, using: &random),
+                    vector: UInt8.random(in: 0x30...0x3F, using: &random))
                 do throws(IrqFdError) {
                     switch choice {
                     case 0..<12:
@@ -150,7 +156,9 @@ struct Holdings: CustomStringConvertible {
                         case 93..<97: _ = route.consumePending()
                         default:
                             // A batch retargeting a few routes: one push for all.
-                            let batch = slots.withLock { s in (0..<4).compactMap { _ in s[Int.random(in: 0..<Self.slots, using: &random)] } }
+                            let batch = slots.withLock { s in
+                                (0..<4).compactMap { _ in s[Int.random(in: 0..<Self.slots, using: &random)] }
+                            }
                             try irqfd.withBatch { () throws(IrqFdError) in
                                 for route in batch { try route.setMsi(msi) }
                             }

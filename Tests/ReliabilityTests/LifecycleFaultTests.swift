@@ -132,7 +132,8 @@ import TinyVM
 func withEveryDescriptorTaken(_ body: () throws -> Void) throws {
     var saved = rlimit()
     guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { throw Errno(rawValue: errno) }
-    let highest = (try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")).compactMap { Int32($0) }.max() ?? 2
+    let highest =
+        (try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")).compactMap { Int32($0) }.max() ?? 2
     var lowered = saved
     lowered.rlim_cur = rlim_t(highest + 1)
     guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw Errno(rawValue: errno) }

@@ -85,13 +85,17 @@ final class StressRig {
     /// been handled: a fence MSI of the lowest priority class goes to every
     /// vCPU, and the local APIC serves higher classes first.
     func fence() {
-        let before = (0..<Self.cpus).map { vm.memory.read32(at: SequenceLayout.runs(cpu: $0, SequenceLayout.fenceIndex)) }
+        let before = (0..<Self.cpus).map {
+            vm.memory.read32(at: SequenceLayout.runs(cpu: $0, SequenceLayout.fenceIndex))
+        }
         for cpu in 0..<Self.cpus {
             let fence = MsiMessage(destination: UInt32(cpu), vector: SequenceLayout.fenceVector)
             _ = try? vm.vm.signalMsi(address: fence.address, data: fence.data)
         }
         let done = vm.waitUntil(timeout: .seconds(10)) {
-            (0..<Self.cpus).allSatisfy { self.vm.memory.read32(at: SequenceLayout.runs(cpu: $0, SequenceLayout.fenceIndex)) > before[$0] }
+            (0..<Self.cpus).allSatisfy {
+                self.vm.memory.read32(at: SequenceLayout.runs(cpu: $0, SequenceLayout.fenceIndex)) > before[$0]
+            }
         }
         if !done { Issue.record("the fence interrupt did not arrive within 10 s: the guest is stuck") }
         fences += 1
@@ -143,7 +147,9 @@ final class StressRig {
         writeEntry(i, 2, message(i).data)
     }
 
-    func readPBA() -> UInt64 { device.read(address: MsixTestDevice.msixBase + UInt64(MsixTestDevice.pbaOffset), size: 8) }
+    func readPBA() -> UInt64 {
+        device.read(address: MsixTestDevice.msixBase + UInt64(MsixTestDevice.pbaOffset), size: 8)
+    }
 
     /// The highest sequence number any vCPU's handler saw for `i`.
     func seen(_ i: Int) -> UInt32 {
@@ -215,13 +221,27 @@ final class SequenceDevice: Sendable {
             while !device.isFinished {
                 let i = Int.random(in: 0..<StressRig.vectors, using: &random)
                 switch Int.random(in: 0..<100, using: &random) {
-                case 0..<25: rig.mask(i); operations["mask", default: 0] += 1
-                case 25..<50: rig.unmask(i); operations["unmask", default: 0] += 1
-                case 50..<62: rig.retarget(i); operations["retarget", default: 0] += 1
-                case 62..<74: rig.changeData(i); operations["change data", default: 0] += 1
-                case 74..<90: _ = rig.readPBA(); operations["read PBA", default: 0] += 1
-                case 90..<95: rig.maskFunction(); operations["function mask", default: 0] += 1
-                default: rig.unmaskFunction(); operations["function unmask", default: 0] += 1
+                case 0..<25:
+                    rig.mask(i)
+                    operations["mask", default: 0] += 1
+                case 25..<50:
+                    rig.unmask(i)
+                    operations["unmask", default: 0] += 1
+                case 50..<62:
+                    rig.retarget(i)
+                    operations["retarget", default: 0] += 1
+                case 62..<74:
+                    rig.changeData(i)
+                    operations["change data", default: 0] += 1
+                case 74..<90:
+                    _ = rig.readPBA()
+                    operations["read PBA", default: 0] += 1
+                case 90..<95:
+                    rig.maskFunction()
+                    operations["function mask", default: 0] += 1
+                default:
+                    rig.unmaskFunction()
+                    operations["function unmask", default: 0] += 1
                 }
             }
             // Quiet device, every vector live: each must reach its last number.
@@ -229,10 +249,13 @@ final class SequenceDevice: Sendable {
             for i in 0..<StressRig.vectors { rig.unmask(i) }
             let last = device.last.withLock { $0 }
             previous = last
-            let caughtUp = rig.vm.waitUntil(timeout: .seconds(10)) { (0..<StressRig.vectors).allSatisfy { rig.seen($0) == last[$0] } }
+            let caughtUp = rig.vm.waitUntil(timeout: .seconds(10)) {
+                (0..<StressRig.vectors).allSatisfy { rig.seen($0) == last[$0] }
+            }
             #expect(
                 caughtUp,
-                "\(delivery), checkpoint \(checkpoint + 1): last numbers \(last), guest saw \((0..<StressRig.vectors).map(rig.seen)), PBA \(rig.readPBA()), seed \(seed)")
+                "\(delivery), checkpoint \(checkpoint + 1): last numbers \(last), guest saw \((0..<StressRig.vectors).map(rig.seen)), PBA \(rig.readPBA()), seed \(seed)"
+            )
             if !caughtUp { break }
         }
         let elapsed = ContinuousClock.now - start
@@ -243,7 +266,8 @@ final class SequenceDevice: Sendable {
             "lossless stress (\(delivery)): \(Self.signals) signals in \(elapsed), \(handled.reduce(0, +)) handler runs \(handled), "
                 + "host operations \(operations.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")), "
                 + "\(rig.fences) fences, handler runs while masked \(violations); emulator: \(counters)")
-        #expect(violations.allSatisfy { $0 == 0 }, "\(delivery): handlers ran while masked: \(violations), seed \(seed)")
+        #expect(
+            violations.allSatisfy { $0 == 0 }, "\(delivery): handlers ran while masked: \(violations), seed \(seed)")
         #expect(counters.routeErrors == 0 && counters.deliveryErrors == 0, "\(delivery): \(counters)")
         #expect(!rig.vm.hasEnded, "the guest survived: \(rig.vm.hasEnded ? "\(rig.vm.wait())" : "")")
     }

@@ -34,12 +34,15 @@ struct ReplyCase: CustomStringConvertible {
     }
 
     static func load() throws -> [ReplyCase] {
-        let text = try String(contentsOf: corpusDirectory.appendingPathComponent("vhost-user-replies.txt"), encoding: .utf8)
+        let text = try String(
+            contentsOf: corpusDirectory.appendingPathComponent("vhost-user-replies.txt"), encoding: .utf8)
         return try text.split(separator: "\n").compactMap { line throws -> ReplyCase? in
             let parts = line.split(separator: "#", maxSplits: 1)
             let fields = (parts.first ?? "").split(separator: " ")
             guard fields.count == 4 || fields.count == 5 else { return nil }
-            guard let request = VhostUserRequest.allCases.first(where: { $0.name == fields[1] }), let descriptors = Int(fields[3]) else {
+            guard let request = VhostUserRequest.allCases.first(where: { $0.name == fields[1] }),
+                let descriptors = Int(fields[3])
+            else {
                 throw TestFailureReason("bad corpus line: \(line)")
             }
             let shape: VhostUserReplyShape
@@ -50,16 +53,20 @@ struct ReplyCase: CustomStringConvertible {
             default: throw TestFailureReason("bad shape in: \(line)")
             }
             let hex = fields.count == 5 ? Array(fields[4].utf8) : []
-            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
-            return ReplyCase(accepted: fields[0] == "ok", request: request, shape: shape, descriptors: descriptors, bytes: bytes,
-                             note: parts.count > 1 ? String(parts[1]).trimmingCharacters(in: .whitespaces) : "")
+            let bytes = stride(from: 0, to: hex.count, by: 2).map {
+                UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)!
+            }
+            return ReplyCase(
+                accepted: fields[0] == "ok", request: request, shape: shape, descriptors: descriptors, bytes: bytes,
+                note: parts.count > 1 ? String(parts[1]).trimmingCharacters(in: .whitespaces) : "")
         }
     }
 
     /// The parser's verdict: nil when the reply and its typed value are accepted.
     func evaluate() -> VhostUserError? {
         do {
-            let payload = try VhostUserReplyParser.parse(bytes, descriptorCount: descriptors, for: request, shape: shape)
+            let payload = try VhostUserReplyParser.parse(
+                bytes, descriptorCount: descriptors, for: request, shape: shape)
             switch shape {
             case .u64: _ = try VhostUserReplyParser.u64(payload, for: request)
             case .vringState: _ = try VhostUserReplyParser.vringState(payload, queue: 0, for: request)
@@ -77,8 +84,14 @@ struct ReplyCase: CustomStringConvertible {
             guard let header = VhostUserHeader(bytes) else { return "accepted without a header" }
             if descriptors != 0 { return "accepted with \(descriptors) descriptors" }
             if header.request != request.rawValue { return "accepted reply type \(header.request) for \(request.name)" }
-            if header.flags & VhostUserFlags.reply == 0 || header.flags & VhostUserFlags.versionMask != VhostUserFlags.version { return "accepted flags 0x\(String(header.flags, radix: 16))" }
-            if bytes.count != VhostUserHeader.byteCount + shape.payloadSize || Int(header.size) != shape.payloadSize { return "accepted \(bytes.count) bytes for \(shape)" }
+            if header.flags & VhostUserFlags.reply == 0
+                || header.flags & VhostUserFlags.versionMask != VhostUserFlags.version
+            {
+                return "accepted flags 0x\(String(header.flags, radix: 16))"
+            }
+            if bytes.count != VhostUserHeader.byteCount + shape.payloadSize || Int(header.size) != shape.payloadSize {
+                return "accepted \(bytes.count) bytes for \(shape)"
+            }
             return nil
         }
         if case .badReply(request, _) = verdict { return nil }
@@ -97,14 +110,18 @@ struct ReplyCase: CustomStringConvertible {
             case 1 where !next.bytes.isEmpty:  // rewrite a byte
                 next.bytes[Int(r.next() % UInt64(next.bytes.count))] = UInt8(truncatingIfNeeded: r.next())
             case 2 where next.bytes.count >= 12:  // a header size: small, exact-ish, or huge
-                let size: UInt32 = [UInt32(truncatingIfNeeded: r.next()), UInt32(r.next() % 300), UInt32(next.bytes.count - 12) &+ UInt32(r.next() % 3) &- 1][Int(r.next() % 3)]
+                let size: UInt32 = [
+                    UInt32(truncatingIfNeeded: r.next()), UInt32(r.next() % 300),
+                    UInt32(next.bytes.count - 12) &+ UInt32(r.next() % 3) &- 1,
+                ][Int(r.next() % 3)]
                 withUnsafeBytes(of: size.littleEndian) { for k in 0..<4 { next.bytes[8 + k] = $0[k] } }
             case 3:  // truncate
                 next.bytes = Array(next.bytes.prefix(Int(r.next() % UInt64(next.bytes.count + 1))))
             case 4:  // extend
                 next.bytes += (0..<(r.next() % 24)).map { _ in UInt8(truncatingIfNeeded: r.next()) }
             case 5:  // splice another entry's tail
-                let cut = Int(r.next() % UInt64(next.bytes.count + 1)), from = Int(r.next() % UInt64(other.bytes.count + 1))
+                let cut = Int(r.next() % UInt64(next.bytes.count + 1))
+                let from = Int(r.next() % UInt64(other.bytes.count + 1))
                 next.bytes = Array(next.bytes.prefix(cut)) + other.bytes.dropFirst(from)
             case 6:  // descriptors
                 next.descriptors = Int(r.next() % 4)
@@ -140,7 +157,8 @@ final class ReplayingPeer: @unchecked Sendable {
             for reply in replies {
                 guard let connection = try? listener.accept() else { return }
                 let deadline = ContinuousClock.now + .seconds(60)
-                guard let header = try? connection.receive(exactly: 12, maximumDescriptors: 0, deadline: deadline) else {
+                guard let header = try? connection.receive(exactly: 12, maximumDescriptors: 0, deadline: deadline)
+                else {
                     continue
                 }
                 let size = Int(header.bytes[8]) | Int(header.bytes[9]) << 8
@@ -179,7 +197,8 @@ final class ReplayingPeer: @unchecked Sendable {
         var accepted = 0
         let start = ContinuousClock.now
         for index in 0..<count {
-            let base = corpus[Int(r.next() % UInt64(corpus.count))], other = corpus[Int(r.next() % UInt64(corpus.count))]
+            let base = corpus[Int(r.next() % UInt64(corpus.count))]
+            let other = corpus[Int(r.next() % UInt64(corpus.count))]
             let input = base.mutated(&r, other: other)
             let verdict = input.evaluate()
             if verdict == nil { accepted += 1 }
@@ -188,7 +207,9 @@ final class ReplayingPeer: @unchecked Sendable {
                 return
             }
         }
-        print("vhost-user reply fuzz: \(count) mutated replies in \(ContinuousClock.now - start), \(accepted) accepted (well-formed), the rest refused as badReply")
+        print(
+            "vhost-user reply fuzz: \(count) mutated replies in \(ContinuousClock.now - start), \(accepted) accepted (well-formed), the rest refused as badReply"
+        )
     }
 
     @Test func mutatedRepliesOverTheSocketNeverHangOrMisnameTheMessage() throws {
@@ -199,7 +220,8 @@ final class ReplayingPeer: @unchecked Sendable {
         var inputs: [ReplyCase] = []
         var replies: [(bytes: [UInt8], descriptors: Int, hang: Bool)] = []
         for _ in 0..<count {
-            var input = corpus[Int(r.next() % UInt64(corpus.count))].mutated(&r, other: corpus[Int(r.next() % UInt64(corpus.count))])
+            var input = corpus[Int(r.next() % UInt64(corpus.count))].mutated(
+                &r, other: corpus[Int(r.next() % UInt64(corpus.count))])
             input.request = .getFeatures
             input.shape = .u64
             inputs.append(input)
@@ -218,8 +240,11 @@ final class ReplayingPeer: @unchecked Sendable {
                 // reply (a stream: bytes after it would be the next message's, and fail it).
                 var prefix = input
                 prefix.bytes = Array(input.bytes.prefix(20))
-                #expect(input.descriptors == 0 && prefix.evaluate() == nil && features == input.bytes.dropFirst(12).prefix(8).reversed().reduce(0) { $0 << 8 | UInt64($1) },
-                        "seed \(seed) input \(index): \(input) accepted as 0x\(String(features, radix: 16))")
+                #expect(
+                    input.descriptors == 0 && prefix.evaluate() == nil
+                        && features
+                            == input.bytes.dropFirst(12).prefix(8).reversed().reduce(0) { $0 << 8 | UInt64($1) },
+                    "seed \(seed) input \(index): \(input) accepted as 0x\(String(features, radix: 16))")
             } catch {
                 switch error {
                 case .badReply(.getFeatures, _): outcomes["badReply", default: 0] += 1
@@ -234,7 +259,9 @@ final class ReplayingPeer: @unchecked Sendable {
             frontend.close()
         }
         #expect(peer.finished.wait(timeout: .now() + 30) == .success)
-        print("vhost-user frontend reply fuzz: \(count) replies over a socket in \(ContinuousClock.now - start): \(outcomes.sorted { $0.key < $1.key })")
+        print(
+            "vhost-user frontend reply fuzz: \(count) replies over a socket in \(ContinuousClock.now - start): \(outcomes.sorted { $0.key < $1.key })"
+        )
     }
 }
 #endif

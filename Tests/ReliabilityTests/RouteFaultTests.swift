@@ -29,56 +29,78 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
     static func msi(_ cpu: UInt32, _ vector: UInt8) -> MsiMessage { MsiMessage(destination: cpu, vector: vector) }
 
     static let all: [RouteScenario] = [
-        RouteScenario(name: "setMsi on a new route", routes: 1, prepare: { _ in }, operation: { _, r throws(IrqFdError) in
-            try r[0].setMsi(msi(1, 0x41))
-        }, rollsBack: true),
-        RouteScenario(name: "setMsi retargets an armed route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(0, 0x42))
-        }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x43)) }, rollsBack: true),
-        RouteScenario(name: "setMsi on a masked route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(0, 0x44))
-            try r[0].mask()
-        }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x45)) }, rollsBack: true),
-        RouteScenario(name: "setMsi with an undeliverable address on an armed route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(0, 0x46))
-        }, operation: { _, r throws(IrqFdError) in
-            // Refused as rule 7 says, after disarming: only a failed call is news.
-            do throws(IrqFdError) { try r[0].setMsi(address: 0xFEC0_0000, data: 0x47) } catch {
-                if case .undeliverableAddress = error { return }
-                throw error
-            }
-            Issue.record("an undeliverable address was accepted")
-        }, rollsBack: true),
-        RouteScenario(name: "clearMsi on an armed route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(1, 0x48))
-        }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
-        RouteScenario(name: "clearMsi on a masked route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(1, 0x49))
-            try r[0].mask()
-        }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
-        RouteScenario(name: "mask an armed route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(0, 0x4A))
-        }, operation: { _, r throws(IrqFdError) in try r[0].mask() }, rollsBack: true),
-        RouteScenario(name: "unmask a masked route", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].setMsi(msi(1, 0x4B))
-            try r[0].mask()
-        }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
-        RouteScenario(name: "unmask a route whose MSI was set while masked", routes: 1, prepare: { r throws(IrqFdError) in
-            try r[0].mask()
-            try r[0].setMsi(msi(0, 0x4C))
-        }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
-        RouteScenario(name: "batch: set a new route, retarget one, clear one, mask one", routes: 4, prepare: { r throws(IrqFdError) in
-            try r[1].setMsi(msi(0, 0x50))
-            try r[2].setMsi(msi(0, 0x51))
-            try r[3].setMsi(msi(1, 0x52))
-        }, operation: { target, r throws(IrqFdError) in
-            try target.batch { () throws(IrqFdError) in
-                try r[0].setMsi(msi(1, 0x53))
-                try r[1].setMsi(msi(1, 0x54))
-                try r[2].clearMsi()
-                try r[3].mask()
-            }
-        }, rollsBack: false),
+        RouteScenario(
+            name: "setMsi on a new route", routes: 1, prepare: { _ in },
+            operation: { _, r throws(IrqFdError) in
+                try r[0].setMsi(msi(1, 0x41))
+            }, rollsBack: true),
+        RouteScenario(
+            name: "setMsi retargets an armed route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(0, 0x42))
+            }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x43)) }, rollsBack: true),
+        RouteScenario(
+            name: "setMsi on a masked route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(0, 0x44))
+                try r[0].mask()
+            }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x45)) }, rollsBack: true),
+        RouteScenario(
+            name: "setMsi with an undeliverable address on an armed route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(0, 0x46))
+            },
+            operation: { _, r throws(IrqFdError) in
+                // Refused as rule 7 says, after disarming: only a failed call is news.
+                do throws(IrqFdError) { try r[0].setMsi(address: 0xFEC0_0000, data: 0x47) } catch {
+                    if case .undeliverableAddress = error { return }
+                    throw error
+                }
+                Issue.record("an undeliverable address was accepted")
+            }, rollsBack: true),
+        RouteScenario(
+            name: "clearMsi on an armed route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(1, 0x48))
+            }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
+        RouteScenario(
+            name: "clearMsi on a masked route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(1, 0x49))
+                try r[0].mask()
+            }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
+        RouteScenario(
+            name: "mask an armed route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(0, 0x4A))
+            }, operation: { _, r throws(IrqFdError) in try r[0].mask() }, rollsBack: true),
+        RouteScenario(
+            name: "unmask a masked route", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].setMsi(msi(1, 0x4B))
+                try r[0].mask()
+            }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
+        RouteScenario(
+            name: "unmask a route whose MSI was set while masked", routes: 1,
+            prepare: { r throws(IrqFdError) in
+                try r[0].mask()
+                try r[0].setMsi(msi(0, 0x4C))
+            }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
+        RouteScenario(
+            name: "batch: set a new route, retarget one, clear one, mask one", routes: 4,
+            prepare: { r throws(IrqFdError) in
+                try r[1].setMsi(msi(0, 0x50))
+                try r[2].setMsi(msi(0, 0x51))
+                try r[3].setMsi(msi(1, 0x52))
+            },
+            operation: { target, r throws(IrqFdError) in
+                try target.batch { () throws(IrqFdError) in
+                    try r[0].setMsi(msi(1, 0x53))
+                    try r[1].setMsi(msi(1, 0x54))
+                    try r[2].clearMsi()
+                    try r[3].mask()
+                }
+            }, rollsBack: false),
     ]
 }
 
@@ -168,13 +190,18 @@ func verifyAgreement(
     sourceLocation: SourceLocation = #_sourceLocation
 ) throws {
     if let pushed = target.pushedTable {
-        #expect(pushed == target.wantedTable(routes), "\(label): the kernel's table is the one the routes want", sourceLocation: sourceLocation)
+        #expect(
+            pushed == target.wantedTable(routes), "\(label): the kernel's table is the one the routes want",
+            sourceLocation: sourceLocation)
     }
     let violations = target.invariantViolations(routes)
-    #expect(violations.isEmpty, "\(label): every route is armed or served exactly when live: \(violations)", sourceLocation: sourceLocation)
+    #expect(
+        violations.isEmpty, "\(label): every route is armed or served exactly when live: \(violations)",
+        sourceLocation: sourceLocation)
     var expectedTotal = guest.total
     for route in routes where route.isArmed || route.isServed {
-        let msi = try #require(route.msi, "\(label): an armed or served route has an MSI", sourceLocation: sourceLocation)
+        let msi = try #require(
+            route.msi, "\(label): an armed or served route has an MSI", sourceLocation: sourceLocation)
         #expect(!route.isMasked, "\(label): an armed or served route is not masked", sourceLocation: sourceLocation)
         let cpu = Int(msi.destinationID)
         let count = guest.count(cpu: cpu, vector: msi.vector)
@@ -188,9 +215,13 @@ func verifyAgreement(
     for route in unarmed { route.event.signal() }
     if !unarmed.isEmpty { guest.settle() }
     _ = guest.vm.waitUntil(timeout: .seconds(2)) { guest.total >= expectedTotal }
-    #expect(guest.total == expectedTotal, "\(label): only armed routes delivered, once each", sourceLocation: sourceLocation)
+    #expect(
+        guest.total == expectedTotal, "\(label): only armed routes delivered, once each", sourceLocation: sourceLocation
+    )
     for route in unarmed {
-        #expect(route.consumePending(), "\(label): an unarmed route (\(RouteSnapshot(route))) latched its signal", sourceLocation: sourceLocation)
+        #expect(
+            route.consumePending(), "\(label): an unarmed route (\(RouteSnapshot(route))) latched its signal",
+            sourceLocation: sourceLocation)
     }
 }
 #endif

@@ -320,8 +320,11 @@ final class CountingVM {
         backend.signalCalls(connection: 0)
         host.settle()
         #expect(host.interrupts(1) == 1)
-        #expect(device.emulator.isPending(1) || device.read(
-            address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8) & 2 != 0)
+        #expect(
+            device.emulator.isPending(1)
+                || device.read(
+                    address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8) & 2 != 0
+        )
         driver.mask(1, false)
         host.settle()
         #expect(host.interrupts(1) == 2, "one interrupt per pending bit on unmask")

@@ -27,7 +27,8 @@ func settledDescriptorCount() -> Int {
 /// Whether AddressSanitizer or ThreadSanitizer runs in this process: then
 /// resident memory and malloc's figures measure the sanitizer (quarantine,
 /// shadow memory), not the code under test.
-let underSanitizer = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
+let underSanitizer =
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
     || dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
 
 /// Resident set size of this process in bytes (/proc/self/statm, field 2, in pages).
@@ -40,7 +41,9 @@ func residentSetBytes() -> Int {
 
 /// A positive integer from the environment, or `fallback`.
 func environmentCount(_ name: String, default fallback: Int) -> Int {
-    guard let text = ProcessInfo.processInfo.environment[name], let value = Int(text), value > 0 else { return fallback }
+    guard let text = ProcessInfo.processInfo.environment[name], let value = Int(text), value > 0 else {
+        return fallback
+    }
     return value
 }
 

@@ -41,7 +41,9 @@ struct MMIOBlkDriver {
     func write(_ offset: UInt64, _ size: Int, _ value: UInt64) {
         device.write(address: VirtioBlkDevice.virtioBase + offset, size: size, value: value)
     }
-    func read(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: VirtioBlkDevice.virtioBase + offset, size: size) }
+    func read(_ offset: UInt64, _ size: Int) -> UInt64 {
+        device.read(address: VirtioBlkDevice.virtioBase + offset, size: size)
+    }
 
     /// Reset and the whole initialisation (virtio 1.2 section 3.1.1), queue 0 with no vector (polled).
     func initialise() throws {
@@ -74,7 +76,8 @@ struct MMIOBlkDriver {
         // The write returned at once; the device's worker starts the queue.
         device.waitUntilIdle()
         guard device.isRunning(queue: 0) else {
-            throw TestFailureReason("queue 0 did not start: \(device.counters); \(String(describing: device.lastBackendError))")
+            throw TestFailureReason(
+                "queue 0 did not start: \(device.counters); \(String(describing: device.lastBackendError))")
         }
     }
 
@@ -102,8 +105,11 @@ struct MMIOBlkDriver {
         store(index &+ 1, at: Self.available + 2)
         write(VirtioBlkDevice.notifyOffset, 2, 0)
         let deadline = ContinuousClock.now + .seconds(20)
-        while memory.bytes(at: Self.used + 2, count: 2) != withUnsafeBytes(of: (index &+ 1).littleEndian, { Array($0) }) {
-            guard ContinuousClock.now < deadline else { throw TestFailureReason("request \(index) not completed within 20 s") }
+        while memory.bytes(at: Self.used + 2, count: 2) != withUnsafeBytes(of: (index &+ 1).littleEndian, { Array($0) })
+        {
+            guard ContinuousClock.now < deadline else {
+                throw TestFailureReason("request \(index) not completed within 20 s")
+            }
             usleep(1000)
         }
         return memory.bytes(at: Self.status, count: 1)[0]
@@ -126,7 +132,9 @@ final class VirtioDeviceFuzzer {
 
     /// MSI data the guest's handlers take: vector 0x20..0xFF, fixed delivery.
     static func tame(_ address: UInt64, _ size: Int, _ value: UInt64) -> UInt64 {
-        guard address >= VirtioBlkDevice.msixBase, address < VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset) else { return value }
+        guard address >= VirtioBlkDevice.msixBase,
+            address < VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset)
+        else { return value }
         var value = value
         for byte in 0..<size {
             let shift = UInt64(8 * byte)
@@ -151,21 +159,38 @@ final class VirtioDeviceFuzzer {
     func step(_ r: inout SplitMix64) {
         let width = Self.widths[Int(r.next() % 4)]
         let common = VirtioBlkDevice.virtioBase
-        func commonWrite(_ offset: UInt64, _ size: Int, _ value: UInt64) { device.write(address: common + offset, size: size, value: value) }
+        func commonWrite(_ offset: UInt64, _ size: Int, _ value: UInt64) {
+            device.write(address: common + offset, size: size, value: value)
+        }
         switch r.next() % 17 {
         case 0, 1:  // anywhere in BAR4 (and just past it), any width, any alignment
             let address = common + r.next() % (VirtioBlkDevice.virtioSize + 64)
-            if r.next() % 2 == 0 { _ = device.read(address: address, size: width) } else { device.write(address: address, size: width, value: r.next()) }
+            if r.next() % 2 == 0 {
+                _ = device.read(address: address, size: width)
+            } else {
+                device.write(address: address, size: width, value: r.next())
+            }
         case 2, 3:  // BAR1: MSI-X table and PBA
             let address = VirtioBlkDevice.msixBase + r.next() % (VirtioBlkDevice.msixSize + 64)
-            if r.next() % 2 == 0 { _ = device.read(address: address, size: width) } else { device.write(address: address, size: width, value: Self.tame(address, width, r.next())) }
+            if r.next() % 2 == 0 {
+                _ = device.read(address: address, size: width)
+            } else {
+                device.write(address: address, size: width, value: Self.tame(address, width, r.next()))
+            }
         case 4:  // configuration space: command register, BARs, capabilities, MSI-X Message Control
-            let offset = r.next() % 3 == 0 ? VirtioBlkDevice.msixCapabilityOffset + Int(r.next() % 12) : Int(r.next() % 260)
+            let offset =
+                r.next() % 3 == 0 ? VirtioBlkDevice.msixCapabilityOffset + Int(r.next() % 12) : Int(r.next() % 260)
             let size = [1, 2, 4][Int(r.next() % 3)]
             var value = UInt32(truncatingIfNeeded: r.next())
             // A guest seldom turns memory decoding or bus mastering off: mostly keep them on.
-            if offset <= 0x04, offset + size > 0x04, r.next() % 8 != 0 { value |= UInt32(0x06) << (8 * UInt32(4 - offset)) }
-            if r.next() % 2 == 0 { _ = device.configRead(offset: offset, size: size) } else { device.configWrite(offset: offset, size: size, value: value) }
+            if offset <= 0x04, offset + size > 0x04, r.next() % 8 != 0 {
+                value |= UInt32(0x06) << (8 * UInt32(4 - offset))
+            }
+            if r.next() % 2 == 0 {
+                _ = device.configRead(offset: offset, size: size)
+            } else {
+                device.configWrite(offset: offset, size: size, value: value)
+            }
         case 5, 6:  // device_status: the steps, resets, and anything
             let steps: [UInt64] = [0, 1, 3, 0x0B, 0x0F, 0x8F, 0x4F]
             commonWrite(0x14, 1, r.next() % 4 == 0 ? r.next() & 0xFF : steps[Int(r.next() % UInt64(steps.count))])
@@ -190,7 +215,9 @@ final class VirtioDeviceFuzzer {
             if r.next() % 2 == 0 { commonWrite(0x1C, 2, r.next() % 4 == 0 ? r.next() & 0xFFFF : 1) }
         case 12:  // notifies: right, wrong queue, wrong value, wrong width
             let q = r.next() % 3
-            device.write(address: VirtioBlkDevice.notifyAddress(queue: Int(q)) + (r.next() % 8 == 0 ? 1 : 0), size: r.next() % 4 == 0 ? width : 2, value: r.next() % 3 == 0 ? r.next() : q)
+            device.write(
+                address: VirtioBlkDevice.notifyAddress(queue: Int(q)) + (r.next() % 8 == 0 ? 1 : 0),
+                size: r.next() % 4 == 0 ? width : 2, value: r.next() % 3 == 0 ? r.next() : q)
         case 15:  // a whole initialisation as a guest does it, with random values on the way
             commonWrite(0x14, 1, 0)
             commonWrite(0x14, 1, 1)
@@ -210,7 +237,9 @@ final class VirtioDeviceFuzzer {
                 commonWrite(0x1C, 2, 1)
             }
             if r.next() % 8 != 0 { commonWrite(0x14, 1, 0x0F) }
-            for _ in 0..<(r.next() % 3) { device.write(address: VirtioBlkDevice.notifyAddress(queue: 0), size: 2, value: 0) }
+            for _ in 0..<(r.next() % 3) {
+                device.write(address: VirtioBlkDevice.notifyAddress(queue: 0), size: 2, value: 0)
+            }
         case 13:  // ISR and device config reads
             _ = device.read(address: common + VirtioBlkDevice.isrOffset, size: width)
             _ = device.read(address: common + VirtioBlkDevice.deviceOffset + r.next() % 64, size: width)
@@ -222,8 +251,12 @@ final class VirtioDeviceFuzzer {
     /// What must hold after any access, or why it does not.
     func incoherence() -> String? {
         let status = device.status
-        if device.isRunning(queue: 0), status & VirtioBlkDevice.Status.driverOK == 0 { return "queue 0 runs without DRIVER_OK (status 0x\(String(status, radix: 16)))" }
-        if status & VirtioBlkDevice.Status.driverOK != 0, status & VirtioBlkDevice.Status.featuresOK == 0 { return "DRIVER_OK without FEATURES_OK" }
+        if device.isRunning(queue: 0), status & VirtioBlkDevice.Status.driverOK == 0 {
+            return "queue 0 runs without DRIVER_OK (status 0x\(String(status, radix: 16)))"
+        }
+        if status & VirtioBlkDevice.Status.driverOK != 0, status & VirtioBlkDevice.Status.featuresOK == 0 {
+            return "DRIVER_OK without FEATURES_OK"
+        }
         if let error = device.lastBackendError { return "the backend refused the device: \(error)" }
         return nil
     }
@@ -248,18 +281,28 @@ final class VirtioDeviceFuzzer {
         #expect(try driver.request(write: true, sector: 100, index: 0) == 0, sourceLocation: sourceLocation)
         vm.memory.load([UInt8](repeating: 0, count: 512), at: MMIOBlkDriver.data)
         #expect(try driver.request(write: false, sector: 100, index: 1) == 0, sourceLocation: sourceLocation)
-        #expect(vm.memory.bytes(at: MMIOBlkDriver.data, count: 512) == pattern, "read back", sourceLocation: sourceLocation)
+        #expect(
+            vm.memory.bytes(at: MMIOBlkDriver.data, count: 512) == pattern, "read back", sourceLocation: sourceLocation)
         #expect(try backend.imageSector(100) == pattern, "in the image", sourceLocation: sourceLocation)
         // The guest program: a fresh RAM image, its own reset and initialisation, 8 writes.
         vm.memory.load([UInt8](repeating: 0, count: 0x40000), at: 0)
         try vm.load(GuestProgram.virtioBlk.image)
         configureBlkGuest(vm, batches: 2, perBatch: 4, first: 200, write: true)
-        for j in 0..<8 { vm.memory.load(HostileBackend.sector(1000 + j), at: VirtioBlkGuestLayout.buffer(queue: 0, request: j)) }
+        for j in 0..<8 {
+            vm.memory.load(HostileBackend.sector(1000 + j), at: VirtioBlkGuestLayout.buffer(queue: 0, request: j))
+        }
         let outcome = vm.run(timeout: .seconds(120))
-        #expect(outcome == .exited(code: 0), "\(outcome); \(device.counters); \(String(describing: device.lastBackendError))", sourceLocation: sourceLocation)
+        #expect(
+            outcome == .exited(code: 0),
+            "\(outcome); \(device.counters); \(String(describing: device.lastBackendError))",
+            sourceLocation: sourceLocation)
         #expect(vm.memory.read32(at: VirtioBlkGuestLayout.failed) == 0, sourceLocation: sourceLocation)
         device.writeStatus(0)
-        for j in 0..<8 { #expect(try backend.imageSector(200 + j) == HostileBackend.sector(1000 + j), "sector \(200 + j)", sourceLocation: sourceLocation) }
+        for j in 0..<8 {
+            #expect(
+                try backend.imageSector(200 + j) == HostileBackend.sector(1000 + j), "sector \(200 + j)",
+                sourceLocation: sourceLocation)
+        }
     }
 }
 
@@ -271,13 +314,16 @@ final class VirtioDeviceFuzzer {
         let start = ContinuousClock.now
         let why = fuzzer.fuzz(seed: seed, steps: steps)
         #expect(why == nil, "seed \(seed): \(why ?? "")")
-        print("virtio-blk MMIO fuzz: \(steps) accesses in \(ContinuousClock.now - start), \(fuzzer.device.startCount) starts, \(fuzzer.device.resetCount) resets; \(fuzzer.device.counters)")
+        print(
+            "virtio-blk MMIO fuzz: \(steps) accesses in \(ContinuousClock.now - start), \(fuzzer.device.startCount) starts, \(fuzzer.device.resetCount) resets; \(fuzzer.device.counters)"
+        )
         try fuzzer.expectStillWorks(seed: seed)
     }
 
     /// Seeds kept in Corpus/virtio-mmio-seeds.txt ("seed steps # why"), replayed every run.
     @Test func corpusSeedsStayFixed() throws {
-        let text = try String(contentsOf: corpusDirectory.appendingPathComponent("virtio-mmio-seeds.txt"), encoding: .utf8)
+        let text = try String(
+            contentsOf: corpusDirectory.appendingPathComponent("virtio-mmio-seeds.txt"), encoding: .utf8)
         let entries = text.split(separator: "\n").compactMap { line -> (UInt64, Int)? in
             let fields = line.split(separator: "#")[0].split(separator: " ")
             guard fields.count == 2, let seed = UInt64(fields[0]), let steps = Int(fields[1]) else { return nil }

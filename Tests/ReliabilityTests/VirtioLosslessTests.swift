@@ -73,7 +73,9 @@ final class VirtioStressRig {
         var words = [UInt32](repeating: 0, count: sectors * 128)
         for k in 0..<sectors { for j in 0..<128 { words[128 * k + j] = L.imageWord(sector: k, dword: j).littleEndian } }
         let data = words.withUnsafeBytes { Data($0) }
-        guard FileManager.default.createFile(atPath: imagePath, contents: data) else { throw TestFailure("cannot create \(imagePath)") }
+        guard FileManager.default.createFile(atPath: imagePath, contents: data) else {
+            throw TestFailure("cannot create \(imagePath)")
+        }
         backend = try BlockBackend(kind: kind, image: imagePath)
         vm = try TinyVM(.init(cpus: Self.cpus))
         device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, delivery: delivery)
@@ -88,7 +90,8 @@ final class VirtioStressRig {
         }
         guard running else {
             throw TestFailure(
-                "stress guest not running: \(vm.hasEnded ? "\(vm.wait())" : "phase \(vm.memory.read32(at: L.phase))"), device \(device.counters)")
+                "stress guest not running: \(vm.hasEnded ? "\(vm.wait())" : "phase \(vm.memory.read32(at: L.phase))"), device \(device.counters)"
+            )
         }
     }
 
@@ -184,7 +187,9 @@ final class VirtioStressRig {
 
     func unmaskFunction() {
         guard functionMasked else { return }
-        goLive({ functionMasked = false }, then: { device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: control) })
+        goLive(
+            { functionMasked = false },
+            then: { device.configWrite(offset: VirtioBlkDevice.msixCapabilityOffset + 2, size: 2, value: control) })
     }
 
     /// PCI command register: memory space (bit 1) always, bus master (bit 2) as asked.
@@ -212,7 +217,9 @@ final class VirtioStressRig {
         writeEntry(v, 2, UInt32(L.idtVector(msix: v, high: highVector[v])))
     }
 
-    func readPBA() -> UInt64 { device.read(address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8) }
+    func readPBA() -> UInt64 {
+        device.read(address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8)
+    }
 
     /// Every vector live again.
     func unmaskAll() {
@@ -234,7 +241,9 @@ final class VirtioStressRig {
     func slotsWithWrongData() -> [Int] {
         (0..<inFlight).filter { s in
             let k = word(L.request(slot: s)) & (sectors - 1)
-            let want = (0..<128).flatMap { j in withUnsafeBytes(of: L.imageWord(sector: k, dword: j).littleEndian, Array.init) }
+            let want = (0..<128).flatMap { j in
+                withUnsafeBytes(of: L.imageWord(sector: k, dword: j).littleEndian, Array.init)
+            }
             return vm.memory.bytes(at: L.buffer(slot: s), count: 512) != want
         }
     }
@@ -299,16 +308,36 @@ final class VirtioStressRig {
             // Mostly the queue's vector; sometimes the config vector.
             let v = Int.random(in: 0..<10, using: &random) < 8 ? VirtioStressRig.queueVector : 0
             switch Int.random(in: 0..<100, using: &random) {
-            case 0..<20: rig.mask(v); count("mask")
-            case 20..<45: rig.unmask(v); count("unmask")
-            case 45..<57: rig.retarget(v); count("retarget")
-            case 57..<64: rig.changeData(v); count("change data")
-            case 64..<76: _ = rig.readPBA(); count("read PBA")
-            case 76..<80: rig.maskFunction(); count("function mask")
-            case 80..<85: rig.unmaskFunction(); count("function unmask")
-            case 85..<87: rig.setBusMaster(false); count("bus master off")
-            case 87..<90: rig.setBusMaster(true); count("bus master on")
-            default: usleep(UInt32.random(in: 0..<2000, using: &random)); count("hold")
+            case 0..<20:
+                rig.mask(v)
+                count("mask")
+            case 20..<45:
+                rig.unmask(v)
+                count("unmask")
+            case 45..<57:
+                rig.retarget(v)
+                count("retarget")
+            case 57..<64:
+                rig.changeData(v)
+                count("change data")
+            case 64..<76:
+                _ = rig.readPBA()
+                count("read PBA")
+            case 76..<80:
+                rig.maskFunction()
+                count("function mask")
+            case 80..<85:
+                rig.unmaskFunction()
+                count("function unmask")
+            case 85..<87:
+                rig.setBusMaster(false)
+                count("bus master off")
+            case 87..<90:
+                rig.setBusMaster(true)
+                count("bus master on")
+            default:
+                usleep(UInt32.random(in: 0..<2000, using: &random))
+                count("hold")
             }
             let now = ContinuousClock.now
             if rig.completed != progress.completed {
@@ -344,8 +373,12 @@ final class VirtioStressRig {
                 + "\(rig.drainedUnmasks); handler runs while masked \(violations); emulator: \(emulator)")
         guard finished else { return }
 
-        #expect(rig.completed == requests && rig.submitted == requests && rig.consumed == requests, "\(what): \(rig.summary)")
-        #expect(rig.usedIndex == UInt16(truncatingIfNeeded: requests), "\(what): the device completed exactly N: \(rig.summary)")
+        #expect(
+            rig.completed == requests && rig.submitted == requests && rig.consumed == requests,
+            "\(what): \(rig.summary)")
+        #expect(
+            rig.usedIndex == UInt16(truncatingIfNeeded: requests),
+            "\(what): the device completed exactly N: \(rig.summary)")
         #expect(rig.word(L.badIDs) == 0, "\(what): used ids naming no request in flight")
         #expect(rig.word(L.duplicates) == 0, "\(what): requests completed twice")
         #expect(rig.word(L.badStatus) == 0, "\(what): completions with a status other than VIRTIO_BLK_S_OK")
@@ -358,7 +391,9 @@ final class VirtioStressRig {
         #expect(runs[1] > 0, "\(what): retargeting moved completions to vCPU 1: \(runs)")
         #expect(rig.latchedUnmasks > 0, "\(what): no unmask found completions waiting; the latch was never exercised")
         #expect(emulator.routeErrors == 0 && emulator.deliveryErrors == 0, "\(what): \(emulator)")
-        #expect(rig.device.counters.backendFailures == 0 && rig.device.status & VirtioBlkDevice.Status.needsReset == 0, "\(what): \(rig.summary)")
+        #expect(
+            rig.device.counters.backendFailures == 0 && rig.device.status & VirtioBlkDevice.Status.needsReset == 0,
+            "\(what): \(rig.summary)")
         #expect(!rig.vm.hasEnded, "\(what): the guest is still running: \(rig.vm.hasEnded ? "\(rig.vm.wait())" : "")")
     }
 }

@@ -43,14 +43,18 @@ final class Partition {
     let newRoute: () throws -> any IrqFdRoute
     let newLiveRoute: (MsiMessage) throws -> any IrqFdRoute
 
-    init(owner: AnyObject, newRoute: @escaping () throws -> any IrqFdRoute, newLiveRoute: ((MsiMessage) throws -> any IrqFdRoute)? = nil) {
+    init(
+        owner: AnyObject, newRoute: @escaping () throws -> any IrqFdRoute,
+        newLiveRoute: ((MsiMessage) throws -> any IrqFdRoute)? = nil
+    ) {
         self.owner = owner
         self.newRoute = newRoute
-        self.newLiveRoute = newLiveRoute ?? { msi in
-            let route = try newRoute()
-            try route.setMsi(msi)
-            return route
-        }
+        self.newLiveRoute =
+            newLiveRoute ?? { msi in
+                let route = try newRoute()
+                try route.setMsi(msi)
+                return route
+            }
     }
 }
 
@@ -71,7 +75,9 @@ final class Partition {
         #expect(guest.waitFor(cpu: 1, vector: 0x42, count: 1))
         guest.settle()
         #expect(guest.count(cpu: 0, vector: 0x41) == 1 && guest.count(cpu: 1, vector: 0x42) == 1)
-        #expect(guest.count(cpu: 1, vector: 0x41) == 0 && guest.count(cpu: 0, vector: 0x42) == 0, "nothing landed elsewhere")
+        #expect(
+            guest.count(cpu: 1, vector: 0x41) == 0 && guest.count(cpu: 0, vector: 0x42) == 0, "nothing landed elsewhere"
+        )
         #expect(guest.total(cpu: 0) == 1 && guest.total(cpu: 1) == 1, "each interrupt landed once, where it was sent")
         #expect(route.event === event, "the event is the same object for the route's whole life")
         guest.expectAlive()
@@ -86,7 +92,8 @@ final class Partition {
         guest.settle()
         #expect(guest.count(cpu: 0, vector: 0x43) == 0, "unarmed: nothing is delivered")
         try route.setMsi(MsiMessage(destination: 0, vector: 0x43))
-        #expect(guest.waitFor(cpu: 0, vector: 0x43, count: 1), "the latched signal is delivered once the route is armed")
+        #expect(
+            guest.waitFor(cpu: 0, vector: 0x43, count: 1), "the latched signal is delivered once the route is armed")
     }
 
     @Test(arguments: Backend.all)
@@ -120,7 +127,8 @@ final class Partition {
         guest.settle()
         #expect(guest.count(cpu: 1, vector: 0x51) == 0 && guest.count(cpu: 0, vector: 0x52) == 0)
         try route.unmask()
-        #expect(guest.waitFor(cpu: 0, vector: 0x52, count: 1), "the unmask delivers the latched signal, to the new target")
+        #expect(
+            guest.waitFor(cpu: 0, vector: 0x52, count: 1), "the unmask delivers the latched signal, to the new target")
         guest.settle()
         #expect(guest.count(cpu: 0, vector: 0x52) == 1, "three latched signals are one interrupt (edge)")
         #expect(guest.count(cpu: 1, vector: 0x51) == 0)
@@ -133,7 +141,9 @@ final class Partition {
         let partition = try backend.make(guest)
         let route = try partition.newLiveRoute(MsiMessage(destination: 0, vector: 0x53))
         let other = try partition.newLiveRoute(MsiMessage(destination: 0, vector: 0x54))
-        #expect(throws: IrqFdError.undeliverableAddress(0xFEC0_0000)) { try route.setMsi(address: 0xFEC0_0000, data: 0x53) }
+        #expect(throws: IrqFdError.undeliverableAddress(0xFEC0_0000)) {
+            try route.setMsi(address: 0xFEC0_0000, data: 0x53)
+        }
         route.event.signal()
         other.event.signal()
         #expect(guest.waitFor(cpu: 0, vector: 0x54, count: 1), "the rest of the VM keeps working")
@@ -162,7 +172,8 @@ final class Partition {
 
     /// `droppingRoutesFreesEverythingOverManyCycles` counts this process's descriptors:
     /// it runs in a process of its own.
-    static let droppingRoutesFilter = #"RouteSemanticsTests.RouteSemanticsTests/droppingRoutesFreesEverythingOverManyCycles"#
+    static let droppingRoutesFilter =
+        #"RouteSemanticsTests.RouteSemanticsTests/droppingRoutesFreesEverythingOverManyCycles"#
     @Test(notInOwnProcess) func droppingRoutesFreesEverythingOverManyCyclesInItsOwnProcess() throws {
         try runInOwnProcess(Self.droppingRoutesFilter)
     }
@@ -174,7 +185,8 @@ final class Partition {
         let freeGsis = guest.vm.irqfd.freeGsiCount
         let descriptors = openDescriptors()
         for i in 0..<2_000 {
-            let route = try i % 4 == 0 ? partition.newRoute() : partition.newLiveRoute(MsiMessage(destination: 0, vector: 0x57))
+            let route =
+                try i % 4 == 0 ? partition.newRoute() : partition.newLiveRoute(MsiMessage(destination: 0, vector: 0x57))
             if i % 3 == 0 { try route.mask() }
             if i % 5 == 0 { route.event.signal() }
             if i % 7 == 0 { try route.clearMsi() }

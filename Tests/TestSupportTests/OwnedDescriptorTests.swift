@@ -25,7 +25,10 @@ import Testing
             let next = try EventFD()
             held.append(next)
             try #require(dup2(next.fileDescriptor.rawValue, fd) == fd)
-            #expect(!record.isOpen, "attempt \(attempt): another eventfd on number \(fd) (\(OwnedDescriptor.identity(of: fd) ?? "?")) taken for the closed one")
+            #expect(
+                !record.isOpen,
+                "attempt \(attempt): another eventfd on number \(fd) (\(OwnedDescriptor.identity(of: fd) ?? "?")) taken for the closed one"
+            )
         }
     }
 

@@ -98,12 +98,15 @@ import TinyVM
         let flood = Flood(g.device, vectors: n)
         defer { flood.stop() }
         flood.waitRounds(2)
-        for v in 0..<n { #expect(guest.count(vector: Self.idt(v)) == 0, "\(delivery): vector \(v) took nothing while masked") }
+        for v in 0..<n {
+            #expect(guest.count(vector: Self.idt(v)) == 0, "\(delivery): vector \(v) took nothing while masked")
+        }
 
         // Linux's order: one unmask write at a time, the flood running.
         for v in 0..<n {
             try guest.setMasked(v, false)
-            #expect(guest.waitForCount(vector: Self.idt(v), atLeast: 1), "\(delivery): vector \(v) delivers once unmasked")
+            #expect(
+                guest.waitForCount(vector: Self.idt(v), atLeast: 1), "\(delivery): vector \(v) delivers once unmasked")
             for w in (v + 1)..<n {
                 #expect(guest.count(vector: Self.idt(w)) == 0, "\(delivery): vector \(w), still masked, took nothing")
             }
@@ -111,7 +114,9 @@ import TinyVM
         flood.waitRounds(3)
         for v in 0..<n {
             let before = guest.count(vector: Self.idt(v))
-            #expect(guest.waitForCount(vector: Self.idt(v), atLeast: before + 1), "\(delivery): vector \(v) keeps delivering")
+            #expect(
+                guest.waitForCount(vector: Self.idt(v), atLeast: before + 1),
+                "\(delivery): vector \(v) keeps delivering")
         }
 
         // Mask them one at a time, the flood still running: a masked vector's count stops.
@@ -127,7 +132,8 @@ import TinyVM
         flood.stop()
         g.settle()
         for v in 0..<n {
-            #expect(guest.count(vector: Self.idt(v)) == atMask[v], "\(delivery): vector \(v) took nothing after its mask")
+            #expect(
+                guest.count(vector: Self.idt(v)) == atMask[v], "\(delivery): vector \(v) took nothing after its mask")
         }
         // Each holds one pending interrupt: the PBA shows it, and its unmask delivers it once.
         #expect(try guest.readPBA(dword: 0) == (1 << UInt32(n)) - 1, "\(delivery): every masked vector is pending")
@@ -135,7 +141,9 @@ import TinyVM
         for v in 0..<n { #expect(guest.waitForCount(vector: Self.idt(v), atLeast: atMask[v] + 1)) }
         g.settle()
         for v in 0..<n {
-            #expect(guest.count(vector: Self.idt(v)) == atMask[v] + 1, "\(delivery): vector \(v)'s one pending interrupt, once")
+            #expect(
+                guest.count(vector: Self.idt(v)) == atMask[v] + 1,
+                "\(delivery): vector \(v)'s one pending interrupt, once")
         }
         #expect(try guest.readPBA(dword: 0) == 0)
         if delivery == .irqfd {
@@ -148,7 +156,9 @@ import TinyVM
                 // Routed in one batch when MSI-X went on: no unmask ever waited for a commit.
                 #expect(relay == nil, "no vector needed the relay: \(String(describing: relay?.statistics))")
             } else {
-                print("programmed with MSI-X on: the relay injected \(relay?.statistics.injected ?? 0) while entries waited")
+                print(
+                    "programmed with MSI-X on: the relay injected \(relay?.statistics.injected ?? 0) while entries waited"
+                )
             }
         }
         g.finish()
@@ -186,7 +196,9 @@ import TinyVM
             #expect(g.vm.waitUntil { g.vm.irqfd.waitingEntryCount == 0 }, "a retried commit landed")
             let routes = (0..<n).compactMap { emulator.route($0) as? KVMIrqFdRoute }
             #expect(routes.count == n)
-            #expect(g.vm.waitUntil { routes.allSatisfy { $0.isArmed && !$0.isServed } }, "armed in the kernel, no longer relayed")
+            #expect(
+                g.vm.waitUntil { routes.allSatisfy { $0.isArmed && !$0.isServed } },
+                "armed in the kernel, no longer relayed")
         } else {
             #expect(g.vm.commitErrors.count == 0 && emulator.lastRouteError == nil)
         }

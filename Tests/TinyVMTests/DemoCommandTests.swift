@@ -14,15 +14,23 @@ import Testing
         for expected in [
             "arrived on vCPU 0, IDT 0x30", "arrived on vCPU 0, IDT 0x31", "arrived on vCPU 1, IDT 0x32",
             "arrived on vCPU 1, IDT 0x33", "held: masked, latched", "0b10: vector 1 is pending",
-            "the pending interrupt arrived on vCPU 0, IDT 0x31, exactly once", "guest reads the PBA again                               0b0",
-            "vCPU 0: 0x30 x1, 0x31 x2", "vCPU 1: 0x30 x1, 0x32 x1, 0x33 x1", "Device signals sent (its SIGNALED register): 6.",
+            "the pending interrupt arrived on vCPU 0, IDT 0x31, exactly once",
+            "guest reads the PBA again                               0b0",
+            "vCPU 0: 0x30 x1, 0x31 x2", "vCPU 1: 0x30 x1, 0x32 x1, 0x33 x1",
+            "Device signals sent (its SIGNALED register): 6.",
         ] {
             #expect(text.contains(expected), "missing \"\(expected)\" in:\n\(text)")
         }
         #expect(!text.contains("bug") && !text.contains("NOT"), "\(text)")
         if delivery == "irqfd" {
-            #expect(text.contains("guest masks vector 1 (vector control bit 0)             VMM ioctls: 0 table push, 0 arm, 1 disarm"))
-            #expect(text.contains("guest retargets vector 0 -> vCPU 1 (same IDT vector)    VMM ioctls: 1 table push, 0 arm, 0 disarm"))
+            #expect(
+                text.contains(
+                    "guest masks vector 1 (vector control bit 0)             VMM ioctls: 0 table push, 0 arm, 1 disarm")
+            )
+            #expect(
+                text.contains(
+                    "guest retargets vector 0 -> vCPU 1 (same IDT vector)    VMM ioctls: 1 table push, 0 arm, 0 disarm")
+            )
         }
     }
 }

@@ -38,7 +38,8 @@ import TinyVM
         let matching = try TinyVM()
         try matching.load(GuestProgram.mmioWriter.image)
         let kick = try EventFD()
-        try matching.vm.assignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
+        try matching.vm.assignIoeventfd(
+            eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
         #expect(run(matching, value: 1, count: 3) == .exited(code: 0))
         #expect(kick.consume() == 3)
         #expect(matching.mmioExits == 0)
@@ -46,7 +47,8 @@ import TinyVM
         let other = try TinyVM()
         try other.load(GuestProgram.mmioWriter.image)
         let kick2 = try EventFD()
-        try other.vm.assignIoeventfd(eventFD: kick2.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
+        try other.vm.assignIoeventfd(
+            eventFD: kick2.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
         #expect(run(other, value: 2, count: 3) == .exited(code: 0))
         #expect(kick2.consume() == 0)
         // Not matched: each write exits to the VMM, where no device claims it.

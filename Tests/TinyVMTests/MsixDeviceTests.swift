@@ -258,7 +258,9 @@ func message(_ vector: UInt8, cpu: UInt32 = 0) -> MsiMessage { MsiMessage(destin
         target.settle()
         #expect(target.guest.count(vector: 0x32) == 1)
         try target.guest.ring(0)
-        #expect(target.guest.waitForCount(vector: 0x31, atLeast: 1), "\(delivery): the live vector's route was reprogrammed")
+        #expect(
+            target.guest.waitForCount(vector: 0x31, atLeast: 1), "\(delivery): the live vector's route was reprogrammed"
+        )
         target.finish()
     }
 }

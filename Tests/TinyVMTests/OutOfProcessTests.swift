@@ -29,7 +29,9 @@ import TinyVM
         let before = g.vm.vm.counters.snapshot
         for n in 1...3 {
             try holder.signal()
-            #expect(guest.waitForCount(vector: 0x45, atLeast: UInt32(n)), "signal \(n) from pid \(holder.process.processIdentifier)")
+            #expect(
+                guest.waitForCount(vector: 0x45, atLeast: UInt32(n)),
+                "signal \(n) from pid \(holder.process.processIdentifier)")
         }
         let made = g.vm.vm.counters.snapshot - before
         #expect(made.total == 0, "no VM ioctl on the interrupt path: \(made)")
@@ -59,10 +61,12 @@ import TinyVM
         try Data(GuestProgram.msixSelfTest.image).write(to: image)
         defer { try? FileManager.default.removeItem(at: image) }
         for delivery in InterruptDelivery.allCases {
-            let (status, _, errors) = try runProcess(irqfd, ["run", "--delivery", delivery.rawValue, "--timeout", "30", image.path])
+            let (status, _, errors) = try runProcess(
+                irqfd, ["run", "--delivery", delivery.rawValue, "--timeout", "30", image.path])
             #expect(status == 22, "--delivery \(delivery): \(errors)")
         }
-        let (status, _, errors) = try runProcess(irqfd, ["run", "--vectors", "2048", "--delivery", "relay", image.path])
+        let (status, _, errors) = try runProcess(
+            irqfd, ["run", "--vectors", "2048", "--delivery", "relay", image.path])
         #expect(status == 22, "2048 vectors: \(errors)")
         let tooMany = try runProcess(irqfd, ["run", "--vectors", "2049", image.path])
         #expect(tooMany.status == 1 && tooMany.stderr.contains("--vectors must be 1...2048"), "\(tooMany.stderr)")

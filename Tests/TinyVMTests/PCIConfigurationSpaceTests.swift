@@ -87,7 +87,9 @@ import TinyVM
         let g = try DeviceGuest(delivery: .irqfd)
         let guest = g.guest
         #expect(try guest.configRead(offset: 0x41, size: 2) == 0x0700, "next pointer 0, table size 7")
-        #expect(try guest.configRead(offset: 0x01, size: 2) == 0x4953, "the rest of configuration space agrees (bytes 1-2 of the ID)")
+        #expect(
+            try guest.configRead(offset: 0x01, size: 2) == 0x4953,
+            "the rest of configuration space agrees (bytes 1-2 of the ID)")
         try guest.configWrite(offset: 0x04, size: 1, 0x04)  // memory space off by a byte write
         #expect(try guest.configRead(offset: 0x04, size: 2) == 0x0004)
         #expect(try guest.read32(MsixTestDevice.registersBase) == 0xFFFF_FFFF, "BAR0 stops decoding")

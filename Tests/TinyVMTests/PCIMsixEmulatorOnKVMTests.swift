@@ -23,7 +23,8 @@ import TinyVM
     @Test func aFailedMaskAfterAFailedRetargetStillMasksOnTheGuestsNextMask() throws {
         let guest = try CountingGuest()
         let emulator = MsixEmulator(layout: MsixLayout(vectorCount: 4)!, delivery: .irqfd(guest.irqfd))
-        let first = message(0x61), second = message(0x62)
+        let first = message(0x61)
+        let second = message(0x62)
         emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
         emulator.writeTable(offset: 0, size: 4, value: first.address & 0xFFFF_FFFF)
         emulator.writeTable(offset: 8, size: 4, value: UInt64(first.data))

@@ -5,7 +5,6 @@ import TestSupport
 import Testing
 import TinyVM
 
-
 @Suite(needsKVM) struct TinyVMContractTests {
     @Test func helloPrintsOnEveryVCPUAndExitsWith42() throws {
         let vm = try TinyVM(.init(cpus: 2))

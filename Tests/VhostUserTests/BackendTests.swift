@@ -7,7 +7,6 @@ import VhostUser
 /// Whether qemu-storage-daemon is installed (tests against it skip otherwise).
 let qemuStorageDaemonPresent = VhostUserBackendProcess.qemuStorageDaemonPath() != nil
 
-
 /// A raw image made by the test, a back-end serving it, a connected frontend
 /// after the handshake, and memfd guest RAM registered with SET_MEM_TABLE.
 final class BlockFixture {
@@ -28,10 +27,14 @@ final class BlockFixture {
         let period = (0..<256).flatMap { expectedSector($0) }
         let bytes = Array((0..<Int(Self.sectors) / 256).map { _ in period }.joined())
         _ = FileManager.default.createFile(atPath: image, contents: Data(bytes))
-        backend = try VhostUserBackendProcess.start(kind, image: image, socketPath: directory + "/blk.sock", queues: queues)
+        backend = try VhostUserBackendProcess.start(
+            kind, image: image, socketPath: directory + "/blk.sock", queues: queues)
         frontend = try VhostUserFrontend(socketPath: backend.socketPath)
-        features = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.multiQueue | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config)
-        let accepted = VhostUserFeature.version1 | VhostUserFeature.protocolFeatures | (features & VhostUserFeature.blkFlush)
+        features = try frontend.handshake(
+            wantedProtocolFeatures: VhostUserProtocolFeature.multiQueue | VhostUserProtocolFeature.replyAck
+                | VhostUserProtocolFeature.config)
+        let accepted =
+            VhostUserFeature.version1 | VhostUserFeature.protocolFeatures | (features & VhostUserFeature.blkFlush)
         try frontend.setFeatures(accepted)
         memory = try MemfdGuestMemory(size: 4 << 20)
         try frontend.setMemTable([memory.region])
@@ -66,7 +69,8 @@ enum Scenarios {
         let frontend = fixture.frontend
         #expect(fixture.features & VhostUserFeature.version1 != 0)
         #expect(fixture.features & VhostUserFeature.protocolFeatures != 0)
-        let wanted = VhostUserProtocolFeature.multiQueue | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
+        let wanted =
+            VhostUserProtocolFeature.multiQueue | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
         #expect(frontend.protocolFeatures == wanted)
         let config = try frontend.getConfig(offset: 0, size: 60)
         #expect(config.count == 60)
@@ -121,7 +125,8 @@ enum Scenarios {
             #expect(queue.collect(4).count == 4)
             for slot in 0..<4 {
                 #expect(queue.status(slot: slot) == 0)
-                #expect(fixture.memory.read(512, at: queue.dataAddress(slot: slot)) == expectedSector(index * 10 + slot))
+                #expect(
+                    fixture.memory.read(512, at: queue.dataAddress(slot: slot)) == expectedSector(index * 10 + slot))
             }
         }
     }
@@ -166,26 +171,39 @@ extension Scenarios {
             #expect(fixture.memory.read(512, at: queue.dataAddress(slot: slot)) == expectedSector(round))
         }
         times.sort()
-        print("vhost-user \(kind.rawValue): 200 sequential 512-byte reads, median round trip \(times[100]), p90 \(times[180])")
+        print(
+            "vhost-user \(kind.rawValue): 200 sequential 512-byte reads, median round trip \(times[100]), p90 \(times[180])"
+        )
     }
 }
 
 /// Always: the embedded back-end (`irqfd-vhost-user-blk`, built with the tests).
 @Suite struct EmbeddedBackendTests {
-    @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws { try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .embedded) }
+    @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws {
+        try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .embedded)
+    }
     @Test func readsAndWritesSectors() throws { try Scenarios.readsAndWritesSectors(kind: .embedded) }
     @Test func twoQueues() throws { try Scenarios.twoQueues(kind: .embedded) }
-    @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws { try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .embedded) }
+    @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws {
+        try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .embedded)
+    }
     @Test func sequentialReadsRoundTrip() throws { try Scenarios.sequentialReadsRoundTrip(kind: .embedded) }
 }
 
 /// Against qemu-storage-daemon, the third-party back-end, when it is installed.
-@Suite(.enabled(if: qemuStorageDaemonPresent, "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)"))
+@Suite(
+    .enabled(
+        if: qemuStorageDaemonPresent,
+        "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)"))
 struct QemuStorageDaemonTests {
-    @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws { try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .qemuStorageDaemon) }
+    @Test func handshakeNegotiatesFeaturesAndReadsCapacity() throws {
+        try Scenarios.handshakeNegotiatesFeaturesAndReadsCapacity(kind: .qemuStorageDaemon)
+    }
     @Test func readsAndWritesSectors() throws { try Scenarios.readsAndWritesSectors(kind: .qemuStorageDaemon) }
     @Test func twoQueues() throws { try Scenarios.twoQueues(kind: .qemuStorageDaemon) }
-    @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws { try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .qemuStorageDaemon) }
+    @Test func getVringBaseStopsAndTheRingRestartsFromIt() throws {
+        try Scenarios.getVringBaseStopsAndTheRingRestartsFromIt(kind: .qemuStorageDaemon)
+    }
     @Test func sequentialReadsRoundTrip() throws { try Scenarios.sequentialReadsRoundTrip(kind: .qemuStorageDaemon) }
 }
 #endif

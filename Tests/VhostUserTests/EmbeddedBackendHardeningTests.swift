@@ -91,8 +91,10 @@ struct RawFrontend {
 
     init(_ path: String) throws { channel = try VhostUserChannel.connect(to: path) }
 
-    func send(_ request: VhostUserRequest, flags: UInt32 = VhostUserFlags.version, payload: [UInt8],
-              size: UInt32? = nil, descriptors: [FileDescriptor] = []) throws {
+    func send(
+        _ request: VhostUserRequest, flags: UInt32 = VhostUserFlags.version, payload: [UInt8],
+        size: UInt32? = nil, descriptors: [FileDescriptor] = []
+    ) throws {
         let header = VhostUserHeader(request: request.rawValue, flags: flags, size: size ?? UInt32(payload.count))
         try channel.send(header.bytes + payload, passing: descriptors, deadline: .now + .seconds(2))
     }
@@ -185,7 +187,8 @@ struct HandRing {
     }
 }
 
-let next: UInt16 = 1, writeOnly: UInt16 = 2
+let next: UInt16 = 1
+let writeOnly: UInt16 = 2
 
 @Suite struct EmbeddedBackendGuestBoundsTests {
     /// seg_max is 126: a read of 200 writable 512-byte segments (all one buffer) is IOERR, not served.
@@ -195,7 +198,9 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 256, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, buffer = header + 64, status = buffer + 4096
+        let header = ring.end + 64
+        let buffer = header + 64
+        let status = buffer + 4096
         memory.write(blockHeader(type: 0, sector: 0), at: header)
         memory.store(UInt8(0xFF), at: status)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
@@ -218,7 +223,9 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 64, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, status = header + 32, buffer = UInt64(1 << 20)
+        let header = ring.end + 64
+        let status = header + 32
+        let buffer = UInt64(1 << 20)
         memory.write(blockHeader(type: 0, sector: 0), at: header)
         memory.store(UInt8(0xFF), at: status)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
@@ -239,7 +246,9 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 8192, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, status = header + 32, buffer = UInt64(2 << 20)
+        let header = ring.end + 64
+        let status = header + 32
+        let buffer = UInt64(2 << 20)
         memory.write(blockHeader(type: 0, sector: 0), at: header)
         memory.store(UInt8(0xFF), at: status)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
@@ -257,14 +266,17 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
     /// A buffer that crosses from one region into the next, contiguous in guest-physical space, is served.
     @Test func aBufferAcrossTwoContiguousRegionsIsServed() throws {
         let fixture = try HardeningFixture()
-        let low = try MemfdGuestMemory(size: 2 << 20), high = try MemfdGuestMemory(size: 2 << 20)
+        let low = try MemfdGuestMemory(size: 2 << 20)
+        let high = try MemfdGuestMemory(size: 2 << 20)
         let highRegion = VhostUserMemoryRegion(
             guestPhysicalAddress: 2 << 20, size: 2 << 20, userAddress: UInt64(UInt(bitPattern: high.base)),
             mmapOffset: 0, fd: high.fileDescriptor)
         try fixture.frontend.setMemTable([low.region, highRegion])
         var ring = try HandRing(memory: low, size: 64, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, status = header + 32, buffer = UInt64(2 << 20) - 200
+        let header = ring.end + 64
+        let status = header + 32
+        let buffer = UInt64(2 << 20) - 200
         low.write(blockHeader(type: 0, sector: 7), at: header)
         low.store(UInt8(0xFF), at: status)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
@@ -286,14 +298,18 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         let ring = try HandRing(memory: memory, size: 32768, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, id = header + 32, status = id + 32
+        let header = ring.end + 64
+        let id = header + 32
+        let status = id + 32
         memory.write(blockHeader(type: 8, sector: 0), at: header)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
         ring.descriptor(1, address: id, length: 20, flags: next | writeOnly, next: 2)
         ring.descriptor(2, address: status, length: 1, flags: writeOnly)
         for slot in 0..<32768 { memory.store(UInt16(0), at: ring.availableRing + 4 + 2 * UInt64(slot)) }
         let busy = Flag()
-        let usedRing = ring.usedRing, availableRing = ring.availableRing, kick = ring.kick
+        let usedRing = ring.usedRing
+        let availableRing = ring.availableRing
+        let kick = ring.kick
         let guest = Thread {
             // Keeps 32768 requests available (the idx a full ring ahead of the used one) and kicks.
             while busy.raised.load(ordering: .relaxed) {
@@ -344,7 +360,8 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 64, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, status = header + 32
+        let header = ring.end + 64
+        let status = header + 32
         memory.write(blockHeader(type: 8, sector: 0), at: header)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
         ring.descriptor(1, address: status, length: 1, flags: writeOnly)
@@ -413,7 +430,8 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setVringCall(queue: 0, descriptor: call.fileDescriptor)
         try fixture.frontend.setVringKick(queue: 0, fd: ring.kick.fd)
         try fixture.frontend.setVringEnable(queue: 0, enabled: true)
-        let header = ring.end + 64, status = header + 32
+        let header = ring.end + 64
+        let status = header + 32
         memory.write(blockHeader(type: 8, sector: 0), at: header)
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
         ring.descriptor(1, address: status, length: 1, flags: writeOnly)
@@ -492,7 +510,8 @@ let next: UInt16 = 1, writeOnly: UInt16 = 2
         try fixture.frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 64, base: 0)
         try ring.start(fixture.frontend)
-        let header = ring.end + 64, status = header + 32
+        let header = ring.end + 64
+        let status = header + 32
         memory.write(blockHeader(type: 8, sector: 0), at: header)
         memory.store(UInt8(0xFF), at: status)
         ring.descriptor(0, address: header, length: 16, flags: next | writeOnly, next: 1)

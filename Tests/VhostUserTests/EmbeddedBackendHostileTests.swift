@@ -7,7 +7,9 @@ import VhostUser
 @Suite struct EmbeddedBackendHostileTests {
     @Test func refusedMessageIsRejectedByReplyAck() throws {
         let fixture = try BlockFixture(.embedded)
-        #expect(throws: VhostUserError.rejected(.setVringNum, status: 1)) { try fixture.frontend.setVringNum(queue: 5, size: 64) }
+        #expect(throws: VhostUserError.rejected(.setVringNum, status: 1)) {
+            try fixture.frontend.setVringNum(queue: 5, size: 64)
+        }
         // A nonzero ack keeps the connection.
         #expect(fixture.frontend.isConnected)
         _ = try fixture.queue(0)
@@ -17,7 +19,8 @@ import VhostUser
         let fixture = try BlockFixture(.embedded)
         let queue = try HostVirtqueueDriver(memory: fixture.memory, queue: 0, size: 64, base: 0)
         try fixture.frontend.setVringNum(queue: 0, size: 64)
-        try fixture.frontend.setVringAddr(queue: 0, descriptor: queue.descriptorTable, available: queue.availableRing, used: queue.usedRing)
+        try fixture.frontend.setVringAddr(
+            queue: 0, descriptor: queue.descriptorTable, available: queue.availableRing, used: queue.usedRing)
         try fixture.frontend.setVringBase(queue: 0, index: 0)
         try fixture.frontend.setVringKick(queue: 0, descriptor: queue.kick.fileDescriptor)
         try fixture.frontend.setVringCall(queue: 0, descriptor: queue.call.fileDescriptor)

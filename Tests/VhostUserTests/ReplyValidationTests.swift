@@ -20,19 +20,25 @@ import Testing
 
     @Test func wrongTypeFlagsSizeAndDescriptorsAreTyped() {
         #expect(throws: VhostUserError.badReply(.getFeatures, "reply type 2, expected 1")) {
-            try VhostUserReplyParser.parse(reply(2, payload: [UInt8](repeating: 0, count: 8)), descriptorCount: 0, for: .getFeatures, shape: .u64)
+            try VhostUserReplyParser.parse(
+                reply(2, payload: [UInt8](repeating: 0, count: 8)), descriptorCount: 0, for: .getFeatures, shape: .u64)
         }
         #expect(throws: VhostUserError.badReply(.getFeatures, "REPLY flag not set (flags 0x1)")) {
-            try VhostUserReplyParser.parse(reply(1, flags: 1, payload: [UInt8](repeating: 0, count: 8)), descriptorCount: 0, for: .getFeatures, shape: .u64)
+            try VhostUserReplyParser.parse(
+                reply(1, flags: 1, payload: [UInt8](repeating: 0, count: 8)), descriptorCount: 0, for: .getFeatures,
+                shape: .u64)
         }
         #expect(throws: VhostUserError.badReply(.getFeatures, "payload size 4, expected 8")) {
-            try VhostUserReplyParser.parse(reply(1, payload: [0, 0, 0, 0]), descriptorCount: 0, for: .getFeatures, shape: .u64)
+            try VhostUserReplyParser.parse(
+                reply(1, payload: [0, 0, 0, 0]), descriptorCount: 0, for: .getFeatures, shape: .u64)
         }
         #expect(throws: VhostUserError.badReply(.getFeatures, "2 descriptors attached, expected none")) {
-            try VhostUserReplyParser.parse(reply(1, payload: [UInt8](repeating: 0, count: 8)), descriptorCount: 2, for: .getFeatures, shape: .u64)
+            try VhostUserReplyParser.parse(
+                reply(1, payload: [UInt8](repeating: 0, count: 8)), descriptorCount: 2, for: .getFeatures, shape: .u64)
         }
         #expect(throws: VhostUserError.badReply(.getConfig, "empty config payload (the back-end failed GET_CONFIG)")) {
-            try VhostUserReplyParser.parse(reply(24, payload: []), descriptorCount: 0, for: .getConfig, shape: .config(size: 8))
+            try VhostUserReplyParser.parse(
+                reply(24, payload: []), descriptorCount: 0, for: .getConfig, shape: .config(size: 8))
         }
         #expect(throws: VhostUserError.badReply(.getVringBase, "state for queue 1, expected 0")) {
             try VhostUserReplyParser.vringState([1, 0, 0, 0, 5, 0, 0, 0], queue: 0, for: .getVringBase)
@@ -44,7 +50,11 @@ import Testing
         for _ in 0..<5000 {
             let count = Int.random(in: 0...40, using: &generator)
             var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            if count >= 12, Bool.random(using: &generator) { bytes[0] = 11; bytes[4] = 5; bytes[8] = UInt8(count - 12) }
+            if count >= 12, Bool.random(using: &generator) {
+                bytes[0] = 11
+                bytes[4] = 5
+                bytes[8] = UInt8(count - 12)
+            }
             _ = try? VhostUserReplyParser.parse(bytes, descriptorCount: 0, for: .getVringBase, shape: .vringState)
         }
     }

@@ -3,8 +3,8 @@ import KVM
 import TestSupport
 import Testing
 import TinyVM
-import Virtio
 import VhostUser
+import Virtio
 
 /// virtio-blk on TinyVM's default (coalescing) partition: once the deferred
 /// commit has landed, completions take the kernel path alone.
@@ -15,8 +15,11 @@ import VhostUser
         let guest = try BlkGuest(backend, image: image)  // coalescing, the default
         guest.configure(batches: 26, perBatch: 4, first: 0, write: false, gated: true)
         guest.vm.start()
-        defer { guest.vm.stop(); _ = guest.vm.wait() }
-        let L = BlkGuest.L.self
+        defer {
+            guest.vm.stop()
+            _ = guest.vm.wait()
+        }
+        typealias L = BlkGuest.L
         guest.vm.memory.write32(1, at: L.gate)
         #expect(guest.vm.waitUntil { guest.vm.memory.read32(at: L.batchesDone) == 1 })
         // The commit is bounded (TinyVM: 50 ms); wait well past it.
@@ -25,6 +28,8 @@ import VhostUser
         guest.vm.memory.write32(26, at: L.gate)
         #expect(guest.vm.waitUntil(timeout: .seconds(120)) { guest.vm.memory.read32(at: L.batchesDone) == 26 })
         let injected = (guest.vm.vm.counters.snapshot - before).signalMsis
-        #expect(injected == 0, "\(injected) KVM_SIGNAL_MSI for 100 requests after the commit; device \(guest.device.counters)")
+        #expect(
+            injected == 0,
+            "\(injected) KVM_SIGNAL_MSI for 100 requests after the commit; device \(guest.device.counters)")
     }
 }

@@ -18,7 +18,9 @@ struct HostDriver {
     static let size = 32
     var avail: UInt16 = 0
 
-    func w(_ offset: UInt64, _ size: Int, _ value: UInt64) { device.write(address: Self.common + offset, size: size, value: value) }
+    func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
+        device.write(address: Self.common + offset, size: size, value: value)
+    }
     func r(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: Self.common + offset, size: size) }
 
     /// Virtio 1.2 section 3.1.1, VERSION_1 only, queue 0 of size 32 with no vector.
@@ -28,8 +30,10 @@ struct HostDriver {
         guard eventually(.seconds(10), { r(0x14, 1) == 0 }) else { return false }
         w(0x14, 1, 1)
         w(0x14, 1, 3)
-        w(0x08, 4, 0); w(0x0C, 4, 0)
-        w(0x08, 4, 1); w(0x0C, 4, 1)
+        w(0x08, 4, 0)
+        w(0x0C, 4, 0)
+        w(0x08, 4, 1)
+        w(0x0C, 4, 1)
         w(0x14, 1, 0x0B)
         guard r(0x14, 1) & 8 != 0 else { return false }
         w(0x16, 2, 0)
@@ -90,7 +94,9 @@ struct HostDriver {
             #expect(ok, "round \(round): DRIVER_OK")
             driver.submitReads(8)
             device.writeStatus(0)  // requests in flight
-            #expect(device.status == 0, "round \(round): reset, not NEEDS_RESET (\(String(describing: device.lastBackendError)))")
+            #expect(
+                device.status == 0,
+                "round \(round): reset, not NEEDS_RESET (\(String(describing: device.lastBackendError)))")
             #expect(!device.isRunning(queue: 0))
         }
         // And a last initialisation that completes its requests.

@@ -20,11 +20,17 @@ import Virtio
         let backend = try BlockBackend(kind: kind, image: image.path)
         let vm = try TinyVM()
         let device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath)
-        func w(_ offset: UInt64, _ size: Int, _ value: UInt64) { device.write(address: Self.common + offset, size: size, value: value) }
+        func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
+            device.write(address: Self.common + offset, size: size, value: value)
+        }
         func r(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: Self.common + offset, size: size) }
-        w(0x14, 1, 0); w(0x14, 1, 1); w(0x14, 1, 3)
-        w(0x08, 4, 0); w(0x0C, 4, 0)
-        w(0x08, 4, 1); w(0x0C, 4, 1)
+        w(0x14, 1, 0)
+        w(0x14, 1, 1)
+        w(0x14, 1, 3)
+        w(0x08, 4, 0)
+        w(0x0C, 4, 0)
+        w(0x08, 4, 1)
+        w(0x0C, 4, 1)
         w(0x14, 1, 0x0B)
         #expect(r(0x14, 1) & 8 != 0)
         w(0x16, 2, 0)
@@ -39,7 +45,10 @@ import Virtio
 
         // Read-only fields: device_feature, num_queues, config_generation, queue_notify_off, ISR, device config.
         let numQueues = r(0x12, 2)
-        w(0x04, 4, 0xFFFF_FFFF); w(0x12, 2, 7); w(0x15, 1, 9); w(0x1E, 2, 5)
+        w(0x04, 4, 0xFFFF_FFFF)
+        w(0x12, 2, 7)
+        w(0x15, 1, 9)
+        w(0x1E, 2, 5)
         device.write(address: VirtioBlkDevice.virtioBase + VirtioBlkDevice.isrOffset, size: 1, value: 1)
         let capacity = device.read(address: VirtioBlkDevice.virtioBase + VirtioBlkDevice.deviceOffset, size: 4)
         device.write(address: VirtioBlkDevice.virtioBase + VirtioBlkDevice.deviceOffset, size: 4, value: 0x1234)

@@ -12,7 +12,8 @@ import Virtio
 /// The backends a test runs against: the embedded one whenever it is built
 /// (branch h-vhost adds it), qemu-storage-daemon when installed.
 let backends: [DiskBackendKind] =
-    (BlockBackend.embeddedExecutable() != nil ? [.embedded] : []) + (DiskBackendKind.qemuStorageDaemonPath != nil ? [.qemuStorageDaemon] : [])
+    (BlockBackend.embeddedExecutable() != nil ? [.embedded] : [])
+    + (DiskBackendKind.qemuStorageDaemonPath != nil ? [.qemuStorageDaemon] : [])
 let qsdInstalled = Testing.ConditionTrait.enabled(
     if: DiskBackendKind.qemuStorageDaemonPath != nil,
     "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)")
@@ -36,7 +37,10 @@ final class BlkGuest {
         try vm.load(GuestProgram.virtioBlk.image)
     }
 
-    func configure(batches: Int, perBatch: Int, first: Int, write: Bool, queues: Int = 1, destinations: [Int] = [0, 0], gated: Bool = false) {
+    func configure(
+        batches: Int, perBatch: Int, first: Int, write: Bool, queues: Int = 1, destinations: [Int] = [0, 0],
+        gated: Bool = false
+    ) {
         let m = vm.memory
         m.write32(UInt32(batches), at: L.batches)
         m.write32(UInt32(perBatch), at: L.requestsPerBatch)
@@ -68,7 +72,10 @@ func pattern(_ j: Int, _ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: j &* 31 &+
             guest.vm.memory.load((0..<512).map { pattern(j, $0) }, at: BlkGuest.L.buffer(queue: 0, request: j))
         }
         let outcome = guest.vm.run(timeout: .seconds(60))
-        #expect(outcome == .exited(code: 0), "\(outcome); device \(guest.device.counters); backend error \(String(describing: guest.device.lastBackendError))")
+        #expect(
+            outcome == .exited(code: 0),
+            "\(outcome); device \(guest.device.counters); backend error \(String(describing: guest.device.lastBackendError))"
+        )
         #expect(guest.completed == 8)
         #expect(guest.failed == 0)
         #expect(guest.device.counters.notifyExits == 0)
@@ -116,8 +123,11 @@ func pattern(_ j: Int, _ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: j &* 31 &+
         // A third batch never opens: the guest waits at the gate with interrupts on.
         guest.configure(batches: 3, perBatch: 3, first: 0, write: false, gated: true)
         guest.vm.start()
-        defer { guest.vm.stop(); _ = guest.vm.wait() }
-        let L = BlkGuest.L.self
+        defer {
+            guest.vm.stop()
+            _ = guest.vm.wait()
+        }
+        typealias L = BlkGuest.L
         guest.vm.memory.write32(1, at: L.gate)
         #expect(guest.vm.waitUntil { guest.vm.memory.read32(at: L.batchesDone) == 1 })
         // Queue 0's vector is 1: mask it in the table (vector control, BAR1 + 16 + 12).

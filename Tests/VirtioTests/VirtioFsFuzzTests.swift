@@ -18,7 +18,6 @@ import Virtio
 //
 // IRQFD_FUZZ_SEED repeats a run; IRQFD_FUZZ_FS_OPS (default 20,000) makes it longer.
 
-
 private final class FsDeviceFuzzer {
     let share: SharedDirectory
     let backend: FileSystemBackend

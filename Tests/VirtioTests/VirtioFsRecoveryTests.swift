@@ -237,7 +237,7 @@ enum Fuse {
     func theGuestRecoversFromVirtiofsdKilledAtRandomAndReadsTheRightData(trial: Int) throws {
         let share = try SharedDirectory()
         let guest = try FsGuest(share: share, rounds: 30)
-        let L = FsGuest.L.self
+        typealias L = FsGuest.L
         guest.vm.memory.write32(1, at: L.recover)
         guest.vm.memory.write32(1000, at: L.gate)  // every round open
         guest.vm.start()

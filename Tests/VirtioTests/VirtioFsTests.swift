@@ -93,7 +93,7 @@ final class FsGuest {
         let before = guest.vm.vm.counters.snapshot
         let outcome = guest.vm.run(timeout: .seconds(60))
         #expect(outcome == .exited(code: 0), "\(outcome); \(guest.report)")
-        let L = FsGuest.L.self
+        typealias L = FsGuest.L
         #expect(guest.word(L.phase) == 2)
         #expect(guest.word(L.fuseMajor) == 7, "virtiofsd speaks FUSE 7.x")
         #expect(guest.word(L.requests) == 8, "INIT, LOOKUP, OPEN, READ, CREATE, WRITE and two RELEASEs")
@@ -130,7 +130,7 @@ final class FsGuest {
         let share = try SharedDirectory()
         // A third round waits at the gate: nothing follows the unmasked completion until it opens.
         let guest = try FsGuest(share: share, rounds: 3)
-        let L = FsGuest.L.self
+        typealias L = FsGuest.L
         guest.vm.start()
         defer {
             guest.vm.stop()
@@ -181,10 +181,11 @@ final class FsGuest {
         let guest = try FsGuest(share: share, delivery: delivery)
         let outcome = guest.vm.run(timeout: .seconds(60))
         #expect(outcome == .exited(code: 0), "\(delivery): \(outcome); \(guest.report)")
-        let L = FsGuest.L.self
+        typealias L = FsGuest.L
         return Seen(
             outcome: outcome, requests: guest.word(L.requests), readLength: guest.word(L.readLength),
-            written: guest.word(L.written), configuration: guest.vm.memory.bytes(at: L.configuration, count: 40),
+            written: guest.word(L.written),
+            configuration: guest.vm.memory.bytes(at: L.configuration, count: 40),
             hostFile: share.read("from-guest.bin"))
     }
 
@@ -289,7 +290,9 @@ final class FsGuest {
         defer { for fd in pairs { close(fd) } }
         for _ in 0..<300 {
             var fds: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw TestFailure("socketpair") }
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
+                throw TestFailure("socketpair")
+            }
             pairs += fds
         }
         let share = try SharedDirectory()

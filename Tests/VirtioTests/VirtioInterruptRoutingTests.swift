@@ -22,13 +22,17 @@ import Virtio
         let guest = try BlkGuest(backend, image: image, cpus: 2, queues: 2)
         guest.configure(batches: 4, perBatch: 4, first: 0, write: false, queues: 2, destinations: [0, 1])
         let outcome = guest.vm.run(timeout: .seconds(120))
-        #expect(outcome == .exited(code: 0), "\(outcome); device \(guest.device.counters); backend error \(String(describing: guest.device.lastBackendError))")
+        #expect(
+            outcome == .exited(code: 0),
+            "\(outcome); device \(guest.device.counters); backend error \(String(describing: guest.device.lastBackendError))"
+        )
         #expect(guest.completed == 32, "4 batches of 4 requests on each of 2 queues")
         #expect(guest.failed == 0)
         #expect(guest.device.counters.notifyExits == 0)
         #expect(guest.device.driverFeatures & VirtioBlkDevice.Feature.multiQueue != 0 || guest.device.queueCount == 2)
         // Queue 0 (MSI-X vector 1) to vCPU 0, queue 1 (vector 2) to vCPU 1, and never the other way.
-        let seen = "cpu0 v1 \(guest.interrupts(cpu: 0, msix: 1)) v2 \(guest.interrupts(cpu: 0, msix: 2)); cpu1 v1 \(guest.interrupts(cpu: 1, msix: 1)) v2 \(guest.interrupts(cpu: 1, msix: 2)); route events \(guest.device.emulator.routeCount)"
+        let seen =
+            "cpu0 v1 \(guest.interrupts(cpu: 0, msix: 1)) v2 \(guest.interrupts(cpu: 0, msix: 2)); cpu1 v1 \(guest.interrupts(cpu: 1, msix: 1)) v2 \(guest.interrupts(cpu: 1, msix: 2)); route events \(guest.device.emulator.routeCount)"
         #expect(guest.interrupts(cpu: 0, msix: 1) >= 4, "at least one per batch: \(seen)")
         #expect(guest.interrupts(cpu: 1, msix: 2) >= 4, "at least one per batch: \(seen)")
         #expect(guest.interrupts(cpu: 1, msix: 1) == 0)
@@ -50,7 +54,10 @@ import Virtio
         let guest = try BlkGuest(backend, image: image, cpus: 2)
         guest.configure(batches: 3, perBatch: 3, first: 0, write: false, gated: true)
         guest.vm.start()
-        defer { guest.vm.stop(); _ = guest.vm.wait() }
+        defer {
+            guest.vm.stop()
+            _ = guest.vm.wait()
+        }
         let memory = guest.vm.memory
         let emulator = guest.device.emulator
         memory.write32(1, at: L.gate)

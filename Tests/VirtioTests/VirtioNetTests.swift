@@ -117,7 +117,7 @@ extension VirtioNetTests {
                 guest.vm.stop()
                 _ = guest.vm.wait()
             }
-            let L = VirtioNetGuestLayout.self
+            typealias L = VirtioNetGuestLayout
             guest.vm.memory.write32(1, at: L.gate)
             #expect(guest.vm.waitUntil(timeout: .seconds(60)) { guest.intact(pair: 0) == 1 }, "\(guest.diagnosis)")
             let emulator = guest.device.emulator
@@ -150,7 +150,7 @@ extension VirtioNetTests {
         @Test func batchesOfThirtyTwoComeBackIntactAndStampedRunsRecordEveryFrame() throws {
             let guest = try NetGuest()
             guest.configure(frames: 96)
-            let L = VirtioNetGuestLayout.self
+            typealias L = VirtioNetGuestLayout
             guest.vm.memory.write32(32, at: L.batch)
             guest.vm.memory.write32(1, at: L.stamp)
             guest.vm.memory.write32(60, at: L.length)

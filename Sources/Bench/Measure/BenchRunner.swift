@@ -97,7 +97,9 @@ public final class BenchRunner {
 
         // Delivery, throughput and bursts share the paths.
         let sections = options.sections
-        var delivery: [BenchReport.Delivery] = [], throughput: [BenchReport.Throughput] = [], bursts: [BenchReport.Burst] = []
+        var delivery: [BenchReport.Delivery] = []
+        var throughput: [BenchReport.Throughput] = []
+        var bursts: [BenchReport.Burst] = []
         if !sections.isDisjoint(with: [.delivery, .throughput, .bursts]) {
             let paths = try makePaths(guest, gsiLimit: gsiLimit)
             if sections.contains(.delivery) { delivery = try measureLatency(guest, paths) }
@@ -105,7 +107,9 @@ public final class BenchRunner {
             if sections.contains(.bursts) { bursts = try measureBursts(guest, paths) }
             for path in paths { path.close() }
             let missing = Set(Targets.Path.all).subtracting(paths.map(\.name))
-            for name in Targets.Path.all where missing.contains(name) { gaps.append("\(name): path not available in this build") }
+            for name in Targets.Path.all where missing.contains(name) {
+                gaps.append("\(name): path not available in this build")
+            }
         }
         let programming = sections.contains(.programming) ? try measureProgramming(guest) : []
         let mask = sections.contains(.mask) ? try measureMaskUnmask(guest, gsiLimit: gsiLimit) : nil
@@ -168,7 +172,9 @@ public final class BenchRunner {
 
     /// One delivery: signal, then spin on the guest's counter. Nanoseconds.
     @inline(__always)
-    private func deliverOnce(_ path: DeliveryPath, channel: Int, counter: UnsafeMutableRawPointer) throws(BenchError) -> UInt64 {
+    private func deliverOnce(_ path: DeliveryPath, channel: Int, counter: UnsafeMutableRawPointer) throws(BenchError)
+        -> UInt64
+    {
         let before = irqfd_load32(counter)
         let start = bench_floor_now_ns()
         path.signal(channel)
@@ -222,7 +228,8 @@ public final class BenchRunner {
             done += n
             order.append(order.removeFirst())  // rotate who goes first
             if done % 500 < roundSamples || done == options.samples {
-                progress("delivery latency: \(done)/\(options.samples) samples per path, \(paths.count) paths, interleaved")
+                progress(
+                    "delivery latency: \(done)/\(options.samples) samples per path, \(paths.count) paths, interleaved")
             }
         }
         return paths.enumerated().map { i, path in
@@ -233,7 +240,9 @@ public final class BenchRunner {
         }
     }
 
-    private func measureThroughput(_ guest: TinyVM, _ paths: [DeliveryPath]) throws(BenchError) -> [BenchReport.Throughput] {
+    private func measureThroughput(_ guest: TinyVM, _ paths: [DeliveryPath]) throws(BenchError) -> [BenchReport
+        .Throughput]
+    {
         var results: [BenchReport.Throughput] = []
         let duration = UInt64(options.throughputSeconds * 1e9)
         for vectorCount in [1, DeliveryPath.channels] {
@@ -263,14 +272,18 @@ public final class BenchRunner {
                     spins &+= 1
                     if spins & 0x3F == 0 || vectorCount > 1 { now = bench_floor_now_ns() }
                     if let stuck = lastChange.firstIndex(where: { now > $0 + 2_000_000_000 }) {
-                        throw .lost(path: path.name, vector: path.vectors[stuck], during: "throughput (\(vectorCount) vectors)")
+                        throw .lost(
+                            path: path.name, vector: path.vectors[stuck], during: "throughput (\(vectorCount) vectors)")
                     }
                 }
                 let elapsed = Double(bench_floor_now_ns() - start) / 1e9
                 // Let the last signals land before the next path starts.
                 _ = guest.waitUntil(timeout: .seconds(2)) { zip(counters, last).allSatisfy { irqfd_load32($0) != $1 } }
                 pause(1_000_000)
-                results.append(.init(path: path.name, vectors: vectorCount, perSecond: Double(handled) / elapsed, handled: handled, seconds: elapsed))
+                results.append(
+                    .init(
+                        path: path.name, vectors: vectorCount, perSecond: Double(handled) / elapsed, handled: handled,
+                        seconds: elapsed))
             }
         }
         return results
@@ -288,9 +301,11 @@ public final class BenchRunner {
                 // Settled: the full count arrived, or something arrived and then
                 // nothing new for 20 ms. Nothing at all within 2 s: lost.
                 let sent = bench_floor_now_ns()
-                var seen = irqfd_load32(counter), quietSince = sent
+                var seen = irqfd_load32(counter)
+                var quietSince = sent
                 while seen &- before < UInt32(options.burstSize) {
-                    let now = irqfd_load32(counter), time = bench_floor_now_ns()
+                    let now = irqfd_load32(counter)
+                    let time = bench_floor_now_ns()
                     if now != seen {
                         seen = now
                         quietSince = time
@@ -303,7 +318,10 @@ public final class BenchRunner {
                 delivered += Int(seen &- before)
                 pause(1_000_000)
             }
-            results.append(.init(path: path.name, bursts: options.burstCount, signalsPerBurst: options.burstSize, delivered: delivered))
+            results.append(
+                .init(
+                    path: path.name, bursts: options.burstCount, signalsPerBurst: options.burstSize,
+                    delivered: delivered))
         }
         return results
     }
@@ -313,7 +331,8 @@ public final class BenchRunner {
     static func median(_ values: [Double]) -> Double {
         guard !values.isEmpty else { return 0 }
         let sorted = values.sorted()
-        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        return sorted.count % 2 == 1
+            ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     /// Sleeps 5 ms before a timed step, so work the kernel deferred from the
@@ -347,11 +366,13 @@ public final class BenchRunner {
             beside: irqfd.pushedEntries)
         // Kept until the section returns: its deinit deassigns and closes the eventfd the cycles use.
         defer { withExtendedLifetime(floor) {} }
-        let efd = floor.eventfd, rawGsi = floor.gsi
+        let efd = floor.eventfd
+        let rawGsi = floor.gsi
 
         let blocks = 20
         let perBlock = max(1, options.maskCycles / blocks)
-        var library: [Double] = [], raw: [Double] = []
+        var library: [Double] = []
+        var raw: [Double] = []
         let before = counters.snapshot
         for block in -1..<blocks {  // block -1 warms up both sides
             progress("mask + unmask: block \(block + 2)/\(blocks + 1)")
@@ -387,7 +408,8 @@ public final class BenchRunner {
         let irqfd = guest.irqfd
         let count = options.lifecycleCount
         let m = MsiMessage(destination: 0, vector: 0xA0)
-        var bare = 0.0, programmed = 0.0
+        var bare = 0.0
+        var programmed = 0.0
         do throws(IrqFdError) {
             progress("route lifecycle: newRoute + drop")
             var start = bench_floor_now_ns()
@@ -411,7 +433,8 @@ public final class BenchRunner {
         let live = irqfd.gsiCapacity
         var routes: [KVMIrqFdRoute] = []
         routes.reserveCapacity(live)
-        var heap = 0.0, rss = 0.0
+        var heap = 0.0
+        var rss = 0.0
         do throws(IrqFdError) {
             // Once untimed so the allocator's arenas and the table's buffers exist already.
             for pass in 0..<2 {
@@ -419,7 +442,8 @@ public final class BenchRunner {
                 // arenas (pass 1). RSS: free pages handed back first (malloc_trim),
                 // so the delta is the pages the live routes occupy.
                 bench_floor_trim()
-                let heap0 = Self.heapInUse(), rss0 = Self.residentBytes()
+                let heap0 = Self.heapInUse()
+                let rss0 = Self.residentBytes()
                 try irqfd.withBatch { () throws(IrqFdError) in
                     for i in 0..<live {
                         let route = try irqfd.newRoute()

@@ -14,7 +14,8 @@ func startInterruptCountingGuest() throws(BenchError) -> TinyVM {
         try guest.load(GuestProgram.interruptCounter.image)
     } catch { throw .setup("TinyVM: \(error)") }
     guest.start()
-    guard guest.waitUntil(timeout: .seconds(20), { guest.memory.read32(at: InterruptCounterLayout.ready(cpu: 0)) == 1 }) else {
+    guard guest.waitUntil(timeout: .seconds(20), { guest.memory.read32(at: InterruptCounterLayout.ready(cpu: 0)) == 1 })
+    else {
         let why = guest.hasEnded ? "\(guest.wait())" : "timed out"
         guest.stop()
         guest.wait()

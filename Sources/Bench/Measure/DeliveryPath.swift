@@ -22,7 +22,9 @@ final class DeliveryPath {
     private let signalChannel: (Int) -> Void
     private var teardown: (() -> Void)?
 
-    init(name: String, floor: String?, vectors: [UInt8], signal: @escaping (Int) -> Void, teardown: @escaping () -> Void) {
+    init(
+        name: String, floor: String?, vectors: [UInt8], signal: @escaping (Int) -> Void, teardown: @escaping () -> Void
+    ) {
         self.name = name
         self.floor = floor
         self.vectors = vectors
@@ -68,7 +70,9 @@ final class DeliveryPath {
     static func raw(_ guest: TinyVM, vectors: [UInt8], gsis: [UInt32]) throws(BenchError) -> DeliveryPath {
         let vmfd = guest.vm.rawDescriptor
         var efds: [Int32] = []
-        var entries = guest.irqfd.pushedEntries.map { bench_floor_msi(gsi: $0.gsi, data: $0.msi.data, address: $0.msi.address) }
+        var entries = guest.irqfd.pushedEntries.map {
+            bench_floor_msi(gsi: $0.gsi, data: $0.msi.data, address: $0.msi.address)
+        }
         for (vector, gsi) in zip(vectors, gsis) {
             let fd = bench_floor_eventfd()
             guard fd >= 0 else { throw .floor("eventfd", fd) }
@@ -96,7 +100,9 @@ final class DeliveryPath {
     /// The relay backend over KVM_SIGNAL_MSI.
     static func relay(_ guest: TinyVM, vectors: [UInt8]) throws(BenchError) -> DeliveryPath {
         let relay: RelayIrqFd
-        do throws(IrqFdError) { relay = try RelayIrqFd(vm: guest.vm) } catch { throw .library("relay partition", error) }
+        do throws(IrqFdError) { relay = try RelayIrqFd(vm: guest.vm) } catch {
+            throw .library("relay partition", error)
+        }
         var routes: [RelayIrqFdRoute] = []
         do throws(IrqFdError) {
             for vector in vectors {
@@ -144,7 +150,9 @@ final class DeliveryPath {
     /// device's thread. The table is programmed and the function enabled
     /// through the emulator's own register interface, as a guest would.
     static func userspace(_ guest: TinyVM, vectors: [UInt8]) throws(BenchError) -> DeliveryPath {
-        guard let layout = MsixLayout(vectorCount: vectors.count) else { throw .setup("MSI-X layout of \(vectors.count) vectors") }
+        guard let layout = MsixLayout(vectorCount: vectors.count) else {
+            throw .setup("MSI-X layout of \(vectors.count) vectors")
+        }
         let emulator = MsixEmulator(layout: layout, delivery: .userspace(KVMSignalMsiInjector(vm: guest.vm)))
         for (i, vector) in vectors.enumerated() {
             let m = message(vector)
@@ -155,7 +163,9 @@ final class DeliveryPath {
             emulator.writeTable(offset: base + 12, size: 4, value: 0)
         }
         emulator.writeCapability(offset: 2, size: 2, value: 0x8000)
-        guard (0..<vectors.count).allSatisfy({ emulator.isLive($0) }) else { throw .setup("MSI-X vectors did not go live") }
+        guard (0..<vectors.count).allSatisfy({ emulator.isLive($0) }) else {
+            throw .setup("MSI-X vectors did not go live")
+        }
         return DeliveryPath(
             name: Targets.Path.userspace, floor: Targets.Path.rawSignalMsi, vectors: vectors,
             signal: { emulator.signal(vector: $0) },

@@ -123,7 +123,10 @@ final class LiveUpdateBench {
         libraryDevice.start()
         floorDevice.start()
 
-        var pauses: [UInt64] = [], handOffs: [UInt64] = [], floorPauses: [UInt64] = [], floorHandOffs: [UInt64] = []
+        var pauses: [UInt64] = []
+        var handOffs: [UInt64] = []
+        var floorPauses: [UInt64] = []
+        var floorHandOffs: [UInt64] = []
         var failure: BenchError?
         for round in 0..<rounds {
             if round % 10 == 0 { progress("live update: round \(round + 1)/\(rounds)") }
@@ -142,7 +145,8 @@ final class LiveUpdateBench {
                     } catch { throw .setup("the library's hand-off: \(error)") }
                 }
                 func moveFloor() throws(BenchError) {
-                    var pause: UInt64 = 0, total: UInt64 = 0
+                    var pause: UInt64 = 0
+                    var total: UInt64 = 0
                     var fds = [efd]
                     var entries = [entry]
                     let result = bench_floor_live_update(

@@ -40,10 +40,13 @@ extension BenchRunner {
         for coalesced in [true, false] {
             let partition = coalesced ? "coalescing" : "synchronous"
             let rounds = coalesced ? (options.quick ? 5 : 31) : 1
-            var us: [[Double]] = [[], []], pushes: [[Int]] = [[], []]
+            var us: [[Double]] = [[], []]
+            var pushes: [[Int]] = [[], []]
             for round in 0..<rounds {
                 for k in (round % 2 == 0 ? [0, 1] : [1, 0]) {
-                    progress("MSI-X bring-up (guest): \(vectors) vectors, \(modes[k].name), \(partition), round \(round + 1)/\(rounds)")
+                    progress(
+                        "MSI-X bring-up (guest): \(vectors) vectors, \(modes[k].name), \(partition), round \(round + 1)/\(rounds)"
+                    )
                     let (t, p) = try bringUpOnce(vectors: vectors, coalesced: coalesced, mode: modes[k])
                     us[k].append(t)
                     pushes[k].append(p)
@@ -64,11 +67,14 @@ extension BenchRunner {
     private static func medianOf(_ values: [Double]) -> Double {
         let sorted = values.sorted()
         guard !sorted.isEmpty else { return 0 }
-        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        return sorted.count % 2 == 1
+            ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     /// One guest bringing `vectors` vectors live in `mode`'s order: µs and pushes (see above).
-    private func bringUpOnce(vectors: Int, coalesced: Bool, mode: (name: String, code: UInt32)) throws(BenchError) -> (Double, Int) {
+    private func bringUpOnce(vectors: Int, coalesced: Bool, mode: (name: String, code: UInt32)) throws(BenchError) -> (
+        Double, Int
+    ) {
         let bench = try MsixBenchVM(vectors: vectors, coalesces: coalesced, mode: mode.code)
         let before = bench.vm.vm.counters.snapshot
         bench.vm.start()
@@ -77,7 +83,9 @@ extension BenchRunner {
             bench.vm.wait()
         }
         guard bench.vm.waitUntil(timeout: .seconds(120), { bench.marks.first(2) != nil }) else {
-            throw .setup("the bring-up guest (\(mode.name)) did not finish: \(bench.vm.hasEnded ? "\(bench.vm.wait())" : "timed out")")
+            throw .setup(
+                "the bring-up guest (\(mode.name)) did not finish: \(bench.vm.hasEnded ? "\(bench.vm.wait())" : "timed out")"
+            )
         }
         let routes = (0..<vectors).compactMap { bench.device.emulator.route($0) as? KVMIrqFdRoute }
         guard routes.count == vectors else { throw .setup("\(vectors - routes.count) vectors got no irqfd route") }
@@ -114,7 +122,9 @@ extension BenchRunner {
             let unmasks = bench.bar.unmasks.withLock { $0 }
             let handled = bench.marks.all(3)
             guard unmasks.count == vectors, handled.count == vectors else {
-                throw .setup("first interrupt (\(path)): \(unmasks.count) unmasks, \(handled.count) handler runs for \(vectors) vectors")
+                throw .setup(
+                    "first interrupt (\(path)): \(unmasks.count) unmasks, \(handled.count) handler runs for \(vectors) vectors"
+                )
             }
             var samples = zip(handled, unmasks).map { Double($0 &- $1) / 1000 }
             samples.sort()
@@ -131,13 +141,19 @@ extension BenchRunner {
         let paired = linux?.ratioToBatch
         return [
             .init(
-                name: "MSI-X bring-up by a guest, linux_order / function_mask_batch (95% upper)", ratio: paired?.high, limit: 1.2,
+                name: "MSI-X bring-up by a guest, linux_order / function_mask_batch (95% upper)", ratio: paired?.high,
+                limit: 1.2,
                 note: paired.map {
-                    String(format: "coalescing partition, %d vectors: median %.2fx [%.2f, %.2f] over %d paired rounds", linux?.vectors ?? 0, $0.median, $0.low, $0.high, $0.rounds)
+                    String(
+                        format: "coalescing partition, %d vectors: median %.2fx [%.2f, %.2f] over %d paired rounds",
+                        linux?.vectors ?? 0, $0.median, $0.low, $0.high, $0.rounds)
                 } ?? "not measured"),
             .init(
-                name: "MSI-X bring-up by a guest, linux_order pushes / 8", ratio: linux.map { Double($0.pushes) / 8 }, limit: 1.0,
-                note: linux.map { "at most \($0.pushes) KVM_SET_GSI_ROUTING calls for \($0.vectors) one-at-a-time unmasks" } ?? "not measured"),
+                name: "MSI-X bring-up by a guest, linux_order pushes / 8", ratio: linux.map { Double($0.pushes) / 8 },
+                limit: 1.0,
+                note: linux.map {
+                    "at most \($0.pushes) KVM_SET_GSI_ROUTING calls for \($0.vectors) one-at-a-time unmasks"
+                } ?? "not measured"),
         ]
     }
 }
@@ -159,7 +175,8 @@ struct MsixBenchVM {
         bar = TimedMsixBar(device: device, vectors: vectors)
         marks = MarkPort(capacity: vectors + 2)
         vm.pci.plug(device, device: MsixTestDevice.slot)
-        vm.attach(mmio: MsixTestDevice.registersBase..<MsixTestDevice.registersBase + MsixTestDevice.registersSize, device)
+        vm.attach(
+            mmio: MsixTestDevice.registersBase..<MsixTestDevice.registersBase + MsixTestDevice.registersSize, device)
         vm.attach(mmio: MsixTestDevice.msixBase..<MsixTestDevice.msixBase + MsixTestDevice.msixSize, bar)
         vm.attach(ports: MsixBenchGuestLayout.markPort...MsixBenchGuestLayout.markPort, marks)
         // Every entry: APIC 0, IDT vector 0x40, masked (the reset state's mask).

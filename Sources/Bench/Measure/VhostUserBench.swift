@@ -18,7 +18,8 @@ enum VirtioBlkBenchLayout {
     static let rounds: UInt64 = 0x5EC, gate: UInt64 = 0x5F0
     static let tsc0: UInt64 = 0x450, tsc1: UInt64 = 0x458
     /// The guest's own counters (for a diagnosis when a round stalls).
-    static let availableIndex: UInt64 = 0x430, usedIndex: UInt64 = 0x434, roundSubmitted: UInt64 = 0x438, roundCompleted: UInt64 = 0x43C
+    static let availableIndex: UInt64 = 0x430, usedIndex: UInt64 = 0x434, roundSubmitted: UInt64 = 0x438,
+        roundCompleted: UInt64 = 0x43C
     /// The used ring's flags and index (guest-physical 0x22000).
     static let usedRing: UInt64 = 0x22000
     /// Interrupts on IDT vector 0x41 (InterruptCounterLayout.count(cpu: 0, vector: 0x41)).
@@ -71,15 +72,19 @@ final class BenchDisk {
         guard vm.waitUntil(timeout: .seconds(60), { vm.memory.read32(at: L.phase) == 1 }) else {
             let why = vm.hasEnded ? "\(vm.wait())" : "timed out"
             close()
-            throw .setup("the virtio-blk bench guest (\(kind), \(mode)) did not reach DRIVER_OK: \(why); \(device.counters)")
+            throw .setup(
+                "the virtio-blk bench guest (\(kind), \(mode)) did not reach DRIVER_OK: \(why); \(device.counters)")
         }
     }
 
     /// One round: `count` reads with `depth` in flight. Returns the stamped
     /// samples (TSC ticks, notify -> handler; empty unless `stamp`), the
     /// round's TSC ticks, and requests whose status was not 0.
-    func round(depth: Int, count: Int, stamp: Bool) throws(BenchError) -> (samples: [UInt32], ticks: UInt64, failed: Int, hostNs: UInt64) {
-        precondition(depth >= 1 && depth <= L.maxDepth && count >= depth && (!stamp || (depth == 1 && count <= L.maxSamples)))
+    func round(depth: Int, count: Int, stamp: Bool) throws(BenchError) -> (
+        samples: [UInt32], ticks: UInt64, failed: Int, hostNs: UInt64
+    ) {
+        precondition(
+            depth >= 1 && depth <= L.maxDepth && count >= depth && (!stamp || (depth == 1 && count <= L.maxSamples)))
         let memory = vm.memory
         let failedBefore = memory.read32(at: L.failed)
         memory.write32(UInt32(depth), at: L.depth)
@@ -133,7 +138,8 @@ final class FloorDisk {
         do throws(VhostUserError) {
             frontend = try VhostUserFrontend(socketPath: backend.socketPath)
             let features = try frontend.handshake(
-                wantedProtocolFeatures: VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config | VhostUserProtocolFeature.multiQueue)
+                wantedProtocolFeatures: VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
+                    | VhostUserProtocolFeature.multiQueue)
             try frontend.setFeatures(VhostUserFeature.version1 | (features & VhostUserFeature.protocolFeatures))
             memory = try MemfdGuestMemory(size: 1 << 20)
             try frontend.setMemTable([memory.region])
@@ -157,7 +163,8 @@ final class FloorDisk {
         let signalled = queue.call.wait(timeout: .seconds(2))
         let end = bench_floor_now_ns()
         guard signalled > 0, queue.collect(1, timeout: .seconds(2)).count == 1, queue.status(slot: 0) == 0 else {
-            throw .setup("the floor's request against \(backend.kind) did not complete (status \(queue.status(slot: 0)))")
+            throw .setup(
+                "the floor's request against \(backend.kind) did not complete (status \(queue.status(slot: 0)))")
         }
         return end - start
     }
@@ -230,7 +237,8 @@ final class VhostUserBench {
         if DiskBackendKind.qemuStorageDaemonPath != nil {
             kinds.append(.qemuStorageDaemon)
         } else {
-            let line = "vhost-user: qemu-storage-daemon is not installed: its latency, throughput and the mask + unmask comparison are skipped"
+            let line =
+                "vhost-user: qemu-storage-daemon is not installed: its latency, throughput and the mask + unmask comparison are skipped"
             progress(line)
             skipped.append(line)
         }
@@ -245,7 +253,9 @@ final class VhostUserBench {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         func image(_ name: String) throws(BenchError) -> String {
             let path = "\(directory)/\(name).img"
-            guard FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20)) else { throw .setup("cannot create \(path)") }
+            guard FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20)) else {
+                throw .setup("cannot create \(path)")
+            }
             return path
         }
 
@@ -261,7 +271,9 @@ final class VhostUserBench {
         defer { raw.close() }
         let rawCounter = rawGuest.memory.base + Int(InterruptCounterLayout.count(cpu: 0, vector: 0x48))
         let tscKHz = Double(irqfd_ioctl_val(rawGuest.vm.rawDescriptor, 0xAEA3, 0))  // KVM_GET_TSC_KHZ on the VM
-        guard tscKHz > 0 else { throw .setup("KVM_GET_TSC_KHZ failed: errno \(errno); the guest's RDTSC stamps cannot be converted") }
+        guard tscKHz > 0 else {
+            throw .setup("KVM_GET_TSC_KHZ failed: errno \(errno); the guest's RDTSC stamps cannot be converted")
+        }
         func rawOnce() throws(BenchError) -> UInt64 {
             let before = irqfd_load32(rawCounter)
             let start = bench_floor_now_ns()
@@ -292,21 +304,29 @@ final class VhostUserBench {
                 for disk in disks { disk.close() }
                 floor.close()
             }
-            for mode in Self.modes { disks.append(try BenchDisk(mode: mode, kind: kind, image: try image("\(kind)-\(mode)"))) }
+            for mode in Self.modes {
+                disks.append(try BenchDisk(mode: mode, kind: kind, image: try image("\(kind)-\(mode)")))
+            }
             let toNs = { (ticks: UInt32) in UInt64(Double(ticks) * 1e6 / tscKHz) }
 
             // Latency: warm-up, then interleaved rounds.
             let perRound = options.vhostLatencyPerRound
             for disk in disks { _ = try disk.round(depth: 1, count: 20, stamp: true) }
-            for _ in 0..<20 { _ = try floor.request(); _ = try rawOnce() }
+            for _ in 0..<20 {
+                _ = try floor.request()
+                _ = try rawOnce()
+            }
             var modeAll = [[UInt64]](repeating: [], count: disks.count)
             var modeFailed = [Int](repeating: 0, count: disks.count)
             var floorAll: [UInt64] = []
-            var p50 = [[Double]](repeating: [], count: disks.count), p99 = p50
-            var floorP50: [Double] = [], rawP50: [Double] = []
+            var p50 = [[Double]](repeating: [], count: disks.count)
+            var p99 = p50
+            var floorP50: [Double] = []
+            var rawP50: [Double] = []
             var order = Array(0..<(disks.count + 2))  // modes, then floor, then raw
             for r in 0..<options.vhostRounds {
-                progress("vhost-user \(kind): latency round \(r + 1)/\(options.vhostRounds), \(perRound) requests per side")
+                progress(
+                    "vhost-user \(kind): latency round \(r + 1)/\(options.vhostRounds), \(perRound) requests per side")
                 for item in order {
                     switch item {
                     case disks.count:
@@ -339,7 +359,9 @@ final class VhostUserBench {
                 var rates = [[Double]](repeating: [], count: disks.count)
                 var modeOrder = Array(disks.indices)
                 for r in 0..<options.vhostThroughputRounds {
-                    progress("vhost-user \(kind): throughput at depth \(depth), round \(r + 1)/\(options.vhostThroughputRounds)")
+                    progress(
+                        "vhost-user \(kind): throughput at depth \(depth), round \(r + 1)/\(options.vhostThroughputRounds)"
+                    )
                     for i in modeOrder {
                         let result = try disks[i].round(depth: depth, count: requests, stamp: false)
                         modeFailed[i] += result.failed
@@ -350,16 +372,22 @@ final class VhostUserBench {
                 }
                 let userspace = Self.modes.firstIndex(of: .userspace)!
                 for (i, mode) in Self.modes.enumerated() {
-                    throughput.append(.init(
-                        mode: mode.rawValue, depth: depth, perSecond: Self.median(rates[i]), requests: requests * rates[i].count,
-                        overUserspace: mode == .userspace ? nil : BenchReport.PairedRatio(path: rates[i], floor: rates[userspace])))
+                    throughput.append(
+                        .init(
+                            mode: mode.rawValue, depth: depth, perSecond: Self.median(rates[i]),
+                            requests: requests * rates[i].count,
+                            overUserspace: mode == .userspace
+                                ? nil : BenchReport.PairedRatio(path: rates[i], floor: rates[userspace])))
                 }
             }
 
-            let irqfd = Self.modes.firstIndex(of: .irqfd)!, userspace = Self.modes.firstIndex(of: .userspace)!
+            let irqfd = Self.modes.firstIndex(of: .irqfd)!
+            let userspace = Self.modes.firstIndex(of: .userspace)!
             let budget = zip(floorP50, rawP50).map { $0 + 1.2 * $1 }
             var ratios: [BenchReport.NamedRatio] = []
-            func add(_ name: String, _ ratio: BenchReport.PairedRatio?) { if let ratio { ratios.append(.init(name: name, ratio: ratio)) } }
+            func add(_ name: String, _ ratio: BenchReport.PairedRatio?) {
+                if let ratio { ratios.append(.init(name: name, ratio: ratio)) }
+            }
             add("irqfd_p50_over_budget", .init(path: p50[irqfd], floor: budget))
             add("irqfd_over_userspace_p50", .init(path: p50[irqfd], floor: p50[userspace]))
             add("irqfd_over_userspace_p99", .init(path: p99[irqfd], floor: p99[userspace]))
@@ -385,16 +413,21 @@ final class VhostUserBench {
         var targetRatios: [BenchReport.NamedRatio] = []
         for b in backends {
             for (key, prefix) in [
-                ("irqfd_over_userspace_p50", "irqfd p50 / userspace"), ("irqfd_over_userspace_p99", "irqfd p99 / userspace"),
+                ("irqfd_over_userspace_p50", "irqfd p50 / userspace"),
+                ("irqfd_over_userspace_p99", "irqfd p99 / userspace"),
             ] {
-                if let ratio = b.ratio(key), let target = targets.first(where: { $0.name.hasPrefix("vhost-user \(b.backend): \(prefix)") }) {
+                if let ratio = b.ratio(key),
+                    let target = targets.first(where: { $0.name.hasPrefix("vhost-user \(b.backend): \(prefix)") })
+                {
                     targetRatios.append(.init(name: target.name, ratio: ratio))
                 }
             }
         }
         if let mask {
             for (ratio, spacing) in [(mask.oursOverQemu, "isolated"), (mask.backToBack?.oursOverQemu, "back to back")] {
-                if let ratio, let target = targets.first(where: { $0.name.hasPrefix("vhost-user mask+unmask, \(spacing)") }) {
+                if let ratio,
+                    let target = targets.first(where: { $0.name.hasPrefix("vhost-user mask+unmask, \(spacing)") })
+                {
                     targetRatios.append(.init(name: target.name, ratio: ratio))
                 }
             }
@@ -419,7 +452,8 @@ final class VhostUserBench {
             let r = ratio?.median ?? 0
             return String(
                 format: "ours %.1f µs (2 KVM_IRQFD, no message), QEMU's %.1f µs (2 SET_VRING_CALL%@): ours is %.1fx %@",
-                ours, theirs, mask.replyAck ? " + REPLY_ACK" : "", r >= 1 || r == 0 ? r : 1 / r, r >= 1 ? "cheaper" : "MORE EXPENSIVE")
+                ours, theirs, mask.replyAck ? " + REPLY_ACK" : "", r >= 1 || r == 0 ? r : 1 / r,
+                r >= 1 ? "cheaper" : "MORE EXPENSIVE")
         }
         var checks: [BenchReport.TargetCheck] = [
             .init(
@@ -427,9 +461,10 @@ final class VhostUserBench {
                 paired: mask.oursOverQemu, limit: 1.0, note: note(mask.oursUs, mask.qemuStrategyUs, mask.qemuOverOurs))
         ]
         if let b = mask.backToBack {
-            checks.append(.init(
-                name: "vhost-user mask+unmask, back to back: ours / QEMU's SET_VRING_CALL strategy",
-                paired: b.oursOverQemu, limit: 1.0, note: note(b.oursUs, b.qemuStrategyUs, b.qemuOverOurs)))
+            checks.append(
+                .init(
+                    name: "vhost-user mask+unmask, back to back: ours / QEMU's SET_VRING_CALL strategy",
+                    paired: b.oursOverQemu, limit: 1.0, note: note(b.oursUs, b.qemuStrategyUs, b.qemuOverOurs)))
         }
         return checks
     }
@@ -440,15 +475,22 @@ final class VhostUserBench {
     /// instructions and its notify write, which no floor here measures.
     static func targets(_ b: BenchReport.VhostUserBackend) -> [BenchReport.TargetCheck] {
         var checks: [BenchReport.TargetCheck] = []
-        let irqfd = b.latency(InterruptDelivery.irqfd.rawValue)?.latency, userspace = b.latency(InterruptDelivery.userspace.rawValue)?.latency
-        for (name, key, value) in [("p50", "irqfd_over_userspace_p50", \LatencySummary.p50Us), ("p99", "irqfd_over_userspace_p99", \LatencySummary.p99Us)] {
-            let a = irqfd?[keyPath: value] ?? 0, u = userspace?[keyPath: value] ?? 0
-            checks.append(.init(
-                name: "vhost-user \(b.backend): irqfd \(name) / userspace \(name) (must beat it)",
-                paired: b.ratio(key), limit: 1.0,
-                note: String(
-                    format: "all samples: irqfd %.1f µs, userspace %.1f µs; irqfd is %.1f µs (%.0f%%) %@", a, u, abs(u - a),
-                    u > 0 ? 100 * abs(u - a) / u : 0, a <= u ? "faster" : "SLOWER")))
+        let irqfd = b.latency(InterruptDelivery.irqfd.rawValue)?.latency
+        let userspace = b.latency(InterruptDelivery.userspace.rawValue)?.latency
+        for (name, key, value) in [
+            ("p50", "irqfd_over_userspace_p50", \LatencySummary.p50Us),
+            ("p99", "irqfd_over_userspace_p99", \LatencySummary.p99Us),
+        ] {
+            let a = irqfd?[keyPath: value] ?? 0
+            let u = userspace?[keyPath: value] ?? 0
+            checks.append(
+                .init(
+                    name: "vhost-user \(b.backend): irqfd \(name) / userspace \(name) (must beat it)",
+                    paired: b.ratio(key), limit: 1.0,
+                    note: String(
+                        format: "all samples: irqfd %.1f µs, userspace %.1f µs; irqfd is %.1f µs (%.0f%%) %@", a, u,
+                        abs(u - a),
+                        u > 0 ? 100 * abs(u - a) / u : 0, a <= u ? "faster" : "SLOWER")))
         }
         return checks
     }
@@ -463,19 +505,23 @@ final class VhostUserBench {
     private func measureMask(disk: BenchDisk, floor: FloorDisk) throws(BenchError) -> BenchReport.VhostUserMaskUnmask {
         let masked: HostEventFD
         do { masked = try HostEventFD() } catch { throw .setup("eventfd: \(error)") }
-        let qemu = QemuVhostMaskStrategy(frontend: floor.frontend, queue: 0, callFD: floor.queue.call.fd, maskedNotifier: masked)
+        let qemu = QemuVhostMaskStrategy(
+            frontend: floor.frontend, queue: 0, callFD: floor.queue.call.fd, maskedNotifier: masked)
         let emulator = disk.device.emulator
         let control = UInt64(MsixLayout.entrySize + 12)  // vector 1 (queue 0): vector control
         let cycles = options.vhostMaskCycles
 
         // The C floor's eventfd on the VM's last GSI, its MSI entry pushed next to the library's.
-        let vm = disk.vm.vm, vmfd = vm.rawDescriptor
+        let vm = disk.vm.vm
+        let vmfd = vm.rawDescriptor
         let floorRoute = try FloorIrqFd.arm(
-            vmfd: vmfd, gsi: UInt32(vm.checkExtension(.irqRouting) - 1), message: MsiMessage(destination: 0, vector: 0x91),
+            vmfd: vmfd, gsi: UInt32(vm.checkExtension(.irqRouting) - 1),
+            message: MsiMessage(destination: 0, vector: 0x91),
             beside: disk.vm.irqfd.pushedEntries)
         // Kept until the measurement returns: its deinit deassigns and closes the eventfd the cycles use.
         defer { withExtendedLifetime(floorRoute) {} }
-        let efd = floorRoute.eventfd, rawGsi = floorRoute.gsi
+        let efd = floorRoute.eventfd
+        let rawGsi = floorRoute.gsi
 
         func oursCycle() {
             emulator.write(bar: 1, offset: control, size: 4, value: 1)
@@ -500,9 +546,13 @@ final class VhostUserBench {
         }
 
         var isolated = (ours: [Double](), qemu: [Double](), raw: [Double]())
-        var oursAll: [Double] = [], qemuAll: [Double] = []
+        var oursAll: [Double] = []
+        var qemuAll: [Double] = []
         var back = (ours: [Double](), qemu: [Double](), raw: [Double]())
-        var oursMessages = 0, oursIrqfdCalls = 0, qemuMessages = 0, oursCycles = 0
+        var oursMessages = 0
+        var oursIrqfdCalls = 0
+        var qemuMessages = 0
+        var oursCycles = 0
         for round in -1..<options.vhostRounds {  // round -1 warms every side up
             progress("vhost-user: mask + unmask, round \(round + 2)/\(options.vhostRounds + 1)")
             let messages = disk.device.frontend.messagesSent
@@ -510,7 +560,9 @@ final class VhostUserBench {
             let sent = floor.frontend.messagesSent
             // Isolated: one cycle of each side in turn; a round's value is its
             // median cycle (robust to the scheduler's outliers; the means are kept too).
-            var o: [Double] = [], q: [Double] = [], r: [Double] = []
+            var o: [Double] = []
+            var q: [Double] = []
+            var r: [Double] = []
             for _ in 0..<cycles {
                 o.append(try timed { oursCycle() })
                 q.append(try timed { () throws(BenchError) in try qemuCycle() })
