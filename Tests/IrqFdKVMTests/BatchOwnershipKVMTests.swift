@@ -8,7 +8,7 @@ import KVMTestSupport
 import TestSupport
 import Testing
 
-/// Issue 13, items 1 and 2 on a real guest: a batch open on one thread does
+/// On a real guest: a batch open on one thread does
 /// not hold back another thread's routes, and a failed batch push leaves every
 /// route delivering where it should (checked by the guest's handlers).
 @Suite(needsKVM) struct BatchOwnershipKVMTests {

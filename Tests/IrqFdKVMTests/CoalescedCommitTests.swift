@@ -10,7 +10,7 @@ import KVMTestSupport
 import TestSupport
 import Testing
 
-/// Coalesced (deferred) route commits on a real guest (issue 11): routes
+/// Coalesced (deferred) route commits on a real guest (<doc:RouteCommits>): routes
 /// programmed one at a time share a push, are served by the relay until it
 /// lands, and lose nothing and deliver nothing while masked.
 @Suite(needsKVM) struct CoalescedCommitTests {

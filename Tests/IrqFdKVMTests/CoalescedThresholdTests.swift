@@ -10,7 +10,7 @@ import IrqFdRouting
 import Synchronization
 import Testing
 
-/// Issue 11, item 2: a coalesced commit made at once waits for as many
+/// A coalesced commit made at once waits for as many
 /// changes as the kernel holds entries (at least `threshold`), so N changes
 /// one at a time make about log2(N/threshold) + 1 pushes, each doubling the
 /// table, instead of N/threshold pushes of a growing table.

@@ -9,7 +9,7 @@ import KVMTestSupport
 import TestSupport
 import Testing
 
-/// Issue 11, item 3: a push costs O(changed entries) of Swift work. The KVM
+/// A push costs O(changed entries) of Swift work. The KVM
 /// kernel keeps the encoded kvm_irq_routing between pushes and rewrites only
 /// what changed; a refused push leaves it exactly as the kernel holds it.
 @Suite struct IncrementalGSIRoutingTableTests {

@@ -83,7 +83,7 @@ final class TestThread: Sendable {
     }
 }
 
-/// Issue 13, items 1-3: a batch belongs to its caller, a failed batch push
+/// A batch belongs to its caller, a failed batch push
 /// restores exactly, and no route's deinit runs under the table lock.
 @Suite struct BatchOwnershipTests {
     typealias Partition = RoutedIrqFd<RecordingKernel>

@@ -3,7 +3,7 @@ import IrqFdRouting
 import Testing
 
 /// A retarget of armed routes inside a batch skips their reconcile at the
-/// batch's end (issue 11, item 3); anything that disarms such a route inside
+/// batch's end (the steady retarget, <doc:RouteCommits>); anything that disarms such a route inside
 /// the batch must bring the reconcile back.
 @Suite struct SteadyRetargetTests {
     static let msiA = MsiMessage(destination: 0, vector: 0x40)
