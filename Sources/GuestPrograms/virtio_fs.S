@@ -166,17 +166,7 @@ reinit:	mov	CFG_COUNT, %eax
 	jb	fail
 
 	/* MSI-X on (Message Control bit 15). */
-	mov	V_MSIXCAP, %eax
-	call	cfg_read
-	or	$0x80000000, %eax
-	mov	%eax, %ecx
-	mov	V_MSIXCAP, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	%ecx, %eax
-	mov	$0xcfc, %dx
-	out	%eax, %dx
+	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	/* Entries 0, 1, 2 -> IDT vectors 0x40, 0x41, 0x42 on APIC ID 0, unmasked. */
 	mov	V_BAR1, %esi
 	xor	%ecx, %ecx
@@ -193,32 +183,7 @@ reinit:	mov	CFG_COUNT, %eax
 
 	/* Queues 0 (hiprio) and 1 (request): size 16, vector q + 1. */
 	xor	%ecx, %ecx
-2:	movw	%cx, 0x16(%edi)
-	mov	$4, %al
-	cmpw	$0, 0x18(%edi)
-	je	fail
-	movw	$QSIZE, 0x18(%edi)
-	lea	1(%ecx), %eax
-	movw	%ax, 0x1a(%edi)
-	cmpw	%ax, 0x1a(%edi)
-	mov	$4, %al
-	jne	fail
-	mov	%ecx, %eax
-	shl	$16, %eax
-	add	$0x20000, %eax
-	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
-	movl	$0, 0x2000(%eax)
-	mov	%eax, 0x20(%edi)
-	movl	$0, 0x24(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x28(%edi)
-	movl	$0, 0x2c(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x30(%edi)
-	movl	$0, 0x34(%edi)
-	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
-	mull	V_MULT
-	add	V_NOTIFY, %eax
+2:	VIRTIO_QUEUE_SETUP_AT_ECX QSIZE, V_NOTIFY, V_MULT, fail
 	mov	%eax, V_QNOTIFY		/* left as request queue 1's */
 	movw	$1, 0x1c(%edi)
 	inc	%ecx

@@ -1,6 +1,6 @@
 /* Assembler macros shared by the virtio guest programs (virtio_blk.S,
- * virtio_blk_bench.S, virtio_blk_stress.S, virtio_net.S) for the tiny VMM's virtio-pci
- * device at 00:02.0 (virtio 1.2 sections 3.1.1, 4.1.4). They assemble to
+ * virtio_blk_bench.S, virtio_blk_stress.S, virtio_net.S, virtio_fs.S) for the tiny
+ * VMM's virtio-pci device at 00:02.0 (virtio 1.2 sections 3.1.1, 4.1.4). They assemble to
  * exactly the instructions each guest had inline. Everything is inside
  * __ASSEMBLER__: C and Swift see nothing. */
 #ifndef VIRTIO_COMMON_H
@@ -107,6 +107,62 @@ cfg_read:
 	movl	$0, 0x2c(%edi)
 	movl	$\used, 0x30(%edi)
 	movl	$0, 0x34(%edi)
+.endm
+
+/* MSI-X on (Message Control bit 15) for the virtio device at 00:02.0, whose
+ * MSI-X capability sits at config offset `msixcap` (a word in memory):
+ * read-modify-write of the capability's first DWORD through cfg_read and
+ * CONFIG_ADDRESS / CONFIG_DATA (ports 0xCF8 / 0xCFC).
+ * Clobbers EAX, ECX, EDX. */
+.macro VIRTIO_MSIX_ENABLE msixcap
+	mov	\msixcap, %eax
+	call	cfg_read
+	or	$0x80000000, %eax
+	mov	%eax, %ecx
+	mov	\msixcap, %eax
+	or	$0x80001000, %eax
+	mov	$0xcf8, %dx
+	out	%eax, %dx
+	mov	%ecx, %eax
+	mov	$0xcfc, %dx
+	out	%eax, %dx
+.endm
+
+/* With EDI = the common configuration structure and ECX = q: selects queue
+ * q (jumps to `fail` with AL = 4 if the device has no such queue, or does not
+ * keep MSI-X vector q + 1), sets its size `size` and vector q + 1, and places
+ * its descriptor table, driver area and device area at 0x20000 + 0x10000 q,
+ * + 0x1000, + 0x2000 (the driver and device areas' idx zeroed first: fresh
+ * rings). Leaves EAX = the queue's notify address: `notify` + queue_notify_off
+ * * `mult` (virtio 1.2 section 4.1.4.4). The caller stores it and sets
+ * queue_enable. Clobbers EAX, EDX. */
+.macro VIRTIO_QUEUE_SETUP_AT_ECX size, notify, mult, fail
+	movw	%cx, 0x16(%edi)
+	mov	$4, %al
+	cmpw	$0, 0x18(%edi)
+	je	\fail
+	movw	$\size, 0x18(%edi)
+	lea	1(%ecx), %eax
+	movw	%ax, 0x1a(%edi)
+	cmpw	%ax, 0x1a(%edi)
+	mov	$4, %al
+	jne	\fail
+	mov	%ecx, %eax
+	shl	$16, %eax
+	add	$0x20000, %eax
+	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
+	movl	$0, 0x2000(%eax)
+	mov	%eax, 0x20(%edi)
+	movl	$0, 0x24(%edi)
+	add	$0x1000, %eax
+	mov	%eax, 0x28(%edi)
+	movl	$0, 0x2c(%edi)
+	add	$0x1000, %eax
+	mov	%eax, 0x30(%edi)
+	movl	$0, 0x34(%edi)
+	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
+	mull	\mult
+	add	\notify, %eax
 .endm
 
 /* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
