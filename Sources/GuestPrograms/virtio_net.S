@@ -89,23 +89,14 @@
 	.globl	guest_virtio_net_end
 	.code16
 guest_virtio_net_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
-	test	%ebx, %ebx
-	jz	driver
-idle:	sti
-	hlt
-	jmp	idle
+	VCPU_START
+	IDLE_UNLESS_VCPU0 driver, idle
 
 /* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
 	VIRTIO_CFG_READ
 
 /* Exit with status %al. */
-fail:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
+fail:	EXIT_AL
 
 driver:
 	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
