@@ -165,14 +165,13 @@ cfg_read:
 	add	\notify, %eax
 .endm
 
-/* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
- * accept VIRTIO_F_VERSION_1 (feature bit 32) only, FEATURES_OK, and check the
- * device kept FEATURES_OK (virtio 1.2 section 3.1.1). Jumps to `fail` with
- * AL = 3 if VERSION_1 is not offered or FEATURES_OK is refused.
+/* With EDI = the common configuration structure: reset (waiting until
+ * device_status reads 0, virtio 1.2 section 4.1.4.3.1), ACKNOWLEDGE, DRIVER,
+ * and check that VIRTIO_F_VERSION_1 (feature bit 32) is offered, leaving
+ * device_feature_select = 0. Jumps to `fail` with AL = 3 if it is not.
  * Clobbers EAX. */
-.macro VIRTIO_NEGOTIATE_VERSION_1 fail
+.macro VIRTIO_RESET_EXPECT_VERSION_1 fail
 	movb	$0, 0x14(%edi)
-	/* The reset is done when device_status reads 0 (virtio 1.2 4.1.4.3.1). */
 .Lreset_wait\@:
 	cmpb	$0, 0x14(%edi)
 	jne	.Lreset_wait\@
@@ -183,8 +182,13 @@ cfg_read:
 	test	$1, %al
 	mov	$3, %al
 	jz	\fail
-	movl	$0, 0x08(%edi)
-	movl	$0, 0x0c(%edi)
+.endm
+
+/* With EDI = the common configuration structure and driver features 0..31
+ * written: accepts VIRTIO_F_VERSION_1 (bit 32) of features 32..63, sets
+ * FEATURES_OK and checks the device kept it (virtio 1.2 section 3.1.1).
+ * Jumps to `fail` with AL = 3 if it did not. Clobbers EAX. */
+.macro VIRTIO_VERSION_1_FEATURES_OK fail
 	movl	$1, 0x08(%edi)
 	movl	$1, 0x0c(%edi)
 	movb	$0x0b, 0x14(%edi)
@@ -194,6 +198,18 @@ cfg_read:
 	jz	\fail
 .endm
 
+/* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
+ * accept VIRTIO_F_VERSION_1 (feature bit 32) only, FEATURES_OK, and check the
+ * device kept FEATURES_OK (virtio 1.2 section 3.1.1). Jumps to `fail` with
+ * AL = 3 if VERSION_1 is not offered or FEATURES_OK is refused.
+ * Clobbers EAX. */
+.macro VIRTIO_NEGOTIATE_VERSION_1 fail
+	VIRTIO_RESET_EXPECT_VERSION_1 \fail
+	movl	$0, 0x08(%edi)
+	movl	$0, 0x0c(%edi)
+	VIRTIO_VERSION_1_FEATURES_OK \fail
+.endm
+
 /* With EDI = the common configuration structure and ECX = the feature
  * bits 0..31 to accept: reset, ACKNOWLEDGE, DRIVER; check that VIRTIO_F_VERSION_1
  * (bit 32) and every bit of ECX are offered, accept exactly those,
@@ -201,18 +217,7 @@ cfg_read:
  * to `fail` with AL = 3 if a bit is not offered or FEATURES_OK is refused.
  * Clobbers EAX. */
 .macro VIRTIO_NEGOTIATE_FEATURES fail
-	movb	$0, 0x14(%edi)
-	/* The reset is done when device_status reads 0 (virtio 1.2 4.1.4.3.1). */
-.Lreset_wait\@:
-	cmpb	$0, 0x14(%edi)
-	jne	.Lreset_wait\@
-	movb	$1, 0x14(%edi)
-	movb	$3, 0x14(%edi)
-	movl	$1, 0x00(%edi)
-	mov	0x04(%edi), %eax
-	test	$1, %al
-	mov	$3, %al
-	jz	\fail
+	VIRTIO_RESET_EXPECT_VERSION_1 \fail
 	movl	$0, 0x00(%edi)
 	mov	0x04(%edi), %eax
 	and	%ecx, %eax
@@ -221,13 +226,7 @@ cfg_read:
 	jne	\fail
 	movl	$0, 0x08(%edi)
 	movl	%ecx, 0x0c(%edi)
-	movl	$1, 0x08(%edi)
-	movl	$1, 0x0c(%edi)
-	movb	$0x0b, 0x14(%edi)
-	mov	0x14(%edi), %al
-	test	$8, %al
-	mov	$3, %al
-	jz	\fail
+	VIRTIO_VERSION_1_FEATURES_OK \fail
 .endm
 
 /* With ESI = the MSI-X table: entry 0 (config changes) -> IDT vector 0x40,
