@@ -125,6 +125,24 @@
 	mov	%eax, 20(%edi)
 .endm
 
+/* The fuse_read_in / fuse_write_in at IN + 40 (include/uapi/linux/fuse.h)
+ * for the node and file handle at `node` and `fh` (u64s): offset 0, size the
+ * word at `size`, and the last 20 bytes (read_flags or write_flags,
+ * lock_owner, flags, padding) zeroed by zero_tail. Leaves EDI = IN.
+ * Clobbers EAX. */
+.macro FUSE_RW_IN node, fh, size
+	NODEID	\node
+	mov	\fh, %eax
+	mov	%eax, 40(%edi)
+	mov	\fh + 4, %eax
+	mov	%eax, 44(%edi)
+	movl	$0, 48(%edi)
+	movl	$0, 52(%edi)
+	mov	\size, %eax
+	mov	%eax, 56(%edi)
+	call	zero_tail
+.endm
+
 	.section .rodata
 	.balign 16
 	.globl	guest_virtio_fs_start
@@ -275,16 +293,7 @@ reinit:	mov	CFG_COUNT, %eax
 	mov	%eax, V_NEWFH + 4
 
 	/* FUSE_WRITE of the data at WDATA, offset 0. */
-	NODEID	V_NEWNODE
-	mov	V_NEWFH, %eax
-	mov	%eax, 40(%edi)
-	mov	V_NEWFH + 4, %eax
-	mov	%eax, 44(%edi)
-	movl	$0, 48(%edi)		/* offset */
-	movl	$0, 52(%edi)
-	mov	P_WRITESIZE, %eax
-	mov	%eax, 56(%edi)		/* size */
-	call	zero_tail		/* write_flags, lock_owner, flags, padding */
+	FUSE_RW_IN V_NEWNODE, V_NEWFH, P_WRITESIZE
 	mov	$WDATA, %esi
 	xor	%ecx, %ecx
 4:	cmp	P_WRITESIZE, %ecx
@@ -358,16 +367,7 @@ release:
 /* FUSE_READ of P_READSIZE bytes at offset 0 of the open file; exits 7 unless
  * the reply holds exactly those bytes of EXPECT. Clobbers EAX, ECX, EDX, ESI, EDI. */
 read_file:
-	NODEID	V_NODE
-	mov	V_FH, %eax
-	mov	%eax, 40(%edi)
-	mov	V_FH + 4, %eax
-	mov	%eax, 44(%edi)
-	movl	$0, 48(%edi)		/* offset */
-	movl	$0, 52(%edi)
-	mov	P_READSIZE, %eax
-	mov	%eax, 56(%edi)		/* size */
-	call	zero_tail		/* read_flags, lock_owner, flags, padding */
+	FUSE_RW_IN V_NODE, V_FH, P_READSIZE
 	mov	$FUSE_READ, %eax
 	mov	$80, %ecx
 	call	fuse_call
