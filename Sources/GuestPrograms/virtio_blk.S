@@ -77,18 +77,9 @@
 	.globl	guest_virtio_blk_end
 	.code16
 guest_virtio_blk_start:
-	VCPU_START
-	IDLE_UNLESS_VCPU0 driver, idle
-
-/* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
-	VIRTIO_CFG_READ
-
-/* Exit with status %al. */
-fail:	EXIT_AL
-
-driver:
-	/* BAR1, BAR4 and the capability walk (MSI-X, common, notify). */
-	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
+	/* Every vCPU starts, all but vCPU 0 idle; vCPU 0 finds BAR1, BAR4 and the
+	 * capabilities (MSI-X, common, notify). `fail` exits with status AL. */
+	VIRTIO_GUEST_ENTRY V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1
 
 	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). Config interrupts from
 	 * here on (a failed DRIVER_OK raises one) are looked at while waiting. */

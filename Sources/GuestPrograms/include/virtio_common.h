@@ -91,6 +91,21 @@ cfg_read:
 	je	\fail
 .endm
 
+/* The start of a virtio driver guest, at its image's first byte: every vCPU
+ * starts (guest_common.h's VCPU_START) and all but vCPU 0 idle at `idle`;
+ * then the routine cfg_read (VIRTIO_CFG_READ), the label `fail` (exit with
+ * status AL), and at `driver` vCPU 0's VIRTIO_PCI_WALK into `common`,
+ * `notify`, `mult`, `msixcap` and `bar1` (BAR4 left in EBP). vCPU 0's driver
+ * code follows it. */
+.macro VIRTIO_GUEST_ENTRY common, notify, mult, msixcap, bar1
+	VCPU_START
+	IDLE_UNLESS_VCPU0 driver, idle
+	VIRTIO_CFG_READ
+fail:	EXIT_AL
+driver:
+	VIRTIO_PCI_WALK \common, \notify, \mult, \msixcap, \bar1, fail
+.endm
+
 /* With EDI = the common configuration structure and queue 0 selected: queue
  * size `size`, MSI-X vector 1 (jumps to `fail` with AL = 4 if the device does
  * not keep it), and the descriptor table, driver area and device area at
