@@ -93,21 +93,12 @@ reinit:	mov	CFG_COUNT, %eax
 	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	mov	V_BAR1, %esi
 	/* vector 0: config changes, to vCPU 0 */
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
+	VIRTIO_MSIX_ENTRY 0, 0x40
 	/* vector q + 1: queue q, to the APIC ID in P_DEST0 + 4q */
 	xor	%ecx, %ecx
 3:	add	$16, %esi
 	mov	P_DEST0(,%ecx,4), %eax
-	shl	$12, %eax
-	or	$0xfee00000, %eax
-	mov	%eax, 0(%esi)
-	movl	$0, 4(%esi)
-	lea	0x41(%ecx), %eax
-	mov	%eax, 8(%esi)
-	movl	$0, 12(%esi)
+	VIRTIO_MSIX_QUEUE_ENTRY
 	inc	%ecx
 	cmp	P_QUEUES, %ecx
 	jb	3b

@@ -116,10 +116,7 @@ guest_virtio_net_start:
 	/* Entry 0: config changes, to vCPU 0; entry q + 1: queue q, to its
 	 * pair's vCPU (the control queue, q = 4, to vCPU 0). */
 	mov	V_BAR1, %esi
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
+	VIRTIO_MSIX_ENTRY 0, 0x40
 	xor	%ecx, %ecx
 2:	add	$16, %esi
 	xor	%eax, %eax
@@ -128,13 +125,7 @@ guest_virtio_net_start:
 	mov	%ecx, %eax
 	shr	$1, %eax
 	mov	P_DEST(,%eax,4), %eax
-3:	shl	$12, %eax
-	or	$0xfee00000, %eax
-	mov	%eax, 0(%esi)
-	movl	$0, 4(%esi)
-	lea	0x41(%ecx), %eax
-	mov	%eax, 8(%esi)
-	movl	$0, 12(%esi)
+3:	VIRTIO_MSIX_QUEUE_ENTRY
 	inc	%ecx
 	cmp	V_NQ, %ecx
 	jb	2b

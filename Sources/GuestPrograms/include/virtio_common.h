@@ -244,18 +244,35 @@ driver:
 	VIRTIO_VERSION_1_FEATURES_OK \fail
 .endm
 
+/* The MSI-X table entry at `off`(%esi) (PCI Local Bus 3.0 section 6.8.2):
+ * IDT vector `vector` on APIC ID 0 (message address 0xFEE00000, high half 0),
+ * fixed delivery, unmasked. Clobbers nothing. */
+.macro VIRTIO_MSIX_ENTRY off, vector
+	movl	$0xfee00000, \off(%esi)
+	movl	$0, \off + 4(%esi)
+	movl	$\vector, \off + 8(%esi)
+	movl	$0, \off + 12(%esi)
+.endm
+
+/* The MSI-X table entry at ESI for queue q = ECX: IDT vector 0x41 + q
+ * (MSI-X vector q + 1) on the APIC ID in EAX, fixed delivery, unmasked.
+ * Clobbers EAX. */
+.macro VIRTIO_MSIX_QUEUE_ENTRY
+	shl	$12, %eax
+	or	$0xfee00000, %eax
+	mov	%eax, 0(%esi)
+	movl	$0, 4(%esi)
+	lea	0x41(%ecx), %eax
+	mov	%eax, 8(%esi)
+	movl	$0, 12(%esi)
+.endm
+
 /* With ESI = the MSI-X table: entry 0 (config changes) -> IDT vector 0x40,
  * entry 1 (queue 0) -> IDT vector 0x41, both to APIC ID 0, unmasked.
  * Clobbers nothing. */
 .macro VIRTIO_MSIX_TWO_ENTRIES
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
-	movl	$0xfee00000, 16(%esi)
-	movl	$0, 20(%esi)
-	movl	$0x41, 24(%esi)
-	movl	$0, 28(%esi)
+	VIRTIO_MSIX_ENTRY 0, 0x40
+	VIRTIO_MSIX_ENTRY 16, 0x41
 .endm
 
 #endif /* __ASSEMBLER__ */
