@@ -87,22 +87,11 @@ struct PolledDriver {
     /// ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK, msix_config = 0, and
     /// every queue set up with vector q + 1 and enabled; not DRIVER_OK.
     mutating func configure() {
-        w(0x14, 1, 1)
-        w(0x14, 1, 3)
-        w(0x08, 4, 0)
-        w(0x0C, 4, 0)
-        w(0x08, 4, 1)
-        w(0x0C, 4, 1)
-        w(0x14, 1, 0x0B)
+        acknowledgeAndAcceptFeatures(write: { w($0, $1, $2) })
         w(0x10, 2, 0)
         for q in 0..<device.queueCount {
             let ring = 0x20000 + 0x4000 * UInt64(q)
-            w(0x16, 2, UInt64(q))
-            w(0x18, 2, 32)
-            w(0x1A, 2, UInt64(q + 1))
-            w(0x20, 8, ring)
-            w(0x28, 8, ring + 0x1000)
-            w(0x30, 8, ring + 0x2000)
+            setUpQueue(q, size: 32, vector: UInt16(q + 1), at: ring, write: { w($0, $1, $2) })
             w(0x1C, 2, 1)
         }
     }
