@@ -31,6 +31,16 @@ struct PolledDriver {
 
     init(_ device: VirtioBlkDevice) { self.device = device }
 
+    /// A driver of `device` with MSI-X on (``enableMSIX()``) and the device
+    /// reset (``reset(timeout:)``, its outcome not looked at): where each
+    /// test starts.
+    static func msixOnAfterReset(_ device: VirtioBlkDevice) -> PolledDriver {
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        return driver
+    }
+
     mutating func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
         let start = ContinuousClock.now
         device.write(address: Self.common + offset, size: size, value: value)
@@ -148,9 +158,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
 
         backend.script.holdReplies = true
@@ -193,9 +201,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         backend.script.replyDelay = stallDelay
         driver.configure()
         let start = ContinuousClock.now
@@ -235,9 +241,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         driver.driverOK()
         #expect(driver.started())
@@ -287,9 +291,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, delivery: delivery)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         host.settle()
         // Before DRIVER_OK: whatever it holds, nothing reaches the guest.
@@ -355,9 +357,7 @@ final class CountingVM {
         let path = first.socketPath
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: path)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         driver.driverOK()
         #expect(driver.started())
