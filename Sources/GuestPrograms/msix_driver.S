@@ -33,22 +33,26 @@
 #define RESULT 0x5e0
 #define DONE 0x5e4
 
+/* Commands 3 and 4: CONFIG_ADDRESS (port 0xCF8) <- a0, and DX = CONFIG_DATA
+ * (port 0xCFC) + (a2 & 3), the byte lane the access starts at.
+ * Clobbers EAX, EDX. */
+.macro CONFIG_SELECT
+	mov	$0xcf8, %dx
+	mov	A0, %eax
+	out	%eax, %dx
+	mov	A2, %edx
+	and	$3, %edx
+	add	$0xcfc, %edx
+.endm
+
 	.section .rodata
 	.balign 16
 	.globl	guest_msix_driver_start
 	.globl	guest_msix_driver_end
 	.code16
 guest_msix_driver_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
-	test	%ebx, %ebx
-	jz	serve
-other_cpu:
-	sti
-	hlt
-	jmp	other_cpu
+	VCPU_START
+	IDLE_UNLESS_VCPU0 serve, other_cpu
 
 	/* vCPU 0: sleep until seq != done, then run the command. STI's one-
 	 * instruction shadow makes "sti; hlt" atomic: a wake-up that arrives
@@ -93,12 +97,7 @@ op_mmio_read:
 	jmp	finished
 
 op_config_write:
-	mov	$0xcf8, %dx
-	mov	A0, %eax
-	out	%eax, %dx
-	mov	A2, %edx
-	and	$3, %edx
-	add	$0xcfc, %edx
+	CONFIG_SELECT
 	mov	A1, %eax
 	cmpl	$1, A3
 	je	1f
@@ -112,12 +111,7 @@ op_config_write:
 	jmp	finished
 
 op_config_read:
-	mov	$0xcf8, %dx
-	mov	A0, %eax
-	out	%eax, %dx
-	mov	A2, %edx
-	and	$3, %edx
-	add	$0xcfc, %edx
+	CONFIG_SELECT
 	xor	%eax, %eax
 	cmpl	$1, A3
 	je	1f

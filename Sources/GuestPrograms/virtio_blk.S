@@ -77,18 +77,9 @@
 	.globl	guest_virtio_blk_end
 	.code16
 guest_virtio_blk_start:
-	VCPU_START
-	IDLE_UNLESS_VCPU0 driver, idle
-
-/* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
-	VIRTIO_CFG_READ
-
-/* Exit with status %al. */
-fail:	EXIT_AL
-
-driver:
-	/* BAR1, BAR4 and the capability walk (MSI-X, common, notify). */
-	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
+	/* Every vCPU starts, all but vCPU 0 idle; vCPU 0 finds BAR1, BAR4 and the
+	 * capabilities (MSI-X, common, notify). `fail` exits with status AL. */
+	VIRTIO_GUEST_ENTRY V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1
 
 	/* Reset, ACKNOWLEDGE, DRIVER (section 3.1.1). Config interrupts from
 	 * here on (a failed DRIVER_OK raises one) are looked at while waiting. */
@@ -102,21 +93,12 @@ reinit:	mov	CFG_COUNT, %eax
 	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	mov	V_BAR1, %esi
 	/* vector 0: config changes, to vCPU 0 */
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
+	VIRTIO_MSIX_ENTRY 0, 0x40
 	/* vector q + 1: queue q, to the APIC ID in P_DEST0 + 4q */
 	xor	%ecx, %ecx
 3:	add	$16, %esi
 	mov	P_DEST0(,%ecx,4), %eax
-	shl	$12, %eax
-	or	$0xfee00000, %eax
-	mov	%eax, 0(%esi)
-	movl	$0, 4(%esi)
-	lea	0x41(%ecx), %eax
-	mov	%eax, 8(%esi)
-	movl	$0, 12(%esi)
+	VIRTIO_MSIX_QUEUE_ENTRY
 	inc	%ecx
 	cmp	P_QUEUES, %ecx
 	jb	3b
@@ -124,32 +106,7 @@ reinit:	mov	CFG_COUNT, %eax
 
 	/* Queues: size 32, vector q + 1, rings at 0x20000 + 0x10000 q. */
 	xor	%ecx, %ecx
-4:	movw	%cx, 0x16(%edi)
-	mov	$4, %al
-	cmpw	$0, 0x18(%edi)
-	je	fail
-	movw	$QSIZE, 0x18(%edi)
-	lea	1(%ecx), %eax
-	movw	%ax, 0x1a(%edi)
-	cmpw	%ax, 0x1a(%edi)
-	mov	$4, %al
-	jne	fail
-	mov	%ecx, %eax
-	shl	$16, %eax
-	add	$0x20000, %eax
-	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
-	movl	$0, 0x2000(%eax)
-	mov	%eax, 0x20(%edi)
-	movl	$0, 0x24(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x28(%edi)
-	movl	$0, 0x2c(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x30(%edi)
-	movl	$0, 0x34(%edi)
-	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
-	mull	V_MULT
-	add	V_NOTIFY, %eax
+4:	VIRTIO_QUEUE_SETUP_AT_ECX QSIZE, V_NOTIFY, V_MULT, fail
 	mov	%eax, V_QNOTIFY(,%ecx,4)
 	movl	$0, V_AVAIL(,%ecx,4)
 	movw	$1, 0x1c(%edi)

@@ -7,25 +7,6 @@
 #define VIRTIO_BLK_COMMON_H
 #ifdef __ASSEMBLER__
 
-/* MSI-X on (Message Control bit 15) for the virtio device at 00:02.0, whose
- * MSI-X capability sits at config offset `msixcap` (a word in memory):
- * read-modify-write of the capability's first DWORD through cfg_read and
- * CONFIG_ADDRESS / CONFIG_DATA (ports 0xCF8 / 0xCFC).
- * Clobbers EAX, ECX, EDX. */
-.macro VIRTIO_MSIX_ENABLE msixcap
-	mov	\msixcap, %eax
-	call	cfg_read
-	or	$0x80000000, %eax
-	mov	%eax, %ecx
-	mov	\msixcap, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	%ecx, %eax
-	mov	$0xcfc, %dx
-	out	%eax, %dx
-.endm
-
 /* The address (below 4 GiB: its high half 0) and length of the split
  * virtqueue descriptor at `off`(%edx) (virtio 1.2 section 2.7.5): `addr` is a
  * register, `len` a number. Its flags and next are written apart. */

@@ -125,32 +125,33 @@
 	mov	%eax, 20(%edi)
 .endm
 
+/* The fuse_read_in / fuse_write_in at IN + 40 (include/uapi/linux/fuse.h)
+ * for the node and file handle at `node` and `fh` (u64s): offset 0, size the
+ * word at `size`, and the last 20 bytes (read_flags or write_flags,
+ * lock_owner, flags, padding) zeroed by zero_tail. Leaves EDI = IN.
+ * Clobbers EAX. */
+.macro FUSE_RW_IN node, fh, size
+	NODEID	\node
+	mov	\fh, %eax
+	mov	%eax, 40(%edi)
+	mov	\fh + 4, %eax
+	mov	%eax, 44(%edi)
+	movl	$0, 48(%edi)
+	movl	$0, 52(%edi)
+	mov	\size, %eax
+	mov	%eax, 56(%edi)
+	call	zero_tail
+.endm
+
 	.section .rodata
 	.balign 16
 	.globl	guest_virtio_fs_start
 	.globl	guest_virtio_fs_end
 	.code16
 guest_virtio_fs_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
-	test	%ebx, %ebx
-	jz	driver
-idle:	sti
-	hlt
-	jmp	idle
-
-/* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
-	VIRTIO_CFG_READ
-
-/* Exit with status %al. */
-fail:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
-
-driver:
-	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
+	/* Every vCPU starts, all but vCPU 0 idle; vCPU 0 finds BAR1, BAR4 and the
+	 * capabilities (MSI-X, common, notify). `fail` exits with status AL. */
+	VIRTIO_GUEST_ENTRY V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1
 	mov	%ebp, V_BAR4
 	movl	$0, V_UNIQUE
 	movl	$0, V_ROUND
@@ -166,17 +167,7 @@ reinit:	mov	CFG_COUNT, %eax
 	jb	fail
 
 	/* MSI-X on (Message Control bit 15). */
-	mov	V_MSIXCAP, %eax
-	call	cfg_read
-	or	$0x80000000, %eax
-	mov	%eax, %ecx
-	mov	V_MSIXCAP, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	%ecx, %eax
-	mov	$0xcfc, %dx
-	out	%eax, %dx
+	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	/* Entries 0, 1, 2 -> IDT vectors 0x40, 0x41, 0x42 on APIC ID 0, unmasked. */
 	mov	V_BAR1, %esi
 	xor	%ecx, %ecx
@@ -193,32 +184,7 @@ reinit:	mov	CFG_COUNT, %eax
 
 	/* Queues 0 (hiprio) and 1 (request): size 16, vector q + 1. */
 	xor	%ecx, %ecx
-2:	movw	%cx, 0x16(%edi)
-	mov	$4, %al
-	cmpw	$0, 0x18(%edi)
-	je	fail
-	movw	$QSIZE, 0x18(%edi)
-	lea	1(%ecx), %eax
-	movw	%ax, 0x1a(%edi)
-	cmpw	%ax, 0x1a(%edi)
-	mov	$4, %al
-	jne	fail
-	mov	%ecx, %eax
-	shl	$16, %eax
-	add	$0x20000, %eax
-	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
-	movl	$0, 0x2000(%eax)
-	mov	%eax, 0x20(%edi)
-	movl	$0, 0x24(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x28(%edi)
-	movl	$0, 0x2c(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x30(%edi)
-	movl	$0, 0x34(%edi)
-	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
-	mull	V_MULT
-	add	V_NOTIFY, %eax
+2:	VIRTIO_QUEUE_SETUP_AT_ECX QSIZE, V_NOTIFY, V_MULT, fail
 	mov	%eax, V_QNOTIFY		/* left as request queue 1's */
 	movw	$1, 0x1c(%edi)
 	inc	%ecx
@@ -319,16 +285,7 @@ reinit:	mov	CFG_COUNT, %eax
 	mov	%eax, V_NEWFH + 4
 
 	/* FUSE_WRITE of the data at WDATA, offset 0. */
-	NODEID	V_NEWNODE
-	mov	V_NEWFH, %eax
-	mov	%eax, 40(%edi)
-	mov	V_NEWFH + 4, %eax
-	mov	%eax, 44(%edi)
-	movl	$0, 48(%edi)		/* offset */
-	movl	$0, 52(%edi)
-	mov	P_WRITESIZE, %eax
-	mov	%eax, 56(%edi)		/* size */
-	call	zero_tail		/* write_flags, lock_owner, flags, padding */
+	FUSE_RW_IN V_NEWNODE, V_NEWFH, P_WRITESIZE
 	mov	$WDATA, %esi
 	xor	%ecx, %ecx
 4:	cmp	P_WRITESIZE, %ecx
@@ -402,16 +359,7 @@ release:
 /* FUSE_READ of P_READSIZE bytes at offset 0 of the open file; exits 7 unless
  * the reply holds exactly those bytes of EXPECT. Clobbers EAX, ECX, EDX, ESI, EDI. */
 read_file:
-	NODEID	V_NODE
-	mov	V_FH, %eax
-	mov	%eax, 40(%edi)
-	mov	V_FH + 4, %eax
-	mov	%eax, 44(%edi)
-	movl	$0, 48(%edi)		/* offset */
-	movl	$0, 52(%edi)
-	mov	P_READSIZE, %eax
-	mov	%eax, 56(%edi)		/* size */
-	call	zero_tail		/* read_flags, lock_owner, flags, padding */
+	FUSE_RW_IN V_NODE, V_FH, P_READSIZE
 	mov	$FUSE_READ, %eax
 	mov	$80, %ecx
 	call	fuse_call

@@ -89,26 +89,9 @@
 	.globl	guest_virtio_net_end
 	.code16
 guest_virtio_net_start:
-	cli
-	X2APIC_ON
-	VECTOR_IVT
-	movl	$1, 0x500(,%ebx,4)
-	test	%ebx, %ebx
-	jz	driver
-idle:	sti
-	hlt
-	jmp	idle
-
-/* cfg_read: configuration read of the DWORD at offset %eax (00:02.0) into %eax. */
-	VIRTIO_CFG_READ
-
-/* Exit with status %al. */
-fail:	mov	$0xf4, %dx
-	out	%al, %dx
-	hlt
-
-driver:
-	VIRTIO_PCI_WALK V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1, fail
+	/* Every vCPU starts, all but vCPU 0 idle; vCPU 0 finds BAR1, BAR4 and the
+	 * capabilities (MSI-X, common, notify). `fail` exits with status AL. */
+	VIRTIO_GUEST_ENTRY V_COMMON, V_NOTIFY, V_MULT, V_MSIXCAP, V_BAR1
 	mov	%ebp, V_BAR4
 
 	/* Features: MAC (5); with 2 pairs CTRL_VQ (17) and MQ (22). */
@@ -129,24 +112,11 @@ driver:
 	mov	%eax, R_MAC + 4
 
 	/* MSI-X on (Message Control bit 15). */
-	mov	V_MSIXCAP, %eax
-	call	cfg_read
-	or	$0x80000000, %eax
-	mov	%eax, %ecx
-	mov	V_MSIXCAP, %eax
-	or	$0x80001000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	%ecx, %eax
-	mov	$0xcfc, %dx
-	out	%eax, %dx
+	VIRTIO_MSIX_ENABLE V_MSIXCAP
 	/* Entry 0: config changes, to vCPU 0; entry q + 1: queue q, to its
 	 * pair's vCPU (the control queue, q = 4, to vCPU 0). */
 	mov	V_BAR1, %esi
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
+	VIRTIO_MSIX_ENTRY 0, 0x40
 	xor	%ecx, %ecx
 2:	add	$16, %esi
 	xor	%eax, %eax
@@ -155,13 +125,7 @@ driver:
 	mov	%ecx, %eax
 	shr	$1, %eax
 	mov	P_DEST(,%eax,4), %eax
-3:	shl	$12, %eax
-	or	$0xfee00000, %eax
-	mov	%eax, 0(%esi)
-	movl	$0, 4(%esi)
-	lea	0x41(%ecx), %eax
-	mov	%eax, 8(%esi)
-	movl	$0, 12(%esi)
+3:	VIRTIO_MSIX_QUEUE_ENTRY
 	inc	%ecx
 	cmp	V_NQ, %ecx
 	jb	2b
@@ -169,32 +133,7 @@ driver:
 
 	/* Queues: size 64, vector q + 1, rings at 0x20000 + 0x10000 q. */
 	xor	%ecx, %ecx
-4:	movw	%cx, 0x16(%edi)
-	mov	$4, %al
-	cmpw	$0, 0x18(%edi)
-	je	fail
-	movw	$QSIZE, 0x18(%edi)
-	lea	1(%ecx), %eax
-	movw	%ax, 0x1a(%edi)
-	cmpw	%ax, 0x1a(%edi)
-	mov	$4, %al
-	jne	fail
-	mov	%ecx, %eax
-	shl	$16, %eax
-	add	$0x20000, %eax
-	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
-	movl	$0, 0x2000(%eax)
-	mov	%eax, 0x20(%edi)
-	movl	$0, 0x24(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x28(%edi)
-	movl	$0, 0x2c(%edi)
-	add	$0x1000, %eax
-	mov	%eax, 0x30(%edi)
-	movl	$0, 0x34(%edi)
-	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
-	mull	V_MULT
-	add	V_NOTIFY, %eax
+4:	VIRTIO_QUEUE_SETUP_AT_ECX QSIZE, V_NOTIFY, V_MULT, fail
 	mov	%eax, V_QNOTIFY(,%ecx,4)
 	movw	$1, 0x1c(%edi)
 	inc	%ecx

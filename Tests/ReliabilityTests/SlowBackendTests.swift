@@ -31,6 +31,16 @@ struct PolledDriver {
 
     init(_ device: VirtioBlkDevice) { self.device = device }
 
+    /// A driver of `device` with MSI-X on (``enableMSIX()``) and the device
+    /// reset (``reset(timeout:)``, its outcome not looked at): where each
+    /// test starts.
+    static func msixOnAfterReset(_ device: VirtioBlkDevice) -> PolledDriver {
+        var driver = PolledDriver(device)
+        driver.enableMSIX()
+        _ = driver.reset()
+        return driver
+    }
+
     mutating func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
         let start = ContinuousClock.now
         device.write(address: Self.common + offset, size: size, value: value)
@@ -87,22 +97,11 @@ struct PolledDriver {
     /// ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK, msix_config = 0, and
     /// every queue set up with vector q + 1 and enabled; not DRIVER_OK.
     mutating func configure() {
-        w(0x14, 1, 1)
-        w(0x14, 1, 3)
-        w(0x08, 4, 0)
-        w(0x0C, 4, 0)
-        w(0x08, 4, 1)
-        w(0x0C, 4, 1)
-        w(0x14, 1, 0x0B)
+        acknowledgeAndAcceptFeatures(write: { w($0, $1, $2) })
         w(0x10, 2, 0)
         for q in 0..<device.queueCount {
             let ring = 0x20000 + 0x4000 * UInt64(q)
-            w(0x16, 2, UInt64(q))
-            w(0x18, 2, 32)
-            w(0x1A, 2, UInt64(q + 1))
-            w(0x20, 8, ring)
-            w(0x28, 8, ring + 0x1000)
-            w(0x30, 8, ring + 0x2000)
+            setUpQueue(q, size: 32, vector: UInt16(q + 1), at: ring, write: { w($0, $1, $2) })
             w(0x1C, 2, 1)
         }
     }
@@ -159,9 +158,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
 
         backend.script.holdReplies = true
@@ -204,9 +201,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         backend.script.replyDelay = stallDelay
         driver.configure()
         let start = ContinuousClock.now
@@ -246,9 +241,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         driver.driverOK()
         #expect(driver.started())
@@ -298,9 +291,7 @@ final class CountingVM {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, delivery: delivery)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         host.settle()
         // Before DRIVER_OK: whatever it holds, nothing reaches the guest.
@@ -366,9 +357,7 @@ final class CountingVM {
         let path = first.socketPath
         let host = try CountingVM()
         let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: path)
-        var driver = PolledDriver(device)
-        driver.enableMSIX()
-        _ = driver.reset()
+        var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         driver.driverOK()
         #expect(driver.started())

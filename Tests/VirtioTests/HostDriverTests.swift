@@ -25,23 +25,8 @@ struct HostDriver {
 
     /// Virtio 1.2 section 3.1.1, VERSION_1 only, queue 0 of size 32 with no vector.
     mutating func initialise() -> Bool {
-        w(0x14, 1, 0)
-        // The reset is done when device_status reads 0 (virtio 1.2 section 4.1.4.3.1).
-        guard eventually(.seconds(10), { r(0x14, 1) == 0 }) else { return false }
-        w(0x14, 1, 1)
-        w(0x14, 1, 3)
-        w(0x08, 4, 0)
-        w(0x0C, 4, 0)
-        w(0x08, 4, 1)
-        w(0x0C, 4, 1)
-        w(0x14, 1, 0x0B)
-        guard r(0x14, 1) & 8 != 0 else { return false }
-        w(0x16, 2, 0)
-        w(0x18, 2, UInt64(Self.size))
-        w(0x1A, 2, 0xFFFF)
-        w(0x20, 8, Self.ring)
-        w(0x28, 8, Self.ring + 0x1000)
-        w(0x30, 8, Self.ring + 0x2000)
+        guard resetAndNegotiateFeatures(read: r, write: w) else { return false }
+        setUpQueue(0, size: Self.size, vector: 0xFFFF, at: Self.ring, write: w)
         // Fresh rings: a reset forgets the indices (SET_VRING_BASE 0).
         memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring)
         avail = 0

@@ -25,13 +25,7 @@ import Virtio
         }
         func r(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: Self.common + offset, size: size) }
         w(0x14, 1, 0)
-        w(0x14, 1, 1)
-        w(0x14, 1, 3)
-        w(0x08, 4, 0)
-        w(0x0C, 4, 0)
-        w(0x08, 4, 1)
-        w(0x0C, 4, 1)
-        w(0x14, 1, 0x0B)
+        acknowledgeAndAcceptFeatures(write: w)
         #expect(r(0x14, 1) & 8 != 0)
         w(0x16, 2, 0)
         let before = device.counters

@@ -36,24 +36,9 @@ final class NetHostDriver {
     /// Virtio 1.2 section 3.1.1 with `features` (bits 0..31, and VERSION_1),
     /// every queue of size 16 with vector q + 1, DRIVER_OK.
     func initialise(features: UInt32) -> Bool {
-        w(0x14, 1, 0)
-        // The reset is done when device_status reads 0 (virtio 1.2 section 4.1.4.3.1).
-        guard eventually(.seconds(10), { r(0x14, 1) == 0 }) else { return false }
-        w(0x14, 1, 1)
-        w(0x14, 1, 3)
-        w(0x08, 4, 0)
-        w(0x0C, 4, UInt64(features))
-        w(0x08, 4, 1)
-        w(0x0C, 4, 1)
-        w(0x14, 1, 0x0B)
-        guard r(0x14, 1) & 8 != 0 else { return false }
+        guard resetAndNegotiateFeatures(features, read: r, write: w) else { return false }
         for q in 0..<device.queueCount {
-            w(0x16, 2, UInt64(q))
-            w(0x18, 2, UInt64(Self.size))
-            w(0x1A, 2, UInt64(q + 1))
-            w(0x20, 8, Self.ring(q))
-            w(0x28, 8, Self.ring(q) + 0x1000)
-            w(0x30, 8, Self.ring(q) + 0x2000)
+            setUpQueue(q, size: Self.size, vector: UInt16(q + 1), at: Self.ring(q), write: w)
             memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring(q))
             w(0x1C, 2, 1)
         }

@@ -1,6 +1,6 @@
 /* Assembler macros shared by the virtio guest programs (virtio_blk.S,
- * virtio_blk_bench.S, virtio_blk_stress.S, virtio_net.S) for the tiny VMM's virtio-pci
- * device at 00:02.0 (virtio 1.2 sections 3.1.1, 4.1.4). They assemble to
+ * virtio_blk_bench.S, virtio_blk_stress.S, virtio_net.S, virtio_fs.S) for the tiny
+ * VMM's virtio-pci device at 00:02.0 (virtio 1.2 sections 3.1.1, 4.1.4). They assemble to
  * exactly the instructions each guest had inline. Everything is inside
  * __ASSEMBLER__: C and Swift see nothing. */
 #ifndef VIRTIO_COMMON_H
@@ -91,6 +91,21 @@ cfg_read:
 	je	\fail
 .endm
 
+/* The start of a virtio driver guest, at its image's first byte: every vCPU
+ * starts (guest_common.h's VCPU_START) and all but vCPU 0 idle at `idle`;
+ * then the routine cfg_read (VIRTIO_CFG_READ), the label `fail` (exit with
+ * status AL), and at `driver` vCPU 0's VIRTIO_PCI_WALK into `common`,
+ * `notify`, `mult`, `msixcap` and `bar1` (BAR4 left in EBP). vCPU 0's driver
+ * code follows it. */
+.macro VIRTIO_GUEST_ENTRY common, notify, mult, msixcap, bar1
+	VCPU_START
+	IDLE_UNLESS_VCPU0 driver, idle
+	VIRTIO_CFG_READ
+fail:	EXIT_AL
+driver:
+	VIRTIO_PCI_WALK \common, \notify, \mult, \msixcap, \bar1, fail
+.endm
+
 /* With EDI = the common configuration structure and queue 0 selected: queue
  * size `size`, MSI-X vector 1 (jumps to `fail` with AL = 4 if the device does
  * not keep it), and the descriptor table, driver area and device area at
@@ -109,14 +124,69 @@ cfg_read:
 	movl	$0, 0x34(%edi)
 .endm
 
-/* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
- * accept VIRTIO_F_VERSION_1 (feature bit 32) only, FEATURES_OK, and check the
- * device kept FEATURES_OK (virtio 1.2 section 3.1.1). Jumps to `fail` with
- * AL = 3 if VERSION_1 is not offered or FEATURES_OK is refused.
+/* MSI-X on (Message Control bit 15) for the virtio device at 00:02.0, whose
+ * MSI-X capability sits at config offset `msixcap` (a word in memory):
+ * read-modify-write of the capability's first DWORD through cfg_read and
+ * CONFIG_ADDRESS / CONFIG_DATA (ports 0xCF8 / 0xCFC).
+ * Clobbers EAX, ECX, EDX. */
+.macro VIRTIO_MSIX_ENABLE msixcap
+	mov	\msixcap, %eax
+	call	cfg_read
+	or	$0x80000000, %eax
+	mov	%eax, %ecx
+	mov	\msixcap, %eax
+	or	$0x80001000, %eax
+	mov	$0xcf8, %dx
+	out	%eax, %dx
+	mov	%ecx, %eax
+	mov	$0xcfc, %dx
+	out	%eax, %dx
+.endm
+
+/* With EDI = the common configuration structure and ECX = q: selects queue
+ * q (jumps to `fail` with AL = 4 if the device has no such queue, or does not
+ * keep MSI-X vector q + 1), sets its size `size` and vector q + 1, and places
+ * its descriptor table, driver area and device area at 0x20000 + 0x10000 q,
+ * + 0x1000, + 0x2000 (the driver and device areas' idx zeroed first: fresh
+ * rings). Leaves EAX = the queue's notify address: `notify` + queue_notify_off
+ * * `mult` (virtio 1.2 section 4.1.4.4). The caller stores it and sets
+ * queue_enable. Clobbers EAX, EDX. */
+.macro VIRTIO_QUEUE_SETUP_AT_ECX size, notify, mult, fail
+	movw	%cx, 0x16(%edi)
+	mov	$4, %al
+	cmpw	$0, 0x18(%edi)
+	je	\fail
+	movw	$\size, 0x18(%edi)
+	lea	1(%ecx), %eax
+	movw	%ax, 0x1a(%edi)
+	cmpw	%ax, 0x1a(%edi)
+	mov	$4, %al
+	jne	\fail
+	mov	%ecx, %eax
+	shl	$16, %eax
+	add	$0x20000, %eax
+	movl	$0, 0x1000(%eax)	/* fresh rings: avail and used idx 0 */
+	movl	$0, 0x2000(%eax)
+	mov	%eax, 0x20(%edi)
+	movl	$0, 0x24(%edi)
+	add	$0x1000, %eax
+	mov	%eax, 0x28(%edi)
+	movl	$0, 0x2c(%edi)
+	add	$0x1000, %eax
+	mov	%eax, 0x30(%edi)
+	movl	$0, 0x34(%edi)
+	movzwl	0x1e(%edi), %eax	/* queue_notify_off * multiplier */
+	mull	\mult
+	add	\notify, %eax
+.endm
+
+/* With EDI = the common configuration structure: reset (waiting until
+ * device_status reads 0, virtio 1.2 section 4.1.4.3.1), ACKNOWLEDGE, DRIVER,
+ * and check that VIRTIO_F_VERSION_1 (feature bit 32) is offered, leaving
+ * device_feature_select = 0. Jumps to `fail` with AL = 3 if it is not.
  * Clobbers EAX. */
-.macro VIRTIO_NEGOTIATE_VERSION_1 fail
+.macro VIRTIO_RESET_EXPECT_VERSION_1 fail
 	movb	$0, 0x14(%edi)
-	/* The reset is done when device_status reads 0 (virtio 1.2 4.1.4.3.1). */
 .Lreset_wait\@:
 	cmpb	$0, 0x14(%edi)
 	jne	.Lreset_wait\@
@@ -127,8 +197,13 @@ cfg_read:
 	test	$1, %al
 	mov	$3, %al
 	jz	\fail
-	movl	$0, 0x08(%edi)
-	movl	$0, 0x0c(%edi)
+.endm
+
+/* With EDI = the common configuration structure and driver features 0..31
+ * written: accepts VIRTIO_F_VERSION_1 (bit 32) of features 32..63, sets
+ * FEATURES_OK and checks the device kept it (virtio 1.2 section 3.1.1).
+ * Jumps to `fail` with AL = 3 if it did not. Clobbers EAX. */
+.macro VIRTIO_VERSION_1_FEATURES_OK fail
 	movl	$1, 0x08(%edi)
 	movl	$1, 0x0c(%edi)
 	movb	$0x0b, 0x14(%edi)
@@ -136,6 +211,18 @@ cfg_read:
 	test	$8, %al
 	mov	$3, %al
 	jz	\fail
+.endm
+
+/* With EDI = the common configuration structure: reset, ACKNOWLEDGE, DRIVER;
+ * accept VIRTIO_F_VERSION_1 (feature bit 32) only, FEATURES_OK, and check the
+ * device kept FEATURES_OK (virtio 1.2 section 3.1.1). Jumps to `fail` with
+ * AL = 3 if VERSION_1 is not offered or FEATURES_OK is refused.
+ * Clobbers EAX. */
+.macro VIRTIO_NEGOTIATE_VERSION_1 fail
+	VIRTIO_RESET_EXPECT_VERSION_1 \fail
+	movl	$0, 0x08(%edi)
+	movl	$0, 0x0c(%edi)
+	VIRTIO_VERSION_1_FEATURES_OK \fail
 .endm
 
 /* With EDI = the common configuration structure and ECX = the feature
@@ -145,18 +232,7 @@ cfg_read:
  * to `fail` with AL = 3 if a bit is not offered or FEATURES_OK is refused.
  * Clobbers EAX. */
 .macro VIRTIO_NEGOTIATE_FEATURES fail
-	movb	$0, 0x14(%edi)
-	/* The reset is done when device_status reads 0 (virtio 1.2 4.1.4.3.1). */
-.Lreset_wait\@:
-	cmpb	$0, 0x14(%edi)
-	jne	.Lreset_wait\@
-	movb	$1, 0x14(%edi)
-	movb	$3, 0x14(%edi)
-	movl	$1, 0x00(%edi)
-	mov	0x04(%edi), %eax
-	test	$1, %al
-	mov	$3, %al
-	jz	\fail
+	VIRTIO_RESET_EXPECT_VERSION_1 \fail
 	movl	$0, 0x00(%edi)
 	mov	0x04(%edi), %eax
 	and	%ecx, %eax
@@ -165,27 +241,38 @@ cfg_read:
 	jne	\fail
 	movl	$0, 0x08(%edi)
 	movl	%ecx, 0x0c(%edi)
-	movl	$1, 0x08(%edi)
-	movl	$1, 0x0c(%edi)
-	movb	$0x0b, 0x14(%edi)
-	mov	0x14(%edi), %al
-	test	$8, %al
-	mov	$3, %al
-	jz	\fail
+	VIRTIO_VERSION_1_FEATURES_OK \fail
+.endm
+
+/* The MSI-X table entry at `off`(%esi) (PCI Local Bus 3.0 section 6.8.2):
+ * IDT vector `vector` on APIC ID 0 (message address 0xFEE00000, high half 0),
+ * fixed delivery, unmasked. Clobbers nothing. */
+.macro VIRTIO_MSIX_ENTRY off, vector
+	movl	$0xfee00000, \off(%esi)
+	movl	$0, \off + 4(%esi)
+	movl	$\vector, \off + 8(%esi)
+	movl	$0, \off + 12(%esi)
+.endm
+
+/* The MSI-X table entry at ESI for queue q = ECX: IDT vector 0x41 + q
+ * (MSI-X vector q + 1) on the APIC ID in EAX, fixed delivery, unmasked.
+ * Clobbers EAX. */
+.macro VIRTIO_MSIX_QUEUE_ENTRY
+	shl	$12, %eax
+	or	$0xfee00000, %eax
+	mov	%eax, 0(%esi)
+	movl	$0, 4(%esi)
+	lea	0x41(%ecx), %eax
+	mov	%eax, 8(%esi)
+	movl	$0, 12(%esi)
 .endm
 
 /* With ESI = the MSI-X table: entry 0 (config changes) -> IDT vector 0x40,
  * entry 1 (queue 0) -> IDT vector 0x41, both to APIC ID 0, unmasked.
  * Clobbers nothing. */
 .macro VIRTIO_MSIX_TWO_ENTRIES
-	movl	$0xfee00000, 0(%esi)
-	movl	$0, 4(%esi)
-	movl	$0x40, 8(%esi)
-	movl	$0, 12(%esi)
-	movl	$0xfee00000, 16(%esi)
-	movl	$0, 20(%esi)
-	movl	$0x41, 24(%esi)
-	movl	$0, 28(%esi)
+	VIRTIO_MSIX_ENTRY 0, 0x40
+	VIRTIO_MSIX_ENTRY 16, 0x41
 .endm
 
 #endif /* __ASSEMBLER__ */
