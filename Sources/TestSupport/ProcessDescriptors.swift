@@ -34,4 +34,15 @@ public func descriptorsLeaked(since before: Set<String>, timeout: Duration = .se
 public func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
 }
+
+/// Threads of this process whose name (`/proc/self/task/<tid>/comm`) is `name`.
+/// Unlike `threadCount()`, it does not move when a thread pool elsewhere in
+/// the process grows or shrinks.
+public func threadCount(named name: String) -> Int {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.filter { task in
+        let comm = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)
+        return comm?.trimmingCharacters(in: .newlines) == name
+    }.count
+}
 #endif

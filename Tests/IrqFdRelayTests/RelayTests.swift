@@ -112,7 +112,7 @@ final class CountingPoller: RelayPoller {
     func droppingThePartitionStopsTheThreadAndLeavesNoDescriptorOpen() throws {
         let guest = try CountingGuest(cpus: 1)
         let descriptors = openDescriptors()
-        let threads = threadCount()
+        let threads = threadCount(named: EpollPoller.threadName)
         for cycle in 0..<200 {
             let relay = try RelayIrqFd(vm: guest.vm.vm)
             var routes = try (0..<4).map { _ in try relay.newRoute() }
@@ -125,7 +125,7 @@ final class CountingPoller: RelayPoller {
             if cycle % 50 == 0 { #expect(guest.waitFor(cpu: 0, vector: 0x70, count: UInt32(cycle / 50 + 1))) }
             routes.removeAll()
         }
-        #expect(threadCount() == threads, "every relay thread was joined")
+        #expect(threadCount(named: EpollPoller.threadName) == threads, "every relay thread was joined")
         let leaked = descriptorsLeaked(since: descriptors)
         #expect(leaked.isEmpty, "every epoll, wake and route descriptor was closed; open: \(leaked.sorted())")
     }
