@@ -474,7 +474,13 @@ struct DeathDriver {
             vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 },
             "batch 3, run again after the second reconnect: status 0x\(String(device.status, radix: 16)), resetting \(device.isResetting), connected \(device.isBackendConnected), reconnects \(device.reconnectCount), running \(device.isRunning(queue: 0)), recoveries \(recoveries()), guest status 0x\(String(m.read32(at: L.lastStatus), radix: 16)), \(device.counters), \(String(describing: device.lastBackendError))"
         )
-        #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
+        // DRIVER_OK reads back at once and the backend start completes on the device's worker: wait for
+        // that start (the second reconnect, the queue running), or the next kill could hit a backend the
+        // device never connected to.
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) {
+                device.reconnectCount == 2 && device.status == 0x0F && device.isRunning(queue: 0)
+            }, "the guest re-initialised against the second backend")
 
         // 3. The config vector masked: NEEDS_RESET, but the interrupt waits in the PBA.
         let before3 = recoveries()
@@ -489,7 +495,10 @@ struct DeathDriver {
         try backend.restart()
         device.emulator.write(bar: 1, offset: 12, size: 4, value: 0)
         #expect(vm.waitUntil(timeout: .seconds(30)) { recoveries() > before3 }, "unmask delivered it")
-        #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) {
+                device.reconnectCount == 3 && device.status == 0x0F && device.isRunning(queue: 0)
+            }, "the guest re-initialised against the third backend")
         m.write32(4, at: L.gate)
         let outcome = vm.wait(timeout: .seconds(60))
         #expect(
