@@ -186,7 +186,7 @@ let package = Package(
         // The relay backend: a userspace IrqFd over any MsiInjector (epoll thread on Linux).
         .target(
             name: "IrqFdRelay",
-            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // C: Microsoft's WinHvPlatform.h and its import library (Windows only; empty elsewhere).
         .target(name: "CWinHvPlatform", linkerSettings: [.linkedLibrary("WinHvPlatform", .when(platforms: [.windows]))]),
@@ -234,7 +234,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdRelayTests",
-            dependencies: ["TestSupport", "KVMTestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "TinyVM", "GuestPrograms"],
+            dependencies: [
+                "TestSupport", "KVMTestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdKVM", "IrqFdLinux", "KVM", "KVMFaultInjection",
+                "TinyVM", "GuestPrograms",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdWHPTests",
