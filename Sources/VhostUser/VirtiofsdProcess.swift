@@ -53,34 +53,15 @@ public final class VirtiofsdProcess: @unchecked Sendable {
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = log ?? FileHandle.nullDevice
-        // As for the block back-ends: the spawning thread may block SIGTERM,
-        // and the child would inherit the mask and ignore stop()'s SIGTERM.
-        var terminate = sigset_t()
-        var mask = sigset_t()
-        sigemptyset(&terminate)
-        sigaddset(&terminate, SIGTERM)
-        sigaddset(&terminate, SIGINT)
-        pthread_sigmask(SIG_UNBLOCK, &terminate, &mask)
-        defer { pthread_sigmask(SIG_SETMASK, &mask, nil) }
-        do { try process.run() } catch {
-            let code = Int32(truncatingIfNeeded: (error as NSError).code)
-            throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: code == 0 ? ENOENT : code))
-        }
+        try BackendLaunch.run(process, executable: executable)
         let backend = VirtiofsdProcess(socketPath: socketPath, sharedDirectory: sharedDirectory, process: process)
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            var info = stat()
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isServing(socketPath) {
-                return backend
-            }
-            guard process.isRunning else {
-                throw .unsupported(
-                    "virtiofsd exited with status \(process.terminationStatus) before its socket appeared")
-            }
-            guard ContinuousClock.now < deadline else {
-                throw .unsupported("virtiofsd did not create \(socketPath) within \(timeout)")
-            }
-            usleep(10_000)
+        switch BackendLaunch.waitForSocket(socketPath, of: process, timeout: timeout, ready: isServing) {
+        case .ready:
+            return backend
+        case .exited:
+            throw .unsupported("virtiofsd exited with status \(process.terminationStatus) before its socket appeared")
+        case .timedOut:
+            throw .unsupported("virtiofsd did not create \(socketPath) within \(timeout)")
         }
     }
 
@@ -120,22 +101,13 @@ public final class VirtiofsdProcess: @unchecked Sendable {
 
     /// SIGKILL, as a crash would end it; waits for the exit and removes the socket. Idempotent.
     public func kill() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        BackendLaunch.kill(process)
         removeSocket()
     }
 
     /// SIGTERM, SIGKILL if it is still there after 5 s; removes the socket. Idempotent.
     public func stop() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGTERM)
-            let deadline = ContinuousClock.now + .seconds(5)
-            while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
-        }
+        BackendLaunch.terminate(process)
         removeSocket()
     }
 
