@@ -275,7 +275,8 @@ let package = Package(
         .testTarget(
             name: "VhostUserTests",
             dependencies: [
-                "VhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system"),
+                "TestSupport", "VhostUser", "IrqFdLinux", "IrqFdCore",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         .testTarget(

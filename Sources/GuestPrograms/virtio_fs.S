@@ -125,6 +125,16 @@
 	mov	%eax, 20(%edi)
 .endm
 
+/* The u64 at OUT + `at` (a field of the reply) into `to`. Leaves ESI = OUT.
+ * Clobbers EAX. */
+.macro OUT_U64 at, to
+	mov	$OUT, %esi
+	mov	\at(%esi), %eax
+	mov	%eax, \to
+	mov	\at + 4(%esi), %eax
+	mov	%eax, \to + 4
+.endm
+
 /* The fuse_read_in / fuse_write_in at IN + 40 (include/uapi/linux/fuse.h)
  * for the node and file handle at `node` and `fh` (u64s): offset 0, size the
  * word at `size`, and the last 20 bytes (read_flags or write_flags,
@@ -235,11 +245,7 @@ reinit:	mov	CFG_COUNT, %eax
 	add	$40, %ecx
 	mov	$FUSE_LOOKUP, %eax
 	call	fuse_call
-	mov	$OUT, %esi		/* fuse_entry_out.nodeid */
-	mov	16(%esi), %eax
-	mov	%eax, V_NODE
-	mov	20(%esi), %eax
-	mov	%eax, V_NODE + 4
+	OUT_U64	16, V_NODE		/* fuse_entry_out.nodeid */
 
 	/* FUSE_OPEN read-only. */
 	NODEID	V_NODE
@@ -248,11 +254,7 @@ reinit:	mov	CFG_COUNT, %eax
 	mov	$FUSE_OPEN, %eax
 	mov	$48, %ecx
 	call	fuse_call
-	mov	$OUT, %esi		/* fuse_open_out.fh */
-	mov	16(%esi), %eax
-	mov	%eax, V_FH
-	mov	20(%esi), %eax
-	mov	%eax, V_FH + 4
+	OUT_U64	16, V_FH		/* fuse_open_out.fh */
 
 	/* FUSE_READ and compare. */
 	call	read_file
@@ -274,11 +276,7 @@ reinit:	mov	CFG_COUNT, %eax
 	add	$56, %ecx
 	mov	$FUSE_CREATE, %eax
 	call	fuse_call
-	mov	$OUT, %esi		/* fuse_entry_out.nodeid, then fuse_open_out.fh */
-	mov	16(%esi), %eax
-	mov	%eax, V_NEWNODE
-	mov	20(%esi), %eax
-	mov	%eax, V_NEWNODE + 4
+	OUT_U64	16, V_NEWNODE	/* fuse_entry_out.nodeid, then fuse_open_out.fh */
 	mov	144(%esi), %eax
 	mov	%eax, V_NEWFH
 	mov	148(%esi), %eax

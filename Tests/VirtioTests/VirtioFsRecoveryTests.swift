@@ -192,12 +192,10 @@ enum Fuse {
                 let read = Fuse.readFile(&driver, name: "file", size: 4)
                 #expect(read == [1, 2, 3, 4], "round \(round)")
                 device.writeStatus(0)
-                let socket = try #require(device.frontend.socket)
-                owned = ([socket] + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
+                owned = try descriptorsOwned(by: device)
                 #expect(owned.count == 5, "the socket, and a kick and a call eventfd per queue")
             }
-            _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
-            for d in owned { #expect(!d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release") }
+            expectClosedAfterRelease(owned, round: round)
             // virtiofsd exits once its connection closes: the next device needs a new one.
             _ = eventually(.seconds(2)) { !backend.isRunning }
             try backend.restart()

@@ -162,13 +162,10 @@ extension VirtioNetTests {
                     for v in 0...5 { _ = try device.emulator.event(for: v) }
                     #expect(driver.request([4, 0, 2, 0]) == VirtioNet.Control.ok, "round \(round)")
                     device.writeStatus(0)
-                    let socket = try #require(device.frontend.socket)
-                    owned = ([socket] + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
+                    owned = try descriptorsOwned(by: device)
                     #expect(owned.count == 11, "the socket, 5 kicks, 5 own calls")
                 }
-                // Released here, or on a device thread just after (it holds the device for one call).
-                _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
-                for d in owned { #expect(!d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release") }
+                expectClosedAfterRelease(owned, round: round)
             }
             #expect(vm.irqfd.freeGsiCount == free)
             #expect(backend.isRunning)
