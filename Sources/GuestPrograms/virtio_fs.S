@@ -125,6 +125,13 @@
 	mov	%eax, 20(%edi)
 .endm
 
+/* fuse_call for a request of `length` bytes at IN with `opcode`. */
+.macro FUSE_CALL opcode, length
+	mov	$\opcode, %eax
+	mov	$\length, %ecx
+	call	fuse_call
+.endm
+
 /* The u64 at OUT + `at` (a field of the reply) into `to`. Leaves ESI = OUT.
  * Clobbers EAX. */
 .macro OUT_U64 at, to
@@ -224,9 +231,7 @@ reinit:	mov	CFG_COUNT, %eax
 	movl	$31, 44(%edi)
 	movl	$0, 48(%edi)
 	movl	$0, 52(%edi)
-	mov	$FUSE_INIT, %eax
-	mov	$56, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_INIT, 56
 	mov	$OUT, %esi
 	mov	16(%esi), %eax
 	mov	%eax, R_MAJOR
@@ -251,9 +256,7 @@ reinit:	mov	CFG_COUNT, %eax
 	NODEID	V_NODE
 	movl	$0, 40(%edi)		/* flags O_RDONLY */
 	movl	$0, 44(%edi)
-	mov	$FUSE_OPEN, %eax
-	mov	$48, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_OPEN, 48
 	OUT_U64	16, V_FH		/* fuse_open_out.fh */
 
 	/* FUSE_READ and compare. */
@@ -349,18 +352,14 @@ release:
 	movl	$0, 52(%edi)
 	movl	$0, 56(%edi)
 	movl	$0, 60(%edi)
-	mov	$FUSE_RELEASE, %eax
-	mov	$64, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_RELEASE, 64
 	ret
 
 /* FUSE_READ of P_READSIZE bytes at offset 0 of the open file; exits 7 unless
  * the reply holds exactly those bytes of EXPECT. Clobbers EAX, ECX, EDX, ESI, EDI. */
 read_file:
 	FUSE_RW_IN V_NODE, V_FH, P_READSIZE
-	mov	$FUSE_READ, %eax
-	mov	$80, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_READ, 80
 	mov	$OUT, %esi
 	mov	0(%esi), %eax
 	sub	$16, %eax

@@ -17,7 +17,10 @@ enum BackendLaunch {
         return nil
     }
 
-    /// Spawns `process` (whose executable is `executable`, named in the error).
+    /// Removes whatever is at `socketPath` (a stale socket would be taken for
+    /// the new back-end's), then spawns `executable` with `arguments`, its
+    /// standard input and output from `input` and `output`, and its standard
+    /// error to `error` (this process's own when nil).
     ///
     /// The child inherits the spawning thread's signal mask, and the threads
     /// that start back-ends (Swift concurrency's and Dispatch's workers, where
@@ -25,7 +28,17 @@ enum BackendLaunch {
     /// SIGTERM and was SIGKILLed 5 s later, every time (and was orphaned for
     /// good if this process died). SIGTERM and SIGINT are unblocked around
     /// the spawn only.
-    static func run(_ process: Process, executable: String) throws(VhostUserError) {
+    static func spawn(
+        _ executable: String, arguments: [String], socketPath: String, input: FileHandle = .nullDevice,
+        output: FileHandle = .nullDevice, error: FileHandle? = nil
+    ) throws(VhostUserError) -> Process {
+        unlink(socketPath)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardInput = input
+        process.standardOutput = output
+        if let error { process.standardError = error }
         var terminate = sigset_t()
         var mask = sigset_t()
         sigemptyset(&terminate)
@@ -36,6 +49,23 @@ enum BackendLaunch {
         do { try process.run() } catch {
             let code = Int32(truncatingIfNeeded: (error as NSError).code)
             throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: code == 0 ? ENOENT : code))
+        }
+        return process
+    }
+
+    /// The entries of /proc/net/unix for sockets bound to `path`: their flags
+    /// (__SO_ACCEPTCON, 0x10000, once listening) and state (03 for
+    /// SS_CONNECTED), unix(7) "/proc/net/unix"; nil without /proc.
+    static func unixSockets(boundTo path: String) -> [(flags: UInt32, state: Substring)]? {
+        // Read to the end: String(contentsOfFile:) stops after the first read
+        // of a /proc file (about 4 KiB), and a busy system lists more.
+        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return nil }
+        defer { try? file.close() }
+        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        return table.split(separator: "\n").dropFirst().compactMap { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { return nil }
+            return (flags, fields[5])
         }
     }
 

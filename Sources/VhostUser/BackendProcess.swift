@@ -110,13 +110,7 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
                 command.leadingArguments + [image, "--socket", socketPath, "--queues", String(queues)]
                 + (readOnly ? ["--read-only"] : [])
         }
-        unlink(socketPath)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        try BackendLaunch.run(process, executable: executable)
+        let process = try BackendLaunch.spawn(executable, arguments: arguments, socketPath: socketPath)
         let backend = VhostUserBackendProcess(kind: kind, socketPath: socketPath, process: process)
         // The file appears at bind(2), before listen(2): until then a
         // connect is refused (qemu-storage-daemon binds in place).
@@ -138,19 +132,8 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// listen(2) (the embedded back-end) is listed under its old name, and
     /// without /proc the file's existence has to do: both count as listening.
     package static func isListening(_ path: String) -> Bool {
-        // Read to the end: String(contentsOfFile:) stops after the first read
-        // of a /proc file (about 4 KiB), and a busy system lists more.
-        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }
-        defer { try? file.close() }
-        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
-        var bound = false
-        for line in table.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
-            if flags & 0x10000 != 0 { return true }
-            bound = true
-        }
-        return !bound
+        guard let sockets = BackendLaunch.unixSockets(boundTo: path) else { return true }
+        return sockets.isEmpty || sockets.contains { $0.flags & 0x10000 != 0 }
     }
 
     /// Whether the process is still running.

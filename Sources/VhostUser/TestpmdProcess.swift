@@ -75,7 +75,6 @@ public final class TestpmdProcess: @unchecked Sendable {
             throw .unsupported("dpdk-testpmd is not installed (apt-get install dpdk-dev)")
         }
         let prefix = "irqfd-\(getpid())-\(instances.wrappingAdd(1, ordering: .relaxed).oldValue)"
-        unlink(socketPath)
         // A socket pair, not a pipe: socketpair(2) takes SOCK_CLOEXEC, so no
         // other child spawned meanwhile can inherit the write end (pipe2(2),
         // which would do the same, is not in Glibc's Swift module). testpmd
@@ -90,13 +89,9 @@ public final class TestpmdProcess: @unchecked Sendable {
         guard let log = FileHandle(forWritingAtPath: logPath) else {
             throw .unsupported("cannot write testpmd's log at \(logPath)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments(socketPath: socketPath, queuePairs: queuePairs, filePrefix: prefix)
-        process.standardInput = readEnd
-        process.standardOutput = log
-        process.standardError = log
-        try BackendLaunch.run(process, executable: executable)
+        let process = try BackendLaunch.spawn(
+            executable, arguments: arguments(socketPath: socketPath, queuePairs: queuePairs, filePrefix: prefix),
+            socketPath: socketPath, input: readEnd, output: log, error: log)
         // Only the child keeps the read end.
         try? readEnd.close()
         try? log.close()

@@ -46,14 +46,10 @@ public final class VirtiofsdProcess: @unchecked Sendable {
         guard let executable = installedPath() else {
             throw .unsupported("virtiofsd is not installed at \(defaultPath) (Debian's qemu-system-common)")
         }
-        unlink(socketPath)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--socket-path=\(socketPath)", "-o", "source=\(sharedDirectory)", "-o", "sandbox=chroot"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = log ?? FileHandle.nullDevice
-        try BackendLaunch.run(process, executable: executable)
+        let process = try BackendLaunch.spawn(
+            executable,
+            arguments: ["--socket-path=\(socketPath)", "-o", "source=\(sharedDirectory)", "-o", "sandbox=chroot"],
+            socketPath: socketPath, error: log ?? .nullDevice)
         let backend = VirtiofsdProcess(socketPath: socketPath, sharedDirectory: sharedDirectory, process: process)
         switch BackendLaunch.waitForSocket(socketPath, of: process, timeout: timeout, ready: isServing) {
         case .ready:
@@ -77,17 +73,8 @@ public final class VirtiofsdProcess: @unchecked Sendable {
     /// before listen(2), and a connect then is refused. Without /proc, the
     /// file has to do.
     package static func isServing(_ path: String) -> Bool {
-        // Read to the end: Foundation's String(contentsOfFile:) stops after the
-        // first read of a /proc file (about 4 KiB), and a busy system lists more.
-        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }
-        defer { try? file.close() }
-        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
-        for line in table.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
-            if flags & 0x10000 != 0 || fields[5] == "03" { return true }
-        }
-        return false
+        guard let sockets = BackendLaunch.unixSockets(boundTo: path) else { return true }
+        return sockets.contains { $0.flags & 0x10000 != 0 || $0.state == "03" }
     }
 
     /// Whether the process is still running.
