@@ -162,6 +162,12 @@ extension BlkHostDriver {
 }
 
 @Suite(needsKVM) struct BackendDeathTests {
+    /// Says, when qemu-storage-daemon is missing, that its death cases were
+    /// not generated; when it is installed, that they were.
+    @Test(deathQSDInstalled) func theDeathCasesRunAgainstQemuStorageDaemon() {
+        #expect(deathBackends.contains(.qemuStorageDaemon))
+    }
+
     /// Resets until the device has reconnected (a backend that was just
     /// started may not listen yet: qemu-storage-daemon binds, then listens).
     static func resetAndReconnect(_ device: VirtioBlkDevice) -> Bool {

@@ -184,6 +184,17 @@ extension Scenarios {
 let backendKinds: [VhostUserBackendProcess.Kind] = [.embedded] + (qemuStorageDaemonPresent ? [.qemuStorageDaemon] : [])
 
 @Suite struct BackendScenarioTests {
+    /// Says, when qemu-storage-daemon is missing, that its cases were not
+    /// generated; when it is installed, that they were.
+    @Test(
+        .enabled(
+            if: qemuStorageDaemonPresent,
+            "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)"
+        ))
+    func theScenariosRunAgainstQemuStorageDaemon() {
+        #expect(backendKinds.contains(.qemuStorageDaemon))
+    }
+
     @Test(arguments: backendKinds) func handshakeNegotiatesFeaturesAndReadsCapacity(kind: VhostUserBackendProcess.Kind)
         throws
     {
