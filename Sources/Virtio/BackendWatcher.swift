@@ -30,7 +30,8 @@ protocol BackendWatcherClient: AnyObject, Sendable {
 /// a new file. ``watch(socket:connection:)`` hands over a new copy and only
 /// the thread closes the old, between two waits.
 final class CallPoller: Sendable {
-    private let calls: [EventFD]
+    /// With `.userspace` delivery, the call eventfds waited on (nil: none).
+    private let calls: ConnectionScopedCalls?
     private let epoll: Epoll
     private let stopEvent: EventFD
     /// Signalled when the watched socket or the deadline changes.
@@ -57,7 +58,8 @@ final class CallPoller: Sendable {
     private static let socketToken: UInt64 = 2
     private static let firstCallToken: UInt64 = 3
 
-    init(calls: [EventFD]) throws(IrqFdError) {
+    /// A watcher that also waits on `calls` (their current generation, whichever it is).
+    init(calls: ConnectionScopedCalls?) throws(IrqFdError) {
         self.calls = calls
         stopEvent = try EventFD()
         wake = try EventFD()
@@ -66,9 +68,7 @@ final class CallPoller: Sendable {
             epoll = try Epoll()
             try epoll.add(stopEvent.fileDescriptor, token: Self.stopToken)
             try epoll.add(wake.fileDescriptor, token: Self.wakeToken)
-            for (q, call) in calls.enumerated() {
-                try epoll.add(call.fileDescriptor, token: Self.firstCallToken + UInt64(q))
-            }
+            try calls?.watch(in: epoll, firstToken: Self.firstCallToken)
         } catch {
             throw .systemCall(error)
         }
@@ -192,9 +192,8 @@ final class CallPoller: Sendable {
                     }
                     device()?.backendHungUp(connection: socket.connection)
                 default:
-                    let q = Int(event.token - Self.firstCallToken)
-                    let count = calls[q].consume()
-                    guard count != 0 else { continue }
+                    // A retired generation's report is dropped: that call fd reaches nobody.
+                    guard let (q, count) = calls?.consume(token: event.token), count != 0 else { continue }
                     // One interrupt per wake-up: signals coalesce, as in the kernel's irqfd.
                     device()?.callMonitor.observe(queue: q, signals: count)
                     device()?.completed(queue: q)

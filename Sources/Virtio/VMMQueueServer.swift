@@ -200,7 +200,7 @@ extension VirtioPCIDevice: VMMQueueClient {
     private func signalCall(queue q: Int, vector: UInt16) {
         guard vector != Self.noVector else { return }
         if delivery == .userspace {
-            ownCalls[q].signal()
+            calls.event(queue: q).signal()
         } else if let event = try? emulator.event(for: Int(vector)) {
             event.signal()
         }

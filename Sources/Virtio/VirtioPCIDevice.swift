@@ -117,8 +117,9 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     let backendFeatures: UInt64
     let kicks: [EventFD]
     /// Call fds for `.userspace` delivery (a VMM thread waits on them) and for
-    /// queues with no vector (nobody waits: NO_VECTOR means no interrupt).
-    let ownCalls: [EventFD]
+    /// queues with no vector (nobody waits: NO_VECTOR means no interrupt),
+    /// retired with the route events when a connection stops serving the queues.
+    let calls: ConnectionScopedCalls
     let watcher: CallPoller
     /// Waits on the kicks of the queues the VMM serves (nil: the backend serves every queue).
     let vmmQueues: VMMQueuePoller?
@@ -218,7 +219,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         }
         do {
             kicks = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
-            ownCalls = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
+            calls = try ConnectionScopedCalls(queues: queues)
         } catch { throw .irqfd(error) }
 
         self.socketPath = socketPath
@@ -239,7 +240,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         // Always a watcher: it watches the backend socket for a hang-up (an
         // idle device notices a dead backend), and with `.userspace` delivery
         // it also waits on the call fds.
-        do { watcher = try CallPoller(calls: delivery == .userspace ? ownCalls : []) } catch {
+        do { watcher = try CallPoller(calls: delivery == .userspace ? calls : nil) } catch {
             negotiated.frontend.close()
             throw .irqfd(error)
         }
@@ -348,10 +349,10 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     public func isRunning(queue q: Int) -> Bool { state.withLock { $0.queues[q].running } }
     /// Features the driver accepted.
     public var driverFeatures: UInt64 { state.withLock { $0.driverFeatures } }
-    /// The eventfds this device owns (each queue's kick, and the call fd it
-    /// keeps for NO_VECTOR and `.userspace`), closed in its deinit: a test
+    /// The eventfds this device owns (each queue's kick, and the call fds it
+    /// keeps for NO_VECTOR and `.userspace`, current and previous connection's), closed in its deinit: a test
     /// checks that these very descriptors are closed after release.
-    public var ownedDescriptors: [FileDescriptor] { (kicks + ownCalls).map(\.fileDescriptor) }
+    public var ownedDescriptors: [FileDescriptor] { kicks.map(\.fileDescriptor) + calls.descriptors }
 
     /// Writes device_status from the host as a guest write would do, then
     /// waits until the backend operations it started are done (a reset has

@@ -282,11 +282,14 @@ final class CountingVM {
 
     /// Only the connection serving the queues, while DRIVER_OK stands, can
     /// raise their interrupt: a backend signalling its call fd before
-    /// DRIVER_OK, after a reset, or after its connection was dropped and
-    /// replaced delivers nothing. The current connection's signals arrive,
-    /// and masking keeps its meaning: masked, a signal is pending (PBA) and
-    /// unmask delivers exactly one.
-    @Test(arguments: [InterruptDelivery.irqfd, .relay])
+    /// DRIVER_OK, after a reset (and after the driver set the queues up
+    /// again, vectors and all, before the next DRIVER_OK), or after its
+    /// connection was dropped and replaced delivers nothing. The current
+    /// connection's signals arrive, and masking keeps its meaning: masked, a
+    /// signal is pending (PBA) and unmask delivers exactly one. Every
+    /// delivery mode: with `.userspace` the call fds are the device's own
+    /// eventfds, which its watcher waits on.
+    @Test(arguments: InterruptDelivery.allCases)
     func onlyTheCurrentConnectionRaisesAQueueInterrupt(delivery: InterruptDelivery) throws {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
@@ -326,9 +329,13 @@ final class CountingVM {
         backend.signalCalls(connection: 0)
         host.settle()
         #expect(host.interrupts(1) == 2, "a signal after the reset")
+        // Set up again (vector 1 on queue 0), not yet DRIVER_OK: still nobody's.
+        driver.configure()
+        backend.signalCalls(connection: 0)
+        host.settle()
+        #expect(host.interrupts(1) == 2, "a signal after the reset, queues set up, before DRIVER_OK")
 
         // Dropped (it answers a reset for another ring) and replaced: the old connection reaches nobody.
-        driver.configure()
         driver.driverOK()
         #expect(driver.started())
         backend.script.wrongVringBaseIndex = true
