@@ -52,6 +52,12 @@ final class CallPoller: Sendable {
     private let watched = Mutex(Watch())
     /// The thread's pthread_self(), once it runs (``stop()`` must not wait for itself).
     private let thread = Mutex<pthread_t?>(nil)
+    /// The device the thread reports to, held weakly (the device's deinit stops the thread).
+    private let client = Mutex(WeakClient())
+    private struct WeakClient: @unchecked Sendable {
+        // @unchecked: a weak reference to a Sendable class, read and written under `client`'s lock only.
+        weak var device: (any BackendWatcherClient)?
+    }
 
     private static let stopToken: UInt64 = 0
     private static let wakeToken: UInt64 = 1
@@ -129,18 +135,22 @@ final class CallPoller: Sendable {
     /// Operation deadlines that passed.
     var expiredDeadlines: Int { watched.withLock { $0.expired } }
 
-    /// The thread holds the device weakly: the device's deinit stops it.
-    /// `name` names the thread.
-    func start(device: any BackendWatcherClient, name: String) {
-        let thread = Thread { [self, weak device] in
+    /// Starts the thread (`name` names it). It enforces deadlines at once,
+    /// before there is a device to report to: the device's first connection
+    /// runs under one (``report(to:)`` names the device once it exists).
+    func start(name: String) {
+        let thread = Thread { [self] in
             self.thread.withLock { $0 = pthread_self() }
-            run(device: { device })
+            run(device: { client.withLock { $0.device } })
             done.signal()
         }
         thread.name = "\(name) backend"
         thread.stackSize = 1 << 20
         thread.start()
     }
+
+    /// From now on the thread reports hang-ups and completions to `device` (held weakly).
+    func report(to device: any BackendWatcherClient) { client.withLock { $0.device = device } }
 
     private func run(device: () -> (any BackendWatcherClient)?) {
         var registered: FileDescriptor?

@@ -197,8 +197,14 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// Connects to the vhost-user backend at `socketPath`, negotiates as
     /// `deviceType` says, and makes the device (not yet plugged in: see
     /// ``attach(to:deviceType:socketPath:delivery:)``).
+    ///
+    /// The connection and its negotiation have one deadline, `connectTimeout`
+    /// (at most ``operationTimeout``'s 5 s is sensible), however many messages
+    /// they take: a backend that answers slowly makes this fail with a
+    /// timeout when it passes, not after a deadline per message.
     public init(
-        host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd
+        host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd,
+        connectTimeout: Duration = .seconds(5)
     ) throws(VirtioError) {
         let queues = deviceType.queueCount
         guard queues >= 1, queues <= Self.notifySlots else {
@@ -224,9 +230,24 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
 
         self.socketPath = socketPath
         worker = DispatchQueue(label: "\(deviceType.name) worker")
+        // Always a watcher: it watches the backend socket for a hang-up (an
+        // idle device notices a dead backend), enforces each operation's
+        // deadline, the first connection's included, and with `.userspace`
+        // delivery it also waits on the call fds.
+        let poller: CallPoller
+        do { poller = try CallPoller(calls: delivery == .userspace ? calls : nil) } catch { throw .irqfd(error) }
+        poller.start(name: deviceType.name)
         let negotiated: VhostUserSession.Negotiated
-        do { negotiated = try VhostUserSession.connect(socketPath: socketPath, deviceType: deviceType) } catch {
-            throw .backend(error)
+        let deadline = ContinuousClock.now + connectTimeout
+        do {
+            negotiated = try VhostUserSession.connect(
+                socketPath: socketPath, deviceType: deviceType, timeout: connectTimeout
+            ) { poller.arm(deadline: deadline, socket: $0.socket) }
+            poller.disarm()
+        } catch {
+            poller.disarm()
+            poller.stop()
+            throw .backend(Self.timedOut(error, deadline: deadline))
         }
         backendFeatures = negotiated.features
         deviceConfiguration = negotiated.configuration
@@ -237,19 +258,14 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
                 log: FailureLog(device: deviceType.name),
                 queues: Array(repeating: Queue(), count: queues),
                 pci: Self.configurationSpace(deviceType, configurationSize: negotiated.configuration.count)))
-        // Always a watcher: it watches the backend socket for a hang-up (an
-        // idle device notices a dead backend), and with `.userspace` delivery
-        // it also waits on the call fds.
-        do { watcher = try CallPoller(calls: delivery == .userspace ? calls : nil) } catch {
-            negotiated.frontend.close()
-            throw .irqfd(error)
-        }
+        watcher = poller
         let served = (0..<queues).filter { deviceType.isServedByVMM(queue: $0) }
         do { vmmQueues = served.isEmpty ? nil : try VMMQueuePoller(queues: served, kicks: kicks) } catch {
             negotiated.frontend.close()
+            poller.stop()
             throw .irqfd(error)
         }
-        watcher.start(device: self, name: deviceType.name)
+        watcher.report(to: self)
         watcher.watch(socket: negotiated.frontend.socket, connection: 0)
         vmmQueues?.start(device: self, name: deviceType.name)
     }
@@ -295,9 +311,12 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// (BAR1 and BAR4 routed to it).
     @discardableResult
     public static func attach(
-        to host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd
+        to host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd,
+        connectTimeout: Duration = .seconds(5)
     ) throws(VirtioError) -> VirtioPCIDevice {
-        let device = try VirtioPCIDevice(host: host, deviceType: deviceType, socketPath: socketPath, delivery: delivery)
+        let device = try VirtioPCIDevice(
+            host: host, deviceType: deviceType, socketPath: socketPath, delivery: delivery,
+            connectTimeout: connectTimeout)
         host.plug(device, device: slot)
         return device
     }
