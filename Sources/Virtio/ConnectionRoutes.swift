@@ -213,8 +213,9 @@ final class ConnectionScopedCalls: Sendable {
     /// Queue `q`'s current eventfd.
     func event(queue q: Int) -> EventFD { state.withLock { $0.events[q] } }
 
-    /// Every eventfd held now (current and previous generation): all closed when this object goes.
-    var descriptors: [FileDescriptor] { state.withLock { ($0.events + $0.previous).map(\.fileDescriptor) } }
+    /// The current eventfds, one per queue. (The previous generation's are
+    /// closed at the next retirement, or when this object goes.)
+    var descriptors: [FileDescriptor] { state.withLock { $0.events.map(\.fileDescriptor) } }
 
     /// Registers the current eventfds with `epoll` (and every later generation, as it is made).
     func watch(in epoll: Epoll, firstToken: UInt64) throws(SystemCallError) {

@@ -196,12 +196,12 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
 
     /// Connects to the vhost-user backend at `socketPath`, negotiates as
     /// `deviceType` says, and makes the device (not yet plugged in: see
-    /// ``attach(to:deviceType:socketPath:delivery:)``).
+    /// ``attach(to:deviceType:socketPath:delivery:connectTimeout:)``).
     ///
-    /// The connection and its negotiation have one deadline, `connectTimeout`
-    /// (at most ``operationTimeout``'s 5 s is sensible), however many messages
-    /// they take: a backend that answers slowly makes this fail with a
-    /// timeout when it passes, not after a deadline per message.
+    /// The connection and its negotiation run under one deadline,
+    /// `connectTimeout` (5 s, like every backend operation, unless given),
+    /// however many messages they take: a backend that answers slowly makes
+    /// this fail with a timeout when it passes, not after a deadline per message.
     public init(
         host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd,
         connectTimeout: Duration = .seconds(5)
@@ -308,7 +308,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     }
 
     /// Makes a device of `deviceType` and plugs it into `host` at 00:02.0
-    /// (BAR1 and BAR4 routed to it).
+    /// (BAR1 and BAR4 routed to it); `connectTimeout` bounds the first
+    /// connection as in ``init(host:deviceType:socketPath:delivery:connectTimeout:)``.
     @discardableResult
     public static func attach(
         to host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd,
@@ -368,8 +369,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     public func isRunning(queue q: Int) -> Bool { state.withLock { $0.queues[q].running } }
     /// Features the driver accepted.
     public var driverFeatures: UInt64 { state.withLock { $0.driverFeatures } }
-    /// The eventfds this device owns (each queue's kick, and the call fds it
-    /// keeps for NO_VECTOR and `.userspace`, current and previous connection's), closed in its deinit: a test
+    /// The eventfds this device owns (each queue's kick, and the call fd it
+    /// keeps for NO_VECTOR and `.userspace`), closed in its deinit: a test
     /// checks that these very descriptors are closed after release.
     public var ownedDescriptors: [FileDescriptor] { kicks.map(\.fileDescriptor) + calls.descriptors }
 
