@@ -251,7 +251,8 @@ final class ConnectionScopedCalls: Sendable {
     func retire() throws(IrqFdError) -> [UInt64] {
         try state.withLock { (s: inout State) throws(IrqFdError) -> [UInt64] in
             let fresh = try s.events.indices.map { _ throws(IrqFdError) in try EventFD() }
-            let generation = (s.generation &+ 1) & ((1 << 48) - 1)
+            // A generation has the 48 bits of a token above the queue's 16.
+            let generation = (s.generation &+ 1) & ((1 << (64 - Self.generationShift)) - 1)
             if let waiter = s.waiter {
                 do throws(SystemCallError) {
                     for (q, event) in fresh.enumerated() {
