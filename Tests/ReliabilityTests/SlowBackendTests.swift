@@ -395,6 +395,8 @@ final class CountingVM {
         vm.memory.store(UInt16(0), at: ring(control) + 0x1004)
         vm.memory.store(UInt16(1), at: ring(control) + 0x1002)
         backend.script.replyDelay = .milliseconds(600)
+        // What is measured is the lock, not the deadline: a loaded machine must not turn the request into a failure.
+        device.operationTimeout = .seconds(60)
         // SET_VRING_ENABLE (18) requests: recorded as they arrive, before the reply.
         func enables() -> Int { backend.requests(connection: 0).filter { $0 == 18 }.count }
         let enablesBefore = enables()
