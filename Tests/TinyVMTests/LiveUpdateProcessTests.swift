@@ -36,7 +36,6 @@ import TinyVM
         }
         chain.stopSignalling()
         let sent = chain.sent
-        print("DEBUG \(delivery): sent \(sent), last line: \(chain.log(chain.processes.count))")
         #expect(chain.lost == 0)
         #expect(sent > Self.handOffs, "the device signalled throughout")
         #expect(chain.remote.count(LiveUpdateChain.liveVector) == UInt32(sent), "every signal once")
@@ -47,6 +46,114 @@ import TinyVM
         #expect(chain.remote.count(LiveUpdateChain.maskedVector) == 1, "once")
         #expect(try chain.remote.readPBA() == 0)
         // The guest is in the last process: its exit is that process's status.
+        try chain.remote.exit(42)
+        let last = try #require(chain.processes.last)
+        #expect(try LiveUpdateChain.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
+    }
+
+    /// Where a successor that is not one breaks off.
+    enum Misbehaviour: String, CaseIterable {
+        case closesBeforeHello, asksForAnUnknownVersion, sendsGarbageForHello, saysNothing
+        case closesAfterTheOffer, neverPrepares, closesInThePause, sendsGarbageForReady, staysSilentInThePause
+    }
+
+    /// A successor to the VMM at `path` that breaks off at `misbehaviour`,
+    /// then waits for the old VMM to close the connection.
+    static func misbehave(_ misbehaviour: Misbehaviour, at path: String) throws {
+        let socket = try UnixSocket.connect(to: path, deadline: .now + .seconds(5))
+        let channel = LiveUpdateChannel(socket)
+        let deadline = ContinuousClock.now + .seconds(15)
+        func expectClosed() {
+            do {
+                _ = try channel.receive(.commit, maximumDescriptors: 8, step: "test", deadline: deadline)
+                Issue.record("\(misbehaviour): the old VMM went on")
+            } catch {
+                #expect(error.description.contains("closed"), "\(misbehaviour): \(error)")
+            }
+        }
+        func hello(_ lowest: UInt32, _ highest: UInt32) throws {
+            var bytes: [UInt8] = []
+            withUnsafeBytes(of: lowest.littleEndian) { bytes += $0 }
+            withUnsafeBytes(of: highest.littleEndian) { bytes += $0 }
+            try channel.send(.hello, bytes, step: "test", deadline: deadline)
+        }
+        let garbage = Array("GARBAGE GARBAGE GARBAGE".utf8)
+        switch misbehaviour {
+        case .closesBeforeHello: return
+        case .asksForAnUnknownVersion:
+            try hello(99, 99)
+            return expectClosed()
+        case .sendsGarbageForHello:
+            try socket.send(garbage, deadline: deadline)
+            return expectClosed()
+        case .saysNothing: return expectClosed()
+        default: try hello(1, 1)
+        }
+        let (_, ram) = try channel.receive(.offer, maximumDescriptors: 1, step: "test", deadline: deadline)
+        #expect(ram.count == 1, "the RAM memfd")
+        if misbehaviour == .closesAfterTheOffer { return }
+        if misbehaviour == .neverPrepares { return expectClosed() }
+        try channel.send(.prepared, step: "test", deadline: deadline)
+        let (state, _) = try channel.receive(.state, step: "test", deadline: deadline)
+        func u32(at offset: Int) -> Int {
+            Int(state[offset..<offset + 4].withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+        }
+        let devices = u32(at: 12)
+        let total = u32(at: 8) + (0..<devices).reduce(0) { $0 + u32(at: 16 + 4 * $1) }
+        let descriptors = try channel.receiveDescriptors(total, step: "test", deadline: deadline)
+        #expect(descriptors.count == total)
+        switch misbehaviour {
+        case .closesInThePause: return
+        case .sendsGarbageForReady:
+            try socket.send(garbage, deadline: deadline)
+            expectClosed()
+        default: expectClosed()
+        }
+    }
+
+    @Test(arguments: InterruptDelivery.allCases)
+    func aHandOffThatFailsAtAnyStepLeavesTheGuestRunningOnTheOldVMM(delivery: InterruptDelivery) throws {
+        let chain = try LiveUpdateChain(delivery: delivery, name: "fail")
+        defer { chain.finish() }
+        try chain.startSignalling()
+        // The old VMM under test is the first `irqfd run --incoming` process.
+        try chain.handOff()
+        let old = try #require(chain.processes.first)
+        let pid = old.processIdentifier
+        // Its descriptors once it has settled (threads that open one lazily have run).
+        usleep(200_000)
+        let baseline = LiveUpdateChain.openDescriptors(pid)
+        for (index, misbehaviour) in Misbehaviour.allCases.enumerated() {
+            let before = chain.sent
+            try Self.misbehave(misbehaviour, at: chain.socket(1))
+            let failures = { chain.log(1).components(separatedBy: "live update failed").count - 1 }
+            let deadline = ContinuousClock.now + .seconds(15)
+            while failures() <= index, ContinuousClock.now < deadline { usleep(1_000) }
+            #expect(failures() == index + 1, "\(misbehaviour): one line each: \(chain.log(1))")
+            #expect(old.isRunning, "\(misbehaviour)")
+            var open = LiveUpdateChain.openDescriptors(pid)
+            let settle = ContinuousClock.now + .seconds(3)
+            while open != baseline, ContinuousClock.now < settle {
+                usleep(10_000)
+                open = LiveUpdateChain.openDescriptors(pid)
+            }
+            #expect(open == baseline, "\(misbehaviour): descriptors of the old VMM")
+            // The guest runs on there: the device's signals keep arriving.
+            let progress = ContinuousClock.now + .seconds(20)
+            while chain.sent < before + 20, chain.lost == 0, ContinuousClock.now < progress { usleep(1_000) }
+            #expect(chain.sent >= before + 20 && chain.lost == 0, "\(misbehaviour): the guest runs on")
+            #expect(try chain.remote.readPBA() == 0b10, "\(misbehaviour): the pending bit stays")
+        }
+        // A real successor then takes over as usual.
+        let line = try chain.handOff()
+        #expect(Self.routesInLine(line) != nil, "\(line)")
+        chain.stopSignalling()
+        #expect(chain.lost == 0)
+        #expect(chain.remote.count(LiveUpdateChain.liveVector) == UInt32(chain.sent), "every signal once")
+        try chain.remote.setMasked(1, false)
+        #expect(chain.remote.waitForCount(LiveUpdateChain.maskedVector, atLeast: 1), "unmask delivers it")
+        usleep(50_000)
+        #expect(chain.remote.count(LiveUpdateChain.maskedVector) == 1, "once")
         try chain.remote.exit(42)
         let last = try #require(chain.processes.last)
         #expect(try LiveUpdateChain.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
