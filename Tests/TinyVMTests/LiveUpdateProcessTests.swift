@@ -158,5 +158,55 @@ import TinyVM
         let last = try #require(chain.processes.last)
         #expect(try LiveUpdateChain.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
     }
+
+    /// Where an old VMM that is not one breaks off.
+    enum OldMisbehaviour: String, CaseIterable {
+        case offersAnUnknownVersion, sendsGarbageForTheState, closesAfterThePreparedVM
+    }
+
+    /// A successor given something it cannot take exits 1 with one line and leaves the old VMM be.
+    @Test(arguments: OldMisbehaviour.allCases)
+    func aSuccessorRefusesWhatItCannotTakeAndSaysSoInOneLine(misbehaviour: OldMisbehaviour) throws {
+        let irqfd = try builtExecutable("irqfd")
+        let path = "/tmp/irqfd-lu-old-\(getpid())-\(misbehaviour).sock"
+        let listener = try UnixSocket.listen(at: path)
+        let ram = try GuestMemory(size: 16 << 20)
+        let process = Process()
+        process.executableURL = irqfd
+        process.arguments = ["run", "--incoming", path, "--timeout", "5"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // The conversation in a function of its own: the connection closes when it returns.
+        func converse() throws {
+            let channel = LiveUpdateChannel(try listener.accept())
+            let deadline = ContinuousClock.now + .seconds(20)
+            let (hello, _) = try channel.receive(.hello, step: "test", deadline: deadline)
+            #expect(hello.count == 8 && hello[0] == 1, "reads version 1: \(hello)")
+            var offer: [UInt8] = []
+            let version: UInt32 = misbehaviour == .offersAnUnknownVersion ? 99 : 1
+            withUnsafeBytes(of: version.littleEndian) { offer += $0 }
+            withUnsafeBytes(of: UInt32(1).littleEndian) { offer += $0 }
+            withUnsafeBytes(of: UInt64(16 << 20).littleEndian) { offer += $0 }
+            offer.append(1)
+            try channel.send(.offer, offer, descriptors: [ram.fileDescriptor], step: "test", deadline: deadline)
+            if misbehaviour != .offersAnUnknownVersion {
+                _ = try channel.receive(.prepared, step: "test", deadline: deadline)
+                if misbehaviour == .closesAfterThePreparedVM { return }
+                try channel.send(.state, Array(repeating: 0x5A, count: 64), step: "test", deadline: deadline)
+            }
+            // Nothing more comes from the successor: it closes.
+            #expect(throws: LiveUpdateError.self) {
+                _ = try channel.receive(.ready, step: "test", deadline: deadline)
+            }
+        }
+        try converse()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 1, "\(stderr)")
+        let lines = stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("irqfd run: live update failed: "), "\(stderr)")
+    }
 }
 #endif
