@@ -30,14 +30,17 @@ final class VirtioHandOffRig {
     /// Requests in flight (submitted, not completed) at each freeze.
     private(set) var inFlightAtFreeze: [Int] = []
 
-    init(kind: DiskBackendKind, total: Int, inFlight: Int = 64, sectors: Int = 2048) throws {
+    init(
+        kind: DiskBackendKind, delivery: InterruptDelivery = .irqfd, total: Int, inFlight: Int = 64,
+        sectors: Int = 2048
+    ) throws {
         self.total = total
         image = try TestImage(sectors: sectors) { i in
             withUnsafeBytes(of: L.imageWord(sector: i / 512, dword: (i % 512) / 4).littleEndian) { $0[i % 4] }
         }
         backend = try BlockBackend(kind: kind, image: image.path)
         vm = try TinyVM(.init(cpus: Self.cpus))
-        device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath)
+        device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, delivery: delivery)
         try vm.load(GuestProgram.virtioBlkStress.image)
         vm.memory.write32(UInt32(total), at: L.total)
         vm.memory.write32(UInt32(inFlight), at: L.inFlight)
@@ -176,19 +179,19 @@ final class VirtioHandOffRig {
         ProcessInfo.processInfo.environment[name].flatMap { Int($0) }.map { max($0, 1) } ?? fallback
     }
 
-    @Test(Self.qsdPresent)
-    func qemuStorageDaemonServesEveryRequestOnceAcrossHandOffsWithoutAMessage() throws {
-        try handOffs(.qemuStorageDaemon)
+    @Test(Self.qsdPresent, arguments: InterruptDelivery.allCases)
+    func qemuStorageDaemonServesEveryRequestOnceAcrossHandOffsWithoutAMessage(_ delivery: InterruptDelivery) throws {
+        try handOffs(.qemuStorageDaemon, delivery)
     }
 
     @Test(Self.embeddedBuilt)
     func embeddedBackendServesEveryRequestOnceAcrossHandOffsWithoutAMessage() throws {
-        try handOffs(.embedded)
+        try handOffs(.embedded, .irqfd)
     }
 
-    func handOffs(_ kind: DiskBackendKind) throws {
-        let what = "virtio-blk hand-offs (\(kind))"
-        let rig = try VirtioHandOffRig(kind: kind, total: Self.requests)
+    func handOffs(_ kind: DiskBackendKind, _ delivery: InterruptDelivery) throws {
+        let what = "virtio-blk hand-offs (\(kind), \(delivery))"
+        let rig = try VirtioHandOffRig(kind: kind, delivery: delivery, total: Self.requests)
         let inode = rig.connectionInode
         #expect(inode != nil)
         #expect(rig.backendConnections == 1, "\(what): one connection to the backend")
