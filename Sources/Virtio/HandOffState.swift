@@ -143,12 +143,33 @@ public struct PCIHandOffState: Hashable, Sendable, Codable {
 /// virtio 1.2 section 4.1.4.3; ISR, section 4.1.4.5) and what the device
 /// did with it on the backend.
 public struct VirtioTransportHandOffState: Hashable, Sendable, Codable {
-    /// The call fd a backend ring was given.
+    /// The call fd a backend ring was given: encoded as the vector's number, or `"own"`.
     public enum CallSource: Hashable, Sendable, Codable {
         /// The route event of this MSI-X vector.
         case vector(UInt16)
         /// The queue's own call eventfd (no vector, or userspace delivery).
         case own
+
+        /// Decodes a vector number or `"own"`.
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if let vector = try? container.decode(UInt16.self) {
+                self = .vector(vector)
+            } else if try container.decode(String.self) == "own" {
+                self = .own
+            } else {
+                throw DecodingError.dataCorruptedError(in: container, debugDescription: "neither a vector nor \"own\"")
+            }
+        }
+
+        /// Encodes the vector's number, or `"own"`.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            switch self {
+            case .vector(let v): try container.encode(v)
+            case .own: try container.encode("own")
+            }
+        }
     }
 
     /// One virtqueue.

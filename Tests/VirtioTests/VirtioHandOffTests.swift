@@ -239,26 +239,5 @@ final class VirtioHandOffRig {
         guard finished else { return }
         rig.expectEveryRequestOnce(what)
     }
-
-    @Test func aStateOfAnotherVersionOrFormatIsRefused() throws {
-        let state = try #require(
-            String(
-                decoding: JSONEncoder().encode(["format": "virtio-pci-device", "version": "x"]), as: UTF8.self
-            ).data(using: .utf8))
-        #expect(throws: VirtioHandOffError.self) { try VirtioDeviceHandOffState<VirtioBlk>(decoding: [UInt8](state)) }
-        let future = Array(#"{"format":"virtio-pci-device","version":2}"#.utf8)
-        do {
-            _ = try VirtioDeviceHandOffState<VirtioBlk>(decoding: future)
-            Issue.record("version 2 was read")
-        } catch {
-            guard case .unsupportedVersion(2, _) = error else {
-                Issue.record("\(error)")
-                return
-            }
-        }
-        #expect(throws: VirtioHandOffError.self) {
-            try VirtioDeviceHandOffState<VirtioBlk>(decoding: Array(#"{"format":"x","version":1}"#.utf8))
-        }
-    }
 }
 #endif
