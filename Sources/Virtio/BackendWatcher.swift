@@ -131,7 +131,13 @@ final class CallPoller: Sendable {
 
     /// The thread holds the device weakly: the device's deinit stops it.
     /// `name` names the thread.
+    /// Once ``stop()`` has returned it may start again (a device thawed
+    /// after a hand-off that failed): the thread then watches nothing until
+    /// ``watch(socket:connection:)``.
     func start(device: any BackendWatcherClient, name: String) {
+        // The previous thread, if any, ended: its stop request and end are not this one's.
+        _ = stopEvent.consume()
+        _ = done.consume()
         let thread = Thread { [self, weak device] in
             self.thread.withLock { $0 = pthread_self() }
             run(device: { device })
@@ -218,7 +224,8 @@ final class CallPoller: Sendable {
     func stop() {
         stopEvent.signal()
         let onThread = thread.withLock { t in t.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
-        if !onThread { _ = done.wait(timeout: .seconds(5)) }
+        // The end stays latched: a second stop (a frozen device's deinit) returns at once.
+        if !onThread, done.wait(timeout: .seconds(5)) { done.signal() }
     }
 }
 #endif
