@@ -75,10 +75,13 @@ struct Run: ParsableCommand {
         if (image == nil) == (incoming == nil) {
             throw ValidationError("give a guest image or --incoming PATH, not both")
         }
-        if incoming != nil || updateSocket != nil,
-            vhostUserBlk != nil || disk != nil || net.isRequested || fileSystem.isRequested
-        {
-            throw ValidationError("live update moves the PCI test device only: no vhost-user device with it yet")
+        if incoming != nil || updateSocket != nil, disk != nil || net.isRequested || fileSystem.isRequested {
+            throw ValidationError(
+                "live update moves the PCI test device and --vhost-user-blk: not --disk (its backend process "
+                    + "cannot move yet), virtio-net or virtio-fs")
+        }
+        if incoming != nil, vhostUserBlk != nil {
+            throw ValidationError("--incoming takes its devices from the running VMM: no --vhost-user-blk")
         }
         if vhostUserBlk != nil, disk != nil {
             throw ValidationError("--vhost-user-blk and --disk are alternatives: give one")
@@ -146,7 +149,10 @@ struct Run: ParsableCommand {
             defer { fs?.close() }
             vm.start()
             let source = try updateSocket.map { path in
-                try startLiveUpdates(vm: vm, at: path, devices: [testDevice], routes: [])
+                try startLiveUpdates(
+                    vm: vm, at: path,
+                    devices: [testDevice] + (blk.map { [LiveUpdateVirtioDevice($0, name: "virtio-blk")] } ?? []),
+                    routes: [])
             }
             throw ExitCode(superviseRun(vm, liveUpdates: source))
         } catch let error as TinyVMError {

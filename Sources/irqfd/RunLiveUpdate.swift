@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import IrqFdKVM
 import TinyVM
+import Virtio
 
 // `irqfd run --incoming PATH` and `--update-socket PATH`: a new VMM process
 // takes a running guest over from another, which then exits 0; the line each
@@ -9,7 +11,9 @@ import TinyVM
 
 extension Run {
     /// The devices a successor knows how to rebuild.
-    static let liveUpdateKinds = [MsixTestDevice.liveUpdateKind]
+    static let liveUpdateKinds = [
+        MsixTestDevice.liveUpdateKind, LiveUpdateVirtioDevice<VirtioBlk>.kind(name: "virtio-blk"),
+    ]
 
     /// Takes the guest over from the VMM listening at `path`, prints the
     /// hand-off line, and runs it until its own end (`--timeout` counts from here).
@@ -33,7 +37,10 @@ extension Run {
             _ = taken.vm.wait()
             throw ExitCode(1)
         }
-        throw ExitCode(superviseRun(taken.vm, liveUpdates: source))
+        let status = superviseRun(taken.vm, liveUpdates: source)
+        // The guest's run ended here: let the backend know, as a VMM that attached it does at exit.
+        for case let blk as LiveUpdateVirtioDevice<VirtioBlk> in taken.devices { blk.device.disconnect() }
+        throw ExitCode(status)
     }
 
     /// Listens at `path` for a successor to the running `vm`.
@@ -52,7 +59,10 @@ extension Run {
     func superviseRun(_ vm: TinyVM, liveUpdates source: LiveUpdateSource?) -> Int32 {
         let outcome = vm.wait(timeout: .milliseconds(Int(timeout * 1000)))
         if let source, let completion = source.waitUntilSettled() {
-            return completion == .takenOver ? 0 : 1
+            // Handed off: the devices, their backend connections and a backend
+            // this process started are the successor's now. Exit without
+            // running the teardown that would disconnect or stop them.
+            Glibc.exit(completion == .takenOver ? 0 : 1)
         }
         if case .exited = outcome {
         } else {
