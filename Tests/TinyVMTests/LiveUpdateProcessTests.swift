@@ -208,5 +208,49 @@ import TinyVM
         let lines = stderr.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].hasPrefix("irqfd run: live update failed: "), "\(stderr)")
     }
+
+    /// The command line end to end: `irqfd run GUEST.bin --update-socket`, a
+    /// successor that listens for a third, and the third; each old process
+    /// exits 0, each successor prints the line, and the last one's
+    /// `--timeout` counts from its takeover.
+    @Test func irqfdRunHandsItsGuestToASuccessorWhichHandsItToAThird() throws {
+        let irqfd = try builtExecutable("irqfd")
+        let base = "/tmp/irqfd-lu-cli-\(getpid())"
+        let image = base + ".bin"
+        try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: image))
+        defer { try? FileManager.default.removeItem(atPath: image) }
+        func start(_ arguments: [String]) throws -> (Process, Pipe) {
+            let process = Process()
+            process.executableURL = irqfd
+            process.arguments = ["run"] + arguments
+            let errors = Pipe()
+            process.standardError = errors
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return (process, errors)
+        }
+        func finish(_ started: (Process, Pipe)) -> (Int32, String) {
+            let text = String(decoding: started.1.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            started.0.waitUntilExit()
+            return (started.0.terminationStatus, text)
+        }
+        let first = try start([image, "--update-socket", base + "-0.sock", "--timeout", "60"])
+        // The successor waits for the socket to appear (connect retries until its deadline).
+        while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.0.isRunning { usleep(1_000) }
+        let second = try start(["--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60"])
+        let (firstStatus, firstErrors) = finish(first)
+        #expect(firstStatus == 0 && firstErrors.isEmpty, "\(firstErrors)")
+        while !FileManager.default.fileExists(atPath: base + "-1.sock"), second.0.isRunning { usleep(1_000) }
+        let third = try start(["--incoming", base + "-1.sock", "--timeout", "1"])
+        let (secondStatus, secondErrors) = finish(second)
+        #expect(secondStatus == 0, "\(secondErrors)")
+        #expect(Self.routesInLine(secondErrors.trimmingCharacters(in: .newlines)) != nil, "\(secondErrors)")
+        let began = ContinuousClock.now
+        let (thirdStatus, thirdErrors) = finish(third)
+        #expect(thirdStatus == 124, "the guest timed out in the third process: \(thirdErrors)")
+        #expect(ContinuousClock.now - began < .seconds(30))
+        let lines = thirdErrors.split(separator: "\n")
+        #expect(lines.count == 2 && Self.routesInLine(String(lines[0])) != nil, "\(thirdErrors)")
+    }
 }
 #endif
