@@ -84,6 +84,9 @@ final class RemoteDriver: Sendable {
 final class LiveUpdateChain {
     static let liveVector: UInt8 = 0x45
     static let maskedVector: UInt8 = 0x46
+    /// Vectors of the test device, each given a route (and so an event that
+    /// crosses): more than one frame of descriptors.
+    static let vectors = 40
 
     let delivery: InterruptDelivery
     let irqfd: URL
@@ -121,7 +124,7 @@ final class LiveUpdateChain {
         self.name = "irqfd-lu-\(getpid())-\(name)-\(delivery)"
         irqfd = try builtExecutable("irqfd")
         first = try TinyVM(.init(cpus: 1))
-        device = try MsixTestDevice.attach(to: first, vectors: 8, delivery: delivery)
+        device = try MsixTestDevice.attach(to: first, vectors: Self.vectors, delivery: delivery)
         let driver = try DeviceDriverGuest(vm: first)
         try driver.start()
         try driver.setMsix(enabled: true)
@@ -140,6 +143,9 @@ final class LiveUpdateChain {
             maskedEvent = event
         }
         #expect(try driver.readPBA() == 0b10, "vector 1 pending")
+        if delivery != .userspace {
+            for v in 2..<Self.vectors { _ = try device.emulator.event(for: v) }
+        }
         let log = sourceLog
         source = try LiveUpdateSource(
             vm: first, listeningAt: "/tmp/\(self.name)-0.sock", devices: [device], routes: [wakeRoute]

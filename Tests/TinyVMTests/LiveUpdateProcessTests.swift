@@ -25,7 +25,7 @@ import TinyVM
         defer { chain.finish() }
         try chain.startSignalling()
         // The wake route, and the device's routed vectors (none under userspace delivery).
-        let routes = delivery == .userspace ? 1 : 3
+        let routes = delivery == .userspace ? 1 : 1 + LiveUpdateChain.vectors
         for handOff in 1...Self.handOffs {
             usleep(3_000)
             let line = try chain.handOff()
