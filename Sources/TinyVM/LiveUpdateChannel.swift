@@ -100,7 +100,9 @@ public struct LiveUpdateChannel: Sendable {
             let got = Tag(rawValue: header.bytes[0]).map { "\($0)" } ?? "byte 0x\(String(header.bytes[0], radix: 16))"
             throw .protocolViolation(step: step, reason: "expected \(expected), got \(got)")
         }
-        let length = header.bytes[1...4].withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
+        let length = header.bytes[1...4].withUnsafeBytes {
+            Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)))
+        }
         guard length <= Self.maximumPayload else {
             throw .protocolViolation(step: step, reason: "a \(length)-byte \(expected)")
         }

@@ -101,7 +101,9 @@ public final class LiveUpdateSource: Sendable {
     private func serve() {
         while !stopping.load(ordering: .acquiring), !vm.hasEnded {
             let ready: Readiness?
-            do { ready = try Readiness.readable.wait(on: listener.fileDescriptor, until: .now + .milliseconds(100)) } catch {
+            do {
+                ready = try Readiness.readable.wait(on: listener.fileDescriptor, until: .now + .milliseconds(100))
+            } catch {
                 log("live update: waiting for a successor failed: \(error); no more live updates")
                 return
             }

@@ -63,7 +63,8 @@ final class IncomingVirtioDevice<DeviceType: VirtioDeviceType & Codable>: Incomi
             throw .device(name: name, reason: "\(error)")
         }
         guard descriptors.count == state.descriptorCount else {
-            throw .device(name: name, reason: "\(descriptors.count) descriptors, the state passes \(state.descriptorCount)")
+            throw .device(
+                name: name, reason: "\(descriptors.count) descriptors, the state passes \(state.descriptorCount)")
         }
         self.vm = vm
         self.descriptors = descriptors

@@ -10,7 +10,8 @@ struct Run: ParsableCommand {
         abstract: "Run a flat 16-bit guest image on KVM (loaded at 0x1000, big real mode).",
         discussion: """
             Exits with the status the guest writes to port 0xF4; 124 on timeout, 125 on a guest fault, 1 on a VMM error. \
-            The PCI test device (00:01.0; registers at 0xFE000000, MSI-X table and PBA at 0xFE010000) is always present. \
+            The PCI test device (00:01.0; registers at 0xFE000000, MSI-X table and PBA at 0xFE010000) \
+            is always present. \
             With --update-socket a successor (`irqfd run --incoming PATH`) can take the running guest over; \
             this process then exits 0.
             """)
@@ -62,7 +63,10 @@ struct Run: ParsableCommand {
 
     @Option(
         help:
-            "Take over the guest of the VMM listening on this update socket: no image; RAM, vCPUs and devices come over. --timeout counts from the takeover."
+            """
+            Take over the guest of the VMM listening on this update socket: no image; RAM, vCPUs and devices \
+            come over. --timeout counts from the takeover.
+            """
     )
     var incoming: String?
 

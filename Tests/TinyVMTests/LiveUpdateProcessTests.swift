@@ -14,7 +14,9 @@ import TinyVM
     static let handOffs = Int(ProcessInfo.processInfo.environment["IRQFD_LIVE_UPDATE_HANDOFFS"] ?? "") ?? 20
     /// The routes count in the line each successor prints, if it is that line.
     static func routesInLine(_ line: String) -> Int? {
-        guard let match = line.wholeMatch(of: #/live update: paused \d+ µs; (\d+) routes, 0 queues, 0 vhost-user messages/#)
+        guard
+            let match = line.wholeMatch(
+                of: #/live update: paused \d+ µs; (\d+) routes, 0 queues, 0 vhost-user messages/#)
         else { return nil }
         return Int(match.1)
     }
