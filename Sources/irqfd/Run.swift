@@ -158,7 +158,7 @@ struct Run: ParsableCommand {
                     devices: [testDevice] + (blk.map { [LiveUpdateVirtioDevice($0, name: "virtio-blk")] } ?? []),
                     routes: [])
             }
-            throw ExitCode(superviseRun(vm, liveUpdates: source))
+            throw ExitCode(superviseRun(vm, liveUpdates: source, timeout: .milliseconds(Int(timeout * 1000))))
         } catch let error as TinyVMError {
             FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
             throw ExitCode(1)

@@ -37,7 +37,8 @@ extension Run {
             _ = taken.vm.wait()
             throw ExitCode(1)
         }
-        let status = superviseRun(taken.vm, liveUpdates: source)
+        // --timeout counts from the takeover.
+        let status = superviseRun(taken.vm, liveUpdates: source, timeout: .milliseconds(Int(timeout * 1000)))
         // The guest's run ended here: let the backend know, as a VMM that attached it does at exit.
         for case let blk as LiveUpdateVirtioDevice<VirtioBlk> in taken.devices { blk.device.disconnect() }
         throw ExitCode(status)
@@ -54,10 +55,10 @@ extension Run {
         return source
     }
 
-    /// Waits for the running `vm` to end and returns the exit status: 0 once a
-    /// successor took the guest over, else the guest's outcome's.
-    func superviseRun(_ vm: TinyVM, liveUpdates source: LiveUpdateSource?) -> Int32 {
-        let outcome = vm.wait(timeout: .milliseconds(Int(timeout * 1000)))
+    /// Waits (up to `limit`) for the running `vm` to end and returns the exit
+    /// status: 0 once a successor took the guest over, else the guest's outcome's.
+    func superviseRun(_ vm: TinyVM, liveUpdates source: LiveUpdateSource?, timeout limit: Duration) -> Int32 {
+        let outcome = vm.wait(timeout: limit)
         if let source, let completion = source.waitUntilSettled() {
             // Handed off: the devices, their backend connections and a backend
             // this process started are the successor's now. Exit without
