@@ -79,13 +79,11 @@ struct Run: ParsableCommand {
         if (image == nil) == (incoming == nil) {
             throw ValidationError("give a guest image or --incoming PATH, not both")
         }
-        if incoming != nil || updateSocket != nil, disk != nil || net.isRequested || fileSystem.isRequested {
-            throw ValidationError(
-                "live update moves the PCI test device and --vhost-user-blk: not --disk (its backend process "
-                    + "cannot move yet), virtio-net or virtio-fs")
+        if incoming != nil || updateSocket != nil, net.isRequested || fileSystem.isRequested {
+            throw ValidationError("live update moves the PCI test device and virtio-blk: not virtio-net or virtio-fs")
         }
-        if incoming != nil, vhostUserBlk != nil {
-            throw ValidationError("--incoming takes its devices from the running VMM: no --vhost-user-blk")
+        if incoming != nil, vhostUserBlk != nil || disk != nil {
+            throw ValidationError("--incoming takes its devices from the running VMM: no --vhost-user-blk or --disk")
         }
         if vhostUserBlk != nil, disk != nil {
             throw ValidationError("--vhost-user-blk and --disk are alternatives: give one")
@@ -155,7 +153,8 @@ struct Run: ParsableCommand {
             let source = try updateSocket.map { path in
                 try startLiveUpdates(
                     vm: vm, at: path,
-                    devices: [testDevice] + (blk.map { [LiveUpdateVirtioDevice($0, name: "virtio-blk")] } ?? []),
+                    devices: [testDevice] + (blk.map { [LiveUpdateVirtioDevice($0, name: "virtio-blk")] } ?? [])
+                        + (backend.map { [DiskBackendHandOff($0)] } ?? []),
                     routes: [])
             }
             throw ExitCode(superviseRun(vm, liveUpdates: source, timeout: .milliseconds(Int(timeout * 1000))))

@@ -13,6 +13,7 @@ extension Run {
     /// The devices a successor knows how to rebuild.
     static let liveUpdateKinds = [
         MsixTestDevice.liveUpdateKind, LiveUpdateVirtioDevice<VirtioBlk>.kind(name: "virtio-blk"),
+        DiskBackendHandOff.kind,
     ]
 
     /// Takes the guest over from the VMM listening at `path`, prints the
@@ -41,6 +42,8 @@ extension Run {
         let status = superviseRun(taken.vm, liveUpdates: source, timeout: .milliseconds(Int(timeout * 1000)))
         // The guest's run ended here: let the backend know, as a VMM that attached it does at exit.
         for case let blk as LiveUpdateVirtioDevice<VirtioBlk> in taken.devices { blk.device.disconnect() }
+        // A backend the first VMM started (--disk) is this one's now: it stops it.
+        for case let backend as DiskBackendHandOff in taken.devices { backend.stop() }
         throw ExitCode(status)
     }
 

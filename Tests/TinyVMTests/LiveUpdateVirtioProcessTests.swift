@@ -126,5 +126,74 @@ import Virtio
         #expect(backend.isRunning, "the backend never went away")
         #expect(Self.acceptedConnections(backend.socketPath) == 1, "one connection from first to last")
     }
+
+    /// The backend `irqfd run --disk` started moves with the guest: the old
+    /// process exits 0 leaving it running, the successor serves the disk
+    /// over the same connection, and the last process stops the backend at
+    /// the end of its run.
+    @Test(arguments: DiskBackendKind.allCases)
+    func theBackendThatDiskStartedBelongsToTheSuccessor(kind: DiskBackendKind) throws {
+        if kind == .qemuStorageDaemon, DiskBackendKind.qemuStorageDaemonPath == nil { return }
+        let irqfd = try builtExecutable("irqfd")
+        let base = "/tmp/irqfd-lu-disk-\(getpid())-\(kind)"
+        let disk = try TestImage(sectors: 64)
+        try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: base + ".bin"))
+        defer { try? FileManager.default.removeItem(atPath: base + ".bin") }
+        func start(_ arguments: [String], _ generation: Int) throws -> Process {
+            let process = Process()
+            process.executableURL = irqfd
+            process.arguments = ["run"] + arguments
+            // Files, not pipes: the backend, a child of the first process, outlives it.
+            _ = FileManager.default.createFile(atPath: "\(base)-\(generation).err", contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(base)-\(generation).err"))
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        func errors(_ generation: Int) -> String {
+            (try? String(contentsOfFile: "\(base)-\(generation).err", encoding: .utf8)) ?? ""
+        }
+        defer { for g in 0..<3 { try? FileManager.default.removeItem(atPath: "\(base)-\(g).err") } }
+        /// The backend serving `disk`: a process whose command line names the
+        /// image, and that is not an `irqfd run`.
+        func backendPID() -> Int32? {
+            let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            for pid in pids.compactMap(Int32.init) {
+                guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+                let words = String(decoding: data, as: UTF8.self).split(separator: "\0")
+                if words.contains(where: { $0.contains(disk.path) }), !words.contains("run") { return pid }
+            }
+            return nil
+        }
+        let first = try start(
+            [base + ".bin", "--disk", disk.path, "--disk-backend", kind.rawValue, "--update-socket", base + "-0.sock",
+             "--timeout", "60"], 0)
+        var processes = [first]
+        defer {
+            for process in processes where process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+            if let pid = backendPID() { kill(pid, SIGKILL) }
+        }
+        while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.isRunning { usleep(1_000) }
+        let backend = try #require(backendPID(), "the backend runs: \(errors(0))")
+        let second = try start(
+            ["--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60"], 1)
+        processes.append(second)
+        #expect(try LiveUpdateChain.exitStatus(first) == 0, "\(errors(0))")
+        #expect(kill(backend, 0) == 0, "the backend outlives the first VMM")
+        while !FileManager.default.fileExists(atPath: base + "-1.sock"), second.isRunning { usleep(1_000) }
+        let third = try start(["--incoming", base + "-1.sock", "--timeout", "1"], 2)
+        processes.append(third)
+        #expect(try LiveUpdateChain.exitStatus(second) == 0, "\(errors(1))")
+        #expect(try LiveUpdateChain.exitStatus(third) == 124, "\(errors(2))")
+        for generation in 1...2 {
+            let line = String(errors(generation).prefix { $0 != "\n" })
+            let parsed = Self.queuesAndMessages(line)
+            #expect(parsed?.queues == 1 && parsed?.messages == 0, "\(generation): \(errors(generation))")
+        }
+        #expect(backendPID() == nil, "the last VMM stopped the backend")
+    }
 }
 #endif
