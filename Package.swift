@@ -304,7 +304,10 @@ let package = Package(
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI", "IrqFdRouting"],
+            dependencies: [
+                "TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux",
+                "GuestPrograms", "MSIX", "CLinuxKVM", "PCI", "IrqFdRouting", "Virtio",
+            ],
             swiftSettings: strict),
     ]
 )

@@ -38,6 +38,33 @@ public final class VhostUserFrontend: Sendable {
         state = Mutex(State(channel: try VhostUserChannel.connect(to: socketPath, deadline: .now + timeout)))
     }
 
+    /// A front-end over a connection another front-end negotiated (see
+    /// ``init(resuming:socketPath:timeout:state:)``): `channel` (nil: the
+    /// connection was already gone) with what that session negotiated and
+    /// sent, and no message sent here.
+    init(socketPath: String, timeout: Duration, channel: VhostUserChannel?, negotiated: HandOffState) {
+        self.socketPath = socketPath
+        self.timeout = timeout
+        state = Mutex(
+            State(
+                channel: channel, backendFeatures: negotiated.backendFeatures,
+                offeredProtocolFeatures: negotiated.offeredProtocolFeatures,
+                protocolFeatures: negotiated.protocolFeatures, acceptedFeatures: negotiated.acceptedFeatures,
+                regions: negotiated.memoryTable.map(\.placeholder),
+                ringSizes: Dictionary(negotiated.ringSizes.map { ($0.queue, $0.size) }) { _, last in last }))
+    }
+
+    /// What this session negotiated and sent, as the back-end knows it (see ``HandOffState``).
+    public var handOffState: HandOffState {
+        state.withLock { s in
+            HandOffState(
+                backendFeatures: s.backendFeatures, offeredProtocolFeatures: s.offeredProtocolFeatures,
+                protocolFeatures: s.protocolFeatures, acceptedFeatures: s.acceptedFeatures,
+                memoryTable: s.regions.map(HandOffState.Region.init),
+                ringSizes: s.ringSizes.sorted { $0.key < $1.key }.map { .init(queue: $0.key, size: $0.value) })
+        }
+    }
+
     /// Closes the connection; later calls throw `.disconnected`. Idempotent.
     public func close() {
         let channel = state.withLock { state in

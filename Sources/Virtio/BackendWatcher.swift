@@ -138,7 +138,13 @@ final class CallPoller: Sendable {
     /// Starts the thread (`name` names it). It enforces deadlines at once,
     /// before there is a device to report to: the device's first connection
     /// runs under one (``report(to:)`` names the device once it exists).
+    /// Once ``stop()`` has returned it may start again (a device thawed
+    /// after a hand-off that failed): the thread then watches nothing until
+    /// ``watch(socket:connection:)``.
     func start(name: String) {
+        // The previous thread, if any, ended: its stop request and end are not this one's.
+        _ = stopEvent.consume()
+        _ = done.consume()
         let thread = Thread { [self] in
             self.thread.withLock { $0 = pthread_self() }
             run(device: { client.withLock { $0.device } })
@@ -151,6 +157,12 @@ final class CallPoller: Sendable {
 
     /// From now on the thread reports hang-ups and completions to `device` (held weakly).
     func report(to device: any BackendWatcherClient) { client.withLock { $0.device = device } }
+
+    /// Starts the thread reporting to `device` (held weakly: the device's deinit stops it).
+    func start(device: any BackendWatcherClient, name: String) {
+        report(to: device)
+        start(name: name)
+    }
 
     private func run(device: () -> (any BackendWatcherClient)?) {
         var registered: FileDescriptor?
@@ -227,7 +239,8 @@ final class CallPoller: Sendable {
     func stop() {
         stopEvent.signal()
         let onThread = thread.withLock { t in t.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
-        if !onThread { _ = done.wait(timeout: .seconds(5)) }
+        // The end stays latched: a second stop (a frozen device's deinit) returns at once.
+        if !onThread, done.wait(timeout: .seconds(5)) { done.signal() }
     }
 }
 #endif

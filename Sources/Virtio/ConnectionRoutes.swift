@@ -44,6 +44,18 @@ final class ConnectionScopedPartition: IrqFd {
         return route
     }
 
+    /// A route over `event`, made elsewhere (a predecessor VMM's route event,
+    /// which the backend holds as a call fd): adopted by the underlying
+    /// partition, and retired like any other.
+    func newIrqFdRoute(adopting event: any Event) throws(IrqFdError) -> any IrqFdRoute {
+        let route = ConnectionScopedRoute(try base.newIrqFdRoute(adopting: event), base: base)
+        routes.withLock { r in
+            r.removeAll { $0.route == nil }
+            r.append(WeakRoute(route: route))
+        }
+        return route
+    }
+
     func withBatch<Result>(_ body: () throws(IrqFdError) -> Result) throws(IrqFdError) -> Result {
         try base.withBatch(body)
     }
@@ -209,6 +221,9 @@ final class ConnectionScopedCalls: Sendable {
     init(queues: Int) throws(IrqFdError) {
         state = Mutex(State(events: try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }))
     }
+
+    /// `events`, one per queue, made elsewhere (a predecessor VMM's, which the backend holds) as the current ones.
+    init(adopting events: [EventFD]) { state = Mutex(State(events: events)) }
 
     /// Queue `q`'s current eventfd.
     func event(queue q: Int) -> EventFD { state.withLock { $0.events[q] } }

@@ -34,7 +34,11 @@ final class VMMQueuePoller: Sendable {
     }
 
     /// Starts the thread; it holds `device` weakly (the device's deinit stops it).
+    /// Once ``stop()`` has returned it may start again (a device thawed after a hand-off that failed).
     func start(device: any VMMQueueClient, name: String) {
+        // The previous thread, if any, ended: its stop request and end are not this one's.
+        _ = stopEvent.consume()
+        _ = done.consume()
         let thread = Thread { [self, weak device] in
             self.thread.withLock { $0 = pthread_self() }
             while true {
@@ -61,7 +65,8 @@ final class VMMQueuePoller: Sendable {
     func stop() {
         stopEvent.signal()
         let onThread = thread.withLock { t in t.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
-        if !onThread { _ = done.wait(timeout: .seconds(5)) }
+        // The end stays latched: a second stop (a frozen device's deinit) returns at once.
+        if !onThread, done.wait(timeout: .seconds(5)) { done.signal() }
     }
 }
 

@@ -28,10 +28,13 @@ struct VhostUserSession {
         var configuration: [UInt8]
     }
 
-    /// A session over a connection ``connect(socketPath:deviceType:)`` made.
-    init(socketPath: String, frontend: VhostUserFrontend) {
+    /// A session over a connection ``connect(socketPath:deviceType:)`` made
+    /// (or a predecessor VMM made: then its `connection` and `reconnects` go on).
+    init(socketPath: String, frontend: VhostUserFrontend, connection: Int = 0, reconnects: Int = 0) {
         self.socketPath = socketPath
         self.frontend = frontend
+        self.connection = connection
+        self.reconnects = reconnects
     }
 
     /// Connects to the backend at `socketPath` and negotiates: the handshake

@@ -136,6 +136,8 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// Call signals seen by the `.userspace` watcher, and flood warnings (see ``CallFloodMonitor``).
     public let callMonitor: CallFloodMonitor
     let state: Mutex<DeviceState>
+    /// Where the device is in a hand-off to a successor VMM (see ``freeze(timeout:)``).
+    let handOff = Mutex(HandOffPhase.running)
 
     struct Queue {
         var size: UInt16 = VirtioPCIDevice.maxQueueSize
@@ -268,6 +270,26 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         watcher.report(to: self)
         watcher.watch(socket: negotiated.frontend.socket, connection: 0)
         vmmQueues?.start(device: self, name: deviceType.name)
+    }
+
+    /// A device a successor VMM goes on with (``resume(host:state:descriptors:)``):
+    /// every part already made from the predecessor's state and descriptors.
+    /// Sends nothing and starts no thread.
+    init(resumed parts: ResumedParts) {
+        deviceType = parts.deviceType
+        callMonitor = CallFloodMonitor(device: parts.deviceType.name)
+        memory = parts.memory
+        doorbells = parts.doorbells
+        delivery = parts.delivery
+        (emulator, relay, routes) = (parts.emulator, parts.relay, parts.routes)
+        (kicks, calls) = (parts.kicks, parts.ownCalls)
+        socketPath = parts.socketPath
+        worker = DispatchQueue(label: "\(parts.deviceType.name) worker")
+        backendFeatures = parts.backendFeatures
+        deviceConfiguration = parts.deviceConfiguration
+        offeredFeatures = parts.offeredFeatures
+        state = Mutex(parts.state)
+        (watcher, vmmQueues) = (parts.watcher, parts.vmmQueues)
     }
 
     deinit {

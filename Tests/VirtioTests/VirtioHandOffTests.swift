@@ -1,0 +1,244 @@
+#if os(Linux)
+import Foundation
+import Glibc
+import IrqFdCore
+import IrqFdLinux
+import MSIX
+import PCI
+import SystemPackage
+import TestSupport
+import Testing
+import TinyVM
+import VhostUser
+import Virtio
+
+/// The virtio-blk stress guest (`GuestProgram.virtioBlkStress`: 64 reads in
+/// flight, every completion taken in the queue vector's handler, never by
+/// polling) on a real vhost-user backend, its VM and device handed to a
+/// successor VM over the same RAM again and again while requests are in flight.
+final class VirtioHandOffRig {
+    typealias L = VirtioBlkStressLayout
+    static let cpus = 2
+    let image: TestImage
+    let backend: BlockBackend
+    let total: Int
+    private(set) var vm: TinyVM
+    private(set) var device: VirtioBlkDevice
+    /// Messages each device's front-end sent from its first freeze (or its
+    /// resume) to its release: the backend hears nothing of a hand-off.
+    private(set) var messagesDuringHandOffs = 0
+    /// Requests in flight (submitted, not completed) at each freeze.
+    private(set) var inFlightAtFreeze: [Int] = []
+
+    init(
+        kind: DiskBackendKind, delivery: InterruptDelivery = .irqfd, total: Int, inFlight: Int = 64,
+        sectors: Int = 2048
+    ) throws {
+        self.total = total
+        image = try TestImage(sectors: sectors) { i in
+            withUnsafeBytes(of: L.imageWord(sector: i / 512, dword: (i % 512) / 4).littleEndian) { $0[i % 4] }
+        }
+        backend = try BlockBackend(kind: kind, image: image.path)
+        vm = try TinyVM(.init(cpus: Self.cpus))
+        device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, delivery: delivery)
+        try vm.load(GuestProgram.virtioBlkStress.image)
+        vm.memory.write32(UInt32(total), at: L.total)
+        vm.memory.write32(UInt32(inFlight), at: L.inFlight)
+        vm.memory.write32(UInt32(sectors - 1), at: L.sectorMask)
+        vm.start()
+        let vm = vm
+        let running = vm.waitUntil(timeout: .seconds(60)) {
+            vm.memory.read32(at: L.phase) >= 1
+                && (0..<Self.cpus).allSatisfy { vm.memory.read32(at: InterruptCounterLayout.ready(cpu: $0)) == 1 }
+        }
+        guard running else { throw TestFailure("the stress guest is not running: \(summary)") }
+    }
+
+    deinit {
+        vm.stop()
+        vm.wait()
+        device.writeStatus(0)
+        device.frontend.close()
+        backend.stop()
+    }
+
+    func word(_ address: UInt64) -> Int { Int(vm.memory.read32(at: address)) }
+    var phase: Int { word(L.phase) }
+    var completed: Int { word(L.completed) }
+    var submitted: Int { word(L.submitted) }
+    var summary: String {
+        "phase \(phase), submitted \(submitted), completed \(completed), consumed \(word(L.consumed)), "
+            + "PBA \(device.read(address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8)), "
+            + "device status \(device.status), \(device.counters), emulator \(device.emulator.counters)"
+    }
+
+    /// The inode of the device's backend socket: the same connection, whichever process or VM holds it.
+    var connectionInode: UInt64? {
+        guard let socket = device.frontend.socket else { return nil }
+        var info = stat()
+        guard fstat(socket.rawValue, &info) == 0 else { return nil }
+        return UInt64(info.st_ino)
+    }
+
+    /// Connections the backend accepted on its socket and still has open:
+    /// /proc/net/unix lists an accepted socket under its listener's path,
+    /// without __SO_ACCEPTCON (unix(7)).
+    var backendConnections: Int {
+        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return -1 }
+        defer { try? file.close() }
+        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        let path = Substring(backend.socketPath)
+        return table.split(separator: "\n").dropFirst().filter { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            // A backend that listens under a temporary name and renames it into place is listed under that name.
+            guard fields.count >= 8, fields[7] == path || fields[7].hasPrefix(path + "."),
+                let flags = UInt32(fields[3], radix: 16)
+            else { return false }
+            return flags & 0x10000 == 0
+        }.count
+    }
+
+    /// Pauses the guest and freezes the device, as a VMM's live update starts.
+    func freeze() throws -> (VirtioDeviceFreeze<VirtioBlk>, sentBefore: Int) {
+        guard vm.pause() else { throw TestFailure("the vCPUs did not stop: \(summary)") }
+        inFlightAtFreeze.append(submitted - completed)
+        let sent = device.frontend.messagesSent
+        do { return (try device.freeze(), sent) } catch {
+            vm.resume()
+            throw error
+        }
+    }
+
+    /// Hands the guest and the device to a new VM over the same RAM, as a
+    /// successor VMM process would take them: the state goes through its
+    /// encoding, and the descriptors are the successor's own copies (what
+    /// SCM_RIGHTS gives it).
+    func handOff() throws {
+        let (frozen, sentBefore) = try freeze()
+        let bytes = frozen.state.encoded()
+        let ram = try GuestMemory(
+            mapping: try vm.memory.fileDescriptor.duplicateCloseOnExec(), size: vm.configuration.memorySize)
+        let next = try TinyVM(vm.configuration, incoming: ram)
+        let state = try VirtioDeviceHandOffState<VirtioBlk>(decoding: bytes)
+        let received = try frozen.descriptors.map { try $0.duplicateCloseOnExec() }
+        try next.restoreMachineState(try vm.saveMachineState())
+        let resumed = try VirtioBlkDevice.resume(attachingTo: next, state: state, descriptors: received)
+        next.start()
+        vm.stop()
+        vm.wait()
+        try device.release()
+        messagesDuringHandOffs += device.frontend.messagesSent - sentBefore
+        messagesDuringHandOffs += resumed.frontend.messagesSent
+        vm = next
+        device = resumed
+    }
+
+    /// Waits until `count` more requests completed (or all did).
+    func waitForProgress(_ count: Int, timeout: Duration = .seconds(60)) -> Bool {
+        let target = min(completed + count, total)
+        return vm.waitUntil(timeout: timeout) { self.completed >= target || self.phase == 2 }
+    }
+
+    /// Requests whose bitmap bit is clear.
+    func missingRequests() -> [Int] {
+        let bytes = vm.memory.bytes(at: L.bitmap, count: (total + 7) / 8)
+        return (0..<total).filter { bytes[$0 / 8] & (1 << ($0 % 8)) == 0 }
+    }
+
+    /// Checks that every request completed exactly once with its sector's data.
+    func expectEveryRequestOnce(_ what: String) {
+        #expect(completed == total && submitted == total, "\(what): \(summary)")
+        #expect(word(L.badIDs) == 0, "\(what): used ids naming no request in flight")
+        #expect(word(L.duplicates) == 0, "\(what): requests completed twice")
+        #expect(word(L.badStatus) == 0, "\(what): completions whose status was not VIRTIO_BLK_S_OK")
+        #expect(word(L.badData) == 0, "\(what): completions whose data was not their sector's")
+        let missing = missingRequests()
+        #expect(missing.isEmpty, "\(what): \(missing.count) requests never completed, first \(missing.prefix(8))")
+        #expect(device.counters.backendFailures == 0, "\(what): \(summary)")
+    }
+}
+
+/// Live update of a virtio-blk device: the guest's VM and its device move to
+/// a successor VM over the same RAM while the backend serves requests in
+/// flight, and the backend never notices (no vhost-user message, the same
+/// connection); completions the backend made while no VM listened reach the
+/// guest once.
+@Suite(needsKVM, .serialized) struct VirtioHandOffTests {
+    static let qsdPresent = Testing.ConditionTrait.enabled(
+        if: DiskBackendKind.qemuStorageDaemonPath != nil,
+        "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)")
+    static let embeddedBuilt = Testing.ConditionTrait.enabled(
+        if: BlockBackend.embeddedExecutable() != nil, "skipped: the irqfd-vhost-user-blk executable is not built")
+    /// Hand-offs per run (`IRQFD_VIRTIO_HANDOFFS`, default 20), one every `step` completions.
+    static let handOffs = environmentCount("IRQFD_VIRTIO_HANDOFFS", default: 20)
+    static let step = 250
+    /// Requests in all: enough for every hand-off to find requests in flight,
+    /// even when the test's thread runs late (the guest goes on meanwhile).
+    static var requests: Int { (handOffs + 20) * 4 * step }
+
+    static func environmentCount(_ name: String, default fallback: Int) -> Int {
+        ProcessInfo.processInfo.environment[name].flatMap { Int($0) }.map { max($0, 1) } ?? fallback
+    }
+
+    @Test(Self.qsdPresent, arguments: InterruptDelivery.allCases)
+    func qemuStorageDaemonServesEveryRequestOnceAcrossHandOffsWithoutAMessage(_ delivery: InterruptDelivery) throws {
+        try handOffs(.qemuStorageDaemon, delivery)
+    }
+
+    @Test(Self.embeddedBuilt)
+    func embeddedBackendServesEveryRequestOnceAcrossHandOffsWithoutAMessage() throws {
+        try handOffs(.embedded, .irqfd)
+    }
+
+    func handOffs(_ kind: DiskBackendKind, _ delivery: InterruptDelivery) throws {
+        let what = "virtio-blk hand-offs (\(kind), \(delivery))"
+        let rig = try VirtioHandOffRig(kind: kind, delivery: delivery, total: Self.requests)
+        let inode = rig.connectionInode
+        #expect(inode != nil)
+        #expect(rig.backendConnections == 1, "\(what): one connection to the backend")
+        var done = 0
+        for _ in 0..<Self.handOffs {
+            guard rig.waitForProgress(Self.step), rig.phase != 2 else { break }
+            try rig.handOff()
+            done += 1
+            #expect(rig.connectionInode == inode, "\(what): the same connection after hand-off \(done)")
+        }
+        let finished = rig.vm.waitUntil(timeout: .seconds(120)) { rig.phase == 2 }
+        print(
+            "\(what): \(done) hand-offs, requests in flight at each freeze \(rig.inFlightAtFreeze), "
+                + "vhost-user messages during hand-offs \(rig.messagesDuringHandOffs), \(rig.summary)")
+        #expect(finished, "\(what): the guest stalled, a completion was lost: \(rig.summary)")
+        #expect(done == Self.handOffs, "\(what): the guest finished before every hand-off")
+        #expect(rig.inFlightAtFreeze.allSatisfy { $0 > 0 }, "\(what): requests in flight at every freeze")
+        #expect(rig.messagesDuringHandOffs == 0, "\(what): the backend was sent nothing")
+        #expect(rig.connectionInode == inode, "\(what): the same connection from first to last")
+        #expect(rig.backendConnections == 1, "\(what): the backend saw no other connection")
+        #expect(rig.device.reconnectCount == 0)
+        #expect(rig.backend.isRunning)
+        guard finished else { return }
+        rig.expectEveryRequestOnce(what)
+    }
+
+    @Test(Self.qsdPresent)
+    func aThawedDeviceGoesOnAsBeforeWithoutAMessage() throws {
+        let what = "virtio-blk freeze and thaw (qemu-storage-daemon)"
+        let rig = try VirtioHandOffRig(kind: .qemuStorageDaemon, total: 40 * Self.step)
+        let inode = rig.connectionInode
+        for _ in 0..<5 {
+            guard rig.waitForProgress(Self.step), rig.phase != 2 else { break }
+            let (_, sentBefore) = try rig.freeze()
+            // The backend completes what was in flight meanwhile: its calls latch in the masked routes.
+            usleep(20_000)
+            try rig.device.thaw()
+            rig.vm.resume()
+            #expect(rig.device.frontend.messagesSent == sentBefore, "\(what): nothing sent")
+        }
+        let finished = rig.vm.waitUntil(timeout: .seconds(120)) { rig.phase == 2 }
+        #expect(finished, "\(what): the guest stalled, a completion was lost: \(rig.summary)")
+        #expect(rig.inFlightAtFreeze.count == 5 && rig.inFlightAtFreeze.allSatisfy { $0 > 0 })
+        #expect(rig.connectionInode == inode)
+        guard finished else { return }
+        rig.expectEveryRequestOnce(what)
+    }
+}
+#endif
