@@ -116,7 +116,7 @@ let package = Package(
         .target(
             name: "Virtio",
             dependencies: [
-                "VhostUser", "MSIX", "PCI", "IrqFdCore", "IrqFdLinux", "IrqFdRelay",
+                "VhostUser", "MSIX", "PCI", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "VirtqueueWalk",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],

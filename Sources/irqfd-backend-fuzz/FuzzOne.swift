@@ -10,7 +10,9 @@ nonisolated(unsafe) let guestRAM = UnsafeMutableRawBufferPointer.allocate(byteCo
 /// One input. Byte 0 chooses the target: even, the front-end message
 /// decoder (then a descriptor count, a 12-byte header and the payload); odd,
 /// the descriptor-chain walker (then the queue size's log2, the head, two
-/// regions' guest-physical bases and sizes, limits, and the descriptor table).
+/// regions' guest-physical bases and sizes, limits, whether indirect tables are
+/// walked, and the descriptor table, also copied to guest RAM's start so that
+/// an indirect descriptor can name it).
 func fuzzOne(_ input: UnsafeRawBufferPointer) {
     guard input.count >= 2 else { return }
     var bytes = Array(input)
@@ -40,9 +42,12 @@ func fuzzOne(_ input: UnsafeRawBufferPointer) {
     let tableBytes = 16 * Int(queueSize)
     var table = Array(bytes[24...].prefix(tableBytes))
     table += [UInt8](repeating: 0, count: tableBytes - table.count)
+    let indirectTables = bytes[20] & 1 != 0
+    if indirectTables { guestRAM.copyBytes(from: table) }
     table.withUnsafeBytes { table in
         let chain = DescriptorChain(
-            head: head, table: table.baseAddress!, queueSize: queueSize, memory: memory, limits: limits)
+            head: head, table: table.baseAddress!, queueSize: queueSize, memory: memory, limits: limits,
+            indirectTables: indirectTables)
         var sum: UInt8 = 0
         for segment in chain.readable + chain.writable {
             for offset in 0..<segment.length { sum &+= segment.pointer.load(fromByteOffset: offset, as: UInt8.self) }
