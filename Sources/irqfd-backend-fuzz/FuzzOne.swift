@@ -43,7 +43,8 @@ func fuzzOne(_ input: UnsafeRawBufferPointer) {
     var table = Array(bytes[24...].prefix(tableBytes))
     table += [UInt8](repeating: 0, count: tableBytes - table.count)
     let indirectTables = bytes[20] & 1 != 0
-    if indirectTables { guestRAM.copyBytes(from: table) }
+    // The whole largest table's window, zero-padded: nothing of an earlier input is left for this one to walk.
+    if indirectTables { guestRAM.copyBytes(from: table + [UInt8](repeating: 0, count: 16 * 256 - tableBytes)) }
     table.withUnsafeBytes { table in
         let chain = DescriptorChain(
             head: head, table: table.baseAddress!, queueSize: queueSize, memory: memory, limits: limits,
