@@ -271,11 +271,13 @@ let package = Package(
             swiftSettings: strict),
         // The descriptor-chain walker alone: hand-written tables over memory of this process.
         .testTarget(name: "VirtqueueWalkTests", dependencies: ["VirtqueueWalk"], swiftSettings: strict),
-        // The vhost-user frontend against real back-ends and hostile peers, with no guest.
+        // The vhost-user frontend against real back-ends and hostile peers. A guest only where the
+        // kernel must signal an eventfd (KVM_IOEVENTFD): TinyVM's MMIO writer.
         .testTarget(
             name: "VhostUserTests",
             dependencies: [
-                "VhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system"),
+                "VhostUser", "IrqFdLinux", "IrqFdCore", "TinyVM", "KVM",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         .testTarget(
