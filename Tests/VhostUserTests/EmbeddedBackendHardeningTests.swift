@@ -28,17 +28,27 @@ struct BackendProcessState: Equatable {
 /// is gone, and a new front-end's GET_FEATURES is answered. Returns that answer's latency.
 @discardableResult
 func expectRecovered(_ backend: VhostUserBackendProcess, baseline: BackendProcessState) throws -> Duration {
-    #expect(backend.isRunning, "the back-end died")
-    guard backend.isRunning else { return .zero }
+    try expectRecovered(
+        process: backend.processIdentifier, running: backend.isRunning, socketPath: backend.socketPath,
+        baseline: baseline)
+}
+
+/// `expectRecovered(_:baseline:)` for a back-end process started some other way.
+@discardableResult
+func expectRecovered(
+    process: pid_t, running: Bool, socketPath: String, baseline: BackendProcessState
+) throws -> Duration {
+    #expect(running, "the back-end died")
+    guard running else { return .zero }
     let deadline = ContinuousClock.now + .seconds(10)
-    var state = BackendProcessState(backend.processIdentifier)
+    var state = BackendProcessState(process)
     while state != baseline, ContinuousClock.now < deadline {
         usleep(2_000)
-        state = BackendProcessState(backend.processIdentifier)
+        state = BackendProcessState(process)
     }
     #expect(state == baseline, "descriptors and guest mappings: \(state), before: \(baseline)")
     let start = ContinuousClock.now
-    let frontend = try VhostUserFrontend(socketPath: backend.socketPath, timeout: .seconds(2))
+    let frontend = try VhostUserFrontend(socketPath: socketPath, timeout: .seconds(2))
     let features = try frontend.getFeatures()
     let latency = ContinuousClock.now - start
     #expect(features & VhostUserFeature.version1 != 0)
@@ -571,6 +581,17 @@ final class LoggingBackend {
             }
             usleep(5_000)
         }
+        baseline = BackendProcessState(process.processIdentifier)
+    }
+
+    /// The back-end's descriptors and mappings before any front-end.
+    private(set) var baseline: BackendProcessState?
+
+    /// The attack is over: the back-end is back at its baseline and answers a new front-end.
+    func recovered() throws {
+        try expectRecovered(
+            process: process.processIdentifier, running: process.isRunning, socketPath: socketPath,
+            baseline: baseline ?? BackendProcessState(process.processIdentifier))
     }
 
     /// Stops the back-end and returns every line it wrote to standard error.
@@ -612,6 +633,7 @@ final class LoggingBackend {
         let seconds = Int((ContinuousClock.now - start).components.seconds)
         #expect(ring.usedLength(0) == 0)
         frontend.close()
+        try backend.recovered()
         let logged = backend.lines().filter { $0.contains("head 1000 is not below the queue size 64") }
         // 5 lines a second: at most 5 per second begun while the guest was at it.
         #expect(!logged.isEmpty && logged.count <= 5 * (seconds + 2), "\(logged.count) lines in \(seconds) s")
@@ -630,6 +652,7 @@ final class LoggingBackend {
         try frontend.setVringAddr(queue: 0, descriptor: 0, available: 0x8000, used: (1 << 20) - 4096)
         try frontend.setVringNum(queue: 0, size: 32768)
         frontend.close()
+        try backend.recovered()
         let lines = backend.lines()
         #expect(
             lines.contains { $0.contains("queue 0's rings no longer fit in guest memory at size 32768") }, "\(lines)")
