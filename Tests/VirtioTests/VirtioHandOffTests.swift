@@ -29,6 +29,9 @@ final class VirtioHandOffRig {
     private(set) var messagesDuringHandOffs = 0
     /// Requests in flight (submitted, not completed) at each freeze.
     private(set) var inFlightAtFreeze: [Int] = []
+    /// Each hand-off's device steps: the freeze, and the successor's resume (decoding the state included).
+    private(set) var freezeTimes: [Duration] = []
+    private(set) var resumeTimes: [Duration] = []
 
     init(
         kind: DiskBackendKind, delivery: InterruptDelivery = .irqfd, total: Int, inFlight: Int = 64,
@@ -114,15 +117,20 @@ final class VirtioHandOffRig {
     /// encoding, and the descriptors are the successor's own copies (what
     /// SCM_RIGHTS gives it).
     func handOff() throws {
+        let clock = ContinuousClock()
+        let freezing = clock.now
         let (frozen, sentBefore) = try freeze()
+        freezeTimes.append(clock.now - freezing)
         let bytes = frozen.state.encoded()
         let ram = try GuestMemory(
             mapping: try vm.memory.fileDescriptor.duplicateCloseOnExec(), size: vm.configuration.memorySize)
         let next = try TinyVM(vm.configuration, incoming: ram)
-        let state = try VirtioDeviceHandOffState<VirtioBlk>(decoding: bytes)
         let received = try frozen.descriptors.map { try $0.duplicateCloseOnExec() }
         try next.restoreMachineState(try vm.saveMachineState())
+        let resuming = clock.now
+        let state = try VirtioDeviceHandOffState<VirtioBlk>(decoding: bytes)
         let resumed = try VirtioBlkDevice.resume(attachingTo: next, state: state, descriptors: received)
+        resumeTimes.append(clock.now - resuming)
         next.start()
         vm.stop()
         vm.wait()
@@ -131,6 +139,14 @@ final class VirtioHandOffRig {
         messagesDuringHandOffs += resumed.frontend.messagesSent
         vm = next
         device = resumed
+    }
+
+    /// The median and the largest of `times`, in microseconds.
+    static func figures(_ times: [Duration]) -> String {
+        let sorted = times.sorted()
+        guard let last = sorted.last else { return "none" }
+        func us(_ d: Duration) -> Int { Int(d.components.seconds) * 1_000_000 + Int(d.components.attoseconds / 1_000_000_000_000) }
+        return "p50 \(us(sorted[sorted.count / 2])) µs, max \(us(last)) µs"
     }
 
     /// Waits until `count` more requests completed (or all did).
@@ -206,7 +222,9 @@ final class VirtioHandOffRig {
         let finished = rig.vm.waitUntil(timeout: .seconds(120)) { rig.phase == 2 }
         print(
             "\(what): \(done) hand-offs, requests in flight at each freeze \(rig.inFlightAtFreeze), "
-                + "vhost-user messages during hand-offs \(rig.messagesDuringHandOffs), \(rig.summary)")
+                + "vhost-user messages during hand-offs \(rig.messagesDuringHandOffs), "
+                + "freeze \(VirtioHandOffRig.figures(rig.freezeTimes)), resume \(VirtioHandOffRig.figures(rig.resumeTimes)), "
+                + rig.summary)
         #expect(finished, "\(what): the guest stalled, a completion was lost: \(rig.summary)")
         #expect(done == Self.handOffs, "\(what): the guest finished before every hand-off")
         #expect(rig.inFlightAtFreeze.allSatisfy { $0 > 0 }, "\(what): requests in flight at every freeze")
@@ -217,6 +235,22 @@ final class VirtioHandOffRig {
         #expect(rig.backend.isRunning)
         guard finished else { return }
         rig.expectEveryRequestOnce(what)
+
+        // The successor's own reset and restart run on the same connection:
+        // GET_VRING_BASE, then SET_MEM_TABLE with the successor's mapping.
+        var driver = HostDriver(device: rig.device, memory: rig.vm.memory)
+        let restarted = driver.initialise()
+        #expect(restarted, "\(what): DRIVER_OK again after the hand-offs: \(rig.summary)")
+        driver.submitReads(8)
+        let used = { [driver] in driver.used }
+        #expect(eventually(.seconds(10)) { used() == 8 }, "\(what): requests after the restart")
+        for i in 0..<8 {
+            #expect(rig.vm.memory.bytes(at: 0x10_0000 + 512 * UInt64(i), count: 512) == rig.image.filled(sector: i))
+        }
+        let mapped = UInt64(UInt(bitPattern: rig.vm.memory.base))
+        #expect(rig.device.frontend.memoryRegions.map(\.userAddress) == [mapped], "\(what): the successor's table")
+        #expect(rig.device.resetCount == 1 && rig.device.reconnectCount == 0, "\(what): \(rig.summary)")
+        #expect(rig.connectionInode == inode && rig.backendConnections == 1, "\(what): the same connection")
     }
 
     @Test(Self.qsdPresent)
