@@ -110,7 +110,8 @@ extension VirtioPCIDevice where DeviceType: Codable {
             (transportState(s), sessionState(s), s.session.frontend.socket)
         }
         let frozen = VirtioDeviceHandOffState(
-            deviceType: deviceType, delivery: delivery, backendFeatures: backendFeatures, offeredFeatures: offeredFeatures,
+            deviceType: deviceType, delivery: delivery, backendFeatures: backendFeatures,
+            offeredFeatures: offeredFeatures,
             deviceConfiguration: deviceConfiguration, pci: state.withLock { Self.pciState($0.pci) },
             transport: transport, msix: msix, routedVectors: routedVectors, session: session)
         let descriptors =
@@ -213,10 +214,9 @@ extension VirtioPCIDevice where DeviceType: Codable {
         pci.restore(command: saved.pci.command, barValues: saved.pci.barValues, interruptLine: saved.pci.interruptLine)
         // Bus Master Enable is the function's: set before the MSI-X state, which it gates.
         emulator.setBusMaster(pci.isBusMasterEnabled)
+        let events = Dictionary(uniqueKeysWithValues: zip(saved.routedVectors, vectorEvents.map { $0 as any Event }))
         do throws(MsixError) {
-            try emulator.restore(
-                saved.msix,
-                adopting: Dictionary(uniqueKeysWithValues: zip(saved.routedVectors, vectorEvents.map { $0 as any Event })))
+            try emulator.restore(saved.msix, adopting: events)
         } catch {
             throw .msix(error)
         }
@@ -262,6 +262,22 @@ extension VirtioPCIDevice where DeviceType: Codable {
                 vmmQueues: vmmQueues))
         device.startThreads()
         return device
+    }
+
+    /// ``resume(attachingTo:state:descriptors:)`` from the state's encoding
+    /// (``VirtioDeviceHandOffState/encoded()``), as a successor receives it.
+    /// A state this build does not read (another version, another device
+    /// type, not a state) throws, and `descriptors` are closed all the same.
+    @discardableResult
+    public static func resume(
+        attachingTo host: any VirtioHost, encoded bytes: [UInt8], descriptors: [FileDescriptor]
+    ) throws(VirtioHandOffError) -> VirtioPCIDevice {
+        let saved: VirtioDeviceHandOffState<DeviceType>
+        do { saved = try VirtioDeviceHandOffState(decoding: bytes) } catch {
+            for fd in descriptors { try? fd.close() }
+            throw error
+        }
+        return try resume(attachingTo: host, state: saved, descriptors: descriptors)
     }
 
     /// ``resume(host:state:descriptors:)``, then plugs the device into

@@ -72,7 +72,8 @@ final class VirtioHandOffRig {
     var summary: String {
         "phase \(phase), submitted \(submitted), completed \(completed), consumed \(word(L.consumed)), "
             + "PBA \(device.read(address: VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset), size: 8)), "
-            + "device status \(device.status), \(device.counters), emulator \(device.emulator.counters)"
+            + "device status \(device.status), backend error \(String(describing: device.lastBackendError)), "
+            + "backend running \(backend.isRunning), \(device.counters), emulator \(device.emulator.counters)"
     }
 
     /// The inode of the device's backend socket: the same connection, whichever process or VM holds it.
@@ -151,8 +152,7 @@ final class VirtioHandOffRig {
         let received = try frozen.descriptors.map { try $0.duplicateCloseOnExec() }
         try next.restoreMachineState(try vm.saveMachineState())
         let resuming = clock.now
-        let state = try VirtioDeviceHandOffState<T>(decoding: bytes)
-        let resumed = try VirtioPCIDevice<T>.resume(attachingTo: next, state: state, descriptors: received)
+        let resumed = try VirtioPCIDevice<T>.resume(attachingTo: next, encoded: bytes, descriptors: received)
         let resume = clock.now - resuming
         next.start()
         vm.stop()
@@ -166,7 +166,9 @@ final class VirtioHandOffRig {
     static func figures(_ times: [Duration]) -> String {
         let sorted = times.sorted()
         guard let last = sorted.last else { return "none" }
-        func us(_ d: Duration) -> Int { Int(d.components.seconds) * 1_000_000 + Int(d.components.attoseconds / 1_000_000_000_000) }
+        func us(_ d: Duration) -> Int {
+            Int(d.components.seconds) * 1_000_000 + Int(d.components.attoseconds / 1_000_000_000_000)
+        }
         return "p50 \(us(sorted[sorted.count / 2])) µs, max \(us(last)) µs"
     }
 
@@ -244,7 +246,8 @@ final class VirtioHandOffRig {
         print(
             "\(what): \(done) hand-offs, requests in flight at each freeze \(rig.inFlightAtFreeze), "
                 + "vhost-user messages during hand-offs \(rig.messagesDuringHandOffs), "
-                + "freeze \(VirtioHandOffRig.figures(rig.freezeTimes)), resume \(VirtioHandOffRig.figures(rig.resumeTimes)), "
+                + "freeze \(VirtioHandOffRig.figures(rig.freezeTimes)), "
+                + "resume \(VirtioHandOffRig.figures(rig.resumeTimes)), "
                 + rig.summary)
         #expect(finished, "\(what): the guest stalled, a completion was lost: \(rig.summary)")
         #expect(done == Self.handOffs, "\(what): the guest finished before every hand-off")
@@ -254,6 +257,7 @@ final class VirtioHandOffRig {
         #expect(rig.backendConnections == 1, "\(what): the backend saw no other connection")
         #expect(rig.device.reconnectCount == 0)
         #expect(rig.backend.isRunning)
+        #expect(rig.device.counters.notifyExits == 0, "\(what): the successor's doorbells are bound to the kicks")
         guard finished else { return }
         rig.expectEveryRequestOnce(what)
 
@@ -274,55 +278,23 @@ final class VirtioHandOffRig {
         #expect(rig.connectionInode == inode && rig.backendConnections == 1, "\(what): the same connection")
     }
 
-    @Test(testpmdInstalled)
-    func virtioNetOnTestpmdDeliversEveryFrameAcrossHandOffsWithoutAMessage() throws {
-        typealias L = VirtioNetGuestLayout
-        let what = "virtio-net hand-offs (testpmd, 2 pairs, control queue)"
-        let backend = try NetBackend(queuePairs: 2)
-        defer { backend.stop() }
-        var vm = try TinyVM(.init(cpus: 2, coalescesCommits: false))
-        var device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-        defer { device.disconnect() }
-        try vm.load(GuestProgram.virtioNet.image)
-        let batch = 8
-        let frames = batch * (Self.handOffs + 1)
-        let m = vm.memory  // the same pages in every VM
-        m.write32(UInt32(frames), at: L.frames)
-        m.write32(2, at: L.pairs)
-        m.write32(0, at: L.destination(pair: 0))
-        m.write32(1, at: L.destination(pair: 1))
-        m.write32(1, at: L.gated)
-        m.write32(UInt32(batch), at: L.batch)
-        vm.start()
-        func intact(_ p: Int) -> Int { Int(m.read32(at: L.intact(pair: p))) }
-        var messages = 0
-        var inFlight: [Int] = []
-        // DRIVER_OK, and the control request (VQ_PAIRS_SET, served by the VMM: it sends
-        // SET_VRING_ENABLE) answered in the control queue's used ring (queue 4).
-        let started = vm.waitUntil(timeout: .seconds(30)) {
-            m.read32(at: L.phase) >= 1 && m.read32(at: L.usedRing(queue: 4)) >> 16 == 1
+    @Test func aStateTheSuccessorCannotTakeClosesTheDescriptorsItWasGiven() throws {
+        let vm = try TinyVM()
+        let wrongCount = Array(VirtioHandOffStateTests.versionOne.utf8)  // passes 5 descriptors, not 1
+        for bytes in [Array("not a state".utf8), wrongCount] {
+            // The write end of a pipe stands for a passed descriptor: once it is closed, the read end reads EOF.
+            var ends: [Int32] = [-1, -1]
+            #expect(pipe(&ends) == 0)
+            defer { close(ends[0]) }
+            // Open, the write end would make the read below wait: it reads EAGAIN instead.
+            _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
+            #expect(throws: VirtioHandOffError.self) {
+                try VirtioBlkDevice.resume(
+                    attachingTo: vm, encoded: bytes, descriptors: [FileDescriptor(rawValue: ends[1])])
+            }
+            var byte: UInt8 = 0
+            #expect(read(ends[0], &byte, 1) == 0, "the descriptor given was closed")
         }
-        #expect(started, "\(what): DRIVER_OK and the control request served")
-        for step in 0..<Self.handOffs {
-            // A batch goes out on each pair; the hand-off finds it in flight (or some of it back).
-            m.write32(UInt32(batch * step + 1), at: L.gate)
-            let moved = try VirtioHandOffRig.handOff(vm, device)
-            inFlight.append(2 * batch * step + 2 * batch - intact(0) - intact(1))
-            messages += moved.messages
-            (vm, device) = (moved.vm, moved.device)
-            let back = vm.waitUntil(timeout: .seconds(30)) { intact(0) >= batch * (step + 1) && intact(1) >= batch * (step + 1) }
-            #expect(back, "\(what): batch \(step) came back after its hand-off: \(intact(0)), \(intact(1))")
-            guard back else { break }
-        }
-        m.write32(UInt32(frames + 1), at: L.gate)
-        let outcome = vm.wait(timeout: .seconds(60))
-        print("\(what): frames not yet back as each hand-off ended \(inFlight), vhost-user messages during hand-offs \(messages)")
-        #expect(outcome == .exited(code: 0), "\(what): \(outcome); device \(device.counters), status \(device.status)")
-        #expect(m.read32(at: L.controlAck) == UInt32(VirtioNet.Control.ok), "\(what): VQ_PAIRS_SET served")
-        #expect(intact(0) == frames && intact(1) == frames, "\(what): every frame back on each pair")
-        #expect(m.read32(at: L.damaged) == 0)
-        #expect(messages == 0, "\(what): the backend was sent nothing")
-        #expect(device.reconnectCount == 0 && device.counters.backendFailures == 0)
     }
 
     @Test(Self.qsdPresent, arguments: InterruptDelivery.allCases)
@@ -345,6 +317,68 @@ final class VirtioHandOffRig {
         #expect(rig.connectionInode == inode)
         guard finished else { return }
         rig.expectEveryRequestOnce(what)
+    }
+}
+
+extension VirtioNetTests {
+    /// Live update of a virtio-net device on dpdk-testpmd (nested in
+    /// `VirtioNetTests`, so that no other testpmd busy-polls meanwhile).
+    @Suite struct HandOffTests {
+        @Test
+        func virtioNetOnTestpmdDeliversEveryFrameAcrossHandOffsWithoutAMessage() throws {
+            typealias L = VirtioNetGuestLayout
+            let what = "virtio-net hand-offs (testpmd, 2 pairs, control queue)"
+            let backend = try NetBackend(queuePairs: 2)
+            defer { backend.stop() }
+            var vm = try TinyVM(.init(cpus: 2, coalescesCommits: false))
+            var device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+            defer { device.disconnect() }
+            try vm.load(GuestProgram.virtioNet.image)
+            let batch = 8
+            let frames = batch * (VirtioHandOffTests.handOffs + 1)
+            let m = vm.memory  // the same pages in every VM
+            m.write32(UInt32(frames), at: L.frames)
+            m.write32(2, at: L.pairs)
+            m.write32(0, at: L.destination(pair: 0))
+            m.write32(1, at: L.destination(pair: 1))
+            m.write32(1, at: L.gated)
+            m.write32(UInt32(batch), at: L.batch)
+            vm.start()
+            func intact(_ p: Int) -> Int { Int(m.read32(at: L.intact(pair: p))) }
+            var messages = 0
+            var inFlight: [Int] = []
+            // DRIVER_OK, and the control request (VQ_PAIRS_SET, served by the VMM: it sends
+            // SET_VRING_ENABLE) answered in the control queue's used ring (queue 4).
+            let started = vm.waitUntil(timeout: .seconds(30)) {
+                m.read32(at: L.phase) >= 1 && m.read32(at: L.usedRing(queue: 4)) >> 16 == 1
+            }
+            #expect(started, "\(what): DRIVER_OK and the control request served")
+            for step in 0..<VirtioHandOffTests.handOffs {
+                // A batch goes out on each pair; the hand-off finds it in flight (or some of it back).
+                m.write32(UInt32(batch * step + 1), at: L.gate)
+                let moved = try VirtioHandOffRig.handOff(vm, device)
+                inFlight.append(2 * batch * step + 2 * batch - intact(0) - intact(1))
+                messages += moved.messages
+                (vm, device) = (moved.vm, moved.device)
+                let back = vm.waitUntil(timeout: .seconds(30)) {
+                    intact(0) >= batch * (step + 1) && intact(1) >= batch * (step + 1)
+                }
+                #expect(back, "\(what): batch \(step) came back after its hand-off: \(intact(0)), \(intact(1))")
+                guard back else { break }
+            }
+            m.write32(UInt32(frames + 1), at: L.gate)
+            let outcome = vm.wait(timeout: .seconds(60))
+            print(
+                "\(what): frames not yet back as each hand-off ended \(inFlight), "
+                    + "vhost-user messages during hand-offs \(messages)")
+            #expect(
+                outcome == .exited(code: 0), "\(what): \(outcome); device \(device.counters), status \(device.status)")
+            #expect(m.read32(at: L.controlAck) == UInt32(VirtioNet.Control.ok), "\(what): VQ_PAIRS_SET served")
+            #expect(intact(0) == frames && intact(1) == frames, "\(what): every frame back on each pair")
+            #expect(m.read32(at: L.damaged) == 0)
+            #expect(messages == 0, "\(what): the backend was sent nothing")
+            #expect(device.reconnectCount == 0 && device.counters.backendFailures == 0)
+        }
     }
 }
 #endif
