@@ -186,7 +186,7 @@ let package = Package(
         // The relay backend: a userspace IrqFd over any MsiInjector (epoll thread on Linux).
         .target(
             name: "IrqFdRelay",
-            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["IrqFdCore", "IrqFdRouting", "IrqFdLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // C: Microsoft's WinHvPlatform.h and its import library (Windows only; empty elsewhere).
         .target(name: "CWinHvPlatform", linkerSettings: [.linkedLibrary("WinHvPlatform", .when(platforms: [.windows]))]),
@@ -206,10 +206,10 @@ let package = Package(
         // Fixtures shared by the test targets, none needing KVM: polling, descriptor identity and leak
         // checks, tests in their own process, subprocesses, a seeded generator, disk images.
         .target(name: "TestSupport", swiftSettings: strict),
-        // The KVM fixture: the interrupt-counting guest on a TinyVM.
+        // The KVM fixtures: the interrupt-counting guest on a TinyVM, a virtio-blk driver on the host.
         .target(
             name: "KVMTestSupport",
-            dependencies: ["TestSupport", "IrqFdKVM", "KVM", "TinyVM"],
+            dependencies: ["TestSupport", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "KVM", "MSIX", "TinyVM", "Virtio"],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdCoreTests",
@@ -234,7 +234,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdRelayTests",
-            dependencies: ["TestSupport", "KVMTestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdLinux", "KVM", "KVMFaultInjection", "TinyVM", "GuestPrograms"],
+            dependencies: [
+                "TestSupport", "KVMTestSupport", "IrqFdCore", "IrqFdRelay", "IrqFdKVM", "IrqFdLinux", "KVM", "KVMFaultInjection",
+                "TinyVM", "GuestPrograms",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "IrqFdWHPTests",
@@ -275,12 +278,16 @@ let package = Package(
         .testTarget(
             name: "VhostUserTests",
             dependencies: [
-                "VhostUser", "IrqFdLinux", "IrqFdCore", .product(name: "SystemPackage", package: "swift-system"),
+                "TestSupport", "VhostUser", "IrqFdLinux", "IrqFdCore",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         .testTarget(
             name: "VirtioTests",
-            dependencies: ["TestSupport", "Virtio", "PCI", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore", "IrqFdLinux"],
+            dependencies: [
+                "TestSupport", "KVMTestSupport", "Virtio", "PCI", "VhostUser", "TinyVM", "KVM", "MSIX", "IrqFdCore",
+                "IrqFdLinux",
+            ],
             swiftSettings: strict),
         // The virtio-blk device attached to a minimal VMM of the test's own on KVM: no TinyVM,
         // no TestSupport (which links it), so nothing the device needs can come from there.

@@ -125,6 +125,23 @@
 	mov	%eax, 20(%edi)
 .endm
 
+/* fuse_call for a request of `length` bytes at IN with `opcode`. */
+.macro FUSE_CALL opcode, length
+	mov	$\opcode, %eax
+	mov	$\length, %ecx
+	call	fuse_call
+.endm
+
+/* The u64 at OUT + `at` (a field of the reply) into `to`. Leaves ESI = OUT.
+ * Clobbers EAX. */
+.macro OUT_U64 at, to
+	mov	$OUT, %esi
+	mov	\at(%esi), %eax
+	mov	%eax, \to
+	mov	\at + 4(%esi), %eax
+	mov	%eax, \to + 4
+.endm
+
 /* The fuse_read_in / fuse_write_in at IN + 40 (include/uapi/linux/fuse.h)
  * for the node and file handle at `node` and `fh` (u64s): offset 0, size the
  * word at `size`, and the last 20 bytes (read_flags or write_flags,
@@ -214,9 +231,7 @@ reinit:	mov	CFG_COUNT, %eax
 	movl	$31, 44(%edi)
 	movl	$0, 48(%edi)
 	movl	$0, 52(%edi)
-	mov	$FUSE_INIT, %eax
-	mov	$56, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_INIT, 56
 	mov	$OUT, %esi
 	mov	16(%esi), %eax
 	mov	%eax, R_MAJOR
@@ -235,24 +250,14 @@ reinit:	mov	CFG_COUNT, %eax
 	add	$40, %ecx
 	mov	$FUSE_LOOKUP, %eax
 	call	fuse_call
-	mov	$OUT, %esi		/* fuse_entry_out.nodeid */
-	mov	16(%esi), %eax
-	mov	%eax, V_NODE
-	mov	20(%esi), %eax
-	mov	%eax, V_NODE + 4
+	OUT_U64	16, V_NODE		/* fuse_entry_out.nodeid */
 
 	/* FUSE_OPEN read-only. */
 	NODEID	V_NODE
 	movl	$0, 40(%edi)		/* flags O_RDONLY */
 	movl	$0, 44(%edi)
-	mov	$FUSE_OPEN, %eax
-	mov	$48, %ecx
-	call	fuse_call
-	mov	$OUT, %esi		/* fuse_open_out.fh */
-	mov	16(%esi), %eax
-	mov	%eax, V_FH
-	mov	20(%esi), %eax
-	mov	%eax, V_FH + 4
+	FUSE_CALL FUSE_OPEN, 48
+	OUT_U64	16, V_FH		/* fuse_open_out.fh */
 
 	/* FUSE_READ and compare. */
 	call	read_file
@@ -274,11 +279,7 @@ reinit:	mov	CFG_COUNT, %eax
 	add	$56, %ecx
 	mov	$FUSE_CREATE, %eax
 	call	fuse_call
-	mov	$OUT, %esi		/* fuse_entry_out.nodeid, then fuse_open_out.fh */
-	mov	16(%esi), %eax
-	mov	%eax, V_NEWNODE
-	mov	20(%esi), %eax
-	mov	%eax, V_NEWNODE + 4
+	OUT_U64	16, V_NEWNODE	/* fuse_entry_out.nodeid, then fuse_open_out.fh */
 	mov	144(%esi), %eax
 	mov	%eax, V_NEWFH
 	mov	148(%esi), %eax
@@ -351,18 +352,14 @@ release:
 	movl	$0, 52(%edi)
 	movl	$0, 56(%edi)
 	movl	$0, 60(%edi)
-	mov	$FUSE_RELEASE, %eax
-	mov	$64, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_RELEASE, 64
 	ret
 
 /* FUSE_READ of P_READSIZE bytes at offset 0 of the open file; exits 7 unless
  * the reply holds exactly those bytes of EXPECT. Clobbers EAX, ECX, EDX, ESI, EDI. */
 read_file:
 	FUSE_RW_IN V_NODE, V_FH, P_READSIZE
-	mov	$FUSE_READ, %eax
-	mov	$80, %ecx
-	call	fuse_call
+	FUSE_CALL FUSE_READ, 80
 	mov	$OUT, %esi
 	mov	0(%esi), %eax
 	sub	$16, %eax

@@ -83,6 +83,19 @@
 #define CTRL_ACK 0x90010
 #define CTRL_COUNT 0x8114	/* interrupts of IDT vector 0x45 (the control queue's) on vCPU 0 */
 
+/* Makes descriptor `head` available on pair ECX's queue whose rings are at
+ * `rings` (virtio 1.2 section 2.7.13): ring[count % QSIZE] = head, then
+ * idx = ++count, where count is the pair's word in the array `avail`
+ * (V_TXAVAIL or V_RXAVAIL). Clobbers EAX. */
+.macro PUBLISH_AVAILABLE avail, head, rings
+	mov	\avail\()(,%ecx,4), %eax
+	and	$(QSIZE - 1), %eax
+	movw	\head, 0x1004(\rings,%eax,2)
+	incl	\avail\()(,%ecx,4)
+	mov	\avail\()(,%ecx,4), %eax
+	movw	%ax, 0x1002(\rings)
+.endm
+
 	.section .rodata
 	.balign 16
 	.globl	guest_virtio_net_start
@@ -345,12 +358,7 @@ send:	cli				/* EBX stays the vCPU index: 0 */
 	lea	12(%esi), %esi
 	mov	%esi, 8(%edx,%eax)
 	movl	$0, 12(%edx,%eax)
-	mov	V_TXAVAIL(,%ecx,4), %eax
-	and	$(QSIZE - 1), %eax
-	movw	%bp, 0x1004(%edx,%eax,2)
-	incl	V_TXAVAIL(,%ecx,4)
-	mov	V_TXAVAIL(,%ecx,4), %eax
-	movw	%ax, 0x1002(%edx)
+	PUBLISH_AVAILABLE V_TXAVAIL, %bp, %edx
 	incl	R_SENT
 	lea	1(%ecx,%ecx), %eax	/* notify queue 2p + 1 */
 	mov	V_QNOTIFY(,%eax,4), %edi
@@ -454,12 +462,7 @@ receive:
 22:	incl	V_RXCOUNT(,%ecx,4)
 	pop	%esi
 	/* Post descriptor `id` again. */
-	mov	V_RXAVAIL(,%ecx,4), %eax
-	and	$(QSIZE - 1), %eax
-	movw	%si, 0x1004(%ebp,%eax,2)
-	incl	V_RXAVAIL(,%ecx,4)
-	mov	V_RXAVAIL(,%ecx,4), %eax
-	movw	%ax, 0x1002(%ebp)
+	PUBLISH_AVAILABLE V_RXAVAIL, %si, %ebp
 	incl	V_RXSEEN(,%ecx,4)
 	pop	%edi
 	inc	%edi

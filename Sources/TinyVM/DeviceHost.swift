@@ -1,5 +1,6 @@
 #if os(Linux)
 public import IrqFdCore
+import IrqFdKVM
 import IrqFdRelay
 public import KVM
 public import PCI

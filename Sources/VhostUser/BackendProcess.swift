@@ -38,12 +38,7 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// The path of `qemu-storage-daemon` on PATH (/usr/bin:/bin when PATH is
     /// unset), or nil when it is not there: a PATH without it hides it.
     public static func qemuStorageDaemonPath() -> String? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") {
-            let candidate = "\(directory)/qemu-storage-daemon"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
-        return nil
+        BackendLaunch.executable(named: "qemu-storage-daemon")
     }
 
     /// The path of the standalone `irqfd-vhost-user-blk` built next to this
@@ -115,48 +110,18 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
                 command.leadingArguments + [image, "--socket", socketPath, "--queues", String(queues)]
                 + (readOnly ? ["--read-only"] : [])
         }
-        unlink(socketPath)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        // The child inherits this thread's signal mask, and the threads that
-        // start backends (Swift concurrency's and Dispatch's workers, where
-        // every test runs) block SIGTERM: the backend then ignored `stop()`'s
-        // SIGTERM and was SIGKILLed 5 s later, every time (and was orphaned for
-        // good if this process died). Unblocked around the spawn only.
-        var terminate = sigset_t()
-        var mask = sigset_t()
-        sigemptyset(&terminate)
-        sigaddset(&terminate, SIGTERM)
-        sigaddset(&terminate, SIGINT)
-        pthread_sigmask(SIG_UNBLOCK, &terminate, &mask)
-        defer { pthread_sigmask(SIG_SETMASK, &mask, nil) }
-        do { try process.run() } catch {
-            throw .systemCall(
-                call: "posix_spawn(\(executable))",
-                errno: .init(
-                    rawValue: (error as NSError).code == 0 ? ENOENT : Int32(truncatingIfNeeded: (error as NSError).code)
-                ))
-        }
+        let process = try BackendLaunch.spawn(executable, arguments: arguments, socketPath: socketPath)
         let backend = VhostUserBackendProcess(kind: kind, socketPath: socketPath, process: process)
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            var info = stat()
-            // The file appears at bind(2), before listen(2): until then a
-            // connect is refused (qemu-storage-daemon binds in place).
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isListening(socketPath) {
-                return backend
-            }
-            guard process.isRunning else {
-                throw .unsupported(
-                    "\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
-            }
-            guard ContinuousClock.now < deadline else {
-                throw .unsupported("\(kind.rawValue) did not create \(socketPath) within \(timeout)")
-            }
-            usleep(10_000)
+        // The file appears at bind(2), before listen(2): until then a
+        // connect is refused (qemu-storage-daemon binds in place).
+        switch BackendLaunch.waitForSocket(socketPath, of: process, timeout: timeout, ready: isListening) {
+        case .ready:
+            return backend
+        case .exited:
+            throw .unsupported(
+                "\(kind.rawValue) exited with status \(process.terminationStatus) before its socket appeared")
+        case .timedOut:
+            throw .unsupported("\(kind.rawValue) did not create \(socketPath) within \(timeout)")
         }
     }
 
@@ -167,19 +132,8 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// listen(2) (the embedded back-end) is listed under its old name, and
     /// without /proc the file's existence has to do: both count as listening.
     package static func isListening(_ path: String) -> Bool {
-        // Read to the end: String(contentsOfFile:) stops after the first read
-        // of a /proc file (about 4 KiB), and a busy system lists more.
-        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }
-        defer { try? file.close() }
-        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
-        var bound = false
-        for line in table.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
-            if flags & 0x10000 != 0 { return true }
-            bound = true
-        }
-        return !bound
+        guard let sockets = BackendLaunch.unixSockets(boundTo: path) else { return true }
+        return sockets.isEmpty || sockets.contains { $0.flags & 0x10000 != 0 }
     }
 
     /// Whether the process is still running.
@@ -193,10 +147,7 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
     /// sees end of file or POLLHUP). Waits for the exit and removes the
     /// socket, so that a new back-end can listen on the same path. Idempotent.
     public func kill() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        BackendLaunch.kill(process)
         removeSocket()
     }
 
@@ -208,13 +159,7 @@ public final class VhostUserBackendProcess: @unchecked Sendable {
 
     /// Ends the back-end: SIGTERM, SIGKILL if it is still there after 5 s; removes the socket. Idempotent.
     public func stop() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGTERM)
-            let deadline = ContinuousClock.now + .seconds(5)
-            while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
-        }
+        BackendLaunch.terminate(process)
         removeSocket()
     }
 }

@@ -47,12 +47,7 @@ public final class TestpmdProcess: @unchecked Sendable {
 
     /// The path of `dpdk-testpmd` on PATH (Debian's dpdk-dev), or nil when it is not installed.
     public static func executablePath() -> String? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") + ["/usr/bin"] {
-            let candidate = "\(directory)/dpdk-testpmd"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
-        return nil
+        BackendLaunch.executable(named: "dpdk-testpmd", fallbacks: ["/usr/bin"])
     }
 
     private static let instances = Atomic<Int>(0)
@@ -80,7 +75,6 @@ public final class TestpmdProcess: @unchecked Sendable {
             throw .unsupported("dpdk-testpmd is not installed (apt-get install dpdk-dev)")
         }
         let prefix = "irqfd-\(getpid())-\(instances.wrappingAdd(1, ordering: .relaxed).oldValue)"
-        unlink(socketPath)
         // A socket pair, not a pipe: socketpair(2) takes SOCK_CLOEXEC, so no
         // other child spawned meanwhile can inherit the write end (pipe2(2),
         // which would do the same, is not in Glibc's Swift module). testpmd
@@ -95,49 +89,26 @@ public final class TestpmdProcess: @unchecked Sendable {
         guard let log = FileHandle(forWritingAtPath: logPath) else {
             throw .unsupported("cannot write testpmd's log at \(logPath)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments(socketPath: socketPath, queuePairs: queuePairs, filePrefix: prefix)
-        process.standardInput = readEnd
-        process.standardOutput = log
-        process.standardError = log
-        // As for the block backends (VhostUserBackendProcess.start): the
-        // spawning thread may block SIGTERM, and the child would inherit that.
-        var terminate = sigset_t()
-        var mask = sigset_t()
-        sigemptyset(&terminate)
-        sigaddset(&terminate, SIGTERM)
-        sigaddset(&terminate, SIGINT)
-        pthread_sigmask(SIG_UNBLOCK, &terminate, &mask)
-        defer { pthread_sigmask(SIG_SETMASK, &mask, nil) }
-        do { try process.run() } catch {
-            let code = Int32(truncatingIfNeeded: (error as NSError).code)
-            throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: code == 0 ? ENOENT : code))
-        }
+        let process = try BackendLaunch.spawn(
+            executable, arguments: arguments(socketPath: socketPath, queuePairs: queuePairs, filePrefix: prefix),
+            socketPath: socketPath, input: readEnd, output: log, error: log)
         // Only the child keeps the read end.
         try? readEnd.close()
         try? log.close()
         let testpmd = TestpmdProcess(
             socketPath: socketPath, queuePairs: queuePairs, logPath: logPath, filePrefix: prefix, process: process,
             input: writeEnd)
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            var info = stat()
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK,
-                VhostUserBackendProcess.isListening(socketPath)
-            {
-                return testpmd
-            }
-            guard process.isRunning else {
-                let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.suffix(400) ?? ""
-                let status = process.terminationStatus
-                throw .unsupported("dpdk-testpmd exited with status \(status) before listening: \(tail)")
-            }
-            guard ContinuousClock.now < deadline else {
-                testpmd.stop()
-                throw .unsupported("dpdk-testpmd did not listen on \(socketPath) within \(timeout)")
-            }
-            usleep(10_000)
+        let ready = { (path: String) in VhostUserBackendProcess.isListening(path) }
+        switch BackendLaunch.waitForSocket(socketPath, of: process, timeout: timeout, ready: ready) {
+        case .ready:
+            return testpmd
+        case .exited:
+            let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.suffix(400) ?? ""
+            let status = process.terminationStatus
+            throw .unsupported("dpdk-testpmd exited with status \(status) before listening: \(tail)")
+        case .timedOut:
+            testpmd.stop()
+            throw .unsupported("dpdk-testpmd did not listen on \(socketPath) within \(timeout)")
         }
     }
 
@@ -156,10 +127,7 @@ public final class TestpmdProcess: @unchecked Sendable {
     /// Kills testpmd with SIGKILL, as a crash would end it; waits for the exit
     /// and removes the socket and DPDK's run-time files. Idempotent.
     public func kill() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        BackendLaunch.kill(process)
         cleanUp()
     }
 
@@ -168,15 +136,8 @@ public final class TestpmdProcess: @unchecked Sendable {
     /// and DPDK's run-time files. Idempotent.
     public func stop() {
         endInput()
-        if process.isRunning {
-            var deadline = ContinuousClock.now + .seconds(2)
-            while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { Glibc.kill(process.processIdentifier, SIGTERM) }
-            deadline = ContinuousClock.now + .seconds(5)
-            while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
-        }
+        BackendLaunch.awaitExit(of: process, upTo: .seconds(2))
+        BackendLaunch.terminate(process)
         cleanUp()
     }
 

@@ -46,41 +46,18 @@ public final class VirtiofsdProcess: @unchecked Sendable {
         guard let executable = installedPath() else {
             throw .unsupported("virtiofsd is not installed at \(defaultPath) (Debian's qemu-system-common)")
         }
-        unlink(socketPath)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--socket-path=\(socketPath)", "-o", "source=\(sharedDirectory)", "-o", "sandbox=chroot"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = log ?? FileHandle.nullDevice
-        // As for the block back-ends: the spawning thread may block SIGTERM,
-        // and the child would inherit the mask and ignore stop()'s SIGTERM.
-        var terminate = sigset_t()
-        var mask = sigset_t()
-        sigemptyset(&terminate)
-        sigaddset(&terminate, SIGTERM)
-        sigaddset(&terminate, SIGINT)
-        pthread_sigmask(SIG_UNBLOCK, &terminate, &mask)
-        defer { pthread_sigmask(SIG_SETMASK, &mask, nil) }
-        do { try process.run() } catch {
-            let code = Int32(truncatingIfNeeded: (error as NSError).code)
-            throw .systemCall(call: "posix_spawn(\(executable))", errno: .init(rawValue: code == 0 ? ENOENT : code))
-        }
+        let process = try BackendLaunch.spawn(
+            executable,
+            arguments: ["--socket-path=\(socketPath)", "-o", "source=\(sharedDirectory)", "-o", "sandbox=chroot"],
+            socketPath: socketPath, error: log ?? .nullDevice)
         let backend = VirtiofsdProcess(socketPath: socketPath, sharedDirectory: sharedDirectory, process: process)
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            var info = stat()
-            if stat(socketPath, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, isServing(socketPath) {
-                return backend
-            }
-            guard process.isRunning else {
-                throw .unsupported(
-                    "virtiofsd exited with status \(process.terminationStatus) before its socket appeared")
-            }
-            guard ContinuousClock.now < deadline else {
-                throw .unsupported("virtiofsd did not create \(socketPath) within \(timeout)")
-            }
-            usleep(10_000)
+        switch BackendLaunch.waitForSocket(socketPath, of: process, timeout: timeout, ready: isServing) {
+        case .ready:
+            return backend
+        case .exited:
+            throw .unsupported("virtiofsd exited with status \(process.terminationStatus) before its socket appeared")
+        case .timedOut:
+            throw .unsupported("virtiofsd did not create \(socketPath) within \(timeout)")
         }
     }
 
@@ -96,17 +73,8 @@ public final class VirtiofsdProcess: @unchecked Sendable {
     /// before listen(2), and a connect then is refused. Without /proc, the
     /// file has to do.
     package static func isServing(_ path: String) -> Bool {
-        // Read to the end: Foundation's String(contentsOfFile:) stops after the
-        // first read of a /proc file (about 4 KiB), and a busy system lists more.
-        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return true }
-        defer { try? file.close() }
-        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
-        for line in table.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { continue }
-            if flags & 0x10000 != 0 || fields[5] == "03" { return true }
-        }
-        return false
+        guard let sockets = BackendLaunch.unixSockets(boundTo: path) else { return true }
+        return sockets.contains { $0.flags & 0x10000 != 0 || $0.state == "03" }
     }
 
     /// Whether the process is still running.
@@ -120,22 +88,13 @@ public final class VirtiofsdProcess: @unchecked Sendable {
 
     /// SIGKILL, as a crash would end it; waits for the exit and removes the socket. Idempotent.
     public func kill() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        BackendLaunch.kill(process)
         removeSocket()
     }
 
     /// SIGTERM, SIGKILL if it is still there after 5 s; removes the socket. Idempotent.
     public func stop() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGTERM)
-            let deadline = ContinuousClock.now + .seconds(5)
-            while process.isRunning, ContinuousClock.now < deadline { usleep(5_000) }
-            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
-        }
+        BackendLaunch.terminate(process)
         removeSocket()
     }
 

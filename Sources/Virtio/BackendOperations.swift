@@ -15,6 +15,8 @@ enum BackendOperation: Sendable {
     case reconnect
     /// A queue's vector changed while it runs: SET_VRING_CALL with the new call fd.
     case setCall(queue: Int)
+    /// A queue the VMM serves itself was notified: serve its requests (which may message the backend).
+    case serve(queue: Int)
 }
 
 /// The device's worker: one operation at a time, in the order the guest
@@ -39,6 +41,7 @@ extension VirtioPCIDevice {
         case .reset: performReset(epoch: epoch)
         case .reconnect: reconnectIfClosed(epoch: epoch, failureNeedsReset: false)
         case .setCall(let q): performSetCall(q, epoch: epoch)
+        case .serve(let q): performServe(q, epoch: epoch)
         }
     }
 
@@ -59,7 +62,7 @@ extension VirtioPCIDevice {
     }
 
     /// A message that failed because the deadline shut the socket down failed on the deadline.
-    private static func timedOut(_ error: VhostUserError, deadline: ContinuousClock.Instant) -> VhostUserError {
+    static func timedOut(_ error: VhostUserError, deadline: ContinuousClock.Instant) -> VhostUserError {
         guard ContinuousClock.now >= deadline else { return error }
         switch error {
         case .disconnected(let request?): return .timeout(request)
@@ -284,6 +287,42 @@ extension VirtioPCIDevice {
             }
             if closed { retireEventsIfHandedOut() }
         }
+    }
+
+    /// Serves queue `q`'s requests (a queue the VMM serves) without the
+    /// device lock: the pass works on a copy of the device state taken under
+    /// it, and what the pass changed (the queue's next available index, the
+    /// refused chains) is recorded under it again. The backend messages a
+    /// request sends run under one deadline; a failure sets DEVICE_NEEDS_RESET
+    /// (unless a reset came meanwhile).
+    func performServe(_ q: Int, epoch: Int) {
+        guard
+            var pass = state.withLock({ s -> DeviceState? in
+                guard s.epoch == epoch, s.queues.indices.contains(q), s.queues[q].running,
+                    s.status & Status.needsReset == 0
+                else { return nil }
+                return s
+            })
+        else { return }
+        let refusedBefore = pass.counters.badServedRequests
+        let frontend = pass.session.frontend
+        var failure: VhostUserError?
+        do throws(VhostUserError) {
+            try withDeadline(frontend) { () throws(VhostUserError) in
+                if let error = serve(q, &pass) { throw error }
+            }
+        } catch {
+            failure = error
+        }
+        let closed = failure != nil && !frontend.isConnected
+        state.withLock { s in
+            guard s.epoch == epoch else { return }
+            s.queues[q].nextAvailable = pass.queues[q].nextAvailable
+            s.counters.badServedRequests += pass.counters.badServedRequests - refusedBefore
+            guard let failure, s.status & Status.needsReset == 0 else { return }
+            backendFailed(failure, closed: closed, &s)
+        }
+        if closed { retireEventsIfHandedOut() }
     }
 }
 #endif

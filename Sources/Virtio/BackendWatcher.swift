@@ -30,7 +30,8 @@ protocol BackendWatcherClient: AnyObject, Sendable {
 /// a new file. ``watch(socket:connection:)`` hands over a new copy and only
 /// the thread closes the old, between two waits.
 final class CallPoller: Sendable {
-    private let calls: [EventFD]
+    /// With `.userspace` delivery, the call eventfds waited on (nil: none).
+    private let calls: ConnectionScopedCalls?
     private let epoll: Epoll
     private let stopEvent: EventFD
     /// Signalled when the watched socket or the deadline changes.
@@ -51,13 +52,20 @@ final class CallPoller: Sendable {
     private let watched = Mutex(Watch())
     /// The thread's pthread_self(), once it runs (``stop()`` must not wait for itself).
     private let thread = Mutex<pthread_t?>(nil)
+    /// The device the thread reports to, held weakly (the device's deinit stops the thread).
+    private let client = Mutex(WeakClient())
+    private struct WeakClient: @unchecked Sendable {
+        // @unchecked: a weak reference to a Sendable class, read and written under `client`'s lock only.
+        weak var device: (any BackendWatcherClient)?
+    }
 
     private static let stopToken: UInt64 = 0
     private static let wakeToken: UInt64 = 1
     private static let socketToken: UInt64 = 2
     private static let firstCallToken: UInt64 = 3
 
-    init(calls: [EventFD]) throws(IrqFdError) {
+    /// A watcher that also waits on `calls` (their current generation, whichever it is).
+    init(calls: ConnectionScopedCalls?) throws(IrqFdError) {
         self.calls = calls
         stopEvent = try EventFD()
         wake = try EventFD()
@@ -66,9 +74,7 @@ final class CallPoller: Sendable {
             epoll = try Epoll()
             try epoll.add(stopEvent.fileDescriptor, token: Self.stopToken)
             try epoll.add(wake.fileDescriptor, token: Self.wakeToken)
-            for (q, call) in calls.enumerated() {
-                try epoll.add(call.fileDescriptor, token: Self.firstCallToken + UInt64(q))
-            }
+            try calls?.watch(in: epoll, firstToken: Self.firstCallToken)
         } catch {
             throw .systemCall(error)
         }
@@ -129,24 +135,28 @@ final class CallPoller: Sendable {
     /// Operation deadlines that passed.
     var expiredDeadlines: Int { watched.withLock { $0.expired } }
 
-    /// The thread holds the device weakly: the device's deinit stops it.
-    /// `name` names the thread.
+    /// Starts the thread (`name` names it). It enforces deadlines at once,
+    /// before there is a device to report to: the device's first connection
+    /// runs under one (``report(to:)`` names the device once it exists).
     /// Once ``stop()`` has returned it may start again (a device thawed
     /// after a hand-off that failed): the thread then watches nothing until
     /// ``watch(socket:connection:)``.
-    func start(device: any BackendWatcherClient, name: String) {
+    func start(name: String) {
         // The previous thread, if any, ended: its stop request and end are not this one's.
         _ = stopEvent.consume()
         _ = done.consume()
-        let thread = Thread { [self, weak device] in
+        let thread = Thread { [self] in
             self.thread.withLock { $0 = pthread_self() }
-            run(device: { device })
+            run(device: { client.withLock { $0.device } })
             done.signal()
         }
         thread.name = "\(name) backend"
         thread.stackSize = 1 << 20
         thread.start()
     }
+
+    /// From now on the thread reports hang-ups and completions to `device` (held weakly).
+    func report(to device: any BackendWatcherClient) { client.withLock { $0.device = device } }
 
     private func run(device: () -> (any BackendWatcherClient)?) {
         var registered: FileDescriptor?
@@ -198,9 +208,8 @@ final class CallPoller: Sendable {
                     }
                     device()?.backendHungUp(connection: socket.connection)
                 default:
-                    let q = Int(event.token - Self.firstCallToken)
-                    let count = calls[q].consume()
-                    guard count != 0 else { continue }
+                    // A retired generation's report is dropped: that call fd reaches nobody.
+                    guard let (q, count) = calls?.consume(token: event.token), count != 0 else { continue }
                     // One interrupt per wake-up: signals coalesce, as in the kernel's irqfd.
                     device()?.callMonitor.observe(queue: q, signals: count)
                     device()?.completed(queue: q)

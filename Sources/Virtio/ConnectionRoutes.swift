@@ -1,6 +1,8 @@
 #if os(Linux)
 import IrqFdCore
+import IrqFdLinux
 import Synchronization
+import SystemPackage
 
 /// The device's MSI-X partition: the VM's (or the relay's) partition, with
 /// routes whose event can be replaced, so that only the current backend
@@ -182,5 +184,108 @@ final class ForwardingEvent: Event {
     func tryWait() -> Bool { current.tryWait() }
     func wait(timeout: Duration) -> Bool { current.wait(timeout: timeout) }
     var nativeHandle: NativeEventHandle { current.nativeHandle }
+}
+
+/// The call eventfds the device owns, scoped to one backend connection as
+/// ``ConnectionScopedPartition``'s route events are: with `.userspace`
+/// delivery the device's watcher waits on them and injects each completion
+/// itself; in every mode a queue with no vector gets one (nobody waits on
+/// it: NO_VECTOR means no interrupt).
+///
+/// A backend keeps every call fd it was sent, so, as with the route events,
+/// the only way to take one back is to stop waiting on it: ``retire()``
+/// gives every queue a fresh eventfd, registered with the watcher's epoll
+/// under a token of the new generation, and removes the old ones from it
+/// (EPOLL_CTL_DEL: the kernel keeps a registration as long as any process
+/// holds the file, so closing our descriptor would not end it). A report
+/// of the old generation already taken from epoll is dropped by
+/// ``consume(token:)``; both run under one lock, so after ``retire()``
+/// returns no signal of an old eventfd is consumed any more.
+final class ConnectionScopedCalls: Sendable {
+    private struct State {
+        var events: [EventFD]
+        /// The previous generation, kept open until the next retirement: a
+        /// start under way on the worker may still be sending one of them
+        /// (SCM_RIGHTS borrows the descriptor until sendmsg(2) returns).
+        var previous: [EventFD] = []
+        var generation: UInt64 = 0
+        /// The epoll instance waiting on `events`, and the token of queue 0.
+        var waiter: (epoll: Epoll, firstToken: UInt64)?
+    }
+    private let state: Mutex<State>
+
+    /// The generation's place in a token: queue q of generation g is `firstToken + g << 16 + q`.
+    private static var generationShift: UInt64 { 16 }
+
+    /// One eventfd per queue.
+    init(queues: Int) throws(IrqFdError) {
+        state = Mutex(State(events: try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }))
+    }
+
+    /// Over `events`, one per queue: a predecessor VMM's, which the backend holds as call fds.
+    init(adopting events: [EventFD]) { state = Mutex(State(events: events)) }
+
+    /// Queue `q`'s current eventfd.
+    func event(queue q: Int) -> EventFD { state.withLock { $0.events[q] } }
+
+    /// The current eventfds, one per queue. (The previous generation's are
+    /// closed at the next retirement, or when this object goes.)
+    var descriptors: [FileDescriptor] { state.withLock { $0.events.map(\.fileDescriptor) } }
+
+    /// Registers the current eventfds with `epoll` (and every later generation, as it is made).
+    func watch(in epoll: Epoll, firstToken: UInt64) throws(SystemCallError) {
+        try state.withLock { (s: inout State) throws(SystemCallError) in
+            for (q, event) in s.events.enumerated() {
+                try epoll.add(event.fileDescriptor, token: Self.token(firstToken, s.generation, q))
+            }
+            s.waiter = (epoll, firstToken)
+        }
+    }
+
+    private static func token(_ first: UInt64, _ generation: UInt64, _ q: Int) -> UInt64 {
+        first + (generation << generationShift) + UInt64(q)
+    }
+
+    /// The epoll report `token`: the queue and the count its eventfd held
+    /// (consumed), or nil when the token is not one of the current generation's.
+    func consume(token: UInt64) -> (queue: Int, count: UInt64)? {
+        state.withLock { s in
+            guard let waiter = s.waiter, token >= waiter.firstToken else { return nil }
+            let relative = token - waiter.firstToken
+            let q = Int(relative & ((1 << Self.generationShift) - 1))
+            guard relative >> Self.generationShift == s.generation, s.events.indices.contains(q) else { return nil }
+            return (q, s.events[q].consume())
+        }
+    }
+
+    /// Gives every queue a fresh eventfd and stops waiting on the old ones
+    /// (see the type's comment). Returns, by queue, the count each old one
+    /// still held: signals from while its connection served the queue, which
+    /// the caller delivers as the kernel's irqfd would have at once. On a
+    /// failure (no descriptor left) the old ones stay.
+    func retire() throws(IrqFdError) -> [UInt64] {
+        try state.withLock { (s: inout State) throws(IrqFdError) -> [UInt64] in
+            let fresh = try s.events.indices.map { _ throws(IrqFdError) in try EventFD() }
+            // A generation has the 48 bits of a token above the queue's 16.
+            let generation = (s.generation &+ 1) & ((1 << (64 - Self.generationShift)) - 1)
+            if let waiter = s.waiter {
+                do throws(SystemCallError) {
+                    for (q, event) in fresh.enumerated() {
+                        try waiter.epoll.add(
+                            event.fileDescriptor, token: Self.token(waiter.firstToken, generation, q))
+                    }
+                } catch {
+                    for event in fresh { try? waiter.epoll.remove(event.fileDescriptor) }
+                    throw .systemCall(error)
+                }
+                for event in s.events { try? waiter.epoll.remove(event.fileDescriptor) }
+            }
+            let held = s.events.map { $0.consume() }
+            s.previous = s.events
+            s.events = fresh
+            s.generation = generation
+            return held
+        }
+    }
 }
 #endif

@@ -77,11 +77,18 @@ extension VirtioPCIDevice where DeviceType: Codable {
             handOff.withLock { $0 = .running }
             return error
         }
-        // The operation under way sends its messages and records its outcome before the state is read.
-        guard pending.wait(timeout: .now() + .nanoseconds(Int(Self.nanoseconds(timeout)))) == .success else {
+        // The operation under way sends its messages and records its outcome
+        // before the state is read; then the VMM-served queues stop, and what
+        // they queued (a request served on the worker) finishes too. The
+        // watcher stops last: it enforces the operations' deadlines.
+        let deadline = DispatchTime.now() + .nanoseconds(Int(Self.nanoseconds(timeout)))
+        guard pending.wait(timeout: deadline) == .success else {
             throw fail(.busy("a backend operation is still under way after \(timeout)"), restart: false)
         }
         vmmQueues?.stop()
+        guard pending.wait(timeout: deadline) == .success else {
+            throw fail(.busy("a served request is still under way after \(timeout)"), restart: true)
+        }
         watcher.stop()
         if state.withLock({ $0.operations > 0 || $0.resetting }) {
             throw fail(.busy("a backend operation was queued meanwhile"), restart: true)
@@ -116,7 +123,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
             transport: transport, msix: msix, routedVectors: routedVectors, session: session)
         let descriptors =
             (session.connected ? [socket].compactMap { $0 } : []) + kicks.map(\.fileDescriptor)
-            + ownCalls.map(\.fileDescriptor) + vectorDescriptors
+            + calls.descriptors + vectorDescriptors
         handOff.withLock { $0 = .frozen(disarmed: disarmed) }
         return VirtioDeviceFreeze(state: frozen, descriptors: descriptors)
     }
@@ -190,7 +197,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let queueCount = saved.transport.queues.count
         let kicks = rest.prefix(queueCount).map { EventFD(adopting: $0) }
         rest = rest.dropFirst(queueCount)
-        let ownCalls = rest.prefix(queueCount).map { EventFD(adopting: $0) }
+        let calls = ConnectionScopedCalls(adopting: rest.prefix(queueCount).map { EventFD(adopting: $0) })
         rest = rest.dropFirst(queueCount)
         let vectorEvents = rest.map { EventFD(adopting: $0) }
 
@@ -239,7 +246,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let watcher: CallPoller
         let vmmQueues: VMMQueuePoller?
         do throws(IrqFdError) {
-            watcher = try CallPoller(calls: delivery == .userspace ? ownCalls : [])
+            watcher = try CallPoller(calls: delivery == .userspace ? calls : nil)
             let served = (0..<queueCount).filter { deviceType.isServedByVMM(queue: $0) }
             vmmQueues = served.isEmpty ? nil : try VMMQueuePoller(queues: served, kicks: kicks)
         } catch {
@@ -255,7 +262,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let device = VirtioPCIDevice(
             resumed: ResumedParts(
                 deviceType: deviceType, memory: host.guestMemory, doorbells: doorbells, delivery: delivery,
-                emulator: emulator, relay: relay, routes: routes, kicks: kicks, ownCalls: ownCalls,
+                emulator: emulator, relay: relay, routes: routes, kicks: kicks, calls: calls,
                 socketPath: saved.session.socketPath, backendFeatures: saved.backendFeatures,
                 deviceConfiguration: saved.deviceConfiguration, offeredFeatures: saved.offeredFeatures,
                 state: deviceState(saved, session: session, pci: pci, bound: Set(bound)), watcher: watcher,
@@ -305,7 +312,7 @@ extension VirtioPCIDevice {
         var relay: RelayIrqFd?
         var routes: ConnectionScopedPartition?
         var kicks: [EventFD]
-        var ownCalls: [EventFD]
+        var calls: ConnectionScopedCalls
         var socketPath: String
         var backendFeatures: UInt64
         var deviceConfiguration: [UInt8]
@@ -319,7 +326,8 @@ extension VirtioPCIDevice {
     /// watcher on the current connection's socket, the VMM-served queues,
     /// each of which then serves what was published while it did not run.
     func startThreads() {
-        watcher.start(device: self, name: deviceType.name)
+        watcher.start(name: deviceType.name)
+        watcher.report(to: self)
         state.withLock { s in
             let frontend = s.session.frontend
             watcher.watch(socket: frontend.isConnected ? frontend.socket : nil, connection: s.session.connection)

@@ -15,7 +15,7 @@ extension VirtioPCIDevice {
     /// The call fd queue `q` hands the backend for vector `vector` (borrowed:
     /// the emulator's route event, or the device's own eventfd).
     func callFD(queue q: Int, vector: UInt16) -> FileDescriptor? {
-        if vector == Self.noVector || delivery == .userspace { return ownCalls[q].fileDescriptor }
+        if vector == Self.noVector || delivery == .userspace { return calls.event(queue: q).fileDescriptor }
         guard let event = try? emulator.event(for: Int(vector)) else { return nil }
         return FileDescriptor(rawValue: Int32(truncatingIfNeeded: event.nativeHandle.rawValue))
     }
@@ -54,7 +54,9 @@ extension VirtioPCIDevice {
 
     /// The backend connection that was sent the call fds stops serving the
     /// queues (a reset stopped them, or the connection is gone): their events
-    /// are retired (``ConnectionScopedPartition``), so whatever it signals
+    /// are retired (the route events, ``ConnectionScopedPartition``, and the
+    /// device's own call eventfds, ``ConnectionScopedCalls``, which
+    /// `.userspace` delivery waits on), so whatever it signals
     /// from now on reaches no guest. Outside the device lock: retiring makes
     /// routes, so a vCPU's access does not wait for it.
     func retireEventsIfHandedOut() {
@@ -62,8 +64,17 @@ extension VirtioPCIDevice {
             defer { s.callsHandedOut = false }
             return s.callsHandedOut
         }
-        guard handedOut, let error = routes?.retireEvents() else { return }
-        state.withLock { $0.log.logger.warning("\(deviceType.name): a route event could not be retired: \(error)") }
+        guard handedOut else { return }
+        var failure = routes?.retireEvents()
+        do throws(IrqFdError) {
+            let held = try calls.retire()
+            // Signalled while the connection still served the queue: delivered, as an irqfd would have at once.
+            for (q, count) in held.enumerated() where count != 0 && delivery == .userspace { completed(queue: q) }
+        } catch {
+            failure = failure ?? error
+        }
+        guard let failure else { return }
+        state.withLock { $0.log.logger.warning("\(deviceType.name): a call event could not be retired: \(failure)") }
     }
 
     func writeStatus(_ value: UInt8, _ s: inout DeviceState) {

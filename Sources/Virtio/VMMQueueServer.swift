@@ -15,8 +15,8 @@ protocol VMMQueueClient: AnyObject, Sendable {
 /// The thread that waits on the kicks of the queues a device type serves in
 /// the VMM (``VirtioDeviceType/isServedByVMM(queue:)``): their doorbells are
 /// KVM_IOEVENTFD bindings like every queue's, so a notify costs the vCPU no
-/// exit, and the request is served here, off the vCPU thread (a request may
-/// wait on the backend: virtio-net's VQ_PAIRS_SET sends SET_VRING_ENABLE).
+/// exit, and the request is served off the vCPU thread, on the device's worker
+/// (a request may wait on the backend: virtio-net's VQ_PAIRS_SET sends SET_VRING_ENABLE).
 final class VMMQueuePoller: Sendable {
     private let queues: [Int]
     private let kicks: [EventFD]
@@ -124,19 +124,32 @@ extension VirtioPCIDevice: VMMQueueClient {
             }
             return served
         }
-        for q in served { serveVMMQueue(q) }
+        // On the worker already: served here, before any later operation.
+        for q in served { performServe(q, epoch: epoch) }
     }
 
+    /// Queue `q`'s doorbell rang: its requests are served on the worker, like
+    /// every operation that may wait on the backend (VQ_PAIRS_SET sends
+    /// SET_VRING_ENABLE), never under the device lock, so a vCPU's access (an
+    /// MSI-X PBA read, a register) does not wait for the backend. The thread
+    /// waits until they are served: notifies meanwhile coalesce in the kick
+    /// eventfd, and at most one pass is queued.
     func serveVMMQueue(_ q: Int) {
-        state.withLock { s in
-            guard s.queues.indices.contains(q), s.queues[q].running, s.status & Status.needsReset == 0 else { return }
-            serve(q, &s)
+        let queued = state.withLock { s -> Bool in
+            guard s.queues.indices.contains(q), s.queues[q].running, s.status & Status.needsReset == 0 else {
+                return false
+            }
+            enqueue(.serve(queue: q), &s)
+            return true
         }
+        if queued { worker.sync {} }
     }
 
     /// Serves every request published on queue `q` since the last pass, at
-    /// most one ring's worth (a driver cannot keep the thread here).
-    private func serve(_ q: Int, _ s: inout DeviceState) {
+    /// most one ring's worth (a driver cannot keep the thread here), in `s`:
+    /// a copy of the device state taken for the pass (``performServe(_:epoch:)``
+    /// records what changed). Returns the first backend failure.
+    func serve(_ q: Int, _ s: inout DeviceState) -> VhostUserError? {
         let queue = s.queues[q]
         let ram = GuestRAM(memory)
         let n = queue.size
@@ -185,7 +198,7 @@ extension VirtioPCIDevice: VMMQueueClient {
         if usedAfter != usedBefore, wantsInterrupt(queue, old: usedBefore, new: usedAfter, eventIndex, ram) {
             signalCall(queue: q, vector: queue.vector)
         }
-        if let failure { backendFailed(failure, closed: !s.session.frontend.isConnected, &s) }
+        return failure
     }
 
     /// Whether the driver asked for an interrupt (section 2.7.10): used_event
@@ -205,7 +218,7 @@ extension VirtioPCIDevice: VMMQueueClient {
     private func signalCall(queue q: Int, vector: UInt16) {
         guard vector != Self.noVector else { return }
         if delivery == .userspace {
-            ownCalls[q].signal()
+            calls.event(queue: q).signal()
         } else if let event = try? emulator.event(for: Int(vector)) {
             event.signal()
         }

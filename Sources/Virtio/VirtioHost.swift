@@ -64,7 +64,7 @@ public protocol Doorbells: Sendable {
 /// routing of its BARs, MSI-X interrupts, guest RAM, and doorbells.
 ///
 /// A device keeps ``guestMemory``, ``doorbells`` and what
-/// ``MsiInterruptHost`` gives it, never the host itself: a VMM holds its
+/// `MsiInterruptHost` (PCI) gives it, never the host itself: a VMM holds its
 /// devices, and holding it back would be a cycle.
 public protocol VirtioHost: PCIHost, MsiInterruptHost {
     /// Guest RAM.

@@ -117,8 +117,9 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     let backendFeatures: UInt64
     let kicks: [EventFD]
     /// Call fds for `.userspace` delivery (a VMM thread waits on them) and for
-    /// queues with no vector (nobody waits: NO_VECTOR means no interrupt).
-    let ownCalls: [EventFD]
+    /// queues with no vector (nobody waits: NO_VECTOR means no interrupt),
+    /// retired with the route events when a connection stops serving the queues.
+    let calls: ConnectionScopedCalls
     let watcher: CallPoller
     /// Waits on the kicks of the queues the VMM serves (nil: the backend serves every queue).
     let vmmQueues: VMMQueuePoller?
@@ -197,9 +198,15 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
 
     /// Connects to the vhost-user backend at `socketPath`, negotiates as
     /// `deviceType` says, and makes the device (not yet plugged in: see
-    /// ``attach(to:deviceType:socketPath:delivery:)``).
+    /// ``attach(to:deviceType:socketPath:delivery:connectTimeout:)``).
+    ///
+    /// The connection and its negotiation run under one deadline,
+    /// `connectTimeout` (5 s, like every backend operation, unless given),
+    /// however many messages they take: a backend that answers slowly makes
+    /// this fail with a timeout when it passes, not after a deadline per message.
     public init(
-        host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd
+        host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd,
+        connectTimeout: Duration = .seconds(5)
     ) throws(VirtioError) {
         let queues = deviceType.queueCount
         guard queues >= 1, queues <= Self.notifySlots else {
@@ -220,14 +227,29 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         }
         do {
             kicks = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
-            ownCalls = try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }
+            calls = try ConnectionScopedCalls(queues: queues)
         } catch { throw .irqfd(error) }
 
         self.socketPath = socketPath
         worker = DispatchQueue(label: "\(deviceType.name) worker")
+        // Always a watcher: it watches the backend socket for a hang-up (an
+        // idle device notices a dead backend), enforces each operation's
+        // deadline, the first connection's included, and with `.userspace`
+        // delivery it also waits on the call fds.
+        let poller: CallPoller
+        do { poller = try CallPoller(calls: delivery == .userspace ? calls : nil) } catch { throw .irqfd(error) }
+        poller.start(name: deviceType.name)
         let negotiated: VhostUserSession.Negotiated
-        do { negotiated = try VhostUserSession.connect(socketPath: socketPath, deviceType: deviceType) } catch {
-            throw .backend(error)
+        let deadline = ContinuousClock.now + connectTimeout
+        do {
+            negotiated = try VhostUserSession.connect(
+                socketPath: socketPath, deviceType: deviceType, timeout: connectTimeout
+            ) { poller.arm(deadline: deadline, socket: $0.socket) }
+            poller.disarm()
+        } catch {
+            poller.disarm()
+            poller.stop()
+            throw .backend(Self.timedOut(error, deadline: deadline))
         }
         backendFeatures = negotiated.features
         deviceConfiguration = negotiated.configuration
@@ -238,19 +260,14 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
                 log: FailureLog(device: deviceType.name),
                 queues: Array(repeating: Queue(), count: queues),
                 pci: Self.configurationSpace(deviceType, configurationSize: negotiated.configuration.count)))
-        // Always a watcher: it watches the backend socket for a hang-up (an
-        // idle device notices a dead backend), and with `.userspace` delivery
-        // it also waits on the call fds.
-        do { watcher = try CallPoller(calls: delivery == .userspace ? ownCalls : []) } catch {
-            negotiated.frontend.close()
-            throw .irqfd(error)
-        }
+        watcher = poller
         let served = (0..<queues).filter { deviceType.isServedByVMM(queue: $0) }
         do { vmmQueues = served.isEmpty ? nil : try VMMQueuePoller(queues: served, kicks: kicks) } catch {
             negotiated.frontend.close()
+            poller.stop()
             throw .irqfd(error)
         }
-        watcher.start(device: self, name: deviceType.name)
+        watcher.report(to: self)
         watcher.watch(socket: negotiated.frontend.socket, connection: 0)
         vmmQueues?.start(device: self, name: deviceType.name)
     }
@@ -265,7 +282,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         doorbells = parts.doorbells
         delivery = parts.delivery
         (emulator, relay, routes) = (parts.emulator, parts.relay, parts.routes)
-        (kicks, ownCalls) = (parts.kicks, parts.ownCalls)
+        (kicks, calls) = (parts.kicks, parts.calls)
         socketPath = parts.socketPath
         worker = DispatchQueue(label: "\(parts.deviceType.name) worker")
         backendFeatures = parts.backendFeatures
@@ -313,12 +330,16 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     }
 
     /// Makes a device of `deviceType` and plugs it into `host` at 00:02.0
-    /// (BAR1 and BAR4 routed to it).
+    /// (BAR1 and BAR4 routed to it); `connectTimeout` bounds the first
+    /// connection as in ``init(host:deviceType:socketPath:delivery:connectTimeout:)``.
     @discardableResult
     public static func attach(
-        to host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd
+        to host: any VirtioHost, deviceType: DeviceType, socketPath: String, delivery: InterruptDelivery = .irqfd,
+        connectTimeout: Duration = .seconds(5)
     ) throws(VirtioError) -> VirtioPCIDevice {
-        let device = try VirtioPCIDevice(host: host, deviceType: deviceType, socketPath: socketPath, delivery: delivery)
+        let device = try VirtioPCIDevice(
+            host: host, deviceType: deviceType, socketPath: socketPath, delivery: delivery,
+            connectTimeout: connectTimeout)
         host.plug(device, device: slot)
         return device
     }
@@ -373,7 +394,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
     /// The eventfds this device owns (each queue's kick, and the call fd it
     /// keeps for NO_VECTOR and `.userspace`), closed in its deinit: a test
     /// checks that these very descriptors are closed after release.
-    public var ownedDescriptors: [FileDescriptor] { (kicks + ownCalls).map(\.fileDescriptor) }
+    public var ownedDescriptors: [FileDescriptor] { kicks.map(\.fileDescriptor) + calls.descriptors }
 
     /// Writes device_status from the host as a guest write would do, then
     /// waits until the backend operations it started are done (a reset has

@@ -78,6 +78,8 @@ struct Run: ParsableCommand {
             FileHandle.standardError.write(Data("irqfd run: \(error.message)\n".utf8))
             throw ExitCode(1)
         }
+        // The timeout counts from here: a backend's handshake is part of the run.
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         do {
             let vm = try TinyVM(.init(cpus: cpus, echoConsole: true))
             try vm.load(bytes)
@@ -101,8 +103,17 @@ struct Run: ParsableCommand {
             }
             if let socket = vhostUserBlk ?? backend?.socketPath {
                 do {
-                    blk = try VirtioBlkDevice.attach(to: vm, socketPath: socket, queues: queues, delivery: delivery)
+                    // The connection's one deadline: its usual 5 s, or what is left of the run.
+                    let connectTimeout = min(.seconds(5), max(.zero, deadline - .now))
+                    blk = try VirtioBlkDevice.attach(
+                        to: vm, deviceType: try VirtioBlk(queues: queues), socketPath: socket, delivery: delivery,
+                        connectTimeout: connectTimeout)
                 } catch {
+                    guard ContinuousClock.now < deadline else {
+                        FileHandle.standardError.write(
+                            Data("irqfd run: timed out after \(timeout) s connecting to \(socket): \(error)\n".utf8))
+                        throw ExitCode(124)
+                    }
                     FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
                     throw ExitCode(1)
                 }
@@ -118,7 +129,7 @@ struct Run: ParsableCommand {
             }
             let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery)
             defer { fs?.close() }
-            let outcome = vm.run(timeout: .milliseconds(Int(timeout * 1000)))
+            let outcome = vm.run(timeout: max(.zero, deadline - .now))
             if case .exited = outcome {
             } else {
                 FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))

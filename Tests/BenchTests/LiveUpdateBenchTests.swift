@@ -24,13 +24,9 @@ import Testing
             #expect(t.met != nil, "\(t.name)")
             #expect(report.targets.contains(t))
         }
-        let data = try report.jsonData()
-        #expect(try BenchReport.decode(data) == report)
-        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        let section = try #require(object["live_update"] as? [String: Any])
-        for key in ["rounds", "pause", "hand_off", "floor_pause", "floor_hand_off", "pause_ratio", "lost", "targets"] {
-            #expect(section[key] != nil, "live_update.\(key)")
-        }
+        _ = try checkedSection(
+            "live_update", of: report,
+            keys: ["rounds", "pause", "hand_off", "floor_pause", "floor_hand_off", "pause_ratio", "lost", "targets"])
         let text = ReportText.render(report)
         #expect(text.contains("Live update: a running guest moved") && text.contains("Live-update targets"))
     }

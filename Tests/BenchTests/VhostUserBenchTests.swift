@@ -5,12 +5,7 @@ import TestSupport
 import Testing
 
 /// Whether qemu-storage-daemon is on PATH (its parts of the section are skipped otherwise).
-private let qemuStorageDaemonInstalled: Bool = {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    return (path.split(separator: ":").map(String.init) + ["/usr/bin"]).contains {
-        FileManager.default.isExecutableFile(atPath: "\($0)/qemu-storage-daemon")
-    }
-}()
+private let qemuStorageDaemonInstalled = isInstalled("qemu-storage-daemon")
 
 /// `irqfd bench --only vhost-user --quick` on the real /dev/kvm and real
 /// back-ends: every part measures what it says and lands in the JSON. Not
@@ -84,13 +79,9 @@ private let qemuStorageDaemonInstalled: Bool = {
         }
 
         // The JSON: the section's keys, and it reads back equal.
-        let data = try report.jsonData()
-        #expect(try BenchReport.decode(data) == report)
-        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        let section = try #require(object["vhost_user"] as? [String: Any])
-        for key in ["backends", "raw_irqfd", "targets", "target_ratios", "skipped", "tsc_khz", "tsc_check", "rounds"] {
-            #expect(section[key] != nil, "vhost_user.\(key)")
-        }
+        let section = try checkedSection(
+            "vhost_user", of: report,
+            keys: ["backends", "raw_irqfd", "targets", "target_ratios", "skipped", "tsc_khz", "tsc_check", "rounds"])
         if v.maskUnmask != nil {
             let mask = try #require(section["mask_unmask"] as? [String: Any])
             for key in [

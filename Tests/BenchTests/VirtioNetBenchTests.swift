@@ -5,12 +5,7 @@ import TestSupport
 import Testing
 
 /// Whether dpdk-testpmd is on PATH (the section is skipped, and says so, otherwise).
-private let testpmdInstalled: Bool = {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    return (path.split(separator: ":").map(String.init) + ["/usr/bin"]).contains {
-        FileManager.default.isExecutableFile(atPath: "\($0)/dpdk-testpmd")
-    }
-}()
+private let testpmdInstalled = isInstalled("dpdk-testpmd")
 
 /// The virtio-net part of `irqfd bench --only vhost-user --quick` on the real
 /// /dev/kvm and dpdk-testpmd: every part measures what it says and renders.

@@ -40,16 +40,10 @@ import Testing
         init(_ irqfd: KVMIrqFd, vectors: Int = 2) {
             emulator = MsixEmulator(layout: MsixLayout(vectorCount: vectors)!, delivery: .irqfd(irqfd))
         }
-        func program(_ v: Int, _ message: MsiMessage) {
-            emulator.writeTable(offset: UInt64(16 * v), size: 4, value: message.address & 0xFFFF_FFFF)
-            emulator.writeTable(offset: UInt64(16 * v + 4), size: 4, value: message.address >> 32)
-            emulator.writeTable(offset: UInt64(16 * v + 8), size: 4, value: UInt64(message.data))
-        }
-        func setMasked(_ v: Int, _ masked: Bool) {
-            emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: masked ? 1 : 0)
-        }
+        func program(_ v: Int, _ message: MsiMessage) { emulator.program(v, message) }
+        func setMasked(_ v: Int, _ masked: Bool) { emulator.setMasked(v, masked) }
         func control(enabled: Bool, functionMasked: Bool) {
-            emulator.writeCapability(offset: 2, size: 2, value: (enabled ? 0x8000 : 0) | (functionMasked ? 0x4000 : 0))
+            emulator.control(enabled: enabled, functionMasked: functionMasked)
         }
         func route(_ v: Int) -> KVMIrqFdRoute? { emulator.route(v) as? KVMIrqFdRoute }
     }

@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import IrqFdCore
+import IrqFdKVM
 import IrqFdRelay
 import KVM
 import Synchronization

@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import IrqFdCore
+import IrqFdKVM
 import IrqFdLinux
 import IrqFdRelay
 import KVM

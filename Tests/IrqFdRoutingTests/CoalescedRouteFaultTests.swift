@@ -15,8 +15,7 @@ import Testing
 
     @Test func setMsiWithTheMessageAlreadyWaitingPushesItAndArms() throws {
         let rig = CoalescingRig()
-        let r = try rig.partition.newRoute()
-        try r.setMsiDeferred(Self.msiA)
+        let r = try rig.waitingRoute(Self.msiA)
         #expect(r.isServed && !r.isArmed && rig.partition.waitingEntryCount == 1)
         try r.setMsi(Self.msiA)
         #expect(r.isArmed && !r.isServed, "setMsi pushed the waiting entry and armed the route")
@@ -26,8 +25,7 @@ import Testing
 
     @Test func aFailedArmInSetMsiLeavesAServedRouteServedAndRetriesItsArm() throws {
         let rig = CoalescingRig()
-        let r = try rig.partition.newRoute()
-        try r.setMsiDeferred(Self.msiA)
+        let r = try rig.waitingRoute(Self.msiA)
         rig.kernel.failNext("assign")
         #expect(throws: IrqFdError.call("assign", .ioError)) { try r.setMsi(Self.msiB) }
         #expect(r.msi == Self.msiA, "rule 10: the entry is what it was")
@@ -41,8 +39,7 @@ import Testing
 
     @Test func aFailedArmOfAWaitingEntryGivenAgainKeepsTheRouteServed() throws {
         let rig = CoalescingRig()
-        let r = try rig.partition.newRoute()
-        try r.setMsiDeferred(Self.msiA)
+        let r = try rig.waitingRoute(Self.msiA)
         rig.kernel.failNext("assign")
         #expect(throws: IrqFdError.call("assign", .ioError)) { try r.setMsi(Self.msiA) }
         #expect(r.isServed && !r.isArmed)
@@ -56,10 +53,7 @@ import Testing
     /// never inside the caller's call (which may hold its own lock).
     @Test func noErrorIsReportedInsideTheCallWhosePushCarriedTheFailingRoute() throws {
         let rig = CoalescingRig()
-        let waiting = try rig.partition.newRoute()
-        let caller = try rig.partition.newRoute()
-        try waiting.setMsiDeferred(Self.msiA)
-        rig.kernel.refuseAssign(waiting.gsi)
+        let (waiting, caller) = try rig.refusedWaitingRouteAndCaller(Self.msiA)
         try rig.log.inCall { () throws(IrqFdError) in try caller.setMsi(Self.msiB) }
         try rig.log.inCall { () throws(IrqFdError) in try caller.clearMsi() }
         _ = try rig.log.inCall { () throws(IrqFdError) in rig.partition.commitNow() }
@@ -76,10 +70,7 @@ import Testing
     /// error; the other route's failure is reported and retried.
     @Test func aBatchDoesNotThrowTheArmErrorOfARouteItCarriedForOthers() throws {
         let rig = CoalescingRig()
-        let waiting = try rig.partition.newRoute()
-        let caller = try rig.partition.newRoute()
-        try waiting.setMsiDeferred(Self.msiA)
-        rig.kernel.refuseAssign(waiting.gsi)
+        let (waiting, caller) = try rig.refusedWaitingRouteAndCaller(Self.msiA)
         try rig.partition.withBatch { () throws(IrqFdError) in try caller.setMsi(Self.msiB) }
         #expect(caller.isArmed && rig.kernel.table[waiting.gsi] == Self.msiA)
         rig.timer.runHeld()  // the carried route's arm (fails)
@@ -119,8 +110,7 @@ import Testing
     /// stays served with it, and the scheduled commit pushes it.
     @Test func aFailedBatchKeepsTheDeferredEntryItTookOver() throws {
         let rig = CoalescingRig()
-        let r = try rig.partition.newRoute()
-        try r.setMsiDeferred(Self.msiA)
+        let r = try rig.waitingRoute(Self.msiA)
         rig.kernel.failNext("push")
         #expect(throws: IrqFdError.call("push", .ioError)) {
             try rig.partition.withBatch { () throws(IrqFdError) in try r.setMsi(Self.msiB) }
@@ -164,8 +154,7 @@ import Testing
 
     @Test func aFailedClearOfAServedRouteKeepsItServed() throws {
         let rig = CoalescingRig()
-        let r = try rig.partition.newRoute()
-        try r.setMsiDeferred(Self.msiA)
+        let r = try rig.waitingRoute(Self.msiA)
         rig.kernel.failNext("push")
         #expect(throws: IrqFdError.call("push", .ioError)) { try r.clearMsi() }
         #expect(r.msi == Self.msiA && r.isServed)

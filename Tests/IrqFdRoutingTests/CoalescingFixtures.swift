@@ -91,6 +91,25 @@ struct CoalescingRig {
                 onCommitError: { log.report($0) }))
     }
 
+    /// A new route of the partition given `message` deferred: outside a batch
+    /// it is served by the interim at once, its entry waiting for the commit.
+    func waitingRoute(_ message: MsiMessage) throws(IrqFdError) -> RoutedIrqFdRoute<RecordingKernel> {
+        let route = try partition.newRoute()
+        try route.setMsiDeferred(message)
+        return route
+    }
+
+    /// A route whose deferred `message` waits and whose arm the kernel will
+    /// refuse, and another route, the caller, whose push is to carry it.
+    func refusedWaitingRouteAndCaller(
+        _ message: MsiMessage
+    ) throws(IrqFdError) -> (waiting: RoutedIrqFdRoute<RecordingKernel>, caller: RoutedIrqFdRoute<RecordingKernel>) {
+        let waiting = try waitingRoute(message)
+        let caller = try partition.newRoute()
+        kernel.refuseAssign(waiting.gsi)
+        return (waiting, caller)
+    }
+
     /// Expects every route of the partition to keep the invariant.
     func expectInvariant(_ label: String = "", sourceLocation: SourceLocation = #_sourceLocation) {
         let violations = partition.invariantViolations()

@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import IrqFdCore
+import KVMTestSupport
 import Logging
 import MSIX
 import PCI
@@ -87,23 +88,13 @@ struct TestLogHandler: LogHandler {
     }
 }
 
-/// A driver on the host through the device's own MMIO and configuration
-/// entry points (the code a guest access reaches): MSI-X on with vector 0 for
-/// configuration changes (masked, so that its raising shows as PBA bit 0) and
-/// vector 1 for queue 0 (size 32, rings at 0x20000). No vCPU runs: the
-/// backend reads and writes the rings in the shared memfd all the same.
-struct DeathDriver {
-    let device: VirtioBlkDevice
-    let memory: GuestMemory
-    static let common = VirtioBlkDevice.virtioBase + VirtioBlkDevice.commonOffset
-    static let ring: UInt64 = 0x20000
-    static let size = 32
-    var avail: UInt16 = 0
+/// The host driver as the backend-death tests bring the device up, step by
+/// step, through its MMIO and configuration entry points: MSI-X on with
+/// vector 0 for configuration changes (masked, so that its raising shows as
+/// PBA bit 0) and vector 1 for queue 0.
+typealias DeathDriver = BlkHostDriver
 
-    func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
-        device.write(address: Self.common + offset, size: size, value: value)
-    }
-    func r(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: Self.common + offset, size: size) }
+extension BlkHostDriver {
     var isr: UInt64 { device.read(address: VirtioBlkDevice.virtioBase + VirtioBlkDevice.isrOffset, size: 1) }
 
     /// MSI-X enable, table entries 0 (config, masked) and 1 (queue 0).
@@ -168,39 +159,15 @@ struct DeathDriver {
         for k in 0..<Self.stepCount { step(k) }
         return r(0x14, 1) == 0x0F
     }
-
-    /// Submits `count` 512-byte reads of sectors first..<first+count and notifies.
-    mutating func submitReads(_ count: Int, first: Int) {
-        for i in 0..<count {
-            let header = Self.ring + 0x3000 + 16 * UInt64(i)
-            memory.write64(0, at: header)  // type IN, reserved
-            memory.write64(UInt64(first + i), at: header + 8)
-            memory.load([0xFF], at: Self.ring + 0x3800 + UInt64(i))
-            memory.load([UInt8](repeating: 0xEE, count: 512), at: Self.buffer(i))
-            let d = Self.ring + 16 * UInt64(3 * i)
-            func desc(_ at: UInt64, _ addr: UInt64, _ len: UInt32, _ flags: UInt16, _ next: UInt16) {
-                memory.write64(addr, at: at)
-                memory.write64(UInt64(len) | UInt64(flags) << 32 | UInt64(next) << 48, at: at + 8)
-            }
-            desc(d, header, 16, 1, UInt16(3 * i + 1))
-            desc(d + 16, Self.buffer(i), 512, 3, UInt16(3 * i + 2))
-            desc(d + 32, Self.ring + 0x3800 + UInt64(i), 1, 2, 0)
-            let slot = Self.ring + 0x1004 + 2 * UInt64(Int(avail) % Self.size)
-            let word = memory.read32(at: slot & ~3)
-            let shift = (slot & 2) * 8
-            memory.write32(word & ~(0xFFFF << shift) | UInt32(3 * i) << shift, at: slot & ~3)
-            avail &+= 1
-        }
-        memory.write32(UInt32(avail) << 16, at: Self.ring + 0x1000)  // flags 0, idx
-        device.write(address: VirtioBlkDevice.notifyAddress(queue: 0), size: 2, value: 0)
-    }
-
-    static func buffer(_ i: Int) -> UInt64 { 0x10_0000 + 512 * UInt64(i) }
-    var used: UInt16 { UInt16(memory.read32(at: Self.ring + 0x2000) >> 16) }
-    func statusByte(_ i: Int) -> UInt8 { memory.bytes(at: Self.ring + 0x3800 + UInt64(i), count: 1)[0] }
 }
 
 @Suite(needsKVM) struct BackendDeathTests {
+    /// Says, when qemu-storage-daemon is missing, that its death cases were
+    /// not generated; when it is installed, that they were.
+    @Test(deathQSDInstalled) func theDeathCasesRunAgainstQemuStorageDaemon() {
+        #expect(deathBackends.contains(.qemuStorageDaemon))
+    }
+
     /// Resets until the device has reconnected (a backend that was just
     /// started may not listen yet: qemu-storage-daemon binds, then listens).
     static func resetAndReconnect(_ device: VirtioBlkDevice) -> Bool {
@@ -474,7 +441,13 @@ struct DeathDriver {
             vm.waitUntil(timeout: .seconds(30)) { m.read32(at: L.batchesDone) == 3 },
             "batch 3, run again after the second reconnect: status 0x\(String(device.status, radix: 16)), resetting \(device.isResetting), connected \(device.isBackendConnected), reconnects \(device.reconnectCount), running \(device.isRunning(queue: 0)), recoveries \(recoveries()), guest status 0x\(String(m.read32(at: L.lastStatus), radix: 16)), \(device.counters), \(String(describing: device.lastBackendError))"
         )
-        #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
+        // DRIVER_OK reads back at once and the backend start completes on the device's worker: wait for
+        // that start (the second reconnect, the queue running), or the next kill could hit a backend the
+        // device never connected to.
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) {
+                device.reconnectCount == 2 && device.status == 0x0F && device.isRunning(queue: 0)
+            }, "the guest re-initialised against the second backend")
 
         // 3. The config vector masked: NEEDS_RESET, but the interrupt waits in the PBA.
         let before3 = recoveries()
@@ -489,7 +462,10 @@ struct DeathDriver {
         try backend.restart()
         device.emulator.write(bar: 1, offset: 12, size: 4, value: 0)
         #expect(vm.waitUntil(timeout: .seconds(30)) { recoveries() > before3 }, "unmask delivered it")
-        #expect(vm.waitUntil(timeout: .seconds(30)) { device.status == 0x0F })
+        #expect(
+            vm.waitUntil(timeout: .seconds(30)) {
+                device.reconnectCount == 3 && device.status == 0x0F && device.isRunning(queue: 0)
+            }, "the guest re-initialised against the third backend")
         m.write32(4, at: L.gate)
         let outcome = vm.wait(timeout: .seconds(60))
         #expect(

@@ -23,16 +23,10 @@ struct Function {
             destination: UInt32((v + (retargeted ? 1 : 0)) % 2), vector: UInt8(0x60 + v + (retargeted ? 0x10 : 0)))
     }
 
-    func program(_ v: Int, _ message: MsiMessage) {
-        emulator.writeTable(offset: UInt64(16 * v), size: 4, value: message.address & 0xFFFF_FFFF)
-        emulator.writeTable(offset: UInt64(16 * v + 4), size: 4, value: message.address >> 32)
-        emulator.writeTable(offset: UInt64(16 * v + 8), size: 4, value: UInt64(message.data))
-    }
-    func setMasked(_ v: Int, _ masked: Bool) {
-        emulator.writeTable(offset: UInt64(16 * v + 12), size: 4, value: masked ? 1 : 0)
-    }
+    func program(_ v: Int, _ message: MsiMessage) { emulator.program(v, message) }
+    func setMasked(_ v: Int, _ masked: Bool) { emulator.setMasked(v, masked) }
     func control(enabled: Bool, functionMasked: Bool) {
-        emulator.writeCapability(offset: 2, size: 2, value: (enabled ? 0x8000 : 0) | (functionMasked ? 0x4000 : 0))
+        emulator.control(enabled: enabled, functionMasked: functionMasked)
     }
     /// The message the table holds for `v`.
     func message(_ v: Int) -> MsiMessage { emulator.entry(v).message }

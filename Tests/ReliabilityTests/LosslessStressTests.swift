@@ -207,6 +207,18 @@ final class SequenceDevice: Sendable {
     static let signals = environmentCount("IRQFD_STRESS_SIGNALS", default: 100_000)
     static let checkpoints = 4
 
+    /// What the guest's driver does meanwhile, to vector `i` or the function:
+    /// each operation's share of the draws in percent, and its name in the tally.
+    static let operations: [(percent: Int, name: String, run: @Sendable (StressRig, Int) -> Void)] = [
+        (25, "mask", { rig, i in rig.mask(i) }),
+        (25, "unmask", { rig, i in rig.unmask(i) }),
+        (12, "retarget", { rig, i in rig.retarget(i) }),
+        (12, "change data", { rig, i in rig.changeData(i) }),
+        (16, "read PBA", { rig, _ in _ = rig.readPBA() }),
+        (5, "function mask", { rig, _ in rig.maskFunction() }),
+        (5, "function unmask", { rig, _ in rig.unmaskFunction() }),
+    ]
+
     @Test(arguments: InterruptDelivery.allCases)
     func noInterruptIsLostAndNoneArrivesWhileMasked(_ delivery: InterruptDelivery) throws {
         let seed = announcedSeed("IRQFD_STRESS_SEED", for: "lossless stress (\(delivery))")
@@ -220,29 +232,13 @@ final class SequenceDevice: Sendable {
                 rig: rig, signals: Self.signals / Self.checkpoints, seed: seed &+ UInt64(checkpoint), from: previous)
             while !device.isFinished {
                 let i = Int.random(in: 0..<StressRig.vectors, using: &random)
-                switch Int.random(in: 0..<100, using: &random) {
-                case 0..<25:
-                    rig.mask(i)
-                    operations["mask", default: 0] += 1
-                case 25..<50:
-                    rig.unmask(i)
-                    operations["unmask", default: 0] += 1
-                case 50..<62:
-                    rig.retarget(i)
-                    operations["retarget", default: 0] += 1
-                case 62..<74:
-                    rig.changeData(i)
-                    operations["change data", default: 0] += 1
-                case 74..<90:
-                    _ = rig.readPBA()
-                    operations["read PBA", default: 0] += 1
-                case 90..<95:
-                    rig.maskFunction()
-                    operations["function mask", default: 0] += 1
-                default:
-                    rig.unmaskFunction()
-                    operations["function unmask", default: 0] += 1
-                }
+                var roll = Int.random(in: 0..<100, using: &random)
+                let operation = Self.operations.first { operation in
+                    roll -= operation.percent
+                    return roll < 0
+                }!
+                operation.run(rig, i)
+                operations[operation.name, default: 0] += 1
             }
             // Quiet device, every vector live: each must reach its last number.
             rig.unmaskFunction()

@@ -28,58 +28,42 @@ struct RouteScenario: Sendable, CustomTestStringConvertible {
 
     static func msi(_ cpu: UInt32, _ vector: UInt8) -> MsiMessage { MsiMessage(destination: cpu, vector: vector) }
 
+    /// A single operation on one route that was first set to `msi` (when
+    /// given), then masked (when `masked`); it must roll back.
+    static func oneRoute(
+        _ name: String, msi: MsiMessage?, masked: Bool = false,
+        _ operation: @escaping @Sendable (any InspectableRoute) throws(IrqFdError) -> Void
+    ) -> RouteScenario {
+        RouteScenario(
+            name: name, routes: 1,
+            prepare: { r throws(IrqFdError) in
+                if let msi { try r[0].setMsi(msi) }
+                if masked { try r[0].mask() }
+            }, operation: { _, r throws(IrqFdError) in try operation(r[0]) }, rollsBack: true)
+    }
+
     static let all: [RouteScenario] = [
-        RouteScenario(
-            name: "setMsi on a new route", routes: 1, prepare: { _ in },
-            operation: { _, r throws(IrqFdError) in
-                try r[0].setMsi(msi(1, 0x41))
-            }, rollsBack: true),
-        RouteScenario(
-            name: "setMsi retargets an armed route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(0, 0x42))
-            }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x43)) }, rollsBack: true),
-        RouteScenario(
-            name: "setMsi on a masked route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(0, 0x44))
-                try r[0].mask()
-            }, operation: { _, r throws(IrqFdError) in try r[0].setMsi(msi(1, 0x45)) }, rollsBack: true),
-        RouteScenario(
-            name: "setMsi with an undeliverable address on an armed route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(0, 0x46))
-            },
-            operation: { _, r throws(IrqFdError) in
-                // Refused as rule 7 says, after disarming: only a failed call is news.
-                do throws(IrqFdError) { try r[0].setMsi(address: 0xFEC0_0000, data: 0x47) } catch {
-                    if case .undeliverableAddress = error { return }
-                    throw error
-                }
-                Issue.record("an undeliverable address was accepted")
-            }, rollsBack: true),
-        RouteScenario(
-            name: "clearMsi on an armed route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(1, 0x48))
-            }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
-        RouteScenario(
-            name: "clearMsi on a masked route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(1, 0x49))
-                try r[0].mask()
-            }, operation: { _, r throws(IrqFdError) in try r[0].clearMsi() }, rollsBack: true),
-        RouteScenario(
-            name: "mask an armed route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(0, 0x4A))
-            }, operation: { _, r throws(IrqFdError) in try r[0].mask() }, rollsBack: true),
-        RouteScenario(
-            name: "unmask a masked route", routes: 1,
-            prepare: { r throws(IrqFdError) in
-                try r[0].setMsi(msi(1, 0x4B))
-                try r[0].mask()
-            }, operation: { _, r throws(IrqFdError) in try r[0].unmask() }, rollsBack: true),
+        oneRoute("setMsi on a new route", msi: nil) { r throws(IrqFdError) in try r.setMsi(msi(1, 0x41)) },
+        oneRoute("setMsi retargets an armed route", msi: msi(0, 0x42)) { r throws(IrqFdError) in
+            try r.setMsi(msi(1, 0x43))
+        },
+        oneRoute("setMsi on a masked route", msi: msi(0, 0x44), masked: true) { r throws(IrqFdError) in
+            try r.setMsi(msi(1, 0x45))
+        },
+        oneRoute("setMsi with an undeliverable address on an armed route", msi: msi(0, 0x46)) { r throws(IrqFdError) in
+            // Refused as rule 7 says, after disarming: only a failed call is news.
+            do throws(IrqFdError) { try r.setMsi(address: 0xFEC0_0000, data: 0x47) } catch {
+                if case .undeliverableAddress = error { return }
+                throw error
+            }
+            Issue.record("an undeliverable address was accepted")
+        },
+        oneRoute("clearMsi on an armed route", msi: msi(1, 0x48)) { r throws(IrqFdError) in try r.clearMsi() },
+        oneRoute("clearMsi on a masked route", msi: msi(1, 0x49), masked: true) { r throws(IrqFdError) in
+            try r.clearMsi()
+        },
+        oneRoute("mask an armed route", msi: msi(0, 0x4A)) { r throws(IrqFdError) in try r.mask() },
+        oneRoute("unmask a masked route", msi: msi(1, 0x4B), masked: true) { r throws(IrqFdError) in try r.unmask() },
         RouteScenario(
             name: "unmask a route whose MSI was set while masked", routes: 1,
             prepare: { r throws(IrqFdError) in

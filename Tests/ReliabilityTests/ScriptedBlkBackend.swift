@@ -46,6 +46,9 @@ final class ScriptedBlkBackend: Sendable {
     }
 
     let socketPath: String
+    /// What GET_FEATURES answers (``features`` unless given: a test of a
+    /// virtio-net device adds VIRTIO_NET_F_MQ, which it needs for its control queue).
+    let offeredFeatures: UInt64
     private let listener: UnixSocket
     private let state = Mutex(State())
 
@@ -53,8 +56,9 @@ final class ScriptedBlkBackend: Sendable {
     /// MQ, REPLY_ACK, CONFIG: every message without a reply of its own is acknowledged.
     static let protocolFeatures: UInt64 = (1 << 0) | (1 << 3) | (1 << 9)
 
-    init(at path: String? = nil, _ script: Script = Script()) throws {
+    init(at path: String? = nil, features: UInt64 = ScriptedBlkBackend.features, _ script: Script = Script()) throws {
         socketPath = path ?? "/tmp/irqfd-scripted-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        offeredFeatures = features
         listener = try UnixSocket.listen(at: socketPath, backlog: 4)
         state.withLock { $0.script = script }
         let thread = Thread { [self] in acceptLoop() }
@@ -147,7 +151,7 @@ final class ScriptedBlkBackend: Sendable {
             }
             var reply: [UInt8]?
             switch request {
-            case 1: reply = Self.le(Self.features, bytes: 8)  // GET_FEATURES
+            case 1: reply = Self.le(offeredFeatures, bytes: 8)  // GET_FEATURES
             case 15: reply = Self.le(Self.protocolFeatures, bytes: 8)  // GET_PROTOCOL_FEATURES
             case 17: reply = Self.le(8, bytes: 8)  // GET_QUEUE_NUM
             case 24:  // GET_CONFIG: the request's header, then the bytes (capacity 2048 sectors)

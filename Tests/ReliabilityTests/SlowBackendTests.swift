@@ -282,11 +282,14 @@ final class CountingVM {
 
     /// Only the connection serving the queues, while DRIVER_OK stands, can
     /// raise their interrupt: a backend signalling its call fd before
-    /// DRIVER_OK, after a reset, or after its connection was dropped and
-    /// replaced delivers nothing. The current connection's signals arrive,
-    /// and masking keeps its meaning: masked, a signal is pending (PBA) and
-    /// unmask delivers exactly one.
-    @Test(arguments: [InterruptDelivery.irqfd, .relay])
+    /// DRIVER_OK, after a reset (and after the driver set the queues up
+    /// again, vectors and all, before the next DRIVER_OK), or after its
+    /// connection was dropped and replaced delivers nothing. The current
+    /// connection's signals arrive, and masking keeps its meaning: masked, a
+    /// signal is pending (PBA) and unmask delivers exactly one. Every
+    /// delivery mode: with `.userspace` the call fds are the device's own
+    /// eventfds, which its watcher waits on.
+    @Test(arguments: InterruptDelivery.allCases)
     func onlyTheCurrentConnectionRaisesAQueueInterrupt(delivery: InterruptDelivery) throws {
         let backend = try ScriptedBlkBackend()
         let host = try CountingVM()
@@ -326,9 +329,13 @@ final class CountingVM {
         backend.signalCalls(connection: 0)
         host.settle()
         #expect(host.interrupts(1) == 2, "a signal after the reset")
+        // Set up again (vector 1 on queue 0), not yet DRIVER_OK: still nobody's.
+        driver.configure()
+        backend.signalCalls(connection: 0)
+        host.settle()
+        #expect(host.interrupts(1) == 2, "a signal after the reset, queues set up, before DRIVER_OK")
 
         // Dropped (it answers a reset for another ring) and replaced: the old connection reaches nobody.
-        driver.configure()
         driver.driverOK()
         #expect(driver.started())
         backend.script.wrongVringBaseIndex = true
@@ -347,6 +354,122 @@ final class CountingVM {
         #expect(eventually { host.interrupts(1) == 3 }, "the new connection's signal: \(host.interrupts(1))")
         let reset3 = driver.reset()
         #expect(reset3.done)
+    }
+
+    /// A virtio-net control-queue request that waits on the backend
+    /// (VQ_PAIRS_SET 2 sends SET_VRING_ENABLE for the four rings, each
+    /// acknowledged after 600 ms) is served off the device lock: MSI-X PBA
+    /// reads from another thread meanwhile do not wait for it. The longest
+    /// read is printed (the target is under 10 ms); the bound asserted is
+    /// generous so that load cannot fail it, and far below the 2.4 s the
+    /// request takes, which a read waiting on the request would see.
+    @Test func aControlRequestWaitingOnTheBackendDoesNotHoldMSIXAccesses() throws {
+        let backend = try ScriptedBlkBackend(features: ScriptedBlkBackend.features | VirtioNet.Feature.multiQueue)
+        let vm = try TinyVM(.init(cpus: 1))
+        let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
+        defer { device.disconnect() }
+        let common = VirtioNetDevice.virtioBase + VirtioNetDevice.commonOffset
+        let w = { (o: UInt64, size: Int, v: UInt64) in device.write(address: common + o, size: size, value: v) }
+        let r = { (o: UInt64, size: Int) in device.read(address: common + o, size: size) }
+        let mac: UInt32 = 1 << 5, controlQueue: UInt32 = 1 << 17, multiQueue: UInt32 = 1 << 22
+        #expect(resetAndNegotiateFeatures(mac | controlQueue | multiQueue, read: r, write: w))
+        func ring(_ q: Int) -> UInt64 { 0x20000 + 0x10000 * UInt64(q) }
+        for q in 0..<device.queueCount {
+            setUpQueue(q, size: 16, vector: UInt16(q + 1), at: ring(q), write: w)
+            w(0x1C, 2, 1)
+        }
+        w(0x14, 1, 0x0F)
+        device.waitUntilIdle()
+        let control = try #require(device.deviceType.controlQueue)
+        try #require(device.status == 0x0F && device.isRunning(queue: control))
+
+        // VQ_PAIRS_SET 2 (class 4, command 0, le16 2), then one device-writable ack byte.
+        let request: UInt64 = 0x90000
+        let ack = request + 0x100
+        vm.memory.load([4, 0, 2, 0], at: request)
+        vm.memory.load([0xFF], at: ack)
+        vm.memory.write64(request, at: ring(control))
+        vm.memory.write64(4 | 1 << 32 | 1 << 48, at: ring(control) + 8)  // 4 bytes, NEXT, next 1
+        vm.memory.write64(ack, at: ring(control) + 16)
+        vm.memory.write64(1 | 2 << 32, at: ring(control) + 24)  // 1 byte, WRITE
+        vm.memory.store(UInt16(0), at: ring(control) + 0x1004)
+        vm.memory.store(UInt16(1), at: ring(control) + 0x1002)
+        backend.script.replyDelay = .milliseconds(600)
+        // What is measured is the lock, not the deadline: a loaded machine must not turn the request into a failure.
+        device.operationTimeout = .seconds(60)
+        // SET_VRING_ENABLE (18) requests: recorded as they arrive, before the reply.
+        func enables() -> Int { backend.requests(connection: 0).filter { $0 == 18 }.count }
+        let enablesBefore = enables()
+        let pba = VirtioNetDevice.msixBase + UInt64(VirtioNetDevice.pbaOffset)
+        device.write(address: VirtioNetDevice.notifyAddress(queue: control), size: 2, value: UInt64(control))
+
+        var longest = Duration.zero
+        var reads = 0
+        let start = ContinuousClock.now
+        while vm.memory.load(UInt16.self, at: ring(control) + 0x2002) != 1, ContinuousClock.now - start < .seconds(20) {
+            let before = ContinuousClock.now
+            _ = device.read(address: pba, size: 8)
+            longest = max(longest, ContinuousClock.now - before)
+            reads += 1
+            usleep(200)
+        }
+        let answered = ContinuousClock.now - start
+        #expect(vm.memory.load(UInt16.self, at: ring(control) + 0x2002) == 1, "the request was answered")
+        #expect(vm.memory.bytes(at: ack, count: 1) == [VirtioNet.Control.ok])
+        #expect(enables() - enablesBefore == 4, "SET_VRING_ENABLE for rings 0...3")
+        #expect(device.status == 0x0F)
+        print(
+            "control request answered after \(answered) (SET_VRING_ENABLE x4, replies delayed 600 ms): "
+                + "longest of \(reads) PBA reads meanwhile \(longest)")
+        #expect(longest < .seconds(1), "a PBA read waited \(longest)")
+    }
+
+    /// When the backend starts answering slowly.
+    enum SlowFrom: String, CaseIterable, CustomStringConvertible {
+        /// Every reply from the first, the handshake's included.
+        case handshake
+        /// Every reply after the handshake (DRIVER_OK's start and the rest).
+        case start
+        var description: String { rawValue }
+    }
+
+    /// `irqfd run --timeout 3` with the virtio-blk driver guest and a backend
+    /// that delays every reply by 4.9 s ends within the timeout and 1 s: a
+    /// slow handshake runs into the run's deadline and exits 124 with a line
+    /// saying so, and a slow start does not hold the guest (it sets
+    /// DRIVER_OK and exits 0 at once). The wall time is printed.
+    @Test(arguments: SlowFrom.allCases)
+    func irqfdRunHonoursItsTimeoutWithEveryReplyDelayed(slowFrom: SlowFrom) throws {
+        let delay: Duration = .milliseconds(4900)
+        let timeout = 3
+        let backend = try ScriptedBlkBackend()
+        if slowFrom == .handshake { backend.script.replyDelay = delay }
+        let guestPath = NSTemporaryDirectory() + "irqfd-slow-backend-guest-\(UUID().uuidString).bin"
+        guard FileManager.default.createFile(atPath: guestPath, contents: Data(GuestProgram.virtioBlk.image)) else {
+            throw TestFailureReason("cannot create \(guestPath)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: guestPath) }
+        let slowAfterHandshake = Thread {
+            // GET_CONFIG (24) is the handshake's last message: every later one is delayed.
+            guard eventually(.seconds(10), { backend.requests(connection: 0).contains(24) }) else { return }
+            backend.script.replyDelay = delay
+        }
+        if slowFrom == .start { slowAfterHandshake.start() }
+        let start = ContinuousClock.now
+        let result = try runIrqfd([
+            "run", guestPath, "--vhost-user-blk", backend.socketPath, "--timeout", "\(timeout)",
+        ])
+        let elapsed = ContinuousClock.now - start
+        print("irqfd run --timeout \(timeout), every reply delayed \(delay) from the \(slowFrom): "
+            + "exit \(result.status) after \(elapsed)")
+        switch slowFrom {
+        case .handshake:
+            #expect(result.status == 124, "\(result.standardError)")
+            #expect(result.standardError.contains("timed out after"), "\(result.standardError)")
+        case .start:
+            #expect(result.status == 0, "\(result.standardError)")
+        }
+        #expect(elapsed < .seconds(timeout + 1), "--timeout \(timeout) honoured within 1 s: \(elapsed)")
     }
 
     /// After a reset whose reconnection failed (nobody listens), a

@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import Glibc
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -130,32 +131,6 @@ final class VirtioDeviceFuzzer {
 
     static let widths = [1, 2, 4, 8]
 
-    /// MSI data the guest's handlers take: vector 0x20..0xFF, fixed delivery.
-    static func tame(_ address: UInt64, _ size: Int, _ value: UInt64) -> UInt64 {
-        guard address >= VirtioBlkDevice.msixBase,
-            address < VirtioBlkDevice.msixBase + UInt64(VirtioBlkDevice.pbaOffset)
-        else { return value }
-        var value = value
-        for byte in 0..<size {
-            let shift = UInt64(8 * byte)
-            switch (address &+ UInt64(byte)) % 16 {
-            case 8: if (value >> shift) & 0xFF < 0x20 { value |= 0x20 << shift }
-            case 9: value &= ~(0x07 << shift)
-            default: break
-            }
-        }
-        return value
-    }
-
-    /// A ring address: usually aligned inside RAM, sometimes anything.
-    func ringAddress(_ r: inout SplitMix64) -> UInt64 {
-        switch r.next() % 4 {
-        case 0: r.next()
-        case 1: UInt64(vm.memory.size) - UInt64(r.next() % 64) * 16
-        default: (0x40000 + r.next() % UInt64(vm.memory.size - 0x50000)) & ~0xF
-        }
-    }
-
     func step(_ r: inout SplitMix64) {
         let width = Self.widths[Int(r.next() % 4)]
         let common = VirtioBlkDevice.virtioBase
@@ -163,78 +138,24 @@ final class VirtioDeviceFuzzer {
             device.write(address: common + offset, size: size, value: value)
         }
         switch r.next() % 17 {
-        case 0, 1:  // anywhere in BAR4 (and just past it), any width, any alignment
-            let address = common + r.next() % (VirtioBlkDevice.virtioSize + 64)
-            if r.next() % 2 == 0 {
-                _ = device.read(address: address, size: width)
-            } else {
-                device.write(address: address, size: width, value: r.next())
-            }
-        case 2, 3:  // BAR1: MSI-X table and PBA
-            let address = VirtioBlkDevice.msixBase + r.next() % (VirtioBlkDevice.msixSize + 64)
-            if r.next() % 2 == 0 {
-                _ = device.read(address: address, size: width)
-            } else {
-                device.write(address: address, size: width, value: Self.tame(address, width, r.next()))
-            }
-        case 4:  // configuration space: command register, BARs, capabilities, MSI-X Message Control
-            let offset =
-                r.next() % 3 == 0 ? VirtioBlkDevice.msixCapabilityOffset + Int(r.next() % 12) : Int(r.next() % 260)
-            let size = [1, 2, 4][Int(r.next() % 3)]
-            var value = UInt32(truncatingIfNeeded: r.next())
-            // A guest seldom turns memory decoding or bus mastering off: mostly keep them on.
-            if offset <= 0x04, offset + size > 0x04, r.next() % 8 != 0 {
-                value |= UInt32(0x06) << (8 * UInt32(4 - offset))
-            }
-            if r.next() % 2 == 0 {
-                _ = device.configRead(offset: offset, size: size)
-            } else {
-                device.configWrite(offset: offset, size: size, value: value)
-            }
-        case 5, 6:  // device_status: the steps, resets, and anything
-            let steps: [UInt64] = [0, 1, 3, 0x0B, 0x0F, 0x8F, 0x4F]
-            commonWrite(0x14, 1, r.next() % 4 == 0 ? r.next() & 0xFF : steps[Int(r.next() % UInt64(steps.count))])
-        case 7:  // feature words
-            commonWrite([0x00, 0x08][Int(r.next() % 2)], 4, r.next() % 3)
-            commonWrite(0x0C, 4, r.next() % 2 == 0 ? r.next() : [0, 1][Int(r.next() % 2)])
+        case 0, 1: device.fuzzBAR4(&r, width: width)
+        case 2, 3: device.fuzzBAR1(&r, width: width)
+        case 4: device.fuzzConfigurationSpace(&r)
+        case 5, 6: device.fuzzStatus(&r)
+        case 7: device.fuzzFeatureWords(&r)
         case 8:  // queue_select, queue_size
             commonWrite(0x16, 2, r.next() % 3)
             commonWrite(0x18, 2, r.next() % 2 == 0 ? 1 << (r.next() % 10) : r.next() & 0xFFFF)
         case 9:  // vectors
             let vectors: [UInt64] = [0, 1, 2, 0xFFFF, 7, r.next() & 0xFFFF]
             commonWrite(r.next() % 2 == 0 ? 0x10 : 0x1A, 2, vectors[Int(r.next() % UInt64(vectors.count))])
-        case 10, 11:  // ring addresses, whole or in halves, then sometimes queue_enable
-            let field: UInt64 = [0x20, 0x28, 0x30][Int(r.next() % 3)]
-            let address = ringAddress(&r)
-            if r.next() % 2 == 0 {
-                commonWrite(field, 8, address)
-            } else {
-                commonWrite(field, 4, address & 0xFFFF_FFFF)
-                commonWrite(field + 4, 4, address >> 32)
-            }
-            if r.next() % 2 == 0 { commonWrite(0x1C, 2, r.next() % 4 == 0 ? r.next() & 0xFFFF : 1) }
-        case 12:  // notifies: right, wrong queue, wrong value, wrong width
-            let q = r.next() % 3
-            device.write(
-                address: VirtioBlkDevice.notifyAddress(queue: Int(q)) + (r.next() % 8 == 0 ? 1 : 0),
-                size: r.next() % 4 == 0 ? width : 2, value: r.next() % 3 == 0 ? r.next() : q)
+        case 10, 11: device.fuzzRingAddressField(&r, memorySize: vm.memory.size)
+        case 12: device.fuzzNotify(&r, width: width)
         case 15:  // a whole initialisation as a guest does it, with random values on the way
-            commonWrite(0x14, 1, 0)
-            commonWrite(0x14, 1, 1)
-            commonWrite(0x14, 1, 3)
-            commonWrite(0x08, 4, 0)
-            commonWrite(0x0C, 4, r.next() % 4 == 0 ? r.next() & 0xFFFF_FFFF : 0)
-            commonWrite(0x08, 4, 1)
-            commonWrite(0x0C, 4, r.next() % 4 == 0 ? r.next() & 0xFFFF_FFFF : 1)
-            commonWrite(0x14, 1, 0x0B)
+            device.fuzzNegotiation(&r)
             for _ in 0..<(1 + r.next() % 2) {
-                commonWrite(0x16, 2, r.next() % 5 == 0 ? 1 : 0)
-                commonWrite(0x18, 2, r.next() % 4 == 0 ? r.next() & 0xFFFF : 1 << (2 + r.next() % 7))
-                commonWrite(0x1A, 2, [0, 1, 2, 0xFFFF][Int(r.next() % 4)])
-                commonWrite(0x20, 8, ringAddress(&r))
-                commonWrite(0x28, 8, ringAddress(&r))
-                commonWrite(0x30, 8, ringAddress(&r))
-                commonWrite(0x1C, 2, 1)
+                let select: UInt64 = r.next() % 5 == 0 ? 1 : 0
+                device.fuzzQueueSetup(&r, select: select, memorySize: vm.memory.size)
             }
             if r.next() % 8 != 0 { commonWrite(0x14, 1, 0x0F) }
             for _ in 0..<(r.next() % 3) {
@@ -250,25 +171,14 @@ final class VirtioDeviceFuzzer {
 
     /// What must hold after any access, or why it does not.
     func incoherence() -> String? {
-        let status = device.status
-        if device.isRunning(queue: 0), status & VirtioBlkDevice.Status.driverOK == 0 {
-            return "queue 0 runs without DRIVER_OK (status 0x\(String(status, radix: 16)))"
-        }
-        if status & VirtioBlkDevice.Status.driverOK != 0, status & VirtioBlkDevice.Status.featuresOK == 0 {
-            return "DRIVER_OK without FEATURES_OK"
-        }
+        if let why = device.statusIncoherence(queues: 0..<1) { return why }
         if let error = device.lastBackendError { return "the backend refused the device: \(error)" }
         return nil
     }
 
     /// Runs `steps` accesses from `seed`; returns the first incoherence, if any.
     func fuzz(seed: UInt64, steps: Int) -> String? {
-        var r = SplitMix64(seed: seed)
-        for index in 0..<steps {
-            step(&r)
-            if index % 64 == 0, let why = incoherence() { return "step \(index): \(why)" }
-        }
-        return incoherence()
+        KVMTestSupport.fuzz(seed: seed, steps: steps, step: step, incoherence: incoherence)
     }
 
     /// The device still works: reset, initialise, write then read a sector

@@ -34,21 +34,22 @@ import TinyVM
         #expect((vm.vm.counters.snapshot - before).ioeventfdDeassigns == 1)
     }
 
-    @Test func datamatchSignalsOnlyTheMatchingValue() throws {
-        let matching = try TinyVM()
-        try matching.load(GuestProgram.mmioWriter.image)
+    /// The MMIO writer on a VM of its own, with an eventfd bound to `address` for writes of 1 only.
+    func writerMatchingOne() throws -> (vm: TinyVM, kick: EventFD) {
+        let vm = try TinyVM()
+        try vm.load(GuestProgram.mmioWriter.image)
         let kick = try EventFD()
-        try matching.vm.assignIoeventfd(
-            eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
+        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
+        return (vm, kick)
+    }
+
+    @Test func datamatchSignalsOnlyTheMatchingValue() throws {
+        let (matching, kick) = try writerMatchingOne()
         #expect(run(matching, value: 1, count: 3) == .exited(code: 0))
         #expect(kick.consume() == 3)
         #expect(matching.mmioExits == 0)
 
-        let other = try TinyVM()
-        try other.load(GuestProgram.mmioWriter.image)
-        let kick2 = try EventFD()
-        try other.vm.assignIoeventfd(
-            eventFD: kick2.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
+        let (other, kick2) = try writerMatchingOne()
         #expect(run(other, value: 2, count: 3) == .exited(code: 0))
         #expect(kick2.consume() == 0)
         // Not matched: each write exits to the VMM, where no device claims it.

@@ -31,20 +31,11 @@ import TinyVM
         return vm
     }
 
-    /// A VM over a second mapping of `vm`'s RAM, not started.
-    static func successor(of vm: TinyVM) throws -> TinyVM {
-        let ram = try GuestMemory(
-            mapping: try vm.memory.fileDescriptor.duplicateCloseOnExec(), size: vm.configuration.memorySize)
-        return try TinyVM(
-            .init(cpus: vm.configuration.cpus, memorySize: vm.configuration.memorySize, coalescesCommits: false),
-            incoming: ram)
-    }
-
     @Test func aGuestMovedToAnotherVMKeepsCountingAndTakesWhatWasPendingInItsAPIC() throws {
         let cpus = 2
         let vector: UInt8 = 0x41
         let old = try Self.countingGuest(cpus: cpus)
-        let new = try Self.successor(of: old)
+        let new = try LiveUpdateInProcessTests.successor(of: old)
         for cpu in 0..<cpus {
             let m = Self.message(vector, cpu: UInt32(cpu))
             for n in 1...10 {
@@ -154,7 +145,7 @@ import TinyVM
             usleep(5_000)
             guard current.pause() else { break }  // the guest is done
             let state = try current.saveMachineState()
-            let next = try Self.successor(of: current)
+            let next = try LiveUpdateInProcessTests.successor(of: current)
             next.attach(ports: 0xE4...0xE4, device)
             current.stop()
             _ = current.wait()

@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 import VhostUser
 
@@ -11,20 +12,12 @@ import VhostUser
     @Test func aSocketBoundButNotListeningIsNotTakenForListeningWhenTheTableIsLong() throws {
         // 1000 socket pairs: the table grows to about 200 KiB, and the line of
         // the bound socket falls past the first read almost always.
-        var descriptors: [Int32] = []
-        defer { for fd in descriptors { close(fd) } }
-        for _ in 0..<1000 {
-            var pair: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0 else {
-                Issue.record("socketpair: errno \(errno)")
-                return
-            }
-            descriptors += pair
-        }
+        let pairs = try SocketPairs(count: 1000)
+        defer { pairs.close() }
         let path = NSTemporaryDirectory() + "irqfd-bound-\(UUID().uuidString.prefix(8)).sock"
         let bound = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         #expect(bound >= 0)
-        descriptors.append(bound)
+        defer { close(bound) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in

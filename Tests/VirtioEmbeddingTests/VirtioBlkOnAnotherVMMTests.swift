@@ -17,6 +17,17 @@ let backends: [DiskBackendKind] =
 /// partition.
 @Suite(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm"), "skipped: no /dev/kvm"))
 struct VirtioBlkOnAnotherVMMTests {
+    /// Says, when qemu-storage-daemon is missing, that its case was not
+    /// generated; when it is installed, that it was.
+    @Test(
+        .enabled(
+            if: DiskBackendKind.qemuStorageDaemonPath != nil,
+            "skipped: qemu-storage-daemon is not installed (apt-get install --no-install-recommends qemu-system-common)"
+        ))
+    func theGuestAlsoRunsAgainstQemuStorageDaemon() {
+        #expect(backends.contains(.qemuStorageDaemon))
+    }
+
     @Test(arguments: backends)
     func theDriverGuestReadsSectorsThroughADeviceAttachedToAVMMThatIsNotTinyVM(backend kind: DiskBackendKind) throws {
         let sectors = 64

@@ -15,18 +15,12 @@ import Virtio
         let guest = try BlkGuest(backend, image: image)  // coalescing, the default
         guest.configure(batches: 26, perBatch: 4, first: 0, write: false, gated: true)
         guest.vm.start()
-        defer {
-            guest.vm.stop()
-            _ = guest.vm.wait()
-        }
-        typealias L = BlkGuest.L
-        guest.vm.memory.write32(1, at: L.gate)
-        #expect(guest.vm.waitUntil { guest.vm.memory.read32(at: L.batchesDone) == 1 })
+        defer { guest.stop() }
+        #expect(guest.openGate(through: 1))
         // The commit is bounded (TinyVM: 50 ms); wait well past it.
         usleep(300_000)
         let before = guest.vm.vm.counters.snapshot
-        guest.vm.memory.write32(26, at: L.gate)
-        #expect(guest.vm.waitUntil(timeout: .seconds(120)) { guest.vm.memory.read32(at: L.batchesDone) == 26 })
+        #expect(guest.openGate(through: 26, timeout: .seconds(120)))
         let injected = (guest.vm.vm.counters.snapshot - before).signalMsis
         #expect(
             injected == 0,

@@ -1,70 +1,20 @@
 #if os(Linux)
 import Foundation
 import KVM
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
 import Virtio
 
-/// A driver on the host, through the device's own MMIO entry points (the
-/// same code a guest access reaches), for the loops a 1M-instruction/s guest
-/// is too slow for. The VM is built but not run: the backend reads and
-/// writes the rings in the shared memfd all the same.
-struct HostDriver {
-    let device: VirtioBlkDevice
-    let memory: GuestMemory
-    static let common = VirtioBlkDevice.virtioBase + VirtioBlkDevice.commonOffset
-    static let ring: UInt64 = 0x20000
-    static let size = 32
-    var avail: UInt16 = 0
+typealias HostDriver = BlkHostDriver
 
-    func w(_ offset: UInt64, _ size: Int, _ value: UInt64) {
-        device.write(address: Self.common + offset, size: size, value: value)
-    }
-    func r(_ offset: UInt64, _ size: Int) -> UInt64 { device.read(address: Self.common + offset, size: size) }
-
+extension BlkHostDriver {
     /// Virtio 1.2 section 3.1.1, VERSION_1 only, queue 0 of size 32 with no vector.
     mutating func initialise() -> Bool {
-        guard resetAndNegotiateFeatures(read: r, write: w) else { return false }
-        setUpQueue(0, size: Self.size, vector: 0xFFFF, at: Self.ring, write: w)
-        // Fresh rings: a reset forgets the indices (SET_VRING_BASE 0).
-        memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring)
         avail = 0
-        w(0x1C, 2, 1)
-        w(0x14, 1, 0x0F)
-        // The write returned at once; the device's worker starts the queue.
-        device.waitUntilIdle()
-        return r(0x14, 1) == 0x0F
+        return device.bringUp(queues: [HostQueue(0, size: Self.size, vector: 0xFFFF, ring: Self.ring)], memory: memory)
     }
-
-    /// Submits `count` 512-byte reads of sectors 0..<count and notifies.
-    mutating func submitReads(_ count: Int) {
-        for i in 0..<count {
-            let header = Self.ring + 0x3000 + 16 * UInt64(i)
-            memory.write64(0, at: header)  // type IN, reserved
-            memory.write64(UInt64(i), at: header + 8)
-            let status = Self.ring + 0x3800 + UInt64(i)
-            memory.load([0xFF], at: status)
-            let d = Self.ring + 16 * UInt64(3 * i)
-            func desc(_ at: UInt64, _ addr: UInt64, _ len: UInt32, _ flags: UInt16, _ next: UInt16) {
-                memory.write64(addr, at: at)
-                memory.write64(UInt64(len) | UInt64(flags) << 32 | UInt64(next) << 48, at: at + 8)
-            }
-            desc(d, header, 16, 1, UInt16(3 * i + 1))
-            desc(d + 16, 0x10_0000 + 512 * UInt64(i), 512, 3, UInt16(3 * i + 2))
-            desc(d + 32, status, 1, 2, 0)
-            let slot = Self.ring + 0x1004 + 2 * UInt64(Int(avail) % Self.size)
-            let word = memory.read32(at: slot & ~3)
-            let shift = (slot & 2) * 8
-            memory.write32(word & ~(0xFFFF << shift) | UInt32(3 * i) << shift, at: slot & ~3)
-            avail &+= 1
-        }
-        memory.write32(UInt32(avail) << 16, at: Self.ring + 0x1000)  // flags 0, idx
-        device.write(address: VirtioBlkDevice.notifyAddress(queue: 0), size: 2, value: 0)
-    }
-
-    /// The used ring's idx.
-    var used: UInt16 { UInt16(memory.read32(at: Self.ring + 0x2000) >> 16) }
 }
 
 @Suite(needsKVM, qsdInstalled) struct VirtioResetTests {

@@ -52,6 +52,18 @@ final class BlkGuest {
         m.write32(gated ? 1 : 0, at: L.gated)
     }
 
+    /// Stops the guest and waits for its vCPUs to end.
+    func stop() {
+        vm.stop()
+        _ = vm.wait()
+    }
+
+    /// Opens the gate of a `gated` guest through batch `batch`; true once the guest has finished that batch.
+    func openGate(through batch: UInt32, timeout: Duration = .seconds(10)) -> Bool {
+        vm.memory.write32(batch, at: L.gate)
+        return vm.waitUntil(timeout: timeout) { self.vm.memory.read32(at: L.batchesDone) == batch }
+    }
+
     var completed: Int { Int(vm.memory.read32(at: L.completed)) }
     var failed: Int { Int(vm.memory.read32(at: L.failed)) }
     func interrupts(cpu: Int, msix v: Int) -> Int {
@@ -123,20 +135,15 @@ func pattern(_ j: Int, _ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: j &* 31 &+
         // A third batch never opens: the guest waits at the gate with interrupts on.
         guest.configure(batches: 3, perBatch: 3, first: 0, write: false, gated: true)
         guest.vm.start()
-        defer {
-            guest.vm.stop()
-            _ = guest.vm.wait()
-        }
-        typealias L = BlkGuest.L
-        guest.vm.memory.write32(1, at: L.gate)
-        #expect(guest.vm.waitUntil { guest.vm.memory.read32(at: L.batchesDone) == 1 })
+        defer { guest.stop() }
+        #expect(guest.openGate(through: 1))
         // Queue 0's vector is 1: mask it in the table (vector control, BAR1 + 16 + 12).
         let emulator = guest.device.emulator
         let messages = guest.device.frontend.messagesSent
         usleep(50_000)  // a late queue-start signal (qemu-storage-daemon sends one) lands first
         let afterBatch = guest.interrupts(cpu: 0, msix: 1)
         emulator.write(bar: 1, offset: 16 + 12, size: 4, value: 1)
-        guest.vm.memory.write32(2, at: L.gate)
+        guest.vm.memory.write32(2, at: BlkGuest.L.gate)
         // The device area's idx (queue 0's used ring at 0x22000 + 2) reaches 6:
         // the backend completed batch 2, and the guest sleeps until it hears.
         #expect(guest.vm.waitUntil { guest.vm.memory.read32(at: 0x22000) >> 16 == 6 }, "the backend completes batch 2")

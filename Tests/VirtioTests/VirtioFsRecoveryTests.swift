@@ -1,5 +1,6 @@
 #if os(Linux)
 import Foundation
+import KVMTestSupport
 import TestSupport
 import Testing
 import TinyVM
@@ -38,18 +39,11 @@ struct FsHostDriver {
     /// Virtio 1.2 section 3.1.1, VERSION_1 only; hiprio and request queue 1 of
     /// size 16, request queue 1 on MSI-X vector `vector` (0xFFFF: none).
     mutating func initialise(vector: UInt16 = 0xFFFF) -> Bool {
-        guard resetAndNegotiateFeatures(read: r, write: w) else { return false }
-        for q in 0..<2 {
-            setUpQueue(q, size: Self.size, vector: q == 1 ? vector : 0xFFFF, at: Self.ring(q), write: w)
-            // Fresh rings: a reset forgets the indices (SET_VRING_BASE 0).
-            memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring(q))
-            w(0x1C, 2, 1)
-        }
         avail = 0
-        w(0x14, 1, 0x0F)
-        // The write returned at once; the device's worker starts the queues.
-        device.waitUntilIdle()
-        return r(0x14, 1) == 0x0F
+        let queues = (0..<2).map { q in
+            HostQueue(q, size: Self.size, vector: q == 1 ? vector : 0xFFFF, ring: Self.ring(q))
+        }
+        return device.bringUp(queues: queues, memory: memory)
     }
 
     static func inBuffer(_ slot: Int) -> UInt64 { 0x10_0000 + 0x4000 * UInt64(slot) }
@@ -198,12 +192,10 @@ enum Fuse {
                 let read = Fuse.readFile(&driver, name: "file", size: 4)
                 #expect(read == [1, 2, 3, 4], "round \(round)")
                 device.writeStatus(0)
-                let socket = try #require(device.frontend.socket)
-                owned = ([socket] + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
+                owned = try descriptorsOwned(by: device)
                 #expect(owned.count == 5, "the socket, and a kick and a call eventfd per queue")
             }
-            _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
-            for d in owned { #expect(!d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release") }
+            expectClosedAfterRelease(owned, round: round)
             // virtiofsd exits once its connection closes: the next device needs a new one.
             _ = eventually(.seconds(2)) { !backend.isRunning }
             try backend.restart()

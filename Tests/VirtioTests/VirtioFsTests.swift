@@ -286,15 +286,8 @@ final class FsGuest {
     @Test func theLauncherFindsVirtiofsdListeningPastTheFirst4KiBOfProcNetUnix() throws {
         // 600 more sockets: /proc/net/unix grows to tens of KiB, most of it
         // past what one read of the file returns.
-        var pairs: [Int32] = []
-        defer { for fd in pairs { close(fd) } }
-        for _ in 0..<300 {
-            var fds: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
-                throw TestFailure("socketpair")
-            }
-            pairs += fds
-        }
+        let pairs = try SocketPairs(count: 300)
+        defer { pairs.close() }
         let share = try SharedDirectory()
         let backend = try FileSystemBackend(sharedDirectory: share.path, timeout: .seconds(5))
         defer { backend.stop() }

@@ -214,10 +214,10 @@ final class VirtioHandOffRig {
         if: BlockBackend.embeddedExecutable() != nil, "skipped: the irqfd-vhost-user-blk executable is not built")
     /// Hand-offs per run (`IRQFD_VIRTIO_HANDOFFS`, default 20), one every `step` completions.
     static let handOffs = environmentCount("IRQFD_VIRTIO_HANDOFFS", default: 20)
-    static let step = 250
+    static let step = 100
     /// Requests in all: enough for every hand-off to find requests in flight,
     /// even when the test's thread runs late (the guest goes on meanwhile).
-    static var requests: Int { (handOffs + 20) * 4 * step }
+    static var requests: Int { (handOffs + 20) * 10 * step }
 
     static func environmentCount(_ name: String, default fallback: Int) -> Int {
         ProcessInfo.processInfo.environment[name].flatMap { Int($0) }.map { max($0, 1) } ?? fallback
@@ -306,7 +306,7 @@ final class VirtioHandOffRig {
     @Test(Self.qsdPresent, arguments: InterruptDelivery.allCases)
     func aThawedDeviceGoesOnAsBeforeWithoutAMessage(_ delivery: InterruptDelivery) throws {
         let what = "virtio-blk freeze and thaw (qemu-storage-daemon, \(delivery))"
-        let rig = try VirtioHandOffRig(kind: .qemuStorageDaemon, delivery: delivery, total: 40 * Self.step)
+        let rig = try VirtioHandOffRig(kind: .qemuStorageDaemon, delivery: delivery, total: 100 * Self.step)
         let inode = rig.connectionInode
         for _ in 0..<5 {
             guard rig.waitForProgress(Self.step), rig.phase != 2 else { break }

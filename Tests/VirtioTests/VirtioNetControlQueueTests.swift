@@ -1,10 +1,38 @@
 #if os(Linux)
 import Foundation
+import KVMTestSupport
 import KVM
 import TestSupport
 import Testing
 import TinyVM
 import Virtio
+
+/// dpdk-testpmd serving `queuePairs` pairs, a VM (built, not run) with the
+/// virtio-net device attached to it, and a ``NetHostDriver`` of the device.
+/// `close` disconnects the device, then stops testpmd.
+final class HostNet {
+    let backend: NetBackend
+    let vm: TinyVM
+    let device: VirtioNetDevice
+    let driver: NetHostDriver
+
+    init(queuePairs: Int) throws {
+        backend = try NetBackend(queuePairs: queuePairs)
+        do {
+            vm = try TinyVM(.init(cpus: 1))
+            device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: queuePairs)
+        } catch {
+            backend.stop()
+            throw error
+        }
+        driver = NetHostDriver(device: device, memory: vm.memory)
+    }
+
+    func close() {
+        device.disconnect()
+        backend.stop()
+    }
+}
 
 /// The driver side of the virtio-net device on the host, through the
 /// device's own MMIO entry points (the code a guest access reaches): it
@@ -36,17 +64,11 @@ final class NetHostDriver {
     /// Virtio 1.2 section 3.1.1 with `features` (bits 0..31, and VERSION_1),
     /// every queue of size 16 with vector q + 1, DRIVER_OK.
     func initialise(features: UInt32) -> Bool {
-        guard resetAndNegotiateFeatures(features, read: r, write: w) else { return false }
-        for q in 0..<device.queueCount {
-            setUpQueue(q, size: Self.size, vector: UInt16(q + 1), at: Self.ring(q), write: w)
-            memory.load([UInt8](repeating: 0, count: 0x3000), at: Self.ring(q))
-            w(0x1C, 2, 1)
-        }
         avail = 0
-        w(0x14, 1, 0x0F)
-        // The write returned at once; the device's worker starts the queues.
-        device.waitUntilIdle()
-        return r(0x14, 1) == 0x0F
+        let queues = (0..<device.queueCount).map { q in
+            HostQueue(q, size: Int(Self.size), vector: UInt16(q + 1), ring: Self.ring(q))
+        }
+        return device.bringUp(features: features, queues: queues, memory: memory)
     }
 
     /// A descriptor of the control queue's table.
@@ -100,12 +122,9 @@ extension VirtioNetTests {
         static let features: UInt32 = (1 << 5) | (1 << 17) | (1 << 22)
 
         @Test func hostileControlRequestsAreAnsweredPerSpecAndTheDeviceKeepsWorking() throws {
-            let backend = try NetBackend(queuePairs: 2)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-            defer { device.disconnect() }
-            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let rig = try HostNet(queuePairs: 2)
+            defer { rig.close() }
+            let (backend, vm, device, driver) = (rig.backend, rig.vm, rig.device, rig.driver)
             #expect(driver.initialise(features: Self.features), "status \(device.status); \(backend.log.suffix(800))")
             #expect(device.isRunning(queue: 4))
             // Well-formed: both pairs, then one.
@@ -164,12 +183,9 @@ extension VirtioNetTests {
         /// carries nothing until VQ_PAIRS_SET enables it (virtio 1.2 section
         /// 5.1.6.5.5); VQ_PAIRS_SET 1 takes it away again.
         @Test func theSecondPairCarriesFramesOnlyWhileVQPairsSetHasItEnabled() throws {
-            let backend = try NetBackend(queuePairs: 2)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-            defer { device.disconnect() }
-            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let rig = try HostNet(queuePairs: 2)
+            defer { rig.close() }
+            let driver = rig.driver
             #expect(driver.initialise(features: Self.features))
             let first = NetFrameDriver(driver, pair: 0)
             let second = NetFrameDriver(driver, pair: 1)
@@ -194,11 +210,9 @@ extension VirtioNetTests {
         /// testpmd's features only those that need nothing from the VMM. The
         /// backend hears of none of the VMM's own, and of nothing it did not offer.
         @Test func featureNegotiationOffersOnlyWhatBothSidesHonourAndTellsTheBackendItsShare() throws {
-            let backend = try NetBackend(queuePairs: 2)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-            defer { device.disconnect() }
+            let rig = try HostNet(queuePairs: 2)
+            defer { rig.close() }
+            let (vm, device) = (rig.vm, rig.device)
             let f = VirtioNet.Feature.self
             let testpmd = device.frontend.backendFeatures
             let vmm = VirtioFeature.version1 | f.mac | f.status | f.multiQueue | f.controlQueue
@@ -234,11 +248,9 @@ extension VirtioNetTests {
         }
 
         @Test func aSinglePairOffersNeitherMQNorTheControlQueue() throws {
-            let backend = try NetBackend(queuePairs: 1)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath)
-            defer { device.disconnect() }
+            let rig = try HostNet(queuePairs: 1)
+            defer { rig.close() }
+            let device = rig.device
             let f = VirtioNet.Feature.self
             #expect(device.offeredFeatures & (f.multiQueue | f.controlQueue) == 0)
             #expect(device.queueCount == 2)
@@ -246,12 +258,9 @@ extension VirtioNetTests {
         }
 
         @Test func theControlQueueStartsAfreshAfterAReset() throws {
-            let backend = try NetBackend(queuePairs: 2)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-            defer { device.disconnect() }
-            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let rig = try HostNet(queuePairs: 2)
+            defer { rig.close() }
+            let (device, driver) = (rig.device, rig.driver)
             for round in 0..<3 {
                 #expect(driver.initialise(features: Self.features), "round \(round): status \(device.status)")
                 #expect(driver.request([4, 0, 2, 0]) == Self.ok, "round \(round)")
@@ -263,12 +272,9 @@ extension VirtioNetTests {
         }
 
         @Test func withoutMultiQueueNegotiatedPairsSetIsRefused() throws {
-            let backend = try NetBackend(queuePairs: 2)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-            defer { device.disconnect() }
-            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let rig = try HostNet(queuePairs: 2)
+            defer { rig.close() }
+            let driver = rig.driver
             // MAC and CTRL_VQ only.
             #expect(driver.initialise(features: (1 << 5) | (1 << 17)))
             #expect(driver.request([4, 0, 1, 0]) == VirtioNet.Control.error)

@@ -96,12 +96,9 @@ extension VirtioNetTests {
         static let macOnly: UInt32 = 1 << 5
 
         @Test func aHundredResetsWithFramesInFlightThenFramesStillComeBackIntact() throws {
-            let backend = try NetBackend(queuePairs: 1)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath)
-            defer { device.disconnect() }
-            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let rig = try HostNet(queuePairs: 1)
+            defer { rig.close() }
+            let (backend, device, driver) = (rig.backend, rig.device, rig.driver)
             let frames = NetFrameDriver(driver)
             for round in 0..<100 {
                 #expect(driver.initialise(features: Self.macOnly), "round \(round): status \(device.status)")
@@ -123,12 +120,9 @@ extension VirtioNetTests {
         }
 
         @Test func aKilledTestpmdGivesNeedsResetAndTheConfigInterruptAndAResetReconnects() throws {
-            let backend = try NetBackend(queuePairs: 1)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath)
-            defer { device.disconnect() }
-            let driver = NetHostDriver(device: device, memory: vm.memory)
+            let rig = try HostNet(queuePairs: 1)
+            defer { rig.close() }
+            let (backend, device, driver) = (rig.backend, rig.device, rig.driver)
             let frames = NetFrameDriver(driver)
             #expect(driver.initialise(features: Self.macOnly))
             driver.w(0x10, 2, 0)  // msix_config = 0
@@ -168,13 +162,10 @@ extension VirtioNetTests {
                     for v in 0...5 { _ = try device.emulator.event(for: v) }
                     #expect(driver.request([4, 0, 2, 0]) == VirtioNet.Control.ok, "round \(round)")
                     device.writeStatus(0)
-                    let socket = try #require(device.frontend.socket)
-                    owned = ([socket] + device.ownedDescriptors).map { OwnedDescriptor($0.rawValue) }
+                    owned = try descriptorsOwned(by: device)
                     #expect(owned.count == 11, "the socket, 5 kicks, 5 own calls")
                 }
-                // Released here, or on a device thread just after (it holds the device for one call).
-                _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
-                for d in owned { #expect(!d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release") }
+                expectClosedAfterRelease(owned, round: round)
             }
             #expect(vm.irqfd.freeGsiCount == free)
             #expect(backend.isRunning)
@@ -191,11 +182,9 @@ extension VirtioNetTests {
                 ProcessInfo.processInfo.environment["IRQFD_FUZZ_SEED"].flatMap { UInt64($0) }
                 ?? UInt64.random(in: 1...UInt64.max)
             var rng = SplitMix64(seed: seed)
-            let backend = try NetBackend(queuePairs: 2)
-            defer { backend.stop() }
-            let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, queuePairs: 2)
-            defer { device.disconnect() }
+            let rig = try HostNet(queuePairs: 2)
+            defer { rig.close() }
+            let (backend, vm, device) = (rig.backend, rig.vm, rig.device)
             // Ring contents for the control queue to walk: random bytes where the rings may point.
             vm.memory.load((0..<0x40000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: 0x20000)
             let base = VirtioNetDevice.virtioBase

@@ -48,16 +48,25 @@ final class DeliveryPath {
 
     static func message(_ vector: UInt8) -> MsiMessage { MsiMessage(destination: 0, vector: vector) }
 
-    /// The KVM backend: one route per channel, signalled through its event.
-    static func irqfd(_ guest: TinyVM, vectors: [UInt8]) throws(BenchError) -> DeliveryPath {
-        var routes: [KVMIrqFdRoute] = []
+    /// A route per vector from `newRoute`, each set to its vector's message;
+    /// `what` names the routes in an error.
+    static func routes<Route: IrqFdRoute>(
+        _ vectors: [UInt8], _ what: String, newRoute: () throws(IrqFdError) -> Route
+    ) throws(BenchError) -> [Route] {
+        var routes: [Route] = []
         do throws(IrqFdError) {
             for vector in vectors {
-                let route = try guest.irqfd.newRoute()
+                let route = try newRoute()
                 try route.setMsi(message(vector))
                 routes.append(route)
             }
-        } catch { throw .library("irqfd route", error) }
+        } catch { throw .library(what, error) }
+        return routes
+    }
+
+    /// The KVM backend: one route per channel, signalled through its event.
+    static func irqfd(_ guest: TinyVM, vectors: [UInt8]) throws(BenchError) -> DeliveryPath {
+        var routes = try Self.routes(vectors, "irqfd route") { () throws(IrqFdError) in try guest.irqfd.newRoute() }
         let events = routes.map(\.event)
         return DeliveryPath(
             name: Targets.Path.irqfd, floor: Targets.Path.raw, vectors: vectors,
@@ -103,14 +112,7 @@ final class DeliveryPath {
         do throws(IrqFdError) { relay = try RelayIrqFd(vm: guest.vm) } catch {
             throw .library("relay partition", error)
         }
-        var routes: [RelayIrqFdRoute] = []
-        do throws(IrqFdError) {
-            for vector in vectors {
-                let route = try relay.newRoute()
-                try route.setMsi(message(vector))
-                routes.append(route)
-            }
-        } catch { throw .library("relay route", error) }
+        var routes = try Self.routes(vectors, "relay route") { () throws(IrqFdError) in try relay.newRoute() }
         let events = routes.map(\.event)
         return DeliveryPath(
             name: Targets.Path.relay, floor: Targets.Path.rawRelay, vectors: vectors,

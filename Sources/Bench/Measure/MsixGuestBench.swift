@@ -54,7 +54,7 @@ extension BenchRunner {
             }
             for k in modes.indices {
                 var row = BenchReport.MsixBringUp(
-                    vectors: vectors, mode: modes[k].name, us: Self.medianOf(us[k]), pushes: pushes[k].max() ?? 0,
+                    vectors: vectors, mode: modes[k].name, us: Self.median(us[k]), pushes: pushes[k].max() ?? 0,
                     partition: partition)
                 row.rounds = rounds
                 if k == 0, rounds > 1 { row.ratioToBatch = BenchReport.PairedRatio(path: us[0], floor: us[1]) }
@@ -62,13 +62,6 @@ extension BenchRunner {
             }
         }
         return results
-    }
-
-    private static func medianOf(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        guard !sorted.isEmpty else { return 0 }
-        return sorted.count % 2 == 1
-            ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     /// One guest bringing `vectors` vectors live in `mode`'s order: µs and pushes (see above).

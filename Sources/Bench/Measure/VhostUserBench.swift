@@ -136,13 +136,10 @@ final class FloorDisk {
     init(kind: DiskBackendKind, image: String) throws(BenchError) {
         do { backend = try BlockBackend(kind: kind, image: image) } catch { throw .setup("\(kind): \(error)") }
         do throws(VhostUserError) {
-            frontend = try VhostUserFrontend(socketPath: backend.socketPath)
-            let features = try frontend.handshake(
-                wantedProtocolFeatures: VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
+            (frontend, memory) = try connectFloor(
+                socketPath: backend.socketPath,
+                protocolFeatures: VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config
                     | VhostUserProtocolFeature.multiQueue)
-            try frontend.setFeatures(VhostUserFeature.version1 | (features & VhostUserFeature.protocolFeatures))
-            memory = try MemfdGuestMemory(size: 1 << 20)
-            try frontend.setMemTable([memory.region])
             queue = try HostVirtqueueDriver(memory: memory, queue: 0, size: 128, base: 0, maxData: 512)
             try queue.start(frontend)
         } catch {
@@ -215,20 +212,6 @@ final class VhostUserBench {
     init(options: BenchOptions, progress: @escaping (String) -> Void) {
         self.options = options
         self.progress = progress
-    }
-
-    private static func median(_ values: [Double]) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
-
-    /// The `p`th percentile (nearest rank) of `values`.
-    private static func percentile(_ values: [Double], _ p: Double) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        let rank = Int((p / 100 * Double(s.count)).rounded(.up)) - 1
-        return s[min(s.count - 1, max(0, rank))]
     }
 
     func run() throws(BenchError) -> BenchReport.VhostUser {
@@ -316,93 +299,80 @@ final class VhostUserBench {
                 _ = try floor.request()
                 _ = try rawOnce()
             }
-            var modeAll = [[UInt64]](repeating: [], count: disks.count)
+            var latencies = [RoundLatencies](repeating: .init(), count: disks.count)
             var modeFailed = [Int](repeating: 0, count: disks.count)
-            var floorAll: [UInt64] = []
-            var p50 = [[Double]](repeating: [], count: disks.count)
-            var p99 = p50
-            var floorP50: [Double] = []
-            var rawP50: [Double] = []
-            var order = Array(0..<(disks.count + 2))  // modes, then floor, then raw
-            for r in 0..<options.vhostRounds {
+            var floorLatency = RoundLatencies()
+            var raw = RoundLatencies()
+            // The modes, then the floor, then raw irqfd.
+            try interleave(rounds: options.vhostRounds, sides: disks.count + 2) { r in
                 progress(
                     "vhost-user \(kind): latency round \(r + 1)/\(options.vhostRounds), \(perRound) requests per side")
-                for item in order {
-                    switch item {
-                    case disks.count:
-                        var ns: [UInt64] = []
-                        for _ in 0..<perRound { ns.append(try floor.request()) }
-                        floorAll += ns
-                        floorP50.append(Self.median(ns.map { Double($0) / 1000 }))
-                    case disks.count + 1:
-                        var ns: [UInt64] = []
-                        for _ in 0..<perRound { ns.append(try rawOnce()) }
-                        rawAll += ns
-                        rawP50.append(Self.median(ns.map { Double($0) / 1000 }))
-                    default:
-                        let result = try disks[item].round(depth: 1, count: perRound, stamp: true)
-                        let ns = result.samples.map(toNs)
-                        modeAll[item] += ns
-                        modeFailed[item] += result.failed
-                        let us = ns.map { Double($0) / 1000 }
-                        p50[item].append(Self.median(us))
-                        p99[item].append(Self.percentile(us, 99))
-                    }
+            } _: { item throws(BenchError) in
+                switch item {
+                case disks.count:
+                    var ns: [UInt64] = []
+                    for _ in 0..<perRound { ns.append(try floor.request()) }
+                    floorLatency.add(round: ns)
+                case disks.count + 1:
+                    var ns: [UInt64] = []
+                    for _ in 0..<perRound { ns.append(try rawOnce()) }
+                    raw.add(round: ns)
+                default:
+                    let result = try disks[item].round(depth: 1, count: perRound, stamp: true)
+                    latencies[item].add(round: result.samples.map(toNs))
+                    modeFailed[item] += result.failed
                 }
-                order.append(order.removeFirst())
             }
+            rawAll += raw.all
 
             // Throughput: per depth, interleaved rounds of the modes.
             var throughput: [BenchReport.VhostUserThroughput] = []
             let requests = options.vhostThroughputRequests
             for depth in Self.depths {
                 var rates = [[Double]](repeating: [], count: disks.count)
-                var modeOrder = Array(disks.indices)
-                for r in 0..<options.vhostThroughputRounds {
+                try interleave(rounds: options.vhostThroughputRounds, sides: disks.count) { r in
                     progress(
                         "vhost-user \(kind): throughput at depth \(depth), round \(r + 1)/\(options.vhostThroughputRounds)"
                     )
-                    for i in modeOrder {
-                        let result = try disks[i].round(depth: depth, count: requests, stamp: false)
-                        modeFailed[i] += result.failed
-                        rates[i].append(Double(requests) / (Double(result.ticks) / (tscKHz * 1000)))
-                        tscChecks.append(Double(result.ticks) / tscKHz * 1e6 / Double(result.hostNs))
-                    }
-                    modeOrder.append(modeOrder.removeFirst())
+                } _: { i throws(BenchError) in
+                    let result = try disks[i].round(depth: depth, count: requests, stamp: false)
+                    modeFailed[i] += result.failed
+                    rates[i].append(Double(requests) / (Double(result.ticks) / (tscKHz * 1000)))
+                    tscChecks.append(Double(result.ticks) / tscKHz * 1e6 / Double(result.hostNs))
                 }
                 let userspace = Self.modes.firstIndex(of: .userspace)!
                 for (i, mode) in Self.modes.enumerated() {
                     throughput.append(
                         .init(
-                            mode: mode.rawValue, depth: depth, perSecond: Self.median(rates[i]),
+                            mode: mode.rawValue, depth: depth, perSecond: BenchRunner.median(rates[i]),
                             requests: requests * rates[i].count,
                             overUserspace: mode == .userspace
                                 ? nil : BenchReport.PairedRatio(path: rates[i], floor: rates[userspace])))
                 }
             }
 
-            let irqfd = Self.modes.firstIndex(of: .irqfd)!
-            let userspace = Self.modes.firstIndex(of: .userspace)!
-            let budget = zip(floorP50, rawP50).map { $0 + 1.2 * $1 }
+            let irqfd = latencies[Self.modes.firstIndex(of: .irqfd)!]
+            let userspace = latencies[Self.modes.firstIndex(of: .userspace)!]
+            let relay = latencies[Self.modes.firstIndex(of: .relay)!]
+            let budget = zip(floorLatency.p50, raw.p50).map { $0 + 1.2 * $1 }
             var ratios: [BenchReport.NamedRatio] = []
-            func add(_ name: String, _ ratio: BenchReport.PairedRatio?) {
-                if let ratio { ratios.append(.init(name: name, ratio: ratio)) }
-            }
-            add("irqfd_p50_over_budget", .init(path: p50[irqfd], floor: budget))
-            add("irqfd_over_userspace_p50", .init(path: p50[irqfd], floor: p50[userspace]))
-            add("irqfd_over_userspace_p99", .init(path: p99[irqfd], floor: p99[userspace]))
-            add("relay_over_userspace_p50", .init(path: p50[Self.modes.firstIndex(of: .relay)!], floor: p50[userspace]))
+            ratios.append("irqfd_p50_over_budget", .init(path: irqfd.p50, floor: budget))
+            ratios.append("irqfd_over_userspace_p50", .init(path: irqfd.p50, floor: userspace.p50))
+            ratios.append("irqfd_over_userspace_p99", .init(path: irqfd.p99, floor: userspace.p99))
+            ratios.append("relay_over_userspace_p50", .init(path: relay.p50, floor: userspace.p50))
             let result = BenchReport.VhostUserBackend(
                 backend: kind.rawValue,
                 latency: Self.modes.enumerated().map { i, mode in
-                    .init(mode: mode.rawValue, latency: LatencySummary(nanoseconds: modeAll[i]), failed: modeFailed[i])
+                    .init(
+                        mode: mode.rawValue, latency: LatencySummary(nanoseconds: latencies[i].all),
+                        failed: modeFailed[i])
                 },
-                floor: LatencySummary(nanoseconds: floorAll), throughput: throughput, ratios: ratios)
+                floor: LatencySummary(nanoseconds: floorLatency.all), throughput: throughput, ratios: ratios)
             backends.append(result)
             targets += Self.targets(result)
 
             if kind == .qemuStorageDaemon {
-                mask = try measureMask(disk: disks[irqfd], floor: floor)
+                mask = try measureMask(disk: disks[Self.modes.firstIndex(of: .irqfd)!], floor: floor)
                 if let mask { targets += Self.maskTargets(mask) }
             }
         }
@@ -443,7 +413,7 @@ final class VhostUserBench {
         return .init(
             backends: backends, rawIrqfd: LatencySummary(nanoseconds: rawAll), maskUnmask: mask, targets: targets,
             skipped: skipped, tscKHz: tscKHz, rounds: options.vhostRounds, targetRatios: targetRatios,
-            tscCheck: Self.median(tscChecks), virtioFs: virtioFs)
+            tscCheck: BenchRunner.median(tscChecks), virtioFs: virtioFs)
     }
 
     /// The mask + unmask targets: ours cheaper than QEMU's strategy, at both spacings.
@@ -574,9 +544,9 @@ final class VhostUserBench {
             let rb = try rawCycles(cycles) / Double(cycles)
             let delta = vm.counters.snapshot - counters
             guard round >= 0 else { continue }
-            isolated.ours.append(Self.median(o))
-            isolated.qemu.append(Self.median(q))
-            isolated.raw.append(Self.median(r))
+            isolated.ours.append(BenchRunner.median(o))
+            isolated.qemu.append(BenchRunner.median(q))
+            isolated.raw.append(BenchRunner.median(r))
             oursAll += o
             qemuAll += q
             back.ours.append(ob)
@@ -592,17 +562,17 @@ final class VhostUserBench {
         }
         let total = Double(max(1, oursCycles))
         var result = BenchReport.VhostUserMaskUnmask(
-            oursUs: Self.median(isolated.ours), qemuStrategyUs: Self.median(isolated.qemu), qemuOverOurs: qemuOverOurs,
+            oursUs: BenchRunner.median(isolated.ours), qemuStrategyUs: BenchRunner.median(isolated.qemu), qemuOverOurs: qemuOverOurs,
             oursMessagesPerCycle: Double(oursMessages) / total, oursIrqfdCallsPerCycle: Double(oursIrqfdCalls) / total,
             qemuMessagesPerCycle: Double(qemuMessages) / total,
             replyAck: floor.frontend.protocolFeatures & VhostUserProtocolFeature.replyAck != 0, cycles: oursCycles / 2)
         result.oursOverQemu = BenchReport.PairedRatio(path: isolated.ours, floor: isolated.qemu)
         result.oursMeanUs = oursAll.reduce(0, +) / Double(max(1, oursAll.count))
         result.qemuStrategyMeanUs = qemuAll.reduce(0, +) / Double(max(1, qemuAll.count))
-        result.rawUs = Self.median(isolated.raw)
+        result.rawUs = BenchRunner.median(isolated.raw)
         result.oursOverRaw = BenchReport.PairedRatio(path: isolated.ours, floor: isolated.raw)
         result.backToBack = .init(
-            oursUs: Self.median(back.ours), qemuStrategyUs: Self.median(back.qemu), rawUs: Self.median(back.raw),
+            oursUs: BenchRunner.median(back.ours), qemuStrategyUs: BenchRunner.median(back.qemu), rawUs: BenchRunner.median(back.raw),
             oursOverQemu: BenchReport.PairedRatio(path: back.ours, floor: back.qemu),
             qemuOverOurs: BenchReport.PairedRatio(path: back.qemu, floor: back.ours),
             oursOverRaw: BenchReport.PairedRatio(path: back.ours, floor: back.raw))

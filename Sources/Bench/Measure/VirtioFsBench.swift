@@ -106,12 +106,9 @@ final class FuseFloor {
     init(share: String) throws(BenchError) {
         do { backend = try FileSystemBackend(sharedDirectory: share) } catch { throw .setup("\(error)") }
         do throws(VhostUserError) {
-            frontend = try VhostUserFrontend(socketPath: backend.socketPath)
-            let features = try frontend.handshake(
-                wantedProtocolFeatures: VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.multiQueue)
-            try frontend.setFeatures(VhostUserFeature.version1 | (features & VhostUserFeature.protocolFeatures))
-            memory = try MemfdGuestMemory(size: 1 << 20)
-            try frontend.setMemTable([memory.region])
+            (frontend, memory) = try connectFloor(
+                socketPath: backend.socketPath,
+                protocolFeatures: VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.multiQueue)
             hiprio = try HostVirtqueueDriver(memory: memory, queue: 0, size: 16, base: 0, maxData: 16)
             queue = try HostVirtqueueDriver(memory: memory, queue: 1, size: 16, base: 0x1_0000, maxData: 16)
             try hiprio.start(frontend)
@@ -203,18 +200,6 @@ struct VirtioFsBench {
     let progress: (String) -> Void
     static let modes: [InterruptDelivery] = [.irqfd, .relay, .userspace]
 
-    private static func median(_ values: [Double]) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
-
-    private static func percentile(_ values: [Double], _ p: Double) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        return s[min(s.count - 1, max(0, Int((p / 100 * Double(s.count)).rounded(.up)) - 1))]
-    }
-
     /// Measures; `tscKHz` converts the guests' stamps.
     func run(tscKHz: Double) throws(BenchError) -> BenchReport.VirtioFs {
         // A directory of its own: two runs in one process (tests) must not share the written files.
@@ -239,53 +224,34 @@ struct VirtioFsBench {
         let perRound = options.vhostLatencyPerRound
         for guest in guests { _ = try guest.round(count: 10) }
         for _ in 0..<10 { _ = try floor.read() }
-        var modeAll = [[UInt64]](repeating: [], count: guests.count)
-        var floorAll: [UInt64] = []
-        var p50 = [[Double]](repeating: [], count: guests.count)
-        var p99 = p50
-        var floorP50: [Double] = []
-        var floorP99: [Double] = []
-        var order = Array(0...guests.count)  // the modes, then the floor
-        for r in 0..<rounds {
+        var latencies = [RoundLatencies](repeating: .init(), count: guests.count)
+        var floorLatency = RoundLatencies()
+        // The modes, then the floor.
+        try interleave(rounds: rounds, sides: guests.count + 1) { r in
             progress("vhost-user virtio-fs: round \(r + 1)/\(rounds), \(perRound) READs per side")
-            for item in order {
-                let ns: [UInt64]
-                if item == guests.count {
-                    var samples: [UInt64] = []
-                    for _ in 0..<perRound { samples.append(try floor.read()) }
-                    ns = samples
-                    floorAll += ns
-                } else {
-                    ns = try guests[item].round(count: perRound).map(toNs)
-                    modeAll[item] += ns
-                }
-                let us = ns.map { Double($0) / 1000 }
-                if item == guests.count {
-                    floorP50.append(Self.median(us))
-                    floorP99.append(Self.percentile(us, 99))
-                } else {
-                    p50[item].append(Self.median(us))
-                    p99[item].append(Self.percentile(us, 99))
-                }
+        } _: { item throws(BenchError) in
+            if item == guests.count {
+                var samples: [UInt64] = []
+                for _ in 0..<perRound { samples.append(try floor.read()) }
+                floorLatency.add(round: samples)
+            } else {
+                latencies[item].add(round: try guests[item].round(count: perRound).map(toNs))
             }
-            order.append(order.removeFirst())
         }
         var ratios: [BenchReport.NamedRatio] = []
-        func add(_ name: String, _ ratio: BenchReport.PairedRatio?) {
-            if let ratio { ratios.append(.init(name: name, ratio: ratio)) }
-        }
         for (i, mode) in Self.modes.enumerated() {
-            add("\(mode.rawValue)_p50_over_floor", .init(path: p50[i], floor: floorP50))
-            add("\(mode.rawValue)_p99_over_floor", .init(path: p99[i], floor: floorP99))
+            ratios.append("\(mode.rawValue)_p50_over_floor", .init(path: latencies[i].p50, floor: floorLatency.p50))
+            ratios.append("\(mode.rawValue)_p99_over_floor", .init(path: latencies[i].p99, floor: floorLatency.p99))
         }
         if let irqfd = Self.modes.firstIndex(of: .irqfd), let userspace = Self.modes.firstIndex(of: .userspace) {
-            add("irqfd_over_userspace_p50", .init(path: p50[irqfd], floor: p50[userspace]))
+            let ratio = BenchReport.PairedRatio(path: latencies[irqfd].p50, floor: latencies[userspace].p50)
+            ratios.append("irqfd_over_userspace_p50", ratio)
         }
         return .init(
             latency: Self.modes.enumerated().map { i, mode in
-                .init(mode: mode.rawValue, latency: LatencySummary(nanoseconds: modeAll[i]), failed: 0)
+                .init(mode: mode.rawValue, latency: LatencySummary(nanoseconds: latencies[i].all), failed: 0)
             },
-            floor: LatencySummary(nanoseconds: floorAll), ratios: ratios, rounds: rounds, perRound: perRound)
+            floor: LatencySummary(nanoseconds: floorLatency.all), ratios: ratios, rounds: rounds, perRound: perRound)
     }
 }
 #endif

@@ -38,11 +38,8 @@ final class NetFloor {
 
     init(socketPath: String) throws(BenchError) {
         do throws(VhostUserError) {
-            frontend = try VhostUserFrontend(socketPath: socketPath)
-            let features = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
-            try frontend.setFeatures(VhostUserFeature.version1 | (features & VhostUserFeature.protocolFeatures))
-            memory = try MemfdGuestMemory(size: 1 << 20)
-            try frontend.setMemTable([memory.region])
+            (frontend, memory) = try connectFloor(
+                socketPath: socketPath, protocolFeatures: VhostUserProtocolFeature.replyAck)
             receive = try HostVirtqueueDriver(memory: memory, queue: 0, size: Self.size, base: 0, maxData: 64)
             transmit = try HostVirtqueueDriver(
                 memory: memory, queue: 1, size: Self.size, base: 0x1_0000, maxData: 64)
@@ -115,19 +112,6 @@ package final class VirtioNetBench {
         self.progress = progress
     }
 
-    private static func median(_ values: [Double]) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
-
-    private static func percentile(_ values: [Double], _ p: Double) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        let rank = Int((p / 100 * Double(s.count)).rounded(.up)) - 1
-        return s[min(s.count - 1, max(0, rank))]
-    }
-
     /// One guest run in a VM of its own: `frames` 60-byte frames on pair 0,
     /// `batch` in flight, stamped or not. Returns the samples (TSC ticks),
     /// the run's TSC ticks and the frames that came back damaged.
@@ -184,40 +168,26 @@ package final class VirtioNetBench {
         }
         let toNs = { (ticks: UInt32) in UInt64(Double(ticks) * 1e6 / tscKHz) }
         let perRound = options.netLatencyPerRound
-        var modeAll = [[UInt64]](repeating: [], count: Self.modes.count)
+        var latencies = [RoundLatencies](repeating: .init(), count: Self.modes.count)
         var damaged = [Int](repeating: 0, count: Self.modes.count)
-        var p50 = [[Double]](repeating: [], count: Self.modes.count)
-        var p99 = p50
-        var floorAll: [UInt64] = []
-        var floorP50: [Double] = []
-        var floorP99: [Double] = []
-        var order = Array(0...Self.modes.count)  // modes, then the floor
-        for r in 0..<options.netRounds {
+        var floor = RoundLatencies()
+        // The modes, then the floor.
+        try interleave(rounds: options.netRounds, sides: Self.modes.count + 1) { r in
             progress("virtio-net: latency round \(r + 1)/\(options.netRounds), \(perRound) frames per side")
-            for item in order {
-                if item == Self.modes.count {
-                    let floor = try NetFloor(socketPath: socket)
-                    var ns: [UInt64] = []
-                    for _ in 0..<perRound { ns.append(try floor.ping()) }
-                    floor.close()
-                    floorAll += ns
-                    let us = ns.map { Double($0) / 1000 }
-                    floorP50.append(Self.median(us))
-                    floorP99.append(Self.percentile(us, 99))
-                } else {
-                    let run = try guestRun(
-                        Self.modes[item], socketPath: socket, frames: perRound, batch: 1, stamp: true)
-                    tscKHz = run.tscKHz
-                    let ns = run.samples.map(toNs)
-                    modeAll[item] += ns
-                    damaged[item] += run.damaged
-                    let us = ns.map { Double($0) / 1000 }
-                    p50[item].append(Self.median(us))
-                    p99[item].append(Self.percentile(us, 99))
-                }
-                usleep(2000)  // testpmd notices the closed connection before the next
+        } _: { item throws(BenchError) in
+            if item == Self.modes.count {
+                let connection = try NetFloor(socketPath: socket)
+                var ns: [UInt64] = []
+                for _ in 0..<perRound { ns.append(try connection.ping()) }
+                connection.close()
+                floor.add(round: ns)
+            } else {
+                let run = try guestRun(Self.modes[item], socketPath: socket, frames: perRound, batch: 1, stamp: true)
+                tscKHz = run.tscKHz
+                latencies[item].add(round: run.samples.map(toNs))
+                damaged[item] += run.damaged
             }
-            order.append(order.removeFirst())
+            usleep(2000)  // testpmd notices the closed connection before the next
         }
 
         var throughput: [BenchReport.VirtioNet.Throughput] = []
@@ -225,45 +195,39 @@ package final class VirtioNetBench {
         let userspace = Self.modes.firstIndex(of: .userspace)!
         for batch in Self.batches {
             var rates = [[Double]](repeating: [], count: Self.modes.count)
-            var modeOrder = Array(Self.modes.indices)
-            for r in 0..<options.netThroughputRounds {
+            try interleave(rounds: options.netThroughputRounds, sides: Self.modes.count) { r in
                 progress("virtio-net: frames/s at batch \(batch), round \(r + 1)/\(options.netThroughputRounds)")
-                for i in modeOrder {
-                    let run = try guestRun(
-                        Self.modes[i], socketPath: socket, frames: frames, batch: batch, stamp: false)
-                    damaged[i] += run.damaged
-                    rates[i].append(Double(frames) / (Double(run.ticks) / (run.tscKHz * 1000)))
-                    usleep(2000)
-                }
-                modeOrder.append(modeOrder.removeFirst())
+            } _: { i throws(BenchError) in
+                let run = try guestRun(Self.modes[i], socketPath: socket, frames: frames, batch: batch, stamp: false)
+                damaged[i] += run.damaged
+                rates[i].append(Double(frames) / (Double(run.ticks) / (run.tscKHz * 1000)))
+                usleep(2000)
             }
             for (i, mode) in Self.modes.enumerated() {
                 throughput.append(
                     .init(
-                        mode: mode.rawValue, batch: batch, perSecond: Self.median(rates[i]),
+                        mode: mode.rawValue, batch: batch, perSecond: BenchRunner.median(rates[i]),
                         frames: frames * rates[i].count,
                         overUserspace: mode == .userspace
                             ? nil : BenchReport.PairedRatio(path: rates[i], floor: rates[userspace])))
             }
         }
 
-        let irqfd = Self.modes.firstIndex(of: .irqfd)!
-        let relay = Self.modes.firstIndex(of: .relay)!
+        let irqfd = latencies[Self.modes.firstIndex(of: .irqfd)!]
+        let relay = latencies[Self.modes.firstIndex(of: .relay)!]
+        let user = latencies[userspace]
         var ratios: [BenchReport.NamedRatio] = []
-        func add(_ name: String, _ ratio: BenchReport.PairedRatio?) {
-            if let ratio { ratios.append(.init(name: name, ratio: ratio)) }
-        }
-        add("irqfd p50 / floor p50", .init(path: p50[irqfd], floor: floorP50))
-        add("irqfd p99 / floor p99", .init(path: p99[irqfd], floor: floorP99))
-        add("irqfd p50 / userspace p50", .init(path: p50[irqfd], floor: p50[userspace]))
-        add("irqfd p99 / userspace p99", .init(path: p99[irqfd], floor: p99[userspace]))
-        add("relay p50 / userspace p50", .init(path: p50[relay], floor: p50[userspace]))
+        ratios.append("irqfd p50 / floor p50", .init(path: irqfd.p50, floor: floor.p50))
+        ratios.append("irqfd p99 / floor p99", .init(path: irqfd.p99, floor: floor.p99))
+        ratios.append("irqfd p50 / userspace p50", .init(path: irqfd.p50, floor: user.p50))
+        ratios.append("irqfd p99 / userspace p99", .init(path: irqfd.p99, floor: user.p99))
+        ratios.append("relay p50 / userspace p50", .init(path: relay.p50, floor: user.p50))
         return .init(
             backend: "dpdk-testpmd",
             latency: Self.modes.enumerated().map { i, mode in
-                .init(mode: mode.rawValue, latency: LatencySummary(nanoseconds: modeAll[i]), damaged: damaged[i])
+                .init(mode: mode.rawValue, latency: LatencySummary(nanoseconds: latencies[i].all), damaged: damaged[i])
             },
-            floor: LatencySummary(nanoseconds: floorAll), throughput: throughput, ratios: ratios, tscKHz: tscKHz,
+            floor: LatencySummary(nanoseconds: floor.all), throughput: throughput, ratios: ratios, tscKHz: tscKHz,
             rounds: options.netRounds, skipped: [])
     }
 }

@@ -1,9 +1,9 @@
 #if os(Linux)
 public import IrqFdCore
-import IrqFdLinux
+public import IrqFdRelay
 public import KVM
 
-/// Injects through `KVM_SIGNAL_MSI` on a KVM VM: the relay's injector on Linux.
+/// Injects through `KVM_SIGNAL_MSI` on a KVM VM: the relay's injector on KVM.
 ///
 /// Holds the VM weakly, like the KVM backend's kernel: a relay must not keep a
 /// VM alive, and once the VM is gone injection throws `partitionGone`.
@@ -26,13 +26,6 @@ public struct KVMSignalMsiInjector: MsiInjector {
 }
 
 extension RelayIrqFd {
-    /// A Linux relay: an epoll thread, eventfd route events, `injector`.
-    public convenience init(injector: any MsiInjector) throws(IrqFdError) {
-        try self.init(
-            injector: injector, poller: try EpollPoller(),
-            makeEvent: { () throws(IrqFdError) -> any Event in try EventFD() })
-    }
-
     /// A Linux relay injecting into `vm` with KVM_SIGNAL_MSI.
     public convenience init(vm: VirtualMachine) throws(IrqFdError) {
         try self.init(injector: KVMSignalMsiInjector(vm: vm))
