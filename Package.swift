@@ -116,7 +116,7 @@ let package = Package(
         .target(
             name: "Virtio",
             dependencies: [
-                "VhostUser", "MSIX", "PCI", "IrqFdCore", "IrqFdLinux", "IrqFdRelay",
+                "VhostUser", "MSIX", "PCI", "IrqFdCore", "IrqFdLinux", "IrqFdRelay", "VirtqueueWalk",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -274,11 +274,12 @@ let package = Package(
             swiftSettings: strict),
         // The descriptor-chain walker alone: hand-written tables over memory of this process.
         .testTarget(name: "VirtqueueWalkTests", dependencies: ["VirtqueueWalk"], swiftSettings: strict),
-        // The vhost-user frontend against real back-ends and hostile peers, with no guest.
+        // The vhost-user frontend against real back-ends and hostile peers. A guest only where the
+        // kernel must signal an eventfd (KVM_IOEVENTFD): TinyVM's MMIO writer.
         .testTarget(
             name: "VhostUserTests",
             dependencies: [
-                "TestSupport", "VhostUser", "IrqFdLinux", "IrqFdCore",
+                "TestSupport", "VhostUser", "IrqFdLinux", "IrqFdCore", "TinyVM", "KVM",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
@@ -304,7 +305,10 @@ let package = Package(
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport", "IrqFdLinux"], swiftSettings: strict),
         .testTarget(
             name: "TinyVMTests",
-            dependencies: ["TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux", "GuestPrograms", "MSIX", "CLinuxKVM", "PCI", "IrqFdRouting"],
+            dependencies: [
+                "TestSupport", "KVMTestSupport", "TinyVM", "KVM", "KVMFaultInjection", "IrqFdCore", "IrqFdKVM", "IrqFdLinux",
+                "GuestPrograms", "MSIX", "CLinuxKVM", "PCI", "IrqFdRouting", "Virtio",
+            ],
             swiftSettings: strict),
     ]
 )

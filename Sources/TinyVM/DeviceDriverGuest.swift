@@ -18,16 +18,16 @@ public final class DeviceDriverGuest: Sendable {
     /// How long one command may take before `run` gives up.
     public let commandTimeout: Duration
 
-    enum Mailbox {
-        static let seq: UInt64 = 0x5C0
-        static let op: UInt64 = 0x5C4
-        static let arguments: UInt64 = 0x5C8
-        static let result: UInt64 = 0x5E0
-        static let done: UInt64 = 0x5E4
+    package enum Mailbox {
+        package static let seq: UInt64 = 0x5C0
+        package static let op: UInt64 = 0x5C4
+        package static let arguments: UInt64 = 0x5C8
+        package static let result: UInt64 = 0x5E0
+        package static let done: UInt64 = 0x5E4
     }
 
     /// The guest's commands.
-    enum Op: UInt32 {
+    package enum Op: UInt32 {
         case mmioWrite = 1
         case mmioRead, configWrite, configRead, programTable, exit, stridedWrite
     }

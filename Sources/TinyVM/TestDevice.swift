@@ -1,6 +1,6 @@
 #if os(Linux)
 import Foundation
-import IrqFdCore
+public import IrqFdCore
 import IrqFdLinux
 public import IrqFdRelay
 public import MSIX
@@ -73,6 +73,8 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
     private let worker: Worker
     private let config = Mutex(MsixTestDevice.configurationSpace)
     private let ignored = Atomic<Int>(0)
+    /// The routes a live-update freeze disarmed, re-armed by a thaw.
+    let disarmedForHandOff = Mutex<[any IrqFdRoute]>([])
 
     /// The configuration header: IDs, class 0xFF, BAR0 and BAR1 relocatable
     /// (sizing works; each decodes only at its assigned address), the MSI-X
@@ -182,6 +184,18 @@ public final class MsixTestDevice: PCIFunction, MMIODevice {
         }
         worker.signaled.store(state.signaled, ordering: .releasing)
         try emulator.restore(state.msix)
+    }
+
+    /// Restores a device saved in another VM, each vector of `events` routed
+    /// over the event given (`MsixEmulator.restore(_:adopting:)`): what
+    /// latched in an event while no VM listened reaches the guest, once.
+    public func restore(_ state: State, adopting events: [Int: any Event]) throws(MsixError) {
+        config.withLock { c in
+            c.restore(command: state.command, barValues: [state.bar0, state.bar1], interruptLine: state.interruptLine)
+            emulator.setBusMaster(c.isBusMasterEnabled)
+        }
+        worker.signaled.store(state.signaled, ordering: .releasing)
+        try emulator.restore(state.msix, adopting: events)
     }
 
     // MARK: - Configuration space

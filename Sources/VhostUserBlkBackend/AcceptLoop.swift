@@ -63,7 +63,11 @@ extension BlockServer {
             for (slot, index) in polled.enumerated() where !ready[slot + 1].isEmpty {
                 let events = ready[slot + 1]
                 if !events.isDisjoint(with: [.hangUp, .error, .invalid]) {
-                    // An eventfd never hangs up: the descriptor is not what it was. Stop the queue.
+                    // An eventfd polls POLLERR when its counter is 2^64 - 1 (fs/eventfd.c, eventfd_poll):
+                    // write(2) stops at 2^64 - 2, so only a front-end that loaded its kick there and a
+                    // kernel signal on top (the guest's doorbell, KVM_IOEVENTFD) get it there. It never
+                    // polls POLLHUP, and POLLNVAL would mean the back-end closed a kick it still polls:
+                    // kept as a defence. Either way the kick cannot be trusted: stop the queue.
                     guestLog.log(
                         "queue \(index): kick descriptor reports 0x\(String(events.rawValue, radix: 16)); queue stopped"
                     )

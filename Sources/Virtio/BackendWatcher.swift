@@ -158,6 +158,12 @@ final class CallPoller: Sendable {
     /// From now on the thread reports hang-ups and completions to `device` (held weakly).
     func report(to device: any BackendWatcherClient) { client.withLock { $0.device = device } }
 
+    /// Starts the thread reporting to `device` (held weakly: the device's deinit stops it).
+    func start(device: any BackendWatcherClient, name: String) {
+        report(to: device)
+        start(name: name)
+    }
+
     private func run(device: () -> (any BackendWatcherClient)?) {
         var registered: FileDescriptor?
         loop: while true {

@@ -78,6 +78,12 @@ public final class BlockBackend: Sendable {
     /// Whether the backend is still running.
     public var isRunning: Bool { process.isRunning }
 
+    /// The backend's process ID (a VMM handing the backend to its successor passes it on).
+    public var processIdentifier: Int32 { process.processIdentifier }
+
+    /// The private directory holding the socket, removed by `stop()`.
+    public var socketDirectory: String { directory }
+
     /// The executable that runs the embedded backend, if there is one: the
     /// running executable when it serves it as a subcommand
     /// (`VhostUserBackendProcess.servesEmbeddedBackend(asSubcommand:)`, as

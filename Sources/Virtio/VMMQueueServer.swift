@@ -5,6 +5,7 @@ import IrqFdCore
 import IrqFdLinux
 import Synchronization
 import VhostUser
+import VirtqueueWalk
 
 /// What the VMM-queue thread asks of its device.
 protocol VMMQueueClient: AnyObject, Sendable {
@@ -167,20 +168,20 @@ extension VirtioPCIDevice: VMMQueueClient {
             let slot = UInt64(next % n)
             guard let head = ram.load(UInt16.self, at: queue.driver + 4 + 2 * slot) else { break }
             var written: UInt32 = 0
-            do throws(DescriptorChainError) {
-                let chain = try DescriptorChain.walk(
-                    head: head, table: queue.descriptor, size: n, memory: ram,
-                    allowIndirect: s.driverFeatures & Self.indirectDescriptors != 0)
+            let chain = ram.chain(
+                head: head, table: queue.descriptor, size: n,
+                indirectTables: s.driverFeatures & Self.indirectDescriptors != 0)
+            if let chain, chain.fault == nil {
                 let running = s.queues.map(\.running)
                 let context = ServedRequestContext(
-                    driverFeatures: s.driverFeatures, writableCount: chain.writableCount, running: running,
+                    driverFeatures: s.driverFeatures, writableCount: Int(chain.writableBytes), running: running,
                     frontend: s.session.frontend)
-                let request = chain.readableBytes(ram, limit: Self.servedRequestLimit)
+                let request = chain.readableBytes(limit: Self.servedRequestLimit)
                 if let reply = deviceType.serve(request: request, queue: q, context: context) {
-                    written = chain.writeBack(reply, ram)
+                    written = chain.writeBack(reply)
                 }
                 if failure == nil { failure = context.failure }
-            } catch {
+            } else {
                 // Refused whole: used with nothing written, so the driver gets its descriptors back.
                 s.counters.badServedRequests += 1
             }

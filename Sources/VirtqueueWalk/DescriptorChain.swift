@@ -9,6 +9,9 @@ public enum ChainFault: Equatable, Sendable {
     case loop
     /// VIRTQ_DESC_F_INDIRECT, which was not negotiated.
     case indirect
+    /// An indirect descriptor that breaks virtio 1.2 section 2.7.5.3.1: with NEXT set, inside an
+    /// indirect table, or with a length that is not a nonzero multiple of 16.
+    case badIndirect
     /// A buffer with bytes outside guest memory.
     case outsideMemory(address: UInt64, length: UInt32)
     /// A device-readable descriptor after a device-writable one (virtio 1.2 section 2.7.4.2).
@@ -70,26 +73,65 @@ public struct DescriptorChain {
 
     /// Walks the chain at `head` in the descriptor table `table` (`queueSize`
     /// 16-byte entries, little-endian) over `memory`, within `limits`.
+    ///
+    /// With `indirectTables` (VIRTIO_F_INDIRECT_DESC negotiated) a descriptor
+    /// with VIRTQ_DESC_F_INDIRECT ends the chain in the table it points to
+    /// (virtio 1.2 section 2.7.5.3): it is not itself counted in
+    /// `descriptors`, its WRITE flag is ignored, and the table's entries fall
+    /// under the same `limits` as the direct ones. Without it, such a
+    /// descriptor is the fault ``ChainFault/indirect``.
     public init(
-        head: UInt16, table: UnsafeRawPointer, queueSize: UInt16, memory: GuestMemoryMap, limits: ChainLimits
+        head: UInt16, table: UnsafeRawPointer, queueSize: UInt16, memory: GuestMemoryMap, limits: ChainLimits,
+        indirectTables: Bool = false
     ) {
         guard head < queueSize else {
             fault = .headOutOfRange(head)
             return
         }
-        var index = head
+        var table = table
+        var size = Int(queueSize)
+        var index = Int(head)
+        // Descriptors read from the current table: more than it holds means a loop.
+        var walked = 0
+        var inIndirect = false
         while true {
-            guard descriptors < Int(queueSize) else {
+            guard walked < size else {
                 fault = fault ?? .loop
                 lastWritableByte = nil
                 return
             }
-            descriptors += 1
-            let at = 16 * Int(index)
+            walked += 1
+            let at = 16 * index
             let address = UInt64(littleEndian: table.loadUnaligned(fromByteOffset: at, as: UInt64.self))
             let length = UInt32(littleEndian: table.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self))
             let flags = UInt16(littleEndian: table.loadUnaligned(fromByteOffset: at + 12, as: UInt16.self))
             let next = UInt16(littleEndian: table.loadUnaligned(fromByteOffset: at + 14, as: UInt16.self))
+            if indirectTables, flags & Self.indirect != 0 {
+                // Section 2.7.5.3.1: no NEXT beside it, none inside a table, whole descriptors only.
+                guard !inIndirect, flags & Self.next == 0, length > 0, length % 16 == 0 else {
+                    fault = fault ?? .badIndirect
+                    lastWritableByte = nil
+                    return
+                }
+                guard let entries = memory.contiguous(guest: address, length: UInt64(length)) else {
+                    fault = fault ?? .outsideMemory(address: address, length: length)
+                    lastWritableByte = nil
+                    return
+                }
+                table = UnsafeRawPointer(entries)
+                size = Int(length / 16)
+                index = 0
+                walked = 0
+                inIndirect = true
+                continue
+            }
+            descriptors += 1
+            // An indirect table may hold 2^28 entries: past the limit its walk ends, status unknown.
+            if inIndirect, descriptors > limits.maxDescriptors {
+                fault = fault ?? .tooManyDescriptors(limit: limits.maxDescriptors)
+                lastWritableByte = nil
+                return
+            }
             if flags & Self.write != 0 {
                 lastWritableByte =
                     length > 0 && flags & Self.indirect == 0
@@ -97,11 +139,11 @@ public struct DescriptorChain {
             }
             if fault == nil { collect(address: address, length: length, flags: flags, memory: memory, limits: limits) }
             if flags & Self.next == 0 { return }
-            guard next < queueSize else {
+            guard Int(next) < size else {
                 fault = fault ?? .nextOutOfRange(next)
                 return
             }
-            index = next
+            index = Int(next)
         }
     }
 

@@ -10,11 +10,14 @@ struct Run: ParsableCommand {
         abstract: "Run a flat 16-bit guest image on KVM (loaded at 0x1000, big real mode).",
         discussion: """
             Exits with the status the guest writes to port 0xF4; 124 on timeout, 125 on a guest fault, 1 on a VMM error. \
-            The PCI test device (00:01.0; registers at 0xFE000000, MSI-X table and PBA at 0xFE010000) is always present.
+            The PCI test device (00:01.0; registers at 0xFE000000, MSI-X table and PBA at 0xFE010000) \
+            is always present. \
+            With --update-socket a successor (`irqfd run --incoming PATH`) can take the running guest over; \
+            this process then exits 0.
             """)
 
-    @Argument(help: "The flat binary image to load at guest-physical 0x1000.")
-    var image: String
+    @Argument(help: "The flat binary image to load at guest-physical 0x1000 (none with --incoming).")
+    var image: String?
 
     @Option(help: "Number of vCPUs (1...8), all starting at the entry point.")
     var cpus = 1
@@ -53,12 +56,35 @@ struct Run: ParsableCommand {
     )
     var queues = 1
 
+    @Option(
+        name: .customLong("update-socket"),
+        help: "Listen on this Unix socket for a successor VMM (`irqfd run --incoming PATH`) to hand the guest to.")
+    var updateSocket: String?
+
+    @Option(
+        help:
+            """
+            Take over the guest of the VMM listening on this update socket: no image; RAM, vCPUs and devices \
+            come over. --timeout counts from the takeover.
+            """
+    )
+    var incoming: String?
+
     @OptionGroup(title: "virtio-net")
     var net: NetRunOptions
 
     @OptionGroup var fileSystem: FileSystemOptions
 
     func validate() throws {
+        if (image == nil) == (incoming == nil) {
+            throw ValidationError("give a guest image or --incoming PATH, not both")
+        }
+        if incoming != nil || updateSocket != nil, net.isRequested || fileSystem.isRequested {
+            throw ValidationError("live update moves the PCI test device and virtio-blk: not virtio-net or virtio-fs")
+        }
+        if incoming != nil, vhostUserBlk != nil || disk != nil {
+            throw ValidationError("--incoming takes its devices from the running VMM: no --vhost-user-blk or --disk")
+        }
         if vhostUserBlk != nil, disk != nil {
             throw ValidationError("--vhost-user-blk and --disk are alternatives: give one")
         }
@@ -73,6 +99,11 @@ struct Run: ParsableCommand {
     }
 
     mutating func run() throws {
+        if let incoming {
+            try runIncoming(from: incoming)
+            return
+        }
+        guard let image else { throw ExitCode(1) }  // validate() requires one of the two
         let bytes: [UInt8]
         do { bytes = try readImage(image) } catch let error as ImageError {
             FileHandle.standardError.write(Data("irqfd run: \(error.message)\n".utf8))
@@ -83,7 +114,7 @@ struct Run: ParsableCommand {
         do {
             let vm = try TinyVM(.init(cpus: cpus, echoConsole: true))
             try vm.load(bytes)
-            try MsixTestDevice.attach(to: vm, vectors: vectors, delivery: delivery)
+            let testDevice = try MsixTestDevice.attach(to: vm, vectors: vectors, delivery: delivery)
             var backend: BlockBackend?
             var blk: VirtioBlkDevice?
             defer {
@@ -129,12 +160,15 @@ struct Run: ParsableCommand {
             }
             let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery)
             defer { fs?.close() }
-            let outcome = vm.run(timeout: max(.zero, deadline - .now))
-            if case .exited = outcome {
-            } else {
-                FileHandle.standardError.write(Data("irqfd run: \(outcome)\n".utf8))
+            vm.start()
+            let source = try updateSocket.map { path in
+                try startLiveUpdates(
+                    vm: vm, at: path,
+                    devices: [testDevice] + (blk.map { [LiveUpdateVirtioDevice($0, name: "virtio-blk")] } ?? [])
+                        + (backend.map { [DiskBackendHandOff($0)] } ?? []),
+                    routes: [])
             }
-            throw ExitCode(outcome.exitStatus)
+            throw ExitCode(superviseRun(vm, liveUpdates: source, timeout: max(.zero, deadline - .now)))
         } catch let error as TinyVMError {
             FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
             throw ExitCode(1)

@@ -371,7 +371,9 @@ final class CountingVM {
         let common = VirtioNetDevice.virtioBase + VirtioNetDevice.commonOffset
         let w = { (o: UInt64, size: Int, v: UInt64) in device.write(address: common + o, size: size, value: v) }
         let r = { (o: UInt64, size: Int) in device.read(address: common + o, size: size) }
-        let mac: UInt32 = 1 << 5, controlQueue: UInt32 = 1 << 17, multiQueue: UInt32 = 1 << 22
+        let mac: UInt32 = 1 << 5
+        let controlQueue: UInt32 = 1 << 17
+        let multiQueue: UInt32 = 1 << 22
         #expect(resetAndNegotiateFeatures(mac | controlQueue | multiQueue, read: r, write: w))
         func ring(_ q: Int) -> UInt64 { 0x20000 + 0x10000 * UInt64(q) }
         for q in 0..<device.queueCount {
@@ -460,8 +462,9 @@ final class CountingVM {
             "run", guestPath, "--vhost-user-blk", backend.socketPath, "--timeout", "\(timeout)",
         ])
         let elapsed = ContinuousClock.now - start
-        print("irqfd run --timeout \(timeout), every reply delayed \(delay) from the \(slowFrom): "
-            + "exit \(result.status) after \(elapsed)")
+        print(
+            "irqfd run --timeout \(timeout), every reply delayed \(delay) from the \(slowFrom): "
+                + "exit \(result.status) after \(elapsed)")
         switch slowFrom {
         case .handshake:
             #expect(result.status == 124, "\(result.standardError)")

@@ -382,7 +382,7 @@ let writeOnly: UInt16 = 2
         _ = ftruncate(memory.fileDescriptor.rawValue, off_t(4 << 20))
     }
 
-    /// Kick and call must be eventfds: a regular file, a pipe or a socket is refused.
+    /// Kick and call must be eventfds: a pipe, a regular file, a directory or a memfd is refused.
     @Test func aKickOrCallThatIsNotAnEventfdIsRefused() throws {
         let fixture = try HardeningFixture()
         let memory = try MemfdGuestMemory(size: 4 << 20)
@@ -399,7 +399,9 @@ let writeOnly: UInt16 = 2
         }
         let file = open(fixture.image, O_RDONLY | O_CLOEXEC)
         defer { close(file) }
-        for fd in [pipeEnds[0], file, memory.fileDescriptor.rawValue] {
+        let directory = open(fixture.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { close(directory) }
+        for fd in [pipeEnds[0], file, directory, memory.fileDescriptor.rawValue] {
             #expect(throws: VhostUserError.rejected(.setVringKick, status: 1)) {
                 try fixture.frontend.setVringKick(queue: 0, fd: fd)
             }

@@ -23,7 +23,8 @@ func expectClosedAfterRelease(
     _ = eventually(.seconds(2)) { !owned.contains(where: \.isOpen) }
     for d in owned {
         #expect(
-            !d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release", sourceLocation: sourceLocation)
+            !d.isOpen, "round \(round): descriptor \(d.fd) still open 2 s after release", sourceLocation: sourceLocation
+        )
     }
 }
 #endif

@@ -38,7 +38,9 @@ final class Table {
     }
 }
 
-let next: UInt16 = 1, writable: UInt16 = 2, indirect: UInt16 = 4
+let next: UInt16 = 1
+let writable: UInt16 = 2
+let indirect: UInt16 = 4
 
 @Suite struct DescriptorChainTests {
     @Test func aRequestChainSplitsIntoReadableThenWritableWithTheStatusLast() {
@@ -117,9 +119,11 @@ let next: UInt16 = 1, writable: UInt16 = 2, indirect: UInt16 = 4
         t.set(0, address: 0xFF80, length: 0x100, flags: writable)
         let chain = t.walk(0, memory: contiguous)
         #expect(chain.fault == nil)
-        #expect(chain.writable == [
-            MemorySegment(pointer: base + 0xFF80, length: 0x80), MemorySegment(pointer: base + 0x8000, length: 0x80),
-        ])
+        #expect(
+            chain.writable == [
+                MemorySegment(pointer: base + 0xFF80, length: 0x80),
+                MemorySegment(pointer: base + 0x8000, length: 0x80),
+            ])
         let gap = GuestMemoryMap([
             .init(guestPhysical: 0x1_0010, size: 0x100, host: base + 0x8000),
             .init(guestPhysical: 0, size: 0x1_0000, host: base),
@@ -134,5 +138,98 @@ extension GuestMemoryMap {
     func segmentsCover(_ address: UInt64, _ length: UInt64) -> Bool {
         var found: [MemorySegment] = []
         return self.segments(guest: address, length: length, maximum: .max, into: &found)
+    }
+}
+
+extension Table {
+    /// Writes descriptor `index` of an indirect table at guest-physical (and RAM offset) `at`.
+    func setIndirect(_ at: Int, _ index: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) {
+        let o = at + 16 * index
+        ram.storeBytes(of: address.littleEndian, toByteOffset: o, as: UInt64.self)
+        ram.storeBytes(of: length.littleEndian, toByteOffset: o + 8, as: UInt32.self)
+        ram.storeBytes(of: flags.littleEndian, toByteOffset: o + 12, as: UInt16.self)
+        ram.storeBytes(of: next.littleEndian, toByteOffset: o + 14, as: UInt16.self)
+    }
+
+    func walkIndirect(_ head: UInt16, limits: ChainLimits = .init(maxDescriptors: 128)) -> DescriptorChain {
+        DescriptorChain(
+            head: head, table: UnsafeRawPointer(table.baseAddress!), queueSize: size, memory: oneRegion,
+            limits: limits, indirectTables: true)
+    }
+}
+
+/// Indirect descriptor tables (virtio 1.2 section 2.7.5.3), walked only when
+/// VIRTIO_F_INDIRECT_DESC was negotiated.
+@Suite struct IndirectDescriptorTests {
+    @Test func aChainEndingInAnIndirectTableIsServedUnderTheSameLimits() {
+        let t = Table(size: 8)
+        let base = t.ram.baseAddress!
+        t.set(0, address: 0x100, length: 16, flags: next, next: 3)
+        // The indirect descriptor's WRITE flag is ignored (section 2.7.5.3.2).
+        t.set(3, address: 0x1000, length: 48, flags: indirect | writable)
+        t.setIndirect(0x1000, 0, address: 0x200, length: 8, flags: next, next: 2)
+        t.setIndirect(0x1000, 2, address: 0x300, length: 32, flags: writable | next, next: 1)
+        t.setIndirect(0x1000, 1, address: 0x400, length: 2, flags: writable)
+        let chain = t.walkIndirect(0)
+        #expect(chain.fault == nil)
+        #expect(chain.descriptors == 4, "the descriptor naming the table is not a buffer")
+        #expect(
+            chain.readable == [
+                MemorySegment(pointer: base + 0x100, length: 16), MemorySegment(pointer: base + 0x200, length: 8),
+            ])
+        #expect(
+            chain.writable == [
+                MemorySegment(pointer: base + 0x300, length: 32), MemorySegment(pointer: base + 0x400, length: 2),
+            ])
+        #expect(chain.readableBytes == 24 && chain.writableBytes == 34)
+        #expect(chain.lastWritableByte == base + 0x401)
+        // Segment count, segment size and total bytes count direct and indirect descriptors together.
+        #expect(t.walkIndirect(0, limits: .init(maxDescriptors: 3)).fault == .tooManyDescriptors(limit: 3))
+        #expect(
+            t.walkIndirect(0, limits: .init(maxDescriptors: 8, maxDescriptorLength: 16)).fault
+                == .descriptorTooLong(length: 32, limit: 16))
+        #expect(t.walkIndirect(0, limits: .init(maxDescriptors: 8, maxBytes: 20)).fault == .tooLarge(limit: 20))
+        // Without the option nothing changes: the backend does not offer VIRTIO_F_INDIRECT_DESC.
+        #expect(t.walk(0).fault == .indirect)
+    }
+
+    @Test func hostileIndirectTablesAreFaults() {
+        let t = Table(size: 8)
+        t.setIndirect(0x1000, 0, address: 0x200, length: 8, flags: writable)
+        t.set(0, address: 0x1000, length: 16, flags: indirect | next, next: 1)
+        t.set(1, address: 0x300, length: 1, flags: writable)
+        #expect(t.walkIndirect(0).fault == .badIndirect, "INDIRECT with NEXT (section 2.7.5.3.1)")
+        t.set(0, address: 0x1000, length: 0, flags: indirect)
+        #expect(t.walkIndirect(0).fault == .badIndirect, "an empty table")
+        t.set(0, address: 0x1000, length: 24, flags: indirect)
+        #expect(t.walkIndirect(0).fault == .badIndirect, "a length that is not whole descriptors")
+        t.set(0, address: 0xFFF0, length: 32, flags: indirect)
+        #expect(t.walkIndirect(0).fault == .outsideMemory(address: 0xFFF0, length: 32), "a table outside memory")
+        t.set(0, address: 0x1000, length: 32, flags: indirect)
+        t.setIndirect(0x1000, 0, address: 0x1000, length: 16, flags: indirect)
+        #expect(t.walkIndirect(0).fault == .badIndirect, "an indirect table inside an indirect table")
+        t.setIndirect(0x1000, 0, address: 0x200, length: 8, flags: next, next: 1)
+        t.setIndirect(0x1000, 1, address: 0x200, length: 8, flags: next, next: 0)
+        let loop = t.walkIndirect(0)
+        #expect(loop.fault == .loop && loop.lastWritableByte == nil, "a loop inside the table")
+        t.setIndirect(0x1000, 1, address: 0x200, length: 8, flags: next, next: 2)
+        #expect(t.walkIndirect(0).fault == .nextOutOfRange(2), "next beyond len/16, though RAM holds more")
+        t.setIndirect(0x1000, 1, address: 0xFFFF, length: 2, flags: writable)
+        #expect(t.walkIndirect(0).fault == .outsideMemory(address: 0xFFFF, length: 2), "a table entry outside memory")
+        t.set(0, address: 0x300, length: 1, flags: writable | next, next: 1)
+        t.set(1, address: 0x1000, length: 32, flags: indirect)
+        t.setIndirect(0x1000, 1, address: 0x200, length: 8, flags: 0)
+        #expect(t.walkIndirect(0).fault == .readableAfterWritable, "readable in the table after writable")
+    }
+
+    @Test func aHugeIndirectTableIsWalkedNoFurtherThanTheDescriptorLimit() {
+        let t = Table(size: 4)
+        t.set(0, address: 0x1000, length: 0x8000, flags: indirect)
+        for i in 0..<0x800 {
+            t.setIndirect(0x1000, i, address: 0x200, length: 1, flags: writable | next, next: UInt16(i + 1))
+        }
+        let chain = t.walkIndirect(0, limits: .init(maxDescriptors: 16))
+        #expect(chain.fault == .tooManyDescriptors(limit: 16))
+        #expect(chain.descriptors == 17 && chain.lastWritableByte == nil)
     }
 }

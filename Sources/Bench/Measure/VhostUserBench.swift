@@ -562,7 +562,8 @@ final class VhostUserBench {
         }
         let total = Double(max(1, oursCycles))
         var result = BenchReport.VhostUserMaskUnmask(
-            oursUs: BenchRunner.median(isolated.ours), qemuStrategyUs: BenchRunner.median(isolated.qemu), qemuOverOurs: qemuOverOurs,
+            oursUs: BenchRunner.median(isolated.ours), qemuStrategyUs: BenchRunner.median(isolated.qemu),
+            qemuOverOurs: qemuOverOurs,
             oursMessagesPerCycle: Double(oursMessages) / total, oursIrqfdCallsPerCycle: Double(oursIrqfdCalls) / total,
             qemuMessagesPerCycle: Double(qemuMessages) / total,
             replyAck: floor.frontend.protocolFeatures & VhostUserProtocolFeature.replyAck != 0, cycles: oursCycles / 2)
@@ -572,7 +573,8 @@ final class VhostUserBench {
         result.rawUs = BenchRunner.median(isolated.raw)
         result.oursOverRaw = BenchReport.PairedRatio(path: isolated.ours, floor: isolated.raw)
         result.backToBack = .init(
-            oursUs: BenchRunner.median(back.ours), qemuStrategyUs: BenchRunner.median(back.qemu), rawUs: BenchRunner.median(back.raw),
+            oursUs: BenchRunner.median(back.ours), qemuStrategyUs: BenchRunner.median(back.qemu),
+            rawUs: BenchRunner.median(back.raw),
             oursOverQemu: BenchReport.PairedRatio(path: back.ours, floor: back.qemu),
             qemuOverOurs: BenchReport.PairedRatio(path: back.qemu, floor: back.ours),
             oursOverRaw: BenchReport.PairedRatio(path: back.ours, floor: back.raw))

@@ -1,0 +1,167 @@
+#if os(Linux)
+import Foundation
+import Glibc
+import IrqFdCore
+public import IrqFdKVM
+import IrqFdLinux
+public import IrqFdRouting
+import SystemPackage
+
+/// The successor's side of a live update: connects to a running VMM's
+/// update socket, makes its VM over the guest RAM it is sent (before the old
+/// VMM pauses the guest), restores the vCPUs and devices, and after the old
+/// VMM commits adopts every route in one batch, arms, starts the vCPUs and
+/// confirms. Any failure before the commit leaves the guest with the old VMM;
+/// this side then holds nothing (every received descriptor is closed).
+public struct LiveUpdateIncoming {
+    /// The VM now running the guest.
+    public let vm: TinyVM
+    /// The VMM's own routes, adopted (for the next hand-off).
+    public let routes: [KVMIrqFdRoute]
+    /// The devices rebuilt here (for the next hand-off).
+    public let devices: [any LiveUpdateDevice]
+    /// From the last vCPU parked in the old VM to the first vCPU about to run here, nanoseconds.
+    public let pauseNanoseconds: UInt64
+    /// Route events adopted (the VMM's and every device's).
+    public let routeCount: Int
+    /// Queue eventfds adopted.
+    public let queueCount: Int
+    /// vhost-user messages sent while taking over.
+    public let vhostUserMessages: Int
+
+    /// The line a successor prints per hand-off.
+    public var summary: String {
+        "live update: paused \(pauseNanoseconds / 1000) µs; \(routeCount) routes, \(queueCount) queues, "
+            + "\(vhostUserMessages) vhost-user messages"
+    }
+
+    /// Takes the guest over from the VMM listening at `path`; `kinds` rebuild
+    /// its devices by name (a device of another name is refused before the
+    /// commit). `deadline` bounds each wait.
+    public static func takeOver(
+        from path: String, kinds: [LiveUpdateDeviceKind], echoConsole: Bool = false,
+        deadline step: Duration = .seconds(10)
+    ) throws(LiveUpdateError) -> LiveUpdateIncoming {
+        let socket: UnixSocket
+        do { socket = try UnixSocket.connect(to: path, deadline: .now + step) } catch {
+            throw .transport(step: "connect", reason: "\(error)")
+        }
+        let channel = LiveUpdateChannel(socket)
+        var hello = PayloadWriter()
+        hello.u32(LiveUpdateState.readableVersions.lowerBound)
+        hello.u32(LiveUpdateState.readableVersions.upperBound)
+        try channel.send(.hello, hello.bytes, step: "hello", deadline: .now + step)
+        let (offer, ram) = try channel.receive(.offer, maximumDescriptors: 1, step: "offer", deadline: .now + step)
+        var reader = LiveUpdateState.Reader(bytes: offer)
+        let version: UInt32
+        let cpus: UInt32
+        let memorySize: UInt64
+        let coalescing: UInt8
+        do {
+            version = try reader.u32("version")
+            cpus = try reader.u32("vCPUs")
+            memorySize = try reader.u64("RAM size")
+            coalescing = try reader.u8("coalescing")
+        } catch { throw .protocolViolation(step: "offer", reason: "\(error)") }
+        guard reader.offset == offer.count, ram.count == 1, LiveUpdateState.readableVersions.contains(version),
+            coalescing <= 1, memorySize <= 1 << 30
+        else {
+            throw .protocolViolation(
+                step: "offer", reason: "version \(version), \(ram.count) descriptors, \(memorySize) bytes of RAM")
+        }
+        let vm = try makeVM(
+            ram: ram[0], size: Int(memorySize), cpus: Int(cpus), coalescing: coalescing == 1, echoConsole: echoConsole)
+        try channel.send(.prepared, step: "prepared", deadline: .now + step)
+
+        // The old VMM pauses the guest now: from here every wait is part of the pause.
+        let (stateFrame, _) = try channel.receive(.state, step: "state", deadline: .now + step)
+        reader = LiveUpdateState.Reader(bytes: stateFrame)
+        let pausedAt: UInt64
+        var counts: [Int] = []
+        let routeDescriptors: Int
+        do {
+            pausedAt = try reader.u64("pause time")
+            routeDescriptors = Int(try reader.u32("route count"))
+            let deviceCount = try reader.u32("device count")
+            guard deviceCount <= 1024 else { throw LiveUpdateState.DecodingError.malformed("\(deviceCount) devices") }
+            for _ in 0..<deviceCount { counts.append(Int(try reader.u32("device descriptor count"))) }
+        } catch { throw .protocolViolation(step: "state", reason: "\(error)") }
+        let state: LiveUpdateState
+        do { state = try LiveUpdateState(decoding: Array(stateFrame[reader.offset...])) } catch {
+            throw .protocolViolation(step: "state", reason: "\(error)")
+        }
+        let total = routeDescriptors + counts.reduce(0, +)
+        guard state.routes.count == routeDescriptors, state.devices.count == counts.count, total <= 65_536 else {
+            throw .protocolViolation(step: "state", reason: "descriptor counts do not match the state")
+        }
+        let descriptors = try channel.receiveDescriptors(total, step: "descriptors", deadline: .now + step)
+        do { try vm.restoreMachineState(state.machine) } catch { throw .machine("\(error)") }
+        var routeStates: [RouteHandOffState] = []
+        for (route, descriptor) in zip(state.routes, descriptors[..<routeDescriptors]) {
+            let event: EventFD
+            do { event = try EventFD.adopting(checking: descriptor.take()) } catch {
+                throw .protocolViolation(step: "routes", reason: "a route's descriptor \(error)")
+            }
+            routeStates.append(
+                RouteHandOffState(
+                    event: event, msi: route.msi.map { MsiMessage(address: $0.address, data: $0.data) },
+                    masked: route.masked))
+        }
+        var incoming: [any IncomingLiveUpdateDevice] = []
+        var next = routeDescriptors
+        for ((name, bytes), count) in zip(state.devices, counts) {
+            guard let kind = kinds.first(where: { $0.name == name }) else {
+                throw .device(name: name, reason: "this VMM does not know the device")
+            }
+            let own = Array(descriptors[next..<next + count])
+            next += count
+            incoming.append(try kind.rebuild(vm, bytes, own))
+        }
+        try channel.send(.ready, step: "ready", deadline: .now + step)
+        _ = try channel.receive(.commit, step: "commit", deadline: .now + step)
+
+        // Committed: the old VMM is stopping. One push for every route, then the arms.
+        let adopted: [KVMIrqFdRoute]
+        do {
+            adopted = try vm.irqfd.withBatch { () throws(IrqFdError) -> [KVMIrqFdRoute] in
+                let adopted = try vm.irqfd.adoptRoutes(routeStates)
+                for device in incoming {
+                    do throws(LiveUpdateError) { try device.start() } catch {
+                        throw .unsupported("\(error)")
+                    }
+                }
+                return adopted
+            }
+        } catch { throw .machine("arming after the commit: \(error)") }
+        vm.start()
+        while vm.firstRunNanoseconds == 0, !vm.hasEnded { sched_yield() }
+        // The old VMM only logs a missing confirmation: the guest runs here either way.
+        try? channel.send(.takenOver, step: "taken over", deadline: .now + step)
+        return LiveUpdateIncoming(
+            vm: vm, routes: adopted, devices: incoming.map(\.device),
+            pauseNanoseconds: vm.firstRunNanoseconds &- pausedAt,
+            routeCount: routeDescriptors + incoming.reduce(0) { $0 + $1.routes },
+            queueCount: incoming.reduce(0) { $0 + $1.queues },
+            vhostUserMessages: incoming.reduce(0) { $0 + $1.vhostUserMessages })
+    }
+
+    /// The successor's VM over the RAM that came over, checked to be as large as said.
+    private static func makeVM(
+        ram descriptor: ReceivedDescriptor, size: Int, cpus: Int, coalescing: Bool, echoConsole: Bool
+    ) throws(LiveUpdateError) -> TinyVM {
+        var status = stat()
+        guard let raw = descriptor.borrowed, fstat(raw.rawValue, &status) == 0, Int(status.st_size) >= size else {
+            throw .protocolViolation(step: "offer", reason: "the RAM descriptor is not \(size) bytes")
+        }
+        let memory: GuestMemory
+        do { memory = try GuestMemory(mapping: descriptor.take(), size: size) } catch {
+            throw .machine("mapping the guest RAM: \(error)")
+        }
+        do {
+            return try TinyVM(
+                .init(cpus: cpus, memorySize: size, echoConsole: echoConsole, coalescesCommits: coalescing),
+                incoming: memory)
+        } catch { throw .machine("\(error)") }
+    }
+}
+#endif

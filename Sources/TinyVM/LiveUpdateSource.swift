@@ -1,0 +1,223 @@
+#if os(Linux)
+import Foundation
+public import IrqFdCore
+public import IrqFdKVM
+import IrqFdLinux
+public import IrqFdRouting
+import Synchronization
+
+/// The running VMM's side of a live update: listens on a Unix socket for a
+/// successor and hands it the guest (see ``LiveUpdateChannel`` for the
+/// conversation). A hand-off that fails before the successor is told to
+/// commit leaves the guest running here as before: routes re-armed, devices
+/// thawed, vCPUs resumed, every descriptor the attempt made closed; `log` gets
+/// one line saying why. After a commit this VM is stopped for good.
+public final class LiveUpdateSource: Sendable {
+    /// How a hand-off ended, once one has committed.
+    public enum Completion: Sendable, Equatable {
+        /// The successor took over and said so.
+        case takenOver
+        /// The successor was told to commit but never confirmed: the guest
+        /// may be lost (the window is the successor's arm and start).
+        case unconfirmed(String)
+    }
+
+    /// How long each step may take: before the pause (the successor makes
+    /// its VM meanwhile), and in all while the guest is paused.
+    public struct Deadlines: Sendable {
+        /// For the hello and the successor's VM, before the pause.
+        public var beforePause: Duration
+        /// From the pause to the successor's ready: the longest a failing hand-off pauses the guest.
+        public var paused: Duration
+        /// For the successor's confirmation after the commit.
+        public var confirmation: Duration
+
+        /// Deadlines from their parts.
+        public init(
+            beforePause: Duration = .seconds(5), paused: Duration = .seconds(2), confirmation: Duration = .seconds(5)
+        ) {
+            self.beforePause = beforePause
+            self.paused = paused
+            self.confirmation = confirmation
+        }
+    }
+
+    /// The VM handed over.
+    public let vm: TinyVM
+    private let listener: UnixSocket
+    private let devices: [any LiveUpdateDevice]
+    private let routes: [KVMIrqFdRoute]
+    private let deadlines: Deadlines
+    private let log: @Sendable (String) -> Void
+    private let stopping = Atomic<Bool>(false)
+    private let completion = Mutex<Completion?>(nil)
+    private let busy = Atomic<Bool>(false)
+    private let ended: EventFD
+    private let attempts = Atomic<Int>(0)
+
+    /// Listens at `path` for a successor to `vm`, which moves with `devices`
+    /// and the VMM's own `routes` (adopted by the successor's partition). Call
+    /// `start()` once the VM runs.
+    public init(
+        vm: TinyVM, listeningAt path: String, devices: [any LiveUpdateDevice], routes: [KVMIrqFdRoute] = [],
+        deadlines: Deadlines = Deadlines(), log: @escaping @Sendable (String) -> Void
+    ) throws(IrqFdError) {
+        self.vm = vm
+        self.devices = devices
+        self.routes = routes
+        self.deadlines = deadlines
+        self.log = log
+        ended = try EventFD()
+        listener = try UnixSocket.listen(at: path)
+    }
+
+    /// Serves successors, one at a time, on a thread of its own until one takes over or `stop()`.
+    public func start() {
+        let thread = Thread { [self] in serve() }
+        thread.name = "live update"
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// Stops listening (a hand-off under way finishes first).
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+    }
+
+    /// How the hand-off ended, if one committed.
+    public var completed: Completion? { completion.withLock { $0 } }
+
+    /// Hand-offs attempted so far (failed ones included).
+    public var attemptCount: Int { attempts.load(ordering: .acquiring) }
+
+    /// Waits until no hand-off is under way (one that committed has finished
+    /// its confirmation), then returns how it ended, if one committed.
+    public func waitUntilSettled() -> Completion? {
+        stop()
+        while busy.load(ordering: .acquiring) { _ = ended.wait(timeout: .milliseconds(20)) }
+        return completed
+    }
+
+    private func serve() {
+        while !stopping.load(ordering: .acquiring), !vm.hasEnded {
+            let ready: Readiness?
+            do {
+                ready = try Readiness.readable.wait(on: listener.fileDescriptor, until: .now + .milliseconds(100))
+            } catch {
+                log("live update: waiting for a successor failed: \(error); no more live updates")
+                return
+            }
+            guard ready != nil else { continue }
+            busy.store(true, ordering: .releasing)
+            defer {
+                busy.store(false, ordering: .releasing)
+                ended.signal()
+            }
+            if stopping.load(ordering: .acquiring) { return }
+            let connection: UnixSocket
+            do { connection = try listener.accept() } catch {
+                log("live update failed: accepting the successor: \(error); the guest runs on")
+                continue
+            }
+            attempts.add(1, ordering: .acquiringAndReleasing)
+            if let done = handOff(LiveUpdateChannel(connection)) {
+                completion.withLock { $0 = done }
+                if case .unconfirmed(let why) = done {
+                    log("live update: the successor did not confirm the takeover (\(why)); the guest may be lost")
+                }
+                return
+            }
+        }
+    }
+
+    /// One attempt; nil when it failed and the guest runs on here.
+    private func handOff(_ channel: LiveUpdateChannel) -> Completion? {
+        do throws(LiveUpdateError) {
+            try commit(channel)
+        } catch {
+            log("live update failed: \(error); the guest runs on")
+            return nil
+        }
+        for device in devices { device.release() }
+        vm.stop()
+        do throws(LiveUpdateError) {
+            _ = try channel.receive(.takenOver, step: "takeover", deadline: .now + deadlines.confirmation)
+            return .takenOver
+        } catch {
+            return .unconfirmed("\(error)")
+        }
+    }
+
+    /// Everything up to and including the commit; on any failure, the guest
+    /// is running here again when this throws.
+    private func commit(_ channel: LiveUpdateChannel) throws(LiveUpdateError) {
+        let before = ContinuousClock.now + deadlines.beforePause
+        let (hello, _) = try channel.receive(.hello, step: "hello", deadline: before)
+        var reader = LiveUpdateState.Reader(bytes: hello)
+        let lowest: UInt32
+        let highest: UInt32
+        do {
+            lowest = try reader.u32("lowest version")
+            highest = try reader.u32("highest version")
+        } catch { throw .protocolViolation(step: "hello", reason: "\(error)") }
+        guard reader.offset == hello.count, lowest <= highest else {
+            throw .protocolViolation(step: "hello", reason: "a malformed hello")
+        }
+        guard (lowest...highest).contains(LiveUpdateState.currentVersion) else {
+            throw .unsupportedVersion(offered: lowest...highest, writes: LiveUpdateState.currentVersion)
+        }
+        var offer = PayloadWriter()
+        offer.u32(LiveUpdateState.currentVersion)
+        offer.u32(UInt32(vm.configuration.cpus))
+        offer.u64(UInt64(vm.configuration.memorySize))
+        offer.u8(vm.configuration.coalescesCommits ? 1 : 0)
+        try channel.send(
+            .offer, offer.bytes, descriptors: [vm.memory.fileDescriptor], step: "offer", deadline: before)
+        _ = try channel.receive(.prepared, step: "successor's VM", deadline: before)
+
+        guard vm.pause(timeout: deadlines.paused) else { throw .machine("the vCPUs did not stop") }
+        let paused = ContinuousClock.now + deadlines.paused
+        var disarmed: [KVMIrqFdRoute] = []
+        var frozen: [(device: any LiveUpdateDevice, image: FrozenDevice)] = []
+        func rollBack() {
+            for (device, _) in frozen.reversed() { device.thaw() }
+            for route in disarmed { try? route.unmask() }
+            vm.resume()
+        }
+        do throws(LiveUpdateError) {
+            let states = routes.map {
+                LiveUpdateState.Route(msi: $0.msi.map { ($0.address, $0.data) }, masked: $0.isMasked)
+            }
+            for route in routes where !route.isMasked {
+                do throws(IrqFdError) { try route.mask() } catch {
+                    throw .machine("disarming a route: \(error)")
+                }
+                disarmed.append(route)
+            }
+            for device in devices { frozen.append((device, try device.freeze())) }
+            let machine: MachineState
+            do { machine = try vm.saveMachineState() } catch { throw .machine("\(error)") }
+            let state = LiveUpdateState(
+                machine: machine, routes: states, devices: frozen.map { ($0.device.liveUpdateName, $0.image.state) })
+            var header = PayloadWriter()
+            header.u64(vm.pausedAtNanoseconds)
+            header.u32(UInt32(routes.count))
+            header.u32(UInt32(frozen.count))
+            for (_, image) in frozen { header.u32(UInt32(image.descriptors.count)) }
+            let routeEvents = try routes.map { route throws(LiveUpdateError) in
+                guard let event = route.event as? EventFD else { throw .machine("a route's event is not an eventfd") }
+                return event.fileDescriptor
+            }
+            try channel.send(.state, header.bytes + state.encoded(), step: "state", deadline: paused)
+            try channel.sendDescriptors(
+                routeEvents + frozen.flatMap(\.image.descriptors), step: "descriptors", deadline: paused)
+            _ = try channel.receive(.ready, step: "successor's restore", deadline: paused)
+            // From here the successor may arm: this VM never runs the guest again.
+            try channel.send(.commit, step: "commit", deadline: paused)
+        } catch {
+            rollBack()
+            throw error
+        }
+    }
+}
+#endif

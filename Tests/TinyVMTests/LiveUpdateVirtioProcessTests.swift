@@ -1,0 +1,199 @@
+#if os(Linux)
+import Foundation
+import IrqFdLinux
+import PCI
+import TestSupport
+import Testing
+import TinyVM
+import Virtio
+
+/// The virtio-blk stress guest (64 reads in flight, every completion taken in
+/// the queue's interrupt handler) handed from VMM process to VMM process with
+/// its vhost-user device: the backend keeps its one connection and hears no
+/// message, and every request completes once with its sector's data.
+@Suite(needsKVM, .serialized) struct LiveUpdateVirtioProcessTests {
+    typealias L = VirtioBlkStressLayout
+    static let handOffs = Int(ProcessInfo.processInfo.environment["IRQFD_LIVE_UPDATE_HANDOFFS"] ?? "") ?? 20
+
+    static func queuesAndMessages(_ line: String) -> (queues: Int, messages: Int)? {
+        guard
+            let match = line.wholeMatch(
+                of: #/live update: paused \d+ µs; \d+ routes, (\d+) queues, (\d+) vhost-user messages/#)
+        else { return nil }
+        return (Int(match.1) ?? -1, Int(match.2) ?? -1)
+    }
+
+    /// Connections the backend accepted on `path` and still has open:
+    /// /proc/net/unix lists an accepted socket under its listener's path,
+    /// without __SO_ACCEPTCON (unix(7)).
+    static func acceptedConnections(_ path: String) -> Int {
+        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return -1 }
+        defer { try? file.close() }
+        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        return table.split(separator: "\n").dropFirst().filter { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            // A backend that listens under a temporary name and renames it into place is listed under that name.
+            guard fields.count >= 8, fields[7] == path || fields[7].hasPrefix(path + "."),
+                let flags = UInt32(fields[3], radix: 16)
+            else { return false }
+            return flags & 0x10000 == 0
+        }.count
+    }
+
+    @Test(arguments: DiskBackendKind.allCases)
+    func aVirtioBlkGuestRunsOnAcrossProcessesWithNoMessageToItsBackend(kind: DiskBackendKind) throws {
+        if kind == .qemuStorageDaemon, DiskBackendKind.qemuStorageDaemonPath == nil { return }
+        let sectors = 2048
+        let total = 20_000
+        let image = try TestImage(sectors: sectors) { i in
+            withUnsafeBytes(of: L.imageWord(sector: i / 512, dword: (i % 512) / 4).littleEndian) { $0[i % 4] }
+        }
+        let backend = try BlockBackend(kind: kind, image: image.path)
+        defer { backend.stop() }
+        let vm = try TinyVM(.init(cpus: 2))
+        let device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath)
+        try vm.load(GuestProgram.virtioBlkStress.image)
+        vm.memory.write32(UInt32(total), at: L.total)
+        vm.memory.write32(64, at: L.inFlight)
+        vm.memory.write32(UInt32(sectors - 1), at: L.sectorMask)
+        vm.start()
+        let memory = vm.memory
+        func word(_ address: UInt64) -> Int { Int(memory.read32(at: address)) }
+        #expect(vm.waitUntil(timeout: .seconds(60)) { memory.read32(at: L.phase) >= 1 }, "the guest runs")
+        let name = "irqfd-lu-blk-\(getpid())-\(kind)"
+        func socket(_ generation: Int) -> String { "/tmp/\(name)-\(generation).sock" }
+        func errors(_ generation: Int) -> String { "/tmp/\(name)-\(generation).err" }
+        let log = LiveUpdateChain.Lines()
+        let source = try LiveUpdateSource(
+            vm: vm, listeningAt: socket(0), devices: [LiveUpdateVirtioDevice(device, name: "virtio-blk")]
+        ) { log.append($0) }
+        source.start()
+        let irqfd = try builtExecutable("irqfd")
+        var processes: [Process] = []
+        defer {
+            for process in processes where process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+            source.stop()
+            vm.stop()
+            _ = vm.wait()
+            for generation in 0...processes.count {
+                try? FileManager.default.removeItem(atPath: socket(generation))
+                try? FileManager.default.removeItem(atPath: errors(generation))
+            }
+        }
+        for handOff in 1...Self.handOffs {
+            // Requests in flight at every hand-off.
+            let target = handOff * total / (Self.handOffs + 2)
+            let progress = ContinuousClock.now + .seconds(60)
+            while word(L.completed) < target, ContinuousClock.now < progress { usleep(1_000) }
+            let process = Process()
+            process.executableURL = irqfd
+            process.arguments = [
+                "run", "--incoming", socket(handOff - 1), "--update-socket", socket(handOff), "--timeout", "600",
+            ]
+            _ = FileManager.default.createFile(atPath: errors(handOff), contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors(handOff)))
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            processes.append(process)
+            if handOff == 1 {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while source.completed == nil, ContinuousClock.now < deadline { usleep(1_000) }
+                #expect(source.completed == .takenOver, "\(log.all)")
+            } else {
+                let old = processes[handOff - 2]
+                let status = try LiveUpdateChain.exitStatus(old)
+                #expect(status == 0, "\((try? String(contentsOfFile: errors(handOff - 1), encoding: .utf8)) ?? "")")
+            }
+            let deadline = ContinuousClock.now + .seconds(10)
+            var text = ""
+            while !text.contains("\n"), ContinuousClock.now < deadline {
+                text = (try? String(contentsOfFile: errors(handOff), encoding: .utf8)) ?? ""
+                usleep(1_000)
+            }
+            let line = String(text.prefix { $0 != "\n" })
+            let parsed = Self.queuesAndMessages(line)
+            #expect(parsed?.queues == 1 && parsed?.messages == 0, "hand-off \(handOff): \(line)")
+            if parsed == nil { break }
+        }
+        let done = ContinuousClock.now + .seconds(120)
+        while word(L.phase) != 2, ContinuousClock.now < done { usleep(1_000) }
+        #expect(word(L.completed) == total && word(L.submitted) == total, "completed \(word(L.completed))")
+        #expect(word(L.badIDs) == 0 && word(L.duplicates) == 0, "each request once")
+        #expect(word(L.badStatus) == 0 && word(L.badData) == 0, "the right data, VIRTIO_BLK_S_OK")
+        #expect(backend.isRunning, "the backend never went away")
+        #expect(Self.acceptedConnections(backend.socketPath) == 1, "one connection from first to last")
+    }
+
+    /// The backend `irqfd run --disk` started moves with the guest: the old
+    /// process exits 0 leaving it running, the successor serves the disk
+    /// over the same connection, and the last process stops the backend at
+    /// the end of its run.
+    @Test(arguments: DiskBackendKind.allCases)
+    func theBackendThatDiskStartedBelongsToTheSuccessor(kind: DiskBackendKind) throws {
+        if kind == .qemuStorageDaemon, DiskBackendKind.qemuStorageDaemonPath == nil { return }
+        let irqfd = try builtExecutable("irqfd")
+        let base = "/tmp/irqfd-lu-disk-\(getpid())-\(kind)"
+        let disk = try TestImage(sectors: 64)
+        try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: base + ".bin"))
+        defer { try? FileManager.default.removeItem(atPath: base + ".bin") }
+        func start(_ arguments: [String], _ generation: Int) throws -> Process {
+            let process = Process()
+            process.executableURL = irqfd
+            process.arguments = ["run"] + arguments
+            // Files, not pipes: the backend, a child of the first process, outlives it.
+            _ = FileManager.default.createFile(atPath: "\(base)-\(generation).err", contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(base)-\(generation).err"))
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        func errors(_ generation: Int) -> String {
+            (try? String(contentsOfFile: "\(base)-\(generation).err", encoding: .utf8)) ?? ""
+        }
+        defer { for g in 0..<3 { try? FileManager.default.removeItem(atPath: "\(base)-\(g).err") } }
+        /// The backend serving `disk`: a process whose command line names the
+        /// image, and that is not an `irqfd run`.
+        func backendPID() -> Int32? {
+            let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            for pid in pids.compactMap(Int32.init) {
+                guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+                let words = String(decoding: data, as: UTF8.self).split(separator: "\0")
+                if words.contains(where: { $0.contains(disk.path) }), !words.contains("run") { return pid }
+            }
+            return nil
+        }
+        let first = try start(
+            [base + ".bin", "--disk", disk.path, "--disk-backend", kind.rawValue, "--update-socket", base + "-0.sock",
+             "--timeout", "60"], 0)
+        var processes = [first]
+        defer {
+            for process in processes where process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+            if let pid = backendPID() { kill(pid, SIGKILL) }
+        }
+        while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.isRunning { usleep(1_000) }
+        let backend = try #require(backendPID(), "the backend runs: \(errors(0))")
+        let second = try start(
+            ["--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60"], 1)
+        processes.append(second)
+        #expect(try LiveUpdateChain.exitStatus(first) == 0, "\(errors(0))")
+        #expect(kill(backend, 0) == 0, "the backend outlives the first VMM")
+        while !FileManager.default.fileExists(atPath: base + "-1.sock"), second.isRunning { usleep(1_000) }
+        let third = try start(["--incoming", base + "-1.sock", "--timeout", "1"], 2)
+        processes.append(third)
+        #expect(try LiveUpdateChain.exitStatus(second) == 0, "\(errors(1))")
+        #expect(try LiveUpdateChain.exitStatus(third) == 124, "\(errors(2))")
+        for generation in 1...2 {
+            let line = String(errors(generation).prefix { $0 != "\n" })
+            let parsed = Self.queuesAndMessages(line)
+            #expect(parsed?.queues == 1 && parsed?.messages == 0, "\(generation): \(errors(generation))")
+        }
+        #expect(backendPID() == nil, "the last VMM stopped the backend")
+    }
+}
+#endif
