@@ -326,8 +326,10 @@ extension VirtioPCIDevice {
     /// watcher on the current connection's socket, the VMM-served queues,
     /// each of which then serves what was published while it did not run.
     func startThreads() {
-        watcher.start(name: deviceType.name)
+        // Reporting first: a call latched while no VMM listened is consumed by the
+        // thread's first wait, and with no device to report to it would be lost.
         watcher.report(to: self)
+        watcher.start(name: deviceType.name)
         state.withLock { s in
             let frontend = s.session.frontend
             watcher.watch(socket: frontend.isConnected ? frontend.socket : nil, connection: s.session.connection)
