@@ -222,7 +222,7 @@ final class ConnectionScopedCalls: Sendable {
         state = Mutex(State(events: try (0..<queues).map { _ throws(IrqFdError) in try EventFD() }))
     }
 
-    /// `events`, one per queue, made elsewhere (a predecessor VMM's, which the backend holds) as the current ones.
+    /// Over `events`, one per queue: a predecessor VMM's, which the backend holds as call fds.
     init(adopting events: [EventFD]) { state = Mutex(State(events: events)) }
 
     /// Queue `q`'s current eventfd.

@@ -77,11 +77,18 @@ extension VirtioPCIDevice where DeviceType: Codable {
             handOff.withLock { $0 = .running }
             return error
         }
-        // The operation under way sends its messages and records its outcome before the state is read.
-        guard pending.wait(timeout: .now() + .nanoseconds(Int(Self.nanoseconds(timeout)))) == .success else {
+        // The operation under way sends its messages and records its outcome
+        // before the state is read; then the VMM-served queues stop, and what
+        // they queued (a request served on the worker) finishes too. The
+        // watcher stops last: it enforces the operations' deadlines.
+        let deadline = DispatchTime.now() + .nanoseconds(Int(Self.nanoseconds(timeout)))
+        guard pending.wait(timeout: deadline) == .success else {
             throw fail(.busy("a backend operation is still under way after \(timeout)"), restart: false)
         }
         vmmQueues?.stop()
+        guard pending.wait(timeout: deadline) == .success else {
+            throw fail(.busy("a served request is still under way after \(timeout)"), restart: true)
+        }
         watcher.stop()
         if state.withLock({ $0.operations > 0 || $0.resetting }) {
             throw fail(.busy("a backend operation was queued meanwhile"), restart: true)
@@ -110,7 +117,8 @@ extension VirtioPCIDevice where DeviceType: Codable {
             (transportState(s), sessionState(s), s.session.frontend.socket)
         }
         let frozen = VirtioDeviceHandOffState(
-            deviceType: deviceType, delivery: delivery, backendFeatures: backendFeatures, offeredFeatures: offeredFeatures,
+            deviceType: deviceType, delivery: delivery, backendFeatures: backendFeatures,
+            offeredFeatures: offeredFeatures,
             deviceConfiguration: deviceConfiguration, pci: state.withLock { Self.pciState($0.pci) },
             transport: transport, msix: msix, routedVectors: routedVectors, session: session)
         let descriptors =
@@ -189,7 +197,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let queueCount = saved.transport.queues.count
         let kicks = rest.prefix(queueCount).map { EventFD(adopting: $0) }
         rest = rest.dropFirst(queueCount)
-        let ownCalls = ConnectionScopedCalls(adopting: rest.prefix(queueCount).map { EventFD(adopting: $0) })
+        let calls = ConnectionScopedCalls(adopting: rest.prefix(queueCount).map { EventFD(adopting: $0) })
         rest = rest.dropFirst(queueCount)
         let vectorEvents = rest.map { EventFD(adopting: $0) }
 
@@ -213,10 +221,9 @@ extension VirtioPCIDevice where DeviceType: Codable {
         pci.restore(command: saved.pci.command, barValues: saved.pci.barValues, interruptLine: saved.pci.interruptLine)
         // Bus Master Enable is the function's: set before the MSI-X state, which it gates.
         emulator.setBusMaster(pci.isBusMasterEnabled)
+        let events = Dictionary(uniqueKeysWithValues: zip(saved.routedVectors, vectorEvents.map { $0 as any Event }))
         do throws(MsixError) {
-            try emulator.restore(
-                saved.msix,
-                adopting: Dictionary(uniqueKeysWithValues: zip(saved.routedVectors, vectorEvents.map { $0 as any Event })))
+            try emulator.restore(saved.msix, adopting: events)
         } catch {
             throw .msix(error)
         }
@@ -239,7 +246,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let watcher: CallPoller
         let vmmQueues: VMMQueuePoller?
         do throws(IrqFdError) {
-            watcher = try CallPoller(calls: delivery == .userspace ? ownCalls : nil)
+            watcher = try CallPoller(calls: delivery == .userspace ? calls : nil)
             let served = (0..<queueCount).filter { deviceType.isServedByVMM(queue: $0) }
             vmmQueues = served.isEmpty ? nil : try VMMQueuePoller(queues: served, kicks: kicks)
         } catch {
@@ -255,13 +262,29 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let device = VirtioPCIDevice(
             resumed: ResumedParts(
                 deviceType: deviceType, memory: host.guestMemory, doorbells: doorbells, delivery: delivery,
-                emulator: emulator, relay: relay, routes: routes, kicks: kicks, ownCalls: ownCalls,
+                emulator: emulator, relay: relay, routes: routes, kicks: kicks, calls: calls,
                 socketPath: saved.session.socketPath, backendFeatures: saved.backendFeatures,
                 deviceConfiguration: saved.deviceConfiguration, offeredFeatures: saved.offeredFeatures,
                 state: deviceState(saved, session: session, pci: pci, bound: Set(bound)), watcher: watcher,
                 vmmQueues: vmmQueues))
         device.startThreads()
         return device
+    }
+
+    /// ``resume(attachingTo:state:descriptors:)`` from the state's encoding
+    /// (``VirtioDeviceHandOffState/encoded()``), as a successor receives it.
+    /// A state this build does not read (another version, another device
+    /// type, not a state) throws, and `descriptors` are closed all the same.
+    @discardableResult
+    public static func resume(
+        attachingTo host: any VirtioHost, encoded bytes: [UInt8], descriptors: [FileDescriptor]
+    ) throws(VirtioHandOffError) -> VirtioPCIDevice {
+        let saved: VirtioDeviceHandOffState<DeviceType>
+        do { saved = try VirtioDeviceHandOffState(decoding: bytes) } catch {
+            for fd in descriptors { try? fd.close() }
+            throw error
+        }
+        return try resume(attachingTo: host, state: saved, descriptors: descriptors)
     }
 
     /// ``resume(host:state:descriptors:)``, then plugs the device into
@@ -289,7 +312,7 @@ extension VirtioPCIDevice {
         var relay: RelayIrqFd?
         var routes: ConnectionScopedPartition?
         var kicks: [EventFD]
-        var ownCalls: ConnectionScopedCalls
+        var calls: ConnectionScopedCalls
         var socketPath: String
         var backendFeatures: UInt64
         var deviceConfiguration: [UInt8]
@@ -303,7 +326,10 @@ extension VirtioPCIDevice {
     /// watcher on the current connection's socket, the VMM-served queues,
     /// each of which then serves what was published while it did not run.
     func startThreads() {
-        watcher.start(device: self, name: deviceType.name)
+        // Reporting first: a call latched while no VMM listened is consumed by the
+        // thread's first wait, and with no device to report to it would be lost.
+        watcher.report(to: self)
+        watcher.start(name: deviceType.name)
         state.withLock { s in
             let frontend = s.session.frontend
             watcher.watch(socket: frontend.isConnected ? frontend.socket : nil, connection: s.session.connection)

@@ -87,12 +87,27 @@ struct VhostUserSession {
 
     /// SET_FEATURES with the driver's features (and PROTOCOL_FEATURES when the
     /// backend offered it), then SET_MEM_TABLE with every RAM region.
+    ///
+    /// A region the backend already knows (same guest-physical address, size
+    /// and offset) keeps the user address it was sent: the backend maps the
+    /// file, and the address only names the region for ring addresses. A VMM
+    /// that took the session over from a predecessor maps RAM elsewhere, and
+    /// libvhost-user (qemu-storage-daemon 7.2) translates the ring addresses
+    /// it holds again at every SET_MEM_TABLE, stopped rings included, and
+    /// drops the connection when they fall outside the new table ("remapping
+    /// queue 0 during setmemtable").
     func setUp(driverFeatures: UInt64, protocolBit: UInt64, memory: any GuestMemoryMap) throws(VhostUserError) {
         try frontend.setFeatures(driverFeatures | protocolBit)
-        let regions = memory.regions.map {
-            VhostUserMemoryRegion(
-                guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size, userAddress: UInt64($0.hostAddress),
-                mmapOffset: $0.offset, fd: $0.descriptor)
+        let known = frontend.memoryRegions
+        let regions = memory.regions.map { region in
+            let sent = known.first {
+                $0.guestPhysicalAddress == region.guestPhysicalAddress && $0.size == region.size
+                    && $0.mmapOffset == region.offset
+            }
+            return VhostUserMemoryRegion(
+                guestPhysicalAddress: region.guestPhysicalAddress, size: region.size,
+                userAddress: sent?.userAddress ?? UInt64(region.hostAddress), mmapOffset: region.offset,
+                fd: region.descriptor)
         }
         try frontend.setMemTable(regions)
     }

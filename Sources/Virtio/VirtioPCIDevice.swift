@@ -282,7 +282,7 @@ public final class VirtioPCIDevice<DeviceType: VirtioDeviceType>: PCIFunction, B
         doorbells = parts.doorbells
         delivery = parts.delivery
         (emulator, relay, routes) = (parts.emulator, parts.relay, parts.routes)
-        (kicks, calls) = (parts.kicks, parts.ownCalls)
+        (kicks, calls) = (parts.kicks, parts.calls)
         socketPath = parts.socketPath
         worker = DispatchQueue(label: "\(parts.deviceType.name) worker")
         backendFeatures = parts.backendFeatures
