@@ -1,13 +1,7 @@
-// Accessors for the images assembled from the .S files: Swift cannot import
-// an extern array of unknown size, so each image is returned with its length.
+// Accessors for the images assembled from the .S files (GUEST_IMAGE).
 #include "GuestPrograms.h"
 
-#define IMAGE(name)                                                              \
-    extern const unsigned char guest_##name##_start[], guest_##name##_end[];     \
-    const unsigned char *guest_##name(size_t *length) {                          \
-        *length = (size_t)(guest_##name##_end - guest_##name##_start);           \
-        return guest_##name##_start;                                             \
-    }
+#define IMAGE(name) GUEST_IMAGE(guest_##name, name)
 
 IMAGE(irq_counter)
 IMAGE(hello)

@@ -105,14 +105,7 @@ reinit:	mov	CFG_COUNT, %eax
 	movw	$0, 0x10(%edi)		/* msix_config = 0 */
 
 	/* Queues: size 32, vector q + 1, rings at 0x20000 + 0x10000 q. */
-	xor	%ecx, %ecx
-4:	VIRTIO_QUEUE_SETUP_AT_ECX QSIZE, V_NOTIFY, V_MULT, fail
-	mov	%eax, V_QNOTIFY(,%ecx,4)
-	movl	$0, V_AVAIL(,%ecx,4)
-	movw	$1, 0x1c(%edi)
-	inc	%ecx
-	cmp	P_QUEUES, %ecx
-	jb	4b
+	VIRTIO_QUEUES_SETUP P_QUEUES, QSIZE, V_NOTIFY, V_MULT, V_QNOTIFY, fail, V_AVAIL
 	movb	$0x0f, 0x14(%edi)	/* DRIVER_OK */
 	movl	$1, R_PHASE
 	sti

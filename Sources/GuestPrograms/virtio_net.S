@@ -145,13 +145,7 @@ guest_virtio_net_start:
 	movw	$0, 0x10(%edi)		/* msix_config = 0 */
 
 	/* Queues: size 64, vector q + 1, rings at 0x20000 + 0x10000 q. */
-	xor	%ecx, %ecx
-4:	VIRTIO_QUEUE_SETUP_AT_ECX QSIZE, V_NOTIFY, V_MULT, fail
-	mov	%eax, V_QNOTIFY(,%ecx,4)
-	movw	$1, 0x1c(%edi)
-	inc	%ecx
-	cmp	V_NQ, %ecx
-	jb	4b
+	VIRTIO_QUEUES_SETUP V_NQ, QSIZE, V_NOTIFY, V_MULT, V_QNOTIFY, fail
 
 	/* Receive buffers: all 64 descriptors of each receive queue, posted. */
 	xor	%ecx, %ecx		/* pair */

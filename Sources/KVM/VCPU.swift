@@ -102,6 +102,21 @@ public final class VCPU: @unchecked Sendable {
         _ = try retryingIoctl(call, body)
     }
 
+    /// A KVM_GET_* ioctl that fills one `struct kvm_*` (`empty`, zeroed) and returns it.
+    func get<State: BitwiseCopyable>(
+        _ call: StaticString, _ request: UInt, _ empty: State
+    ) throws(SystemCallError) -> State {
+        var state = empty
+        try vcpuIoctl(call) { irqfd_ioctl_ptr(descriptor.raw, request, &state) }
+        return state
+    }
+
+    /// A KVM_SET_* ioctl that passes one `struct kvm_*`.
+    func set<State: BitwiseCopyable>(_ call: StaticString, _ request: UInt, _ value: State) throws(SystemCallError) {
+        var state = value
+        try vcpuIoctl(call) { irqfd_ioctl_ptr(descriptor.raw, request, &state) }
+    }
+
     /// The general-purpose registers (`struct kvm_regs`).
     public typealias Registers = kvm_regs
     /// The segment and control registers (`struct kvm_sregs`).
@@ -109,28 +124,22 @@ public final class VCPU: @unchecked Sendable {
 
     /// KVM_GET_REGS.
     public func registers() throws(SystemCallError) -> Registers {
-        var regs = kvm_regs()
-        try vcpuIoctl("KVM_GET_REGS") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_REGS, &regs) }
-        return regs
+        try get("KVM_GET_REGS", IRQFD_KVM_GET_REGS, kvm_regs())
     }
 
     /// KVM_SET_REGS.
     public func setRegisters(_ registers: Registers) throws(SystemCallError) {
-        var regs = registers
-        try vcpuIoctl("KVM_SET_REGS") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_REGS, &regs) }
+        try set("KVM_SET_REGS", IRQFD_KVM_SET_REGS, registers)
     }
 
     /// KVM_GET_SREGS.
     public func specialRegisters() throws(SystemCallError) -> SpecialRegisters {
-        var sregs = kvm_sregs()
-        try vcpuIoctl("KVM_GET_SREGS") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_SREGS, &sregs) }
-        return sregs
+        try get("KVM_GET_SREGS", IRQFD_KVM_GET_SREGS, kvm_sregs())
     }
 
     /// KVM_SET_SREGS.
     public func setSpecialRegisters(_ registers: SpecialRegisters) throws(SystemCallError) {
-        var sregs = registers
-        try vcpuIoctl("KVM_SET_SREGS") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_SREGS, &sregs) }
+        try set("KVM_SET_SREGS", IRQFD_KVM_SET_SREGS, registers)
     }
 
     /// KVM_SET_CPUID2: the CPUID leaves the guest sees.
@@ -177,16 +186,13 @@ public final class VCPU: @unchecked Sendable {
 
     /// KVM_GET_MP_STATE (KVM_MP_STATE_*).
     public func mpState() throws(SystemCallError) -> UInt32 {
-        var state = kvm_mp_state()
-        try vcpuIoctl("KVM_GET_MP_STATE") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_MP_STATE, &state) }
-        return state.mp_state
+        try get("KVM_GET_MP_STATE", IRQFD_KVM_GET_MP_STATE, kvm_mp_state()).mp_state
     }
 
     /// KVM_SET_MP_STATE. Application processors start waiting for INIT/SIPI
     /// under an in-kernel irqchip; KVM_MP_STATE_RUNNABLE lets them run at once.
     public func setMPState(_ value: UInt32) throws(SystemCallError) {
-        var state = kvm_mp_state(mp_state: value)
-        try vcpuIoctl("KVM_SET_MP_STATE") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_MP_STATE, &state) }
+        try set("KVM_SET_MP_STATE", IRQFD_KVM_SET_MP_STATE, kvm_mp_state(mp_state: value))
     }
 }
 

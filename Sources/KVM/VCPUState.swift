@@ -24,32 +24,22 @@ extension VCPU {
     /// KVM_GET_VCPU_EVENTS. KVM fills `flags` with what the answer holds
     /// (KVM_VCPUEVENT_VALID_*), so the value can be written back as it is.
     public func events() throws(SystemCallError) -> Events {
-        var events = kvm_vcpu_events()
-        _ = try retryingIoctl("KVM_GET_VCPU_EVENTS") {
-            irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_VCPU_EVENTS, &events)
-        }
-        return events
+        try get("KVM_GET_VCPU_EVENTS", IRQFD_KVM_GET_VCPU_EVENTS, kvm_vcpu_events())
     }
 
     /// KVM_SET_VCPU_EVENTS: the fields `events.flags` marks valid replace KVM's.
     public func setEvents(_ events: Events) throws(SystemCallError) {
-        var value = events
-        _ = try retryingIoctl("KVM_SET_VCPU_EVENTS") {
-            irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_VCPU_EVENTS, &value)
-        }
+        try set("KVM_SET_VCPU_EVENTS", IRQFD_KVM_SET_VCPU_EVENTS, events)
     }
 
     /// KVM_GET_FPU.
     public func fpu() throws(SystemCallError) -> FPU {
-        var fpu = kvm_fpu()
-        _ = try retryingIoctl("KVM_GET_FPU") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_FPU, &fpu) }
-        return fpu
+        try get("KVM_GET_FPU", IRQFD_KVM_GET_FPU, kvm_fpu())
     }
 
     /// KVM_SET_FPU.
     public func setFPU(_ fpu: FPU) throws(SystemCallError) {
-        var value = fpu
-        _ = try retryingIoctl("KVM_SET_FPU") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_SET_FPU, &value) }
+        try set("KVM_SET_FPU", IRQFD_KVM_SET_FPU, fpu)
     }
 }
 

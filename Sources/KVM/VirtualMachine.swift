@@ -129,8 +129,7 @@ public final class VirtualMachine: Sendable {
         eventFD: Int32, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
     ) throws(SystemCallError) {
         counters.ioeventfdAssigns.add(1, ordering: .relaxed)
-        var request = Self.ioeventfd(eventFD, address, length, datamatch, space, deassign: false)
-        _ = try ioctl("KVM_IOEVENTFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IOEVENTFD, &request) }
+        try ioeventfd(eventFD, address, length, datamatch, space, deassign: false)
     }
 
     /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN: removes the binding
@@ -140,13 +139,13 @@ public final class VirtualMachine: Sendable {
         eventFD: Int32, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
     ) throws(SystemCallError) {
         counters.ioeventfdDeassigns.add(1, ordering: .relaxed)
-        var request = Self.ioeventfd(eventFD, address, length, datamatch, space, deassign: true)
-        _ = try ioctl("KVM_IOEVENTFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IOEVENTFD, &request) }
+        try ioeventfd(eventFD, address, length, datamatch, space, deassign: true)
     }
 
-    private static func ioeventfd(
+    /// KVM_IOEVENTFD, assigning or deassigning.
+    private func ioeventfd(
         _ fd: Int32, _ address: UInt64, _ length: UInt32, _ datamatch: UInt64?, _ space: IoEventSpace, deassign: Bool
-    ) -> kvm_ioeventfd {
+    ) throws(SystemCallError) {
         var flags: UInt32 = 0
         if datamatch != nil { flags |= IRQFD_KVM_IOEVENTFD_FLAG_DATAMATCH }
         if space == .pio { flags |= IRQFD_KVM_IOEVENTFD_FLAG_PIO }
@@ -157,7 +156,7 @@ public final class VirtualMachine: Sendable {
         request.len = length
         request.fd = fd
         request.flags = flags
-        return request
+        _ = try ioctl("KVM_IOEVENTFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IOEVENTFD, &request) }
     }
 
     /// KVM_SIGNAL_MSI: injects one MSI now. Returns true if it was delivered,

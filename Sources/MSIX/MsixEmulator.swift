@@ -740,34 +740,48 @@ public final class MsixEmulator: Sendable {
     /// register and calls `setBusMaster` first. Throws after applying what it
     /// could if a route failed.
     public func restore(_ saved: MsixSavedState) throws(MsixError) {
+        try check(saved)
+        let error = state.withLock { s -> IrqFdError? in
+            for v in s.vectors.indices where !s.vectors[v].live {
+                if let route = s.vectors[v].route { _ = route.consumePending() }
+            }
+            return apply(saved, &s)
+        }
+        if let error { throw .routing(error) }
+    }
+
+    /// Throws unless `saved` is the state of a function with this emulator's layout.
+    func check(_ saved: MsixSavedState) throws(MsixError) {
         guard saved.entries.count == layout.vectorCount else {
             throw .vectorCountMismatch(saved: saved.entries.count, emulator: layout.vectorCount)
         }
         guard saved.pendingBits.count == layout.pbaSize / 8 else {
             throw .malformedState("\(saved.pendingBits.count) PBA words for \(layout.vectorCount) vectors")
         }
-        let error = state.withLock { s -> IrqFdError? in
-            for v in s.vectors.indices {
-                if !s.vectors[v].live, let route = s.vectors[v].route { _ = route.consumePending() }
-                let entry = saved.entries[v]
-                s.vectors[v].addressLow = entry.addressLow & ~3
-                s.vectors[v].addressHigh = entry.addressHigh
-                s.vectors[v].data = entry.data
-                s.vectors[v].masked = entry.isMasked
-                s.vectors[v].pending = saved.isPending(v)
-            }
-            s.enabled = saved.enabled
-            s.functionMasked = saved.functionMasked
-            let error = reconcileAll(&s)
-            // A vector live before and after the restore made no transition, so
-            // its saved pending bit was never delivered (found in review: stuck,
-            // shown in the PBA of an unmasked vector). Deliver it now, once.
-            for v in s.vectors.indices where s.vectors[v].live && s.vectors[v].pending {
-                releasePending(v, &s)
-            }
-            return error
+    }
+
+    /// Writes `saved` (checked) over the table, the control bits and the PBA,
+    /// reconciles every vector's route, and delivers the saved pending bit of
+    /// each vector live afterwards; returns the first route error.
+    func apply(_ saved: MsixSavedState, _ s: inout State) -> IrqFdError? {
+        for v in s.vectors.indices {
+            let entry = saved.entries[v]
+            s.vectors[v].addressLow = entry.addressLow & ~3
+            s.vectors[v].addressHigh = entry.addressHigh
+            s.vectors[v].data = entry.data
+            s.vectors[v].masked = entry.isMasked
+            s.vectors[v].pending = saved.isPending(v)
         }
-        if let error { throw .routing(error) }
+        s.enabled = saved.enabled
+        s.functionMasked = saved.functionMasked
+        let error = reconcileAll(&s)
+        // A vector live before and after the restore made no transition, so
+        // its saved pending bit was never delivered (it would stay stuck,
+        // shown in the PBA of an unmasked vector). Deliver it now, once.
+        for v in s.vectors.indices where s.vectors[v].live && s.vectors[v].pending {
+            releasePending(v, &s)
+        }
+        return error
     }
 
     /// The reset state: every vector masked with a zero entry, MSI-X disabled

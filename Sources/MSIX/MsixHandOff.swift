@@ -29,12 +29,7 @@ extension MsixEmulator {
     /// unmask). A saved pending bit of a live vector is delivered once, with
     /// whatever latched (one bit, one interrupt).
     public func restore(_ saved: MsixSavedState, adopting events: [Int: any Event]) throws(MsixError) {
-        guard saved.entries.count == layout.vectorCount else {
-            throw .vectorCountMismatch(saved: saved.entries.count, emulator: layout.vectorCount)
-        }
-        guard saved.pendingBits.count == layout.pbaSize / 8 else {
-            throw .malformedState("\(saved.pendingBits.count) PBA words for \(layout.vectorCount) vectors")
-        }
+        try check(saved)
         guard let partition else {
             if events.isEmpty { return try restore(saved) }
             throw .routing(.unsupported("userspace MSI-X delivery has no per-vector events to adopt"))
@@ -58,20 +53,7 @@ extension MsixEmulator {
                     firstError = firstError ?? error
                 }
             }
-            for v in s.vectors.indices {
-                let entry = saved.entries[v]
-                s.vectors[v].addressLow = entry.addressLow & ~3
-                s.vectors[v].addressHigh = entry.addressHigh
-                s.vectors[v].data = entry.data
-                s.vectors[v].masked = entry.isMasked
-                s.vectors[v].pending = saved.isPending(v)
-            }
-            s.enabled = saved.enabled
-            s.functionMasked = saved.functionMasked
-            let error = reconcileAll(&s)
-            for v in s.vectors.indices where s.vectors[v].live && s.vectors[v].pending {
-                releasePending(v, &s)
-            }
+            let error = apply(saved, &s)
             return firstError ?? error
         }
         if let error { throw .routing(error) }

@@ -233,41 +233,10 @@ public final class TinyVM: Sendable {
         }
     }
 
-    /// Big real mode: CS base 0 with a 64 KiB limit at IP 0x1000; data and
-    /// stack segments base 0 with 4 GiB limits, so addr32 reaches MMIO.
+    /// Big real mode at `loadAddress`, each vCPU with a 2 KiB stack of its
+    /// own below 0x7000 and its index in RBX.
     static func enterBigRealMode(_ vcpu: VCPU, index: Int) throws(SystemCallError) {
-        var sregs = try vcpu.specialRegisters()
-        sregs.cs.selector = 0
-        sregs.cs.base = 0
-        sregs.cs.limit = 0xFFFF
-        sregs.cs.type = 0xB
-        sregs.cs.present = 1
-        sregs.cs.s = 1
-        sregs.cs.g = 0
-        sregs.cs.db = 0
-        func flat(_ segment: inout kvm_segment) {
-            segment.selector = 0
-            segment.base = 0
-            segment.limit = 0xFFFF_FFFF
-            segment.type = 3
-            segment.present = 1
-            segment.s = 1
-            segment.g = 1
-            segment.db = 0
-            segment.unusable = 0
-        }
-        flat(&sregs.ds)
-        flat(&sregs.es)
-        flat(&sregs.fs)
-        flat(&sregs.gs)
-        flat(&sregs.ss)
-        try vcpu.setSpecialRegisters(sregs)
-        var regs = VCPU.Registers()
-        regs.rip = loadAddress
-        regs.rflags = 2
-        regs.rsp = 0x7000 - 0x800 * UInt64(index)
-        regs.rbx = UInt64(index)
-        try vcpu.setRegisters(regs)
+        try vcpu.enterBigRealMode(ip: loadAddress, stack: 0x7000 - 0x800 * UInt64(index), rbx: UInt64(index))
         // Under an in-kernel irqchip, application processors wait for INIT/SIPI.
         if index > 0 { try vcpu.setMPState(IRQFD_KVM_MP_STATE_RUNNABLE) }
     }
@@ -506,17 +475,17 @@ public final class TinyVM: Sendable {
                 for i in 0..<count {
                     let slot = data + i * size
                     if isWrite {
-                        portWrite(vcpu, port: port, size: size, value: Self.loadLittleEndian(slot, size))
+                        portWrite(vcpu, port: port, size: size, value: VCPU.Exit.load(slot, size: size))
                     } else {
-                        Self.storeLittleEndian(UInt64(portRead(port: port, size: size)), slot, size)
+                        VCPU.Exit.store(UInt64(portRead(port: port, size: size)), slot, size: size)
                     }
                 }
             case .mmio(let address, let length, let isWrite, let data):
                 mmioExitCount.add(1, ordering: .relaxed)
                 if isWrite {
-                    mmioWrite(address: address, size: length, value: Self.loadLittleEndian(data, length))
+                    mmioWrite(address: address, size: length, value: VCPU.Exit.load(data, size: length))
                 } else {
-                    Self.storeLittleEndian(mmioRead(address: address, size: length), data, length)
+                    VCPU.Exit.store(mmioRead(address: address, size: length), data, size: length)
                 }
             case .interrupted:
                 continue
@@ -598,18 +567,6 @@ public final class TinyVM: Sendable {
         }
         unhandledAccesses.add(1, ordering: .relaxed)
         return size >= 8 ? .max : (1 << (8 * UInt64(size))) - 1
-    }
-
-    private static func loadLittleEndian(_ p: UnsafeMutableRawPointer, _ size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<min(size, 8) { value |= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << (8 * UInt64(i)) }
-        return value
-    }
-
-    private static func storeLittleEndian(_ value: UInt64, _ p: UnsafeMutableRawPointer, _ size: Int) {
-        for i in 0..<min(size, 8) {
-            p.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self)
-        }
     }
 }
 #endif

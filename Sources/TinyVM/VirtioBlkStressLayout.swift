@@ -65,3 +65,19 @@ public enum VirtioBlkStressLayout {
     /// The image word at byte offset 4 j of sector k: 128 k + j.
     public static func imageWord(sector k: Int, dword j: Int) -> UInt32 { UInt32(truncatingIfNeeded: 128 * k + j) }
 }
+
+#if os(Linux)
+extension TinyVM {
+    /// Loads the virtio-blk stress guest (`GuestProgram.virtioBlkStress`),
+    /// gives it its parameters (`total` requests, `inFlight` of them at a
+    /// time, request n reading sector n mod `sectors`, a power of two) and
+    /// starts the vCPUs.
+    public func startVirtioBlkStress(total: Int, inFlight: Int, sectors: Int) throws(TinyVMError) {
+        try load(GuestProgram.virtioBlkStress.image)
+        memory.write32(UInt32(total), at: VirtioBlkStressLayout.total)
+        memory.write32(UInt32(inFlight), at: VirtioBlkStressLayout.inFlight)
+        memory.write32(UInt32(sectors - 1), at: VirtioBlkStressLayout.sectorMask)
+        start()
+    }
+}
+#endif

@@ -29,10 +29,7 @@ public enum DiskBackendKind: String, CaseIterable, Sendable, CustomStringConvert
 }
 
 /// Why a backend could not be started.
-public struct BlockBackendError: Error, CustomStringConvertible {
-    /// What went wrong.
-    public var description: String
-}
+public typealias BlockBackendError = BackendStartError
 
 /// A vhost-user block backend process the VMM started for a disk image: it
 /// is started (by `VhostUserBackendProcess`) with its socket in a private
@@ -42,9 +39,9 @@ public final class BlockBackend: Sendable {
     /// Which backend this is.
     public let kind: DiskBackendKind
     /// The socket the backend listens on.
-    public let socketPath: String
+    public var socketPath: String { directory.socketPath }
     private let process: VhostUserBackendProcess
-    private let directory: String
+    private let directory: SocketDirectory
 
     /// Starts `kind` serving `image` with `queues` queues and waits (up to
     /// `timeout`) for its socket.
@@ -52,17 +49,14 @@ public final class BlockBackend: Sendable {
         throws(BlockBackendError)
     {
         self.kind = kind
-        var template = Array("/tmp/irqfd-vhost-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw BlockBackendError(description: "mkdtemp: \(String(cString: strerror(errno)))")
+        do { directory = try SocketDirectory(prefix: "irqfd-vhost-", socket: "blk.sock") } catch {
+            throw BlockBackendError(description: "\(error)")
         }
-        directory = String(cString: made)
-        socketPath = directory + "/blk.sock"
         do {
             process = try VhostUserBackendProcess.start(
-                kind.processKind, image: image, socketPath: socketPath, queues: queues, timeout: timeout)
+                kind.processKind, image: image, socketPath: directory.socketPath, queues: queues, timeout: timeout)
         } catch {
-            rmdir(directory)
+            directory.remove()
             throw BlockBackendError(description: "\(kind) could not start: \(error)")
         }
     }
@@ -72,7 +66,7 @@ public final class BlockBackend: Sendable {
     /// Stops the backend and removes its socket directory. Idempotent.
     public func stop() {
         process.stop()
-        rmdir(directory)
+        directory.remove()
     }
 
     /// Whether the backend is still running.
@@ -82,7 +76,7 @@ public final class BlockBackend: Sendable {
     public var processIdentifier: Int32 { process.processIdentifier }
 
     /// The private directory holding the socket, removed by `stop()`.
-    public var socketDirectory: String { directory }
+    public var socketDirectory: String { directory.path }
 
     /// The executable that runs the embedded backend, if there is one: the
     /// running executable when it serves it as a subcommand

@@ -5,21 +5,18 @@ import Synchronization
 import VhostUser
 
 /// Why virtiofsd could not be started.
-public struct FileSystemBackendError: Error, CustomStringConvertible {
-    /// What went wrong.
-    public var description: String
-}
+public typealias FileSystemBackendError = BackendStartError
 
 /// A virtiofsd the VMM started to share a host directory (`--share`): its
 /// socket in a private directory, waited for until it listens, stopped
 /// (SIGTERM, then SIGKILL) by `stop()` or deinit.
 public final class FileSystemBackend: Sendable {
     /// The socket virtiofsd listens on.
-    public let socketPath: String
+    public var socketPath: String { directory.socketPath }
     /// The host directory it serves.
     public let sharedDirectory: String
     private let process: Mutex<VirtiofsdProcess>
-    private let directory: String
+    private let directory: SocketDirectory
     private let log: FileHandle?
 
     /// Whether virtiofsd is installed.
@@ -32,18 +29,15 @@ public final class FileSystemBackend: Sendable {
     ) throws(FileSystemBackendError) {
         self.sharedDirectory = sharedDirectory
         self.log = log
-        var template = Array("/tmp/irqfd-vhost-fs-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw FileSystemBackendError(description: "mkdtemp: \(String(cString: strerror(errno)))")
+        do { directory = try SocketDirectory(prefix: "irqfd-vhost-fs-", socket: "fs.sock") } catch {
+            throw FileSystemBackendError(description: "\(error)")
         }
-        directory = String(cString: made)
-        socketPath = directory + "/fs.sock"
         do {
             process = Mutex(
                 try VirtiofsdProcess.start(
-                    sharedDirectory: sharedDirectory, socketPath: socketPath, log: log, timeout: timeout))
+                    sharedDirectory: sharedDirectory, socketPath: directory.socketPath, log: log, timeout: timeout))
         } catch {
-            rmdir(directory)
+            directory.remove()
             throw FileSystemBackendError(description: "virtiofsd could not start: \(error)")
         }
     }
@@ -53,7 +47,7 @@ public final class FileSystemBackend: Sendable {
     /// Stops virtiofsd and removes its socket directory. Idempotent.
     public func stop() {
         process.withLock { $0.stop() }
-        rmdir(directory)
+        directory.remove()
     }
 
     /// Kills virtiofsd with SIGKILL, as a crash would (the socket directory stays).

@@ -4,41 +4,36 @@ import Glibc
 public import VhostUser
 
 /// Why a network backend could not be started.
-public struct NetBackendError: Error, CustomStringConvertible {
-    /// What went wrong.
-    public var description: String
-}
+public typealias NetBackendError = BackendStartError
 
 /// A vhost-user-net backend the VMM started: `dpdk-testpmd` (`TestpmdProcess`)
 /// with its socket and log in a private directory, stopped by `stop()` or
 /// deinit. testpmd busy-polls a core: keep one only while it is needed.
 public final class NetBackend: Sendable {
     /// The socket the backend listens on.
-    public let socketPath: String
+    public var socketPath: String { directory.socketPath }
     /// Queue pairs it serves.
     public let queuePairs: Int
     /// The running testpmd (its pid, a kill as a crash would do it).
     public let process: TestpmdProcess
-    private let directory: String
+    private let directory: SocketDirectory
 
     /// Whether `dpdk-testpmd` is installed.
     public static var isTestpmdInstalled: Bool { TestpmdProcess.executablePath() != nil }
 
     /// Starts testpmd serving `queuePairs` pairs and waits (up to `timeout`) until it listens.
     public init(queuePairs: Int = 1, timeout: Duration = .seconds(20)) throws(NetBackendError) {
-        var template = Array("/tmp/irqfd-vhost-net-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw NetBackendError(description: "mkdtemp: \(String(cString: strerror(errno)))")
+        do { directory = try SocketDirectory(prefix: "irqfd-vhost-net-", socket: "net.sock") } catch {
+            throw NetBackendError(description: "\(error)")
         }
-        directory = String(cString: made)
-        socketPath = directory + "/net.sock"
         self.queuePairs = queuePairs
         do {
             process = try TestpmdProcess.start(
-                socketPath: socketPath, queuePairs: queuePairs, logPath: directory + "/testpmd.log", timeout: timeout)
+                socketPath: directory.socketPath, queuePairs: queuePairs, logPath: directory.path + "/testpmd.log",
+                timeout: timeout)
         } catch {
-            unlink(directory + "/testpmd.log")
-            rmdir(directory)
+            unlink(directory.path + "/testpmd.log")
+            directory.remove()
             throw NetBackendError(description: "dpdk-testpmd could not start: \(error)")
         }
     }
@@ -52,7 +47,7 @@ public final class NetBackend: Sendable {
     public func stop() {
         process.stop()
         unlink(process.logPath)
-        rmdir(directory)
+        directory.remove()
     }
 
     /// Whether testpmd is still running.

@@ -34,6 +34,26 @@ import Testing
                 onCommitError: onCommitError))
     }
 
+    /// A fresh guest and a coalescing partition on it (held timer) whose
+    /// commit errors are collected in `Reports`.
+    static func reportingPartition() throws -> (CountingGuest, HeldTimer, Reports, KVMIrqFd) {
+        let guest = try CountingGuest(cpus: 1)
+        let timer = HeldTimer()
+        let reports = Reports()
+        return (guest, timer, reports, try partition(guest, timer: timer) { reports.report($0) })
+    }
+
+    /// A route on a fresh guest's coalescing partition (held timer) whose
+    /// message, vector 0x51, waits for a commit: relay-served, not armed.
+    static func waitingRoute() throws -> (CountingGuest, HeldTimer, KVMIrqFd, KVMIrqFdRoute) {
+        let guest = try CountingGuest(cpus: 1)
+        let timer = HeldTimer()
+        let irqfd = try partition(guest, timer: timer)
+        let route = try irqfd.newRoute()
+        try route.setMsiDeferred(message(0x51))
+        return (guest, timer, irqfd, route)
+    }
+
     /// An MSI-X function over `irqfd`, programmed the way a guest driver does.
     struct Function {
         let emulator: MsixEmulator
@@ -117,11 +137,7 @@ import Testing
     /// stopped and the rolled-back entry was live in the kernel, so nothing
     /// ever reconciled it: 0 of 1 signals arrived, and nothing was pending.
     @Test func aFailedArmOfAServedRouteLeavesItServedAndRetried() throws {
-        let guest = try CountingGuest(cpus: 1)
-        let timer = HeldTimer()
-        let irqfd = try Self.partition(guest, timer: timer)
-        let route = try irqfd.newRoute()
-        try route.setMsiDeferred(Self.message(0x51))
+        let (guest, timer, irqfd, route) = try Self.waitingRoute()
         guest.vm.vm.faults.failCall("KVM_IRQFD", count: 1)
         #expect(throws: IrqFdError.self) { try route.setMsi(Self.message(0x52)) }
         #expect(route.msi == Self.message(0x51) && route.isServed && !route.isArmed)
@@ -204,10 +220,7 @@ import Testing
     /// was thrown at device 1's restore and counted on device 1, and device
     /// 2's route was never retried.
     @Test func aBatchThatCarriedAnotherDevicesEntryDoesNotTakeItsArmError() throws {
-        let guest = try CountingGuest(cpus: 1)
-        let timer = HeldTimer()
-        let reports = Reports()
-        let irqfd = try Self.partition(guest, timer: timer) { reports.report($0) }
+        let (guest, timer, reports, irqfd) = try Self.reportingPartition()
         let d1 = Function(irqfd, vectors: 1)
         let d2 = Function(irqfd, vectors: 1)
         d2.control(enabled: true, functionMasked: false)
@@ -246,10 +259,7 @@ import Testing
     /// commit started a retry chain of its own: eight retries and eight
     /// reports per delay.
     @Test func aRouteWhoseArmKeepsFailingIsRetriedOncePerDelay() throws {
-        let guest = try CountingGuest(cpus: 1)
-        let timer = HeldTimer()
-        let reports = Reports()
-        let irqfd = try Self.partition(guest, timer: timer) { reports.report($0) }
+        let (guest, timer, reports, irqfd) = try Self.reportingPartition()
         let route = try irqfd.newRoute()
         guest.vm.vm.faults.failCall("KVM_IRQFD", count: 1000)
         for i in 0..<8 {
@@ -273,11 +283,7 @@ import Testing
     /// pushes it. Before, the GSI went back to what the kernel held (none):
     /// the route had no MSI and was not served.
     @Test func aFailedBatchKeepsTheWaitingEntryItTookOver() throws {
-        let guest = try CountingGuest(cpus: 1)
-        let timer = HeldTimer()
-        let irqfd = try Self.partition(guest, timer: timer)
-        let route = try irqfd.newRoute()
-        try route.setMsiDeferred(Self.message(0x51))
+        let (guest, timer, irqfd, route) = try Self.waitingRoute()
         guest.vm.vm.faults.failCall("KVM_SET_GSI_ROUTING", count: 1)
         #expect(throws: IrqFdError.self) {
             try irqfd.withBatch { () throws(IrqFdError) in try route.setMsi(Self.message(0x52)) }

@@ -146,6 +146,20 @@ final class CountingVM {
     func settle() { usleep(100_000) }
 }
 
+/// A scripted backend, a counting VM, and a virtio-blk device on the VM
+/// served by the backend: where most tests start.
+final class ScriptedDisk {
+    let backend: ScriptedBlkBackend
+    let host: CountingVM
+    let device: VirtioBlkDevice
+    init(queues: Int = 1, delivery: InterruptDelivery = .irqfd) throws {
+        backend = try ScriptedBlkBackend()
+        host = try CountingVM()
+        device = try VirtioBlkDevice.attach(
+            to: host.vm, socketPath: backend.socketPath, queues: queues, delivery: delivery)
+    }
+}
+
 @Suite(needsKVM, .serialized) struct SlowBackendTests {
     /// DRIVER_OK and the reset return at once while the backend holds every
     /// reply: the write does not wait on it. device_status reads DRIVER_OK
@@ -155,9 +169,8 @@ final class CountingVM {
     /// meanwhile.
     @Test(arguments: [1, 8])
     func aGuestAccessDoesNotWaitForTheBackend(queues: Int) throws {
-        let backend = try ScriptedBlkBackend()
-        let host = try CountingVM()
-        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
+        let disk = try ScriptedDisk(queues: queues)
+        let (backend, device) = (disk.backend, disk.device)
         var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
 
@@ -198,9 +211,8 @@ final class CountingVM {
     /// `aGuestAccessDoesNotWaitForTheBackend` checks the behaviour.
     @Test(arguments: [1, 8])
     func theLongestAccessWithEveryReplyDelayed(queues: Int) throws {
-        let backend = try ScriptedBlkBackend()
-        let host = try CountingVM()
-        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, queues: queues)
+        let disk = try ScriptedDisk(queues: queues)
+        let (backend, device) = (disk.backend, disk.device)
         var driver = PolledDriver.msixOnAfterReset(device)
         backend.script.replyDelay = stallDelay
         driver.configure()
@@ -238,9 +250,8 @@ final class CountingVM {
     /// connection (the next reset or DRIVER_OK makes a new one).
     @Test(arguments: ResetFault.allCases)
     func aResetAlwaysCompletes(fault: ResetFault) throws {
-        let backend = try ScriptedBlkBackend()
-        let host = try CountingVM()
-        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath)
+        let disk = try ScriptedDisk()
+        let (backend, device) = (disk.backend, disk.device)
         var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         driver.driverOK()
@@ -291,9 +302,8 @@ final class CountingVM {
     /// eventfds, which its watcher waits on.
     @Test(arguments: InterruptDelivery.allCases)
     func onlyTheCurrentConnectionRaisesAQueueInterrupt(delivery: InterruptDelivery) throws {
-        let backend = try ScriptedBlkBackend()
-        let host = try CountingVM()
-        let device = try VirtioBlkDevice.attach(to: host.vm, socketPath: backend.socketPath, delivery: delivery)
+        let disk = try ScriptedDisk(delivery: delivery)
+        let (backend, host, device) = (disk.backend, disk.host, disk.device)
         var driver = PolledDriver.msixOnAfterReset(device)
         driver.configure()
         host.settle()

@@ -79,11 +79,7 @@ final class VirtioStressRig {
         backend = try BlockBackend(kind: kind, image: imagePath)
         vm = try TinyVM(.init(cpus: Self.cpus))
         device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, delivery: delivery)
-        try vm.load(GuestProgram.virtioBlkStress.image)
-        vm.memory.write32(UInt32(total), at: L.total)
-        vm.memory.write32(UInt32(inFlight), at: L.inFlight)
-        vm.memory.write32(UInt32(sectors - 1), at: L.sectorMask)
-        vm.start()
+        try vm.startVirtioBlkStress(total: total, inFlight: inFlight, sectors: sectors)
         let running = vm.waitUntil(timeout: .seconds(60)) {
             vm.memory.read32(at: L.phase) >= 1
                 && (0..<Self.cpus).allSatisfy { vm.memory.read32(at: InterruptCounterLayout.ready(cpu: $0)) == 1 }

@@ -89,22 +89,16 @@ final class LiveUpdateChain {
     static let vectors = 40
 
     let delivery: InterruptDelivery
-    let irqfd: URL
-    let name: String
     let first: TinyVM
     let device: MsixTestDevice
     let source: LiveUpdateSource
     let wakeRoute: KVMIrqFdRoute
     let remote: RemoteDriver
     /// What the first VMM's live-update side logged.
-    final class Lines: Sendable {
-        let lines = Mutex<[String]>([])
-        func append(_ line: String) { lines.withLock { $0.append(line) } }
-        var all: [String] { lines.withLock { $0 } }
-    }
-    let sourceLog = Lines()
-    /// The `irqfd run --incoming` processes, in order; the last runs the guest.
-    private(set) var processes: [Process] = []
+    let sourceLog = LogLines()
+    /// The `irqfd run --incoming` processes (generations 1, 2, ...); the last runs the guest.
+    let runs: RunGenerations
+    var processes: [Process] { runs.processes }
     private var helper: EventHolderProcess?
     private var maskedEvent: (any Event)?
 
@@ -121,8 +115,7 @@ final class LiveUpdateChain {
 
     init(delivery: InterruptDelivery, name: String) throws {
         self.delivery = delivery
-        self.name = "irqfd-lu-\(getpid())-\(name)-\(delivery)"
-        irqfd = try builtExecutable("irqfd")
+        runs = try RunGenerations(name: "irqfd-lu-\(getpid())-\(name)-\(delivery)")
         first = try TinyVM(.init(cpus: 1))
         device = try MsixTestDevice.attach(to: first, vectors: Self.vectors, delivery: delivery)
         let driver = try DeviceDriverGuest(vm: first)
@@ -148,13 +141,13 @@ final class LiveUpdateChain {
         }
         let log = sourceLog
         source = try LiveUpdateSource(
-            vm: first, listeningAt: "/tmp/\(self.name)-0.sock", devices: [device], routes: [wakeRoute]
+            vm: first, listeningAt: runs.socket(0), devices: [device], routes: [wakeRoute]
         ) { line in log.append(line) }
         source.start()
     }
 
-    func socket(_ generation: Int) -> String { "/tmp/\(name)-\(generation).sock" }
-    func errors(_ generation: Int) -> String { "/tmp/\(name)-\(generation).err" }
+    func socket(_ generation: Int) -> String { runs.socket(generation) }
+    func log(_ generation: Int) -> String { runs.log(generation) }
 
     /// Starts the device signalling vector 0: the out-of-process helper
     /// holding vector 0's event, or (userspace delivery has no event to hold)
@@ -166,7 +159,7 @@ final class LiveUpdateChain {
             signal = { try remote.ring(0) }
         } else {
             let event = try #require(try device.emulator.event(for: 0) as? EventFD)
-            let helper = try EventHolderProcess(holding: event, socketName: name)
+            let helper = try EventHolderProcess(holding: event, socketName: runs.name)
             self.helper = helper
             let box = UncheckedBox(helper)
             signal = { try box.value.signal() }
@@ -195,58 +188,13 @@ final class LiveUpdateChain {
         while !signalling.done.load(ordering: .acquiring) { usleep(1_000) }
     }
 
-    /// Starts `irqfd run --incoming` from generation `from`, listening for the next.
-    func spawnSuccessor(of from: Int) throws -> Process {
-        let process = Process()
-        process.executableURL = irqfd
-        process.arguments = [
-            "run", "--incoming", socket(from), "--update-socket", socket(from + 1), "--timeout", "600",
-        ]
-        _ = FileManager.default.createFile(atPath: errors(from + 1), contents: nil)
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors(from + 1)))
-        process.standardOutput = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        return process
-    }
-
     /// Hands the guest from generation `processes.count` to a new process;
     /// returns the line the new one printed.
     @discardableResult
     func handOff(sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
-        let from = processes.count
-        let next = try spawnSuccessor(of: from)
-        processes.append(next)
-        if from == 0 {
-            let deadline = ContinuousClock.now + .seconds(60)
-            while source.completed == nil, ContinuousClock.now < deadline { usleep(1_000) }
-            #expect(source.completed == .takenOver, "\(sourceLog.all)", sourceLocation: sourceLocation)
-            #expect(first.wait() == .stopped, sourceLocation: sourceLocation)
-        } else {
-            let old = processes[from - 1]
-            #expect(try Self.exitStatus(old) == 0, "\(log(from))", sourceLocation: sourceLocation)
-        }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !log(from + 1).contains("\n"), ContinuousClock.now < deadline { usleep(1_000) }
-        return String(log(from + 1).prefix { $0 != "\n" })
-    }
-
-    func log(_ generation: Int) -> String {
-        (try? String(contentsOfFile: errors(generation), encoding: .utf8)) ?? ""
-    }
-
-    /// The process's exit status, waiting at most `timeout` (then killed: status nil).
-    static func exitStatus(_ process: Process, timeout: Duration = .seconds(60)) throws -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            if ContinuousClock.now > deadline {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-                return nil
-            }
-            usleep(1_000)
-        }
-        return process.terminationStatus
+        let line = try runs.handOff(from: source, sourceLog: sourceLog, sourceLocation: sourceLocation)
+        if processes.count == 1 { #expect(first.wait() == .stopped, sourceLocation: sourceLocation) }
+        return line
     }
 
     /// Descriptors open in process `pid` (/proc/PID/fd).
@@ -259,17 +207,11 @@ final class LiveUpdateChain {
         stopSignalling()
         try? helper?.quit()
         helper = nil
-        for process in processes where process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        runs.killRunning()
         source.stop()
         first.stop()
         _ = first.wait()
-        for generation in 0...processes.count {
-            try? FileManager.default.removeItem(atPath: socket(generation))
-            try? FileManager.default.removeItem(atPath: errors(generation))
-        }
+        runs.removeFiles()
     }
 }
 

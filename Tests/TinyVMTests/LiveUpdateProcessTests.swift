@@ -50,7 +50,7 @@ import TinyVM
         // The guest is in the last process: its exit is that process's status.
         try chain.remote.exit(42)
         let last = try #require(chain.processes.last)
-        #expect(try LiveUpdateChain.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
+        #expect(try RunGenerations.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
     }
 
     /// Where a successor that is not one breaks off.
@@ -158,7 +158,7 @@ import TinyVM
         #expect(chain.remote.count(LiveUpdateChain.maskedVector) == 1, "once")
         try chain.remote.exit(42)
         let last = try #require(chain.processes.last)
-        #expect(try LiveUpdateChain.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
+        #expect(try RunGenerations.exitStatus(last) == 42, "\(chain.log(chain.processes.count))")
     }
 
     /// Where an old VMM that is not one breaks off.

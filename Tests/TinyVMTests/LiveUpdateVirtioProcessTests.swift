@@ -52,68 +52,29 @@ import Virtio
         defer { backend.stop() }
         let vm = try TinyVM(.init(cpus: 2))
         let device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath)
-        try vm.load(GuestProgram.virtioBlkStress.image)
-        vm.memory.write32(UInt32(total), at: L.total)
-        vm.memory.write32(64, at: L.inFlight)
-        vm.memory.write32(UInt32(sectors - 1), at: L.sectorMask)
-        vm.start()
+        try vm.startVirtioBlkStress(total: total, inFlight: 64, sectors: sectors)
         let memory = vm.memory
         func word(_ address: UInt64) -> Int { Int(memory.read32(at: address)) }
         #expect(vm.waitUntil(timeout: .seconds(60)) { memory.read32(at: L.phase) >= 1 }, "the guest runs")
-        let name = "irqfd-lu-blk-\(getpid())-\(kind)"
-        func socket(_ generation: Int) -> String { "/tmp/\(name)-\(generation).sock" }
-        func errors(_ generation: Int) -> String { "/tmp/\(name)-\(generation).err" }
-        let log = LiveUpdateChain.Lines()
+        let runs = try RunGenerations(name: "irqfd-lu-blk-\(getpid())-\(kind)")
+        let log = LogLines()
         let source = try LiveUpdateSource(
-            vm: vm, listeningAt: socket(0), devices: [LiveUpdateVirtioDevice(device, name: "virtio-blk")]
+            vm: vm, listeningAt: runs.socket(0), devices: [LiveUpdateVirtioDevice(device, name: "virtio-blk")]
         ) { log.append($0) }
         source.start()
-        let irqfd = try builtExecutable("irqfd")
-        var processes: [Process] = []
         defer {
-            for process in processes where process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
+            runs.killRunning()
             source.stop()
             vm.stop()
             _ = vm.wait()
-            for generation in 0...processes.count {
-                try? FileManager.default.removeItem(atPath: socket(generation))
-                try? FileManager.default.removeItem(atPath: errors(generation))
-            }
+            runs.removeFiles()
         }
         for handOff in 1...Self.handOffs {
             // Requests in flight at every hand-off.
             let target = handOff * total / (Self.handOffs + 2)
             let progress = ContinuousClock.now + .seconds(60)
             while word(L.completed) < target, ContinuousClock.now < progress { usleep(1_000) }
-            let process = Process()
-            process.executableURL = irqfd
-            process.arguments = [
-                "run", "--incoming", socket(handOff - 1), "--update-socket", socket(handOff), "--timeout", "600",
-            ]
-            _ = FileManager.default.createFile(atPath: errors(handOff), contents: nil)
-            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors(handOff)))
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            processes.append(process)
-            if handOff == 1 {
-                let deadline = ContinuousClock.now + .seconds(60)
-                while source.completed == nil, ContinuousClock.now < deadline { usleep(1_000) }
-                #expect(source.completed == .takenOver, "\(log.all)")
-            } else {
-                let old = processes[handOff - 2]
-                let status = try LiveUpdateChain.exitStatus(old)
-                #expect(status == 0, "\((try? String(contentsOfFile: errors(handOff - 1), encoding: .utf8)) ?? "")")
-            }
-            let deadline = ContinuousClock.now + .seconds(10)
-            var text = ""
-            while !text.contains("\n"), ContinuousClock.now < deadline {
-                text = (try? String(contentsOfFile: errors(handOff), encoding: .utf8)) ?? ""
-                usleep(1_000)
-            }
-            let line = String(text.prefix { $0 != "\n" })
+            let line = try runs.handOff(from: source, sourceLog: log)
             let parsed = Self.queuesAndMessages(line)
             #expect(parsed?.queues == 1 && parsed?.messages == 0, "hand-off \(handOff): \(line)")
             if parsed == nil { break }
@@ -134,26 +95,13 @@ import Virtio
     @Test(arguments: DiskBackendKind.allCases)
     func theBackendThatDiskStartedBelongsToTheSuccessor(kind: DiskBackendKind) throws {
         if kind == .qemuStorageDaemon, DiskBackendKind.qemuStorageDaemonPath == nil { return }
-        let irqfd = try builtExecutable("irqfd")
-        let base = "/tmp/irqfd-lu-disk-\(getpid())-\(kind)"
+        // Its logs are files, not pipes: the backend, a child of the first process, outlives it.
+        let runs = try RunGenerations(name: "irqfd-lu-disk-\(getpid())-\(kind)")
+        let program = "/tmp/\(runs.name).bin"
         let disk = try TestImage(sectors: 64)
-        try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: base + ".bin"))
-        defer { try? FileManager.default.removeItem(atPath: base + ".bin") }
-        func start(_ arguments: [String], _ generation: Int) throws -> Process {
-            let process = Process()
-            process.executableURL = irqfd
-            process.arguments = ["run"] + arguments
-            // Files, not pipes: the backend, a child of the first process, outlives it.
-            _ = FileManager.default.createFile(atPath: "\(base)-\(generation).err", contents: nil)
-            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(base)-\(generation).err"))
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            return process
-        }
-        func errors(_ generation: Int) -> String {
-            (try? String(contentsOfFile: "\(base)-\(generation).err", encoding: .utf8)) ?? ""
-        }
-        defer { for g in 0..<3 { try? FileManager.default.removeItem(atPath: "\(base)-\(g).err") } }
+        try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: program))
+        defer { try? FileManager.default.removeItem(atPath: program) }
+        let errors = runs.log
         /// The backend serving `disk`: a process whose command line names the
         /// image, and that is not an `irqfd run`.
         func backendPID() -> Int32? {
@@ -165,31 +113,27 @@ import Virtio
             }
             return nil
         }
-        let first = try start(
-            [base + ".bin", "--disk", disk.path, "--disk-backend", kind.rawValue, "--update-socket", base + "-0.sock",
-             "--timeout", "60"], 0)
-        var processes = [first]
+        let first = try runs.start(
+            0,
+            [program, "--disk", disk.path, "--disk-backend", kind.rawValue, "--update-socket", runs.socket(0),
+             "--timeout", "60"])
         defer {
-            for process in processes where process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
+            runs.killRunning()
+            runs.removeFiles()
             if let pid = backendPID() { kill(pid, SIGKILL) }
         }
-        while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.isRunning { usleep(1_000) }
+        while !FileManager.default.fileExists(atPath: runs.socket(0)), first.isRunning { usleep(1_000) }
         let backend = try #require(backendPID(), "the backend runs: \(errors(0))")
-        let second = try start(
-            ["--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60"], 1)
-        processes.append(second)
-        #expect(try LiveUpdateChain.exitStatus(first) == 0, "\(errors(0))")
+        let second = try runs.start(
+            1, ["--incoming", runs.socket(0), "--update-socket", runs.socket(1), "--timeout", "60"])
+        #expect(try RunGenerations.exitStatus(first) == 0, "\(errors(0))")
         #expect(kill(backend, 0) == 0, "the backend outlives the first VMM")
-        while !FileManager.default.fileExists(atPath: base + "-1.sock"), second.isRunning { usleep(1_000) }
-        let third = try start(["--incoming", base + "-1.sock", "--timeout", "1"], 2)
-        processes.append(third)
-        #expect(try LiveUpdateChain.exitStatus(second) == 0, "\(errors(1))")
-        #expect(try LiveUpdateChain.exitStatus(third) == 124, "\(errors(2))")
+        while !FileManager.default.fileExists(atPath: runs.socket(1)), second.isRunning { usleep(1_000) }
+        let third = try runs.start(2, ["--incoming", runs.socket(1), "--timeout", "1"])
+        #expect(try RunGenerations.exitStatus(second) == 0, "\(errors(1))")
+        #expect(try RunGenerations.exitStatus(third) == 124, "\(errors(2))")
         for generation in 1...2 {
-            let line = String(errors(generation).prefix { $0 != "\n" })
+            let line = runs.firstLine(generation)
             let parsed = Self.queuesAndMessages(line)
             #expect(parsed?.queues == 1 && parsed?.messages == 0, "\(generation): \(errors(generation))")
         }

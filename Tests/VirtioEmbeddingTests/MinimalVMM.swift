@@ -48,44 +48,10 @@ final class MinimalVMM: VirtioHost {
                 if e.function == 1 { e.ecx |= 1 << 21 }
                 return e
             })
-        try Self.enterBigRealMode(vcpu)
+        // CS base 0 at IP 0x1000; data and stack segments flat with 4 GiB limits,
+        // so the guest's addr32 accesses reach MMIO at 0xFE000000.
+        try vcpu.enterBigRealMode(ip: 0x1000, stack: 0x7000)
         partition = try KVMIrqFd(vm: vm)
-    }
-
-    /// CS base 0 at IP 0x1000; data and stack segments flat with 4 GiB limits,
-    /// so the guest's addr32 accesses reach MMIO at 0xFE000000.
-    private static func enterBigRealMode(_ vcpu: VCPU) throws {
-        var sregs = try vcpu.specialRegisters()
-        sregs.cs.selector = 0
-        sregs.cs.base = 0
-        sregs.cs.limit = 0xFFFF
-        sregs.cs.type = 0xB
-        sregs.cs.present = 1
-        sregs.cs.s = 1
-        sregs.cs.g = 0
-        sregs.cs.db = 0
-        func flat(_ segment: inout kvm_segment) {
-            segment.selector = 0
-            segment.base = 0
-            segment.limit = 0xFFFF_FFFF
-            segment.type = 3
-            segment.present = 1
-            segment.s = 1
-            segment.g = 1
-            segment.db = 0
-            segment.unusable = 0
-        }
-        flat(&sregs.ds)
-        flat(&sregs.es)
-        flat(&sregs.fs)
-        flat(&sregs.gs)
-        flat(&sregs.ss)
-        try vcpu.setSpecialRegisters(sregs)
-        var regs = VCPU.Registers()
-        regs.rip = 0x1000
-        regs.rflags = 2
-        regs.rsp = 0x7000
-        try vcpu.setRegisters(regs)
     }
 
     // MARK: - VirtioHost
@@ -140,14 +106,14 @@ final class MinimalVMM: VirtioHost {
                 for i in 0..<count {
                     let slot = data + i * size
                     if isWrite {
-                        let value = UInt32(truncatingIfNeeded: Self.load(slot, size))
+                        let value = UInt32(truncatingIfNeeded: VCPU.Exit.load(slot, size: size))
                         if port == Self.exitPort { return UInt8(truncatingIfNeeded: value) }
                         if port == 0x3F8 { console.withLock { $0.append(UInt8(truncatingIfNeeded: value)) } }
                         if PCIBus.ports.contains(port) { bus.write(port: port, size: size, value: value) }
                     } else {
                         let value: UInt32 =
                             port == 0x3FD ? 0x60 : PCIBus.ports.contains(port) ? bus.read(port: port, size: size) : .max
-                        Self.store(UInt64(value), slot, size)
+                        VCPU.Exit.store(UInt64(value), slot, size: size)
                     }
                 }
             case .mmio(let address, let length, let isWrite, let data):
@@ -155,9 +121,9 @@ final class MinimalVMM: VirtioHost {
                     all.first { $0.memoryWindows.contains { $0.contains(address) } }
                 }
                 if isWrite {
-                    function?.write(address: address, size: length, value: Self.load(data, length))
+                    function?.write(address: address, size: length, value: VCPU.Exit.load(data, size: length))
                 } else {
-                    Self.store(function?.read(address: address, size: length) ?? .max, data, length)
+                    VCPU.Exit.store(function?.read(address: address, size: length) ?? .max, data, size: length)
                 }
             case .interrupted:
                 continue
@@ -166,18 +132,6 @@ final class MinimalVMM: VirtioHost {
             }
         }
         return nil
-    }
-
-    private static func load(_ p: UnsafeMutableRawPointer, _ size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<min(size, 8) { value |= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << (8 * UInt64(i)) }
-        return value
-    }
-
-    private static func store(_ value: UInt64, _ p: UnsafeMutableRawPointer, _ size: Int) {
-        for i in 0..<min(size, 8) {
-            p.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self)
-        }
     }
 }
 

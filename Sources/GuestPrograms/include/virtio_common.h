@@ -180,6 +180,24 @@ driver:
 	add	\notify, %eax
 .endm
 
+/* With EDI = the common configuration structure: queues 0 to `count` - 1
+ * set up (VIRTIO_QUEUE_SETUP_AT_ECX) and enabled, queue q's notify address
+ * kept at `qnotify` + 4q and, when `avail` is given, the dword at `avail` +
+ * 4q zeroed (the driver's avail index of queue q). Clobbers EAX, ECX, EDX. */
+.macro VIRTIO_QUEUES_SETUP count, size, notify, mult, qnotify, fail, avail
+	xor	%ecx, %ecx
+.Lqueue\@:
+	VIRTIO_QUEUE_SETUP_AT_ECX \size, \notify, \mult, \fail
+	mov	%eax, \qnotify(,%ecx,4)
+.ifnb \avail
+	movl	$0, \avail(,%ecx,4)
+.endif
+	movw	$1, 0x1c(%edi)
+	inc	%ecx
+	cmp	\count, %ecx
+	jb	.Lqueue\@
+.endm
+
 /* With EDI = the common configuration structure: reset (waiting until
  * device_status reads 0, virtio 1.2 section 4.1.4.3.1), ACKNOWLEDGE, DRIVER,
  * and check that VIRTIO_F_VERSION_1 (feature bit 32) is offered, leaving
