@@ -388,7 +388,8 @@ extension VirtioPCIDevice {
     ) -> DeviceState {
         let t = saved.transport
         var s = DeviceState(
-            session: session, log: FailureLog(device: saved.deviceType.name), queues: t.queues.map { saved in
+            session: session, log: FailureLog(device: saved.deviceType.name),
+            queues: t.queues.map { saved in
                 var queue = Queue()
                 queue.size = saved.size
                 queue.vector = saved.vector

@@ -115,8 +115,10 @@ import Virtio
         }
         let first = try runs.start(
             0,
-            [program, "--disk", disk.path, "--disk-backend", kind.rawValue, "--update-socket", runs.socket(0),
-             "--timeout", "60"])
+            [
+                program, "--disk", disk.path, "--disk-backend", kind.rawValue, "--update-socket", runs.socket(0),
+                "--timeout", "60",
+            ])
         defer {
             runs.killRunning()
             runs.removeFiles()
