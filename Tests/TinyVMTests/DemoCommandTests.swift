@@ -54,7 +54,7 @@ func expectLiveUpdateSection(_ text: String, sourceLocation: SourceLocation = #_
     #expect(
         text.contains("hand-off 3: ") && text.contains(" -> this process "), "\(text)", sourceLocation: sourceLocation)
     #expect(
-        text.contains("across 3 hand-offs, 16 in flight; wrong data or status: 0, unknown ids: 0, completed twice: 0."),
+        text.contains("across 3 hand-offs; wrong data or status: 0, unknown ids: 0, completed twice: 0."),
         "\(text)", sourceLocation: sourceLocation)
 }
 #endif
