@@ -31,5 +31,18 @@ extension BenchReport {
         public var lost: Int
         /// The targets for this section, checked in this run.
         public var targets: [TargetCheck]
+        /// Whether the library's hand-offs went between processes (the
+        /// successor a separate `irqfd run --incoming`); absent in older reports.
+        public var crossProcess: Bool?
+        /// The library's pause taken apart, step by step in the order they run.
+        public var pauseSteps: [Step]?
+
+        /// One step of the pause and what it took across the hand-offs.
+        public struct Step: Codable, Equatable, Sendable {
+            /// The step ("disarm", "encode + send", "commit -> successor", ...).
+            public var name: String
+            /// What it took.
+            public var time: LatencySummary
+        }
     }
 }

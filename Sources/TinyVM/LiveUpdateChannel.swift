@@ -21,8 +21,10 @@ public import SystemPackage
 ///                    then the encoded `LiveUpdateState`
 ///     D  descriptors u32 count; the route events, then each device's, in order
 ///     R  ready       restored, nothing armed
-///     C  commit      the old VMM will never run the guest again
-///     T  taken over  the successor's vCPUs run
+///     C  commit      the old VMM will never run the guest again; optionally
+///                    its `LiveUpdateTimeline` marks (u32 count, u64 each)
+///     T  taken over  the successor's vCPUs run; optionally every
+///                    `LiveUpdateTimeline` mark, the old VMM's first
 ///
 /// Before `C` the old VMM may still fail the hand-off (and runs on); the
 /// successor arms nothing before `C`, so no signal it could consume is one

@@ -28,6 +28,8 @@ public struct LiveUpdateIncoming {
     public let queueCount: Int
     /// vhost-user messages sent while taking over.
     public let vhostUserMessages: Int
+    /// When each step happened, both sides' (the old VMM's came with its commit).
+    public let timeline: LiveUpdateTimeline
 
     /// The line a successor prints per hand-off.
     public var summary: String {
@@ -46,6 +48,8 @@ public struct LiveUpdateIncoming {
         do { socket = try UnixSocket.connect(to: path, deadline: .now + step) } catch {
             throw .transport(step: "connect", reason: "\(error)")
         }
+        var marks = LiveUpdateTimeline()
+        marks.connected = LiveUpdateTimeline.now()
         let channel = LiveUpdateChannel(socket)
         var hello = PayloadWriter()
         hello.u32(LiveUpdateState.readableVersions.lowerBound)
@@ -71,6 +75,7 @@ public struct LiveUpdateIncoming {
         }
         let vm = try makeVM(
             ram: ram[0], size: Int(memorySize), cpus: Int(cpus), coalescing: coalescing == 1, echoConsole: echoConsole)
+        marks.prepared = LiveUpdateTimeline.now()
         try channel.send(.prepared, step: "prepared", deadline: .now + step)
 
         // The old VMM pauses the guest now: from here every wait is part of the pause.
@@ -90,11 +95,13 @@ public struct LiveUpdateIncoming {
         do { state = try LiveUpdateState(decoding: Array(stateFrame[reader.offset...])) } catch {
             throw .protocolViolation(step: "state", reason: "\(error)")
         }
+        marks.stateReceived = LiveUpdateTimeline.now()
         let total = routeDescriptors + counts.reduce(0, +)
         guard state.routes.count == routeDescriptors, state.devices.count == counts.count, total <= 65_536 else {
             throw .protocolViolation(step: "state", reason: "descriptor counts do not match the state")
         }
         let descriptors = try channel.receiveDescriptors(total, step: "descriptors", deadline: .now + step)
+        marks.descriptorsReceived = LiveUpdateTimeline.now()
         do { try vm.restoreMachineState(state.machine) } catch { throw .machine("\(error)") }
         var routeStates: [RouteHandOffState] = []
         for (route, descriptor) in zip(state.routes, descriptors[..<routeDescriptors]) {
@@ -117,8 +124,12 @@ public struct LiveUpdateIncoming {
             next += count
             incoming.append(try kind.rebuild(vm, bytes, own))
         }
+        marks.restored = LiveUpdateTimeline.now()
         try channel.send(.ready, step: "ready", deadline: .now + step)
-        _ = try channel.receive(.commit, step: "commit", deadline: .now + step)
+        let (commit, _) = try channel.receive(.commit, step: "commit", deadline: .now + step)
+        marks.commitReceived = LiveUpdateTimeline.now()
+        // The old VMM's marks are a measurement: ones that do not read are left out, not a failure.
+        try? marks.decode(commit, into: LiveUpdateTimeline.oldSteps)
 
         // Committed: the old VMM is stopping. One push for every route, then the arms.
         let adopted: [KVMIrqFdRoute]
@@ -133,16 +144,20 @@ public struct LiveUpdateIncoming {
                 return adopted
             }
         } catch { throw .machine("arming after the commit: \(error)") }
+        marks.armed = LiveUpdateTimeline.now()
         vm.start()
         while vm.firstRunNanoseconds == 0, !vm.hasEnded { sched_yield() }
+        marks.running = vm.firstRunNanoseconds
+        marks.paused = pausedAt
         // The old VMM only logs a missing confirmation: the guest runs here either way.
-        try? channel.send(.takenOver, step: "taken over", deadline: .now + step)
+        try? channel.send(
+            .takenOver, marks.encoded(LiveUpdateTimeline.allSteps), step: "taken over", deadline: .now + step)
         return LiveUpdateIncoming(
             vm: vm, routes: adopted, devices: incoming.map(\.device),
             pauseNanoseconds: vm.firstRunNanoseconds &- pausedAt,
             routeCount: routeDescriptors + incoming.reduce(0) { $0 + $1.routes },
             queueCount: incoming.reduce(0) { $0 + $1.queues },
-            vhostUserMessages: incoming.reduce(0) { $0 + $1.vhostUserMessages })
+            vhostUserMessages: incoming.reduce(0) { $0 + $1.vhostUserMessages }, timeline: marks)
     }
 
     /// The successor's VM over the RAM that came over, checked to be as large as said.

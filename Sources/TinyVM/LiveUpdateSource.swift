@@ -54,6 +54,7 @@ public final class LiveUpdateSource: Sendable {
     private let busy = Atomic<Bool>(false)
     private let ended: EventFD
     private let attempts = Atomic<Int>(0)
+    private let timeline = Mutex<LiveUpdateTimeline?>(nil)
 
     /// Listens at `path` for a successor to `vm`, which moves with `devices`
     /// and the VMM's own `routes` (adopted by the successor's partition). Call
@@ -86,6 +87,11 @@ public final class LiveUpdateSource: Sendable {
 
     /// How the hand-off ended, if one committed.
     public var completed: Completion? { completion.withLock { $0 } }
+
+    /// The committed hand-off's timeline, both sides' steps, once the
+    /// successor confirmed (an earlier build's successor sends only its own
+    /// absence: then only this side's steps).
+    public var handOffTimeline: LiveUpdateTimeline? { timeline.withLock { $0 } }
 
     /// Hand-offs attempted so far (failed ones included).
     public var attemptCount: Int { attempts.load(ordering: .acquiring) }
@@ -132,8 +138,9 @@ public final class LiveUpdateSource: Sendable {
 
     /// One attempt; nil when it failed and the guest runs on here.
     private func handOff(_ channel: LiveUpdateChannel) -> Completion? {
+        var marks = LiveUpdateTimeline()
         do throws(LiveUpdateError) {
-            try commit(channel)
+            try commit(channel, &marks)
         } catch {
             log("live update failed: \(error); the guest runs on")
             return nil
@@ -141,7 +148,11 @@ public final class LiveUpdateSource: Sendable {
         for device in devices { device.release() }
         vm.stop()
         do throws(LiveUpdateError) {
-            _ = try channel.receive(.takenOver, step: "takeover", deadline: .now + deadlines.confirmation)
+            let (confirmation, _) = try channel.receive(
+                .takenOver, step: "takeover", deadline: .now + deadlines.confirmation)
+            // The timeline is a measurement: one that does not read leaves this side's own marks.
+            try? marks.decode(confirmation, into: LiveUpdateTimeline.allSteps)
+            timeline.withLock { $0 = marks }
             return .takenOver
         } catch {
             return .unconfirmed("\(error)")
@@ -150,7 +161,7 @@ public final class LiveUpdateSource: Sendable {
 
     /// Everything up to and including the commit; on any failure, the guest
     /// is running here again when this throws.
-    private func commit(_ channel: LiveUpdateChannel) throws(LiveUpdateError) {
+    private func commit(_ channel: LiveUpdateChannel, _ marks: inout LiveUpdateTimeline) throws(LiveUpdateError) {
         let before = ContinuousClock.now + deadlines.beforePause
         let (hello, _) = try channel.receive(.hello, step: "hello", deadline: before)
         var reader = LiveUpdateState.Reader(bytes: hello)
@@ -173,9 +184,13 @@ public final class LiveUpdateSource: Sendable {
         offer.u8(vm.configuration.coalescesCommits ? 1 : 0)
         try channel.send(
             .offer, offer.bytes, descriptors: [vm.memory.fileDescriptor], step: "offer", deadline: before)
+        let msrs: [UInt32]
+        do { msrs = try vm.machineStateMSRs() } catch { throw .machine("\(error)") }
         _ = try channel.receive(.prepared, step: "successor's VM", deadline: before)
 
+        marks.pauseRequested = LiveUpdateTimeline.now()
         guard vm.pause(timeout: deadlines.paused) else { throw .machine("the vCPUs did not stop") }
+        marks.paused = vm.pausedAtNanoseconds
         let paused = ContinuousClock.now + deadlines.paused
         var disarmed: [KVMIrqFdRoute] = []
         var frozen: [(device: any LiveUpdateDevice, image: FrozenDevice)] = []
@@ -194,9 +209,12 @@ public final class LiveUpdateSource: Sendable {
                 }
                 disarmed.append(route)
             }
+            marks.disarmed = LiveUpdateTimeline.now()
             for device in devices { frozen.append((device, try device.freeze())) }
+            marks.devicesFrozen = LiveUpdateTimeline.now()
             let machine: MachineState
-            do { machine = try vm.saveMachineState() } catch { throw .machine("\(error)") }
+            do { machine = try vm.saveMachineState(msrs: msrs) } catch { throw .machine("\(error)") }
+            marks.machineSaved = LiveUpdateTimeline.now()
             let state = LiveUpdateState(
                 machine: machine, routes: states, devices: frozen.map { ($0.device.liveUpdateName, $0.image.state) })
             var header = PayloadWriter()
@@ -211,9 +229,13 @@ public final class LiveUpdateSource: Sendable {
             try channel.send(.state, header.bytes + state.encoded(), step: "state", deadline: paused)
             try channel.sendDescriptors(
                 routeEvents + frozen.flatMap(\.image.descriptors), step: "descriptors", deadline: paused)
+            marks.stateSent = LiveUpdateTimeline.now()
             _ = try channel.receive(.ready, step: "successor's restore", deadline: paused)
+            marks.readyReceived = LiveUpdateTimeline.now()
             // From here the successor may arm: this VM never runs the guest again.
-            try channel.send(.commit, step: "commit", deadline: paused)
+            marks.commitSent = LiveUpdateTimeline.now()
+            try channel.send(
+                .commit, marks.encoded(LiveUpdateTimeline.oldSteps), step: "commit", deadline: paused)
         } catch {
             rollBack()
             throw error

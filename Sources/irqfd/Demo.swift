@@ -6,7 +6,9 @@ import PCI
 import TinyVM
 
 /// `irqfd demo`: a guest drives the MSI-X test device on two vCPUs; the
-/// device's interrupts reach it through irqfd (or the chosen path).
+/// device's interrupts reach it through irqfd (or the chosen path). Then a
+/// guest does I/O on virtio-blk over vhost-user, and last its VMM process is
+/// replaced under it while that I/O goes on (live update).
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A guest programs an MSI-X device and takes its interrupts through irqfd on 2 vCPUs.")
@@ -27,6 +29,12 @@ struct Demo: ParsableCommand {
             try VirtioDemo(delivery: delivery).run()
         } catch let error as VirtioDemo.Failure {
             print("irqfd demo: virtio-blk: \(error.message)")
+            throw ExitCode(1)
+        }
+        do {
+            try LiveUpdateDemo(delivery: delivery).run()
+        } catch let error as LiveUpdateDemo.Failure {
+            print("irqfd demo: live update: \(error.message)")
             throw ExitCode(1)
         }
     }

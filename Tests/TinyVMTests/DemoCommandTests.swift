@@ -22,6 +22,7 @@ import Testing
             #expect(text.contains(expected), "missing \"\(expected)\" in:\n\(text)")
         }
         #expect(!text.contains("bug") && !text.contains("NOT"), "\(text)")
+        expectLiveUpdateSection(text)
         if delivery == "irqfd" {
             #expect(
                 text.contains(
@@ -33,6 +34,28 @@ import Testing
             )
         }
     }
+}
+#endif
+
+#if os(Linux)
+/// The demo's live-update section: three hand-offs (two to `irqfd run
+/// --incoming` processes, one back to the demo), each line carrying the
+/// successor's own pause and a vhost-user message count of 0, and the guest's
+/// reads going on across them with nothing wrong.
+func expectLiveUpdateSection(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(
+        text.contains("Live update: the VMM process is replaced under a running guest"), "\(text)",
+        sourceLocation: sourceLocation)
+    let handOffs = text.split(separator: "\n").filter {
+        $0.wholeMatch(of: #/hand-off [1-3]: .+ -> .+ +paused [1-9]\d* µs; vhost-user messages: 0; [1-9]\d* reads done/#)
+            != nil
+    }
+    #expect(handOffs.count == 3, "\(text)", sourceLocation: sourceLocation)
+    #expect(
+        text.contains("hand-off 3: ") && text.contains(" -> this process "), "\(text)", sourceLocation: sourceLocation)
+    #expect(
+        text.contains("across 3 hand-offs; wrong data or status: 0, unknown ids: 0, completed twice: 0."),
+        "\(text)", sourceLocation: sourceLocation)
 }
 #endif
 

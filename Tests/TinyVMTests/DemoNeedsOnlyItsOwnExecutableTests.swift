@@ -37,6 +37,9 @@ import Testing
         ] {
             #expect(text.contains(expected), "missing \"\(expected)\" in:\n\(text)")
         }
+        // The live-update section too: its successors are this executable, its backend the embedded one.
+        #expect(text.contains("in flight on 00:02.0 (embedded)"), "\(text)")
+        expectLiveUpdateSection(text)
     }
 }
 #endif
