@@ -57,16 +57,16 @@ public struct LiveUpdateDeviceKind: Sendable {
     /// `descriptors` (each closed by this call if it throws). It must not arm
     /// anything yet: the old VMM has not committed, and an armed route would
     /// consume signals the old VMM still needs if the hand-off fails.
-    public var rebuild:
-        @Sendable (_ vm: TinyVM, _ state: [UInt8], _ descriptors: [ReceivedDescriptor]) throws(LiveUpdateError) ->
-            any IncomingLiveUpdateDevice
+    public var rebuild: Rebuild
+
+    /// What rebuilds a device: the new VM (made, not started), the device's
+    /// state, and the descriptors that came with it.
+    public typealias Rebuild = @Sendable (TinyVM, [UInt8], [ReceivedDescriptor]) throws(LiveUpdateError) -> Rebuilt
+    /// A device a ``Rebuild`` made.
+    public typealias Rebuilt = any IncomingLiveUpdateDevice
 
     /// A kind from its parts.
-    public init(
-        name: String,
-        rebuild: @escaping @Sendable (TinyVM, [UInt8], [ReceivedDescriptor]) throws(LiveUpdateError) ->
-            any IncomingLiveUpdateDevice
-    ) {
+    public init(name: String, rebuild: @escaping Rebuild) {
         self.name = name
         self.rebuild = rebuild
     }
