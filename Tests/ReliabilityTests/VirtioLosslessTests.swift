@@ -1,6 +1,7 @@
 #if os(Linux)
 import Foundation
 import IrqFdCore
+import KVMTestSupport
 import MSIX
 import PCI
 import TestSupport
@@ -92,12 +93,7 @@ final class VirtioStressRig {
     }
 
     deinit {
-        vm.stop()
-        vm.wait()
-        // As a VMM shuts a disk down: reset (rings stopped), hang up, stop the backend.
-        device.writeStatus(0)
-        device.frontend.close()
-        backend.stop()
+        vm.stop(disk: device, backend: backend)
         try? FileManager.default.removeItem(atPath: imagePath)
     }
 

@@ -23,23 +23,6 @@ import Virtio
         return (Int(match.1) ?? -1, Int(match.2) ?? -1)
     }
 
-    /// Connections the backend accepted on `path` and still has open:
-    /// /proc/net/unix lists an accepted socket under its listener's path,
-    /// without __SO_ACCEPTCON (unix(7)).
-    static func acceptedConnections(_ path: String) -> Int {
-        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return -1 }
-        defer { try? file.close() }
-        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
-        return table.split(separator: "\n").dropFirst().filter { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            // A backend that listens under a temporary name and renames it into place is listed under that name.
-            guard fields.count >= 8, fields[7] == path || fields[7].hasPrefix(path + "."),
-                let flags = UInt32(fields[3], radix: 16)
-            else { return false }
-            return flags & 0x10000 == 0
-        }.count
-    }
-
     @Test(arguments: DiskBackendKind.allCases)
     func aVirtioBlkGuestRunsOnAcrossProcessesWithNoMessageToItsBackend(kind: DiskBackendKind) throws {
         if kind == .qemuStorageDaemon, DiskBackendKind.qemuStorageDaemonPath == nil { return }
@@ -85,7 +68,7 @@ import Virtio
         #expect(word(L.badIDs) == 0 && word(L.duplicates) == 0, "each request once")
         #expect(word(L.badStatus) == 0 && word(L.badData) == 0, "the right data, VIRTIO_BLK_S_OK")
         #expect(backend.isRunning, "the backend never went away")
-        #expect(Self.acceptedConnections(backend.socketPath) == 1, "one connection from first to last")
+        #expect(acceptedUnixConnections(listeningAt: backend.socketPath) == 1, "one connection from first to last")
     }
 
     /// The backend `irqfd run --disk` started moves with the guest: the old

@@ -87,6 +87,16 @@ final class HardeningFixture {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// A hand ring of `size` entries at guest-physical 0 of fresh guest memory (`memorySize` bytes,
+    /// the whole memory table; the ring's `memory`), started on queue 0.
+    func startedRing(size: UInt16, memorySize: Int = 4 << 20) throws -> HandRing {
+        let memory = try MemfdGuestMemory(size: memorySize)
+        try frontend.setMemTable([memory.region])
+        let ring = try HandRing(memory: memory, size: size, base: 0)
+        try ring.start(frontend)
+        return ring
+    }
+
     /// Ends the attack and checks the back-end recovered.
     func recovered() throws {
         frontend.close()
@@ -186,6 +196,15 @@ struct HandRing {
         try frontend.setVringEnable(queue: queue, enabled: true)
     }
 
+    /// Offers head 0 (a read whose status byte is at `status`), kicks, and expects it
+    /// completed with VIRTIO_BLK_S_IOERR (virtio 1.2 section 5.2.6).
+    mutating func expectHeadZeroCompletesWithIOERR(status: UInt64, timeout: Duration = .seconds(5)) {
+        offer(0)
+        kick.signal()
+        #expect(waitUsed(1, timeout: timeout))
+        #expect(memory.load(UInt8.self, at: status) == 1, "IOERR")
+    }
+
     /// Waits until the used index reaches `index`.
     func waitUsed(_ index: UInt16, timeout: Duration = .seconds(5)) -> Bool {
         let deadline = ContinuousClock.now + timeout
@@ -204,10 +223,8 @@ let writeOnly: UInt16 = 2
     /// seg_max is 126: a read of 200 writable 512-byte segments (all one buffer) is IOERR, not served.
     @Test func aRequestWithMoreSegmentsThanSegMaxCompletesWithIOERR() throws {
         let fixture = try HardeningFixture()
-        let memory = try MemfdGuestMemory(size: 4 << 20)
-        try fixture.frontend.setMemTable([memory.region])
-        var ring = try HandRing(memory: memory, size: 256, base: 0)
-        try ring.start(fixture.frontend)
+        var ring = try fixture.startedRing(size: 256)
+        let memory = ring.memory
         let header = ring.end + 64
         let buffer = header + 64
         let status = buffer + 4096
@@ -218,10 +235,7 @@ let writeOnly: UInt16 = 2
             ring.descriptor(index, address: buffer, length: 512, flags: next | writeOnly, next: UInt16(index + 1))
         }
         ring.descriptor(201, address: status, length: 1, flags: writeOnly)
-        ring.offer(0)
-        ring.kick.signal()
-        #expect(ring.waitUsed(1))
-        #expect(memory.load(UInt8.self, at: status) == 1, "IOERR")
+        ring.expectHeadZeroCompletesWithIOERR(status: status)
         #expect(ring.usedLength(0) == 1)
         try fixture.recovered()
     }
@@ -229,10 +243,8 @@ let writeOnly: UInt16 = 2
     /// size_max is 1 MiB: one 2 MiB data descriptor is IOERR.
     @Test func aSegmentLongerThanSizeMaxCompletesWithIOERR() throws {
         let fixture = try HardeningFixture(imageSize: 8 << 20)
-        let memory = try MemfdGuestMemory(size: 4 << 20)
-        try fixture.frontend.setMemTable([memory.region])
-        var ring = try HandRing(memory: memory, size: 64, base: 0)
-        try ring.start(fixture.frontend)
+        var ring = try fixture.startedRing(size: 64)
+        let memory = ring.memory
         let header = ring.end + 64
         let status = header + 32
         let buffer = UInt64(1 << 20)
@@ -241,10 +253,7 @@ let writeOnly: UInt16 = 2
         ring.descriptor(0, address: header, length: 16, flags: next, next: 1)
         ring.descriptor(1, address: buffer, length: 2 << 20, flags: next | writeOnly, next: 2)
         ring.descriptor(2, address: status, length: 1, flags: writeOnly)
-        ring.offer(0)
-        ring.kick.signal()
-        #expect(ring.waitUsed(1))
-        #expect(memory.load(UInt8.self, at: status) == 1, "IOERR")
+        ring.expectHeadZeroCompletesWithIOERR(status: status)
         try fixture.recovered()
     }
 
@@ -252,10 +261,8 @@ let writeOnly: UInt16 = 2
     /// used length cannot hold it (the back-end used to trap converting it). IOERR.
     @Test func aRequestOf4GiBIsRefusedNotATrap() throws {
         let fixture = try HardeningFixture(imageSize: 5 << 30)
-        let memory = try MemfdGuestMemory(size: 4 << 20)
-        try fixture.frontend.setMemTable([memory.region])
-        var ring = try HandRing(memory: memory, size: 8192, base: 0)
-        try ring.start(fixture.frontend)
+        var ring = try fixture.startedRing(size: 8192)
+        let memory = ring.memory
         let header = ring.end + 64
         let status = header + 32
         let buffer = UInt64(2 << 20)
@@ -266,10 +273,7 @@ let writeOnly: UInt16 = 2
             ring.descriptor(index, address: buffer, length: 1 << 20, flags: next | writeOnly, next: UInt16(index + 1))
         }
         ring.descriptor(4097, address: status, length: 1, flags: writeOnly)
-        ring.offer(0)
-        ring.kick.signal()
-        #expect(ring.waitUsed(1, timeout: .seconds(30)))
-        #expect(memory.load(UInt8.self, at: status) == 1, "IOERR")
+        ring.expectHeadZeroCompletesWithIOERR(status: status, timeout: .seconds(30))
         try fixture.recovered()
     }
 
@@ -304,10 +308,8 @@ let writeOnly: UInt16 = 2
     /// the control socket: GET_FEATURES is answered while the guest stays busy.
     @Test func aBusyGuestDoesNotStarveTheControlSocket() throws {
         let fixture = try HardeningFixture()
-        let memory = try MemfdGuestMemory(size: 4 << 20)
-        try fixture.frontend.setMemTable([memory.region])
-        let ring = try HandRing(memory: memory, size: 32768, base: 0)
-        try ring.start(fixture.frontend)
+        let ring = try fixture.startedRing(size: 32768)
+        let memory = ring.memory
         let header = ring.end + 64
         let id = header + 32
         let status = id + 32
@@ -518,10 +520,8 @@ let writeOnly: UInt16 = 2
     /// qemu-storage-daemon never completes a request whose header sits in a device-writable descriptor.
     @Test func aHeaderInAWritableDescriptorCompletesWithIOERR() throws {
         let fixture = try HardeningFixture()
-        let memory = try MemfdGuestMemory(size: 4 << 20)
-        try fixture.frontend.setMemTable([memory.region])
-        var ring = try HandRing(memory: memory, size: 64, base: 0)
-        try ring.start(fixture.frontend)
+        var ring = try fixture.startedRing(size: 64)
+        let memory = ring.memory
         let header = ring.end + 64
         let status = header + 32
         memory.write(blockHeader(type: 8, sector: 0), at: header)
@@ -594,6 +594,14 @@ final class LoggingBackend {
             baseline: baseline ?? BackendProcessState(process.processIdentifier))
     }
 
+    /// A front-end connected and negotiated (VERSION_1, REPLY_ACK), with no memory table yet.
+    func negotiatedFrontend() throws -> VhostUserFrontend {
+        let frontend = try VhostUserFrontend(socketPath: socketPath)
+        let offered = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
+        try frontend.setFeatures(VhostUserFeature.version1 | (offered & VhostUserFeature.protocolFeatures))
+        return frontend
+    }
+
     /// Stops the back-end and returns every line it wrote to standard error.
     /// SIGKILL: a child of a test thread inherits its blocked SIGTERM.
     func lines() -> [String] {
@@ -617,9 +625,7 @@ final class LoggingBackend {
     /// logged, but at most 5 lines a second: a guest cannot flood the back-end's log.
     @Test func headsBeyondTheRingAreLoggedAtARateLimit() throws {
         let backend = try LoggingBackend()
-        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
-        let offered = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
-        try frontend.setFeatures(VhostUserFeature.version1 | (offered & VhostUserFeature.protocolFeatures))
+        let frontend = try backend.negotiatedFrontend()
         let memory = try MemfdGuestMemory(size: 4 << 20)
         try frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 64, base: 0)
@@ -642,9 +648,7 @@ final class LoggingBackend {
     /// SET_VRING_NUM that leaves a queue's addressed rings outside guest memory says so.
     @Test func aQueueResizedPastGuestMemorySaysItIsNotServed() throws {
         let backend = try LoggingBackend()
-        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
-        let offered = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
-        try frontend.setFeatures(VhostUserFeature.version1 | (offered & VhostUserFeature.protocolFeatures))
+        let frontend = try backend.negotiatedFrontend()
         let memory = try MemfdGuestMemory(size: 1 << 20)
         try frontend.setMemTable([memory.region])
         try frontend.setVringNum(queue: 0, size: 64)

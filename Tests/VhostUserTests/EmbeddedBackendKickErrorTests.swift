@@ -20,9 +20,7 @@ import VhostUser
     @Test(.enabled(if: access("/dev/kvm", R_OK | W_OK) == 0, "skipped: /dev/kvm is not usable here"))
     func aKickThatPollsPOLLERRStopsItsQueueWithALogLine() throws {
         let backend = try LoggingBackend()
-        let frontend = try VhostUserFrontend(socketPath: backend.socketPath)
-        let offered = try frontend.handshake(wantedProtocolFeatures: VhostUserProtocolFeature.replyAck)
-        try frontend.setFeatures(VhostUserFeature.version1 | (offered & VhostUserFeature.protocolFeatures))
+        let frontend = try backend.negotiatedFrontend()
         let memory = try MemfdGuestMemory(size: 4 << 20)
         try frontend.setMemTable([memory.region])
         var ring = try HandRing(memory: memory, size: 64, base: 0)

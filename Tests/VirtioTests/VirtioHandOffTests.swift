@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import IrqFdCore
 import IrqFdLinux
+import KVMTestSupport
 import MSIX
 import PCI
 import SystemPackage
@@ -47,11 +48,7 @@ final class VirtioHandOffRig {
         backend = try BlockBackend(kind: kind, image: image.path)
         vm = try TinyVM(.init(cpus: Self.cpus))
         device = try VirtioBlkDevice.attach(to: vm, socketPath: backend.socketPath, delivery: delivery)
-        try vm.load(GuestProgram.virtioBlkStress.image)
-        vm.memory.write32(UInt32(total), at: L.total)
-        vm.memory.write32(UInt32(inFlight), at: L.inFlight)
-        vm.memory.write32(UInt32(sectors - 1), at: L.sectorMask)
-        vm.start()
+        try vm.startVirtioBlkStress(total: total, inFlight: inFlight, sectors: sectors)
         let vm = vm
         let running = vm.waitUntil(timeout: .seconds(60)) {
             vm.memory.read32(at: L.phase) >= 1
@@ -61,11 +58,7 @@ final class VirtioHandOffRig {
     }
 
     deinit {
-        vm.stop()
-        vm.wait()
-        device.writeStatus(0)
-        device.frontend.close()
-        backend.stop()
+        vm.stop(disk: device, backend: backend)
     }
 
     func word(_ address: UInt64) -> Int { Int(vm.memory.read32(at: address)) }
@@ -87,23 +80,8 @@ final class VirtioHandOffRig {
         return UInt64(info.st_ino)
     }
 
-    /// Connections the backend accepted on its socket and still has open:
-    /// /proc/net/unix lists an accepted socket under its listener's path,
-    /// without __SO_ACCEPTCON (unix(7)).
-    var backendConnections: Int {
-        guard let file = FileHandle(forReadingAtPath: "/proc/net/unix") else { return -1 }
-        defer { try? file.close() }
-        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
-        let path = Substring(backend.socketPath)
-        return table.split(separator: "\n").dropFirst().filter { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            // A backend that listens under a temporary name and renames it into place is listed under that name.
-            guard fields.count >= 8, fields[7] == path || fields[7].hasPrefix(path + "."),
-                let flags = UInt32(fields[3], radix: 16)
-            else { return false }
-            return flags & 0x10000 == 0
-        }.count
-    }
+    /// Connections the backend accepted on its socket and still has open.
+    var backendConnections: Int { acceptedUnixConnections(listeningAt: backend.socketPath) }
 
     /// Pauses the guest and freezes the device, as a VMM's live update starts.
     func freeze() throws -> (VirtioDeviceFreeze<VirtioBlk>, sentBefore: Int) {
