@@ -53,6 +53,14 @@ final class NetGuest {
         Int(vm.memory.read32(at: InterruptCounterLayout.count(cpu: cpu, vector: L.idtVector(msix: v))))
     }
     /// What went wrong, for a failed expectation.
+    /// Whether testpmd said its port's link came up ("link state change event"): DPDK's vhost PMD
+    /// lets its queues carry frames only from then on, and a frame it takes from the guest before
+    /// the transmit side is allowed is dropped. A guest that sends one frame and waits for it
+    /// starts after this.
+    func waitUntilTestpmdForwards(timeout: Duration = .seconds(30)) -> Bool {
+        eventually(timeout) { self.backend.log.contains("link state change event") }
+    }
+
     var diagnosis: String {
         "device \(device.counters); status \(device.status); "
             + "backend error \(String(describing: device.lastBackendError)); testpmd log:\n\(backend.log.suffix(1500))"
@@ -118,6 +126,7 @@ extension VirtioNetTests {
                 _ = guest.vm.wait()
             }
             typealias L = VirtioNetGuestLayout
+            #expect(guest.waitUntilTestpmdForwards(), "\(guest.diagnosis)")
             guest.vm.memory.write32(1, at: L.gate)
             #expect(guest.vm.waitUntil(timeout: .seconds(60)) { guest.intact(pair: 0) == 1 }, "\(guest.diagnosis)")
             let emulator = guest.device.emulator
