@@ -289,7 +289,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
 
     /// ``resume(host:state:descriptors:)``, then plugs the device into
     /// `host` at 00:02.0 (BAR1 and BAR4 routed to it), as
-    /// ``attach(to:deviceType:socketPath:delivery:)`` does.
+    /// ``attach(to:deviceType:socketPath:delivery:connectTimeout:)`` does.
     @discardableResult
     public static func resume(
         attachingTo host: any VirtioHost, state saved: VirtioDeviceHandOffState<DeviceType>,
