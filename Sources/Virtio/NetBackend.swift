@@ -22,7 +22,7 @@ public final class NetBackend: Sendable {
     public static var isTestpmdInstalled: Bool { TestpmdProcess.executablePath() != nil }
 
     /// Starts testpmd serving `queuePairs` pairs and waits (up to `timeout`) until it listens.
-    public init(queuePairs: Int = 1, timeout: Duration = .seconds(20)) throws(NetBackendError) {
+    public init(queuePairs: Int = 1, timeout: Duration = .seconds(60)) throws(NetBackendError) {
         do { directory = try SocketDirectory(prefix: "irqfd-vhost-net-", socket: "net.sock") } catch {
             throw NetBackendError(description: "\(error)")
         }

@@ -110,7 +110,7 @@ struct Run: ParsableCommand {
             throw ExitCode(1)
         }
         // The timeout counts from here: a backend's handshake is part of the run.
-        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        let deadline = RunDeadline(seconds: timeout)
         do {
             let vm = try TinyVM(.init(cpus: cpus, echoConsole: true))
             try vm.load(bytes)
@@ -133,21 +133,7 @@ struct Run: ParsableCommand {
                             .utf8))
             }
             if let socket = vhostUserBlk ?? backend?.socketPath {
-                do {
-                    // The connection's one deadline: its usual 5 s, or what is left of the run.
-                    let connectTimeout = min(.seconds(5), max(.zero, deadline - .now))
-                    blk = try VirtioBlkDevice.attach(
-                        to: vm, deviceType: try VirtioBlk(queues: queues), socketPath: socket, delivery: delivery,
-                        connectTimeout: connectTimeout)
-                } catch {
-                    guard ContinuousClock.now < deadline else {
-                        FileHandle.standardError.write(
-                            Data("irqfd run: timed out after \(timeout) s connecting to \(socket): \(error)\n".utf8))
-                        throw ExitCode(124)
-                    }
-                    FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
-                    throw ExitCode(1)
-                }
+                blk = try deadline.attach(try VirtioBlk(queues: queues), to: vm, socket: socket, delivery: delivery)
             }
             var netBackend: NetBackend?
             var netDevice: VirtioNetDevice?
@@ -156,9 +142,10 @@ struct Run: ParsableCommand {
                 netBackend?.stop()
             }
             if net.isRequested {
-                (netBackend, netDevice) = try net.attach(to: vm, queuePairs: queues, delivery: delivery)
+                (netBackend, netDevice) = try net.attach(
+                    to: vm, queuePairs: queues, delivery: delivery, deadline: deadline)
             }
-            let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery)
+            let fs = try fileSystem.attach(to: vm, requestQueues: queues, delivery: delivery, deadline: deadline)
             defer { fs?.close() }
             vm.start()
             let source = try updateSocket.map { path in
@@ -168,7 +155,7 @@ struct Run: ParsableCommand {
                         + (backend.map { [DiskBackendHandOff($0)] } ?? []),
                     routes: [])
             }
-            throw ExitCode(superviseRun(vm, liveUpdates: source, timeout: max(.zero, deadline - .now)))
+            throw ExitCode(superviseRun(vm, liveUpdates: source, timeout: deadline.remaining))
         } catch let error as TinyVMError {
             FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
             throw ExitCode(1)

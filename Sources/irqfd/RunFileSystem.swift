@@ -53,9 +53,12 @@ struct FileSystemOptions: ParsableArguments {
     }
 
     /// Starts virtiofsd when `--share` asks for it and plugs the device into
-    /// `vm`; nil when no virtio-fs device was asked for. Failures are printed
-    /// and end the run with status 1.
-    func attach(to vm: TinyVM, requestQueues: Int, delivery: InterruptDelivery) throws -> Attachment? {
+    /// `vm`, its connection within the run's `deadline`; nil when no virtio-fs
+    /// device was asked for. Failures are printed and end the run with status
+    /// 1 (124 when the run's time ran out).
+    func attach(
+        to vm: TinyVM, requestQueues: Int, delivery: InterruptDelivery, deadline: RunDeadline
+    ) throws -> Attachment? {
         guard isRequested, let tag else { return nil }
         var backend: FileSystemBackend?
         if let share {
@@ -68,13 +71,12 @@ struct FileSystemOptions: ParsableArguments {
         }
         guard let socket = vhostUserFs ?? backend?.socketPath else { return nil }
         do {
-            let device = try VirtioFsDevice.attach(
-                to: vm, socketPath: socket, tag: tag, requestQueues: requestQueues, delivery: delivery)
+            let device = try deadline.attach(
+                try VirtioFs(tag: tag, requestQueues: requestQueues), to: vm, socket: socket, delivery: delivery)
             return Attachment(backend: backend, device: device)
         } catch {
             backend?.stop()
-            FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw error
         }
     }
 }

@@ -44,10 +44,11 @@ struct NetRunOptions: ParsableArguments {
         }
     }
 
-    /// Starts testpmd when asked and plugs the network device into `vm`; the
-    /// caller stops both at exit (the device first: a backend stopped at exit is not a backend lost).
+    /// Starts testpmd when asked and plugs the network device into `vm`, its
+    /// connection within the run's `deadline`; the caller stops both at exit
+    /// (the device first: a backend stopped at exit is not a backend lost).
     func attach(
-        to vm: TinyVM, queuePairs: Int, delivery: InterruptDelivery
+        to vm: TinyVM, queuePairs: Int, delivery: InterruptDelivery, deadline: RunDeadline
     ) throws -> (NetBackend?, VirtioNetDevice) {
         var backend: NetBackend?
         if testpmd {
@@ -63,13 +64,12 @@ struct NetRunOptions: ParsableArguments {
         guard let socket = vhostUserNet ?? backend?.socketPath else { throw ExitCode(1) }
         let address = mac.flatMap(VirtioNet.parseMAC) ?? VirtioNet.defaultMAC
         do {
-            let device = try VirtioNetDevice.attach(
-                to: vm, socketPath: socket, queuePairs: queuePairs, mac: address, delivery: delivery)
+            let device = try deadline.attach(
+                try VirtioNet(queuePairs: queuePairs, mac: address), to: vm, socket: socket, delivery: delivery)
             return (backend, device)
         } catch {
             backend?.stop()
-            FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw error
         }
     }
 }

@@ -456,10 +456,7 @@ final class ScriptedDisk {
         let timeout = 3
         let backend = try ScriptedBlkBackend()
         if slowFrom == .handshake { backend.script.replyDelay = delay }
-        let guestPath = NSTemporaryDirectory() + "irqfd-slow-backend-guest-\(UUID().uuidString).bin"
-        guard FileManager.default.createFile(atPath: guestPath, contents: Data(GuestProgram.virtioBlk.image)) else {
-            throw TestFailureReason("cannot create \(guestPath)")
-        }
+        let guestPath = try Self.guestFile()
         defer { try? FileManager.default.removeItem(atPath: guestPath) }
         let slowAfterHandshake = Thread {
             // GET_CONFIG (24) is the handshake's last message: every later one is delayed.
@@ -482,6 +479,38 @@ final class ScriptedDisk {
         case .start:
             #expect(result.status == 0, "\(result.standardError)")
         }
+        #expect(elapsed < .seconds(timeout + 1), "--timeout \(timeout) honoured within 1 s: \(elapsed)")
+    }
+
+    /// The virtio-blk driver guest in a file of its own, for `irqfd run`; the caller removes it.
+    static func guestFile() throws -> String {
+        let path = NSTemporaryDirectory() + "irqfd-slow-backend-guest-\(UUID().uuidString).bin"
+        guard FileManager.default.createFile(atPath: path, contents: Data(GuestProgram.virtioBlk.image)) else {
+            throw TestFailureReason("cannot create \(path)")
+        }
+        return path
+    }
+
+    /// `irqfd run --timeout 3` with a virtio-net or virtio-fs device whose
+    /// backend delays every reply by 4.9 s: the handshake runs into the
+    /// run's deadline, as virtio-blk's does, and the run exits 124 within the
+    /// timeout and 1 s with a line naming the socket.
+    @Test(arguments: [["--vhost-user-net"], ["--vhost-user-fs", "--tag", "slow"]])
+    func irqfdRunHonoursItsTimeoutWhileANetOrFsBackendStallsItsHandshake(device: [String]) throws {
+        let timeout = 3
+        let backend = try ScriptedBlkBackend()
+        backend.script.replyDelay = .milliseconds(4900)
+        let guestPath = try Self.guestFile()
+        defer { try? FileManager.default.removeItem(atPath: guestPath) }
+        let start = ContinuousClock.now
+        let arguments = ["run", guestPath, device[0], backend.socketPath] + device.dropFirst()
+        let result = try runIrqfd(arguments + ["--timeout", "\(timeout)"])
+        let elapsed = ContinuousClock.now - start
+        print(
+            "irqfd run \(device[0]) --timeout \(timeout), every reply delayed 4.9 s: exit \(result.status) after \(elapsed)"
+        )
+        #expect(result.status == 124, "\(result.standardError)")
+        #expect(result.standardError.contains("timed out after"), "\(result.standardError)")
         #expect(elapsed < .seconds(timeout + 1), "--timeout \(timeout) honoured within 1 s: \(elapsed)")
     }
 

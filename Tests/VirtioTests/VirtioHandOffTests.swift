@@ -337,6 +337,8 @@ extension VirtioNetTests {
                 m.read32(at: L.phase) >= 1 && m.read32(at: L.usedRing(queue: 4)) >> 16 == 1
             }
             #expect(started, "\(what): DRIVER_OK and the control request served")
+            // testpmd drops a frame sent before its link is up (TestpmdProcess.isLinkUp).
+            #expect(backend.process.waitUntilLinkUp(), "\(what): testpmd's link")
             for step in 0..<VirtioHandOffTests.handOffs {
                 // A batch goes out on each pair; the hand-off finds it in flight (or some of it back).
                 m.write32(UInt32(batch * step + 1), at: L.gate)

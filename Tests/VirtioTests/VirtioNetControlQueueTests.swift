@@ -32,6 +32,10 @@ final class HostNet {
         device.disconnect()
         backend.stop()
     }
+
+    /// Whether testpmd's link came up after DRIVER_OK (`TestpmdProcess.isLinkUp`):
+    /// a frame sent before may be dropped.
+    func waitUntilLinkUp() -> Bool { backend.process.waitUntilLinkUp() }
 }
 
 /// The driver side of the virtio-net device on the host, through the
@@ -187,6 +191,7 @@ extension VirtioNetTests {
             defer { rig.close() }
             let driver = rig.driver
             #expect(driver.initialise(features: Self.features))
+            #expect(rig.waitUntilLinkUp(), "\(rig.backend.log.suffix(800))")
             let first = NetFrameDriver(driver, pair: 0)
             let second = NetFrameDriver(driver, pair: 1)
             first.postReceiveBuffers()

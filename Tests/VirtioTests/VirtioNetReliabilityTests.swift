@@ -110,6 +110,7 @@ extension VirtioNetTests {
             #expect(device.resetCount == 100)
             #expect(device.counters.backendFailures == 0, "\(String(describing: device.lastBackendError))")
             #expect(driver.initialise(features: Self.macOnly))
+            #expect(rig.waitUntilLinkUp(), "\(backend.log.suffix(800))")
             frames.postReceiveBuffers()
             for n in 0..<8 {
                 let frame = netFrame(n, length: 60 + 181 * n)
@@ -126,6 +127,7 @@ extension VirtioNetTests {
             let frames = NetFrameDriver(driver)
             #expect(driver.initialise(features: Self.macOnly))
             driver.w(0x10, 2, 0)  // msix_config = 0
+            #expect(rig.waitUntilLinkUp(), "\(backend.log.suffix(800))")
             frames.postReceiveBuffers()
             frames.send(netFrame(1, length: 100))
             #expect(frames.receive() == netFrame(1, length: 100))
@@ -142,15 +144,10 @@ extension VirtioNetTests {
             defer { second.stop() }
             #expect(driver.initialise(features: Self.macOnly), "status \(device.status)")
             #expect(device.reconnectCount == 1)
+            #expect(second.waitUntilLinkUp(), "the restarted testpmd's link")
             frames.postReceiveBuffers()
-            // A DPDK port that has just been set up may drop a frame before its link-up handler has run
-            // (frames are not reliable on a NIC): send again until one comes back, and check it.
-            var received: [UInt8]?
-            for _ in 0..<5 where received == nil {
-                frames.send(netFrame(2, length: 1514))
-                received = frames.receive(timeout: .seconds(3))
-            }
-            #expect(received == netFrame(2, length: 1514), "through the restarted testpmd")
+            frames.send(netFrame(2, length: 1514))
+            #expect(frames.receive() == netFrame(2, length: 1514), "through the restarted testpmd")
         }
 
         @Test func aHundredLifecyclesCloseTheirDescriptorsAndLeaveTheGSIsAsTheyWere() throws {
@@ -254,6 +251,7 @@ extension VirtioNetTests {
                 // A backend the accesses broke (reported, never a crash): the reset reconnects.
                 #expect(driver.initialise(features: Self.macOnly), "seed \(seed): after a second reset")
             }
+            #expect(backend.process.waitUntilLinkUp(), "seed \(seed); \(backend.log.suffix(800))")
             let frames = NetFrameDriver(driver)
             frames.postReceiveBuffers()
             frames.send(netFrame(7, length: 777))

@@ -52,18 +52,68 @@ final class NetGuest {
     func interrupts(cpu: Int, msix v: Int) -> Int {
         Int(vm.memory.read32(at: InterruptCounterLayout.count(cpu: cpu, vector: L.idtVector(msix: v))))
     }
-    /// What went wrong, for a failed expectation.
-    /// Whether testpmd said its port's link came up ("link state change event"): DPDK's vhost PMD
-    /// lets its queues carry frames only from then on, and a frame it takes from the guest before
-    /// the transmit side is allowed is dropped. A guest that sends one frame and waits for it
-    /// starts after this.
-    func waitUntilTestpmdForwards(timeout: Duration = .seconds(30)) -> Bool {
-        eventually(timeout) { self.backend.log.contains("link state change event") }
+    /// Runs the guest to its end (up to `timeout`) with its first frame held
+    /// until testpmd's link is up (`TestpmdProcess.isLinkUp`): the guest
+    /// initialises the device and waits at the gate, which opens for every
+    /// frame once testpmd can carry them. Only for a guest `configure`d ungated.
+    func run(timeout: Duration = .seconds(60)) -> Outcome {
+        vm.memory.write32(1, at: L.gated)
+        vm.memory.write32(0, at: L.gate)
+        vm.start()
+        if waitUntilTestpmdForwards() { vm.memory.write32(UInt32.max, at: L.gate) }
+        let outcome = vm.wait(timeout: timeout)
+        if outcome != .exited(code: 0) {
+            stoppedState = vcpuStates
+            // testpmd prints its forward statistics (frames taken, sent, dropped) as it exits: into the diagnosis.
+            backend.process.stop()
+        }
+        return outcome
     }
 
+    /// Each vCPU's mp state and the local APIC's IRR and ISR bits for the
+    /// guest's vectors 0x40...0x5F (KVM_GET_LAPIC: only once the run has
+    /// ended, as a vCPU ioctl waits for KVM_RUN to return).
+    private var vcpuStates: String {
+        vm.vcpus.enumerated().map { i, vcpu in
+            guard let apic = try? vcpu.localAPIC(), let mp = try? vcpu.mpState() else { return "vCPU \(i) unreadable" }
+            func word(_ offset: Int) -> UInt32 {
+                apic[offset..<offset + 4].reversed().reduce(0) { $0 << 8 | UInt32($1) }
+            }
+            let irr = String(word(0x220), radix: 16)
+            let isr = String(word(0x120), radix: 16)
+            return "vCPU \(i) mp state \(mp) IRR[0x40...] \(irr) ISR[0x40...] \(isr)"
+        }.joined(separator: ", ")
+    }
+    /// ``vcpuStates`` when a ``run(timeout:)`` did not end in exit 0.
+    private var stoppedState = ""
+
+    /// Whether testpmd's link came up (`TestpmdProcess.waitUntilLinkUp`):
+    /// a frame sent before may be dropped, and the guest sends each frame once.
+    func waitUntilTestpmdForwards(timeout: Duration = .seconds(30)) -> Bool {
+        backend.process.waitUntilLinkUp(timeout: timeout)
+    }
+
+    /// Each queue's driver-area and device-area idx (avail/used), as the guest sees them.
+    var rings: String {
+        (0..<5).map { q in
+            let rings = 0x20000 + 0x10000 * UInt64(q)
+            return
+                "q\(q) avail \(vm.memory.read32(at: rings + 0x1000) >> 16) used \(vm.memory.read32(at: rings + 0x2000) >> 16)"
+        }.joined(separator: ", ")
+    }
+
+    /// The MSI-X emulator's view of each vector: live (routed and unmasked), pending, and its counters.
+    var vectors: String {
+        let e = device.emulator
+        let each = (0..<6).map { v in "v\(v) live \(e.isLive(v)) pending \(e.isPending(v))" }.joined(separator: ", ")
+        return "\(each); msix \(e.counters); last route error \(String(describing: e.lastRouteError))"
+    }
+
+    /// What went wrong, for a failed expectation.
     var diagnosis: String {
-        "device \(device.counters); status \(device.status); "
-            + "backend error \(String(describing: device.lastBackendError)); testpmd log:\n\(backend.log.suffix(1500))"
+        "device \(device.counters); status \(device.status); rings \(rings); sent \(sent); vectors \(vectors); "
+            + "\(stoppedState); "
+            + "backend error \(String(describing: device.lastBackendError)); testpmd log:\n\(backend.log.suffix(8000))"
     }
 }
 
@@ -78,7 +128,7 @@ extension VirtioNetTests {
             let guest = try NetGuest()
             guest.configure(frames: 100)
             let before = guest.vm.vm.counters.snapshot
-            let outcome = guest.vm.run(timeout: .seconds(60))
+            let outcome = guest.run(timeout: .seconds(60))
             #expect(outcome == .exited(code: 0), "\(outcome); \(guest.diagnosis)")
             #expect(guest.sent == 100)
             #expect(guest.intact(pair: 0) == 100, "\(guest.diagnosis)")
@@ -94,7 +144,7 @@ extension VirtioNetTests {
             let guest = try NetGuest(cpus: 2, queuePairs: 2)
             guest.configure(frames: 12, pairs: 2, destinations: [0, 1])
             let before = guest.vm.vm.counters.snapshot
-            let outcome = guest.vm.run(timeout: .seconds(60))
+            let outcome = guest.run(timeout: .seconds(60))
             #expect(outcome == .exited(code: 0), "\(outcome); \(guest.diagnosis)")
             #expect(guest.vm.memory.read32(at: VirtioNetGuestLayout.controlAck) == UInt32(VirtioNet.Control.ok))
             #expect(guest.intact(pair: 0) == 12 && guest.intact(pair: 1) == 12, "\(guest.diagnosis)")
@@ -163,7 +213,7 @@ extension VirtioNetTests {
             guest.vm.memory.write32(32, at: L.batch)
             guest.vm.memory.write32(1, at: L.stamp)
             guest.vm.memory.write32(60, at: L.length)
-            let outcome = guest.vm.run(timeout: .seconds(60))
+            let outcome = guest.run(timeout: .seconds(60))
             #expect(outcome == .exited(code: 0), "\(outcome); \(guest.diagnosis)")
             #expect(guest.intact(pair: 0) == 96 && guest.damaged == 0)
             let samples = (0..<96).map { guest.vm.memory.read32(at: L.sample($0)) }
@@ -184,7 +234,7 @@ extension VirtioNetTests {
         func run(_ delivery: InterruptDelivery) throws -> Seen {
             let guest = try NetGuest(cpus: 2, queuePairs: 2, delivery: delivery)
             guest.configure(frames: 8, pairs: 2, destinations: [0, 1])
-            let outcome = guest.vm.run(timeout: .seconds(60))
+            let outcome = guest.run(timeout: .seconds(60))
             #expect(outcome == .exited(code: 0), "\(delivery): \(outcome); \(guest.diagnosis)")
             #expect(guest.device.counters.notifyExits == 0, "\(delivery)")
             return Seen(
@@ -207,6 +257,23 @@ extension VirtioNetTests {
             #expect(
                 !FileManager.default.fileExists(atPath: "/var/run/dpdk/\(testpmd.filePrefix)"), "DPDK's run-time files")
             #expect(!FileManager.default.fileExists(atPath: backend.socketPath))
+        }
+
+        /// What `TestpmdProcess.isLinkUp` reads from testpmd's log follows the
+        /// device: down before DRIVER_OK, up after it, down again once a reset
+        /// has stopped the rings (GET_VRING_BASE), up after the next DRIVER_OK.
+        @Test func testpmdsLinkIsUpFromDriverOKUntilAReset() throws {
+            let rig = try HostNet(queuePairs: 1)
+            defer { rig.close() }
+            let testpmd = rig.backend.process
+            #expect(!testpmd.isLinkUp, "no driver yet")
+            #expect(rig.driver.initialise(features: 1 << 5))
+            #expect(testpmd.waitUntilLinkUp(), "\(rig.backend.log.suffix(800))")
+            rig.device.writeStatus(0)
+            #expect(rig.device.status == 0)
+            #expect(!testpmd.isLinkUp, "the reset's GET_VRING_BASE stopped the device: \(rig.backend.log.suffix(800))")
+            #expect(rig.driver.initialise(features: 1 << 5))
+            #expect(testpmd.waitUntilLinkUp(), "\(rig.backend.log.suffix(800))")
         }
 
         /// `irqfd run GUEST.bin --testpmd --queues 2`: the parameters the guest

@@ -110,15 +110,11 @@ final class BenchDisk {
         return (samples, ticks, Int(memory.read32(at: L.failed) &- failedBefore), hostNs)
     }
 
-    /// Stops the guest, resets the device (the back-end stops its rings), stops the back-end.
+    /// Stops the guest, resets the device (the back-end stops its rings), closes the connection, stops the back-end.
     func close() {
         guard !closed else { return }
         closed = true
-        vm.stop()
-        _ = vm.wait()
-        device.writeStatus(0)
-        device.frontend.close()
-        backend.stop()
+        tearDownGuestRig(vm: vm, device: device) { backend.stop() }
     }
 
     deinit { close() }

@@ -77,11 +77,7 @@ final class BenchFileSystem {
     func close() {
         guard !closed else { return }
         closed = true
-        vm.stop()
-        _ = vm.wait()
-        device.writeStatus(0)
-        device.disconnect()
-        backend.stop()
+        tearDownGuestRig(vm: vm, device: device) { backend.stop() }
     }
 
     deinit { close() }

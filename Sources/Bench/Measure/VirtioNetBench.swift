@@ -36,10 +36,10 @@ final class NetFloor {
     private var receiveUsed: UInt16 = 0
     private var transmitAvailable: UInt16 = 0
 
-    init(socketPath: String) throws(BenchError) {
+    init(backend: NetBackend) throws(BenchError) {
         do throws(VhostUserError) {
             (frontend, memory) = try connectFloor(
-                socketPath: socketPath, protocolFeatures: VhostUserProtocolFeature.replyAck)
+                socketPath: backend.socketPath, protocolFeatures: VhostUserProtocolFeature.replyAck)
             receive = try HostVirtqueueDriver(memory: memory, queue: 0, size: Self.size, base: 0, maxData: 64)
             transmit = try HostVirtqueueDriver(
                 memory: memory, queue: 1, size: Self.size, base: 0x1_0000, maxData: 64)
@@ -53,6 +53,10 @@ final class NetFloor {
             try transmit.start(frontend)
         } catch {
             throw .setup("the virtio-net floor's connection to dpdk-testpmd: \(error)")
+        }
+        // A frame sent before testpmd's link is up may be dropped (TestpmdProcess.isLinkUp).
+        guard backend.process.waitUntilLinkUp() else {
+            throw .setup("the virtio-net floor: dpdk-testpmd's link did not come up")
         }
     }
 
@@ -116,12 +120,12 @@ package final class VirtioNetBench {
     /// `batch` in flight, stamped or not. Returns the samples (TSC ticks),
     /// the run's TSC ticks and the frames that came back damaged.
     private func guestRun(
-        _ mode: InterruptDelivery, socketPath: String, frames: Int, batch: Int, stamp: Bool
+        _ mode: InterruptDelivery, backend: NetBackend, frames: Int, batch: Int, stamp: Bool
     ) throws(BenchError) -> (samples: [UInt32], ticks: UInt64, damaged: Int, tscKHz: Double) {
         typealias L = VirtioNetGuestLayout
         do {
             let vm = try TinyVM(.init(cpus: 1))
-            let device = try VirtioNetDevice.attach(to: vm, socketPath: socketPath, delivery: mode)
+            let device = try VirtioNetDevice.attach(to: vm, socketPath: backend.socketPath, delivery: mode)
             defer { device.disconnect() }
             try vm.load(GuestProgram.virtioNet.image)
             let m = vm.memory
@@ -130,7 +134,18 @@ package final class VirtioNetBench {
             m.write32(UInt32(batch), at: L.batch)
             m.write32(stamp ? 1 : 0, at: L.stamp)
             m.write32(60, at: L.length)
-            let outcome = vm.run(timeout: .seconds(120))
+            // The first frame waits at the guest's gate until testpmd's link is up: a
+            // frame sent before may be dropped (TestpmdProcess.isLinkUp), and the
+            // guest sends each frame once.
+            m.write32(1, at: L.gated)
+            vm.start()
+            guard backend.process.waitUntilLinkUp() else {
+                vm.stop()
+                _ = vm.wait()
+                throw BenchError.setup("the virtio-net bench guest (\(mode)): dpdk-testpmd's link did not come up")
+            }
+            m.write32(UInt32.max, at: L.gate)
+            let outcome = vm.wait(timeout: .seconds(120))
             guard outcome == .exited(code: 0) else {
                 throw BenchError.setup("the virtio-net bench guest (\(mode)) ended \(outcome); \(device.counters)")
             }
@@ -159,10 +174,9 @@ package final class VirtioNetBench {
         let backend: NetBackend
         do { backend = try NetBackend(queuePairs: 1) } catch { throw .setup("\(error)") }
         defer { backend.stop() }
-        let socket = backend.socketPath
 
         // Warm-up, then interleaved rounds: each mode, then the floor, in a rotating order.
-        var tscKHz = try guestRun(.irqfd, socketPath: socket, frames: 20, batch: 1, stamp: true).tscKHz
+        var tscKHz = try guestRun(.irqfd, backend: backend, frames: 20, batch: 1, stamp: true).tscKHz
         guard tscKHz > 0 else {
             throw .setup("KVM_GET_TSC_KHZ failed: the guest's RDTSC stamps cannot be converted")
         }
@@ -176,13 +190,13 @@ package final class VirtioNetBench {
             progress("virtio-net: latency round \(r + 1)/\(options.netRounds), \(perRound) frames per side")
         } _: { item throws(BenchError) in
             if item == Self.modes.count {
-                let connection = try NetFloor(socketPath: socket)
+                let connection = try NetFloor(backend: backend)
                 var ns: [UInt64] = []
                 for _ in 0..<perRound { ns.append(try connection.ping()) }
                 connection.close()
                 floor.add(round: ns)
             } else {
-                let run = try guestRun(Self.modes[item], socketPath: socket, frames: perRound, batch: 1, stamp: true)
+                let run = try guestRun(Self.modes[item], backend: backend, frames: perRound, batch: 1, stamp: true)
                 tscKHz = run.tscKHz
                 latencies[item].add(round: run.samples.map(toNs))
                 damaged[item] += run.damaged
@@ -198,7 +212,7 @@ package final class VirtioNetBench {
             try interleave(rounds: options.netThroughputRounds, sides: Self.modes.count) { r in
                 progress("virtio-net: frames/s at batch \(batch), round \(r + 1)/\(options.netThroughputRounds)")
             } _: { i throws(BenchError) in
-                let run = try guestRun(Self.modes[i], socketPath: socket, frames: frames, batch: batch, stamp: false)
+                let run = try guestRun(Self.modes[i], backend: backend, frames: frames, batch: batch, stamp: false)
                 damaged[i] += run.damaged
                 rates[i].append(Double(frames) / (Double(run.ticks) / (run.tscKHz * 1000)))
                 usleep(2000)
