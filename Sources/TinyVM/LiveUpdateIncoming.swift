@@ -8,11 +8,12 @@ public import IrqFdRouting
 import SystemPackage
 
 /// The successor's side of a live update: connects to a running VMM's
-/// update socket, makes its VM over the guest RAM it is sent (before the old
-/// VMM pauses the guest), restores the vCPUs and devices, and after the old
-/// VMM commits adopts every route in one batch, arms, starts the vCPUs and
-/// confirms. Any failure before the commit leaves the guest with the old VMM;
-/// this side then holds nothing (every received descriptor is closed).
+/// update socket, makes its VM over the guest RAM it is sent and the vCPU
+/// threads, waiting to run (both before the old VMM pauses the guest),
+/// restores the vCPUs and devices, and after the old VMM commits adopts every
+/// route in one batch, arms, wakes the vCPU threads and confirms. Any failure
+/// before the commit leaves the guest with the old VMM; this side then holds
+/// nothing (its threads have ended, every received descriptor is closed).
 public struct LiveUpdateIncoming {
     /// The VM now running the guest.
     public let vm: TinyVM
@@ -75,12 +76,32 @@ public struct LiveUpdateIncoming {
         }
         let vm = try makeVM(
             ram: ram[0], size: Int(memorySize), cpus: Int(cpus), coalescing: coalescing == 1, echoConsole: echoConsole)
+        // Its vCPU threads too, waiting to run: the pause then only wakes them.
+        vm.prepareThreads()
+        marks.threadsReady = vm.threadsReadyNanoseconds
         marks.prepared = LiveUpdateTimeline.now()
+        do throws(LiveUpdateError) {
+            return try takeOver(vm, over: channel, kinds: kinds, marks: marks, deadline: step)
+        } catch {
+            // The waiting threads hold the VM: they end here, and with them everything the attempt made.
+            vm.stop()
+            _ = vm.wait()
+            throw error
+        }
+    }
+
+    /// From the successor's ready VM on: restores what the old VMM sends
+    /// and, once it commits, arms and starts.
+    private static func takeOver(
+        _ vm: TinyVM, over channel: LiveUpdateChannel, kinds: [LiveUpdateDeviceKind], marks: LiveUpdateTimeline,
+        deadline step: Duration
+    ) throws(LiveUpdateError) -> LiveUpdateIncoming {
+        var marks = marks
         try channel.send(.prepared, step: "prepared", deadline: .now + step)
 
         // The old VMM pauses the guest now: from here every wait is part of the pause.
         let (stateFrame, _) = try channel.receive(.state, step: "state", deadline: .now + step)
-        reader = LiveUpdateState.Reader(bytes: stateFrame)
+        var reader = LiveUpdateState.Reader(bytes: stateFrame)
         let pausedAt: UInt64
         var counts: [Int] = []
         let routeDescriptors: Int
