@@ -29,7 +29,9 @@ import TinyVM
         try maskedRoute.mask()
         maskedRoute.event.signal()
         let memory = old.memory
-        func count(_ vector: UInt8) -> UInt32 { memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: vector)) }
+        func count(_ vector: UInt8) -> UInt32 {
+            memory.read32(at: InterruptCounterLayout.count(cpu: 0, vector: vector))
+        }
         liveRoute.event.signal()
         #expect(old.waitUntil { count(live) == 1 }, "the live route delivers on the old VMM")
 
