@@ -13,13 +13,18 @@ public import SystemPackage
 /// The conversation, successor first:
 ///
 ///     H  hello       u32 lowest, u32 highest state version the successor reads
-///     O  offer       u32 version to be sent, u32 vCPUs, u64 RAM bytes,
-///                    u8 coalescing; the RAM memfd attached
-///     P  prepared    the successor's VM exists over that RAM (made before the pause)
+///     O  offer       u32 version to be sent (the highest both read), u32 vCPUs,
+///                    u64 RAM bytes, u8 coalescing; from version 2 the routes
+///                    as the state lays them out; the RAM memfd attached
+///     D  descriptors from version 2: the routes' events, in order
+///     P  prepared    the successor's VM exists over that RAM and its vCPU
+///                    threads wait; from version 2 the offered routes are made,
+///                    masked, their MSIs pushed (all before the pause)
 ///     S  state       u64 CLOCK_MONOTONIC ns when the last vCPU parked,
-///                    u32 route events, u32 devices, u32 descriptors per device,
-///                    then the encoded `LiveUpdateState`
-///     D  descriptors u32 count; the route events, then each device's, in order
+///                    u32 route events (0 from version 2: they came with the
+///                    offer), u32 devices, u32 descriptors per device, then the
+///                    encoded `LiveUpdateState` (every route's MSI and mask now)
+///     D  descriptors u32 count; the route events (version 1), then each device's, in order
 ///     R  ready       restored, nothing armed
 ///     C  commit      the old VMM will never run the guest again; optionally
 ///                    its `LiveUpdateTimeline` marks (u32 count, u64 each)

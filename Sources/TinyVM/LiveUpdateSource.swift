@@ -159,6 +159,11 @@ public final class LiveUpdateSource: Sendable {
         }
     }
 
+    /// A route's MSI and mask as they cross.
+    private static func state(of route: KVMIrqFdRoute) -> LiveUpdateState.Route {
+        LiveUpdateState.Route(msi: route.msi.map { ($0.address, $0.data) }, masked: route.isMasked)
+    }
+
     /// Everything up to and including the commit; on any failure, the guest
     /// is running here again when this throws.
     private func commit(_ channel: LiveUpdateChannel, _ marks: inout LiveUpdateTimeline) throws(LiveUpdateError) {
@@ -174,16 +179,29 @@ public final class LiveUpdateSource: Sendable {
         guard reader.offset == hello.count, lowest <= highest else {
             throw .protocolViolation(step: "hello", reason: "a malformed hello")
         }
-        guard (lowest...highest).contains(LiveUpdateState.currentVersion) else {
+        // The latest version both sides know: a successor of an earlier build gets the conversation it knows.
+        let version = min(highest, LiveUpdateState.currentVersion)
+        guard version >= lowest, LiveUpdateState.readableVersions.contains(version) else {
             throw .unsupportedVersion(offered: lowest...highest, writes: LiveUpdateState.currentVersion)
         }
+        let routeEvents = try routes.map { route throws(LiveUpdateError) in
+            guard let event = route.event as? EventFD else { throw .machine("a route's event is not an eventfd") }
+            return event.fileDescriptor
+        }
+        // From version 2 the routes and their events go before the pause: the
+        // successor makes them, masked, and pushes their MSIs while the guest
+        // runs here. Nothing is armed there before the commit, so every signal
+        // stays in its event for whichever VM runs the guest.
+        let offersRoutes = version >= LiveUpdateState.routesOfferedVersion
         var offer = PayloadWriter()
-        offer.u32(LiveUpdateState.currentVersion)
+        offer.u32(version)
         offer.u32(UInt32(vm.configuration.cpus))
         offer.u64(UInt64(vm.configuration.memorySize))
         offer.u8(vm.configuration.coalescesCommits ? 1 : 0)
+        if offersRoutes { LiveUpdateState.write(routes.map(Self.state(of:)), into: &offer) }
         try channel.send(
             .offer, offer.bytes, descriptors: [vm.memory.fileDescriptor], step: "offer", deadline: before)
+        if offersRoutes { try channel.sendDescriptors(routeEvents, step: "offer", deadline: before) }
         let msrs: [UInt32]
         do { msrs = try vm.machineStateMSRs() } catch { throw .machine("\(error)") }
         _ = try channel.receive(.prepared, step: "successor's VM", deadline: before)
@@ -200,9 +218,7 @@ public final class LiveUpdateSource: Sendable {
             vm.resume()
         }
         do throws(LiveUpdateError) {
-            let states = routes.map {
-                LiveUpdateState.Route(msi: $0.msi.map { ($0.address, $0.data) }, masked: $0.isMasked)
-            }
+            let states = routes.map(Self.state(of:))
             for route in routes where !route.isMasked {
                 do throws(IrqFdError) { try route.mask() } catch {
                     throw .machine("disarming a route: \(error)")
@@ -219,16 +235,14 @@ public final class LiveUpdateSource: Sendable {
                 machine: machine, routes: states, devices: frozen.map { ($0.device.liveUpdateName, $0.image.state) })
             var header = PayloadWriter()
             header.u64(vm.pausedAtNanoseconds)
-            header.u32(UInt32(routes.count))
+            header.u32(offersRoutes ? 0 : UInt32(routes.count))
             header.u32(UInt32(frozen.count))
             for (_, image) in frozen { header.u32(UInt32(image.descriptors.count)) }
-            let routeEvents = try routes.map { route throws(LiveUpdateError) in
-                guard let event = route.event as? EventFD else { throw .machine("a route's event is not an eventfd") }
-                return event.fileDescriptor
-            }
-            try channel.send(.state, header.bytes + state.encoded(), step: "state", deadline: paused)
+            try channel.send(
+                .state, header.bytes + state.encoded(version: version), step: "state", deadline: paused)
             try channel.sendDescriptors(
-                routeEvents + frozen.flatMap(\.image.descriptors), step: "descriptors", deadline: paused)
+                (offersRoutes ? [] : routeEvents) + frozen.flatMap(\.image.descriptors), step: "descriptors",
+                deadline: paused)
             marks.stateSent = LiveUpdateTimeline.now()
             _ = try channel.receive(.ready, step: "successor's restore", deadline: paused)
             marks.readyReceived = LiveUpdateTimeline.now()

@@ -6,10 +6,13 @@ import KVM
 ///
 /// A successor reads the versions it knows and refuses any other, so the old
 /// VMM carries on; a newer build keeps reading the versions before it (the
-/// point of an upgrade). Version 1, all integers little-endian:
+/// point of an upgrade). Versions 1 and 2 lay the state out alike; they
+/// differ in the conversation around it (``LiveUpdateChannel``: from
+/// version 2 the routes and their events are offered before the pause). All
+/// integers little-endian:
 ///
 ///     "IRQFD-LU"            8 bytes, the magic
-///     version               u32 (1)
+///     version               u32 (1 or 2)
 ///     clock                 u64, kvmclock nanoseconds
 ///     vCPUs                 u32, then per vCPU:
 ///       regs, sregs, fpu, lapic, events   each a blob: u32 length, then the
@@ -58,10 +61,12 @@ public struct LiveUpdateState: Sendable {
 
     /// The magic every version starts with.
     public static let magic = Array("IRQFD-LU".utf8)
-    /// The version this build writes.
-    public static let currentVersion: UInt32 = 1
-    /// The versions this build reads.
-    public static let readableVersions: ClosedRange<UInt32> = 1...1
+    /// The version this build writes to a successor that reads it.
+    public static let currentVersion: UInt32 = 2
+    /// The versions this build reads, and writes to a successor that reads no later one.
+    public static let readableVersions: ClosedRange<UInt32> = 1...2
+    /// The first version whose conversation offers the routes and their events before the pause.
+    public static let routesOfferedVersion: UInt32 = 2
 
     /// Why bytes are not a state this build takes.
     public enum DecodingError: Error, Equatable, CustomStringConvertible {
@@ -82,8 +87,9 @@ public struct LiveUpdateState: Sendable {
         }
     }
 
-    /// The state in the current version's format.
-    public func encoded() -> [UInt8] {
+    /// The state in `version`'s format (one of `readableVersions`).
+    public func encoded(version: UInt32 = currentVersion) -> [UInt8] {
+        precondition(Self.readableVersions.contains(version), "version \(version) is not one this build writes")
         var out = Self.magic
         func u8(_ v: UInt8) { out.append(v) }
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
@@ -93,7 +99,7 @@ public struct LiveUpdateState: Sendable {
             out += bytes
         }
         func raw<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
-        u32(Self.currentVersion)
+        u32(version)
         u64(machine.clock)
         u32(UInt32(machine.vcpus.count))
         for vcpu in machine.vcpus {
@@ -157,17 +163,7 @@ public struct LiveUpdateState: Sendable {
                     registers: registers, specialRegisters: special, fpu: fpu, localAPIC: lapic, events: events,
                     msrs: msrs, mpState: mpState))
         }
-        let routeCount = try reader.u32("route count")
-        guard routeCount <= 65_536 else { throw .malformed("\(routeCount) routes") }
-        var routes: [Route] = []
-        for _ in 0..<routeCount {
-            let hasMsi = try reader.u8("route MSI flag")
-            let address = try reader.u64("route address")
-            let data = try reader.u32("route data")
-            let masked = try reader.u8("route mask")
-            guard hasMsi <= 1, masked <= 1 else { throw .malformed("a route flag is neither 0 nor 1") }
-            routes.append(Route(msi: hasMsi == 1 ? (address, data) : nil, masked: masked == 1))
-        }
+        let routes = try Self.routes(&reader)
         let deviceCount = try reader.u32("device count")
         guard deviceCount <= 1024 else { throw .malformed("\(deviceCount) devices") }
         var devices: [(name: String, state: [UInt8])] = []
@@ -181,6 +177,35 @@ public struct LiveUpdateState: Sendable {
             throw .malformed("\(bytes.count - reader.offset) bytes after the end")
         }
         self.init(machine: MachineState(vcpus: vcpus, clock: clock), routes: routes, devices: devices)
+    }
+
+    /// Writes `routes` as the state lays them out: a u32 count, then each
+    /// route's u8 has MSI, u64 address, u32 data, u8 masked. A version-2 offer
+    /// carries them so too.
+    static func write(_ routes: [Route], into writer: inout PayloadWriter) {
+        writer.u32(UInt32(routes.count))
+        for route in routes {
+            writer.u8(route.msi == nil ? 0 : 1)
+            writer.u64(route.msi?.address ?? 0)
+            writer.u32(route.msi?.data ?? 0)
+            writer.u8(route.masked ? 1 : 0)
+        }
+    }
+
+    /// Reads routes `write(_:into:)` wrote.
+    static func routes(_ reader: inout Reader) throws(DecodingError) -> [Route] {
+        let routeCount = try reader.u32("route count")
+        guard routeCount <= 65_536 else { throw .malformed("\(routeCount) routes") }
+        var routes: [Route] = []
+        for _ in 0..<routeCount {
+            let hasMsi = try reader.u8("route MSI flag")
+            let address = try reader.u64("route address")
+            let data = try reader.u32("route data")
+            let masked = try reader.u8("route mask")
+            guard hasMsi <= 1, masked <= 1 else { throw .malformed("a route flag is neither 0 nor 1") }
+            routes.append(Route(msi: hasMsi == 1 ? (address, data) : nil, masked: masked == 1))
+        }
+        return routes
     }
 
     /// Reads little-endian fields, each named for the error that says it is missing.

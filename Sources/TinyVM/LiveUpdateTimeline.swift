@@ -42,6 +42,12 @@ public struct LiveUpdateTimeline: Sendable, Equatable {
     public var armed: UInt64 = 0
     /// The first vCPU about to enter KVM_RUN: the guest's pause ends.
     public var running: UInt64 = 0
+    /// Its vCPU threads made and waiting to run (before the pause, with its
+    /// VM), so that the pause only wakes them.
+    public var threadsReady: UInt64 = 0
+    /// The routes offered before the pause made, masked, and their MSIs
+    /// pushed in one batch (version 2 and later; 0 otherwise).
+    public var routesPushed: UInt64 = 0
 
     /// An empty timeline.
     public init() {}
@@ -58,6 +64,8 @@ public struct LiveUpdateTimeline: Sendable, Equatable {
         oldSteps + [
             \.connected, \.prepared, \.stateReceived, \.descriptorsReceived, \.restored, \.commitReceived, \.armed,
             \.running,
+            // Added after the others: a peer of an earlier build reads the marks it knows and skips this one.
+            \.threadsReady, \.routesPushed,
         ]
     }
 

@@ -150,6 +150,17 @@ public final class TinyVM: Sendable {
     /// CLOCK_MONOTONIC nanoseconds when the first vCPU thread was about to
     /// enter KVM_RUN for the first time (0 before `start()`).
     private let firstRunAt = Atomic<UInt64>(0)
+    /// Signalled (never consumed) by `start()` or `stop()`: vCPU threads made
+    /// by `prepareThreads()` wait for it before their first KVM_RUN.
+    private let gate: EventFD
+    /// Set with the gate's signal: the threads may run the guest.
+    private let gateOpen = Atomic<Bool>(false)
+    /// Set by the first `prepareThreads()`.
+    private let threadsMade = Atomic<Bool>(false)
+    /// vCPU threads that reached the gate.
+    private let threadsAtGate = Atomic<Int>(0)
+    /// CLOCK_MONOTONIC nanoseconds when every vCPU thread waited at the gate (0 before).
+    private let threadsReadyAt = Atomic<UInt64>(0)
 
     /// Builds the VM: RAM, in-kernel irqchip, vCPUs in the entry state, and the
     /// default IVT (every vector reports itself through port 0xF5).
@@ -192,6 +203,7 @@ public final class TinyVM: Sendable {
             }
             self.vcpus = vcpus
             finished = try EventFD()
+            gate = try EventFD()
         } catch let error as SystemCallError {
             throw .kvm(error)
         } catch let error as IrqFdError {
@@ -293,22 +305,51 @@ public final class TinyVM: Sendable {
     /// an access an ioeventfd serves in the kernel does not count here.
     public var mmioExits: Int { mmioExitCount.load(ordering: .relaxed) }
 
-    /// Starts one thread per vCPU. The run ends at the exit port, a fault,
+    /// Lets the vCPU threads run the guest, making them first unless
+    /// `prepareThreads()` did. The run ends at the exit port, a fault,
     /// `stop()`, or `wait(timeout:)`'s timeout.
     public func start() {
         precondition(!started.exchange(true, ordering: .acquiringAndReleasing), "a TinyVM runs once")
+        prepareThreads()
+        gateOpen.store(true, ordering: .releasing)
+        gate.signal()
+    }
+
+    /// Makes one thread per vCPU and returns once each waits before its
+    /// first KVM_RUN; `start()` then only wakes them. A live update's
+    /// successor calls this before the old VMM pauses the guest, so the pause
+    /// holds no clone(2), stack or signal setup. `stop()` ends the waiting
+    /// threads (then `wait()` joins them). Calls after the first do nothing.
+    public func prepareThreads() {
+        guard !threadsMade.exchange(true, ordering: .acquiringAndReleasing) else { return }
         Self.installKickHandler
         running.store(vcpus.count, ordering: .releasing)
         for index in vcpus.indices {
             let thread = startJoinableThread { [self] in
                 _ = irqfd_unblock_signal(SIGUSR1)
                 threads.withLock { $0[index] = pthread_self() }
-                runLoop(vcpus[index])
+                if waitAtGate() { runLoop(vcpus[index]) }
                 threads.withLock { $0[index] = nil }
                 if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finished.signal() }
             }
             joinable.withLock { $0.append(thread) }
         }
+        while threadsAtGate.load(ordering: .acquiring) < vcpus.count { usleep(20) }
+        threadsReadyAt.store(Self.monotonicNanoseconds(), ordering: .releasing)
+    }
+
+    /// CLOCK_MONOTONIC nanoseconds when every vCPU thread had been made and
+    /// waited to run (0 before `prepareThreads()` or `start()`).
+    public var threadsReadyNanoseconds: UInt64 { threadsReadyAt.load(ordering: .acquiring) }
+
+    /// Holds the calling vCPU thread until `start()` (true) or `stop()` (false).
+    private func waitAtGate() -> Bool {
+        threadsAtGate.add(1, ordering: .acquiringAndReleasing)
+        while !gateOpen.load(ordering: .acquiring), !stopping.load(ordering: .acquiring) {
+            // The gate is never consumed: once signalled, every poll returns at once.
+            _ = try? Readiness.wait(on: [(gate.fileDescriptor, .readable)], timeout: nil)
+        }
+        return !stopping.load(ordering: .acquiring)
     }
 
     /// Waits for the run to end, stopping it with `.timedOut` after `timeout`.
@@ -411,6 +452,7 @@ public final class TinyVM: Sendable {
     private func finish(_ result: Outcome) {
         outcome.withLock { if $0 == nil { $0 = result } }
         stopping.store(true, ordering: .releasing)
+        gate.signal()
         for vcpu in vcpus { vcpu.requestExit() }
         // Under the lock a vCPU thread deregisters with before it exits, so no
         // signal goes to a thread id that may already belong to another thread.

@@ -21,6 +21,8 @@ import TinyVM
     /// Where the test's old VMM breaks off.
     enum Failure: CaseIterable {
         case unknownVersion, closesAfterThePreparedVM, garbageState, unknownDeviceAfterItsDescriptors
+        /// Version 2: the successor made the offered route (masked, pushed) before the old VMM closes.
+        case closesAfterOfferingARoute
     }
 
     static func openDescriptors() -> Int {
@@ -53,15 +55,33 @@ import TinyVM
             let deadline = ContinuousClock.now + .seconds(20)
             _ = try channel.receive(.hello, step: "test", deadline: deadline)
             var offer: [UInt8] = []
-            withUnsafeBytes(of: UInt32(failure == .unknownVersion ? 99 : 1).littleEndian) { offer += $0 }
+            let version: UInt32 =
+                switch failure {
+                case .unknownVersion: 99
+                case .closesAfterOfferingARoute: 2
+                default: 1
+                }
+            withUnsafeBytes(of: version.littleEndian) { offer += $0 }
             withUnsafeBytes(of: UInt32(1).littleEndian) { offer += $0 }
             withUnsafeBytes(of: UInt64(16 << 20).littleEndian) { offer += $0 }
             offer.append(1)
+            let routeEvent = try EventFD()
+            if version == 2 {
+                // One route: has an MSI, address, data, not masked.
+                withUnsafeBytes(of: UInt32(1).littleEndian) { offer += $0 }
+                offer.append(1)
+                withUnsafeBytes(of: UInt64(0xFEE0_0000).littleEndian) { offer += $0 }
+                withUnsafeBytes(of: UInt32(0x45).littleEndian) { offer += $0 }
+                offer.append(0)
+            }
             try channel.send(.offer, offer, descriptors: [ram.fileDescriptor], step: "test", deadline: deadline)
             if failure == .unknownVersion { return }
+            if version == 2 {
+                try channel.sendDescriptors([routeEvent.fileDescriptor], step: "test", deadline: deadline)
+            }
             _ = try channel.receive(.prepared, step: "test", deadline: deadline)
             switch failure {
-            case .closesAfterThePreparedVM: return
+            case .closesAfterThePreparedVM, .closesAfterOfferingARoute: return
             case .garbageState:
                 try channel.send(.state, Array(repeating: 0x5A, count: 64), step: "test", deadline: deadline)
             default:

@@ -58,7 +58,12 @@ import TinyVM
         #expect(vcpu.msrs.contains { $0.index == VCPUState.tsc })
         #expect(state.routes == [.init(msi: (0xFEE0_0000, 0x45), masked: false), .init(msi: nil, masked: true)])
         #expect(state.devices.map(\.name) == ["test"] && state.devices.first?.state == [1, 2, 3])
-        #expect(state.encoded() == Self.version1Fixture)
+        #expect(state.encoded(version: 1) == Self.version1Fixture)
+        // Version 2 lays the state out alike: only the version word differs.
+        var version2 = Self.version1Fixture
+        version2[8] = 2
+        #expect(state.encoded() == version2)
+        #expect(try LiveUpdateState(decoding: version2).encoded() == version2)
     }
 
     @Test(needsKVM) func kvmTakesTheFixturesVCPUState() throws {
@@ -70,8 +75,8 @@ import TinyVM
 
     @Test func refusesAVersionItDoesNotKnow() {
         var bytes = Self.version1Fixture
-        bytes[8] = 2
-        #expect(throws: LiveUpdateState.DecodingError.unsupportedVersion(2)) { try LiveUpdateState(decoding: bytes) }
+        bytes[8] = 3
+        #expect(throws: LiveUpdateState.DecodingError.unsupportedVersion(3)) { try LiveUpdateState(decoding: bytes) }
         bytes[8] = 0
         #expect(throws: LiveUpdateState.DecodingError.unsupportedVersion(0)) { try LiveUpdateState(decoding: bytes) }
     }
