@@ -38,6 +38,9 @@ import TinyVM
         }
         chain.stopSignalling()
         let sent = chain.sent
+        print(
+            "live update (\(delivery)): \(Self.handOffs) hand-offs across processes, \(sent) signals, \(chain.lost) lost"
+        )
         #expect(chain.lost == 0)
         #expect(sent > Self.handOffs, "the device signalled throughout")
         #expect(chain.remote.count(LiveUpdateChain.liveVector) == UInt32(sent), "every signal once")
