@@ -4,8 +4,9 @@ import Foundation
 import TestSupport
 import Testing
 
-/// Whether dpdk-testpmd is on PATH (the section is skipped, and says so, otherwise).
-private let testpmdInstalled = isInstalled("dpdk-testpmd")
+/// Whether dpdk-testpmd is installed, looked for as `TestpmdProcess.executablePath()`
+/// does: PATH, then /usr/bin (the section is skipped, and says so, otherwise).
+private let testpmdInstalled = isInstalled("dpdk-testpmd", fallbacks: ["/usr/bin"])
 
 /// The virtio-net part of `irqfd bench --only vhost-user --quick` on the real
 /// /dev/kvm and dpdk-testpmd: every part measures what it says and renders.
