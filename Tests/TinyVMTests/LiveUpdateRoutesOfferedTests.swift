@@ -40,12 +40,7 @@ import TinyVM
             _ in
         }
         source.start()
-        defer {
-            _ = source.waitUntilSettled()
-            old.stop()
-            _ = old.wait()
-            unlink(path)
-        }
+        defer { source.settleThenStop(old, socket: path) }
         let taken = try LiveUpdateIncoming.takeOver(from: path, kinds: [], versions: versions)
         defer {
             taken.vm.stop()

@@ -42,12 +42,7 @@ import TinyVM
         let path = "/tmp/irqfd-lu-threads-\(getpid()).sock"
         let source = try LiveUpdateSource(vm: old, listeningAt: path, devices: []) { _ in }
         source.start()
-        defer {
-            _ = source.waitUntilSettled()
-            old.stop()
-            _ = old.wait()
-            unlink(path)
-        }
+        defer { source.settleThenStop(old, socket: path) }
         let taken = try LiveUpdateIncoming.takeOver(from: path, kinds: [])
         defer {
             taken.vm.stop()
