@@ -168,8 +168,7 @@ public struct LiveUpdateIncoming {
             }
             routeStates.append(
                 RouteHandOffState(
-                    event: event, msi: route.msi.map { MsiMessage(address: $0.address, data: $0.data) },
-                    masked: route.masked))
+                    event: event, msi: route.message, masked: route.masked))
         }
         var incoming: [any IncomingLiveUpdateDevice] = []
         var next = routeDescriptors
@@ -187,7 +186,7 @@ public struct LiveUpdateIncoming {
             do {
                 try vm.irqfd.withBatch { () throws(IrqFdError) in
                     for (route, final) in zip(early, state.routes) {
-                        let msi = final.msi.map { MsiMessage(address: $0.address, data: $0.data) }
+                        let msi = final.message
                         guard route.msi != msi else { continue }
                         if let msi { try route.setMsi(msi) } else { try route.clearMsi() }
                     }
@@ -255,7 +254,7 @@ public struct LiveUpdateIncoming {
                 try zip(routes, adopted).map { route, event throws(IrqFdError) -> KVMIrqFdRoute in
                     let made = try vm.irqfd.newRoute(adopting: event)
                     try made.mask()
-                    if let msi = route.msi { try made.setMsi(MsiMessage(address: msi.address, data: msi.data)) }
+                    if let msi = route.message { try made.setMsi(msi) }
                     return made
                 }
             }
@@ -280,5 +279,9 @@ public struct LiveUpdateIncoming {
                 incoming: memory)
         } catch { throw .machine("\(error)") }
     }
+}
+extension LiveUpdateState.Route {
+    /// The route's MSI as the routing layer takes it.
+    fileprivate var message: MsiMessage? { msi.map { MsiMessage(address: $0.address, data: $0.data) } }
 }
 #endif

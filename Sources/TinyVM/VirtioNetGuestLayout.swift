@@ -49,3 +49,20 @@ public enum VirtioNetGuestLayout {
     /// The MSI-X vector of pair `p`'s transmit queue.
     public static func transmitVector(pair p: Int) -> Int { 2 * p + 2 }
 }
+
+extension TinyVM {
+    /// Starts the loaded virtio-net driver guest with its frames held at its
+    /// gate until `linkUp()` says the backend can carry them, then opens the
+    /// gate for every frame: the guest sends each frame once, and a backend
+    /// may drop what comes before its link is up (dpdk-testpmd:
+    /// `TestpmdProcess.waitUntilLinkUp`). False, with the gate still shut,
+    /// when `linkUp()` is false. Only for a guest not set up `gated` itself.
+    public func startNetGuest(afterLinkUp linkUp: () -> Bool) -> Bool {
+        memory.write32(1, at: VirtioNetGuestLayout.gated)
+        memory.write32(0, at: VirtioNetGuestLayout.gate)
+        start()
+        guard linkUp() else { return false }
+        memory.write32(UInt32.max, at: VirtioNetGuestLayout.gate)
+        return true
+    }
+}

@@ -111,18 +111,20 @@ public final class TestpmdProcess: @unchecked Sendable {
         case .ready:
             return testpmd
         case .exited:
-            let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.suffix(400) ?? ""
             let status = process.terminationStatus
-            throw .unsupported("dpdk-testpmd exited with status \(status) before listening: \(tail)")
+            throw .unsupported("dpdk-testpmd exited with status \(status) before listening: \(testpmd.log.suffix(400))")
         case .timedOut:
             testpmd.stop()
-            let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.suffix(400) ?? ""
-            throw .unsupported("dpdk-testpmd did not listen on \(socketPath) within \(timeout): \(tail)")
+            throw .unsupported(
+                "dpdk-testpmd did not listen on \(socketPath) within \(timeout): \(testpmd.log.suffix(400))")
         }
     }
 
     /// Whether testpmd is still running.
     public var isRunning: Bool { process.isRunning }
+
+    /// testpmd's output so far (EAL and vhost messages, its forward statistics once it has exited).
+    public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Whether testpmd's port is up now, as its log tells: DPDK's vhost PMD
     /// raises a link state change when the device starts ("virtio is now
@@ -136,9 +138,7 @@ public final class TestpmdProcess: @unchecked Sendable {
     /// receive queue (the driver's transmit ring) carry frames just before
     /// the transmit queue it forwards to, and a frame taken in between has
     /// nowhere to go. A driver that needs every frame back waits for this.
-    public var isLinkUp: Bool {
-        Self.linkIsUp(log: (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
-    }
+    public var isLinkUp: Bool { Self.linkIsUp(log: log) }
 
     /// ``isLinkUp`` for a log's text: the last link state change is an up
     /// when the device became ready since the change before it.

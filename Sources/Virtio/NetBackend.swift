@@ -41,7 +41,7 @@ public final class NetBackend: Sendable {
     deinit { stop() }
 
     /// testpmd's output so far (EAL and vhost messages).
-    public var log: String { (try? String(contentsOfFile: process.logPath, encoding: .utf8)) ?? "" }
+    public var log: String { process.log }
 
     /// Stops testpmd and removes its directory. Idempotent.
     public func stop() {

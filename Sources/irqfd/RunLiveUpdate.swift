@@ -39,7 +39,7 @@ extension Run {
             throw ExitCode(1)
         }
         // --timeout counts from the takeover.
-        let status = superviseRun(taken.vm, liveUpdates: source, timeout: .milliseconds(Int(timeout * 1000)))
+        let status = superviseRun(taken.vm, liveUpdates: source, timeout: RunDeadline(seconds: timeout).remaining)
         // The guest's run ended here: let the backend know, as a VMM that attached it does at exit.
         for case let blk as LiveUpdateVirtioDevice<VirtioBlk> in taken.devices { blk.device.disconnect() }
         // A backend the first VMM started (--disk) is this one's now: it stops it.

@@ -57,10 +57,7 @@ final class NetGuest {
     /// initialises the device and waits at the gate, which opens for every
     /// frame once testpmd can carry them. Only for a guest `configure`d ungated.
     func run(timeout: Duration = .seconds(60)) -> Outcome {
-        vm.memory.write32(1, at: L.gated)
-        vm.memory.write32(0, at: L.gate)
-        vm.start()
-        if waitUntilTestpmdForwards() { vm.memory.write32(UInt32.max, at: L.gate) }
+        _ = vm.startNetGuest(afterLinkUp: { backend.process.waitUntilLinkUp(timeout: .seconds(30)) })
         let outcome = vm.wait(timeout: timeout)
         if outcome != .exited(code: 0) {
             stoppedState = vcpuStates
@@ -86,12 +83,6 @@ final class NetGuest {
     }
     /// ``vcpuStates`` when a ``run(timeout:)`` did not end in exit 0.
     private var stoppedState = ""
-
-    /// Whether testpmd's link came up (`TestpmdProcess.waitUntilLinkUp`):
-    /// a frame sent before may be dropped, and the guest sends each frame once.
-    func waitUntilTestpmdForwards(timeout: Duration = .seconds(30)) -> Bool {
-        backend.process.waitUntilLinkUp(timeout: timeout)
-    }
 
     /// Each queue's driver-area and device-area idx (avail/used), as the guest sees them.
     var rings: String {
@@ -176,7 +167,7 @@ extension VirtioNetTests {
                 _ = guest.vm.wait()
             }
             typealias L = VirtioNetGuestLayout
-            #expect(guest.waitUntilTestpmdForwards(), "\(guest.diagnosis)")
+            #expect(guest.backend.process.waitUntilLinkUp(timeout: .seconds(30)), "\(guest.diagnosis)")
             guest.vm.memory.write32(1, at: L.gate)
             #expect(guest.vm.waitUntil(timeout: .seconds(60)) { guest.intact(pair: 0) == 1 }, "\(guest.diagnosis)")
             let emulator = guest.device.emulator

@@ -134,17 +134,11 @@ package final class VirtioNetBench {
             m.write32(UInt32(batch), at: L.batch)
             m.write32(stamp ? 1 : 0, at: L.stamp)
             m.write32(60, at: L.length)
-            // The first frame waits at the guest's gate until testpmd's link is up: a
-            // frame sent before may be dropped (TestpmdProcess.isLinkUp), and the
-            // guest sends each frame once.
-            m.write32(1, at: L.gated)
-            vm.start()
-            guard backend.process.waitUntilLinkUp() else {
+            guard vm.startNetGuest(afterLinkUp: { backend.process.waitUntilLinkUp() }) else {
                 vm.stop()
                 _ = vm.wait()
                 throw BenchError.setup("the virtio-net bench guest (\(mode)): dpdk-testpmd's link did not come up")
             }
-            m.write32(UInt32.max, at: L.gate)
             let outcome = vm.wait(timeout: .seconds(120))
             guard outcome == .exited(code: 0) else {
                 throw BenchError.setup("the virtio-net bench guest (\(mode)) ended \(outcome); \(device.counters)")
