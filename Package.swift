@@ -257,7 +257,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "BenchTests",
-            dependencies: ["TestSupport", "Bench", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: [
+                "TestSupport", "Bench", "Virtio", .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
             swiftSettings: strict),
         // C for the reliability tests: hostile guest programs (16-bit assembly), malloc statistics.
         .target(name: "CReliability", dependencies: ["GuestPrograms"]),

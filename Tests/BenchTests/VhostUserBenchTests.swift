@@ -2,10 +2,11 @@
 import Bench
 import Foundation
 import TestSupport
+import Virtio
 import Testing
 
-/// Whether qemu-storage-daemon is on PATH (its parts of the section are skipped otherwise).
-private let qemuStorageDaemonInstalled = isInstalled("qemu-storage-daemon")
+/// Whether the launcher finds qemu-storage-daemon (its parts of the section are skipped otherwise).
+private let qemuStorageDaemonInstalled = DiskBackendKind.qemuStorageDaemonPath != nil
 
 /// `irqfd bench --only vhost-user --quick` on the real /dev/kvm and real
 /// back-ends: every part measures what it says and lands in the JSON. Not

@@ -2,11 +2,11 @@
 import Bench
 import Foundation
 import TestSupport
+import Virtio
 import Testing
 
-/// Whether dpdk-testpmd is installed, looked for as `TestpmdProcess.executablePath()`
-/// does: PATH, then /usr/bin (the section is skipped, and says so, otherwise).
-private let testpmdInstalled = isInstalled("dpdk-testpmd", fallbacks: ["/usr/bin"])
+/// Whether the launcher finds dpdk-testpmd (the section is skipped, and says so, otherwise).
+private let testpmdInstalled = NetBackend.isTestpmdInstalled
 
 /// The virtio-net part of `irqfd bench --only vhost-user --quick` on the real
 /// /dev/kvm and dpdk-testpmd: every part measures what it says and renders.

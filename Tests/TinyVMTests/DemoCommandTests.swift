@@ -2,6 +2,7 @@
 import Foundation
 import TestSupport
 import Testing
+import Virtio
 
 /// `swift run irqfd demo` is the package's main job: run the built command in
 /// each delivery mode and check the story it tells is the one that happened.
@@ -65,7 +66,7 @@ func expectLiveUpdateSection(_ text: String, sourceLocation: SourceLocation = #_
 /// backend where it is not (the README's first command needs nothing else).
 @Suite(needsKVM) struct VirtioDemoCommandTests {
     @Test func theVirtioSectionShowsNoVMMWorkAndAHeldCompletion() throws {
-        let backend = isInstalled("qemu-storage-daemon") ? "qemu-storage-daemon" : "embedded"
+        let backend = DiskBackendKind.preferred
         let (status, stdout, stderr) = try runProcess(try builtExecutable("irqfd"), ["demo"])
         let text = stdout + stderr
         #expect(status == 0, "\(text)")
