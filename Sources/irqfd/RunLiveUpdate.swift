@@ -26,20 +26,23 @@ extension Run {
             FileHandle.standardError.write(Data("irqfd run: live update failed: \(error)\n".utf8))
             throw ExitCode(1)
         }
-        FileHandle.standardError.write(Data("\(taken.summary)\n".utf8))
-        let source: LiveUpdateSource?
-        do {
-            source = try updateSocket.map { path in
+        // The next successor may connect as soon as it reads the hand-off
+        // line, so the update socket listens before the line is printed.
+        let source: Result<LiveUpdateSource?, any Error> = Result {
+            try updateSocket.map { path in
                 try startLiveUpdates(vm: taken.vm, at: path, devices: taken.devices, routes: taken.routes)
             }
-        } catch {
+        }
+        FileHandle.standardError.write(Data("\(taken.summary)\n".utf8))
+        let updates: LiveUpdateSource?
+        do { updates = try source.get() } catch {
             FileHandle.standardError.write(Data("irqfd run: \(error)\n".utf8))
             taken.vm.stop()
             _ = taken.vm.wait()
             throw ExitCode(1)
         }
         // --timeout counts from the takeover.
-        let status = superviseRun(taken.vm, liveUpdates: source, timeout: RunDeadline(seconds: timeout).remaining)
+        let status = superviseRun(taken.vm, liveUpdates: updates, timeout: RunDeadline(seconds: timeout).remaining)
         // The guest's run ended here: let the backend know, as a VMM that attached it does at exit.
         for case let blk as LiveUpdateVirtioDevice<VirtioBlk> in taken.devices { blk.device.disconnect() }
         // A backend the first VMM started (--disk) is this one's now: it stops it.

@@ -240,7 +240,7 @@ import TinyVM
             return (started.0.terminationStatus, text)
         }
         let first = try start([image, "--update-socket", base + "-0.sock", "--timeout", "60"])
-        // The successor waits for the socket to appear (connect retries until its deadline).
+        // The first VMM listens once its guest runs; a successor started before that would find no socket.
         while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.0.isRunning { usleep(1_000) }
         let second = try start(["--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60"])
         let (firstStatus, firstErrors) = finish(first)
@@ -256,6 +256,82 @@ import TinyVM
         #expect(ContinuousClock.now - began < .seconds(30))
         let lines = thirdErrors.split(separator: "\n")
         #expect(lines.count == 2 && Self.routesInLine(String(lines[0])) != nil, "\(thirdErrors)")
+    }
+
+    /// Whoever reads a successor's hand-off line may start the next
+    /// successor at once: the successor's `--update-socket` listens before
+    /// it prints the line. Its standard error is a pipe already full, so the
+    /// line's write blocks: a successor that printed before listening would
+    /// never make its socket.
+    @Test func aSuccessorListensForTheNextBeforeItPrintsItsHandOffLine() throws {
+        let irqfd = try builtExecutable("irqfd")
+        let base = "/tmp/irqfd-lu-order-\(getpid())"
+        let image = base + ".bin"
+        try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: image))
+        defer {
+            for path in [image, base + "-0.sock", base + "-1.sock"] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
+        let first = Process()
+        first.executableURL = irqfd
+        first.arguments = ["run", image, "--update-socket", base + "-0.sock", "--timeout", "60"]
+        first.standardError = FileHandle.nullDevice
+        first.standardOutput = FileHandle.nullDevice
+        try first.run()
+        defer { _ = try? RunGenerations.exitStatus(first, timeout: .seconds(10)) }
+        while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.isRunning { usleep(1_000) }
+
+        // Fill the pipe without blocking, then make it blocking again for the successor.
+        let errors = Pipe()
+        let writer = errors.fileHandleForWriting.fileDescriptor
+        let flags = fcntl(writer, F_GETFL)
+        _ = fcntl(writer, F_SETFL, flags | O_NONBLOCK)
+        let chunk = [UInt8](repeating: UInt8(ascii: "."), count: 4096)
+        var filler = 0
+        while true {
+            let written = chunk.withUnsafeBytes { write(writer, $0.baseAddress, $0.count) }
+            guard written > 0 else { break }
+            filler += written
+        }
+        _ = fcntl(writer, F_SETFL, flags)
+        #expect(filler >= 4096)
+
+        let second = Process()
+        second.executableURL = irqfd
+        second.arguments = [
+            "run", "--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60",
+        ]
+        second.standardError = errors.fileHandleForWriting
+        second.standardOutput = FileHandle.nullDevice
+        try second.run()
+        try errors.fileHandleForWriting.close()
+        defer {
+            kill(second.processIdentifier, SIGKILL)
+            second.waitUntilExit()
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: base + "-1.sock"), second.isRunning,
+            ContinuousClock.now < deadline
+        {
+            usleep(1_000)
+        }
+        #expect(
+            FileManager.default.fileExists(atPath: base + "-1.sock"),
+            "no update socket while the hand-off line waits to be written")
+
+        // Now let the line through: it follows the filler.
+        var text: [UInt8] = []
+        let reader = errors.fileHandleForReading.fileDescriptor
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while text.count <= filler || !text[filler...].contains(UInt8(ascii: "\n")) {
+            let got = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+            guard got > 0 else { break }
+            text += buffer[..<got]
+        }
+        let line = String(decoding: text.dropFirst(filler), as: UTF8.self).trimmingCharacters(in: .newlines)
+        #expect(Self.routesInLine(line) != nil, "\(line)")
+        #expect(try RunGenerations.exitStatus(first) == 0, "the first VMM handed over")
     }
 }
 #endif
