@@ -264,23 +264,16 @@ import TinyVM
     /// line's write blocks: a successor that printed before listening would
     /// never make its socket.
     @Test func aSuccessorListensForTheNextBeforeItPrintsItsHandOffLine() throws {
-        let irqfd = try builtExecutable("irqfd")
-        let base = "/tmp/irqfd-lu-order-\(getpid())"
-        let image = base + ".bin"
+        let runs = try RunGenerations(name: "irqfd-lu-order-\(getpid())")
+        let image = "/tmp/\(runs.name).bin"
         try Data(GuestProgram.interruptCounter.image).write(to: URL(fileURLWithPath: image))
         defer {
-            for path in [image, base + "-0.sock", base + "-1.sock"] {
-                try? FileManager.default.removeItem(atPath: path)
-            }
+            runs.killRunning()
+            runs.removeFiles()
+            try? FileManager.default.removeItem(atPath: image)
         }
-        let first = Process()
-        first.executableURL = irqfd
-        first.arguments = ["run", image, "--update-socket", base + "-0.sock", "--timeout", "60"]
-        first.standardError = FileHandle.nullDevice
-        first.standardOutput = FileHandle.nullDevice
-        try first.run()
-        defer { _ = try? RunGenerations.exitStatus(first, timeout: .seconds(10)) }
-        while !FileManager.default.fileExists(atPath: base + "-0.sock"), first.isRunning { usleep(1_000) }
+        let first = try runs.start(0, [image, "--update-socket", runs.socket(0), "--timeout", "60"])
+        while !FileManager.default.fileExists(atPath: runs.socket(0)), first.isRunning { usleep(1_000) }
 
         // Fill the pipe without blocking, then make it blocking again for the successor.
         let errors = Pipe()
@@ -297,27 +290,18 @@ import TinyVM
         _ = fcntl(writer, F_SETFL, flags)
         #expect(filler >= 4096)
 
-        let second = Process()
-        second.executableURL = irqfd
-        second.arguments = [
-            "run", "--incoming", base + "-0.sock", "--update-socket", base + "-1.sock", "--timeout", "60",
-        ]
-        second.standardError = errors.fileHandleForWriting
-        second.standardOutput = FileHandle.nullDevice
-        try second.run()
+        let second = try runs.start(
+            1, ["--incoming", runs.socket(0), "--update-socket", runs.socket(1), "--timeout", "60"],
+            standardError: errors.fileHandleForWriting)
         try errors.fileHandleForWriting.close()
-        defer {
-            kill(second.processIdentifier, SIGKILL)
-            second.waitUntilExit()
-        }
         let deadline = ContinuousClock.now + .seconds(30)
-        while !FileManager.default.fileExists(atPath: base + "-1.sock"), second.isRunning,
+        while !FileManager.default.fileExists(atPath: runs.socket(1)), second.isRunning,
             ContinuousClock.now < deadline
         {
             usleep(1_000)
         }
         #expect(
-            FileManager.default.fileExists(atPath: base + "-1.sock"),
+            FileManager.default.fileExists(atPath: runs.socket(1)),
             "no update socket while the hand-off line waits to be written")
 
         // Now let the line through: it follows the filler.
@@ -331,7 +315,7 @@ import TinyVM
         }
         let line = String(decoding: text.dropFirst(filler), as: UTF8.self).trimmingCharacters(in: .newlines)
         #expect(Self.routesInLine(line) != nil, "\(line)")
-        #expect(try RunGenerations.exitStatus(first) == 0, "the first VMM handed over")
+        #expect(try RunGenerations.exitStatus(first) == 0, "the first VMM handed over: \(runs.log(0))")
     }
 }
 #endif

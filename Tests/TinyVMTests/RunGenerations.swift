@@ -31,14 +31,19 @@ final class RunGenerations {
         (try? String(contentsOfFile: errors(generation), encoding: .utf8)) ?? ""
     }
 
-    /// Starts `irqfd run` with `arguments` as generation `generation`.
+    /// Starts `irqfd run` with `arguments` as generation `generation`, its
+    /// standard error to `errors(generation)` unless `standardError` is given.
     @discardableResult
-    func start(_ generation: Int, _ arguments: [String]) throws -> Process {
+    func start(_ generation: Int, _ arguments: [String], standardError: FileHandle? = nil) throws -> Process {
         let process = Process()
         process.executableURL = irqfd
         process.arguments = ["run"] + arguments
-        _ = FileManager.default.createFile(atPath: errors(generation), contents: nil)
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors(generation)))
+        if let standardError {
+            process.standardError = standardError
+        } else {
+            _ = FileManager.default.createFile(atPath: errors(generation), contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errors(generation)))
+        }
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
         try process.run()
