@@ -12,20 +12,9 @@ public struct SVGChart: Sendable {
         /// Points in data coordinates, drawn in order.
         public var points: [(x: Double, y: Double)]
         /// Dashed stroke (used for the C floors).
-        public var dashed: Bool
+        public var dashed = false
         /// Draw a dot at each point.
-        public var markers: Bool
-
-        /// A series.
-        public init(
-            name: String, color: String, points: [(x: Double, y: Double)], dashed: Bool = false, markers: Bool = false
-        ) {
-            self.name = name
-            self.color = color
-            self.points = points
-            self.dashed = dashed
-            self.markers = markers
-        }
+        public var markers = false
     }
 
     /// Chart title.
@@ -42,20 +31,6 @@ public struct SVGChart: Sendable {
     public var yRange: ClosedRange<Double>?
     /// The lines.
     public var series: [Series]
-
-    /// A chart.
-    public init(
-        title: String, xLabel: String, yLabel: String, xLog: Bool, yLog: Bool,
-        yRange: ClosedRange<Double>? = nil, series: [Series]
-    ) {
-        self.title = title
-        self.xLabel = xLabel
-        self.yLabel = yLabel
-        self.xLog = xLog
-        self.yLog = yLog
-        self.yRange = yRange
-        self.series = series
-    }
 
     /// The chart as an SVG `<g>` element occupying `width` x `height` at (`x`, `y`).
     public func render(x originX: Double, y originY: Double, width: Double, height: Double) -> String {

@@ -16,17 +16,6 @@ extension BenchReport {
         /// READs per round and side.
         public var perRound: Int
 
-        /// A result.
-        public init(
-            latency: [VhostUserLatency], floor: LatencySummary, ratios: [NamedRatio], rounds: Int, perRound: Int
-        ) {
-            self.latency = latency
-            self.floor = floor
-            self.ratios = ratios
-            self.rounds = rounds
-            self.perRound = perRound
-        }
-
         /// The paired ratio named `name`, if measured.
         public func ratio(_ name: String) -> PairedRatio? { ratios.first { $0.name == name }?.ratio }
     }

@@ -15,12 +15,6 @@ extension BenchReport {
             public var latency: LatencySummary
             /// Frames that came back damaged (always 0 unless something is broken).
             public var damaged: Int
-            /// One mode's result.
-            public init(mode: String, latency: LatencySummary, damaged: Int) {
-                self.mode = mode
-                self.latency = latency
-                self.damaged = damaged
-            }
         }
 
         /// Frames per second of one mode at one batch.
@@ -35,14 +29,6 @@ extension BenchReport {
             public var frames: Int
             /// This mode's rate / userspace's, paired by round (nil for userspace itself).
             public var overUserspace: PairedRatio?
-            /// One measurement.
-            public init(mode: String, batch: Int, perSecond: Double, frames: Int, overUserspace: PairedRatio?) {
-                self.mode = mode
-                self.batch = batch
-                self.perSecond = perSecond
-                self.frames = frames
-                self.overUserspace = overUserspace
-            }
         }
 
         /// The backend (`dpdk-testpmd`).
@@ -66,21 +52,6 @@ extension BenchReport {
         enum CodingKeys: String, CodingKey {
             case backend, latency, floor, throughput, ratios, rounds, skipped
             case tscKHz = "tscKhz"
-        }
-
-        /// A section result.
-        public init(
-            backend: String, latency: [Latency], floor: LatencySummary, throughput: [Throughput], ratios: [NamedRatio],
-            tscKHz: Double, rounds: Int, skipped: [String]
-        ) {
-            self.backend = backend
-            self.latency = latency
-            self.floor = floor
-            self.throughput = throughput
-            self.ratios = ratios
-            self.tscKHz = tscKHz
-            self.rounds = rounds
-            self.skipped = skipped
         }
     }
 }
