@@ -72,18 +72,18 @@ extension KVMSystem {
         while true {
             var words = [UInt32](repeating: 0, count: 1 + capacity)
             words[0] = UInt32(capacity)
-            let result = words.withUnsafeMutableBytes {
-                irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_MSR_INDEX_LIST, $0.baseAddress!)
-            }
-            if result >= 0 { return Array(words[1..<(1 + Int(words[0]))]) }
-            let error = irqfd_errno()
-            if error == EINTR { continue }
-            // E2BIG: KVM wrote the count it needs into nmsrs.
-            if error == E2BIG, Int(words[0]) > capacity {
+            do throws(SystemCallError) {
+                _ = try retryingIoctl("KVM_GET_MSR_INDEX_LIST") {
+                    words.withUnsafeMutableBytes {
+                        irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_GET_MSR_INDEX_LIST, $0.baseAddress!)
+                    }
+                }
+                return Array(words[1..<(1 + Int(words[0]))])
+            } catch {
+                // E2BIG: KVM wrote the count it needs into nmsrs.
+                guard error.errno == .argListTooLong, Int(words[0]) > capacity else { throw error }
                 capacity = Int(words[0])
-                continue
             }
-            throw SystemCallError(call: "KVM_GET_MSR_INDEX_LIST", errno: Errno(rawValue: error))
         }
     }
 }

@@ -42,13 +42,12 @@ final class VMMQueuePoller: Sendable {
         _ = done.consume()
         let thread = Thread { [self, weak device] in
             self.thread.withLock { $0 = pthread_self() }
+            let watched = (kicks + [stopEvent]).map { (descriptor: $0.fileDescriptor, events: Readiness.readable) }
             while true {
-                var fds = kicks.map { pollfd(fd: $0.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0) }
-                fds.append(pollfd(fd: stopEvent.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
-                let n = poll(&fds, nfds_t(fds.count), 1000)
-                if n < 0, errno != EINTR { break }
-                if fds[kicks.count].revents != 0 { break }
-                for (i, q) in queues.enumerated() where fds[i].revents != 0 {
+                // poll(2) fails only on a bad argument (EINTR is retried): nothing a later round would fix.
+                guard let ready = try? Readiness.wait(on: watched, timeout: .seconds(1)) else { break }
+                if !ready[kicks.count].isEmpty { break }
+                for (i, q) in queues.enumerated() where !ready[i].isEmpty {
                     // One pass serves every request published so far, however many notifies it took.
                     _ = kicks[i].consume()
                     device?.serveVMMQueue(q)
