@@ -78,6 +78,7 @@ let package = Package(
             dependencies: [
                 "IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", "IrqFdRelay", "MSIX",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         // The mshv backend: mshv's encoding of the shared routing core.
@@ -130,6 +131,7 @@ let package = Package(
                 "IrqFdCore", "IrqFdKVM", "IrqFdRelay", "IrqFdRouting", "KVM", "MSIX", "TinyVM", "CBenchFloor", "CLinuxKVM",
                 "VhostUser", "Virtio", "PCI", "IrqFdLinux",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         // A device in another process: signals an MSI-X vector's eventfd received over a Unix socket.

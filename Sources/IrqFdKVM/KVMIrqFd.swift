@@ -4,6 +4,7 @@ public import IrqFdRouting
 import IrqFdLinux
 public import KVM
 import Synchronization
+import SystemPackage
 
 /// KVM's side of the routing core: KVM_SET_GSI_ROUTING for the table,
 /// KVM_IRQFD to arm and disarm, eventfds for events.
@@ -122,7 +123,7 @@ public final class KVMRoutingKernel: RoutingKernel {
         let vm = try liveVM()
         let latched = event.tryWait()
         do throws(SystemCallError) {
-            try vm.assignIrqfd(eventFD: Int32(event.nativeHandle.rawValue), gsi: gsi)
+            try vm.assignIrqfd(eventFD: FileDescriptor(rawValue: Int32(event.nativeHandle.rawValue)), gsi: gsi)
         } catch {
             if latched { event.signal() }
             throw .systemCall(error)
@@ -133,8 +134,9 @@ public final class KVMRoutingKernel: RoutingKernel {
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN.
     public func deassign(event: any Event, gsi: UInt32) throws(IrqFdError) {
         let vm = try liveVM()
-        do throws(SystemCallError) { try vm.deassignIrqfd(eventFD: Int32(event.nativeHandle.rawValue), gsi: gsi) } catch
-        { throw .systemCall(error) }
+        do throws(SystemCallError) {
+            try vm.deassignIrqfd(eventFD: FileDescriptor(rawValue: Int32(event.nativeHandle.rawValue)), gsi: gsi)
+        } catch { throw .systemCall(error) }
     }
 
     /// A fresh eventfd (EFD_NONBLOCK | EFD_CLOEXEC).

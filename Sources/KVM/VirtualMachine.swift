@@ -3,7 +3,7 @@ import CLinuxKVM
 import Glibc
 public import IrqFdCore
 import Synchronization
-import SystemPackage
+public import SystemPackage
 
 /// A KVM VM (the descriptor KVM_CREATE_VM returned), owned by this object.
 ///
@@ -93,20 +93,21 @@ public final class VirtualMachine: Sendable {
         }
     }
 
-    /// KVM_IRQFD: arms eventfd `eventFD` on `gsi`; a signal then injects the GSI's route.
-    public func assignIrqfd(eventFD: Int32, gsi: UInt32) throws(SystemCallError) {
+    /// KVM_IRQFD: arms eventfd `eventFD` (borrowed: the caller keeps owning it and must
+    /// deassign before closing it) on `gsi`; a signal then injects the GSI's route.
+    public func assignIrqfd(eventFD: FileDescriptor, gsi: UInt32) throws(SystemCallError) {
         counters.irqfdAssigns.add(1, ordering: .relaxed)
         var request = kvm_irqfd(
-            fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: 0, resamplefd: 0,
+            fd: UInt32(bitPattern: eventFD.rawValue), gsi: gsi, flags: 0, resamplefd: 0,
             pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
     }
 
     /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: disarms; later signals stay in the eventfd.
-    public func deassignIrqfd(eventFD: Int32, gsi: UInt32) throws(SystemCallError) {
+    public func deassignIrqfd(eventFD: FileDescriptor, gsi: UInt32) throws(SystemCallError) {
         counters.irqfdDeassigns.add(1, ordering: .relaxed)
         var request = kvm_irqfd(
-            fd: UInt32(bitPattern: eventFD), gsi: gsi, flags: IRQFD_KVM_IRQFD_FLAG_DEASSIGN, resamplefd: 0,
+            fd: UInt32(bitPattern: eventFD.rawValue), gsi: gsi, flags: IRQFD_KVM_IRQFD_FLAG_DEASSIGN, resamplefd: 0,
             pad: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         _ = try ioctl("KVM_IRQFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IRQFD, &request) }
     }
@@ -126,7 +127,7 @@ public final class VirtualMachine: Sendable {
     /// exit as usual. The eventfd is borrowed: the caller keeps owning it and
     /// must deassign before closing it.
     public func assignIoeventfd(
-        eventFD: Int32, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
+        eventFD: FileDescriptor, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
     ) throws(SystemCallError) {
         counters.ioeventfdAssigns.add(1, ordering: .relaxed)
         try ioeventfd(eventFD, address, length, datamatch, space, deassign: false)
@@ -136,7 +137,7 @@ public final class VirtualMachine: Sendable {
     /// made with the same fd, address, length, datamatch and space; writes
     /// exit to the VMM again.
     public func deassignIoeventfd(
-        eventFD: Int32, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
+        eventFD: FileDescriptor, address: UInt64, length: UInt32, datamatch: UInt64? = nil, space: IoEventSpace = .mmio
     ) throws(SystemCallError) {
         counters.ioeventfdDeassigns.add(1, ordering: .relaxed)
         try ioeventfd(eventFD, address, length, datamatch, space, deassign: true)
@@ -144,7 +145,8 @@ public final class VirtualMachine: Sendable {
 
     /// KVM_IOEVENTFD, assigning or deassigning.
     private func ioeventfd(
-        _ fd: Int32, _ address: UInt64, _ length: UInt32, _ datamatch: UInt64?, _ space: IoEventSpace, deassign: Bool
+        _ fd: FileDescriptor, _ address: UInt64, _ length: UInt32, _ datamatch: UInt64?, _ space: IoEventSpace,
+        deassign: Bool
     ) throws(SystemCallError) {
         var flags: UInt32 = 0
         if datamatch != nil { flags |= IRQFD_KVM_IOEVENTFD_FLAG_DATAMATCH }
@@ -154,7 +156,7 @@ public final class VirtualMachine: Sendable {
         request.datamatch = datamatch ?? 0
         request.addr = address
         request.len = length
-        request.fd = fd
+        request.fd = fd.rawValue
         request.flags = flags
         _ = try ioctl("KVM_IOEVENTFD") { irqfd_ioctl_ptr(descriptor.raw, IRQFD_KVM_IOEVENTFD, &request) }
     }

@@ -50,7 +50,7 @@ public struct KVMDoorbells: Doorbells {
 
     /// KVM_IOEVENTFD.
     public func bind(_ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64) throws(SystemCallError) {
-        try vm.assignIoeventfd(eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
+        try vm.assignIoeventfd(eventFD: event, address: address, length: UInt32(length), datamatch: datamatch)
     }
 
     /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN.
@@ -58,7 +58,7 @@ public struct KVMDoorbells: Doorbells {
         _ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64
     ) throws(SystemCallError) {
         try vm.deassignIoeventfd(
-            eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
+            eventFD: event, address: address, length: UInt32(length), datamatch: datamatch)
     }
 }
 

@@ -382,21 +382,6 @@ public final class VhostUserFrontend: Sendable {
         try vringFile(.setVringErr, queue: queue, descriptor: descriptor)
     }
 
-    /// ``setVringKick(queue:descriptor:)`` with a descriptor number; a negative one sends the invalid-FD flag.
-    public func setVringKick(queue: UInt32, fd: Int32) throws(VhostUserError) {
-        try setVringKick(queue: queue, descriptor: fd < 0 ? nil : FileDescriptor(rawValue: fd))
-    }
-
-    /// ``setVringCall(queue:descriptor:)`` with a descriptor number; a negative one sends the invalid-FD flag.
-    public func setVringCall(queue: UInt32, fd: Int32) throws(VhostUserError) {
-        try setVringCall(queue: queue, descriptor: fd < 0 ? nil : FileDescriptor(rawValue: fd))
-    }
-
-    /// ``setVringErr(queue:descriptor:)`` with a descriptor number; a negative one sends the invalid-FD flag.
-    public func setVringErr(queue: UInt32, fd: Int32) throws(VhostUserError) {
-        try setVringErr(queue: queue, descriptor: fd < 0 ? nil : FileDescriptor(rawValue: fd))
-    }
-
     /// VHOST_USER_SET_VRING_ENABLE ("Vring state description"): needs
     /// VHOST_USER_F_PROTOCOL_FEATURES accepted in SET_FEATURES.
     public func setVringEnable(queue: UInt32, enabled: Bool) throws(VhostUserError) {

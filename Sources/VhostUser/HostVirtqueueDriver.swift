@@ -60,9 +60,6 @@ public final class HostEventFD: Sendable {
     /// The descriptor (borrowed from this object).
     public var fileDescriptor: FileDescriptor { event.fileDescriptor }
 
-    /// ``fileDescriptor``'s number, for callers that still pass a bare descriptor.
-    public var fd: Int32 { event.fileDescriptor.rawValue }
-
     /// A new eventfd at 0 (eventfd(2)).
     public init() throws(VhostUserError) {
         do throws(IrqFdError) {

@@ -24,13 +24,13 @@ import TinyVM
         try vm.load(GuestProgram.mmioWriter.image)
         let kick = try EventFD()
         let before = vm.vm.counters.snapshot
-        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2)
+        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor, address: Self.address, length: 2)
         #expect((vm.vm.counters.snapshot - before).ioeventfdAssigns == 1)
         #expect(run(vm, value: 7, count: 10) == .exited(code: 0))
         #expect(kick.consume() == 10)
         #expect(vm.mmioExits == 0)
         #expect(vm.unhandledAccessCount == 0)
-        try vm.vm.deassignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2)
+        try vm.vm.deassignIoeventfd(eventFD: kick.fileDescriptor, address: Self.address, length: 2)
         #expect((vm.vm.counters.snapshot - before).ioeventfdDeassigns == 1)
     }
 
@@ -39,7 +39,7 @@ import TinyVM
         let vm = try TinyVM()
         try vm.load(GuestProgram.mmioWriter.image)
         let kick = try EventFD()
-        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2, datamatch: 1)
+        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor, address: Self.address, length: 2, datamatch: 1)
         return (vm, kick)
     }
 
@@ -61,7 +61,7 @@ import TinyVM
         let vm = try TinyVM()
         try vm.load(GuestProgram.mmioWriter.image)
         let kick = try EventFD()
-        let fd = kick.fileDescriptor.rawValue
+        let fd = kick.fileDescriptor
         try vm.vm.assignIoeventfd(eventFD: fd, address: Self.address, length: 2, datamatch: 0)
         try vm.vm.deassignIoeventfd(eventFD: fd, address: Self.address, length: 2, datamatch: 0)
         #expect(run(vm, value: 0, count: 4) == .exited(code: 0))
@@ -74,13 +74,13 @@ import TinyVM
         let kick = try EventFD()
         // Deassigning a binding that does not exist: ENOENT from KVM_IOEVENTFD.
         #expect {
-            try vm.vm.deassignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: Self.address, length: 2)
+            try vm.vm.deassignIoeventfd(eventFD: kick.fileDescriptor, address: Self.address, length: 2)
         } throws: { error in
             "\(error)".contains("KVM_IOEVENTFD")
         }
         // PIO flag: a port binding is accepted too.
-        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: 0x510, length: 2, space: .pio)
-        try vm.vm.deassignIoeventfd(eventFD: kick.fileDescriptor.rawValue, address: 0x510, length: 2, space: .pio)
+        try vm.vm.assignIoeventfd(eventFD: kick.fileDescriptor, address: 0x510, length: 2, space: .pio)
+        try vm.vm.deassignIoeventfd(eventFD: kick.fileDescriptor, address: 0x510, length: 2, space: .pio)
     }
 }
 #endif

@@ -191,8 +191,8 @@ struct HandRing {
         try frontend.setVringNum(queue: queue, size: UInt32(size))
         try frontend.setVringAddr(queue: queue, descriptor: descriptorTable, available: availableRing, used: usedRing)
         try frontend.setVringBase(queue: queue, index: 0)
-        try frontend.setVringCall(queue: queue, fd: call.fd)
-        try frontend.setVringKick(queue: queue, fd: kick.fd)
+        try frontend.setVringCall(queue: queue, descriptor: call.fileDescriptor)
+        try frontend.setVringKick(queue: queue, descriptor: kick.fileDescriptor)
         try frontend.setVringEnable(queue: queue, enabled: true)
     }
 
@@ -415,10 +415,10 @@ let writeOnly: UInt16 = 2
         defer { close(directory) }
         for fd in [pipeEnds[0], file, directory, memory.fileDescriptor.rawValue] {
             #expect(throws: VhostUserError.rejected(.setVringKick, status: 1)) {
-                try fixture.frontend.setVringKick(queue: 0, fd: fd)
+                try fixture.frontend.setVringKick(queue: 0, descriptor: FileDescriptor(rawValue: fd))
             }
             #expect(throws: VhostUserError.rejected(.setVringCall, status: 1)) {
-                try fixture.frontend.setVringCall(queue: 0, fd: fd)
+                try fixture.frontend.setVringCall(queue: 0, descriptor: FileDescriptor(rawValue: fd))
             }
         }
         try fixture.recovered()
@@ -442,7 +442,7 @@ let writeOnly: UInt16 = 2
             queue: 0, descriptor: ring.descriptorTable, available: ring.availableRing, used: ring.usedRing)
         try fixture.frontend.setVringBase(queue: 0, index: 0)
         try fixture.frontend.setVringCall(queue: 0, descriptor: call.fileDescriptor)
-        try fixture.frontend.setVringKick(queue: 0, fd: ring.kick.fd)
+        try fixture.frontend.setVringKick(queue: 0, descriptor: ring.kick.fileDescriptor)
         try fixture.frontend.setVringEnable(queue: 0, enabled: true)
         let header = ring.end + 64
         let status = header + 32

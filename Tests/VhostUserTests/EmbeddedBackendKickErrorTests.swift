@@ -28,21 +28,21 @@ import VhostUser
         try frontend.setVringAddr(
             queue: 0, descriptor: ring.descriptorTable, available: ring.availableRing, used: ring.usedRing)
         try frontend.setVringBase(queue: 0, index: 0)
-        try frontend.setVringCall(queue: 0, fd: ring.call.fd)
+        try frontend.setVringCall(queue: 0, descriptor: ring.call.fileDescriptor)
         // Started but not enabled: the back-end does not poll (or read) the kick until SET_VRING_ENABLE.
-        try frontend.setVringKick(queue: 0, fd: ring.kick.fd)
+        try frontend.setVringKick(queue: 0, descriptor: ring.kick.fileDescriptor)
         var loaded: UInt64 = 0xFFFF_FFFF_FFFF_FFFE
-        #expect(write(ring.kick.fd, &loaded, 8) == 8)
+        #expect(write(ring.kick.fileDescriptor.rawValue, &loaded, 8) == 8)
 
         // One guest write to the doorbell: KVM adds 1 in the kernel.
         let vm = try TinyVM()
         try vm.load(GuestProgram.mmioWriter.image)
-        try vm.vm.assignIoeventfd(eventFD: ring.kick.fd, address: Self.doorbell, length: 2)
+        try vm.vm.assignIoeventfd(eventFD: ring.kick.fileDescriptor, address: Self.doorbell, length: 2)
         vm.memory.write32(UInt32(Self.doorbell), at: 0x5C8)  // the MMIO writer's address, value and count
         vm.memory.write32(0, at: 0x5CC)
         vm.memory.write32(1, at: 0x5D0)
         #expect(vm.run(timeout: .seconds(30)) == .exited(code: 0))
-        var kick = pollfd(fd: ring.kick.fd, events: Int16(POLLIN), revents: 0)
+        var kick = pollfd(fd: ring.kick.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
         #expect(poll(&kick, 1, 0) == 1 && kick.revents == Int16(POLLIN | POLLERR), "revents \(kick.revents)")
 
         // Enabled, the queue's kick is polled: POLLERR stops the queue, and the back-end closes its kick.
@@ -62,7 +62,7 @@ import VhostUser
         ring.descriptor(1, address: status, length: 1, flags: writeOnly)
         ring.offer(0)
         let fresh = try HostEventFD()
-        try frontend.setVringKick(queue: 0, fd: fresh.fd)
+        try frontend.setVringKick(queue: 0, descriptor: fresh.fileDescriptor)
         #expect(ring.waitUsed(1))
         #expect(memory.load(UInt8.self, at: status) == 0)
         frontend.close()

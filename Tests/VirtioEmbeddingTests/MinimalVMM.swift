@@ -152,11 +152,11 @@ final class SharedRAM: GuestMemoryMap {
 struct IoeventfdDoorbells: Doorbells {
     let vm: VirtualMachine
     func bind(_ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64) throws(SystemCallError) {
-        try vm.assignIoeventfd(eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
+        try vm.assignIoeventfd(eventFD: event, address: address, length: UInt32(length), datamatch: datamatch)
     }
     func unbind(_ event: FileDescriptor, address: UInt64, length: Int, datamatch: UInt64) throws(SystemCallError) {
         try vm.deassignIoeventfd(
-            eventFD: event.rawValue, address: address, length: UInt32(length), datamatch: datamatch)
+            eventFD: event, address: address, length: UInt32(length), datamatch: datamatch)
     }
 }
 #endif

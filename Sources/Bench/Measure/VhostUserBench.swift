@@ -7,6 +7,7 @@ import IrqFdCore
 import KVM
 import MSIX
 import PCI
+import SystemPackage
 import TinyVM
 import VhostUser
 import Virtio
@@ -179,15 +180,17 @@ final class FloorDisk {
 struct QemuVhostMaskStrategy {
     let frontend: VhostUserFrontend
     let queue: UInt32
-    let callFD: Int32
+    let callFD: FileDescriptor
     let maskedNotifier: HostEventFD
 
     /// SET_VRING_CALL(masked notifier).
-    func mask() throws(VhostUserError) { try frontend.setVringCall(queue: queue, fd: maskedNotifier.fd) }
+    func mask() throws(VhostUserError) {
+        try frontend.setVringCall(queue: queue, descriptor: maskedNotifier.fileDescriptor)
+    }
 
     /// SET_VRING_CALL(call fd), then the pending check on the masked notifier.
     func unmask() throws(VhostUserError) -> Bool {
-        try frontend.setVringCall(queue: queue, fd: callFD)
+        try frontend.setVringCall(queue: queue, descriptor: callFD)
         return maskedNotifier.consume() > 0
     }
 }
@@ -472,7 +475,7 @@ final class VhostUserBench {
         let masked: HostEventFD
         do { masked = try HostEventFD() } catch { throw .setup("eventfd: \(error)") }
         let qemu = QemuVhostMaskStrategy(
-            frontend: floor.frontend, queue: 0, callFD: floor.queue.call.fd, maskedNotifier: masked)
+            frontend: floor.frontend, queue: 0, callFD: floor.queue.call.fileDescriptor, maskedNotifier: masked)
         let emulator = disk.device.emulator
         let control = UInt64(MsixLayout.entrySize + 12)  // vector 1 (queue 0): vector control
         let cycles = options.vhostMaskCycles
