@@ -78,7 +78,6 @@ let package = Package(
             dependencies: [
                 "IrqFdCore", "IrqFdRouting", "IrqFdLinux", "KVM", "CLinuxKVM", "IrqFdRelay", "MSIX",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         // The mshv backend: mshv's encoding of the shared routing core.

@@ -4,7 +4,6 @@ public import IrqFdRouting
 import IrqFdLinux
 public import KVM
 import Synchronization
-import SystemPackage
 
 /// KVM's side of the routing core: KVM_SET_GSI_ROUTING for the table,
 /// KVM_IRQFD to arm and disarm, eventfds for events.
@@ -123,7 +122,7 @@ public final class KVMRoutingKernel: RoutingKernel {
         let vm = try liveVM()
         let latched = event.tryWait()
         do throws(SystemCallError) {
-            try vm.assignIrqfd(eventFD: FileDescriptor(rawValue: Int32(event.nativeHandle.rawValue)), gsi: gsi)
+            try vm.assignIrqfd(eventFD: event.nativeHandle.fileDescriptor, gsi: gsi)
         } catch {
             if latched { event.signal() }
             throw .systemCall(error)
@@ -135,7 +134,7 @@ public final class KVMRoutingKernel: RoutingKernel {
     public func deassign(event: any Event, gsi: UInt32) throws(IrqFdError) {
         let vm = try liveVM()
         do throws(SystemCallError) {
-            try vm.deassignIrqfd(eventFD: FileDescriptor(rawValue: Int32(event.nativeHandle.rawValue)), gsi: gsi)
+            try vm.deassignIrqfd(eventFD: event.nativeHandle.fileDescriptor, gsi: gsi)
         } catch { throw .systemCall(error) }
     }
 

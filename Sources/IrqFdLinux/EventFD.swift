@@ -151,4 +151,11 @@ public final class EventFD: Event {
         }
     }
 }
+
+extension NativeEventHandle {
+    /// The descriptor this handle is on Linux, borrowed: the inverse of
+    /// ``EventFD/nativeHandle``, for a call that takes an event's eventfd
+    /// (KVM_IRQFD, SET_VRING_CALL, SCM_RIGHTS).
+    public var fileDescriptor: FileDescriptor { FileDescriptor(rawValue: Int32(truncatingIfNeeded: rawValue)) }
+}
 #endif

@@ -117,7 +117,7 @@ public final class MSHVRoutingKernel: RoutingKernel {
     }
 
     private static func descriptor(of event: any Event) -> Int32 {
-        Int32(truncatingIfNeeded: event.nativeHandle.rawValue)
+        event.nativeHandle.fileDescriptor.rawValue
     }
 
     /// A fresh eventfd (EFD_NONBLOCK | EFD_CLOEXEC).

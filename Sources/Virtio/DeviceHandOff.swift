@@ -110,9 +110,7 @@ extension VirtioPCIDevice where DeviceType: Codable {
         let events = emulator.handOffEvents.sorted { $0.key < $1.key }
         let routedVectors = events.map(\.key)
         // A connection-scoped route's event forwards to its current route's: that eventfd is what crosses.
-        let vectorDescriptors = events.map {
-            FileDescriptor(rawValue: Int32(truncatingIfNeeded: $0.value.nativeHandle.rawValue))
-        }
+        let vectorDescriptors = events.map(\.value.nativeHandle.fileDescriptor)
         let (transport, session, socket) = state.withLock { s in
             (transportState(s), sessionState(s), s.session.frontend.socket)
         }

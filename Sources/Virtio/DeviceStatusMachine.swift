@@ -17,7 +17,7 @@ extension VirtioPCIDevice {
     func callFD(queue q: Int, vector: UInt16) -> FileDescriptor? {
         if vector == Self.noVector || delivery == .userspace { return calls.event(queue: q).fileDescriptor }
         guard let event = try? emulator.event(for: Int(vector)) else { return nil }
-        return FileDescriptor(rawValue: Int32(truncatingIfNeeded: event.nativeHandle.rawValue))
+        return event.nativeHandle.fileDescriptor
     }
 
     /// Userspace delivery: queue `q`'s backend signalled its call fd.

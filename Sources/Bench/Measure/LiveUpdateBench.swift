@@ -228,7 +228,7 @@ final class LiveUpdateBench {
             try route.setMsi(message)
         } catch { throw .library("live update: the route", error) }
         // The device keeps its own descriptor of the route's event: the event moves from process to process.
-        let deviceEvent = dup(route.event.nativeHandleDescriptor)
+        let deviceEvent = dup(route.event.nativeHandle.fileDescriptor.rawValue)
         guard deviceEvent >= 0 else { throw .floor("dup", -errno) }
         defer { close(deviceEvent) }
         let mover = Library(executable: executable, vm: library, routes: [route], progress: progress)
@@ -342,10 +342,5 @@ final class LiveUpdateBench {
             floorPause: floorPause, floorHandOff: LatencySummary(nanoseconds: floorHandOffs), pauseRatio: ratio,
             signals: signals, lost: lost, targets: targets, crossProcess: true, pauseSteps: steps)
     }
-}
-
-extension Event {
-    /// The event's descriptor number, borrowed (the bench's C device writes it).
-    fileprivate var nativeHandleDescriptor: Int32 { Int32(nativeHandle.rawValue) }
 }
 #endif
